@@ -1,0 +1,335 @@
+//! The builder and the validated settings it produces.
+
+use std::time::Duration;
+
+use reqwest::Url;
+
+use crate::{Error, Id6};
+
+/// Settings checked once by [`Id6Builder::build`]; everything downstream trusts them.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    /// `{base}/user`, ready to call.
+    pub(crate) user_url: Url,
+    pub(crate) cookie_name: Box<str>,
+    pub(crate) cache_ttl: Duration,
+    pub(crate) negative_ttl: Duration,
+    pub(crate) max_capacity: u64,
+    pub(crate) timeout: Duration,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) max_body_bytes: usize,
+}
+
+/// Builds an [`Id6`] handle. Infallible until [`build`](Self::build), which reports the first
+/// unusable setting by name.
+///
+/// ```
+/// use std::time::Duration;
+///
+/// let id6 = id6_tower::Id6::builder("http://127.0.0.1:8000/api")
+///     .cache_ttl(Duration::from_secs(60))
+///     .negative_ttl(Duration::from_secs(5))
+///     .max_capacity(100_000)
+///     .timeout(Duration::from_secs(3))
+///     .build()?;
+/// # Ok::<(), id6_tower::Error>(())
+/// ```
+#[must_use = "a builder does nothing until `build` is called"]
+#[derive(Debug, Clone)]
+pub struct Id6Builder {
+    url: String,
+    cookie_name: String,
+    cache_ttl: Duration,
+    negative_ttl: Duration,
+    max_capacity: u64,
+    timeout: Duration,
+    connect_timeout: Option<Duration>,
+    max_body_bytes: usize,
+    /// The first setting that could not even be parsed (from the environment).
+    deferred: Option<Error>,
+}
+
+impl Id6Builder {
+    /// Default time a user answer is trusted without asking id6 again.
+    pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(60);
+    /// Default time a rejected token is remembered as anonymous.
+    pub const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(5);
+    /// Default number of tokens kept in the cache.
+    pub const DEFAULT_MAX_CAPACITY: u64 = 100_000;
+    /// Default bound on one call to id6, connection included.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3);
+    /// Default cap on the body read from id6 (a user is a few hundred bytes).
+    pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
+
+    pub(crate) fn new(url: impl Into<String>) -> Self {
+        Id6Builder {
+            url: url.into(),
+            cookie_name: "auth".to_owned(),
+            cache_ttl: Self::DEFAULT_CACHE_TTL,
+            negative_ttl: Self::DEFAULT_NEGATIVE_TTL,
+            max_capacity: Self::DEFAULT_MAX_CAPACITY,
+            timeout: Self::DEFAULT_TIMEOUT,
+            connect_timeout: None,
+            max_body_bytes: Self::DEFAULT_MAX_BODY_BYTES,
+            deferred: None,
+        }
+    }
+
+    /// A builder from the environment: `ID6_URL` (required), `ID6_COOKIE_NAME`,
+    /// `ID6_CACHE_TTL`, `ID6_NEGATIVE_TTL`, `ID6_CACHE_CAPACITY`, `ID6_TIMEOUT`.
+    ///
+    /// Durations read like `60s`, `1500ms` or `5m`. A missing or unreadable variable is
+    /// reported by [`build`](Self::build), naming the variable. Setters called afterwards
+    /// override what the environment said.
+    pub fn from_env() -> Self {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// [`from_env`](Self::from_env) over any lookup, so tests need not touch the process
+    /// environment.
+    pub(crate) fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Self {
+        let mut builder = Id6Builder::new(String::new());
+        match lookup("ID6_URL") {
+            Some(url) => builder.url = url,
+            None => builder.defer(Error::config("ID6_URL", "is not set")),
+        }
+        if let Some(name) = lookup("ID6_COOKIE_NAME") {
+            builder.cookie_name = name;
+        }
+        let duration = |builder: &mut Self, var: &'static str| -> Option<Duration> {
+            let value = lookup(var)?;
+            match humantime::parse_duration(value.trim()) {
+                Ok(d) => Some(d),
+                Err(_) => {
+                    builder.defer(Error::config(
+                        var,
+                        format!("`{value}` is not a duration like `60s` or `1500ms`"),
+                    ));
+                    None
+                }
+            }
+        };
+        if let Some(d) = duration(&mut builder, "ID6_CACHE_TTL") {
+            builder.cache_ttl = d;
+        }
+        if let Some(d) = duration(&mut builder, "ID6_NEGATIVE_TTL") {
+            builder.negative_ttl = d;
+        }
+        if let Some(d) = duration(&mut builder, "ID6_TIMEOUT") {
+            builder.timeout = d;
+        }
+        if let Some(value) = lookup("ID6_CACHE_CAPACITY") {
+            match value.trim().parse() {
+                Ok(n) => builder.max_capacity = n,
+                Err(_) => builder.defer(Error::config(
+                    "ID6_CACHE_CAPACITY",
+                    format!("`{value}` is not a whole number"),
+                )),
+            }
+        }
+        builder
+    }
+
+    fn defer(&mut self, error: Error) {
+        self.deferred.get_or_insert(error);
+    }
+
+    /// Name of id6's cookie, read from requests and forwarded to id6 (default `auth`).
+    pub fn cookie_name(mut self, name: impl Into<String>) -> Self {
+        self.cookie_name = name.into();
+        self
+    }
+
+    /// How long an id6 answer naming a user is served from the cache (default 60 s).
+    pub fn cache_ttl(mut self, ttl: Duration) -> Self {
+        self.cache_ttl = ttl;
+        self
+    }
+
+    /// How long a token id6 rejected is remembered as anonymous (default 5 s).
+    pub fn negative_ttl(mut self, ttl: Duration) -> Self {
+        self.negative_ttl = ttl;
+        self
+    }
+
+    /// How many tokens the cache holds at most (default 100 000).
+    pub fn max_capacity(mut self, entries: u64) -> Self {
+        self.max_capacity = entries;
+        self
+    }
+
+    /// Bound on one whole call to id6, from connecting to the last byte (default 3 s).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Bound on connecting to id6 (default: the [`timeout`](Self::timeout)).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = Some(timeout);
+        self
+    }
+
+    /// Cap on the bytes read from one id6 answer (default 64 KiB); longer is unavailable.
+    pub fn max_body_bytes(mut self, bytes: usize) -> Self {
+        self.max_body_bytes = bytes;
+        self
+    }
+
+    /// Checks every setting and builds the handle. Never contacts id6.
+    ///
+    /// # Errors
+    ///
+    /// A config [`Error`] naming the first unusable setting: a URL that is not `http(s)`, a
+    /// zero TTL, timeout or capacity, an empty or invalid cookie name, or an environment
+    /// variable that could not be read.
+    pub fn build(self) -> Result<Id6, Error> {
+        Id6::from_settings(self.validate()?)
+    }
+
+    pub(crate) fn validate(self) -> Result<Settings, Error> {
+        if let Some(error) = self.deferred {
+            return Err(error);
+        }
+        let user_url = user_url(&self.url)?;
+        let valid_name = !self.cookie_name.is_empty()
+            && self.cookie_name.bytes().all(is_cookie_name_byte);
+        if !valid_name {
+            return Err(Error::config(
+                "cookie_name",
+                "must be a non-empty cookie name (letters, digits, `-`, `_`, `.`)",
+            ));
+        }
+        let positive = |setting: &'static str, d: Duration| {
+            if d.is_zero() {
+                Err(Error::config(setting, "must be more than zero"))
+            } else {
+                Ok(d)
+            }
+        };
+        let timeout = positive("timeout", self.timeout)?;
+        let connect_timeout = positive("connect_timeout", self.connect_timeout.unwrap_or(timeout))?;
+        if self.max_capacity == 0 {
+            return Err(Error::config("max_capacity", "must be more than zero"));
+        }
+        if self.max_body_bytes == 0 {
+            return Err(Error::config("max_body_bytes", "must be more than zero"));
+        }
+        Ok(Settings {
+            user_url,
+            cookie_name: self.cookie_name.into_boxed_str(),
+            cache_ttl: positive("cache_ttl", self.cache_ttl)?,
+            negative_ttl: positive("negative_ttl", self.negative_ttl)?,
+            max_capacity: self.max_capacity,
+            timeout,
+            connect_timeout,
+            max_body_bytes: self.max_body_bytes,
+        })
+    }
+}
+
+/// `{base}/user` from id6's API base, which may carry a path such as `/api`.
+fn user_url(base: &str) -> Result<Url, Error> {
+    let mut url = Url::parse(base.trim())
+        .map_err(|e| Error::config("url", format!("`{base}` is not a URL: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err(Error::config("url", format!("`{base}` is not an http(s) URL")));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(Error::config("url", "must not have a query or a fragment"));
+    }
+    let path = format!("{}/user", url.path().trim_end_matches('/'));
+    url.set_path(&path);
+    Ok(url)
+}
+
+/// RFC 6265 cookie-name characters, minus the separators a config would only get wrong.
+fn is_cookie_name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(vars: &[(&str, &str)]) -> Id6Builder {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Id6Builder::from_lookup(move |name| map.get(name).cloned())
+    }
+
+    #[test]
+    fn user_url_keeps_the_api_prefix() {
+        let cases = [
+            ("http://127.0.0.1:8000/api", "http://127.0.0.1:8000/api/user"),
+            ("http://127.0.0.1:8000/api/", "http://127.0.0.1:8000/api/user"),
+            ("https://id6.example.com", "https://id6.example.com/user"),
+            ("http://localhost:3001/", "http://localhost:3001/user"),
+        ];
+        for (base, want) in cases {
+            assert_eq!(user_url(base).unwrap().as_str(), want, "{base}");
+        }
+    }
+
+    #[test]
+    fn bad_settings_name_themselves() {
+        let cases: [(Id6Builder, &str); 8] = [
+            (Id6Builder::new("not a url"), "url"),
+            (Id6Builder::new("ftp://host/api"), "url"),
+            (Id6Builder::new("http://h/api?x=1"), "url"),
+            (Id6Builder::new("http://h").cache_ttl(Duration::ZERO), "cache_ttl"),
+            (Id6Builder::new("http://h").negative_ttl(Duration::ZERO), "negative_ttl"),
+            (Id6Builder::new("http://h").timeout(Duration::ZERO), "timeout"),
+            (Id6Builder::new("http://h").max_capacity(0), "max_capacity"),
+            (Id6Builder::new("http://h").cookie_name("a b;"), "cookie_name"),
+        ];
+        for (builder, setting) in cases {
+            let err = builder.validate().unwrap_err();
+            assert!(err.is_config());
+            assert_eq!(err.setting(), Some(setting), "{err}");
+            assert!(err.to_string().contains(setting), "{err}");
+        }
+    }
+
+    #[test]
+    fn environment_is_read_and_checked() {
+        let s = env(&[
+            ("ID6_URL", "http://127.0.0.1:9/api"),
+            ("ID6_COOKIE_NAME", "sid"),
+            ("ID6_CACHE_TTL", "90s"),
+            ("ID6_NEGATIVE_TTL", "1500ms"),
+            ("ID6_CACHE_CAPACITY", "42"),
+            ("ID6_TIMEOUT", "2s"),
+        ])
+        .validate()
+        .unwrap();
+        assert_eq!(s.user_url.as_str(), "http://127.0.0.1:9/api/user");
+        assert_eq!(&*s.cookie_name, "sid");
+        assert_eq!(s.cache_ttl, Duration::from_secs(90));
+        assert_eq!(s.negative_ttl, Duration::from_millis(1500));
+        assert_eq!(s.max_capacity, 42);
+        assert_eq!(s.timeout, Duration::from_secs(2));
+        assert_eq!(s.connect_timeout, Duration::from_secs(2));
+
+        let missing = env(&[]).validate().unwrap_err();
+        assert_eq!(missing.setting(), Some("ID6_URL"));
+        let bad = env(&[("ID6_URL", "http://h"), ("ID6_CACHE_TTL", "soon")])
+            .validate()
+            .unwrap_err();
+        assert_eq!(bad.setting(), Some("ID6_CACHE_TTL"));
+        assert!(bad.to_string().contains("`soon`"));
+        let bad = env(&[("ID6_URL", "http://h"), ("ID6_CACHE_CAPACITY", "-1")])
+            .validate()
+            .unwrap_err();
+        assert_eq!(bad.setting(), Some("ID6_CACHE_CAPACITY"));
+        // A setter after from_env overrides the environment.
+        let s = env(&[("ID6_URL", "http://h"), ("ID6_TIMEOUT", "9s")])
+            .timeout(Duration::from_secs(1))
+            .validate()
+            .unwrap();
+        assert_eq!(s.timeout, Duration::from_secs(1));
+    }
+}

@@ -1,0 +1,219 @@
+//! The crate's one error type: opaque, cheap to clone, never carrying a token.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::StatusCode;
+
+type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// An error from id6-tower: a bad setting, or id6 that could not give an answer.
+///
+/// It is one pointer wide and cheap to clone, so the same error can sit in the request
+/// extensions of every request that waited on one failed id6 call. Ask what happened with the
+/// `is_*` predicates. Neither `Display` nor `Debug` ever shows a token: errors only mention
+/// the id6 URL, an HTTP status or what was wrong with id6's reply.
+#[derive(Clone)]
+pub struct Error {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    kind: Kind,
+    source: Option<BoxError>,
+}
+
+#[derive(Debug)]
+pub(crate) enum Kind {
+    /// A setting given to the builder or in the environment is not usable.
+    Config {
+        setting: &'static str,
+        reason: String,
+    },
+    /// id6 could not be reached (DNS, refused, reset before an answer).
+    Connect,
+    /// id6 took longer than the configured timeout.
+    Timeout,
+    /// id6 answered 429; `reset` is when its window opens again, if it said.
+    RateLimited { reset: Option<SystemTime> },
+    /// id6 answered with a status that carries no verdict on the token (5xx, 404, 3xx...).
+    Status(StatusCode),
+    /// id6 answered 200 but not with a user or `null` (HTML, truncated JSON, wrong type).
+    Body(&'static str),
+    /// id6's answer was longer than the configured cap.
+    BodyTooLarge { limit: usize },
+    /// Any other failure of the HTTP exchange.
+    Request,
+    /// The resolution task could not run or did not finish.
+    Runtime(&'static str),
+}
+
+impl Error {
+    pub(crate) fn new(kind: Kind) -> Self {
+        Error {
+            inner: Arc::new(Inner { kind, source: None }),
+        }
+    }
+
+    pub(crate) fn with_source(kind: Kind, source: impl Into<BoxError>) -> Self {
+        Error {
+            inner: Arc::new(Inner {
+                kind,
+                source: Some(source.into()),
+            }),
+        }
+    }
+
+    pub(crate) fn config(setting: &'static str, reason: impl Into<String>) -> Self {
+        Error::new(Kind::Config {
+            setting,
+            reason: reason.into(),
+        })
+    }
+
+    /// Classifies a failed reqwest exchange; the URL stays (it holds no token), the request
+    /// headers never reach reqwest's error.
+    pub(crate) fn from_reqwest(err: reqwest::Error) -> Self {
+        let kind = if err.is_timeout() {
+            Kind::Timeout
+        } else if err.is_connect() {
+            Kind::Connect
+        } else {
+            Kind::Request
+        };
+        Error::with_source(kind, err)
+    }
+
+    /// A setting of [`Id6Builder`](crate::Id6Builder) or of the environment was rejected.
+    pub fn is_config(&self) -> bool {
+        matches!(self.inner.kind, Kind::Config { .. })
+    }
+
+    /// The name of the rejected setting (`"url"`, `"ID6_CACHE_TTL"`...), for a config error.
+    pub fn setting(&self) -> Option<&'static str> {
+        match self.inner.kind {
+            Kind::Config { setting, .. } => Some(setting),
+            _ => None,
+        }
+    }
+
+    /// id6 could not be asked or gave no usable answer: every error but a config error.
+    pub fn is_unavailable(&self) -> bool {
+        !self.is_config()
+    }
+
+    /// id6 could not be reached at all.
+    pub fn is_connect(&self) -> bool {
+        matches!(self.inner.kind, Kind::Connect)
+    }
+
+    /// id6 did not answer within the configured timeout.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self.inner.kind, Kind::Timeout)
+    }
+
+    /// id6 answered `429 Too Many Requests`; see [`retry_after`](Self::retry_after).
+    pub fn is_rate_limited(&self) -> bool {
+        matches!(self.inner.kind, Kind::RateLimited { .. })
+    }
+
+    /// id6 answered something that is neither a user nor `null`, or too much of it.
+    pub fn is_body(&self) -> bool {
+        matches!(self.inner.kind, Kind::Body(_) | Kind::BodyTooLarge { .. })
+    }
+
+    /// The HTTP status id6 answered with, when that status is the problem.
+    pub fn status(&self) -> Option<StatusCode> {
+        match self.inner.kind {
+            Kind::Status(status) => Some(status),
+            Kind::RateLimited { .. } => Some(StatusCode::TOO_MANY_REQUESTS),
+            _ => None,
+        }
+    }
+
+    /// How long until id6 will answer again, when it said so (`X-RateLimit-Reset` of a 429).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self.inner.kind {
+            Kind::RateLimited { reset: Some(reset) } => Some(
+                reset
+                    .duration_since(SystemTime::now())
+                    .unwrap_or(Duration::ZERO),
+            ),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.inner.kind {
+            Kind::Config { setting, reason } => write!(f, "invalid id6 setting `{setting}`: {reason}"),
+            Kind::Connect => f.write_str("id6 unavailable: could not connect"),
+            Kind::Timeout => f.write_str("id6 unavailable: no answer within the timeout"),
+            Kind::RateLimited { .. } => f.write_str("id6 unavailable: rate limited (429)"),
+            Kind::Status(status) => write!(f, "id6 unavailable: unexpected status {status}"),
+            Kind::Body(what) => write!(f, "id6 unavailable: unusable answer ({what})"),
+            Kind::BodyTooLarge { limit } => {
+                write!(f, "id6 unavailable: answer longer than {limit} bytes")
+            }
+            Kind::Request => f.write_str("id6 unavailable: request failed"),
+            Kind::Runtime(what) => write!(f, "id6 unavailable: {what}"),
+        }
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("id6_tower::Error");
+        d.field("kind", &self.inner.kind);
+        if let Some(source) = &self.inner.source {
+            d.field("source", source);
+        }
+        d.finish()
+    }
+}
+
+impl StdError for Error {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.inner
+            .source
+            .as_deref()
+            .map(|e| e as &(dyn StdError + 'static))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn is_small_and_shareable() {
+        fn assert_traits<T: Send + Sync + Clone + 'static>() {}
+        assert_traits::<Error>();
+        assert_eq!(std::mem::size_of::<Error>(), std::mem::size_of::<usize>());
+    }
+
+    #[test]
+    fn predicates_follow_the_kind() {
+        let e = Error::config("ID6_CACHE_TTL", "must be more than zero");
+        assert!(e.is_config() && !e.is_unavailable());
+        assert_eq!(e.setting(), Some("ID6_CACHE_TTL"));
+        assert_eq!(
+            e.to_string(),
+            "invalid id6 setting `ID6_CACHE_TTL`: must be more than zero"
+        );
+
+        let reset = SystemTime::now() + Duration::from_secs(30);
+        let e = Error::new(Kind::RateLimited { reset: Some(reset) });
+        assert!(e.is_rate_limited() && e.is_unavailable());
+        assert_eq!(e.status(), Some(StatusCode::TOO_MANY_REQUESTS));
+        let wait = e.retry_after().unwrap();
+        assert!(wait <= Duration::from_secs(30) && wait > Duration::from_secs(25));
+
+        let e = Error::new(Kind::Status(StatusCode::BAD_GATEWAY));
+        assert_eq!(e.status(), Some(StatusCode::BAD_GATEWAY));
+        assert!(!e.is_timeout() && !e.is_connect() && e.retry_after().is_none());
+    }
+}

@@ -1,0 +1,131 @@
+//! `Id6`, the shared handle: settings, HTTP client and cache behind one `Arc`.
+
+use std::fmt;
+use std::sync::Arc;
+
+use http::HeaderMap;
+
+use crate::cache::{AuthCache, Pending};
+use crate::client::Client;
+use crate::config::{Id6Builder, Settings};
+use crate::token::{self, Found, Token, TokenKey};
+use crate::{Authentication, Error, Id6Layer};
+
+/// The handle to one id6 deployment: its HTTP client and the cache of its answers.
+///
+/// Cheap to clone (one `Arc`), so every layer, handler and task can hold its own. Build it
+/// once at start-up with [`Id6::builder`] or [`Id6::from_env`]; building never contacts id6.
+///
+/// ```
+/// # async fn run() -> Result<(), id6_tower::Error> {
+/// let id6 = id6_tower::Id6::builder("http://127.0.0.1:8000/api").build()?;
+/// let layer = id6.layer(); // wrap an axum Router, a tonic server, any tower service
+/// # let _ = layer;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Id6 {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: Arc<Settings>,
+    client: Client,
+    cache: AuthCache,
+}
+
+/// What a request's headers resolve to right away.
+pub(crate) enum Lookup {
+    /// No token, a malformed one, or a cache hit.
+    Ready(Authentication),
+    /// A cache miss: id6 is being asked.
+    Pending(Pending),
+}
+
+impl Id6 {
+    /// Starts configuring a handle for id6's API at `url` (including `/api` when id6 runs
+    /// behind its reverse proxy).
+    pub fn builder(url: impl Into<String>) -> Id6Builder {
+        Id6Builder::new(url)
+    }
+
+    /// A handle configured from the environment; see [`Id6Builder::from_env`].
+    ///
+    /// # Errors
+    ///
+    /// A config [`Error`] naming the variable that is missing or unreadable.
+    pub fn from_env() -> Result<Id6, Error> {
+        Id6Builder::from_env().build()
+    }
+
+    pub(crate) fn from_settings(settings: Settings) -> Result<Id6, Error> {
+        let settings = Arc::new(settings);
+        Ok(Id6 {
+            inner: Arc::new(Inner {
+                client: Client::new(settings.clone())?,
+                cache: AuthCache::new(&settings),
+                settings,
+            }),
+        })
+    }
+
+    /// The tower layer that puts an [`Authentication`] into every request.
+    pub fn layer(&self) -> Id6Layer {
+        Id6Layer::new(self.clone())
+    }
+
+    /// Who the request with these headers is, through the cache: the layer's own resolution,
+    /// for code that does not run behind it.
+    ///
+    /// ```
+    /// # async fn run(id6: id6_tower::Id6, request: http::Request<()>) {
+    /// let who = id6.authenticate(request.headers()).await;
+    /// if let Some(user) = who.user() {
+    ///     println!("{} is calling", user.name);
+    /// }
+    /// # }
+    /// ```
+    pub async fn authenticate(&self, headers: &HeaderMap) -> Authentication {
+        match self.lookup(headers) {
+            Lookup::Ready(verdict) => verdict,
+            Lookup::Pending(pending) => pending.await,
+        }
+    }
+
+    /// The synchronous part of a resolution: everything but waiting on id6.
+    pub(crate) fn lookup(&self, headers: &HeaderMap) -> Lookup {
+        let inner = &*self.inner;
+        let token = match token::find(headers, &inner.settings.cookie_name) {
+            Found::Token(token) => token,
+            Found::None => return Lookup::Ready(Authentication::Anonymous),
+            Found::Malformed => {
+                tracing::debug!("malformed id6 cookie; anonymous without asking id6");
+                return Lookup::Ready(Authentication::Anonymous);
+            }
+        };
+        let key = TokenKey::of(token);
+        if let Some(verdict) = inner.cache.get(&key) {
+            return Lookup::Ready(verdict);
+        }
+        let token = Token::new(token);
+        let this = self.clone();
+        Lookup::Pending(inner.cache.load(key, move || async move {
+            this.inner.client.authenticate(&token).await
+        }))
+    }
+}
+
+impl fmt::Debug for Id6 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = &self.inner.settings;
+        f.debug_struct("Id6")
+            .field("user_url", &s.user_url.as_str())
+            .field("cookie_name", &s.cookie_name)
+            .field("cache_ttl", &s.cache_ttl)
+            .field("negative_ttl", &s.negative_ttl)
+            .field("max_capacity", &s.max_capacity)
+            .field("timeout", &s.timeout)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,102 @@
+//! `ResponseFuture`: the inner service's future, preceded on a cache miss by the wait on id6.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use http::Request;
+use pin_project_lite::pin_project;
+use tower_service::Service;
+
+use crate::cache::Pending;
+
+pin_project! {
+    /// The future of [`Id6Service`](super::Id6Service). `Send` whenever the inner service,
+    /// its future and the request body are.
+    pub struct ResponseFuture<S, B>
+    where
+        S: Service<Request<B>>,
+    {
+        #[pin]
+        state: State<S, B>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, B>
+    where
+        S: Service<Request<B>>,
+    {
+        Resolving {
+            pending: Pending,
+            // Both `Option`s are taken exactly once, when `pending` completes.
+            inner: Option<S>,
+            request: Option<Request<B>>,
+        },
+        Called {
+            #[pin]
+            future: S::Future,
+        },
+    }
+}
+
+impl<S, B> ResponseFuture<S, B>
+where
+    S: Service<Request<B>>,
+{
+    pub(crate) fn called(future: S::Future) -> Self {
+        ResponseFuture {
+            state: State::Called { future },
+        }
+    }
+
+    pub(crate) fn resolving(pending: Pending, inner: S, request: Request<B>) -> Self {
+        ResponseFuture {
+            state: State::Resolving {
+                pending,
+                inner: Some(inner),
+                request: Some(request),
+            },
+        }
+    }
+}
+
+impl<S, B> Future for ResponseFuture<S, B>
+where
+    S: Service<Request<B>>,
+{
+    type Output = Result<S::Response, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut state = self.project().state;
+        loop {
+            match state.as_mut().project() {
+                StateProj::Called { future } => return future.poll(cx),
+                StateProj::Resolving {
+                    pending,
+                    inner,
+                    request,
+                } => {
+                    let verdict = ready!(Pin::new(pending).poll(cx));
+                    let (Some(mut inner), Some(mut request)) = (inner.take(), request.take())
+                    else {
+                        unreachable!("ResponseFuture polled after it was resolved");
+                    };
+                    request.extensions_mut().insert(verdict);
+                    let future = inner.call(request);
+                    state.set(State::Called { future });
+                }
+            }
+        }
+    }
+}
+
+impl<S, B> std::fmt::Debug for ResponseFuture<S, B>
+where
+    S: Service<Request<B>>,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,28 @@
+//! `Id6Layer`: what `Router::layer`, `ServiceBuilder::layer` and tonic's `Server::layer` take.
+
+use tower_layer::Layer;
+
+use super::Id6Service;
+use crate::Id6;
+
+/// Wraps services in an [`Id6Service`]. Cheap to clone: it holds only the [`Id6`] handle.
+#[must_use]
+#[derive(Clone, Debug)]
+pub struct Id6Layer {
+    id6: Id6,
+}
+
+impl Id6Layer {
+    /// A layer resolving identities through `id6`; the same as [`Id6::layer`].
+    pub fn new(id6: Id6) -> Self {
+        Id6Layer { id6 }
+    }
+}
+
+impl<S> Layer<S> for Id6Layer {
+    type Service = Id6Service<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Id6Service::new(inner, self.id6.clone())
+    }
+}

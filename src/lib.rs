@@ -1,0 +1,86 @@
+//! # id6-tower
+//!
+//! Tower middleware that knows who is calling, by asking [id6](https://github.com/) — cached,
+//! coalesced, and safe when id6 is down.
+//!
+//! id6 signs users in and leaves an HTTP-only `auth` cookie (a JWT) in their browser. The
+//! [`Id6Layer`] reads that cookie from each request, asks id6's `GET /user` who owns it
+//! (once per token per TTL, however many requests arrive at once), and inserts the answer,
+//! an [`Authentication`], into the request extensions. Handlers read it with the axum
+//! extractors [`CurrentUser`] and [`RequireUser`], or from `http::Extensions` in any other
+//! tower-based framework.
+//!
+//! ## Quick start
+//!
+//! ```no_run
+//! use axum::{routing::get, Json, Router};
+//! use id6_tower::{CurrentUser, Id6, RequireUser, User};
+//! use std::{sync::Arc, time::Duration};
+//!
+//! async fn home(CurrentUser(user): CurrentUser) -> String {
+//!     match user {
+//!         Some(user) => format!("Hello, {}!", user.name),
+//!         None => "Hello, anonymous!".to_owned(),
+//!     }
+//! }
+//!
+//! async fn me(RequireUser(user): RequireUser) -> Json<Arc<User>> {
+//!     Json(user) // anonymous callers got a 401 before reaching here
+//! }
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let id6 = Id6::builder("http://127.0.0.1:8000/api") // id6's API, `/api` behind its proxy
+//!     .cache_ttl(Duration::from_secs(60))
+//!     .negative_ttl(Duration::from_secs(5))
+//!     .timeout(Duration::from_secs(3))
+//!     .build()?;
+//!
+//! let app = Router::new()
+//!     .route("/", get(home))
+//!     .route("/me", get(me))
+//!     .layer(id6.layer());
+//!
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+//! axum::serve(listener, app).await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! ## What a request gets
+//!
+//! | id6 says | [`Authentication`] | `CurrentUser` | `RequireUser` | cached for |
+//! |---|---|---|---|---|
+//! | (no `auth` cookie, or a malformed one) | `Anonymous` | `None` | 401 | not asked |
+//! | 200 with a user | `Authenticated(Arc<User>)` | `Some(user)` | `user` | `cache_ttl` |
+//! | 200 `null`, or 401 | `Anonymous` | `None` | 401 | `negative_ttl` |
+//! | anything else: down, timeout, 5xx, 429, not JSON, too long | `Unavailable(Error)` | 503 | 503 | never |
+//!
+//! Handlers that do not ask who the caller is run whatever id6 says.
+//!
+//! ## Features
+//!
+//! - `axum` (default): the extractors, on `axum-core`.
+//! - `rustls` (default): HTTPS to id6 through rustls.
+//! - `testing`: [`testing::MockId6`], an id6 look-alike server on loopback for tests.
+
+mod cache;
+mod client;
+mod config;
+mod error;
+#[cfg(feature = "axum")]
+mod extract;
+mod id6;
+mod layer;
+mod token;
+mod user;
+
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use config::Id6Builder;
+pub use error::Error;
+#[cfg(feature = "axum")]
+pub use extract::{AuthRejection, CurrentUser, RejectionKind, RequireUser};
+pub use id6::Id6;
+pub use layer::{Id6Layer, Id6Service, ResponseFuture};
+pub use user::{Authentication, User};

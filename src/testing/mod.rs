@@ -1,0 +1,36 @@
+//! A test kit: [`MockId6`], an id6 look-alike HTTP server on `127.0.0.1:0` (feature `testing`).
+//!
+//! It follows the real server's observed behaviour, not this crate's client: it mints HS256
+//! JWTs `{userId, issuedAt, iat}` for the users you seed, answers `GET /user` with `null`
+//! without a cookie, with the user's JSON for a good token, and with `401` plus a clearing
+//! `Set-Cookie` and id6's `errorCode` (`invalid_token`, `token_expired`, `user_not_found`,
+//! `token_revoked`) for a bad one. It counts the calls it receives and can be told to
+//! misbehave ([`Fault`]) or to go away ([`MockId6::shutdown`]).
+//!
+//! It shares no code with the client side of the crate (no `User`, no token finder, no
+//! serde types): it writes id6's JSON and headers by hand, so a mistake in the client cannot
+//! be mirrored here and pass unnoticed.
+//!
+//! ```
+//! use id6_tower::testing::MockId6;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let mock = MockId6::start().await?;
+//! let alice = mock.add_user("Alice", "alice@example.com");
+//! let token = mock.token_for(alice);
+//!
+//! let id6 = id6_tower::Id6::builder(mock.url()).build()?;
+//! let mut headers = http::HeaderMap::new();
+//! headers.insert(http::header::COOKIE, format!("auth={token}").parse()?);
+//! let who = id6.authenticate(&headers).await;
+//! assert_eq!(who.user().map(|u| u.name.as_str()), Some("Alice"));
+//! assert_eq!(mock.user_calls(), 1);
+//! # Ok(())
+//! # }
+//! ```
+
+mod mock;
+mod server;
+
+pub use mock::{Fault, MockId6, MockId6Builder, RecordedRequest};

@@ -1,0 +1,261 @@
+//! Finding id6's token in a request, the cache key derived from it, and keeping it out of
+//! every `Debug` output.
+
+use std::fmt;
+
+use http::header::{HeaderMap, HeaderValue, COOKIE};
+use sha2::{Digest, Sha256};
+
+/// Longest token we forward: id6's JWTs are a few hundred bytes; anything near a header
+/// limit is not one.
+pub(crate) const MAX_TOKEN_LEN: usize = 4096;
+
+/// What the request's cookies say about id6's token.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Found<'a> {
+    /// No cookie of that name, or an empty one (id6 treats `auth=` as none).
+    None,
+    /// A value no id6 token can have (bytes outside cookie-octets, or too long).
+    Malformed,
+    Token(&'a str),
+}
+
+/// The value of the first cookie named `name` across every `Cookie` header, in order, as
+/// id6's cookie parser sees it: the first one wins even when empty, and surrounding double
+/// quotes are dropped.
+///
+/// A hand scan rather than `cookie::Cookie::split_parse`: it allocates nothing and skips the
+/// other cookies' values; `tests` check it against the `cookie` crate.
+pub(crate) fn find<'a>(headers: &'a HeaderMap, name: &str) -> Found<'a> {
+    for header in headers.get_all(COOKIE) {
+        if let Some(value) = find_in(header.as_bytes(), name.as_bytes()) {
+            return classify(value);
+        }
+    }
+    Found::None
+}
+
+fn find_in<'a>(header: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    header.split(|&b| b == b';').find_map(|pair| {
+        let eq = pair.iter().position(|&b| b == b'=')?;
+        (trim(&pair[..eq]) == name).then(|| trim(&pair[eq + 1..]))
+    })
+}
+
+fn classify(value: &[u8]) -> Found<'_> {
+    let value = match value {
+        [b'"', inner @ .., b'"'] => inner,
+        _ => value,
+    };
+    if value.is_empty() {
+        return Found::None;
+    }
+    if value.len() > MAX_TOKEN_LEN || !value.iter().all(|&b| is_cookie_octet(b)) {
+        return Found::Malformed;
+    }
+    // Cookie-octets are ASCII, so this never fails; no `unwrap` on request input all the same.
+    std::str::from_utf8(value).map_or(Found::Malformed, Found::Token)
+}
+
+fn trim(bytes: &[u8]) -> &[u8] {
+    let start = bytes.iter().position(|b| !matches!(b, b' ' | b'\t'));
+    let end = bytes.iter().rposition(|b| !matches!(b, b' ' | b'\t'));
+    match (start, end) {
+        (Some(s), Some(e)) => &bytes[s..=e],
+        _ => &[],
+    }
+}
+
+/// RFC 6265 `cookie-octet`: visible ASCII but `"`, `,`, `;` and `\`.
+fn is_cookie_octet(b: u8) -> bool {
+    matches!(b, 0x21 | 0x23..=0x2B | 0x2D..=0x3A | 0x3C..=0x5B | 0x5D..=0x7E)
+}
+
+/// 256-bit SHA-256 of a token: the cache key. Never a shorter hash: a collision would hand
+/// one user's identity to another.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct TokenKey([u8; 32]);
+
+impl TokenKey {
+    pub(crate) fn of(token: &str) -> Self {
+        TokenKey(Sha256::digest(token.as_bytes()).into())
+    }
+}
+
+impl fmt::Debug for TokenKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TokenKey(..)")
+    }
+}
+
+/// An owned token on its way to id6: `Debug` shows only its length.
+#[derive(Clone)]
+pub(crate) struct Token(Box<str>);
+
+impl Token {
+    pub(crate) fn new(token: &str) -> Self {
+        Token(token.into())
+    }
+
+    /// The `Cookie` header id6 expects, marked sensitive so that HTTP stacks never log it.
+    pub(crate) fn cookie_header(&self, cookie_name: &str) -> Option<HeaderValue> {
+        let mut value = HeaderValue::try_from(format!("{cookie_name}={}", self.0)).ok()?;
+        value.set_sensitive(true);
+        Some(value)
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Token(<{} bytes redacted>)", self.0.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn headers(values: &[&[u8]]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for v in values {
+            map.append(COOKIE, HeaderValue::from_bytes(v).unwrap());
+        }
+        map
+    }
+
+    fn found(values: &[&[u8]]) -> Found<'static> {
+        let map = Box::leak(Box::new(headers(values)));
+        find(map, "auth")
+    }
+
+    #[test]
+    fn finds_the_first_auth_cookie() {
+        assert_eq!(found(&[b"auth=abc"]), Found::Token("abc"));
+        assert_eq!(found(&[b"a=1; auth=abc; b=2"]), Found::Token("abc"));
+        assert_eq!(found(&[b"  auth = abc  ;x=y"]), Found::Token("abc"));
+        assert_eq!(found(&[b"auth=first; auth=second"]), Found::Token("first"));
+        assert_eq!(found(&[b"x=1", b"auth=second-header"]), Found::Token("second-header"));
+        assert_eq!(found(&[b"auth=one", b"auth=two"]), Found::Token("one"));
+        assert_eq!(found(&[b"auth=\"quoted\""]), Found::Token("quoted"));
+        assert_eq!(found(&[b"xauth=no; authx=no"]), Found::None);
+        assert_eq!(found(&[b"auth=a=b"]), Found::Token("a=b"));
+    }
+
+    #[test]
+    fn empty_first_cookie_means_none() {
+        assert_eq!(found(&[]), Found::None);
+        assert_eq!(found(&[b"auth="]), Found::None);
+        assert_eq!(found(&[b"auth=; auth=later"]), Found::None);
+        assert_eq!(found(&[b"auth=\"\""]), Found::None);
+    }
+
+    #[test]
+    fn malformed_values_are_flagged_not_forwarded() {
+        assert_eq!(found(&[b"auth=a\\b"]), Found::Malformed);
+        assert_eq!(found(&[b"auth=a b"]), Found::Malformed);
+        assert_eq!(found(&[b"auth=\xff\xfe"]), Found::Malformed);
+        let long = format!("auth={}", "a".repeat(MAX_TOKEN_LEN + 1));
+        assert_eq!(found(&[long.as_bytes()]), Found::Malformed);
+        let ok = format!("auth={}", "a".repeat(MAX_TOKEN_LEN));
+        assert!(matches!(found(&[ok.as_bytes()]), Found::Token(_)));
+    }
+
+    #[test]
+    fn odd_headers_do_not_panic() {
+        let huge = vec![b'a'; 64 * 1024];
+        let mut huge_pairs = b"auth".repeat(16 * 1024);
+        huge_pairs.extend_from_slice(b"=x");
+        for h in [
+            &b""[..],
+            b";;;;",
+            b"=",
+            b"==auth==",
+            b"noequals",
+            b"auth",
+            b";auth",
+            b"\xff=\xff; auth=\x80",
+            &huge,
+            &huge_pairs,
+        ] {
+            let _ = found(&[h]);
+        }
+    }
+
+    #[test]
+    fn keys_are_full_sha256_and_debug_is_redacted() {
+        let key = TokenKey::of("abc");
+        assert_eq!(
+            key.0[..4],
+            [0xba, 0x78, 0x16, 0xbf],
+            "SHA-256(\"abc\") starts ba7816bf"
+        );
+        assert_ne!(TokenKey::of("abc"), TokenKey::of("abd"));
+        assert_eq!(format!("{key:?}"), "TokenKey(..)");
+        let token = Token::new("secret.jwt.value");
+        assert!(!format!("{token:?}").contains("secret"));
+        let header = token.cookie_header("auth").unwrap();
+        assert!(header.is_sensitive());
+        assert_eq!(header, "auth=secret.jwt.value");
+    }
+
+    fn cookie_octets() -> impl Strategy<Value = String> {
+        proptest::collection::vec(
+            prop_oneof![
+                Just(0x21u8),
+                0x23u8..=0x2B,
+                0x2Du8..=0x3A,
+                0x3Cu8..=0x5B,
+                0x5Du8..=0x7E
+            ],
+            1..40,
+        )
+        .prop_map(|b| String::from_utf8(b).unwrap().replace('=', "-"))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Arbitrary bytes in any number of Cookie headers never panic.
+        #[test]
+        fn never_panics(values in proptest::collection::vec(
+            proptest::collection::vec(any::<u8>(), 0..300), 0..4)
+        ) {
+            let mut map = HeaderMap::new();
+            for v in &values {
+                if let Ok(v) = HeaderValue::from_bytes(v) {
+                    map.append(COOKIE, v);
+                }
+            }
+            let _ = find(&map, "auth");
+        }
+
+        /// On well-formed headers the scan agrees with the `cookie` crate.
+        #[test]
+        fn agrees_with_the_cookie_crate(
+            pairs in proptest::collection::vec(
+                (prop_oneof![Just("auth".to_owned()), "[a-z]{1,6}"], cookie_octets()),
+                0..8,
+            ),
+            spaces in proptest::bool::ANY,
+        ) {
+            let sep = if spaces { "; " } else { ";" };
+            let header = pairs
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(sep);
+            let oracle = cookie::Cookie::split_parse(header.as_str())
+                .filter_map(Result::ok)
+                .find(|c| c.name() == "auth")
+                .map(|c| c.value_trimmed().to_owned());
+            let map = headers(&[header.as_bytes()]);
+            let ours = match find(&map, "auth") {
+                Found::Token(t) => Some(t.to_owned()),
+                Found::None => None,
+                Found::Malformed => panic!("well-formed header flagged malformed: {header}"),
+            };
+            prop_assert_eq!(ours, oracle);
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! Every verdict id6 can give, and every way it can fail, as the app's routes answer them.
+
+mod common;
+
+use std::time::Duration;
+
+use common::Setup;
+use id6_tower::testing::{Fault, MockId6};
+use id6_tower::Id6;
+
+#[tokio::test]
+async fn a_valid_token_is_the_user() {
+    let s = Setup::new().await;
+    let alice = s.mock.add_user("Alice", "alice@example.com");
+    let token = s.mock.token_for(alice);
+    let (status, body, _) = s.get("/me", Some(&token)).await;
+    assert_eq!(status, 200);
+    let user: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(user["id"], alice);
+    assert_eq!(user["name"], "Alice");
+    assert_eq!(user["email"], "alice@example.com");
+    assert_eq!(s.get("/", Some(&token)).await.1, "Hello, Alice!");
+}
+
+#[tokio::test]
+async fn no_cookie_is_anonymous_without_asking_id6() {
+    let s = Setup::new().await;
+    let (status, body, _) = s.get("/me", None).await;
+    assert_eq!(status, 401);
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["statusCode"], 401);
+    assert_eq!(body["errorCode"], "not_authenticated");
+    assert_eq!(body["path"], "/me");
+    assert_eq!(s.get("/", None).await.1, "Hello, anonymous!");
+    assert_eq!(s.get("/", Some("")).await.1, "Hello, anonymous!");
+    assert_eq!(s.mock.user_calls(), 0);
+}
+
+#[tokio::test]
+async fn every_refusal_of_id6_is_anonymous() {
+    let s = Setup::new().await;
+    let alice = s.mock.add_user("Alice", "a@example.com");
+    let bob = s.mock.add_user("Bob", "b@example.com");
+    let carol = s.mock.add_user("Carol", "c@example.com");
+    let revoked = s.mock.token_for(bob);
+    let gone = s.mock.token_for(carol);
+    // id6's revocation is strict: tokens issued in the same millisecond survive.
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    s.mock.revoke_tokens(bob);
+    s.mock.remove_user(carol);
+    let foreign = MockId6::builder()
+        .jwt_secret("another secret")
+        .start()
+        .await
+        .unwrap()
+        .token_for(alice);
+    let cases = [
+        ("garbage", "not-a-jwt".to_owned()),
+        ("wrong signature", foreign),
+        ("expired", s.mock.expired_token_for(alice)),
+        ("revoked", revoked),
+        ("user gone", gone),
+    ];
+    for (what, token) in &cases {
+        let (status, body, _) = s.get("/me", Some(token)).await;
+        assert_eq!(status, 401, "{what}: {body}");
+        assert!(body.contains("not_authenticated"), "{what}: {body}");
+        assert_eq!(s.get("/", Some(token)).await.1, "Hello, anonymous!", "{what}");
+    }
+    // Each refusal asked id6 once; the second request was a negative cache hit.
+    assert_eq!(s.mock.user_calls(), cases.len());
+}
+
+/// What `/me`, `/` and `/health` answer while id6 misbehaves in each way.
+#[tokio::test]
+async fn id6_failures_are_503_and_never_cached() {
+    let s = Setup::new().await;
+    let alice = s.mock.add_user("Alice", "a@example.com");
+    let faults = [
+        Fault::Status(500),
+        Fault::Status(502),
+        Fault::Status(404),
+        Fault::RateLimited,
+        Fault::DropConnection,
+        Fault::MalformedBody,
+        Fault::HtmlPage,
+        Fault::Delay(Duration::from_secs(3600)), // hanging: bounded by the 500 ms timeout
+    ];
+    for fault in faults {
+        s.mock.set_fault(fault.clone());
+        let token = s.mock.token_for(alice);
+        let calls_before = s.mock.user_calls();
+        let (status, body, retry) = tokio::time::timeout(Duration::from_secs(20), s.get("/me", Some(&token)))
+            .await
+            .unwrap_or_else(|_| panic!("{fault:?}: the request was not bounded by the timeout"));
+        assert_eq!(status, 503, "{fault:?}: {body}");
+        assert!(body.contains("\"errorCode\":\"id6_unavailable\""), "{fault:?}: {body}");
+        let retry: u64 = retry.expect("503 carries Retry-After").parse().unwrap();
+        if fault == Fault::RateLimited {
+            // X-RateLimit-Reset is 60 s away, not the default.
+            assert!((55..=61).contains(&retry), "{fault:?}: Retry-After {retry}");
+        } else {
+            assert!(retry >= 1, "{fault:?}");
+        }
+        assert_eq!(s.get("/", Some(&token)).await.0, 503, "{fault:?}");
+        assert_eq!(s.get("/health", Some(&token)).await, (200, "ok".to_owned(), None));
+        // Not cached: both /me and / asked id6 (the /health request too: the layer resolves
+        // before routing).
+        assert_eq!(s.mock.user_calls() - calls_before, 3, "{fault:?}");
+
+        // Once id6 is back, the same token works at once.
+        s.mock.clear_fault();
+        assert_eq!(s.get("/me", Some(&token)).await.0, 200, "{fault:?} then healthy");
+    }
+}
+
+#[tokio::test]
+async fn id6_down_is_503() {
+    let mock = MockId6::start().await.unwrap();
+    let alice = mock.add_user("Alice", "a@example.com");
+    let token = mock.token_for(alice);
+    mock.shutdown().await;
+    let id6 = common::builder(&mock).build().unwrap();
+    let s = Setup::with(mock, id6).await;
+    let (status, body, retry) = s.get("/me", Some(&token)).await;
+    assert_eq!((status, retry.as_deref()), (503, Some("5")), "{body}");
+    assert_eq!(s.get("/", None).await.0, 200, "no cookie never needs id6");
+}
+
+#[tokio::test]
+async fn an_answer_over_the_body_cap_is_503() {
+    let mock = MockId6::start().await.unwrap();
+    let alice = mock.add_user("Alice with a long name", "alice@example.com");
+    let token = mock.token_for(alice);
+    let id6 = common::builder(&mock).max_body_bytes(32).build().unwrap();
+    let s = Setup::with(mock, id6).await;
+    assert_eq!(s.get("/me", Some(&token)).await.0, 503);
+}
+
+#[tokio::test]
+async fn the_api_prefix_is_kept() {
+    // Behind id6's proxy the base is `.../api`; the mock serves `/user` at its root, so a
+    // base with `/api` reaches the mock's Express-like HTML 404: unavailable, not anonymous.
+    let mock = MockId6::start().await.unwrap();
+    let alice = mock.add_user("Alice", "a@example.com");
+    let token = mock.token_for(alice);
+    let id6 = Id6::builder(format!("{}/api", mock.url())).build().unwrap();
+    let s = Setup::with(mock, id6).await;
+    assert_eq!(s.get("/me", Some(&token)).await.0, 503);
+    assert_eq!(s.mock.requests().last().unwrap().path, "/api/user");
+}

@@ -1,0 +1,119 @@
+//! One id6 call per token per TTL, however many requests arrive at once.
+
+mod common;
+
+use std::time::Duration;
+
+use common::Setup;
+use id6_tower::testing::{Fault, MockId6};
+use id6_tower::Authentication;
+use tower::ServiceExt;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_concurrent_requests_make_one_call() {
+    let s = Setup::new().await;
+    let alice = s.mock.add_user("Alice", "a@example.com");
+    let token = s.mock.token_for(alice);
+    // id6 answers slowly, so every request arrives while the first call is in flight.
+    s.mock.set_fault(Fault::Delay(Duration::from_millis(300)));
+    let requests = (0..200).map(|_| {
+        let app = common::app(&s.id6);
+        let token = token.clone();
+        tokio::spawn(async move {
+            let request = http::Request::get("/")
+                .header("cookie", format!("auth={token}"))
+                .body(axum::body::Body::empty())
+                .unwrap();
+            let response = app.oneshot(request).await.unwrap();
+            axum::body::to_bytes(response.into_body(), 1024).await.unwrap()
+        })
+    });
+    for answer in futures_util::future::join_all(requests).await {
+        assert_eq!(&answer.unwrap()[..], b"Hello, Alice!");
+    }
+    assert_eq!(s.mock.user_calls(), 1);
+}
+
+#[tokio::test]
+async fn a_bad_token_is_asked_once_per_negative_ttl() {
+    let mock = MockId6::start().await.unwrap();
+    let id6 = common::builder(&mock)
+        .negative_ttl(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let s = Setup::with(mock, id6).await;
+    for _ in 0..20 {
+        assert_eq!(s.get("/me", Some("bad.token.value")).await.0, 401);
+    }
+    assert_eq!(s.mock.user_calls(), 1);
+    // Expiry is time itself: wait it out, then id6 is asked again.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(s.get("/me", Some("bad.token.value")).await.0, 401);
+    assert_eq!(s.mock.user_calls(), 2);
+}
+
+#[tokio::test]
+async fn a_user_is_asked_once_per_ttl() {
+    let mock = MockId6::start().await.unwrap();
+    let id6 = common::builder(&mock)
+        .cache_ttl(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let s = Setup::with(mock, id6).await;
+    let alice = s.mock.add_user("Alice", "a@example.com");
+    let token = s.mock.token_for(alice);
+    for _ in 0..20 {
+        assert_eq!(s.get("/me", Some(&token)).await.0, 200);
+    }
+    assert_eq!(s.mock.user_calls(), 1);
+    s.mock.rename_user(alice, "Alice Liddell");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(s.get("/", Some(&token)).await.1, "Hello, Alice Liddell!");
+    assert_eq!(s.mock.user_calls(), 2);
+}
+
+#[tokio::test]
+async fn malformed_cookies_never_reach_id6() {
+    let s = Setup::new().await;
+    for header in [
+        "auth=has space",
+        "auth=back\\slash",
+        "auth=\"unterminated",
+        "auth",
+        "=auth",
+        ";;;",
+    ] {
+        let response = s
+            .http
+            .get(format!("{}/", s.base))
+            .header("cookie", header)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{header}");
+        assert_eq!(response.text().await.unwrap(), "Hello, anonymous!");
+    }
+    let long = format!("auth={}", "a".repeat(64 * 1024));
+    let request = http::Request::get("/")
+        .header("cookie", long)
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let response = common::app(&s.id6).oneshot(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    // Non-UTF-8 bytes are legal in a header value: still anonymous, no panic.
+    let request = http::Request::get("/")
+        .header("cookie", http::HeaderValue::from_bytes(b"auth=\xff\xfe; x=\x80").unwrap())
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let response = common::app(&s.id6).oneshot(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(s.mock.user_calls(), 0);
+
+    // Directly, too.
+    let mut headers = http::HeaderMap::new();
+    headers.insert("cookie", http::HeaderValue::from_static("auth=a b"));
+    assert!(matches!(
+        s.id6.authenticate(&headers).await,
+        Authentication::Anonymous
+    ));
+}

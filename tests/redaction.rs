@@ -1,0 +1,124 @@
+//! No token ever reaches a log line, an error message, a rejection body or a `Debug` output.
+
+mod common;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use common::Setup;
+use id6_tower::testing::Fault;
+use id6_tower::{Authentication, Id6};
+
+/// Everything any test in this file logs, at every level.
+fn captured() -> &'static Arc<Mutex<Vec<u8>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let sink = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(move || Sink(sink.clone()))
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).unwrap();
+        logs
+    })
+}
+
+struct Sink(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Fails with the place where the secret showed up.
+fn assert_clean(what: &str, text: &str, secrets: &[&str]) {
+    for secret in secrets {
+        // The signature alone identifies a JWT; look for it as well as the whole token.
+        let signature = secret.rsplit('.').next().unwrap_or(secret);
+        assert!(
+            !text.contains(secret) && !text.contains(signature),
+            "a token leaked into {what}: {text}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_stay_out_of_logs_errors_and_debug() {
+    let logs = captured();
+    let s = Setup::new().await;
+    let alice = s.mock.add_user("Alice", "a@example.com");
+    let good = s.mock.token_for(alice);
+    let expired = s.mock.expired_token_for(alice);
+    let garbage = "garbage-token-value-0123456789".to_owned();
+    let mut secrets: Vec<String> = vec![good.clone(), expired.clone(), garbage.clone()];
+    let mut texts: Vec<(&str, String)> = Vec::new();
+
+    // Miss, hit, refusals.
+    for token in [&good, &good, &expired, &garbage] {
+        texts.push(("a response body", s.get("/me", Some(token)).await.1));
+    }
+    // Every failure, each through the app and directly.
+    for fault in [
+        Fault::Status(500),
+        Fault::RateLimited,
+        Fault::DropConnection,
+        Fault::MalformedBody,
+        Fault::HtmlPage,
+        Fault::Delay(Duration::from_secs(60)),
+    ] {
+        s.mock.set_fault(fault);
+        let fresh = s.mock.token_for(alice);
+        let fresher = s.mock.token_for(s.mock.add_user("Bob", "b@example.com"));
+        texts.push(("a response body", s.get("/me", Some(&fresh)).await.1));
+        let mut headers = http::HeaderMap::new();
+        headers.append("cookie", format!("auth={fresher}").parse().unwrap());
+        let verdict = s.id6.authenticate(&headers).await;
+        texts.push(("an Authentication's Debug", format!("{verdict:?}")));
+        let error = verdict.unavailable().expect("unavailable").clone();
+        texts.push(("an error's Display", error.to_string()));
+        texts.push(("an error's Debug", format!("{error:?}")));
+        let mut source = std::error::Error::source(&error);
+        while let Some(cause) = source {
+            texts.push(("an error's source", format!("{cause} / {cause:?}")));
+            source = cause.source();
+        }
+        s.mock.clear_fault();
+        secrets.extend([fresh, fresher]);
+    }
+    let mut headers = http::HeaderMap::new();
+    headers.insert("cookie", format!("auth={good}").parse().unwrap());
+    let verdict = s.id6.authenticate(&headers).await;
+    assert!(matches!(verdict, Authentication::Authenticated(_)));
+    texts.push(("a user's Debug", format!("{verdict:?}")));
+    texts.push(("the handle's Debug", format!("{:?}", s.id6)));
+    texts.push(("the layer's Debug", format!("{:?}", s.id6.layer())));
+
+    let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
+    for (what, text) in &texts {
+        assert_clean(what, text, &secrets);
+    }
+
+    let logs = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    // The capture works and saw the interesting events, so a clean result means something.
+    assert!(logs.contains("id6 named the user"), "{logs}");
+    assert!(logs.contains("id6 unavailable"), "{logs}");
+    assert!(logs.contains("id6 rejected the token"), "{logs}");
+    assert_clean("the tracing output", &logs, &secrets);
+}
+
+#[test]
+fn config_errors_do_not_echo_tokens_either() {
+    // The only user input in a config error is the setting itself; a URL with credentials
+    // is the closest thing to a secret there, and reqwest never sees it (build fails first).
+    let err = Id6::builder("http://127.0.0.1:8000/api?token=abc").build().unwrap_err();
+    assert!(err.is_config());
+    assert!(!err.to_string().contains("token=abc"), "{err}");
+}

@@ -40,7 +40,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mock = MockId6::start().await?;
         let alice = mock.add_user("Alice", "alice@example.com");
         let token = mock.token_for(alice);
-        println!("ID6_URL is unset: using an embedded MockId6 at {}", mock.url());
+        println!(
+            "ID6_URL is unset: using an embedded MockId6 at {}",
+            mock.url()
+        );
         (Id6::builder(mock.url()).build()?, Some(mock), Some(token))
     };
 

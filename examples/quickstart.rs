@@ -66,24 +66,39 @@ async fn main() -> Result<(), Failure> {
     walk.get("/me", None, 401, "not_authenticated", 0).await?;
 
     println!("\n== signed in: the first request asks id6 once");
-    walk.get("/me", Some(&alice_token), 200, "\"name\":\"Alice\"", 1).await?;
+    walk.get("/me", Some(&alice_token), 200, "\"name\":\"Alice\"", 1)
+        .await?;
 
     println!("\n== cache hit: more requests with the same cookie, no more id6 calls");
     for _ in 0..3 {
-        walk.get("/", Some(&alice_token), 200, "Hello, Alice!", 1).await?;
+        walk.get("/", Some(&alice_token), 200, "Hello, Alice!", 1)
+            .await?;
     }
 
     println!("\n== bad token: id6 says 401, remembered as anonymous for the negative TTL");
-    walk.get("/me", Some("not.a-valid.token"), 401, "not_authenticated", 2).await?;
-    walk.get("/", Some("not.a-valid.token"), 200, "Hello, anonymous!", 2).await?;
+    walk.get(
+        "/me",
+        Some("not.a-valid.token"),
+        401,
+        "not_authenticated",
+        2,
+    )
+    .await?;
+    walk.get("/", Some("not.a-valid.token"), 200, "Hello, anonymous!", 2)
+        .await?;
 
     println!("\n== id6 down: the cached user is still served; an unknown token gets 503");
     mock.shutdown().await;
-    walk.get("/me", Some(&alice_token), 200, "\"name\":\"Alice\"", 2).await?;
-    walk.get("/me", Some(&bob_token), 503, "id6_unavailable", 2).await?;
+    walk.get("/me", Some(&alice_token), 200, "\"name\":\"Alice\"", 2)
+        .await?;
+    walk.get("/me", Some(&bob_token), 503, "id6_unavailable", 2)
+        .await?;
     walk.get("/health", Some(&bob_token), 200, "ok", 2).await?;
 
-    println!("\nAll answers as expected; id6 was asked {} times.", mock.user_calls());
+    println!(
+        "\nAll answers as expected; id6 was asked {} times.",
+        mock.user_calls()
+    );
     Ok(())
 }
 
@@ -116,8 +131,14 @@ impl Walk<'_> {
             .unwrap_or_default();
         let body = response.text().await?;
         let calls = self.mock.user_calls();
-        let cookie = if token.is_some() { "auth=<token>" } else { "none" };
-        println!("GET {path:<8} cookie: {cookie:<13} -> {status}{retry} {body}    [id6 calls: {calls}]");
+        let cookie = if token.is_some() {
+            "auth=<token>"
+        } else {
+            "none"
+        };
+        println!(
+            "GET {path:<8} cookie: {cookie:<13} -> {status}{retry} {body}    [id6 calls: {calls}]"
+        );
         if status != want_status || !body.contains(want_in_body) || calls != want_calls {
             return Err(format!(
                 "expected {want_status} with `{want_in_body}` after {want_calls} id6 calls"

@@ -82,9 +82,9 @@ impl Client {
             Ok(body) => match serde_json::from_slice::<Option<User>>(&body) {
                 Ok(Some(user)) => Authentication::Authenticated(Arc::new(user)),
                 Ok(None) => Authentication::Anonymous,
-                Err(_) => Authentication::Unavailable(Error::new(Kind::Body(
-                    "neither a user nor null",
-                ))),
+                Err(_) => {
+                    Authentication::Unavailable(Error::new(Kind::Body("neither a user nor null")))
+                }
             },
             Err(error) => Authentication::Unavailable(error),
         }

@@ -192,8 +192,8 @@ impl Id6Builder {
             return Err(error);
         }
         let user_url = user_url(&self.url)?;
-        let valid_name = !self.cookie_name.is_empty()
-            && self.cookie_name.bytes().all(is_cookie_name_byte);
+        let valid_name =
+            !self.cookie_name.is_empty() && self.cookie_name.bytes().all(is_cookie_name_byte);
         if !valid_name {
             return Err(Error::config(
                 "cookie_name",
@@ -233,7 +233,10 @@ fn user_url(base: &str) -> Result<Url, Error> {
     let mut url = Url::parse(base.trim())
         .map_err(|e| Error::config("url", format!("`{base}` is not a URL: {e}")))?;
     if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-        return Err(Error::config("url", format!("`{base}` is not an http(s) URL")));
+        return Err(Error::config(
+            "url",
+            format!("`{base}` is not an http(s) URL"),
+        ));
     }
     if url.query().is_some() || url.fragment().is_some() {
         return Err(Error::config("url", "must not have a query or a fragment"));
@@ -264,8 +267,14 @@ mod tests {
     #[test]
     fn user_url_keeps_the_api_prefix() {
         let cases = [
-            ("http://127.0.0.1:8000/api", "http://127.0.0.1:8000/api/user"),
-            ("http://127.0.0.1:8000/api/", "http://127.0.0.1:8000/api/user"),
+            (
+                "http://127.0.0.1:8000/api",
+                "http://127.0.0.1:8000/api/user",
+            ),
+            (
+                "http://127.0.0.1:8000/api/",
+                "http://127.0.0.1:8000/api/user",
+            ),
             ("https://id6.example.com", "https://id6.example.com/user"),
             ("http://localhost:3001/", "http://localhost:3001/user"),
         ];
@@ -280,11 +289,23 @@ mod tests {
             (Id6Builder::new("not a url"), "url"),
             (Id6Builder::new("ftp://host/api"), "url"),
             (Id6Builder::new("http://h/api?x=1"), "url"),
-            (Id6Builder::new("http://h").cache_ttl(Duration::ZERO), "cache_ttl"),
-            (Id6Builder::new("http://h").negative_ttl(Duration::ZERO), "negative_ttl"),
-            (Id6Builder::new("http://h").timeout(Duration::ZERO), "timeout"),
+            (
+                Id6Builder::new("http://h").cache_ttl(Duration::ZERO),
+                "cache_ttl",
+            ),
+            (
+                Id6Builder::new("http://h").negative_ttl(Duration::ZERO),
+                "negative_ttl",
+            ),
+            (
+                Id6Builder::new("http://h").timeout(Duration::ZERO),
+                "timeout",
+            ),
             (Id6Builder::new("http://h").max_capacity(0), "max_capacity"),
-            (Id6Builder::new("http://h").cookie_name("a b;"), "cookie_name"),
+            (
+                Id6Builder::new("http://h").cookie_name("a b;"),
+                "cookie_name",
+            ),
         ];
         for (builder, setting) in cases {
             let err = builder.validate().unwrap_err();

@@ -149,7 +149,9 @@ impl Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.inner.kind {
-            Kind::Config { setting, reason } => write!(f, "invalid id6 setting `{setting}`: {reason}"),
+            Kind::Config { setting, reason } => {
+                write!(f, "invalid id6 setting `{setting}`: {reason}")
+            }
             Kind::Connect => f.write_str("id6 unavailable: could not connect"),
             Kind::Timeout => f.write_str("id6 unavailable: no answer within the timeout"),
             Kind::RateLimited { .. } => f.write_str("id6 unavailable: rate limited (429)"),

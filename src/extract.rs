@@ -239,11 +239,8 @@ mod tests {
     }
 
     async fn optional(v: Option<Authentication>) -> Result<Option<RequireUser>, AuthRejection> {
-        <RequireUser as OptionalFromRequestParts<()>>::from_request_parts(
-            &mut parts_with(v),
-            &(),
-        )
-        .await
+        <RequireUser as OptionalFromRequestParts<()>>::from_request_parts(&mut parts_with(v), &())
+            .await
     }
 
     #[tokio::test]
@@ -301,7 +298,11 @@ mod tests {
             .unwrap_err()
             .into_response();
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
-        let secs: u64 = response.headers()[RETRY_AFTER].to_str().unwrap().parse().unwrap();
+        let secs: u64 = response.headers()[RETRY_AFTER]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
         assert!((42..=43).contains(&secs), "{secs}");
         assert_eq!(axum_body(response).await["errorCode"], "id6_unavailable");
     }

@@ -135,7 +135,10 @@ mod tests {
         assert_eq!(found(&[b"a=1; auth=abc; b=2"]), Found::Token("abc"));
         assert_eq!(found(&[b"  auth = abc  ;x=y"]), Found::Token("abc"));
         assert_eq!(found(&[b"auth=first; auth=second"]), Found::Token("first"));
-        assert_eq!(found(&[b"x=1", b"auth=second-header"]), Found::Token("second-header"));
+        assert_eq!(
+            found(&[b"x=1", b"auth=second-header"]),
+            Found::Token("second-header")
+        );
         assert_eq!(found(&[b"auth=one", b"auth=two"]), Found::Token("one"));
         assert_eq!(found(&[b"auth=\"quoted\""]), Found::Token("quoted"));
         assert_eq!(found(&[b"xauth=no; authx=no"]), Found::None);

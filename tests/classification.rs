@@ -65,7 +65,11 @@ async fn every_refusal_of_id6_is_anonymous() {
         let (status, body, _) = s.get("/me", Some(token)).await;
         assert_eq!(status, 401, "{what}: {body}");
         assert!(body.contains("not_authenticated"), "{what}: {body}");
-        assert_eq!(s.get("/", Some(token)).await.1, "Hello, anonymous!", "{what}");
+        assert_eq!(
+            s.get("/", Some(token)).await.1,
+            "Hello, anonymous!",
+            "{what}"
+        );
     }
     // Each refusal asked id6 once; the second request was a negative cache hit.
     assert_eq!(s.mock.user_calls(), cases.len());
@@ -90,11 +94,17 @@ async fn id6_failures_are_503_and_never_cached() {
         s.mock.set_fault(fault.clone());
         let token = s.mock.token_for(alice);
         let calls_before = s.mock.user_calls();
-        let (status, body, retry) = tokio::time::timeout(Duration::from_secs(20), s.get("/me", Some(&token)))
-            .await
-            .unwrap_or_else(|_| panic!("{fault:?}: the request was not bounded by the timeout"));
+        let (status, body, retry) =
+            tokio::time::timeout(Duration::from_secs(20), s.get("/me", Some(&token)))
+                .await
+                .unwrap_or_else(|_| {
+                    panic!("{fault:?}: the request was not bounded by the timeout")
+                });
         assert_eq!(status, 503, "{fault:?}: {body}");
-        assert!(body.contains("\"errorCode\":\"id6_unavailable\""), "{fault:?}: {body}");
+        assert!(
+            body.contains("\"errorCode\":\"id6_unavailable\""),
+            "{fault:?}: {body}"
+        );
         let retry: u64 = retry.expect("503 carries Retry-After").parse().unwrap();
         if fault == Fault::RateLimited {
             // X-RateLimit-Reset is 60 s away, not the default.
@@ -103,14 +113,21 @@ async fn id6_failures_are_503_and_never_cached() {
             assert!(retry >= 1, "{fault:?}");
         }
         assert_eq!(s.get("/", Some(&token)).await.0, 503, "{fault:?}");
-        assert_eq!(s.get("/health", Some(&token)).await, (200, "ok".to_owned(), None));
+        assert_eq!(
+            s.get("/health", Some(&token)).await,
+            (200, "ok".to_owned(), None)
+        );
         // Not cached: both /me and / asked id6 (the /health request too: the layer resolves
         // before routing).
         assert_eq!(s.mock.user_calls() - calls_before, 3, "{fault:?}");
 
         // Once id6 is back, the same token works at once.
         s.mock.clear_fault();
-        assert_eq!(s.get("/me", Some(&token)).await.0, 200, "{fault:?} then healthy");
+        assert_eq!(
+            s.get("/me", Some(&token)).await.0,
+            200,
+            "{fault:?} then healthy"
+        );
     }
 }
 

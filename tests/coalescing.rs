@@ -25,7 +25,9 @@ async fn two_hundred_concurrent_requests_make_one_call() {
                 .body(axum::body::Body::empty())
                 .unwrap();
             let response = app.oneshot(request).await.unwrap();
-            axum::body::to_bytes(response.into_body(), 1024).await.unwrap()
+            axum::body::to_bytes(response.into_body(), 1024)
+                .await
+                .unwrap()
         })
     });
     for answer in futures_util::future::join_all(requests).await {
@@ -102,7 +104,10 @@ async fn malformed_cookies_never_reach_id6() {
     assert_eq!(response.status(), 200);
     // Non-UTF-8 bytes are legal in a header value: still anonymous, no panic.
     let request = http::Request::get("/")
-        .header("cookie", http::HeaderValue::from_bytes(b"auth=\xff\xfe; x=\x80").unwrap())
+        .header(
+            "cookie",
+            http::HeaderValue::from_bytes(b"auth=\xff\xfe; x=\x80").unwrap(),
+        )
         .body(axum::body::Body::empty())
         .unwrap();
     let response = common::app(&s.id6).oneshot(request).await.unwrap();

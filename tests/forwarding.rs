@@ -16,7 +16,10 @@ async fn only_the_auth_cookie_reaches_id6() {
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0].method, "GET");
     assert_eq!(sent[0].path, "/user");
-    assert_eq!(sent[0].cookie.as_deref(), Some(format!("auth={token}").as_str()));
+    assert_eq!(
+        sent[0].cookie.as_deref(),
+        Some(format!("auth={token}").as_str())
+    );
     assert_eq!(s.mock.user_calls_for(&token), 1);
 }
 
@@ -40,12 +43,21 @@ async fn a_custom_cookie_name_is_read_and_forwarded() {
     let s = Setup::new().await;
     let alice = s.mock.add_user("Alice", "a@example.com");
     let token = s.mock.token_for(alice);
-    let id6 = Id6::builder(s.mock.url()).cookie_name("sid").build().unwrap();
+    let id6 = Id6::builder(s.mock.url())
+        .cookie_name("sid")
+        .build()
+        .unwrap();
     let mut headers = http::HeaderMap::new();
-    headers.insert("cookie", format!("auth=ignored; sid={token}").parse().unwrap());
+    headers.insert(
+        "cookie",
+        format!("auth=ignored; sid={token}").parse().unwrap(),
+    );
     // The mock knows only `auth`, so a renamed cookie reaches it as `sid` and is not a user:
     // this checks what was sent, not that the mock accepts it.
     let _ = id6.authenticate(&headers).await;
     let last = s.mock.requests().pop().unwrap();
-    assert_eq!(last.cookie.as_deref(), Some(format!("sid={token}").as_str()));
+    assert_eq!(
+        last.cookie.as_deref(),
+        Some(format!("sid={token}").as_str())
+    );
 }

@@ -13,7 +13,9 @@ async fn two_thousand_requests_over_two_hundred_users() {
     let s = Setup::new().await;
     let users: Vec<(u64, String)> = (0..200)
         .map(|i| {
-            let id = s.mock.add_user(&format!("user-{i}"), &format!("u{i}@example.com"));
+            let id = s
+                .mock
+                .add_user(&format!("user-{i}"), &format!("u{i}@example.com"));
             (id, s.mock.token_for(id))
         })
         .collect();
@@ -28,9 +30,15 @@ async fn two_thousand_requests_over_two_hundred_users() {
                 .unwrap();
             let response = app.oneshot(request).await.unwrap();
             assert_eq!(response.status(), 200);
-            let body = axum::body::to_bytes(response.into_body(), 4096).await.unwrap();
+            let body = axum::body::to_bytes(response.into_body(), 4096)
+                .await
+                .unwrap();
             let user: serde_json::Value = serde_json::from_slice(&body).unwrap();
-            (id, user["id"].as_u64().unwrap(), user["name"].as_str().unwrap().to_owned())
+            (
+                id,
+                user["id"].as_u64().unwrap(),
+                user["name"].as_str().unwrap().to_owned(),
+            )
         })
     });
     let mut seen: HashMap<u64, usize> = HashMap::new();

@@ -21,13 +21,15 @@ async fn any_service_any_body_and_its_own_error_type() {
     let id6 = common::builder(&mock).build().unwrap();
 
     // A bare service_fn over `Vec<u8>` bodies, failing with its own error type.
-    let service = id6.layer().layer(service_fn(|request: http::Request<Vec<u8>>| async move {
-        if request.body() == b"fail" {
-            return Err(InnerError("inner failed"));
-        }
-        let who = request.extensions().get::<Authentication>().cloned();
-        Ok(http::Response::new(who))
-    }));
+    let service = id6
+        .layer()
+        .layer(service_fn(|request: http::Request<Vec<u8>>| async move {
+            if request.body() == b"fail" {
+                return Err(InnerError("inner failed"));
+            }
+            let who = request.extensions().get::<Authentication>().cloned();
+            Ok(http::Response::new(who))
+        }));
 
     let request = |body: &[u8], cookie: Option<&str>| {
         let mut builder = http::Request::post("/");
@@ -62,7 +64,11 @@ async fn any_service_any_body_and_its_own_error_type() {
     assert!(anonymous.into_body().unwrap().is_anonymous());
 
     // The inner error comes back as it was, on the hit path and on the miss path.
-    let err = service.clone().oneshot(request(b"fail", None)).await.unwrap_err();
+    let err = service
+        .clone()
+        .oneshot(request(b"fail", None))
+        .await
+        .unwrap_err();
     assert_eq!(err, InnerError("inner failed"));
     let other = mock.token_for(mock.add_user("Bob", "b@example.com"));
     let err = service
@@ -84,7 +90,7 @@ async fn readiness_is_passed_through() {
     assert!(service.poll_ready(&mut cx).is_pending());
     handle.allow(1);
     service.ready().await.unwrap();
-    let _ = service.call(http::Request::new(()));
+    service.call(http::Request::new(())).await.unwrap();
 }
 
 /// A minimal readiness-controlled service, to avoid one more dev-dependency.

@@ -118,7 +118,9 @@ async fn tokens_stay_out_of_logs_errors_and_debug() {
 fn config_errors_do_not_echo_tokens_either() {
     // The only user input in a config error is the setting itself; a URL with credentials
     // is the closest thing to a secret there, and reqwest never sees it (build fails first).
-    let err = Id6::builder("http://127.0.0.1:8000/api?token=abc").build().unwrap_err();
+    let err = Id6::builder("http://127.0.0.1:8000/api?token=abc")
+        .build()
+        .unwrap_err();
     assert!(err.is_config());
     assert!(!err.to_string().contains("token=abc"), "{err}");
 }

@@ -220,7 +220,9 @@ pub struct MockId6 {
 
 impl fmt::Debug for MockId6 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MockId6").field("addr", &self.addr).finish_non_exhaustive()
+        f.debug_struct("MockId6")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
     }
 }
 
@@ -342,7 +344,10 @@ impl MockId6 {
     }
 
     fn count(&self, pred: impl Fn(&RecordedRequest) -> bool) -> usize {
-        lock(&self.state.requests).iter().filter(|r| pred(r)).count()
+        lock(&self.state.requests)
+            .iter()
+            .filter(|r| pred(r))
+            .count()
     }
 
     /// Forgets the requests received so far.

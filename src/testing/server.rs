@@ -35,11 +35,12 @@ pub(super) async fn serve(listener: TcpListener, state: Shared, mut stop: watch:
         let router = router.clone();
         let mut stop = stop.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
-                handle(state.clone(), router.clone(), request)
-            });
-            let connection =
-                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+            let service =
+                hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+                    handle(state.clone(), router.clone(), request)
+                });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service);
             tokio::select! {
                 _ = connection => {}
                 _ = stop.changed() => {}
@@ -83,7 +84,10 @@ async fn handle(
         }
         Some(Fault::RateLimited) => return Ok(rate_limited()),
         Some(Fault::MalformedBody) => {
-            return Ok(json_response(StatusCode::OK, r#"{"id":1,"name":"Tru"#.to_owned()));
+            return Ok(json_response(
+                StatusCode::OK,
+                r#"{"id":1,"name":"Tru"#.to_owned(),
+            ));
         }
         Some(Fault::HtmlPage) => {
             return Ok(html(
@@ -166,7 +170,10 @@ fn rate_limited() -> Response<Body> {
     let h = response.headers_mut();
     h.insert(header::RETRY_AFTER, header::HeaderValue::from_static("60"));
     h.insert("x-ratelimit-limit", header::HeaderValue::from_static("100"));
-    h.insert("x-ratelimit-remaining", header::HeaderValue::from_static("0"));
+    h.insert(
+        "x-ratelimit-remaining",
+        header::HeaderValue::from_static("0"),
+    );
     h.insert("x-ratelimit-reset", header::HeaderValue::from(reset));
     response
 }

@@ -116,6 +116,16 @@ pub struct AuthRejection {
     source: Option<Error>,
 }
 
+/// id6's error JSON, fields in id6's order.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ErrorBody<'a> {
+    status_code: u16,
+    path: &'a str,
+    message: &'a str,
+    error_code: &'a str,
+}
+
 /// What an [`AuthRejection`] is about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -174,14 +184,14 @@ impl AuthRejection {
 
     /// The JSON body it answers with, in id6's error shape.
     pub fn body_text(&self) -> String {
-        let (message, code) = self.message_and_code();
-        serde_json::json!({
-            "statusCode": self.status().as_u16(),
-            "path": self.path,
-            "message": message,
-            "errorCode": code,
-        })
-        .to_string()
+        let (message, error_code) = self.message_and_code();
+        let body = ErrorBody {
+            status_code: self.status().as_u16(),
+            path: &self.path,
+            message,
+            error_code,
+        };
+        serde_json::to_string(&body).unwrap_or_default()
     }
 
     /// Seconds a 503 asks the client to wait (`Retry-After`); `None` for other kinds.

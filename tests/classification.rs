@@ -166,3 +166,15 @@ async fn the_api_prefix_is_kept() {
     assert_eq!(s.get("/me", Some(&token)).await.0, 503);
     assert_eq!(s.mock.requests().last().unwrap().path, "/api/user");
 }
+
+#[tokio::test]
+async fn extractors_without_the_layer_say_how_to_fix_it() {
+    use axum::routing::get;
+    let app = axum::Router::new().route("/me", get(common::me));
+    let base = common::serve(app).await;
+    let response = reqwest::get(format!("{base}/me")).await.unwrap();
+    assert_eq!(response.status(), 500);
+    let body: serde_json::Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+    assert_eq!(body["errorCode"], "id6_layer_missing");
+    assert!(body["message"].as_str().unwrap().contains("id6.layer()"));
+}

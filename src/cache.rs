@@ -1,8 +1,10 @@
-//! The moka cache of id6's verdicts per token key, with one id6 call per key however many
-//! requests miss on it at once.
+//! The moka cache of id6's verdicts per token key: one id6 call per key however many requests
+//! miss on it at once, and invalidation by token, by user or all, safe against refills by
+//! loads that were already in flight.
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -18,6 +20,9 @@ use crate::user::Authentication;
 /// A resolution in flight, shared by every request that waits on it.
 pub(crate) type Pending = Shared<BoxFuture<'static, Authentication>>;
 
+/// Fills between two sweeps of the coherence maps.
+const SWEEP_EVERY: u32 = 1024;
+
 /// The verdicts cache. Only `Authenticated` and `Anonymous` are stored; `Unavailable` never
 /// is, so the next request asks id6 again.
 ///
@@ -27,7 +32,43 @@ pub(crate) type Pending = Shared<BoxFuture<'static, Authentication>>;
 #[derive(Clone)]
 pub(crate) struct AuthCache {
     entries: Cache<TokenKey, Authentication>,
-    inflight: Arc<Mutex<HashMap<TokenKey, Pending>>>,
+    shared: Arc<Coordination>,
+}
+
+struct Coordination {
+    /// Bumped by every invalidation; a load remembers the value it started under.
+    generation: AtomicU64,
+    inflight: Mutex<HashMap<TokenKey, Inflight>>,
+    coherence: Mutex<Coherence>,
+    /// How long an invalidation mark must outlive any load that started before it.
+    mark_lifetime: Duration,
+}
+
+struct Inflight {
+    pending: Pending,
+    started: u64,
+}
+
+/// Who owns which cached keys, and what was invalidated when. Guarded by one lock, which
+/// every fill and every invalidation takes: a fill checks the marks and inserts under it, so
+/// an invalidation is either seen by the fill or evicts what the fill inserted.
+#[derive(Default)]
+struct Coherence {
+    users: HashMap<u64, UserKeys>,
+    /// Tokens invalidated one by one: generation and when.
+    tokens: HashMap<TokenKey, (u64, Instant)>,
+    /// Generation of the last `clear`.
+    cleared_at: u64,
+    fills_since_sweep: u32,
+}
+
+#[derive(Default)]
+struct UserKeys {
+    keys: Vec<TokenKey>,
+    /// Generation and time of the last invalidation of this user.
+    invalidated: Option<(u64, Instant)>,
+    /// The newest `invalidateTokensAt` (ms) id6 showed for this user.
+    invalidate_tokens_at: Option<u64>,
 }
 
 /// Users live for the cache TTL, rejected tokens for the shorter negative TTL.
@@ -61,7 +102,12 @@ impl AuthCache {
             .build();
         AuthCache {
             entries,
-            inflight: Arc::default(),
+            shared: Arc::new(Coordination {
+                generation: AtomicU64::new(0),
+                inflight: Mutex::default(),
+                coherence: Mutex::default(),
+                mark_lifetime: settings.timeout * 2 + Duration::from_secs(1),
+            }),
         }
     }
 
@@ -77,19 +123,23 @@ impl AuthCache {
     /// Only the first caller's `fetch` runs; it runs in its own task, so it completes (and
     /// fills the cache) even when every waiting request is dropped. The verdict is stored
     /// before the in-flight entry goes, and both are checked under one lock, so a caller
-    /// never misses both and starts a second call.
+    /// never misses both and starts a second call. A load that started before an
+    /// invalidation is not joined: its answer may predate what the invalidation reflects.
     pub(crate) fn load<F, Fut>(&self, key: TokenKey, fetch: F) -> Pending
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Authentication> + Send + 'static,
     {
-        let mut inflight = self.lock_inflight();
+        let mut inflight = lock(&self.shared.inflight);
         if let Some(done) = self.entries.get(&key) {
             return ready(done);
         }
-        if let Some(pending) = inflight.get(&key) {
-            tracing::trace!("joining an id6 call in flight");
-            return pending.clone();
+        let generation = self.shared.generation.load(Ordering::SeqCst);
+        if let Some(load) = inflight.get(&key) {
+            if load.started == generation {
+                tracing::trace!("joining an id6 call in flight");
+                return load.pending.clone();
+            }
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return ready(Authentication::Unavailable(Error::new(Kind::Runtime(
@@ -99,13 +149,12 @@ impl AuthCache {
         let guard = InflightGuard {
             cache: self.clone(),
             key,
+            started: generation,
         };
         let fetch = fetch();
         let task = runtime.spawn(async move {
             let verdict = fetch.await;
-            if !matches!(verdict, Authentication::Unavailable(_)) {
-                guard.cache.entries.insert(key, verdict.clone());
-            }
+            guard.cache.fill(key, &verdict, generation);
             drop(guard);
             verdict
         });
@@ -116,34 +165,143 @@ impl AuthCache {
         }
         .boxed()
         .shared();
-        inflight.insert(key, pending.clone());
+        inflight.insert(
+            key,
+            Inflight {
+                pending: pending.clone(),
+                started: generation,
+            },
+        );
         pending
     }
 
-    fn lock_inflight(&self) -> MutexGuard<'_, HashMap<TokenKey, Pending>> {
-        // The map stays consistent whatever panicked while holding it.
-        self.inflight.lock().unwrap_or_else(PoisonError::into_inner)
+    /// Stores what a load that started under generation `started` learnt, unless an
+    /// invalidation since then makes it stale.
+    pub(crate) fn fill(&self, key: TokenKey, verdict: &Authentication, started: u64) {
+        let mut coherence = lock(&self.shared.coherence);
+        if coherence.cleared_at > started {
+            return;
+        }
+        if coherence.tokens.get(&key).is_some_and(|(at, _)| *at > started) {
+            return;
+        }
+        match verdict {
+            Authentication::Unavailable(_) => return,
+            Authentication::Anonymous => self.entries.insert(key, verdict.clone()),
+            Authentication::Authenticated(user) => {
+                let owner = coherence.users.entry(user.id).or_default();
+                if owner.invalidated.is_some_and(|(at, _)| at > started) {
+                    tracing::debug!(user_id = user.id, "not caching an answer older than its invalidation");
+                    return;
+                }
+                if let Some(newer) = user.invalidate_tokens_at {
+                    if owner.invalidate_tokens_at.is_some_and(|known| known < newer) {
+                        // id6 revoked this user's tokens since we cached some: drop them all.
+                        tracing::debug!(user_id = user.id, "id6 shows a newer revocation; evicting the user's other tokens");
+                        for other in owner.keys.drain(..) {
+                            self.entries.invalidate(&other);
+                        }
+                    }
+                    owner.invalidate_tokens_at = owner.invalidate_tokens_at.max(Some(newer));
+                }
+                let entries = &self.entries;
+                owner.keys.retain(|k| *k != key && entries.contains_key(k));
+                owner.keys.push(key);
+                self.entries.insert(key, verdict.clone());
+            }
+        }
+        coherence.fills_since_sweep += 1;
+        if coherence.fills_since_sweep >= SWEEP_EVERY {
+            coherence.fills_since_sweep = 0;
+            self.sweep(&mut coherence);
+        }
+    }
+
+    /// Drops index entries whose keys left the cache and marks no load can still predate.
+    fn sweep(&self, coherence: &mut Coherence) {
+        let lifetime = self.shared.mark_lifetime;
+        let entries = &self.entries;
+        coherence.users.retain(|_, owner| {
+            owner.keys.retain(|k| entries.contains_key(k));
+            let marked = owner.invalidated.is_some_and(|(_, when)| when.elapsed() < lifetime);
+            !owner.keys.is_empty() || marked
+        });
+        coherence
+            .tokens
+            .retain(|_, (_, when)| when.elapsed() < lifetime);
+    }
+
+    /// Forgets one token's verdict; a load of it already in flight will not store its answer.
+    pub(crate) fn invalidate_token(&self, key: &TokenKey) {
+        let mut coherence = lock(&self.shared.coherence);
+        let generation = self.bump();
+        coherence.tokens.insert(*key, (generation, Instant::now()));
+        self.entries.invalidate(key);
+    }
+
+    /// Forgets every cached token of a user; no load in flight can put the user back.
+    pub(crate) fn invalidate_user(&self, user_id: u64) {
+        let mut coherence = lock(&self.shared.coherence);
+        let generation = self.bump();
+        let owner = coherence.users.entry(user_id).or_default();
+        owner.invalidated = Some((generation, Instant::now()));
+        for key in owner.keys.drain(..) {
+            self.entries.invalidate(&key);
+        }
+    }
+
+    /// Forgets everything; no load in flight will store its answer.
+    pub(crate) fn clear(&self) {
+        let mut coherence = lock(&self.shared.coherence);
+        coherence.cleared_at = self.bump();
+        coherence.users.clear();
+        coherence.tokens.clear();
+        self.entries.invalidate_all();
+    }
+
+    /// The user a cached token belongs to.
+    pub(crate) fn user_id_of(&self, key: &TokenKey) -> Option<u64> {
+        self.entries.get(key)?.user().map(|user| user.id)
+    }
+
+    /// Number of cached verdicts (approximate until moka's pending tasks run).
+    pub(crate) fn entry_count(&self) -> u64 {
+        self.entries.entry_count()
+    }
+
+    fn bump(&self) -> u64 {
+        self.shared.generation.fetch_add(1, Ordering::SeqCst) + 1
     }
 
     #[cfg(test)]
     pub(crate) fn inflight_len(&self) -> usize {
-        self.lock_inflight().len()
+        lock(&self.shared.inflight).len()
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The maps stay consistent whatever panicked while holding them.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn ready(verdict: Authentication) -> Pending {
     futures_util::future::ready(verdict).boxed().shared()
 }
 
-/// Removes the in-flight entry when the load ends, even by panic or runtime shutdown.
+/// Removes the in-flight entry when the load ends, even by panic or runtime shutdown; only
+/// its own entry, not a newer load's of the same key.
 struct InflightGuard {
     cache: AuthCache,
     key: TokenKey,
+    started: u64,
 }
 
 impl Drop for InflightGuard {
     fn drop(&mut self) {
-        self.cache.lock_inflight().remove(&self.key);
+        let mut inflight = lock(&self.cache.shared.inflight);
+        if inflight.get(&self.key).is_some_and(|l| l.started == self.started) {
+            inflight.remove(&self.key);
+        }
     }
 }
 
@@ -152,7 +310,7 @@ mod tests {
     use super::*;
     use crate::Id6Builder;
     use crate::User;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::AtomicUsize;
 
     fn cache() -> AuthCache {
         let settings = Id6Builder::new("http://127.0.0.1:9")
@@ -160,6 +318,10 @@ mod tests {
             .validate()
             .unwrap();
         AuthCache::new(&settings)
+    }
+
+    fn user(id: u64) -> Authentication {
+        Authentication::Authenticated(Arc::new(User::new(id, "A")))
     }
 
     #[tokio::test]
@@ -176,7 +338,7 @@ mod tests {
                 cache.load(key, move || async move {
                     calls.fetch_add(1, Ordering::SeqCst);
                     let _ = gate.await;
-                    Authentication::Authenticated(Arc::new(User::new(1, "A")))
+                    user(1)
                 })
             })
             .collect();
@@ -188,6 +350,7 @@ mod tests {
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         assert_eq!(cache.inflight_len(), 0);
         assert!(cache.get(&key).is_some());
+        assert_eq!(cache.user_id_of(&key), Some(1));
     }
 
     #[tokio::test]
@@ -212,5 +375,53 @@ mod tests {
             tokio::task::yield_now().await;
         }
         assert!(cache.get(&key).unwrap().is_anonymous());
+    }
+
+    #[test]
+    fn invalidations_beat_fills_that_started_before_them() {
+        let cache = cache();
+        let (a, b, c) = (TokenKey::of("a"), TokenKey::of("b"), TokenKey::of("c"));
+        let before = cache.shared.generation.load(Ordering::SeqCst);
+        cache.fill(a, &user(1), before);
+        cache.fill(b, &user(1), before);
+        cache.fill(c, &user(2), before);
+        cache.invalidate_user(1);
+        assert!(cache.get(&a).is_none() && cache.get(&b).is_none());
+        assert!(cache.get(&c).is_some(), "another user is untouched");
+        // A load of user 1 that started before the invalidation does not refill...
+        cache.fill(a, &user(1), before);
+        assert!(cache.get(&a).is_none());
+        // ...one that started after does.
+        let after = cache.shared.generation.load(Ordering::SeqCst);
+        cache.fill(a, &user(1), after);
+        assert!(cache.get(&a).is_some());
+
+        cache.invalidate_token(&a);
+        cache.fill(a, &user(1), after);
+        assert!(cache.get(&a).is_none());
+
+        let now = cache.shared.generation.load(Ordering::SeqCst);
+        cache.fill(b, &Authentication::Anonymous, now);
+        cache.clear();
+        assert!(cache.get(&b).is_none() && cache.get(&c).is_none());
+        cache.fill(c, &user(2), now);
+        assert!(cache.get(&c).is_none());
+    }
+
+    #[test]
+    fn a_newer_revocation_evicts_the_users_other_tokens() {
+        let cache = cache();
+        let with = |at: u64| {
+            let mut u = User::new(1, "A");
+            u.invalidate_tokens_at = Some(at);
+            Authentication::Authenticated(Arc::new(u))
+        };
+        let (a, b, c) = (TokenKey::of("a"), TokenKey::of("b"), TokenKey::of("c"));
+        cache.fill(a, &with(100), 0);
+        cache.fill(b, &with(100), 0);
+        assert!(cache.get(&a).is_some() && cache.get(&b).is_some());
+        cache.fill(c, &with(200), 0);
+        assert!(cache.get(&a).is_none() && cache.get(&b).is_none());
+        assert!(cache.get(&c).is_some());
     }
 }

@@ -1,7 +1,9 @@
 //! The builder and the validated settings it produces.
 
+use std::fmt;
 use std::time::Duration;
 
+use http::HeaderValue;
 use reqwest::Url;
 
 use crate::{Error, Id6};
@@ -9,8 +11,15 @@ use crate::{Error, Id6};
 /// Settings checked once by [`Id6Builder::build`]; everything downstream trusts them.
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
+    /// id6's API base, ending in `/`, to join endpoint paths onto.
+    pub(crate) base_url: Url,
     /// `{base}/user`, ready to call.
     pub(crate) user_url: Url,
+    /// The private `/authorize` endpoint, when the layer resolves tokens through it.
+    pub(crate) authorization: Option<Authorization>,
+    /// The `Set-Cookie` value that clears a dead token in the browser, when enabled.
+    pub(crate) dead_cookie: Option<HeaderValue>,
+    pub(crate) max_picture_bytes: u64,
     pub(crate) cookie_name: Box<str>,
     pub(crate) cache_ttl: Duration,
     pub(crate) negative_ttl: Duration,
@@ -18,6 +27,33 @@ pub(crate) struct Settings {
     pub(crate) timeout: Duration,
     pub(crate) connect_timeout: Duration,
     pub(crate) max_body_bytes: usize,
+}
+
+/// `{authz}/authorize` and the shared secret sent raw in `Authorization`.
+#[derive(Clone)]
+pub(crate) struct Authorization {
+    pub(crate) url: Url,
+    /// Marked sensitive; never printed.
+    pub(crate) secret: HeaderValue,
+}
+
+impl fmt::Debug for Authorization {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Authorization")
+            .field("url", &self.url.as_str())
+            .field("secret", &"<redacted>")
+            .finish()
+    }
+}
+
+/// A secret held by the builder: `Debug` never shows it.
+#[derive(Clone)]
+struct Secret(String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 /// Builds an [`Id6`] handle. Infallible until [`build`](Self::build), which reports the first
@@ -45,6 +81,11 @@ pub struct Id6Builder {
     timeout: Duration,
     connect_timeout: Option<Duration>,
     max_body_bytes: usize,
+    max_picture_bytes: u64,
+    authorization_url: Option<String>,
+    authorization_secret: Option<Secret>,
+    clear_dead_cookie: bool,
+    dead_cookie_attributes: String,
     /// The first setting that could not even be parsed (from the environment).
     deferred: Option<Error>,
 }
@@ -60,6 +101,10 @@ impl Id6Builder {
     pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3);
     /// Default cap on the body read from id6 (a user is a few hundred bytes).
     pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
+    /// Default cap on an uploaded picture (id6 itself has none).
+    pub const DEFAULT_MAX_PICTURE_BYTES: u64 = 10 * 1024 * 1024;
+    /// Default attributes of the cookie that clears a dead token, as id6's own.
+    pub const DEFAULT_DEAD_COOKIE_ATTRIBUTES: &'static str = "Max-Age=0; Path=/; HttpOnly";
 
     pub(crate) fn new(url: impl Into<String>) -> Self {
         Id6Builder {
@@ -71,12 +116,18 @@ impl Id6Builder {
             timeout: Self::DEFAULT_TIMEOUT,
             connect_timeout: None,
             max_body_bytes: Self::DEFAULT_MAX_BODY_BYTES,
+            max_picture_bytes: Self::DEFAULT_MAX_PICTURE_BYTES,
+            authorization_url: None,
+            authorization_secret: None,
+            clear_dead_cookie: false,
+            dead_cookie_attributes: Self::DEFAULT_DEAD_COOKIE_ATTRIBUTES.to_owned(),
             deferred: None,
         }
     }
 
     /// A builder from the environment: `ID6_URL` (required), `ID6_COOKIE_NAME`,
-    /// `ID6_CACHE_TTL`, `ID6_NEGATIVE_TTL`, `ID6_CACHE_CAPACITY`, `ID6_TIMEOUT`.
+    /// `ID6_CACHE_TTL`, `ID6_NEGATIVE_TTL`, `ID6_CACHE_CAPACITY`, `ID6_TIMEOUT`, and the
+    /// private authorization backend `ID6_AUTHORIZATION_URL` + `ID6_AUTHORIZATION_SECRET`.
     ///
     /// Durations read like `60s`, `1500ms` or `5m`. A missing or unreadable variable is
     /// reported by [`build`](Self::build), naming the variable. Setters called afterwards
@@ -118,6 +169,8 @@ impl Id6Builder {
         if let Some(d) = duration(&mut builder, "ID6_TIMEOUT") {
             builder.timeout = d;
         }
+        builder.authorization_url = lookup("ID6_AUTHORIZATION_URL");
+        builder.authorization_secret = lookup("ID6_AUTHORIZATION_SECRET").map(Secret);
         if let Some(value) = lookup("ID6_CACHE_CAPACITY") {
             match value.trim().parse() {
                 Ok(n) => builder.max_capacity = n,
@@ -176,6 +229,37 @@ impl Id6Builder {
         self
     }
 
+    /// Cap on a picture given to [`Id6::update_picture`], checked before sending
+    /// (default 10 MiB).
+    pub fn max_picture_bytes(mut self, bytes: u64) -> Self {
+        self.max_picture_bytes = bytes;
+        self
+    }
+
+    /// Resolve tokens through id6's private authorization server, `POST {url}/authorize`
+    /// with `secret`, instead of the public `GET /user`. The typed calls still use the public
+    /// API. A 401 from it means the secret is wrong: logged as an error, requests get 503.
+    pub fn authorization(mut self, url: impl Into<String>, secret: impl Into<String>) -> Self {
+        self.authorization_url = Some(url.into());
+        self.authorization_secret = Some(Secret(secret.into()));
+        self
+    }
+
+    /// When id6 says a request's token is dead (invalid, expired, revoked), append
+    /// `Set-Cookie: <cookie_name>=; Max-Age=0; Path=/; HttpOnly` to the response, as id6 does,
+    /// so the browser stops sending it (default off).
+    pub fn clear_dead_cookie(mut self, enabled: bool) -> Self {
+        self.clear_dead_cookie = enabled;
+        self
+    }
+
+    /// The attributes of that clearing cookie (default `Max-Age=0; Path=/; HttpOnly`): match
+    /// the `Path`, `Domain`, `Secure`, `SameSite` id6 sets the cookie with.
+    pub fn dead_cookie_attributes(mut self, attributes: impl Into<String>) -> Self {
+        self.dead_cookie_attributes = attributes.into();
+        self
+    }
+
     /// Checks every setting and builds the handle. Never contacts id6.
     ///
     /// # Errors
@@ -191,7 +275,37 @@ impl Id6Builder {
         if let Some(error) = self.deferred {
             return Err(error);
         }
-        let user_url = user_url(&self.url)?;
+        let base = base_url("url", &self.url)?;
+        let user_url = join(&base, "user");
+        let authorization = match (self.authorization_url, self.authorization_secret) {
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(Error::config(
+                    "ID6_AUTHORIZATION_SECRET",
+                    "is needed with ID6_AUTHORIZATION_URL",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(Error::config(
+                    "ID6_AUTHORIZATION_URL",
+                    "is needed with ID6_AUTHORIZATION_SECRET",
+                ))
+            }
+            (Some(url), Some(Secret(secret))) => {
+                let url = join(&base_url("ID6_AUTHORIZATION_URL", &url)?, "authorize");
+                let mut secret = HeaderValue::try_from(secret)
+                    .ok()
+                    .filter(|s| !s.is_empty())
+                    .ok_or_else(|| {
+                        Error::config(
+                            "ID6_AUTHORIZATION_SECRET",
+                            "must be non-empty visible ASCII",
+                        )
+                    })?;
+                secret.set_sensitive(true);
+                Some(Authorization { url, secret })
+            }
+        };
         let valid_name =
             !self.cookie_name.is_empty() && self.cookie_name.bytes().all(is_cookie_name_byte);
         if !valid_name {
@@ -200,6 +314,14 @@ impl Id6Builder {
                 "must be a non-empty cookie name (letters, digits, `-`, `_`, `.`)",
             ));
         }
+        let dead_cookie = if self.clear_dead_cookie {
+            let value = format!("{}=; {}", self.cookie_name, self.dead_cookie_attributes.trim());
+            Some(HeaderValue::try_from(value).map_err(|_| {
+                Error::config("dead_cookie_attributes", "must be visible ASCII")
+            })?)
+        } else {
+            None
+        };
         let positive = |setting: &'static str, d: Duration| {
             if d.is_zero() {
                 Err(Error::config(setting, "must be more than zero"))
@@ -212,11 +334,18 @@ impl Id6Builder {
         if self.max_capacity == 0 {
             return Err(Error::config("max_capacity", "must be more than zero"));
         }
+        if self.max_picture_bytes == 0 {
+            return Err(Error::config("max_picture_bytes", "must be more than zero"));
+        }
         if self.max_body_bytes == 0 {
             return Err(Error::config("max_body_bytes", "must be more than zero"));
         }
         Ok(Settings {
+            base_url: base,
             user_url,
+            authorization,
+            dead_cookie,
+            max_picture_bytes: self.max_picture_bytes,
             cookie_name: self.cookie_name.into_boxed_str(),
             cache_ttl: positive("cache_ttl", self.cache_ttl)?,
             negative_ttl: positive("negative_ttl", self.negative_ttl)?,
@@ -228,22 +357,27 @@ impl Id6Builder {
     }
 }
 
-/// `{base}/user` from id6's API base, which may carry a path such as `/api`.
-fn user_url(base: &str) -> Result<Url, Error> {
+/// An id6 base URL, which may carry a path such as `/api`, normalised to end in `/`.
+fn base_url(setting: &'static str, base: &str) -> Result<Url, Error> {
     let mut url = Url::parse(base.trim())
-        .map_err(|e| Error::config("url", format!("`{base}` is not a URL: {e}")))?;
+        .map_err(|e| Error::config(setting, format!("`{base}` is not a URL: {e}")))?;
     if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-        return Err(Error::config(
-            "url",
-            format!("`{base}` is not an http(s) URL"),
-        ));
+        return Err(Error::config(setting, format!("`{base}` is not an http(s) URL")));
     }
     if url.query().is_some() || url.fragment().is_some() {
-        return Err(Error::config("url", "must not have a query or a fragment"));
+        return Err(Error::config(setting, "must not have a query or a fragment"));
     }
-    let path = format!("{}/user", url.path().trim_end_matches('/'));
+    let path = format!("{}/", url.path().trim_end_matches('/'));
     url.set_path(&path);
     Ok(url)
+}
+
+/// `{base}{path}`; `base` ends in `/` and `path` is a fixed relative path of id6's API.
+pub(crate) fn join(base: &Url, path: &str) -> Url {
+    let mut url = base.clone();
+    let joined = format!("{}{path}", base.path());
+    url.set_path(&joined);
+    url
 }
 
 /// RFC 6265 cookie-name characters, minus the separators a config would only get wrong.
@@ -279,7 +413,8 @@ mod tests {
             ("http://localhost:3001/", "http://localhost:3001/user"),
         ];
         for (base, want) in cases {
-            assert_eq!(user_url(base).unwrap().as_str(), want, "{base}");
+            let user = join(&base_url("url", base).unwrap(), "user");
+            assert_eq!(user.as_str(), want, "{base}");
         }
     }
 
@@ -334,6 +469,27 @@ mod tests {
         assert_eq!(s.max_capacity, 42);
         assert_eq!(s.timeout, Duration::from_secs(2));
         assert_eq!(s.connect_timeout, Duration::from_secs(2));
+        assert!(s.authorization.is_none());
+
+        let s = env(&[
+            ("ID6_URL", "http://h/api"),
+            ("ID6_AUTHORIZATION_URL", "http://h:3030"),
+            ("ID6_AUTHORIZATION_SECRET", "s3cret"),
+        ])
+        .validate()
+        .unwrap();
+        let authz = s.authorization.unwrap();
+        assert_eq!(authz.url.as_str(), "http://h:3030/authorize");
+        assert!(authz.secret.is_sensitive());
+        assert!(!format!("{authz:?}").contains("s3cret"));
+        let half = env(&[("ID6_URL", "http://h"), ("ID6_AUTHORIZATION_URL", "http://h:3030")]);
+        assert!(!format!("{half:?}").contains("s3cret"));
+        assert_eq!(
+            half.validate().unwrap_err().setting(),
+            Some("ID6_AUTHORIZATION_SECRET")
+        );
+        let builder = Id6Builder::new("http://h").authorization("http://h:3030", "s3cret");
+        assert!(!format!("{builder:?}").contains("s3cret"));
 
         let missing = env(&[]).validate().unwrap_err();
         assert_eq!(missing.setting(), Some("ID6_URL"));

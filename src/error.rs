@@ -48,6 +48,26 @@ pub(crate) enum Kind {
     Request,
     /// The resolution task could not run or did not finish.
     Runtime(&'static str),
+    /// id6's authorization server refused our shared secret (401): a configuration error.
+    SecretRejected,
+    /// A typed call needs the end user's token and the request had none.
+    NoToken,
+    /// id6 refused a typed call with its error JSON (401, 400, 404...).
+    Api(Box<ApiError>),
+    /// A typed call's input was refused before anything was sent.
+    Invalid {
+        code: &'static str,
+        details: serde_json::Value,
+    },
+}
+
+/// id6's error JSON: `{"statusCode", "path", "message", "errorCode"?, "errorDetails"?}`.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    pub(crate) status: StatusCode,
+    pub(crate) code: Option<String>,
+    pub(crate) message: Option<String>,
+    pub(crate) details: Option<serde_json::Value>,
 }
 
 impl Error {
@@ -99,9 +119,61 @@ impl Error {
         }
     }
 
-    /// id6 could not be asked or gave no usable answer: every error but a config error.
+    /// id6 could not be asked or gave no usable answer: down, slow, rate limiting, 5xx,
+    /// garbage, or refusing our shared secret. Retrying later may help.
     pub fn is_unavailable(&self) -> bool {
-        !self.is_config()
+        !matches!(
+            self.inner.kind,
+            Kind::Config { .. } | Kind::NoToken | Kind::Api(_) | Kind::Invalid { .. }
+        )
+    }
+
+    /// The caller is not signed in: no token, or id6 answered 401 to a typed call.
+    pub fn is_unauthenticated(&self) -> bool {
+        match &self.inner.kind {
+            Kind::NoToken => true,
+            Kind::Api(api) => api.status == StatusCode::UNAUTHORIZED,
+            _ => false,
+        }
+    }
+
+    /// The input was refused, by id6 (400) or locally before sending (same rules as id6).
+    pub fn is_validation(&self) -> bool {
+        match &self.inner.kind {
+            Kind::Invalid { .. } => true,
+            Kind::Api(api) => api.status == StatusCode::BAD_REQUEST,
+            _ => false,
+        }
+    }
+
+    /// The user has no picture (id6's 404 `picture_not_set`).
+    pub fn is_picture_not_set(&self) -> bool {
+        self.error_code() == Some("picture_not_set")
+    }
+
+    /// id6's authorization server refused our shared secret: fix the configuration.
+    pub fn is_secret_rejected(&self) -> bool {
+        matches!(self.inner.kind, Kind::SecretRejected)
+    }
+
+    /// id6's `errorCode` (`invalid_body`, `token_revoked`, `format_not_allowed`...), or the
+    /// code of a local refusal with the same meaning.
+    pub fn error_code(&self) -> Option<&str> {
+        match &self.inner.kind {
+            Kind::Api(api) => api.code.as_deref(),
+            Kind::Invalid { code, .. } => Some(code),
+            Kind::NoToken => Some("not_authenticated"),
+            _ => None,
+        }
+    }
+
+    /// id6's `errorDetails`, or the details of a local refusal.
+    pub fn error_details(&self) -> Option<&serde_json::Value> {
+        match &self.inner.kind {
+            Kind::Api(api) => api.details.as_ref(),
+            Kind::Invalid { details, .. } => Some(details),
+            _ => None,
+        }
     }
 
     /// id6 could not be reached at all.
@@ -126,9 +198,11 @@ impl Error {
 
     /// The HTTP status id6 answered with, when that status is the problem.
     pub fn status(&self) -> Option<StatusCode> {
-        match self.inner.kind {
-            Kind::Status(status) => Some(status),
+        match &self.inner.kind {
+            Kind::Status(status) => Some(*status),
+            Kind::Api(api) => Some(api.status),
             Kind::RateLimited { .. } => Some(StatusCode::TOO_MANY_REQUESTS),
+            Kind::SecretRejected => Some(StatusCode::UNAUTHORIZED),
             _ => None,
         }
     }
@@ -162,6 +236,23 @@ impl fmt::Display for Error {
             }
             Kind::Request => f.write_str("id6 unavailable: request failed"),
             Kind::Runtime(what) => write!(f, "id6 unavailable: {what}"),
+            Kind::SecretRejected => f.write_str(
+                "id6 unavailable: the authorization server refused our secret \
+                 (check ID6_AUTHORIZATION_SECRET)",
+            ),
+            Kind::NoToken => f.write_str("not authenticated: the request has no id6 token"),
+            Kind::Api(api) => {
+                write!(f, "id6 refused the call ({}", api.status.as_u16())?;
+                if let Some(code) = &api.code {
+                    write!(f, " {code}")?;
+                }
+                f.write_str(")")?;
+                if let Some(message) = &api.message {
+                    write!(f, ": {message}")?;
+                }
+                Ok(())
+            }
+            Kind::Invalid { code, details } => write!(f, "refused before sending ({code}): {details}"),
         }
     }
 }

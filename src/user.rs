@@ -23,8 +23,9 @@ pub struct User {
     /// Email address, when id6 has one.
     #[serde(default)]
     pub email: Option<String>,
-    /// How the user signs in (`"local"`, `"github"`...).
-    #[serde(default)]
+    /// How the user signs in (`"local"`, `"github"`...); `/authorize` calls it
+    /// `authProvider`.
+    #[serde(default, alias = "authProvider")]
     pub auth_type: Option<String>,
     /// Free-text biography.
     #[serde(default)]
@@ -35,6 +36,14 @@ pub struct User {
     /// ISO 639-1 language code; id6 defaults it to `"en"`.
     #[serde(default)]
     pub language: Option<String>,
+    /// When id6 last revoked this user's tokens (ms since the epoch); only the private
+    /// `/authorize` answer carries it.
+    #[serde(
+        default,
+        deserialize_with = "lenient_millis",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub invalidate_tokens_at: Option<u64>,
 }
 
 impl User {
@@ -48,8 +57,24 @@ impl User {
             bio: None,
             picture: None,
             language: None,
+            invalidate_tokens_at: None,
         }
     }
+}
+
+/// Milliseconds as a number, a numeric string or an ISO date; anything else is `None`, since
+/// it only serves to evict.
+fn lenient_millis<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    Ok(match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Number(n) => n.as_u64(),
+        serde_json::Value::String(s) => s.parse().ok().or_else(|| {
+            humantime::parse_rfc3339_weak(&s)
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .and_then(|d| u64::try_from(d.as_millis()).ok())
+        }),
+        _ => None,
+    })
 }
 
 fn null_as_empty<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {

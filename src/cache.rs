@@ -182,7 +182,11 @@ impl AuthCache {
         if coherence.cleared_at > started {
             return;
         }
-        if coherence.tokens.get(&key).is_some_and(|(at, _)| *at > started) {
+        if coherence
+            .tokens
+            .get(&key)
+            .is_some_and(|(at, _)| *at > started)
+        {
             return;
         }
         match verdict {
@@ -191,13 +195,22 @@ impl AuthCache {
             Authentication::Authenticated(user) => {
                 let owner = coherence.users.entry(user.id).or_default();
                 if owner.invalidated.is_some_and(|(at, _)| at > started) {
-                    tracing::debug!(user_id = user.id, "not caching an answer older than its invalidation");
+                    tracing::debug!(
+                        user_id = user.id,
+                        "not caching an answer older than its invalidation"
+                    );
                     return;
                 }
                 if let Some(newer) = user.invalidate_tokens_at {
-                    if owner.invalidate_tokens_at.is_some_and(|known| known < newer) {
+                    if owner
+                        .invalidate_tokens_at
+                        .is_some_and(|known| known < newer)
+                    {
                         // id6 revoked this user's tokens since we cached some: drop them all.
-                        tracing::debug!(user_id = user.id, "id6 shows a newer revocation; evicting the user's other tokens");
+                        tracing::debug!(
+                            user_id = user.id,
+                            "id6 shows a newer revocation; evicting the user's other tokens"
+                        );
                         for other in owner.keys.drain(..) {
                             self.entries.invalidate(&other);
                         }
@@ -223,7 +236,9 @@ impl AuthCache {
         let entries = &self.entries;
         coherence.users.retain(|_, owner| {
             owner.keys.retain(|k| entries.contains_key(k));
-            let marked = owner.invalidated.is_some_and(|(_, when)| when.elapsed() < lifetime);
+            let marked = owner
+                .invalidated
+                .is_some_and(|(_, when)| when.elapsed() < lifetime);
             !owner.keys.is_empty() || marked
         });
         coherence
@@ -269,6 +284,11 @@ impl AuthCache {
         self.entries.entry_count()
     }
 
+    /// The generation a load starting now runs under; see [`fill`](Self::fill).
+    pub(crate) fn generation(&self) -> u64 {
+        self.shared.generation.load(Ordering::SeqCst)
+    }
+
     fn bump(&self) -> u64 {
         self.shared.generation.fetch_add(1, Ordering::SeqCst) + 1
     }
@@ -299,7 +319,10 @@ struct InflightGuard {
 impl Drop for InflightGuard {
     fn drop(&mut self) {
         let mut inflight = lock(&self.cache.shared.inflight);
-        if inflight.get(&self.key).is_some_and(|l| l.started == self.started) {
+        if inflight
+            .get(&self.key)
+            .is_some_and(|l| l.started == self.started)
+        {
             inflight.remove(&self.key);
         }
     }

@@ -1,14 +1,17 @@
-//! Calls to id6 over reqwest, and the reading of id6's answers into an [`Authentication`].
+//! Calls to id6 over reqwest, and the reading of id6's answers: verdicts for the layer
+//! (`GET /user` or the private `POST /authorize`), typed results for the API calls.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use http::header::{HeaderMap, ACCEPT, CONTENT_TYPE, COOKIE, RETRY_AFTER};
-use http::StatusCode;
+use http::header::{HeaderMap, ACCEPT, AUTHORIZATION, CONTENT_TYPE, COOKIE, RETRY_AFTER};
+use http::{Method, StatusCode};
+use serde::Deserialize;
 
-use crate::config::Settings;
-use crate::error::{Error, Kind};
-use crate::token::Token;
+use crate::config::{join, Authorization, Settings};
+use crate::error::{ApiError, Error, Kind};
+use crate::token::UserToken;
 use crate::user::{Authentication, User};
 
 /// The HTTP side of the handle: one pooled reqwest client and where to send what.
@@ -16,6 +19,8 @@ use crate::user::{Authentication, User};
 pub(crate) struct Client {
     http: reqwest::Client,
     settings: Arc<Settings>,
+    /// A rejected secret is logged as an error once, then at debug.
+    secret_rejection_logged: AtomicBool,
 }
 
 impl Client {
@@ -23,24 +28,38 @@ impl Client {
         let http = reqwest::Client::builder()
             .timeout(settings.timeout)
             .connect_timeout(settings.connect_timeout)
-            // A redirect from `/user` means a misconfigured base URL, not an answer.
+            // A redirect from id6's API means a misconfigured base URL, not an answer.
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("id6-tower/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| Error::with_source(Kind::Runtime("HTTP client could not start"), e))?;
-        Ok(Client { http, settings })
+        Ok(Client {
+            http,
+            settings,
+            secret_rejection_logged: AtomicBool::new(false),
+        })
     }
 
-    /// `GET {base}/user` with the token as id6's cookie, and only that cookie.
-    pub(crate) async fn authenticate(&self, token: &Token) -> Authentication {
+    /// The layer's question: who owns this token? Through `/authorize` when configured.
+    pub(crate) async fn authenticate(&self, token: &UserToken) -> Authentication {
         let started = Instant::now();
-        let outcome = self.get_user(token).await;
+        let outcome = match &self.settings.authorization {
+            Some(authorization) => self.authorize(authorization, token).await,
+            None => self.get_user(token).await,
+        };
         let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
         match &outcome {
             Authentication::Authenticated(user) => {
                 tracing::debug!(user_id = user.id, elapsed_ms, "id6 named the user")
             }
             Authentication::Anonymous => tracing::debug!(elapsed_ms, "id6 rejected the token"),
+            Authentication::Unavailable(error) if error.is_secret_rejected() => {
+                if !self.secret_rejection_logged.swap(true, Ordering::Relaxed) {
+                    tracing::error!(%error, "id6 refused our authorization secret; every token lookup fails until the configuration is fixed");
+                } else {
+                    tracing::debug!(%error, elapsed_ms, "id6 refused our authorization secret");
+                }
+            }
             Authentication::Unavailable(error) => {
                 tracing::warn!(%error, elapsed_ms, "id6 unavailable; request identity unknown")
             }
@@ -48,16 +67,42 @@ impl Client {
         outcome
     }
 
-    async fn get_user(&self, token: &Token) -> Authentication {
-        let Some(cookie) = token.cookie_header(&self.settings.cookie_name) else {
-            // `token` holds cookie-octets only, so this is unreachable in practice.
-            return Authentication::Anonymous;
+    async fn get_user(&self, token: &UserToken) -> Authentication {
+        let request = self.with_cookie(self.http.get(self.settings.user_url.clone()), token);
+        let response = match request.header(ACCEPT, "application/json").send().await {
+            Ok(response) => response,
+            Err(e) => return Authentication::Unavailable(Error::from_reqwest(e)),
         };
+        match response.status() {
+            StatusCode::OK => {}
+            // id6's verdict on the token: invalid, expired, revoked or user gone.
+            StatusCode::UNAUTHORIZED => return Authentication::Anonymous,
+            _ => return Authentication::Unavailable(unavailable(&response)),
+        }
+        match self.read_json::<Option<User>>(response).await {
+            Ok(Some(user)) => Authentication::Authenticated(Arc::new(user)),
+            Ok(None) => Authentication::Anonymous,
+            Err(error) => Authentication::Unavailable(error),
+        }
+    }
+
+    /// `POST {authz}/authorize`: every token outcome is a 200; `error` wins over `user`.
+    async fn authorize(&self, authorization: &Authorization, token: &UserToken) -> Authentication {
+        #[derive(Deserialize)]
+        struct Answer {
+            #[serde(default)]
+            user: Option<User>,
+            #[serde(default)]
+            error: Option<serde_json::Value>,
+        }
+        let body = serde_json::json!({ "token": token.expose() }).to_string();
         let sent = self
             .http
-            .get(self.settings.user_url.clone())
-            .header(COOKIE, cookie)
+            .post(authorization.url.clone())
+            .header(AUTHORIZATION, authorization.secret.clone())
+            .header(CONTENT_TYPE, "application/json")
             .header(ACCEPT, "application/json")
+            .body(body)
             .send()
             .await;
         let response = match sent {
@@ -66,28 +111,104 @@ impl Client {
         };
         match response.status() {
             StatusCode::OK => {}
-            // id6's verdict on the token: invalid, expired, revoked or user gone.
-            StatusCode::UNAUTHORIZED => return Authentication::Anonymous,
-            StatusCode::TOO_MANY_REQUESTS => {
-                let reset = rate_limit_reset(response.headers());
-                return Authentication::Unavailable(Error::new(Kind::RateLimited { reset }));
+            // Our secret, not the user's token: never an anonymous user.
+            StatusCode::UNAUTHORIZED => {
+                return Authentication::Unavailable(Error::new(Kind::SecretRejected))
             }
-            status => return Authentication::Unavailable(Error::new(Kind::Status(status))),
+            _ => return Authentication::Unavailable(unavailable(&response)),
         }
-        if !is_json(response.headers()) {
-            // e.g. the UI's HTML page, served with 200 when the base URL lacks `/api`.
-            return Authentication::Unavailable(Error::new(Kind::Body("not JSON")));
-        }
-        match read_capped(response, self.settings.max_body_bytes).await {
-            Ok(body) => match serde_json::from_slice::<Option<User>>(&body) {
-                Ok(Some(user)) => Authentication::Authenticated(Arc::new(user)),
-                Ok(None) => Authentication::Anonymous,
-                Err(_) => {
-                    Authentication::Unavailable(Error::new(Kind::Body("neither a user nor null")))
-                }
-            },
+        match self.read_json::<Answer>(response).await {
+            Ok(Answer {
+                error: Some(error), ..
+            }) if !error.is_null() => {
+                let code = error
+                    .get("code")
+                    .and_then(|c| c.as_str())
+                    .unwrap_or("unknown");
+                tracing::debug!(code, "id6 /authorize refused the token");
+                Authentication::Anonymous
+            }
+            Ok(Answer {
+                user: Some(user), ..
+            }) => Authentication::Authenticated(Arc::new(user)),
+            Ok(_) => Authentication::Unavailable(Error::new(Kind::Body("neither user nor error"))),
             Err(error) => Authentication::Unavailable(error),
         }
+    }
+
+    /// A typed call of the Authentication API, with the user's token as id6's cookie. A
+    /// non-2xx answer becomes the matching [`Error`].
+    pub(crate) async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: &UserToken,
+        build: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, Error> {
+        let url = join(&self.settings.base_url, path);
+        let request = self.with_cookie(self.http.request(method, url), token);
+        let response = build(request).send().await.map_err(Error::from_reqwest)?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+            return Err(unavailable(&response));
+        }
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Body {
+            message: Option<String>,
+            error_code: Option<String>,
+            error_details: Option<serde_json::Value>,
+        }
+        // An unknown route answers Express's HTML 404: a wrong base URL, not a refusal.
+        if !is_json(response.headers()) {
+            return Err(Error::new(Kind::Status(status)));
+        }
+        let body = self.read_json::<Body>(response).await?;
+        Err(Error::new(Kind::Api(Box::new(ApiError {
+            status,
+            code: body.error_code,
+            message: body.message,
+            details: body.error_details,
+        }))))
+    }
+
+    /// Reads a JSON answer, refusing anything not labelled JSON or over the size cap.
+    pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
+        &self,
+        response: reqwest::Response,
+    ) -> Result<T, Error> {
+        if !is_json(response.headers()) {
+            // e.g. the UI's HTML page, served with 200 when the base URL lacks `/api`.
+            return Err(Error::new(Kind::Body("not JSON")));
+        }
+        let body = read_capped(response, self.settings.max_body_bytes).await?;
+        serde_json::from_slice(&body).map_err(|_| Error::new(Kind::Body("not the expected JSON")))
+    }
+
+    fn with_cookie(
+        &self,
+        request: reqwest::RequestBuilder,
+        token: &UserToken,
+    ) -> reqwest::RequestBuilder {
+        // Only id6's cookie is forwarded, never the caller's others. A `UserToken` holds
+        // cookie-octets only, so the header always builds.
+        match token.cookie_header(&self.settings.cookie_name) {
+            Some(cookie) => request.header(COOKIE, cookie),
+            None => request,
+        }
+    }
+}
+
+/// The error for an answer that carries no verdict: 429 (with its wait), 5xx, anything else.
+fn unavailable(response: &reqwest::Response) -> Error {
+    match response.status() {
+        StatusCode::TOO_MANY_REQUESTS => Error::new(Kind::RateLimited {
+            reset: rate_limit_reset(response.headers()),
+        }),
+        status => Error::new(Kind::Status(status)),
     }
 }
 

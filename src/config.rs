@@ -314,14 +314,19 @@ impl Id6Builder {
                 "must be a non-empty cookie name (letters, digits, `-`, `_`, `.`)",
             ));
         }
-        let dead_cookie = if self.clear_dead_cookie {
-            let value = format!("{}=; {}", self.cookie_name, self.dead_cookie_attributes.trim());
-            Some(HeaderValue::try_from(value).map_err(|_| {
-                Error::config("dead_cookie_attributes", "must be visible ASCII")
-            })?)
-        } else {
-            None
-        };
+        let dead_cookie =
+            if self.clear_dead_cookie {
+                let value = format!(
+                    "{}=; {}",
+                    self.cookie_name,
+                    self.dead_cookie_attributes.trim()
+                );
+                Some(HeaderValue::try_from(value).map_err(|_| {
+                    Error::config("dead_cookie_attributes", "must be visible ASCII")
+                })?)
+            } else {
+                None
+            };
         let positive = |setting: &'static str, d: Duration| {
             if d.is_zero() {
                 Err(Error::config(setting, "must be more than zero"))
@@ -362,10 +367,16 @@ fn base_url(setting: &'static str, base: &str) -> Result<Url, Error> {
     let mut url = Url::parse(base.trim())
         .map_err(|e| Error::config(setting, format!("`{base}` is not a URL: {e}")))?;
     if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-        return Err(Error::config(setting, format!("`{base}` is not an http(s) URL")));
+        return Err(Error::config(
+            setting,
+            format!("`{base}` is not an http(s) URL"),
+        ));
     }
     if url.query().is_some() || url.fragment().is_some() {
-        return Err(Error::config(setting, "must not have a query or a fragment"));
+        return Err(Error::config(
+            setting,
+            "must not have a query or a fragment",
+        ));
     }
     let path = format!("{}/", url.path().trim_end_matches('/'));
     url.set_path(&path);
@@ -482,7 +493,10 @@ mod tests {
         assert_eq!(authz.url.as_str(), "http://h:3030/authorize");
         assert!(authz.secret.is_sensitive());
         assert!(!format!("{authz:?}").contains("s3cret"));
-        let half = env(&[("ID6_URL", "http://h"), ("ID6_AUTHORIZATION_URL", "http://h:3030")]);
+        let half = env(&[
+            ("ID6_URL", "http://h"),
+            ("ID6_AUTHORIZATION_URL", "http://h:3030"),
+        ]);
         assert!(!format!("{half:?}").contains("s3cret"));
         assert_eq!(
             half.validate().unwrap_err().setting(),

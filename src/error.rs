@@ -252,7 +252,9 @@ impl fmt::Display for Error {
                 }
                 Ok(())
             }
-            Kind::Invalid { code, details } => write!(f, "refused before sending ({code}): {details}"),
+            Kind::Invalid { code, details } => {
+                write!(f, "refused before sending ({code}): {details}")
+            }
         }
     }
 }

@@ -8,7 +8,7 @@ use http::HeaderMap;
 use crate::cache::{AuthCache, Pending};
 use crate::client::Client;
 use crate::config::{Id6Builder, Settings};
-use crate::token::{self, Found, Token, TokenKey};
+use crate::token::{self, Found, TokenKey, UserToken};
 use crate::{Authentication, Error, Id6Layer};
 
 /// The handle to one id6 deployment: its HTTP client and the cache of its answers.
@@ -37,7 +37,9 @@ struct Inner {
 
 /// What a request's headers resolve to right away.
 pub(crate) enum Lookup {
-    /// No token, a malformed one, or a cache hit.
+    /// No token: anonymous without asking anyone.
+    NoToken,
+    /// A malformed token (anonymous, never sent to id6) or a cache hit.
     Ready(Authentication),
     /// A cache miss: id6 is being asked.
     Pending(Pending),
@@ -88,9 +90,36 @@ impl Id6 {
     /// ```
     pub async fn authenticate(&self, headers: &HeaderMap) -> Authentication {
         match self.lookup(headers) {
+            Lookup::NoToken => Authentication::Anonymous,
             Lookup::Ready(verdict) => verdict,
             Lookup::Pending(pending) => pending.await,
         }
+    }
+
+    pub(crate) fn settings(&self) -> &Settings {
+        &self.inner.settings
+    }
+
+    pub(crate) fn cookie_name(&self) -> &str {
+        &self.inner.settings.cookie_name
+    }
+
+    pub(crate) fn client(&self) -> &Client {
+        &self.inner.client
+    }
+
+    pub(crate) fn cache(&self) -> &AuthCache {
+        &self.inner.cache
+    }
+
+    /// The `Set-Cookie` that clears a dead token, when the builder enabled it.
+    pub(crate) fn dead_cookie(&self) -> Option<&http::HeaderValue> {
+        self.inner.settings.dead_cookie.as_ref()
+    }
+
+    /// How many verdicts the cache holds (approximate: moka settles its counts lazily).
+    pub fn cached_entries(&self) -> u64 {
+        self.inner.cache.entry_count()
     }
 
     /// The synchronous part of a resolution: everything but waiting on id6.
@@ -98,7 +127,7 @@ impl Id6 {
         let inner = &*self.inner;
         let token = match token::find(headers, &inner.settings.cookie_name) {
             Found::Token(token) => token,
-            Found::None => return Lookup::Ready(Authentication::Anonymous),
+            Found::None => return Lookup::NoToken,
             Found::Malformed => {
                 tracing::debug!("malformed id6 cookie; anonymous without asking id6");
                 return Lookup::Ready(Authentication::Anonymous);
@@ -108,7 +137,7 @@ impl Id6 {
         if let Some(verdict) = inner.cache.get(&key) {
             return Lookup::Ready(verdict);
         }
-        let token = Token::new(token);
+        let token = UserToken::from_found(token);
         let this = self.clone();
         Lookup::Pending(inner.cache.load(key, move || async move {
             this.inner.client.authenticate(&token).await

@@ -63,6 +63,7 @@
 //! - `rustls` (default): HTTPS to id6 through rustls.
 //! - `testing`: [`testing::MockId6`], an id6 look-alike server on loopback for tests.
 
+mod api;
 mod cache;
 mod client;
 mod config;
@@ -77,10 +78,12 @@ mod user;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use api::{PictureDownload, PictureUpload, Profile};
 pub use config::Id6Builder;
 pub use error::Error;
 #[cfg(feature = "axum")]
 pub use extract::{AuthRejection, CurrentUser, RejectionKind, RequireUser};
 pub use id6::Id6;
 pub use layer::{Id6Layer, Id6Service, ResponseFuture};
+pub use token::{TokenSource, UserToken};
 pub use user::{Authentication, User};

@@ -3,6 +3,7 @@
 
 use std::fmt;
 
+use base64::Engine;
 use http::header::{HeaderMap, HeaderValue, COOKIE};
 use sha2::{Digest, Sha256};
 
@@ -88,13 +89,48 @@ impl fmt::Debug for TokenKey {
     }
 }
 
-/// An owned token on its way to id6: `Debug` shows only its length.
-#[derive(Clone)]
-pub(crate) struct Token(Box<str>);
+/// An end user's id6 token, as found in a request: what the typed calls of
+/// [`Id6`](crate::Id6) forward to id6. `Debug` shows only its length.
+#[derive(Clone, PartialEq, Eq)]
+pub struct UserToken(Box<str>);
 
-impl Token {
-    pub(crate) fn new(token: &str) -> Self {
-        Token(token.into())
+impl UserToken {
+    /// A token from its text; `None` for an empty one or one with bytes no cookie can carry.
+    pub fn new(token: &str) -> Option<Self> {
+        match classify(token.as_bytes()) {
+            Found::Token(token) => Some(UserToken(token.into())),
+            Found::None | Found::Malformed => None,
+        }
+    }
+
+    pub(crate) fn from_found(token: &str) -> Self {
+        UserToken(token.into())
+    }
+
+    /// The token itself, to hand to id6. Keep it out of logs.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub(crate) fn key(&self) -> TokenKey {
+        TokenKey::of(&self.0)
+    }
+
+    /// The `userId` of the JWT payload, unverified: only to know whose cache entries to
+    /// evict after id6 accepted the token for a change.
+    pub(crate) fn unverified_user_id(&self) -> Option<u64> {
+        let payload = self.0.split('.').nth(1)?;
+        let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload.trim_end_matches('='))
+            .ok()?;
+        match serde_json::from_slice::<serde_json::Value>(&json)
+            .ok()?
+            .get("userId")?
+        {
+            serde_json::Value::Number(n) => n.as_u64(),
+            serde_json::Value::String(s) => s.parse().ok(),
+            _ => None,
+        }
     }
 
     /// The `Cookie` header id6 expects, marked sensitive so that HTTP stacks never log it.
@@ -105,9 +141,49 @@ impl Token {
     }
 }
 
-impl fmt::Debug for Token {
+impl fmt::Debug for UserToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Token(<{} bytes redacted>)", self.0.len())
+        write!(f, "UserToken(<{} bytes redacted>)", self.0.len())
+    }
+}
+
+/// Where a typed call of [`Id6`](crate::Id6) finds the end user's token: a request, its
+/// parts, its headers, or a [`UserToken`] already in hand.
+pub trait TokenSource {
+    /// The token, read as the layer reads it (first `cookie_name` cookie wins).
+    fn user_token(&self, cookie_name: &str) -> Option<UserToken>;
+}
+
+impl TokenSource for UserToken {
+    fn user_token(&self, _cookie_name: &str) -> Option<UserToken> {
+        Some(self.clone())
+    }
+}
+
+impl TokenSource for HeaderMap {
+    fn user_token(&self, cookie_name: &str) -> Option<UserToken> {
+        match find(self, cookie_name) {
+            Found::Token(token) => Some(UserToken::from_found(token)),
+            Found::None | Found::Malformed => None,
+        }
+    }
+}
+
+impl<B> TokenSource for http::Request<B> {
+    fn user_token(&self, cookie_name: &str) -> Option<UserToken> {
+        self.headers().user_token(cookie_name)
+    }
+}
+
+impl TokenSource for http::request::Parts {
+    fn user_token(&self, cookie_name: &str) -> Option<UserToken> {
+        self.headers.user_token(cookie_name)
+    }
+}
+
+impl<T: TokenSource + ?Sized> TokenSource for &T {
+    fn user_token(&self, cookie_name: &str) -> Option<UserToken> {
+        (**self).user_token(cookie_name)
     }
 }
 
@@ -195,11 +271,33 @@ mod tests {
         );
         assert_ne!(TokenKey::of("abc"), TokenKey::of("abd"));
         assert_eq!(format!("{key:?}"), "TokenKey(..)");
-        let token = Token::new("secret.jwt.value");
+        let token = UserToken::new("secret.jwt.value").unwrap();
         assert!(!format!("{token:?}").contains("secret"));
+        assert!(UserToken::new("").is_none() && UserToken::new("a b").is_none());
         let header = token.cookie_header("auth").unwrap();
         assert!(header.is_sensitive());
         assert_eq!(header, "auth=secret.jwt.value");
+    }
+
+    #[test]
+    fn unverified_user_id_reads_the_payload() {
+        let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        let jwt = |payload: &str| {
+            UserToken::new(&format!(
+                "{}.{}.sig",
+                b64(r#"{"alg":"HS256"}"#),
+                b64(payload)
+            ))
+            .unwrap()
+        };
+        assert_eq!(
+            jwt(r#"{"userId":42,"issuedAt":1}"#).unverified_user_id(),
+            Some(42)
+        );
+        assert_eq!(jwt(r#"{"userId":"7"}"#).unverified_user_id(), Some(7));
+        assert_eq!(jwt(r#"{"user":1}"#).unverified_user_id(), None);
+        assert_eq!(jwt("not json").unverified_user_id(), None);
+        assert_eq!(UserToken::new("abc").unwrap().unverified_user_id(), None);
     }
 
     fn cookie_octets() -> impl Strategy<Value = String> {

@@ -110,9 +110,9 @@ impl GateHandle {
 }
 
 impl Service<http::Request<()>> for Gate {
-    type Response = ();
+    type Response = http::Response<()>;
     type Error = Infallible;
-    type Future = std::future::Ready<Result<(), Infallible>>;
+    type Future = std::future::Ready<Result<http::Response<()>, Infallible>>;
 
     fn poll_ready(
         &mut self,
@@ -127,7 +127,7 @@ impl Service<http::Request<()>> for Gate {
     }
 
     fn call(&mut self, _: http::Request<()>) -> Self::Future {
-        std::future::ready(Ok(()))
+        std::future::ready(Ok(http::Response::new(())))
     }
 }
 

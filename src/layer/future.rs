@@ -4,7 +4,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use http::Request;
+use http::header::SET_COOKIE;
+use http::{HeaderValue, Request, Response};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
@@ -33,10 +34,13 @@ pin_project! {
             // Both `Option`s are taken exactly once, when `pending` completes.
             inner: Option<S>,
             request: Option<Request<B>>,
+            // Appended if the verdict says the token is dead (when enabled).
+            dead_cookie: Option<HeaderValue>,
         },
         Called {
             #[pin]
             future: S::Future,
+            clear_cookie: Option<HeaderValue>,
         },
     }
 }
@@ -45,47 +49,70 @@ impl<S, B> ResponseFuture<S, B>
 where
     S: Service<Request<B>>,
 {
-    pub(crate) fn called(future: S::Future) -> Self {
+    pub(crate) fn called(future: S::Future, clear_cookie: Option<HeaderValue>) -> Self {
         ResponseFuture {
-            state: State::Called { future },
+            state: State::Called {
+                future,
+                clear_cookie,
+            },
         }
     }
 
-    pub(crate) fn resolving(pending: Pending, inner: S, request: Request<B>) -> Self {
+    pub(crate) fn resolving(
+        pending: Pending,
+        inner: S,
+        request: Request<B>,
+        dead_cookie: Option<HeaderValue>,
+    ) -> Self {
         ResponseFuture {
             state: State::Resolving {
                 pending,
                 inner: Some(inner),
                 request: Some(request),
+                dead_cookie,
             },
         }
     }
 }
 
-impl<S, B> Future for ResponseFuture<S, B>
+impl<S, B, ResBody> Future for ResponseFuture<S, B>
 where
-    S: Service<Request<B>>,
+    S: Service<Request<B>, Response = Response<ResBody>>,
 {
-    type Output = Result<S::Response, S::Error>;
+    type Output = Result<Response<ResBody>, S::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut state = self.project().state;
         loop {
             match state.as_mut().project() {
-                StateProj::Called { future } => return future.poll(cx),
+                StateProj::Called {
+                    future,
+                    clear_cookie,
+                } => {
+                    let mut response = ready!(future.poll(cx))?;
+                    if let Some(cookie) = clear_cookie.take() {
+                        response.headers_mut().append(SET_COOKIE, cookie);
+                    }
+                    return Poll::Ready(Ok(response));
+                }
                 StateProj::Resolving {
                     pending,
                     inner,
                     request,
+                    dead_cookie,
                 } => {
                     let verdict = ready!(Pin::new(pending).poll(cx));
                     let (Some(mut inner), Some(mut request)) = (inner.take(), request.take())
                     else {
                         unreachable!("ResponseFuture polled after it was resolved");
                     };
+                    let clear_cookie = dead_cookie.take().filter(|_| verdict.is_anonymous());
                     request.extensions_mut().insert(verdict);
                     let future = inner.call(request);
-                    state.set(State::Called { future });
+                    state.set(State::Called {
+                        future,
+                        clear_cookie,
+                    });
                 }
             }
         }

@@ -2,17 +2,19 @@
 
 use std::task::{Context, Poll};
 
-use http::Request;
+use http::{Request, Response};
 use tower_service::Service;
 
 use super::ResponseFuture;
 use crate::id6::Lookup;
-use crate::Id6;
+use crate::{Authentication, Id6};
 
 /// Inserts an [`Authentication`](crate::Authentication) into each request, then calls `S`.
 ///
 /// On a cache hit, or without a token, the inner service is called at once and its own
-/// future is returned unboxed; only a miss waits on id6 first.
+/// future is returned unboxed; only a miss waits on id6 first. With
+/// [`clear_dead_cookie`](crate::Id6Builder::clear_dead_cookie), a response to a request whose
+/// token id6 rejected gets a `Set-Cookie` that clears it.
 #[must_use]
 #[derive(Clone, Debug)]
 pub struct Id6Service<S> {
@@ -42,11 +44,11 @@ impl<S> Id6Service<S> {
     }
 }
 
-impl<S, B> Service<Request<B>> for Id6Service<S>
+impl<S, B, ResBody> Service<Request<B>> for Id6Service<S>
 where
-    S: Service<Request<B>> + Clone,
+    S: Service<Request<B>, Response = Response<ResBody>> + Clone,
 {
-    type Response = S::Response;
+    type Response = Response<ResBody>;
     type Error = S::Error;
     type Future = ResponseFuture<S, B>;
 
@@ -56,16 +58,25 @@ where
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         match self.id6.lookup(request.headers()) {
+            Lookup::NoToken => {
+                request.extensions_mut().insert(Authentication::Anonymous);
+                ResponseFuture::called(self.inner.call(request), None)
+            }
             Lookup::Ready(verdict) => {
+                // A token that is anonymous here is dead (negative hit) or malformed.
+                let clear = verdict
+                    .is_anonymous()
+                    .then(|| self.id6.dead_cookie().cloned());
                 request.extensions_mut().insert(verdict);
-                ResponseFuture::called(self.inner.call(request))
+                ResponseFuture::called(self.inner.call(request), clear.flatten())
             }
             Lookup::Pending(pending) => {
                 // `poll_ready` readied `self.inner`, so that instance must make the call;
                 // keep a fresh clone for the next `poll_ready`.
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);
-                ResponseFuture::resolving(pending, inner, request)
+                let dead_cookie = self.id6.dead_cookie().cloned();
+                ResponseFuture::resolving(pending, inner, request, dead_cookie)
             }
         }
     }

@@ -1,11 +1,11 @@
-//! `MockId6`'s handle: users, tokens, faults and counters.
+//! `MockId6`'s handle and state: users, tokens, faults, rate limit and counters.
 
 use std::collections::HashMap;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde_json::{json, Value};
@@ -46,35 +46,59 @@ pub struct RecordedRequest {
 pub(super) struct MockUser {
     pub(super) name: String,
     pub(super) email: String,
+    pub(super) bio: Option<String>,
+    pub(super) language: String,
+    /// The picture's bytes and its version (hex digest).
+    pub(super) picture: Option<(Vec<u8>, String)>,
+    pub(super) created_at: SystemTime,
+    pub(super) updated_at: SystemTime,
     /// Tokens with `issuedAt` strictly before this (ms) are revoked.
     pub(super) invalidate_tokens_at: Option<u64>,
 }
 
-/// Shared state behind the server and the handle.
+/// Shared state behind the servers and the handle.
 pub(super) struct State {
     secret: Vec<u8>,
+    pub(super) authorization_secret: String,
     token_lifetime: Duration,
-    users: Mutex<HashMap<u64, MockUser>>,
+    pub(super) users: Mutex<HashMap<u64, MockUser>>,
     next_id: AtomicU64,
     fault: Mutex<Option<Fault>>,
     requests: Mutex<Vec<RecordedRequest>>,
+    rate_limit: Option<(u32, Duration)>,
+    windows: Mutex<HashMap<IpAddr, (Instant, u32)>>,
 }
 
-/// Why id6 refuses a token: its `errorCode` and message.
+/// Why id6 refuses a token: its `errorCode`, message, and the user when id6 knows it.
 pub(super) struct Refusal {
     pub(super) code: &'static str,
     pub(super) message: &'static str,
+    pub(super) user_id: Option<u64>,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+/// What the rate limiter says of one request: `X-RateLimit-*` values and whether to refuse.
+pub(super) struct Window {
+    pub(super) limit: u32,
+    pub(super) remaining: u32,
+    pub(super) reset_epoch_s: u64,
+    pub(super) exceeded: bool,
+}
+
+pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-fn now_ms() -> u64 {
-    let since = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
+pub(super) fn now_ms() -> u64 {
+    millis(SystemTime::now())
+}
+
+fn millis(t: SystemTime) -> u64 {
+    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn iso(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
 }
 
 impl State {
@@ -86,25 +110,70 @@ impl State {
         lock(&self.requests).push(request);
     }
 
+    /// id6's fixed window per client IP, counting every request, refused ones too.
+    pub(super) fn count_request(&self, ip: IpAddr) -> Option<Window> {
+        let (limit, window) = self.rate_limit?;
+        let mut windows = lock(&self.windows);
+        let now = Instant::now();
+        let (start, count) = windows.entry(ip).or_insert((now, 0));
+        if now.duration_since(*start) >= window {
+            *start = now;
+            *count = 0;
+        }
+        *count = count.saturating_add(1);
+        let left = window.saturating_sub(now.duration_since(*start));
+        let reset = SystemTime::now() + left;
+        Some(Window {
+            limit,
+            remaining: limit.saturating_sub(*count),
+            reset_epoch_s: millis(reset).div_ceil(1000),
+            exceeded: *count > limit,
+        })
+    }
+
     /// id6's `GET /user` body for a user, written by hand from id6's observed shape.
     pub(super) fn user_json(&self, id: u64) -> Option<Value> {
         let users = lock(&self.users);
         let user = users.get(&id)?;
-        Some(json!({
+        let mut body = json!({
             "id": id,
             "authType": "local",
             "name": user.name,
             "email": user.email,
-            "bio": null,
-            "language": "en",
+            "bio": user.bio,
+            "language": user.language,
+        });
+        if let Some((_, version)) = &user.picture {
+            body["picture"] = json!(format!("/api/user/picture?v={version}"));
+        }
+        Some(body)
+    }
+
+    /// The authorization server's user shape: `authProvider`, dates, no bio/picture/language.
+    pub(super) fn authz_user_json(&self, id: u64) -> Option<Value> {
+        let users = lock(&self.users);
+        let user = users.get(&id)?;
+        let invalidate = user
+            .invalidate_tokens_at
+            .map(|ms| iso(UNIX_EPOCH + Duration::from_millis(ms)));
+        Some(json!({
+            "id": id,
+            "createdAt": iso(user.created_at),
+            "updatedAt": iso(user.updated_at),
+            "authProvider": "local",
+            "externalUserId": null,
+            "name": user.name,
+            "email": user.email,
+            "invalidateTokensAt": invalidate,
         }))
     }
 
     /// Checks a token as id6 does: signature, then user, expiry, revocation.
     pub(super) fn verify(&self, token: &str) -> Result<u64, Refusal> {
-        let invalid = Refusal {
+        let invalid = || Refusal {
             code: "invalid_token",
             message: "Invalid token",
+            user_id: None,
         };
         let mut validation = Validation::new(Algorithm::HS256);
         validation.required_spec_claims.clear();
@@ -114,7 +183,7 @@ impl State {
             &DecodingKey::from_secret(&self.secret),
             &validation,
         )
-        .map_err(|_| invalid)?
+        .map_err(|_| invalid())?
         .claims;
         // id6 trusts odd payloads: `userId` as a string, no `issuedAt` (never expires).
         let user_id = match &claims["userId"] {
@@ -122,15 +191,13 @@ impl State {
             Value::String(s) => s.parse().ok(),
             _ => None,
         }
-        .ok_or(Refusal {
-            code: "invalid_token",
-            message: "Invalid token",
-        })?;
+        .ok_or_else(invalid)?;
         let issued_at = claims["issuedAt"].as_u64();
         let users = lock(&self.users);
         let user = users.get(&user_id).ok_or(Refusal {
             code: "user_not_found",
             message: "User not found",
+            user_id: None,
         })?;
         if let Some(issued_at) = issued_at {
             let lifetime = u64::try_from(self.token_lifetime.as_millis()).unwrap_or(u64::MAX);
@@ -138,12 +205,14 @@ impl State {
                 return Err(Refusal {
                     code: "token_expired",
                     message: "Token expired",
+                    user_id: Some(user_id),
                 });
             }
             if user.invalidate_tokens_at.is_some_and(|at| issued_at < at) {
                 return Err(Refusal {
                     code: "token_revoked",
                     message: "Token revoked",
+                    user_id: Some(user_id),
                 });
             }
         }
@@ -156,14 +225,18 @@ impl State {
 #[derive(Debug, Clone)]
 pub struct MockId6Builder {
     secret: Vec<u8>,
+    authorization_secret: String,
     token_lifetime: Duration,
+    rate_limit: Option<(u32, Duration)>,
 }
 
 impl Default for MockId6Builder {
     fn default() -> Self {
         MockId6Builder {
             secret: b"mock-id6-jwt-secret".to_vec(),
+            authorization_secret: "mock-id6-authorization-secret".to_owned(),
             token_lifetime: Duration::from_secs(30 * 24 * 3600),
+            rate_limit: None,
         }
     }
 }
@@ -175,35 +248,69 @@ impl MockId6Builder {
         self
     }
 
+    /// The secret the authorization server expects in `Authorization`.
+    pub fn authorization_secret(mut self, secret: impl Into<String>) -> Self {
+        self.authorization_secret = secret.into();
+        self
+    }
+
     /// How long after `issuedAt` a token expires (id6's default: 30 days).
     pub fn token_lifetime(mut self, lifetime: Duration) -> Self {
         self.token_lifetime = lifetime;
         self
     }
 
-    /// Binds `127.0.0.1:0` and starts serving on the current tokio runtime.
+    /// id6's rate limit: at most `limit` requests per `window` per client IP, a fixed
+    /// window counting every request (refused ones too), with id6's headers and 429. id6's
+    /// default is 100 per 60 s; the mock's default is no limit.
+    pub fn rate_limit(mut self, limit: u32, window: Duration) -> Self {
+        self.rate_limit = Some((limit, window));
+        self
+    }
+
+    /// Binds two ports on `127.0.0.1` (authentication and authorization servers) and starts
+    /// serving on the current tokio runtime.
     ///
     /// # Errors
     ///
-    /// When the loopback port cannot be bound.
+    /// When a loopback port cannot be bound.
     pub async fn start(self) -> std::io::Result<MockId6> {
         let state = Arc::new(State {
             secret: self.secret,
+            authorization_secret: self.authorization_secret,
             token_lifetime: self.token_lifetime,
             users: Mutex::default(),
             next_id: AtomicU64::new(1),
             fault: Mutex::default(),
             requests: Mutex::default(),
+            rate_limit: self.rate_limit,
+            windows: Mutex::default(),
         });
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
-        let addr = listener.local_addr()?;
+        let public = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+        let private = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+        let addr = public.local_addr()?;
+        let authorization_addr = private.local_addr()?;
         let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(super::server::serve(listener, state.clone(), stopped));
+        let tasks = vec![
+            tokio::spawn(super::server::serve(
+                public,
+                super::routes::authentication(state.clone()),
+                state.clone(),
+                stopped.clone(),
+            )),
+            tokio::spawn(super::server::serve(
+                private,
+                super::routes::authorization(state.clone()),
+                state.clone(),
+                stopped,
+            )),
+        ];
         Ok(MockId6 {
             state,
             addr,
+            authorization_addr,
             stop,
-            task: Mutex::new(Some(task)),
+            tasks: Mutex::new(tasks),
         })
     }
 }
@@ -214,14 +321,16 @@ impl MockId6Builder {
 pub struct MockId6 {
     state: Arc<State>,
     addr: SocketAddr,
+    authorization_addr: SocketAddr,
     stop: watch::Sender<bool>,
-    task: Mutex<Option<JoinHandle<()>>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl fmt::Debug for MockId6 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MockId6")
             .field("addr", &self.addr)
+            .field("authorization_addr", &self.authorization_addr)
             .finish_non_exhaustive()
     }
 }
@@ -231,34 +340,52 @@ impl MockId6 {
     ///
     /// # Errors
     ///
-    /// When the loopback port cannot be bound.
+    /// When a loopback port cannot be bound.
     pub async fn start() -> std::io::Result<MockId6> {
         MockId6Builder::default().start().await
     }
 
-    /// A builder, to change the JWT secret or token lifetime.
+    /// A builder, to change the secrets, the token lifetime or the rate limit.
     pub fn builder() -> MockId6Builder {
         MockId6Builder::default()
     }
 
-    /// The base URL to give [`Id6::builder`](crate::Id6::builder): `http://127.0.0.1:<port>`.
+    /// The base URL to give [`Id6::builder`](crate::Id6::builder): `http://127.0.0.1:<port>`
+    /// (the authentication server, as reached directly rather than behind `/api`).
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
-    /// The address it listens on.
+    /// The address of the authentication server.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The authorization server's base URL, for
+    /// [`Id6Builder::authorization`](crate::Id6Builder::authorization).
+    pub fn authorization_url(&self) -> String {
+        format!("http://{}", self.authorization_addr)
+    }
+
+    /// The secret the authorization server expects.
+    pub fn authorization_secret(&self) -> &str {
+        &self.state.authorization_secret
     }
 
     /// Adds a local user and returns its id.
     pub fn add_user(&self, name: &str, email: &str) -> u64 {
         let id = self.state.next_id.fetch_add(1, Ordering::Relaxed);
+        let now = SystemTime::now();
         lock(&self.state.users).insert(
             id,
             MockUser {
                 name: name.to_owned(),
                 email: email.to_owned(),
+                bio: None,
+                language: "en".to_owned(),
+                picture: None,
+                created_at: now,
+                updated_at: now,
                 invalidate_tokens_at: None,
             },
         );
@@ -270,11 +397,25 @@ impl MockId6 {
         lock(&self.state.users).remove(&id);
     }
 
-    /// Renames a user, as a profile update would.
+    /// Renames a user behind the app's back (as another app's profile update would).
     pub fn rename_user(&self, id: u64, name: &str) {
         if let Some(user) = lock(&self.state.users).get_mut(&id) {
             user.name = name.to_owned();
         }
+    }
+
+    /// The user as `GET /user` would show it, if the user exists.
+    pub fn user_json(&self, id: u64) -> Option<Value> {
+        self.state.user_json(id)
+    }
+
+    /// The bytes of the user's picture, if one was uploaded.
+    pub fn picture_of(&self, id: u64) -> Option<Vec<u8>> {
+        lock(&self.state.users)
+            .get(&id)?
+            .picture
+            .as_ref()
+            .map(|(bytes, _)| bytes.clone())
     }
 
     /// A token for `user_id`, issued now, as id6's login would set it.
@@ -320,14 +461,24 @@ impl MockId6 {
         *lock(&self.state.fault) = None;
     }
 
-    /// Every request received so far, oldest first.
+    /// Every request received so far by either server, oldest first.
     pub fn requests(&self) -> Vec<RecordedRequest> {
         lock(&self.state.requests).clone()
     }
 
     /// How many `GET /user` requests arrived, whatever their answer.
     pub fn user_calls(&self) -> usize {
-        self.count(|r| r.method == "GET" && r.path == "/user")
+        self.calls("GET", "/user")
+    }
+
+    /// How many `POST /authorize` requests arrived, whatever their answer.
+    pub fn authorize_calls(&self) -> usize {
+        self.calls("POST", "/authorize")
+    }
+
+    /// How many `method path` requests arrived, whatever their answer.
+    pub fn calls(&self, method: &str, path: &str) -> usize {
+        self.count(|r| r.method == method && r.path == path)
     }
 
     /// How many `GET /user` requests carried `token` as their `auth` cookie.
@@ -355,12 +506,12 @@ impl MockId6 {
         lock(&self.state.requests).clear();
     }
 
-    /// Stops the server and closes its port and every open connection; afterwards
-    /// connecting to [`addr`](Self::addr) is refused.
+    /// Stops both servers and closes their ports and every open connection; afterwards
+    /// connecting is refused.
     pub async fn shutdown(&self) {
         let _ = self.stop.send(true);
-        let task = lock(&self.task).take();
-        if let Some(task) = task {
+        let tasks = std::mem::take(&mut *lock(&self.tasks));
+        for task in tasks {
             let _ = task.await;
         }
     }

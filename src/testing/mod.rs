@@ -31,6 +31,7 @@
 //! ```
 
 mod mock;
+mod routes;
 mod server;
 
 pub use mock::{Fault, MockId6, MockId6Builder, RecordedRequest};

@@ -1,12 +1,11 @@
-//! `MockId6`'s HTTP side: the accept loop, faults, and id6's routes and bodies.
+//! `MockId6`'s HTTP plumbing: the accept loop, then for each request the rate limiter, the
+//! fault and the routes, in id6's order.
 
-use std::convert::Infallible;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::State as AxumState;
-use axum::http::{header, HeaderMap, Request, Response, StatusCode, Uri};
-use axum::routing::get;
+use axum::http::{header, HeaderValue, Request, Response, StatusCode};
 use axum::Router;
 use hyper_util::rt::TokioIo;
 use serde_json::json;
@@ -15,18 +14,18 @@ use tokio::sync::watch;
 use tower_service::Service;
 
 use super::mock::{Fault, RecordedRequest, State};
+use super::routes::{html, json_response};
 
-type Shared = Arc<State>;
-
-pub(super) async fn serve(listener: TcpListener, state: Shared, mut stop: watch::Receiver<bool>) {
-    let router = Router::new()
-        .route("/user", get(get_user))
-        .fallback(not_found)
-        .with_state(state.clone());
+pub(super) async fn serve(
+    listener: TcpListener,
+    router: Router,
+    state: Arc<State>,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(_) => continue,
             },
             _ = stop.changed() => break,
@@ -35,10 +34,9 @@ pub(super) async fn serve(listener: TcpListener, state: Shared, mut stop: watch:
         let router = router.clone();
         let mut stop = stop.clone();
         tokio::spawn(async move {
-            let service =
-                hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
-                    handle(state.clone(), router.clone(), request)
-                });
+            let service = hyper::service::service_fn(move |request| {
+                handle(state.clone(), router.clone(), peer.ip(), request)
+            });
             let connection = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service);
             tokio::select! {
@@ -50,10 +48,12 @@ pub(super) async fn serve(listener: TcpListener, state: Shared, mut stop: watch:
     // The listener drops here: the port is closed once `serve` returns.
 }
 
-/// Records the request, applies the fault, then routes.
+/// Records the request, counts it against the rate limit (checked before anything else, as
+/// id6 does), applies the fault, then routes.
 async fn handle(
-    state: Shared,
+    state: Arc<State>,
     mut router: Router,
+    peer: IpAddr,
     request: Request<hyper::body::Incoming>,
 ) -> Result<Response<Body>, std::io::Error> {
     let cookies: Vec<&str> = request
@@ -67,131 +67,65 @@ async fn handle(
         path: request.uri().path().to_owned(),
         cookie: (!cookies.is_empty()).then(|| cookies.join("; ")),
     });
-    match state.fault() {
-        None => {}
-        Some(Fault::Delay(delay)) => tokio::time::sleep(delay).await,
-        Some(Fault::DropConnection) => {
-            return Err(std::io::Error::other("fault: drop the connection"));
-        }
-        Some(Fault::Status(code)) => {
-            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            let body = json!({
-                "statusCode": status.as_u16(),
-                "path": request.uri().path(),
-                "message": "Internal error",
-            });
-            return Ok(json_response(status, body.to_string()));
-        }
-        Some(Fault::RateLimited) => return Ok(rate_limited()),
-        Some(Fault::MalformedBody) => {
-            return Ok(json_response(
-                StatusCode::OK,
-                r#"{"id":1,"name":"Tru"#.to_owned(),
-            ));
-        }
-        Some(Fault::HtmlPage) => {
-            return Ok(html(
-                StatusCode::OK,
-                "<!DOCTYPE html><html><head><title>id6</title></head><body><div id=\"root\"></div></body></html>",
-            ));
-        }
+    let window = state.count_request(peer);
+    let mut response = match (&window, state.fault()) {
+        (Some(w), _) if w.exceeded => rate_limited(Some(w.reset_epoch_s)),
+        (_, Some(fault)) => match apply(fault, request.uri().path()).await? {
+            Some(response) => response,
+            None => route(&mut router, request).await,
+        },
+        (_, None) => route(&mut router, request).await,
+    };
+    if let Some(w) = window {
+        let h = response.headers_mut();
+        h.insert("x-ratelimit-limit", HeaderValue::from(w.limit));
+        h.insert("x-ratelimit-remaining", HeaderValue::from(w.remaining));
+        h.insert("x-ratelimit-reset", HeaderValue::from(w.reset_epoch_s));
     }
+    Ok(response)
+}
+
+async fn route(router: &mut Router, request: Request<hyper::body::Incoming>) -> Response<Body> {
     match router.call(request).await {
-        Ok(response) => Ok(response),
+        Ok(response) => response,
         Err(never) => match never {},
     }
 }
 
-/// `GET /user`: `null` without a cookie, the user, or 401 with id6's clearing cookie.
-async fn get_user(AxumState(state): AxumState<Shared>, headers: HeaderMap) -> Response<Body> {
-    let Some(token) = auth_cookie(&headers) else {
-        return json_response(StatusCode::OK, "null".to_owned());
-    };
-    let refusal = match state.verify(&token) {
-        Ok(id) => match state.user_json(id) {
-            Some(user) => return json_response(StatusCode::OK, user.to_string()),
-            None => super::mock::Refusal {
-                code: "user_not_found",
-                message: "User not found",
-            },
-        },
-        Err(refusal) => refusal,
-    };
-    let body = json!({
-        "statusCode": 401,
-        "path": "/user",
-        "message": refusal.message,
-        "errorCode": refusal.code,
-    });
-    let mut response = json_response(StatusCode::UNAUTHORIZED, body.to_string());
-    response.headers_mut().insert(
-        header::SET_COOKIE,
-        header::HeaderValue::from_static(
-            "auth=; Max-Age=0; Path=/; Expires=Thu, 01 Jan 1970 00:00:00 GMT; HttpOnly",
+/// The fault's answer, `None` to answer normally (after a delay), or an error that makes
+/// hyper close the connection without answering.
+async fn apply(fault: Fault, path: &str) -> Result<Option<Response<Body>>, std::io::Error> {
+    Ok(Some(match fault {
+        Fault::Delay(delay) => {
+            tokio::time::sleep(delay).await;
+            return Ok(None);
+        }
+        Fault::DropConnection => return Err(std::io::Error::other("fault: drop the connection")),
+        Fault::Status(code) => {
+            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let body = json!({"statusCode": status.as_u16(), "path": path, "message": "Internal error"});
+            json_response(status, body.to_string())
+        }
+        Fault::RateLimited => rate_limited(None),
+        Fault::MalformedBody => json_response(StatusCode::OK, r#"{"id":1,"name":"Tru"#.to_owned()),
+        Fault::HtmlPage => html(
+            StatusCode::OK,
+            "<!DOCTYPE html><html><head><title>id6</title></head><body><div id=\"root\"></div></body></html>",
         ),
-    );
-    response
+    }))
 }
 
-/// The first `auth` cookie across all `Cookie` headers, parsed by the `cookie` crate as
-/// id6's cookie parser would; `auth=` counts as none.
-fn auth_cookie(headers: &HeaderMap) -> Option<String> {
-    let first = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| cookie::Cookie::split_parse(v).filter_map(Result::ok))
-        .find(|c| c.name() == "auth")?;
-    let value = first.value_trimmed();
-    (!value.is_empty()).then(|| value.to_owned())
-}
-
-/// Express's HTML 404 for unknown routes.
-async fn not_found(uri: Uri, method: axum::http::Method) -> Result<Response<Body>, Infallible> {
-    Ok(html(
-        StatusCode::NOT_FOUND,
-        &format!(
-            "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>Error</title>\n</head>\n<body>\n<pre>Cannot {method} {}</pre>\n</body>\n</html>\n",
-            uri.path()
-        ),
-    ))
-}
-
-/// id6's limiter answer: HTML body, `Retry-After: 60`, the window in `X-RateLimit-*`.
-fn rate_limited() -> Response<Body> {
-    let reset = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() + 60)
-        .unwrap_or_default();
+/// id6's limiter answer: HTML body, `Retry-After: 60` always, the window in `X-RateLimit-*`.
+fn rate_limited(reset_epoch_s: Option<u64>) -> Response<Body> {
+    let reset = reset_epoch_s.unwrap_or_else(|| super::mock::now_ms() / 1000 + 60);
     let mut response = html(
         StatusCode::TOO_MANY_REQUESTS,
         "Too many requests, please try again later.",
     );
     let h = response.headers_mut();
-    h.insert(header::RETRY_AFTER, header::HeaderValue::from_static("60"));
-    h.insert("x-ratelimit-limit", header::HeaderValue::from_static("100"));
-    h.insert(
-        "x-ratelimit-remaining",
-        header::HeaderValue::from_static("0"),
-    );
-    h.insert("x-ratelimit-reset", header::HeaderValue::from(reset));
-    response
-}
-
-fn json_response(status: StatusCode, body: String) -> Response<Body> {
-    with_type(status, "application/json; charset=utf-8", body)
-}
-
-fn html(status: StatusCode, body: &str) -> Response<Body> {
-    with_type(status, "text/html; charset=utf-8", body.to_owned())
-}
-
-fn with_type(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
-    let mut response = Response::new(Body::from(body));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static(content_type),
-    );
+    h.insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+    h.insert("x-ratelimit-limit", HeaderValue::from_static("100"));
+    h.insert("x-ratelimit-remaining", HeaderValue::from_static("0"));
+    h.insert("x-ratelimit-reset", HeaderValue::from(reset));
     response
 }

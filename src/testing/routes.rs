@@ -1,0 +1,425 @@
+//! id6's routes as the real servers answer them, bodies written by hand from `id6.md`.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, State as AxumState};
+use axum::http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use axum::routing::{get, post};
+use axum::Router;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use super::mock::{lock, now_ms, State};
+
+type Shared = AxumState<Arc<State>>;
+
+/// The public authentication server (id6's port 3001).
+pub(super) fn authentication(state: Arc<State>) -> Router {
+    Router::new()
+        .route("/user", get(get_user).fallback(not_found))
+        .route("/user/profile", post(update_profile).fallback(not_found))
+        .route(
+            "/user/picture",
+            get(get_picture).post(update_picture).fallback(not_found),
+        )
+        .route("/user/disconnect", get(disconnect).fallback(not_found))
+        .route("/auth/signout", post(sign_out).fallback(not_found))
+        .fallback(not_found)
+        // id6 sets no size limit on pictures.
+        .layer(DefaultBodyLimit::max(64 * 1024 * 1024))
+        .with_state(state)
+}
+
+/// The private authorization server (id6's port 3030).
+pub(super) fn authorization(state: Arc<State>) -> Router {
+    Router::new()
+        .route("/authorize", post(authorize).fallback(not_found))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// Who calls, as id6's login check sees it: no cookie, a user, or a refusal already
+/// rendered (401 with the clearing cookie, on every route).
+enum Caller {
+    Nobody,
+    User(u64),
+    Refused(Response<Body>),
+}
+
+fn caller(state: &State, headers: &HeaderMap, path: &str) -> Caller {
+    let Some(token) = auth_cookie(headers) else {
+        return Caller::Nobody;
+    };
+    match state.verify(&token) {
+        Ok(id) if state.user_json(id).is_some() => Caller::User(id),
+        Ok(_) => Caller::Refused(refused(path, "user_not_found", "User not found")),
+        Err(refusal) => Caller::Refused(refused(path, refusal.code, refusal.message)),
+    }
+}
+
+/// The caller, or the 401 id6 answers on routes that need a login.
+fn signed_in(state: &State, headers: &HeaderMap, path: &str) -> Result<u64, Response<Body>> {
+    match caller(state, headers, path) {
+        Caller::User(id) => Ok(id),
+        Caller::Refused(response) => Err(response),
+        Caller::Nobody => Err(error(
+            StatusCode::UNAUTHORIZED,
+            path,
+            "You are not authenticated",
+            Some("not_authenticated"),
+            None,
+        )),
+    }
+}
+
+fn refused(path: &str, code: &str, message: &str) -> Response<Body> {
+    let mut response = error(StatusCode::UNAUTHORIZED, path, message, Some(code), None);
+    response
+        .headers_mut()
+        .insert(header::SET_COOKIE, clearing_cookie());
+    response
+}
+
+fn clearing_cookie() -> HeaderValue {
+    HeaderValue::from_static(
+        "auth=; Max-Age=0; Path=/; Expires=Thu, 01 Jan 1970 00:00:00 GMT; HttpOnly",
+    )
+}
+
+/// `GET /user`: `null` without a cookie, the user, or 401 with id6's clearing cookie.
+async fn get_user(AxumState(state): Shared, headers: HeaderMap) -> Response<Body> {
+    match caller(&state, &headers, "/user") {
+        Caller::Nobody => json_response(StatusCode::OK, "null".to_owned()),
+        Caller::User(id) => {
+            let user = state.user_json(id).unwrap_or(Value::Null);
+            json_response(StatusCode::OK, user.to_string())
+        }
+        Caller::Refused(response) => response,
+    }
+}
+
+/// `POST /user/profile`: login check, then JSON, then id6's validation; 204.
+async fn update_profile(
+    AxumState(state): Shared,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response<Body> {
+    const PATH: &str = "/user/profile";
+    let id = match signed_in(&state, &headers, PATH) {
+        Ok(id) => id,
+        Err(response) => return response,
+    };
+    let Ok(Value::Object(profile)) = serde_json::from_slice::<Value>(&body) else {
+        // id6 answers malformed JSON with a bare 400 and no errorCode.
+        return error(StatusCode::BAD_REQUEST, PATH, "Internal error", None, None);
+    };
+    let mut details = Vec::new();
+    let mut problem = |field: &str, kind: &str, message: &str| {
+        details.push(json!({"message": message, "path": [field], "type": kind}));
+    };
+    let name = match profile.get("name") {
+        Some(Value::String(s)) if s.is_empty() => {
+            problem(
+                "name",
+                "string.empty",
+                "\"name\" is not allowed to be empty",
+            );
+            None
+        }
+        Some(Value::String(s)) if s.chars().count() > 128 => {
+            problem(
+                "name",
+                "string.max",
+                "\"name\" length must be less than or equal to 128 characters long",
+            );
+            None
+        }
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => {
+            problem("name", "string.base", "\"name\" must be a string");
+            None
+        }
+        None => {
+            problem("name", "any.required", "\"name\" is required");
+            None
+        }
+    };
+    let bio = match profile.get("bio") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.is_empty() => {
+            problem("bio", "string.empty", "\"bio\" is not allowed to be empty");
+            None
+        }
+        Some(Value::String(s)) if s.chars().count() > 256 => {
+            problem(
+                "bio",
+                "string.max",
+                "\"bio\" length must be less than or equal to 256 characters long",
+            );
+            None
+        }
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => {
+            problem("bio", "string.base", "\"bio\" must be a string");
+            None
+        }
+    };
+    let language = match profile.get("language") {
+        None | Some(Value::Null) => "en".to_owned(),
+        Some(Value::String(s)) if s.len() == 2 && s.bytes().all(|b| b.is_ascii_lowercase()) => {
+            s.clone()
+        }
+        Some(_) => {
+            problem(
+                "language",
+                "any.only",
+                "\"language\" must be a valid ISO 639-1 code",
+            );
+            String::new()
+        }
+    };
+    if !details.is_empty() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            PATH,
+            "Invalid body",
+            Some("invalid_body"),
+            Some(Value::Array(details)),
+        );
+    }
+    if let Some(user) = lock(&state.users).get_mut(&id) {
+        user.name = name.unwrap_or_default();
+        user.bio = bio;
+        user.language = language;
+        user.updated_at = std::time::SystemTime::now();
+    }
+    no_content()
+}
+
+/// `POST /user/picture`: multipart field `picture`, checked by file-name extension only.
+async fn update_picture(AxumState(state): Shared, request: Request<Body>) -> Response<Body> {
+    const PATH: &str = "/user/picture";
+    let id = match signed_in(&state, request.headers(), PATH) {
+        Ok(id) => id,
+        Err(response) => return response,
+    };
+    let Ok(mut multipart) = Multipart::from_request(request, &()).await else {
+        return error(StatusCode::BAD_REQUEST, PATH, "Internal error", None, None);
+    };
+    while let Ok(Some(field)) = multipart.next_field().await {
+        if field.name() != Some("picture") {
+            continue;
+        }
+        let file_name = field.file_name().unwrap_or_default().to_owned();
+        let allowed = [".png", ".jpg", ".jpeg"]
+            .iter()
+            .any(|ext| file_name.ends_with(ext));
+        if !allowed {
+            let details = json!({
+                "allowedFormats": ["png", "jpg", "jpeg"],
+                "allowedMimeTypes": ["image/png", "image/jpeg"],
+            });
+            return error(
+                StatusCode::BAD_REQUEST,
+                PATH,
+                "Format not allowed",
+                Some("format_not_allowed"),
+                Some(details),
+            );
+        }
+        let Ok(bytes) = field.bytes().await else {
+            return error(StatusCode::BAD_REQUEST, PATH, "Internal error", None, None);
+        };
+        let digest = Sha256::digest(&bytes);
+        let version: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        if let Some(user) = lock(&state.users).get_mut(&id) {
+            user.picture = Some((bytes.to_vec(), version.clone()));
+        }
+        let body = json!({"picture": format!("/api/user/picture?v={version}")});
+        return json_response(StatusCode::OK, body.to_string());
+    }
+    // No file part: id6 answers an empty object and changes nothing.
+    json_response(StatusCode::OK, "{}".to_owned())
+}
+
+/// `GET /user/picture`: the bytes as an attachment, or 404 `picture_not_set`.
+async fn get_picture(AxumState(state): Shared, headers: HeaderMap) -> Response<Body> {
+    const PATH: &str = "/user/picture";
+    let id = match signed_in(&state, &headers, PATH) {
+        Ok(id) => id,
+        Err(response) => return response,
+    };
+    let picture = lock(&state.users).get(&id).and_then(|u| u.picture.clone());
+    let Some((bytes, version)) = picture else {
+        return error(
+            StatusCode::NOT_FOUND,
+            PATH,
+            "Picture not set",
+            Some("picture_not_set"),
+            Some(json!({"type": "Resource"})),
+        );
+    };
+    let mut response = Response::new(Body::from(bytes));
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    if let Ok(v) = HeaderValue::try_from(format!("attachment; filename=\"{version}\"")) {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
+    response
+}
+
+/// `GET /user/disconnect`: revokes every token issued before now (ms), clears the cookie.
+async fn disconnect(AxumState(state): Shared, headers: HeaderMap) -> Response<Body> {
+    let id = match signed_in(&state, &headers, "/user/disconnect") {
+        Ok(id) => id,
+        Err(response) => return response,
+    };
+    if let Some(user) = lock(&state.users).get_mut(&id) {
+        user.invalidate_tokens_at = Some(now_ms());
+    }
+    let mut response = no_content();
+    response
+        .headers_mut()
+        .insert(header::SET_COOKIE, clearing_cookie());
+    response
+}
+
+/// `POST /auth/signout`: clears the cookie in the browser; the token stays valid.
+async fn sign_out(AxumState(state): Shared, headers: HeaderMap) -> Response<Body> {
+    if let Err(response) = signed_in(&state, &headers, "/auth/signout") {
+        return response;
+    }
+    let mut response = no_content();
+    response
+        .headers_mut()
+        .insert(header::SET_COOKIE, clearing_cookie());
+    response
+}
+
+/// `POST /authorize`: the secret first (401 is ours to fix), then every token outcome is a
+/// 200 — and on a revoked token both `error` and `user`.
+async fn authorize(
+    AxumState(state): Shared,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response<Body> {
+    const PATH: &str = "/authorize";
+    match headers.get(header::AUTHORIZATION) {
+        None => {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                PATH,
+                "No token provided",
+                Some("no_token_provided"),
+                None,
+            )
+        }
+        Some(secret) if secret.as_bytes() != state.authorization_secret.as_bytes() => {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                PATH,
+                "Invalid secret",
+                Some("invalid_token"),
+                None,
+            );
+        }
+        Some(_) => {}
+    }
+    let token = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v.get("token").and_then(Value::as_str).map(str::to_owned));
+    let Some(token) = token else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            PATH,
+            "Invalid body",
+            Some("invalid_body"),
+            None,
+        );
+    };
+    let answer = match state.verify(&token) {
+        Ok(id) => match state.authz_user_json(id) {
+            Some(user) => json!({ "user": user }),
+            None => json!({"error": {"message": "User not found", "code": "user_not_found"}}),
+        },
+        Err(refusal) => {
+            let mut answer = json!({"error": {"message": refusal.message, "code": refusal.code}});
+            if refusal.code == "token_revoked" {
+                if let Some(user) = refusal.user_id.and_then(|id| state.authz_user_json(id)) {
+                    answer["user"] = user;
+                }
+            }
+            answer
+        }
+    };
+    json_response(StatusCode::OK, answer.to_string())
+}
+
+/// The first `auth` cookie across all `Cookie` headers, parsed by the `cookie` crate as
+/// id6's cookie parser would; `auth=` counts as none.
+fn auth_cookie(headers: &HeaderMap) -> Option<String> {
+    let first = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| cookie::Cookie::split_parse(v).filter_map(Result::ok))
+        .find(|c| c.name() == "auth")?;
+    let value = first.value_trimmed();
+    (!value.is_empty()).then(|| value.to_owned())
+}
+
+/// Express's HTML 404 for unknown routes and methods.
+async fn not_found(method: Method, uri: Uri) -> Response<Body> {
+    html(
+        StatusCode::NOT_FOUND,
+        &format!(
+            "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>Error</title>\n</head>\n<body>\n<pre>Cannot {method} {}</pre>\n</body>\n</html>\n",
+            uri.path()
+        ),
+    )
+}
+
+/// id6's error JSON: `{"statusCode", "path", "message", "errorCode"?, "errorDetails"?}`.
+fn error(
+    status: StatusCode,
+    path: &str,
+    message: &str,
+    code: Option<&str>,
+    details: Option<Value>,
+) -> Response<Body> {
+    let mut body = json!({"statusCode": status.as_u16(), "path": path, "message": message});
+    if let Some(code) = code {
+        body["errorCode"] = json!(code);
+    }
+    if let Some(details) = details {
+        body["errorDetails"] = details;
+    }
+    json_response(status, body.to_string())
+}
+
+fn no_content() -> Response<Body> {
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    response
+}
+
+pub(super) fn json_response(status: StatusCode, body: String) -> Response<Body> {
+    with_type(status, "application/json; charset=utf-8", body)
+}
+
+pub(super) fn html(status: StatusCode, body: &str) -> Response<Body> {
+    with_type(status, "text/html; charset=utf-8", body.to_owned())
+}
+
+fn with_type(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}

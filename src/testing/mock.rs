@@ -67,6 +67,10 @@ pub(super) struct State {
     requests: Mutex<Vec<RecordedRequest>>,
     rate_limit: Option<(u32, Duration)>,
     windows: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+    /// While true, `GET /user` answers are computed, then wait before being sent.
+    pub(super) hold: watch::Sender<bool>,
+    /// How many `GET /user` answers are waiting.
+    pub(super) held: watch::Sender<usize>,
 }
 
 /// Why id6 refuses a token: its `errorCode`, message, and the user when id6 knows it.
@@ -102,6 +106,17 @@ fn iso(t: SystemTime) -> String {
 }
 
 impl State {
+    /// Waits while answers are held, counted in `held` so tests can see them waiting.
+    pub(super) async fn wait_if_held(&self) {
+        let mut hold = self.hold.subscribe();
+        if !*hold.borrow_and_update() {
+            return;
+        }
+        self.held.send_modify(|n| *n += 1);
+        let _ = hold.wait_for(|held| !held).await;
+        self.held.send_modify(|n| *n -= 1);
+    }
+
     pub(super) fn fault(&self) -> Option<Fault> {
         lock(&self.fault).clone()
     }
@@ -285,6 +300,8 @@ impl MockId6Builder {
             requests: Mutex::default(),
             rate_limit: self.rate_limit,
             windows: Mutex::default(),
+            hold: watch::Sender::new(false),
+            held: watch::Sender::new(0),
         });
         let public = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
         let private = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
@@ -449,6 +466,24 @@ impl MockId6 {
         if let Some(user) = lock(&self.state.users).get_mut(&user_id) {
             user.invalidate_tokens_at = Some(now_ms());
         }
+    }
+
+    /// From now on, `GET /user` answers are decided at once (as id6 would, at that moment)
+    /// but held back until [`release_user_answers`](Self::release_user_answers): to force
+    /// an answer to arrive after something else happened.
+    pub fn hold_user_answers(&self) {
+        self.state.hold.send_replace(true);
+    }
+
+    /// Sends every held answer and stops holding.
+    pub fn release_user_answers(&self) {
+        self.state.hold.send_replace(false);
+    }
+
+    /// Waits until `n` `GET /user` answers are decided and held.
+    pub async fn wait_for_held_answers(&self, n: usize) {
+        let mut held = self.state.held.subscribe();
+        let _ = held.wait_for(|held| *held >= n).await;
     }
 
     /// Makes every route misbehave until [`clear_fault`](Self::clear_fault).

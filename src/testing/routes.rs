@@ -89,7 +89,13 @@ fn clearing_cookie() -> HeaderValue {
 
 /// `GET /user`: `null` without a cookie, the user, or 401 with id6's clearing cookie.
 async fn get_user(AxumState(state): Shared, headers: HeaderMap) -> Response<Body> {
-    match caller(&state, &headers, "/user") {
+    let answer = answer_user(&state, &headers);
+    state.wait_if_held().await;
+    answer
+}
+
+fn answer_user(state: &State, headers: &HeaderMap) -> Response<Body> {
+    match caller(state, headers, "/user") {
         Caller::Nobody => json_response(StatusCode::OK, "null".to_owned()),
         Caller::User(id) => {
             let user = state.user_json(id).unwrap_or(Value::Null);

@@ -1,0 +1,257 @@
+//! The typed calls of the Authentication API, their errors, and what each does to the cache.
+
+mod common;
+
+use std::time::Duration;
+
+use common::Setup;
+use id6_tower::testing::{Fault, MockId6};
+use id6_tower::{Id6, PictureUpload, Profile, UserToken};
+
+fn headers(token: &str) -> http::HeaderMap {
+    let mut h = http::HeaderMap::new();
+    h.insert("cookie", format!("other=1; auth={token}").parse().unwrap());
+    h
+}
+
+/// A setup with Alice signed in and her answer cached.
+async fn alice_cached() -> (Setup, u64, String) {
+    let s = Setup::new().await;
+    let alice = s.mock.add_user("Alice", "alice@example.com");
+    let token = s.mock.token_for(alice);
+    assert_eq!(s.get("/", Some(&token)).await.1, "Hello, Alice!");
+    assert_eq!(s.mock.user_calls(), 1);
+    (s, alice, token)
+}
+
+#[tokio::test]
+async fn user_asks_afresh_and_reports_ids_refusals() {
+    let (s, alice, token) = alice_cached().await;
+    s.mock.rename_user(alice, "Alice L.");
+    let user = s.id6.user(&headers(&token)).await.unwrap();
+    assert_eq!((user.id, user.name.as_str()), (alice, "Alice L."));
+    // The fresh answer replaced the cached one.
+    assert_eq!(s.get("/", Some(&token)).await.1, "Hello, Alice L.!");
+    assert_eq!(s.mock.user_calls(), 2);
+
+    let err = s.id6.user(&http::HeaderMap::new()).await.unwrap_err();
+    assert!(err.is_unauthenticated() && !err.is_unavailable(), "{err}");
+    let expired = s.mock.expired_token_for(alice);
+    let err = s.id6.user(&headers(&expired)).await.unwrap_err();
+    assert!(err.is_unauthenticated());
+    assert_eq!(err.error_code(), Some("token_expired"));
+    assert_eq!(err.status(), Some(http::StatusCode::UNAUTHORIZED));
+    assert!(err.to_string().contains("token_expired"), "{err}");
+}
+
+#[tokio::test]
+async fn sign_out_evicts_the_token_but_id6_still_accepts_it() {
+    let (s, _alice, token) = alice_cached().await;
+    s.id6.sign_out(&headers(&token)).await.unwrap();
+    assert_eq!(s.mock.calls("POST", "/auth/signout"), 1);
+    // Evicted: the next request asks id6, which (as the real one) still accepts the token.
+    assert_eq!(s.get("/", Some(&token)).await.1, "Hello, Alice!");
+    assert_eq!(s.mock.user_calls(), 2);
+}
+
+#[tokio::test]
+async fn disconnect_signs_out_every_session_at_once() {
+    let (s, alice, laptop) = alice_cached().await;
+    // Tokens issued in the same millisecond as the revocation survive it (strict `<`).
+    let phone = s.mock.token_issued_at(alice, now_ms() - 5);
+    assert_eq!(s.get("/", Some(&phone)).await.1, "Hello, Alice!");
+    s.id6
+        .disconnect(&UserToken::new(&laptop).unwrap())
+        .await
+        .unwrap();
+    for token in [&laptop, &phone] {
+        let (status, body, _) = s.get("/me", Some(token)).await;
+        assert_eq!(status, 401, "{body}");
+    }
+    // Both asked id6 again: nothing stale was served.
+    assert_eq!(s.mock.user_calls(), 4);
+}
+
+#[tokio::test]
+async fn a_profile_change_is_seen_on_the_next_request() {
+    let (s, alice, token) = alice_cached().await;
+    let profile = Profile::new("Alice Liddell")
+        .bio("Curiouser")
+        .language("fr");
+    s.id6
+        .update_profile(&headers(&token), &profile)
+        .await
+        .unwrap();
+    let (status, body, _) = s.get("/me", Some(&token)).await;
+    assert_eq!(status, 200);
+    let me: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(me["name"], "Alice Liddell");
+    assert_eq!(me["bio"], "Curiouser");
+    assert_eq!(me["language"], "fr");
+    assert_eq!(s.mock.user_json(alice).unwrap()["bio"], "Curiouser");
+
+    // A profile id6 would refuse is refused before sending anything.
+    let err = s
+        .id6
+        .update_profile(&headers(&token), &Profile::new("x").bio(""))
+        .await
+        .unwrap_err();
+    assert!(err.is_validation());
+    assert_eq!(err.error_code(), Some("invalid_body"));
+    assert_eq!(s.mock.calls("POST", "/user/profile"), 1);
+}
+
+#[tokio::test]
+async fn pictures_go_up_and_come_down() {
+    let (s, alice, token) = alice_cached().await;
+    let h = headers(&token);
+    let err = s.id6.picture(&h).await.unwrap_err();
+    assert!(err.is_picture_not_set() && !err.is_unavailable(), "{err}");
+    assert_eq!(err.status(), Some(http::StatusCode::NOT_FOUND));
+
+    let png = b"\x89PNG\r\n\x1a\n fake image bytes".to_vec();
+    let url = s
+        .id6
+        .update_picture(&h, PictureUpload::from_bytes("me.png", png.clone()))
+        .await
+        .unwrap()
+        .expect("id6 answers the new URL");
+    assert!(url.starts_with("/api/user/picture?v="), "{url}");
+    assert_eq!(s.mock.picture_of(alice).unwrap(), png);
+    // The cached user is evicted: the next request sees the picture.
+    let me: serde_json::Value = serde_json::from_str(&s.get("/me", Some(&token)).await.1).unwrap();
+    assert_eq!(me["picture"], url.as_str());
+
+    let download = s.id6.picture(&h).await.unwrap();
+    assert_eq!(download.content_type(), Some("application/octet-stream"));
+    assert_eq!(download.file_name(), url.split("v=").nth(1));
+    assert_eq!(download.bytes().await.unwrap(), png);
+
+    // From a file, streamed.
+    let path = std::env::temp_dir().join(format!("id6-tower-test-{}.jpg", std::process::id()));
+    tokio::fs::write(&path, b"jpeg bytes").await.unwrap();
+    let upload = PictureUpload::from_file(&path).await.unwrap();
+    s.id6.update_picture(&h, upload).await.unwrap();
+    let _ = tokio::fs::remove_file(&path).await;
+    assert_eq!(s.mock.picture_of(alice).unwrap(), b"jpeg bytes");
+}
+
+#[tokio::test]
+async fn pictures_id6_would_refuse_are_refused_before_sending() {
+    let mock = MockId6::start().await.unwrap();
+    let alice = mock.add_user("Alice", "a@example.com");
+    let token = mock.token_for(alice);
+    let id6 = Id6::builder(mock.url())
+        .max_picture_bytes(16)
+        .build()
+        .unwrap();
+    let h = headers(&token);
+    let err = id6
+        .update_picture(&h, PictureUpload::from_bytes("me.gif", &b"GIF89a"[..]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.error_code(), Some("format_not_allowed"));
+    assert!(err.error_details().unwrap()["allowedFormats"].is_array());
+    let err = id6
+        .update_picture(&h, PictureUpload::from_bytes("me.png", vec![0u8; 17]))
+        .await
+        .unwrap_err();
+    assert!(err.is_validation());
+    assert_eq!(err.error_code(), Some("picture_too_large"));
+    assert_eq!(mock.calls("POST", "/user/picture"), 0);
+}
+
+#[tokio::test]
+async fn typed_call_errors_say_what_happened() {
+    let mock = MockId6::start().await.unwrap();
+    let alice = mock.add_user("Alice", "a@example.com");
+    let token = mock.token_for(alice);
+    let id6 = common::builder(&mock).build().unwrap();
+    let h = headers(&token);
+
+    let err = id6.sign_out(&http::HeaderMap::new()).await.unwrap_err();
+    assert!(err.is_unauthenticated());
+    assert_eq!(err.error_code(), Some("not_authenticated"));
+
+    mock.set_fault(Fault::RateLimited);
+    let err = id6.sign_out(&h).await.unwrap_err();
+    assert!(err.is_rate_limited() && err.is_unavailable());
+    let wait = err.retry_after().unwrap();
+    assert!(
+        wait > Duration::from_secs(50) && wait <= Duration::from_secs(60),
+        "{wait:?}"
+    );
+
+    mock.set_fault(Fault::Status(503));
+    let err = id6.disconnect(&h).await.unwrap_err();
+    assert!(err.is_unavailable());
+    assert_eq!(err.status(), Some(http::StatusCode::SERVICE_UNAVAILABLE));
+
+    mock.clear_fault();
+    mock.shutdown().await;
+    let err = id6
+        .update_profile(&h, &Profile::new("A"))
+        .await
+        .unwrap_err();
+    assert!(err.is_connect() && err.is_unavailable(), "{err}");
+}
+
+/// A `GET /user` answer decided before `disconnect` but arriving after it must not put the
+/// revoked user back into the cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_in_flight_during_disconnect_is_not_cached() {
+    let s = Setup::new().await;
+    let alice = s.mock.add_user("Alice", "a@example.com");
+    let old = s.mock.token_issued_at(alice, now_ms() - 10);
+    let other = s.mock.token_issued_at(alice, now_ms() - 10);
+
+    // 1. id6 decides "Alice" for `old`, but the answer is held in flight.
+    s.mock.hold_user_answers();
+    let in_flight = {
+        let (http, base, old) = (s.http.clone(), s.base.clone(), old.clone());
+        tokio::spawn(async move {
+            let response = http
+                .get(format!("{base}/"))
+                .header("cookie", format!("auth={old}"))
+                .send()
+                .await
+                .unwrap();
+            response.text().await.unwrap()
+        })
+    };
+    s.mock.wait_for_held_answers(1).await;
+
+    // 2. Meanwhile Alice disconnects everywhere (not a `GET /user`: not held).
+    s.id6.disconnect(&headers(&other)).await.unwrap();
+
+    // 3. The stale answer arrives. The request that was already running may see it...
+    s.mock.release_user_answers();
+    assert_eq!(in_flight.await.unwrap(), "Hello, Alice!");
+    // ...but it was not cached: the next request asks id6 and is refused.
+    let calls = s.mock.user_calls();
+    assert_eq!(s.get("/me", Some(&old)).await.0, 401);
+    assert_eq!(s.mock.user_calls(), calls + 1);
+}
+
+#[tokio::test]
+async fn invalidation_controls() {
+    let (s, alice, token) = alice_cached().await;
+    s.id6.invalidate_token(&headers(&token));
+    assert_eq!(s.get("/", Some(&token)).await.1, "Hello, Alice!");
+    assert_eq!(s.mock.user_calls(), 2);
+    s.id6.invalidate_user(alice);
+    assert_eq!(s.get("/", Some(&token)).await.1, "Hello, Alice!");
+    assert_eq!(s.mock.user_calls(), 3);
+    s.id6.clear();
+    assert_eq!(s.get("/", Some(&token)).await.1, "Hello, Alice!");
+    assert_eq!(s.mock.user_calls(), 4);
+    assert_eq!(s.get("/", Some(&token)).await.1, "Hello, Alice!");
+    assert_eq!(s.mock.user_calls(), 4);
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}

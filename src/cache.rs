@@ -202,10 +202,8 @@ impl AuthCache {
                     return;
                 }
                 if let Some(newer) = user.invalidate_tokens_at {
-                    if owner
-                        .invalidate_tokens_at
-                        .is_some_and(|known| known < newer)
-                    {
+                    // Unknown before (None) counts as older: those tokens predate `newer`.
+                    if owner.invalidate_tokens_at.is_none_or(|known| known < newer) {
                         // id6 revoked this user's tokens since we cached some: drop them all.
                         tracing::debug!(
                             user_id = user.id,

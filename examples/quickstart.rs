@@ -1,6 +1,7 @@
 //! The crate at work, start to finish, with nothing to install: an embedded MockId6, an axum
 //! app behind `id6.layer()`, and a client walking through anonymous → signed in → cache hit →
-//! bad token → id6 down. Every answer is checked; the example exits non-zero if one is off.
+//! profile change → bad token → disconnect → id6 down. Every answer is checked; the example
+//! exits non-zero if one is off.
 //!
 //! ```text
 //! cargo run --example quickstart
@@ -11,7 +12,7 @@ use std::time::Duration;
 
 use axum::{routing::get, Json, Router};
 use id6_tower::testing::MockId6;
-use id6_tower::{CurrentUser, Id6, RequireUser, User};
+use id6_tower::{CurrentUser, Id6, Profile, RequireUser, User, UserToken};
 
 async fn home(CurrentUser(user): CurrentUser) -> String {
     match user {
@@ -38,6 +39,8 @@ async fn main() -> Result<(), Failure> {
     let alice_token = mock.token_for(alice);
     let bob = mock.add_user("Bob", "bob@example.com");
     let bob_token = mock.token_for(bob);
+    let carol = mock.add_user("Carol", "carol@example.com");
+    let carol_token = mock.token_for(carol);
     println!("MockId6 listening at {}\n", mock.url());
 
     // 2. The app: three routes behind the id6 layer.
@@ -75,25 +78,39 @@ async fn main() -> Result<(), Failure> {
             .await?;
     }
 
+    println!("\n== profile change: the very next request sees it, no TTL to wait out");
+    let alice_key = UserToken::new(&alice_token).ok_or("a token")?;
+    let profile = Profile::new("Alice Liddell").bio("Curiouser");
+    id6.update_profile(&alice_key, &profile).await?;
+    println!("id6.update_profile(Alice Liddell) -> ok");
+    walk.get("/", Some(&alice_token), 200, "Hello, Alice Liddell!", 2)
+        .await?;
+
     println!("\n== bad token: id6 says 401, remembered as anonymous for the negative TTL");
-    walk.get(
-        "/me",
-        Some("not.a-valid.token"),
-        401,
-        "not_authenticated",
-        2,
-    )
-    .await?;
-    walk.get("/", Some("not.a-valid.token"), 200, "Hello, anonymous!", 2)
+    let bad = "not.a-valid.token";
+    walk.get("/me", Some(bad), 401, "not_authenticated", 3)
+        .await?;
+    walk.get("/", Some(bad), 200, "Hello, anonymous!", 3)
+        .await?;
+
+    println!("\n== disconnect: every session of Bob ends at once, on this instance");
+    walk.get("/", Some(&bob_token), 200, "Hello, Bob!", 4)
+        .await?;
+    let bob_key = UserToken::new(&bob_token).ok_or("a token")?;
+    id6.disconnect(&bob_key).await?;
+    println!("id6.disconnect(Bob) -> ok");
+    walk.get("/me", Some(&bob_token), 401, "not_authenticated", 5)
         .await?;
 
     println!("\n== id6 down: the cached user is still served; an unknown token gets 503");
     mock.shutdown().await;
-    walk.get("/me", Some(&alice_token), 200, "\"name\":\"Alice\"", 2)
+    let alice_json = "\"name\":\"Alice Liddell\"";
+    walk.get("/me", Some(&alice_token), 200, alice_json, 5)
         .await?;
-    walk.get("/me", Some(&bob_token), 503, "id6_unavailable", 2)
+    walk.get("/me", Some(&carol_token), 503, "id6_unavailable", 5)
         .await?;
-    walk.get("/health", Some(&bob_token), 200, "ok", 2).await?;
+    walk.get("/health", Some(&carol_token), 200, "ok", 5)
+        .await?;
 
     println!(
         "\nAll answers as expected; id6 was asked {} times.",

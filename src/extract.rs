@@ -1,5 +1,6 @@
-//! axum extractors: [`CurrentUser`] (maybe a user) and [`RequireUser`] (a user or 401), with
-//! their rejection, [`AuthRejection`].
+//! axum glue: the extractors [`CurrentUser`] (maybe a user) and [`RequireUser`] (a user or
+//! 401), their rejection [`AuthRejection`], and [`Error`] as a response, all answering with
+//! id6's error JSON.
 
 use std::fmt;
 use std::ops::Deref;
@@ -121,9 +122,75 @@ pub struct AuthRejection {
 #[serde(rename_all = "camelCase")]
 struct ErrorBody<'a> {
     status_code: u16,
-    path: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    path: Option<&'a str>,
     message: &'a str,
-    error_code: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error_code: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error_details: Option<&'a serde_json::Value>,
+}
+
+fn json_response(status: StatusCode, body: String, retry_after: Option<Duration>) -> Response {
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Some(wait) = retry_after {
+        // Round up: a client must not come back before id6's window opens.
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        headers.insert(RETRY_AFTER, HeaderValue::from(secs.max(1)));
+    }
+    response
+}
+
+/// A typed call's error as an answer to the app's own client, in id6's error JSON:
+/// unauthenticated 401, validation 400 (with id6's `errorCode` and `errorDetails`),
+/// `picture_not_set` 404, unavailable 503 with `Retry-After`, configuration 500.
+///
+/// ```
+/// use axum::http::{HeaderMap, StatusCode};
+/// use id6_tower::Id6;
+///
+/// async fn logout(id6: Id6, headers: HeaderMap) -> Result<StatusCode, id6_tower::Error> {
+///     id6.sign_out(&headers).await?;
+///     Ok(StatusCode::NO_CONTENT)
+/// }
+/// ```
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let status = if self.is_secret_rejected() || self.is_unavailable() {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else if self.is_config() {
+            StatusCode::INTERNAL_SERVER_ERROR
+        } else if self.is_unauthenticated() {
+            StatusCode::UNAUTHORIZED
+        } else if self.is_validation() {
+            StatusCode::BAD_REQUEST
+        } else {
+            self.status().unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+        };
+        let message = self.to_string();
+        let code = if status == StatusCode::SERVICE_UNAVAILABLE {
+            Some("id6_unavailable")
+        } else {
+            self.error_code()
+        };
+        let body = ErrorBody {
+            status_code: status.as_u16(),
+            path: None,
+            message: &message,
+            error_code: code,
+            error_details: self.error_details(),
+        };
+        let retry = (status == StatusCode::SERVICE_UNAVAILABLE)
+            .then(|| self.retry_after().unwrap_or(DEFAULT_RETRY_AFTER));
+        json_response(
+            status,
+            serde_json::to_string(&body).unwrap_or_default(),
+            retry,
+        )
+    }
 }
 
 /// What an [`AuthRejection`] is about.
@@ -187,9 +254,10 @@ impl AuthRejection {
         let (message, error_code) = self.message_and_code();
         let body = ErrorBody {
             status_code: self.status().as_u16(),
-            path: &self.path,
+            path: Some(&self.path),
             message,
-            error_code,
+            error_code: Some(error_code),
+            error_details: None,
         };
         serde_json::to_string(&body).unwrap_or_default()
     }
@@ -214,16 +282,7 @@ impl std::error::Error for AuthRejection {
 
 impl IntoResponse for AuthRejection {
     fn into_response(self) -> Response {
-        let mut response = Response::new(Body::from(self.body_text()));
-        *response.status_mut() = self.status();
-        let headers = response.headers_mut();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        if let Some(wait) = self.retry_after() {
-            // Round up: a client must not come back before id6's window opens.
-            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-            headers.insert(RETRY_AFTER, HeaderValue::from(secs));
-        }
-        response
+        json_response(self.status(), self.body_text(), self.retry_after())
     }
 }
 
@@ -315,6 +374,54 @@ mod tests {
             .unwrap();
         assert!((42..=43).contains(&secs), "{secs}");
         assert_eq!(axum_body(response).await["errorCode"], "id6_unavailable");
+    }
+
+    #[tokio::test]
+    async fn errors_answer_with_their_status() {
+        let api = |status: StatusCode, code: &str| {
+            Error::new(Kind::Api(Box::new(crate::error::ApiError {
+                status,
+                code: Some(code.to_owned()),
+                message: Some("m".into()),
+                details: Some(serde_json::json!([{"path": ["name"]}])),
+            })))
+        };
+        let cases = [
+            (
+                api(StatusCode::BAD_REQUEST, "invalid_body"),
+                400,
+                Some("invalid_body"),
+            ),
+            (
+                api(StatusCode::UNAUTHORIZED, "token_revoked"),
+                401,
+                Some("token_revoked"),
+            ),
+            (
+                api(StatusCode::NOT_FOUND, "picture_not_set"),
+                404,
+                Some("picture_not_set"),
+            ),
+            (Error::new(Kind::NoToken), 401, Some("not_authenticated")),
+            (Error::new(Kind::Timeout), 503, Some("id6_unavailable")),
+            (
+                Error::new(Kind::SecretRejected),
+                503,
+                Some("id6_unavailable"),
+            ),
+            (Error::config("url", "bad"), 500, None),
+        ];
+        for (error, status, code) in cases {
+            let response = error.into_response();
+            assert_eq!(response.status().as_u16(), status);
+            assert_eq!(response.headers().contains_key(RETRY_AFTER), status == 503);
+            let body = axum_body(response).await;
+            assert_eq!(body["statusCode"], status);
+            assert_eq!(body["errorCode"].as_str(), code);
+            if status == 400 {
+                assert_eq!(body["errorDetails"][0]["path"][0], "name");
+            }
+        }
     }
 
     async fn axum_body(response: Response) -> serde_json::Value {

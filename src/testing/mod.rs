@@ -4,8 +4,13 @@
 //! JWTs `{userId, issuedAt, iat}` for the users you seed, answers `GET /user` with `null`
 //! without a cookie, with the user's JSON for a good token, and with `401` plus a clearing
 //! `Set-Cookie` and id6's `errorCode` (`invalid_token`, `token_expired`, `user_not_found`,
-//! `token_revoked`) for a bad one. It counts the calls it receives and can be told to
-//! misbehave ([`Fault`]) or to go away ([`MockId6::shutdown`]).
+//! `token_revoked`) for a bad one, on every route. It serves the rest of the Authentication
+//! API (`POST /user/profile` with id6's validation, `POST`/`GET /user/picture`,
+//! `GET /user/disconnect` with millisecond revocation, `POST /auth/signout`) and, on a second
+//! port, the authorization server (`POST /authorize` with its secret and its own user shape).
+//! It can rate-limit like id6 ([`MockId6Builder::rate_limit`]), count the calls it receives,
+//! misbehave ([`Fault`]), hold answers in flight ([`MockId6::hold_user_answers`]) or go away
+//! ([`MockId6::shutdown`]).
 //!
 //! It shares no code with the client side of the crate (no `User`, no token finder, no
 //! serde types): it writes id6's JSON and headers by hand, so a mistake in the client cannot

@@ -21,6 +21,8 @@ pub(crate) struct Settings {
     pub(crate) dead_cookie: Option<HeaderValue>,
     pub(crate) max_picture_bytes: u64,
     pub(crate) cookie_name: Box<str>,
+    /// The same name, ready to search Cookie headers with.
+    pub(crate) cookie_search: crate::token::CookieName,
     pub(crate) cache_ttl: Duration,
     pub(crate) negative_ttl: Duration,
     pub(crate) max_capacity: u64,
@@ -205,7 +207,8 @@ impl Id6Builder {
         self
     }
 
-    /// How many tokens the cache holds at most (default 100 000).
+    /// How many tokens the cache holds at most (default 100 000), for users and for
+    /// rejected tokens each.
     pub fn max_capacity(mut self, entries: u64) -> Self {
         self.max_capacity = entries;
         self
@@ -351,6 +354,7 @@ impl Id6Builder {
             authorization,
             dead_cookie,
             max_picture_bytes: self.max_picture_bytes,
+            cookie_search: crate::token::CookieName::new(&self.cookie_name),
             cookie_name: self.cookie_name.into_boxed_str(),
             cache_ttl: positive("cache_ttl", self.cache_ttl)?,
             negative_ttl: positive("negative_ttl", self.negative_ttl)?,

@@ -125,18 +125,25 @@ impl Id6 {
     /// The synchronous part of a resolution: everything but waiting on id6.
     pub(crate) fn lookup(&self, headers: &HeaderMap) -> Lookup {
         let inner = &*self.inner;
-        let token = match token::find(headers, &inner.settings.cookie_name) {
-            Found::Token(token) => token,
-            Found::None => return Lookup::NoToken,
-            Found::Malformed => {
-                tracing::debug!("malformed id6 cookie; anonymous without asking id6");
-                return Lookup::Ready(Authentication::Anonymous);
-            }
+        let Some(raw) = token::find_raw(headers, &inner.settings.cookie_search) else {
+            return Lookup::NoToken;
         };
-        let key = TokenKey::of(token);
+        let malformed = || {
+            tracing::debug!("malformed id6 cookie; anonymous without asking id6");
+            Lookup::Ready(Authentication::Anonymous)
+        };
+        // Bound the hashing work a stranger can cause; such a value is no token anyway.
+        if raw.len() > token::MAX_TOKEN_LEN {
+            return malformed();
+        }
+        let key = TokenKey::of(raw);
         if let Some(verdict) = inner.cache.get(&key) {
             return Lookup::Ready(verdict);
         }
+        // Only values that pass `check` are ever stored, so a hit needs no check.
+        let Found::Token(token) = token::check(raw) else {
+            return malformed();
+        };
         let token = UserToken::from_found(token);
         let this = self.clone();
         Lookup::Pending(inner.cache.load(key, move || async move {

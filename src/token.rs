@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 /// limit is not one.
 pub(crate) const MAX_TOKEN_LEN: usize = 4096;
 
-/// What the request's cookies say about id6's token.
+/// What the request's cookies say about id6's token, once checked.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Found<'a> {
     /// No cookie of that name, or an empty one (id6 treats `auth=` as none).
@@ -21,33 +21,69 @@ pub(crate) enum Found<'a> {
     Token(&'a str),
 }
 
-/// The value of the first cookie named `name` across every `Cookie` header, in order, as
-/// id6's cookie parser sees it: the first one wins even when empty, and surrounding double
-/// quotes are dropped.
-///
-/// A hand scan rather than `cookie::Cookie::split_parse`: it allocates nothing and skips the
-/// other cookies' values; `tests` check it against the `cookie` crate.
+/// The checked token: [`find_raw`], then [`check`].
 pub(crate) fn find<'a>(headers: &'a HeaderMap, name: &str) -> Found<'a> {
-    for header in headers.get_all(COOKIE) {
-        if let Some(value) = find_in(header.as_bytes(), name.as_bytes()) {
-            return classify(value);
+    find_raw(headers, &CookieName::new(name)).map_or(Found::None, check)
+}
+
+/// A cookie name with its substring searcher, built once per handle rather than per request.
+#[derive(Clone, Debug)]
+pub(crate) struct CookieName {
+    finder: memchr::memmem::Finder<'static>,
+}
+
+impl CookieName {
+    pub(crate) fn new(name: &str) -> Self {
+        CookieName {
+            finder: memchr::memmem::Finder::new(name.as_bytes()).into_owned(),
         }
     }
-    Found::None
+
+    fn len(&self) -> usize {
+        self.finder.needle().len()
+    }
 }
 
-fn find_in<'a>(header: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
-    header.split(|&b| b == b';').find_map(|pair| {
-        let eq = pair.iter().position(|&b| b == b'=')?;
-        (trim(&pair[..eq]) == name).then(|| trim(&pair[eq + 1..]))
-    })
+/// The raw value of the first cookie named `name` across every `Cookie` header, in order, as
+/// id6's cookie parser sees it: the first one wins even when empty (then `None`), and
+/// surrounding double quotes are dropped. Not checked: the hit path hashes it as it is, and
+/// only a miss pays for [`check`] (a value in the cache passed it when it was stored).
+///
+/// A hand scan rather than `cookie::Cookie::split_parse`: `memmem` jumps to the name and
+/// nothing is allocated; `tests` check it against the `cookie` crate.
+pub(crate) fn find_raw<'a>(headers: &'a HeaderMap, name: &CookieName) -> Option<&'a [u8]> {
+    for header in headers.get_all(COOKIE) {
+        if let Some(value) = find_in(header.as_bytes(), name) {
+            let value = match value {
+                [b'"', inner @ .., b'"'] => inner,
+                _ => value,
+            };
+            return (!value.is_empty()).then_some(value);
+        }
+    }
+    None
 }
 
-fn classify(value: &[u8]) -> Found<'_> {
-    let value = match value {
-        [b'"', inner @ .., b'"'] => inner,
-        _ => value,
-    };
+fn find_in<'a>(header: &'a [u8], name: &CookieName) -> Option<&'a [u8]> {
+    for at in name.finder.find_iter(header) {
+        // A cookie's name starts the header or follows `;` and optional white space. A
+        // skipped overlapping match cannot be such a start: names hold no `;` nor spaces.
+        let before = trim(&header[..at]);
+        if !(before.is_empty() || before.ends_with(b";")) {
+            continue;
+        }
+        let Some(rest) = trim(&header[at + name.len()..]).strip_prefix(b"=") else {
+            continue;
+        };
+        let end = memchr::memchr(b';', rest).unwrap_or(rest.len());
+        return Some(trim(&rest[..end]));
+    }
+    None
+}
+
+/// A raw value as a token id6 could have issued: cookie-octets only, at most
+/// [`MAX_TOKEN_LEN`] bytes.
+pub(crate) fn check(value: &[u8]) -> Found<'_> {
     if value.is_empty() {
         return Found::None;
     }
@@ -78,8 +114,8 @@ fn is_cookie_octet(b: u8) -> bool {
 pub(crate) struct TokenKey([u8; 32]);
 
 impl TokenKey {
-    pub(crate) fn of(token: &str) -> Self {
-        TokenKey(Sha256::digest(token.as_bytes()).into())
+    pub(crate) fn of(token: impl AsRef<[u8]>) -> Self {
+        TokenKey(Sha256::digest(token.as_ref()).into())
     }
 }
 
@@ -97,7 +133,7 @@ pub struct UserToken(Box<str>);
 impl UserToken {
     /// A token from its text; `None` for an empty one or one with bytes no cookie can carry.
     pub fn new(token: &str) -> Option<Self> {
-        match classify(token.as_bytes()) {
+        match check(token.as_bytes()) {
             Found::Token(token) => Some(UserToken(token.into())),
             Found::None | Found::Malformed => None,
         }
@@ -113,7 +149,7 @@ impl UserToken {
     }
 
     pub(crate) fn key(&self) -> TokenKey {
-        TokenKey::of(&self.0)
+        TokenKey::of(self.0.as_bytes())
     }
 
     /// The `userId` of the JWT payload, unverified: only to know whose cache entries to

@@ -1,0 +1,215 @@
+//! Per-request overhead of the id6 layer, against a bare axum Router measured in the same run.
+//!
+//! ```text
+//! cargo bench --bench overhead
+//! ```
+//!
+//! Each group times the bare service and the layered one on the same request; the table
+//! printed at the end gives each layered figure as overhead over its bare figure and as a
+//! ratio.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::routing::get;
+use axum::Router;
+use criterion::{criterion_group, BenchmarkId, Criterion};
+use id6_tower::testing::MockId6;
+use id6_tower::{Id6, UserToken};
+use tower::{Layer, ServiceExt};
+
+fn request(cookie: Option<&str>) -> http::Request<Body> {
+    let mut builder = http::Request::get("/");
+    if let Some(c) = cookie {
+        builder = builder.header("cookie", c);
+    }
+    builder.body(Body::empty()).unwrap()
+}
+
+fn bare() -> Router {
+    Router::new().route("/", get(|| async { "ok" }))
+}
+
+fn benches(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mock = rt.block_on(MockId6::start()).unwrap();
+    let id6 = Id6::builder(mock.url())
+        .cache_ttl(Duration::from_secs(3600))
+        .negative_ttl(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let alice = mock.add_user("Alice", "alice@example.com");
+    let token = mock.token_for(alice);
+    // A browser sends other cookies too; the token is 171 bytes, as id6's.
+    let hit = format!("_ga=GA1.1.123456789.1700000000; theme=dark; auth={token}; lang=fr");
+    let negative = "theme=dark; auth=eyJhbGciOiJIUzI1NiJ9.eyJ1c2VySWQiOjF9.bad-signature";
+    let no_cookie_but_others = "_ga=GA1.1.123456789.1700000000; theme=dark; lang=fr";
+
+    let wrapped = id6.layer().layer(bare());
+    let router_layer = bare().layer(id6.layer());
+    rt.block_on(async {
+        for cookie in [hit.as_str(), negative] {
+            let _ = wrapped.clone().oneshot(request(Some(cookie))).await;
+        }
+    });
+
+    let router = bare();
+    let mut group = c.benchmark_group("no_cookie");
+    for cookie in [None, Some(no_cookie_but_others)] {
+        let label = if cookie.is_some() {
+            "other_cookies"
+        } else {
+            "none"
+        };
+        group.bench_function(BenchmarkId::new("bare", label), |b| {
+            b.to_async(&rt)
+                .iter(|| router.clone().oneshot(request(cookie)))
+        });
+        group.bench_function(BenchmarkId::new("wrapped", label), |b| {
+            b.to_async(&rt)
+                .iter(|| wrapped.clone().oneshot(request(cookie)))
+        });
+    }
+    group.finish();
+
+    let mut group = c.benchmark_group("hit");
+    group.bench_function("bare", |b| {
+        b.to_async(&rt)
+            .iter(|| router.clone().oneshot(request(Some(&hit))))
+    });
+    group.bench_function("wrapped", |b| {
+        b.to_async(&rt)
+            .iter(|| wrapped.clone().oneshot(request(Some(&hit))))
+    });
+    group.bench_function("router_layer", |b| {
+        b.to_async(&rt)
+            .iter(|| router_layer.clone().oneshot(request(Some(&hit))))
+    });
+    group.finish();
+
+    let mut group = c.benchmark_group("negative_hit");
+    group.bench_function("bare", |b| {
+        b.to_async(&rt)
+            .iter(|| router.clone().oneshot(request(Some(negative))))
+    });
+    group.bench_function("wrapped", |b| {
+        b.to_async(&rt)
+            .iter(|| wrapped.clone().oneshot(request(Some(negative))))
+    });
+    group.finish();
+
+    // A miss: the baseline is the bare app plus MockId6's own `GET /user` over loopback.
+    let mut group = c.benchmark_group("miss");
+    group
+        .sample_size(30)
+        .measurement_time(Duration::from_secs(5));
+    let http = reqwest::Client::new();
+    let user_url = format!("{}/user", mock.url());
+    group.bench_function("bare", |b| {
+        b.to_async(&rt).iter(|| async {
+            let answer = http
+                .get(&user_url)
+                .header("cookie", format!("auth={token}"))
+                .send()
+                .await
+                .unwrap();
+            answer.bytes().await.unwrap();
+            router.clone().oneshot(request(Some(&hit))).await
+        })
+    });
+    let key = UserToken::new(&token).unwrap();
+    group.bench_function("wrapped", |b| {
+        b.to_async(&rt).iter(|| async {
+            id6.invalidate_token(&key);
+            wrapped.clone().oneshot(request(Some(&hit))).await
+        })
+    });
+    group.finish();
+
+    // 64 requests with one cold token at once: one id6 call between them.
+    let mut group = c.benchmark_group("miss_x64_coalesced");
+    group
+        .sample_size(20)
+        .measurement_time(Duration::from_secs(5));
+    group.bench_function("bare", |b| {
+        b.to_async(&rt).iter(|| async {
+            let answer = http
+                .get(&user_url)
+                .header("cookie", format!("auth={token}"))
+                .send()
+                .await
+                .unwrap();
+            answer.bytes().await.unwrap();
+            let calls = (0..64).map(|_| router.clone().oneshot(request(Some(&hit))));
+            futures_util::future::join_all(calls).await
+        })
+    });
+    group.bench_function("wrapped", |b| {
+        b.to_async(&rt).iter(|| async {
+            id6.invalidate_token(&key);
+            let calls = (0..64).map(|_| wrapped.clone().oneshot(request(Some(&hit))));
+            futures_util::future::join_all(calls).await
+        })
+    });
+    group.finish();
+    drop(mock);
+}
+
+criterion_group!(overhead, benches);
+
+fn main() {
+    overhead();
+    Criterion::default().configure_from_args().final_summary();
+    report();
+}
+
+/// Overhead and ratio of every layered figure over its group's bare figure, from the
+/// estimates criterion just wrote.
+fn report() {
+    let Some(dir) = criterion_dir() else {
+        return;
+    };
+    let median = |group: &str, id: &str| -> Option<f64> {
+        let path = dir.join(group).join(id).join("new/estimates.json");
+        let json: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+        json["median"]["point_estimate"].as_f64()
+    };
+    println!(
+        "\n{:<34} {:>12} {:>12} {:>12} {:>7}",
+        "case", "bare", "layered", "overhead", "ratio"
+    );
+    let rows = [
+        ("no_cookie", "bare/none", "wrapped/none"),
+        ("no_cookie", "bare/other_cookies", "wrapped/other_cookies"),
+        ("hit", "bare", "wrapped"),
+        ("hit", "bare", "router_layer"),
+        ("negative_hit", "bare", "wrapped"),
+        ("miss", "bare", "wrapped"),
+        ("miss_x64_coalesced", "bare", "wrapped"),
+    ];
+    for (group, base, layered) in rows {
+        if let (Some(b), Some(l)) = (median(group, base), median(group, layered)) {
+            println!(
+                "{:<34} {:>9.0} ns {:>9.0} ns {:>+9.0} ns {:>6.2}x",
+                format!("{group}/{layered}"),
+                b,
+                l,
+                l - b,
+                l / b
+            );
+        }
+    }
+}
+
+fn criterion_dir() -> Option<std::path::PathBuf> {
+    if let Ok(home) = std::env::var("CRITERION_HOME") {
+        return Some(home.into());
+    }
+    // target/<profile>/deps/overhead-<hash> → target/criterion
+    let exe = std::env::current_exe().ok()?;
+    Some(exe.parent()?.parent()?.parent()?.join("criterion"))
+}

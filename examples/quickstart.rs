@@ -112,6 +112,7 @@ async fn main() -> Result<(), Failure> {
     walk.get("/health", Some(&carol_token), 200, "ok", 5)
         .await?;
 
+    println!("\nid6.stats(): {:#?}", id6.stats());
     println!(
         "\nAll answers as expected; id6 was asked {} times.",
         mock.user_calls()

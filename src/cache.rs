@@ -13,6 +13,7 @@ use moka::sync::Cache;
 
 use crate::config::Settings;
 use crate::error::{Error, Kind};
+use crate::telemetry::{self, Eviction, Telemetry};
 use crate::token::TokenKey;
 use crate::user::{Authentication, User};
 
@@ -84,7 +85,10 @@ impl Entries {
         self.rejected.invalidate_all();
     }
 
+    /// Settles moka's pending bookkeeping first, so the count is current.
     fn entry_count(&self) -> u64 {
+        self.users.run_pending_tasks();
+        self.rejected.run_pending_tasks();
         self.users.entry_count() + self.rejected.entry_count()
     }
 }
@@ -96,6 +100,7 @@ struct Coordination {
     coherence: Mutex<Coherence>,
     /// How long an invalidation mark must outlive any load that started before it.
     mark_lifetime: Duration,
+    telemetry: Arc<Telemetry>,
 }
 
 struct Inflight {
@@ -126,7 +131,7 @@ struct UserKeys {
 }
 
 impl AuthCache {
-    pub(crate) fn new(settings: &Settings) -> Self {
+    pub(crate) fn new(settings: &Settings, telemetry: Arc<Telemetry>) -> Self {
         let entries = Entries {
             users: Cache::builder()
                 .max_capacity(settings.max_capacity)
@@ -145,6 +150,7 @@ impl AuthCache {
                 inflight: Mutex::default(),
                 coherence: Mutex::default(),
                 mark_lifetime: settings.timeout * 2 + Duration::from_secs(1),
+                telemetry,
             }),
         }
     }
@@ -175,6 +181,7 @@ impl AuthCache {
         let generation = self.shared.generation.load(Ordering::SeqCst);
         if let Some(load) = inflight.get(&key) {
             if load.started == generation {
+                self.shared.telemetry.lookup(telemetry::Lookup::Coalesced);
                 tracing::trace!("joining an id6 call in flight");
                 return load.pending.clone();
             }
@@ -288,6 +295,7 @@ impl AuthCache {
         let generation = self.bump();
         coherence.tokens.insert(*key, (generation, Instant::now()));
         self.entries.invalidate(key);
+        self.shared.telemetry.eviction(Eviction::Token);
     }
 
     /// Forgets every cached token of a user; no load in flight can put the user back.
@@ -299,6 +307,8 @@ impl AuthCache {
         for key in owner.keys.drain(..) {
             self.entries.invalidate(&key);
         }
+        self.shared.telemetry.eviction(Eviction::User);
+        tracing::debug!(user_id, "evicted every cached token of the user");
     }
 
     /// Forgets everything; no load in flight will store its answer.
@@ -308,6 +318,7 @@ impl AuthCache {
         coherence.users.clear();
         coherence.tokens.clear();
         self.entries.invalidate_all();
+        self.shared.telemetry.eviction(Eviction::All);
     }
 
     /// The user a cached token belongs to.
@@ -315,7 +326,7 @@ impl AuthCache {
         self.entries.get(key)?.user().map(|user| user.id)
     }
 
-    /// Number of cached verdicts (approximate until moka's pending tasks run).
+    /// Number of cached verdicts.
     pub(crate) fn entry_count(&self) -> u64 {
         self.entries.entry_count()
     }
@@ -376,7 +387,7 @@ mod tests {
             .negative_ttl(Duration::from_millis(50))
             .validate()
             .unwrap();
-        AuthCache::new(&settings)
+        AuthCache::new(&settings, Arc::new(Telemetry::new()))
     }
 
     fn user(id: u64) -> Authentication {

@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use crate::config::{join, Authorization, Settings};
 use crate::error::{ApiError, Error, Kind};
+use crate::telemetry::{Telemetry, Upstream};
 use crate::token::UserToken;
 use crate::user::{Authentication, User};
 
@@ -21,10 +22,11 @@ pub(crate) struct Client {
     settings: Arc<Settings>,
     /// A rejected secret is logged as an error once, then at debug.
     secret_rejection_logged: AtomicBool,
+    telemetry: Arc<Telemetry>,
 }
 
 impl Client {
-    pub(crate) fn new(settings: Arc<Settings>) -> Result<Self, Error> {
+    pub(crate) fn new(settings: Arc<Settings>, telemetry: Arc<Telemetry>) -> Result<Self, Error> {
         let http = reqwest::Client::builder()
             .timeout(settings.timeout)
             .connect_timeout(settings.connect_timeout)
@@ -37,6 +39,7 @@ impl Client {
             http,
             settings,
             secret_rejection_logged: AtomicBool::new(false),
+            telemetry,
         })
     }
 
@@ -47,7 +50,14 @@ impl Client {
             Some(authorization) => self.authorize(authorization, token).await,
             None => self.get_user(token).await,
         };
-        let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
+        let elapsed = started.elapsed();
+        let elapsed_ms = elapsed.as_secs_f64() * 1e3;
+        let counted = match &outcome {
+            Authentication::Authenticated(_) => Upstream::Authenticated,
+            Authentication::Anonymous => Upstream::Rejected,
+            Authentication::Unavailable(_) => Upstream::Unavailable,
+        };
+        self.telemetry.upstream(counted, elapsed);
         match &outcome {
             Authentication::Authenticated(user) => {
                 tracing::debug!(user_id = user.id, elapsed_ms, "id6 named the user")

@@ -4,10 +4,12 @@ use std::fmt;
 use std::sync::Arc;
 
 use http::HeaderMap;
+use tracing::Instrument;
 
 use crate::cache::{AuthCache, Pending};
 use crate::client::Client;
 use crate::config::{Id6Builder, Settings};
+use crate::telemetry::{self, Stats, Telemetry};
 use crate::token::{self, Found, TokenKey, UserToken};
 use crate::{Authentication, Error, Id6Layer};
 
@@ -33,6 +35,7 @@ struct Inner {
     settings: Arc<Settings>,
     client: Client,
     cache: AuthCache,
+    telemetry: Arc<Telemetry>,
 }
 
 /// What a request's headers resolve to right away.
@@ -63,11 +66,13 @@ impl Id6 {
 
     pub(crate) fn from_settings(settings: Settings) -> Result<Id6, Error> {
         let settings = Arc::new(settings);
+        let telemetry = Arc::new(Telemetry::new());
         Ok(Id6 {
             inner: Arc::new(Inner {
-                client: Client::new(settings.clone())?,
-                cache: AuthCache::new(&settings),
+                client: Client::new(settings.clone(), telemetry.clone())?,
+                cache: AuthCache::new(&settings, telemetry.clone()),
                 settings,
+                telemetry,
             }),
         })
     }
@@ -117,18 +122,23 @@ impl Id6 {
         self.inner.settings.dead_cookie.as_ref()
     }
 
-    /// How many verdicts the cache holds (approximate: moka settles its counts lazily).
-    pub fn cached_entries(&self) -> u64 {
-        self.inner.cache.entry_count()
+    /// What the handle did since it was built: lookups by result, id6 calls by outcome,
+    /// evictions, entries. Cheap: a few atomic loads, and moka settling its counts.
+    pub fn stats(&self) -> Stats {
+        self.inner
+            .telemetry
+            .snapshot(self.inner.cache.entry_count())
     }
 
     /// The synchronous part of a resolution: everything but waiting on id6.
     pub(crate) fn lookup(&self, headers: &HeaderMap) -> Lookup {
         let inner = &*self.inner;
         let Some(raw) = token::find_raw(headers, &inner.settings.cookie_search) else {
+            inner.telemetry.lookup(telemetry::Lookup::NoToken);
             return Lookup::NoToken;
         };
         let malformed = || {
+            inner.telemetry.lookup(telemetry::Lookup::Malformed);
             tracing::debug!("malformed id6 cookie; anonymous without asking id6");
             Lookup::Ready(Authentication::Anonymous)
         };
@@ -138,16 +148,23 @@ impl Id6 {
         }
         let key = TokenKey::of(raw);
         if let Some(verdict) = inner.cache.get(&key) {
+            let hit = match verdict {
+                Authentication::Authenticated(_) => telemetry::Lookup::Hit,
+                _ => telemetry::Lookup::NegativeHit,
+            };
+            inner.telemetry.lookup(hit);
             return Lookup::Ready(verdict);
         }
         // Only values that pass `check` are ever stored, so a hit needs no check.
         let Found::Token(token) = token::check(raw) else {
             return malformed();
         };
+        inner.telemetry.lookup(telemetry::Lookup::Miss);
         let token = UserToken::from_found(token);
         let this = self.clone();
-        Lookup::Pending(inner.cache.load(key, move || async move {
-            this.inner.client.authenticate(&token).await
+        Lookup::Pending(inner.cache.load(key, move || {
+            let span = tracing::debug_span!("id6.authenticate");
+            async move { this.inner.client.authenticate(&token).await }.instrument(span)
         }))
     }
 }

@@ -72,6 +72,7 @@ mod error;
 mod extract;
 mod id6;
 mod layer;
+mod telemetry;
 mod token;
 mod user;
 
@@ -85,5 +86,6 @@ pub use error::Error;
 pub use extract::{AuthRejection, CurrentUser, RejectionKind, RequireUser};
 pub use id6::Id6;
 pub use layer::{Id6Layer, Id6Service, ResponseFuture};
+pub use telemetry::Stats;
 pub use token::{TokenSource, UserToken};
 pub use user::{Authentication, User};

@@ -1,0 +1,199 @@
+//! What the layer did, counted: a cheap [`Stats`] snapshot from the handle, and the same
+//! figures through the `metrics` facade, plus `tracing` events (never a token).
+//!
+//! The hit path only bumps one counter stripe and one pre-registered `metrics` handle: the
+//! handles are registered when the [`Id6`](crate::Id6) is built, so install your `metrics`
+//! recorder before building it.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use metrics::{Counter, Histogram};
+
+/// A snapshot of what the handle did since it was built ([`Id6::stats`](crate::Id6::stats)).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Requests without a token: anonymous, nothing looked up.
+    pub no_token: u64,
+    /// Requests whose token no id6 could have issued: anonymous, id6 not asked.
+    pub malformed: u64,
+    /// Cache hits naming a user.
+    pub hits: u64,
+    /// Cache hits of a token id6 rejected.
+    pub negative_hits: u64,
+    /// Cache misses (each then starts or joins an id6 call).
+    pub misses: u64,
+    /// Misses that joined an id6 call already in flight instead of making one.
+    pub coalesced: u64,
+    /// id6 calls that named a user.
+    pub upstream_authenticated: u64,
+    /// id6 calls that rejected the token.
+    pub upstream_rejected: u64,
+    /// id6 calls that gave no usable answer.
+    pub upstream_unavailable: u64,
+    /// Invalidations (token, user or all), explicit or by a typed call.
+    pub evictions: u64,
+    /// Verdicts in the cache now.
+    pub entries: u64,
+}
+
+/// Metric names, all prefixed `id6_`.
+pub(crate) mod names {
+    pub(crate) const LOOKUPS: &str = "id6_lookups_total";
+    pub(crate) const UPSTREAM: &str = "id6_upstream_calls_total";
+    pub(crate) const UPSTREAM_SECONDS: &str = "id6_upstream_duration_seconds";
+    pub(crate) const EVICTIONS: &str = "id6_cache_evictions_total";
+}
+
+/// The outcome of one lookup, as counted.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Lookup {
+    NoToken,
+    Malformed,
+    Hit,
+    NegativeHit,
+    Miss,
+    Coalesced,
+}
+
+/// The outcome of one id6 call, as counted.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Upstream {
+    Authenticated,
+    Rejected,
+    Unavailable,
+}
+
+/// Why entries left the cache.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Eviction {
+    Token,
+    User,
+    All,
+}
+
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Telemetry").finish_non_exhaustive()
+    }
+}
+
+pub(crate) struct Telemetry {
+    lookups: [(Striped, Counter); 6],
+    upstream: [(AtomicU64, Counter); 3],
+    upstream_seconds: Histogram,
+    evictions: [Counter; 3],
+    eviction_count: AtomicU64,
+}
+
+impl Telemetry {
+    /// Registers every handle with the `metrics` recorder in place now.
+    pub(crate) fn new() -> Self {
+        let lookup = |result: &'static str| {
+            (Striped::default(), metrics::counter!(names::LOOKUPS, "result" => result))
+        };
+        let upstream = |outcome: &'static str| {
+            (AtomicU64::new(0), metrics::counter!(names::UPSTREAM, "outcome" => outcome))
+        };
+        let eviction = |reason: &'static str| metrics::counter!(names::EVICTIONS, "reason" => reason);
+        Telemetry {
+            lookups: [
+                lookup("no_token"),
+                lookup("malformed"),
+                lookup("hit"),
+                lookup("negative_hit"),
+                lookup("miss"),
+                lookup("coalesced"),
+            ],
+            upstream: [
+                upstream("authenticated"),
+                upstream("rejected"),
+                upstream("unavailable"),
+            ],
+            upstream_seconds: metrics::histogram!(names::UPSTREAM_SECONDS),
+            evictions: [eviction("token"), eviction("user"), eviction("all")],
+            eviction_count: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn lookup(&self, lookup: Lookup) {
+        let (stripes, counter) = &self.lookups[lookup as usize];
+        stripes.increment();
+        counter.increment(1);
+    }
+
+    pub(crate) fn upstream(&self, outcome: Upstream, elapsed: Duration) {
+        let (count, counter) = &self.upstream[outcome as usize];
+        count.fetch_add(1, Ordering::Relaxed);
+        counter.increment(1);
+        self.upstream_seconds.record(elapsed.as_secs_f64());
+    }
+
+    pub(crate) fn eviction(&self, reason: Eviction) {
+        self.eviction_count.fetch_add(1, Ordering::Relaxed);
+        self.evictions[reason as usize].increment(1);
+    }
+
+    pub(crate) fn snapshot(&self, entries: u64) -> Stats {
+        let lookups = |l: Lookup| self.lookups[l as usize].0.sum();
+        let upstream = |u: Upstream| self.upstream[u as usize].0.load(Ordering::Relaxed);
+        Stats {
+            no_token: lookups(Lookup::NoToken),
+            malformed: lookups(Lookup::Malformed),
+            hits: lookups(Lookup::Hit),
+            negative_hits: lookups(Lookup::NegativeHit),
+            misses: lookups(Lookup::Miss),
+            coalesced: lookups(Lookup::Coalesced),
+            upstream_authenticated: upstream(Upstream::Authenticated),
+            upstream_rejected: upstream(Upstream::Rejected),
+            upstream_unavailable: upstream(Upstream::Unavailable),
+            evictions: self.eviction_count.load(Ordering::Relaxed),
+            entries,
+        }
+    }
+}
+
+const STRIPES: usize = 8;
+
+/// A counter split over cache lines, so that cores counting hits at once do not fight over
+/// one line; each thread keeps to its stripe.
+#[derive(Default)]
+struct Striped([Stripe; STRIPES]);
+
+#[derive(Default)]
+#[repr(align(128))]
+struct Stripe(AtomicU64);
+
+impl Striped {
+    fn increment(&self) {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        thread_local! {
+            static MINE: usize = NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES;
+        }
+        let stripe = MINE.try_with(|i| *i).unwrap_or(0);
+        self.0[stripe].0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn sum(&self) -> u64 {
+        self.0.iter().map(|s| s.0.load(Ordering::Relaxed)).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stripes_add_up_across_threads() {
+        let counter = std::sync::Arc::new(Striped::default());
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let c = counter.clone();
+                std::thread::spawn(move || (0..1000).for_each(|_| c.increment()))
+            })
+            .collect();
+        threads.into_iter().for_each(|t| t.join().unwrap());
+        assert_eq!(counter.sum(), 4000);
+    }
+}

@@ -91,12 +91,19 @@ impl Telemetry {
     /// Registers every handle with the `metrics` recorder in place now.
     pub(crate) fn new() -> Self {
         let lookup = |result: &'static str| {
-            (Striped::default(), metrics::counter!(names::LOOKUPS, "result" => result))
+            (
+                Striped::default(),
+                metrics::counter!(names::LOOKUPS, "result" => result),
+            )
         };
         let upstream = |outcome: &'static str| {
-            (AtomicU64::new(0), metrics::counter!(names::UPSTREAM, "outcome" => outcome))
+            (
+                AtomicU64::new(0),
+                metrics::counter!(names::UPSTREAM, "outcome" => outcome),
+            )
         };
-        let eviction = |reason: &'static str| metrics::counter!(names::EVICTIONS, "reason" => reason);
+        let eviction =
+            |reason: &'static str| metrics::counter!(names::EVICTIONS, "reason" => reason);
         Telemetry {
             lookups: [
                 lookup("no_token"),

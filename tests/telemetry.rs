@@ -17,7 +17,10 @@ fn metrics(snapshotter: &Snapshotter) -> HashMap<String, u64> {
         .into_iter()
         .map(|(key, _, _, value)| {
             let key = key.key();
-            let labels: Vec<String> = key.labels().map(|l| format!("{}={}", l.key(), l.value())).collect();
+            let labels: Vec<String> = key
+                .labels()
+                .map(|l| format!("{}={}", l.key(), l.value()))
+                .collect();
             let name = format!("{}{{{}}}", key.name(), labels.join(","));
             let value = match value {
                 DebugValue::Counter(n) => n,

@@ -1,0 +1,204 @@
+//! Loopback throughput and latency: a bare axum app against the same app behind the id6
+//! layer with a hot cache, each served by one server thread (one core), driven by a small
+//! keep-alive HTTP/1.1 load driver on the other core. Runs alternate A/B so that drift in
+//! the machine hits both alike.
+//!
+//! ```text
+//! cargo bench --bench loopback            # 3 runs of 3 s each, per side
+//! LOOPBACK_RUNS=5 LOOPBACK_SECS=5 cargo bench --bench loopback
+//! ```
+//!
+//! Traffic stays on 127.0.0.1 and every run stops after its duration.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use axum::routing::get;
+use axum::Router;
+use id6_tower::testing::MockId6;
+use id6_tower::Id6;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tower::Layer;
+
+const CONNECTIONS: usize = 32;
+
+fn main() {
+    let runs: usize = env("LOOPBACK_RUNS", 3);
+    let secs: u64 = env("LOOPBACK_SECS", 3);
+    let duration = Duration::from_secs(secs);
+
+    // id6 and the layered app's cache, warmed with one user.
+    let support = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mock = support.block_on(MockId6::start()).unwrap();
+    let alice = mock.add_user("Alice", "alice@example.com");
+    let token = mock.token_for(alice);
+    let id6 = Id6::builder(mock.url())
+        .cache_ttl(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+
+    let app = || Router::new().route("/", get(|| async { "ok" }));
+    let bare = serve_on_one_thread(app());
+    let layer = id6.layer();
+    let layered = serve_on_one_thread(layer.layer(app()));
+    let cookie = format!("_ga=GA1.1.123456789.1700000000; theme=dark; auth={token}; lang=fr");
+    let request = format!("GET / HTTP/1.1\r\nhost: localhost\r\ncookie: {cookie}\r\n\r\n");
+
+    let driver = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // Warm both (and the cache), then alternate.
+    for addr in [bare, layered] {
+        driver.block_on(drive(addr, &request, Duration::from_millis(500)));
+    }
+    assert_eq!(
+        mock.user_calls(),
+        1,
+        "the layered app must run on a hot cache"
+    );
+    let mut results: Vec<(Run, Run)> = Vec::new();
+    for i in 0..runs {
+        let b = driver.block_on(drive(bare, &request, duration));
+        let l = driver.block_on(drive(layered, &request, duration));
+        println!(
+            "run {}: bare {:>8.0} req/s p50 {:>5.0} µs p99 {:>5.0} µs | layered {:>8.0} req/s p50 {:>5.0} µs p99 {:>5.0} µs | ratio {:.3}",
+            i + 1,
+            b.rps, b.p50_us, b.p99_us, l.rps, l.p50_us, l.p99_us, l.rps / b.rps
+        );
+        results.push((b, l));
+    }
+    let mut ratios: Vec<f64> = results.iter().map(|(b, l)| l.rps / b.rps).collect();
+    ratios.sort_by(f64::total_cmp);
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!(
+        "\nthroughput ratio layered/bare: median {:.3} (min {:.3}, max {:.3}) over {runs} A/B runs of {secs} s, {CONNECTIONS} connections",
+        ratios[ratios.len() / 2],
+        ratios[0],
+        ratios[ratios.len() - 1]
+    );
+    println!(
+        "median p50: bare {:.0} µs, layered {:.0} µs; median p99: bare {:.0} µs, layered {:.0} µs",
+        median(results.iter().map(|r| r.0.p50_us).collect()),
+        median(results.iter().map(|r| r.1.p50_us).collect()),
+        median(results.iter().map(|r| r.0.p99_us).collect()),
+        median(results.iter().map(|r| r.1.p99_us).collect()),
+    );
+    assert_eq!(
+        mock.user_calls(),
+        1,
+        "every layered request was a cache hit"
+    );
+}
+
+fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Serves `app` on 127.0.0.1:0 from a dedicated single-threaded runtime: one core.
+fn serve_on_one_thread<S>(app: S) -> SocketAddr
+where
+    S: tower::Service<
+            http::Request<axum::body::Body>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+{
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let app = axum::ServiceExt::<http::Request<axum::body::Body>>::into_make_service(app);
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            axum::serve(listener, app).await.unwrap();
+        });
+    });
+    addr
+}
+
+struct Run {
+    rps: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+/// `CONNECTIONS` keep-alive connections sending `request` back to back for `duration`.
+async fn drive(addr: SocketAddr, request: &str, duration: Duration) -> Run {
+    let deadline = Instant::now() + duration;
+    let tasks: Vec<_> = (0..CONNECTIONS)
+        .map(|_| {
+            let request = request.as_bytes().to_vec();
+            tokio::spawn(async move {
+                let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+                stream.set_nodelay(true).unwrap();
+                let mut latencies = Vec::new();
+                let mut buf = vec![0u8; 4096];
+                while Instant::now() < deadline {
+                    let start = Instant::now();
+                    stream.write_all(&request).await.unwrap();
+                    read_response(&mut stream, &mut buf).await;
+                    latencies.push(start.elapsed());
+                }
+                latencies
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    all.sort();
+    let pct =
+        |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)].as_secs_f64() * 1e6;
+    Run {
+        rps: all.len() as f64 / elapsed,
+        p50_us: pct(0.50),
+        p99_us: pct(0.99),
+    }
+}
+
+/// Reads one response: headers, then `content-length` bytes of body.
+async fn read_response(stream: &mut tokio::net::TcpStream, buf: &mut [u8]) {
+    let mut filled = 0;
+    loop {
+        let n = stream.read(&mut buf[filled..]).await.unwrap();
+        assert!(n > 0, "server closed the connection");
+        filled += n;
+        let Some(end) = memchr::memmem::find(&buf[..filled], b"\r\n\r\n") else {
+            continue;
+        };
+        let head = std::str::from_utf8(&buf[..end]).unwrap();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let length: usize = head
+            .lines()
+            .find_map(|l| {
+                let (name, value) = l.split_once(':')?;
+                name.eq_ignore_ascii_case("content-length")
+                    .then(|| value.trim().parse().ok())?
+            })
+            .unwrap_or(0);
+        if filled >= end + 4 + length {
+            return;
+        }
+    }
+}

@@ -260,7 +260,7 @@ impl PictureDownload {
 
 impl Id6 {
     fn token_of(&self, from: &(impl TokenSource + ?Sized)) -> Result<UserToken, Error> {
-        from.user_token(self.cookie_name())
+        from.user_token(self)
             .ok_or_else(|| Error::new(Kind::NoToken))
     }
 
@@ -430,7 +430,7 @@ impl Id6 {
 
     /// Forgets the cached verdict of the token in `from`; the next request asks id6.
     pub fn invalidate_token(&self, from: &(impl TokenSource + ?Sized)) {
-        if let Some(token) = from.user_token(self.cookie_name()) {
+        if let Some(token) = from.user_token(self) {
             self.cache().invalidate_token(&token.key());
         }
     }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use http::HeaderValue;
 use reqwest::Url;
 
+use crate::token::{TokenFinder, TokenLocation};
 use crate::{Error, Id6};
 
 /// Settings checked once by [`Id6Builder::build`]; everything downstream trusts them.
@@ -21,8 +22,8 @@ pub(crate) struct Settings {
     pub(crate) dead_cookie: Option<HeaderValue>,
     pub(crate) max_picture_bytes: u64,
     pub(crate) cookie_name: Box<str>,
-    /// The same name, ready to search Cookie headers with.
-    pub(crate) cookie_search: crate::token::CookieName,
+    /// Where to look for the token, in order.
+    pub(crate) finder: TokenFinder,
     pub(crate) cache_ttl: Duration,
     pub(crate) negative_ttl: Duration,
     pub(crate) max_capacity: u64,
@@ -88,6 +89,7 @@ pub struct Id6Builder {
     authorization_secret: Option<Secret>,
     clear_dead_cookie: bool,
     dead_cookie_attributes: String,
+    token_locations: Vec<TokenLocation>,
     /// The first setting that could not even be parsed (from the environment).
     deferred: Option<Error>,
 }
@@ -123,12 +125,14 @@ impl Id6Builder {
             authorization_secret: None,
             clear_dead_cookie: false,
             dead_cookie_attributes: Self::DEFAULT_DEAD_COOKIE_ATTRIBUTES.to_owned(),
+            token_locations: vec![TokenLocation::Cookie],
             deferred: None,
         }
     }
 
     /// A builder from the environment: `ID6_URL` (required), `ID6_COOKIE_NAME`,
-    /// `ID6_CACHE_TTL`, `ID6_NEGATIVE_TTL`, `ID6_CACHE_CAPACITY`, `ID6_TIMEOUT`, and the
+    /// `ID6_CACHE_TTL`, `ID6_NEGATIVE_TTL`, `ID6_CACHE_CAPACITY`, `ID6_TIMEOUT`,
+    /// `ID6_TOKEN_SOURCES` (`cookie`, `bearer` or both, comma-separated, in order), and the
     /// private authorization backend `ID6_AUTHORIZATION_URL` + `ID6_AUTHORIZATION_SECRET`.
     ///
     /// Durations read like `60s`, `1500ms` or `5m`. A missing or unreadable variable is
@@ -170,6 +174,20 @@ impl Id6Builder {
         }
         if let Some(d) = duration(&mut builder, "ID6_TIMEOUT") {
             builder.timeout = d;
+        }
+        if let Some(value) = lookup("ID6_TOKEN_SOURCES") {
+            let mut locations = Vec::new();
+            for name in value.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                match name.to_ascii_lowercase().as_str() {
+                    "cookie" => locations.push(TokenLocation::Cookie),
+                    "bearer" => locations.push(TokenLocation::Bearer),
+                    _ => builder.defer(Error::config(
+                        "ID6_TOKEN_SOURCES",
+                        format!("`{name}` is neither `cookie` nor `bearer`"),
+                    )),
+                }
+            }
+            builder.token_locations = locations;
         }
         builder.authorization_url = lookup("ID6_AUTHORIZATION_URL");
         builder.authorization_secret = lookup("ID6_AUTHORIZATION_SECRET").map(Secret);
@@ -229,6 +247,14 @@ impl Id6Builder {
     /// Cap on the bytes read from one id6 answer (default 64 KiB); longer is unavailable.
     pub fn max_body_bytes(mut self, bytes: usize) -> Self {
         self.max_body_bytes = bytes;
+        self
+    }
+
+    /// Where requests carry the token, in the order to look (default: the cookie only).
+    /// Add [`TokenLocation::Bearer`] for `Authorization: Bearer` / gRPC `authorization`
+    /// metadata. Wherever found, id6 receives the token as its cookie.
+    pub fn token_locations(mut self, locations: impl IntoIterator<Item = TokenLocation>) -> Self {
+        self.token_locations = locations.into_iter().collect();
         self
     }
 
@@ -317,6 +343,19 @@ impl Id6Builder {
                 "must be a non-empty cookie name (letters, digits, `-`, `_`, `.`)",
             ));
         }
+        let mut locations = Vec::new();
+        for location in &self.token_locations {
+            if locations.contains(location) {
+                return Err(Error::config("token_locations", "lists a place twice"));
+            }
+            locations.push(*location);
+        }
+        if locations.is_empty() {
+            return Err(Error::config(
+                "token_locations",
+                "must name at least one place",
+            ));
+        }
         let dead_cookie =
             if self.clear_dead_cookie {
                 let value = format!(
@@ -354,7 +393,7 @@ impl Id6Builder {
             authorization,
             dead_cookie,
             max_picture_bytes: self.max_picture_bytes,
-            cookie_search: crate::token::CookieName::new(&self.cookie_name),
+            finder: TokenFinder::new(&self.cookie_name, &locations),
             cookie_name: self.cookie_name.into_boxed_str(),
             cache_ttl: positive("cache_ttl", self.cache_ttl)?,
             negative_ttl: positive("negative_ttl", self.negative_ttl)?,
@@ -485,6 +524,30 @@ mod tests {
         assert_eq!(s.timeout, Duration::from_secs(2));
         assert_eq!(s.connect_timeout, Duration::from_secs(2));
         assert!(s.authorization.is_none());
+
+        let both = env(&[
+            ("ID6_URL", "http://h"),
+            ("ID6_TOKEN_SOURCES", "bearer, cookie"),
+        ]);
+        assert!(both.validate().is_ok());
+        let bad = env(&[
+            ("ID6_URL", "http://h"),
+            ("ID6_TOKEN_SOURCES", "cookie,header"),
+        ]);
+        assert_eq!(
+            bad.validate().unwrap_err().setting(),
+            Some("ID6_TOKEN_SOURCES")
+        );
+        let twice = Id6Builder::new("http://h").token_locations([TokenLocation::Cookie; 2]);
+        assert_eq!(
+            twice.validate().unwrap_err().setting(),
+            Some("token_locations")
+        );
+        let none = Id6Builder::new("http://h").token_locations([]);
+        assert_eq!(
+            none.validate().unwrap_err().setting(),
+            Some("token_locations")
+        );
 
         let s = env(&[
             ("ID6_URL", "http://h/api"),

@@ -10,7 +10,7 @@ use crate::cache::{AuthCache, Pending};
 use crate::client::Client;
 use crate::config::{Id6Builder, Settings};
 use crate::telemetry::{self, Stats, Telemetry};
-use crate::token::{self, Found, TokenKey, UserToken};
+use crate::token::{self, Found, TokenKey, TokenLocation, UserToken};
 use crate::{Authentication, Error, Id6Layer};
 
 /// The handle to one id6 deployment: its HTTP client and the cache of its answers.
@@ -43,12 +43,25 @@ pub(crate) enum Lookup {
     /// No token: anonymous without asking anyone.
     NoToken,
     /// A malformed token (anonymous, never sent to id6) or a cache hit.
-    Ready(Authentication),
+    Ready {
+        verdict: Authentication,
+        /// The token came from the cookie (so a dead one may be cleared).
+        from_cookie: bool,
+    },
     /// A cache miss: id6 is being asked.
-    Pending(Pending),
+    Pending { pending: Pending, from_cookie: bool },
 }
 
 impl Id6 {
+    /// The end user's token in these headers, found as the layer finds it (configured
+    /// places, in order); `None` when there is none or it cannot be an id6 token.
+    pub fn token_from(&self, headers: &HeaderMap) -> Option<UserToken> {
+        match self.inner.settings.finder.find(headers) {
+            Found::Token(token) => Some(UserToken::from_found(token)),
+            Found::None | Found::Malformed => None,
+        }
+    }
+
     /// Starts configuring a handle for id6's API at `url` (including `/api` when id6 runs
     /// behind its reverse proxy).
     pub fn builder(url: impl Into<String>) -> Id6Builder {
@@ -96,17 +109,13 @@ impl Id6 {
     pub async fn authenticate(&self, headers: &HeaderMap) -> Authentication {
         match self.lookup(headers) {
             Lookup::NoToken => Authentication::Anonymous,
-            Lookup::Ready(verdict) => verdict,
-            Lookup::Pending(pending) => pending.await,
+            Lookup::Ready { verdict, .. } => verdict,
+            Lookup::Pending { pending, .. } => pending.await,
         }
     }
 
     pub(crate) fn settings(&self) -> &Settings {
         &self.inner.settings
-    }
-
-    pub(crate) fn cookie_name(&self) -> &str {
-        &self.inner.settings.cookie_name
     }
 
     pub(crate) fn client(&self) -> &Client {
@@ -133,14 +142,18 @@ impl Id6 {
     /// The synchronous part of a resolution: everything but waiting on id6.
     pub(crate) fn lookup(&self, headers: &HeaderMap) -> Lookup {
         let inner = &*self.inner;
-        let Some(raw) = token::find_raw(headers, &inner.settings.cookie_search) else {
+        let Some((raw, location)) = inner.settings.finder.find_raw(headers) else {
             inner.telemetry.lookup(telemetry::Lookup::NoToken);
             return Lookup::NoToken;
         };
+        let from_cookie = location == TokenLocation::Cookie;
         let malformed = || {
             inner.telemetry.lookup(telemetry::Lookup::Malformed);
-            tracing::debug!("malformed id6 cookie; anonymous without asking id6");
-            Lookup::Ready(Authentication::Anonymous)
+            tracing::debug!("malformed id6 token; anonymous without asking id6");
+            Lookup::Ready {
+                verdict: Authentication::Anonymous,
+                from_cookie,
+            }
         };
         // Bound the hashing work a stranger can cause; such a value is no token anyway.
         if raw.len() > token::MAX_TOKEN_LEN {
@@ -153,7 +166,10 @@ impl Id6 {
                 _ => telemetry::Lookup::NegativeHit,
             };
             inner.telemetry.lookup(hit);
-            return Lookup::Ready(verdict);
+            return Lookup::Ready {
+                verdict,
+                from_cookie,
+            };
         }
         // Only values that pass `check` are ever stored, so a hit needs no check.
         let Found::Token(token) = token::check(raw) else {
@@ -162,10 +178,14 @@ impl Id6 {
         inner.telemetry.lookup(telemetry::Lookup::Miss);
         let token = UserToken::from_found(token);
         let this = self.clone();
-        Lookup::Pending(inner.cache.load(key, move || {
+        let pending = inner.cache.load(key, move || {
             let span = tracing::debug_span!("id6.authenticate");
             async move { this.inner.client.authenticate(&token).await }.instrument(span)
-        }))
+        });
+        Lookup::Pending {
+            pending,
+            from_cookie,
+        }
     }
 }
 

@@ -87,5 +87,5 @@ pub use extract::{AuthRejection, CurrentUser, RejectionKind, RequireUser};
 pub use id6::Id6;
 pub use layer::{Id6Layer, Id6Service, ResponseFuture};
 pub use telemetry::Stats;
-pub use token::{TokenSource, UserToken};
+pub use token::{TokenLocation, TokenSource, UserToken};
 pub use user::{Authentication, User};

@@ -4,7 +4,7 @@
 use std::fmt;
 
 use base64::Engine;
-use http::header::{HeaderMap, HeaderValue, COOKIE};
+use http::header::{HeaderMap, HeaderValue, AUTHORIZATION, COOKIE};
 use sha2::{Digest, Sha256};
 
 /// Longest token we forward: id6's JWTs are a few hundred bytes; anything near a header
@@ -21,9 +21,65 @@ pub(crate) enum Found<'a> {
     Token(&'a str),
 }
 
-/// The checked token: [`find_raw`], then [`check`].
-pub(crate) fn find<'a>(headers: &'a HeaderMap, name: &str) -> Found<'a> {
-    find_raw(headers, &CookieName::new(name)).map_or(Found::None, check)
+/// Where a request may carry id6's token. Whatever the place, id6 receives it as its cookie.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TokenLocation {
+    /// id6's cookie (`auth` unless renamed): what browsers and grpc-web send.
+    Cookie,
+    /// `Authorization: Bearer <jwt>`, which is also gRPC's `authorization` metadata.
+    Bearer,
+}
+
+/// Finds the token in the configured places, in their order: the first place holding one
+/// wins.
+#[derive(Clone, Debug)]
+pub(crate) struct TokenFinder {
+    cookie: CookieName,
+    locations: Box<[TokenLocation]>,
+}
+
+impl TokenFinder {
+    pub(crate) fn new(cookie_name: &str, locations: &[TokenLocation]) -> Self {
+        TokenFinder {
+            cookie: CookieName::new(cookie_name),
+            locations: locations.into(),
+        }
+    }
+
+    /// The raw token and where it was, unchecked: see [`find_raw`].
+    pub(crate) fn find_raw<'a>(&self, headers: &'a HeaderMap) -> Option<(&'a [u8], TokenLocation)> {
+        self.locations.iter().find_map(|&location| {
+            let raw = match location {
+                TokenLocation::Cookie => find_raw(headers, &self.cookie),
+                TokenLocation::Bearer => find_bearer(headers),
+            }?;
+            Some((raw, location))
+        })
+    }
+
+    /// The checked token: [`find_raw`](Self::find_raw), then [`check`].
+    pub(crate) fn find<'a>(&self, headers: &'a HeaderMap) -> Found<'a> {
+        self.find_raw(headers)
+            .map_or(Found::None, |(raw, _)| check(raw))
+    }
+}
+
+/// The token of the first `Authorization` header, if it is `Bearer <token>` (scheme in any
+/// case).
+fn find_bearer(headers: &HeaderMap) -> Option<&[u8]> {
+    let value = headers.get(AUTHORIZATION)?.as_bytes();
+    let (scheme, rest) = value.split_at_checked(7)?;
+    if !scheme.eq_ignore_ascii_case(b"bearer ") {
+        return None;
+    }
+    let token = trim(rest);
+    (!token.is_empty()).then_some(token)
+}
+
+#[cfg(test)]
+fn find<'a>(headers: &'a HeaderMap, name: &str) -> Found<'a> {
+    TokenFinder::new(name, &[TokenLocation::Cookie]).find(headers)
 }
 
 /// A cookie name with its substring searcher, built once per handle rather than per request.
@@ -186,40 +242,37 @@ impl fmt::Debug for UserToken {
 /// Where a typed call of [`Id6`](crate::Id6) finds the end user's token: a request, its
 /// parts, its headers, or a [`UserToken`] already in hand.
 pub trait TokenSource {
-    /// The token, read as the layer reads it (first `cookie_name` cookie wins).
-    fn user_token(&self, cookie_name: &str) -> Option<UserToken>;
+    /// The token, found as the layer of `id6` finds it.
+    fn user_token(&self, id6: &crate::Id6) -> Option<UserToken>;
 }
 
 impl TokenSource for UserToken {
-    fn user_token(&self, _cookie_name: &str) -> Option<UserToken> {
+    fn user_token(&self, _id6: &crate::Id6) -> Option<UserToken> {
         Some(self.clone())
     }
 }
 
 impl TokenSource for HeaderMap {
-    fn user_token(&self, cookie_name: &str) -> Option<UserToken> {
-        match find(self, cookie_name) {
-            Found::Token(token) => Some(UserToken::from_found(token)),
-            Found::None | Found::Malformed => None,
-        }
+    fn user_token(&self, id6: &crate::Id6) -> Option<UserToken> {
+        id6.token_from(self)
     }
 }
 
 impl<B> TokenSource for http::Request<B> {
-    fn user_token(&self, cookie_name: &str) -> Option<UserToken> {
-        self.headers().user_token(cookie_name)
+    fn user_token(&self, id6: &crate::Id6) -> Option<UserToken> {
+        id6.token_from(self.headers())
     }
 }
 
 impl TokenSource for http::request::Parts {
-    fn user_token(&self, cookie_name: &str) -> Option<UserToken> {
-        self.headers.user_token(cookie_name)
+    fn user_token(&self, id6: &crate::Id6) -> Option<UserToken> {
+        id6.token_from(&self.headers)
     }
 }
 
 impl<T: TokenSource + ?Sized> TokenSource for &T {
-    fn user_token(&self, cookie_name: &str) -> Option<UserToken> {
-        (**self).user_token(cookie_name)
+    fn user_token(&self, id6: &crate::Id6) -> Option<UserToken> {
+        (**self).user_token(id6)
     }
 }
 
@@ -313,6 +366,36 @@ mod tests {
         let header = token.cookie_header("auth").unwrap();
         assert!(header.is_sensitive());
         assert_eq!(header, "auth=secret.jwt.value");
+    }
+
+    #[test]
+    fn locations_are_searched_in_order() {
+        let mut h = HeaderMap::new();
+        h.insert(COOKIE, HeaderValue::from_static("auth=from-cookie"));
+        h.insert(
+            AUTHORIZATION,
+            HeaderValue::from_static("Bearer from-header"),
+        );
+        let token =
+            |locations: &[TokenLocation], h: &HeaderMap| match TokenFinder::new("auth", locations)
+                .find(h)
+            {
+                Found::Token(t) => Some(t.to_owned()),
+                _ => None,
+            };
+        use TokenLocation::{Bearer, Cookie};
+        assert_eq!(token(&[Cookie], &h).as_deref(), Some("from-cookie"));
+        assert_eq!(token(&[Bearer], &h).as_deref(), Some("from-header"));
+        assert_eq!(token(&[Cookie, Bearer], &h).as_deref(), Some("from-cookie"));
+        assert_eq!(token(&[Bearer, Cookie], &h).as_deref(), Some("from-header"));
+        h.remove(COOKIE);
+        assert_eq!(token(&[Cookie, Bearer], &h).as_deref(), Some("from-header"));
+        for bad in ["Basic abc", "Bearer", "Bearer   ", "bearerabc", "Token abc"] {
+            h.insert(AUTHORIZATION, HeaderValue::from_static(bad));
+            assert_eq!(token(&[Bearer], &h), None, "{bad}");
+        }
+        h.insert(AUTHORIZATION, HeaderValue::from_static("bEaReR   spaced  "));
+        assert_eq!(token(&[Bearer], &h).as_deref(), Some("spaced"));
     }
 
     #[test]

@@ -62,20 +62,26 @@ where
                 request.extensions_mut().insert(Authentication::Anonymous);
                 ResponseFuture::called(self.inner.call(request), None)
             }
-            Lookup::Ready(verdict) => {
-                // A token that is anonymous here is dead (negative hit) or malformed.
-                let clear = verdict
-                    .is_anonymous()
-                    .then(|| self.id6.dead_cookie().cloned());
+            Lookup::Ready {
+                verdict,
+                from_cookie,
+            } => {
+                // A cookie that is anonymous here is dead (negative hit) or malformed.
+                let clear = (from_cookie && verdict.is_anonymous())
+                    .then(|| self.id6.dead_cookie().cloned())
+                    .flatten();
                 request.extensions_mut().insert(verdict);
-                ResponseFuture::called(self.inner.call(request), clear.flatten())
+                ResponseFuture::called(self.inner.call(request), clear)
             }
-            Lookup::Pending(pending) => {
+            Lookup::Pending {
+                pending,
+                from_cookie,
+            } => {
                 // `poll_ready` readied `self.inner`, so that instance must make the call;
                 // keep a fresh clone for the next `poll_ready`.
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);
-                let dead_cookie = self.id6.dead_cookie().cloned();
+                let dead_cookie = self.id6.dead_cookie().filter(|_| from_cookie).cloned();
                 ResponseFuture::resolving(pending, inner, request, dead_cookie)
             }
         }

@@ -61,6 +61,7 @@
 //!
 //! - `axum` (default): the extractors, on `axum-core`.
 //! - `rustls` (default): HTTPS to id6 through rustls.
+//! - `tonic`: [`grpc`] helpers (`current_user`, `require_user`) and a guard layer.
 //! - `testing`: [`testing::MockId6`], an id6 look-alike server on loopback for tests.
 
 mod api;
@@ -70,6 +71,8 @@ mod config;
 mod error;
 #[cfg(feature = "axum")]
 mod extract;
+#[cfg(feature = "tonic")]
+pub mod grpc;
 mod id6;
 mod layer;
 mod telemetry;

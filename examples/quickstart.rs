@@ -1,6 +1,6 @@
 //! The crate at work, start to finish, with nothing to install: an embedded MockId6, an axum
 //! app behind `id6.layer()`, and a client walking through anonymous → signed in → cache hit →
-//! profile change → bad token → disconnect → id6 down. Every answer is checked; the example
+//! profile change → garbage and expired tokens → disconnect → id6 down. Every answer is checked; the example
 //! exits non-zero if one is off.
 //!
 //! ```text
@@ -86,11 +86,15 @@ async fn main() -> Result<(), Failure> {
     walk.get("/", Some(&alice_token), 200, "Hello, Alice Liddell!", 2)
         .await?;
 
-    println!("\n== bad token: id6 says 401, remembered as anonymous for the negative TTL");
-    let bad = "not.a-valid.token";
-    walk.get("/me", Some(bad), 401, "not_authenticated", 3)
+    println!("\n== garbage cookie: no id6 token can look like this; id6 is not asked");
+    walk.get("/me", Some("not-a-jwt"), 401, "not_authenticated", 2)
         .await?;
-    walk.get("/", Some(bad), 200, "Hello, anonymous!", 3)
+
+    println!("\n== expired token: id6 says 401, remembered as anonymous for the negative TTL");
+    let expired = mock.expired_token_for(alice);
+    walk.get("/me", Some(&expired), 401, "not_authenticated", 3)
+        .await?;
+    walk.get("/", Some(&expired), 200, "Hello, anonymous!", 3)
         .await?;
 
     println!("\n== disconnect: every session of Bob ends at once, on this instance");

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 use moka::sync::Cache;
 
-use crate::config::Settings;
+use crate::config::{OnUnavailable, Settings};
 use crate::error::{Error, Kind};
 use crate::telemetry::{self, Eviction, Telemetry};
 use crate::token::TokenKey;
@@ -45,6 +45,9 @@ type Hasher = foldhash::fast::RandomState;
 struct Entries {
     users: Cache<TokenKey, Arc<User>, Hasher>,
     rejected: Cache<TokenKey, (), Hasher>,
+    /// With [`OnUnavailable::Stale`]: users kept for the grace window past their TTL, served
+    /// only when id6 cannot be asked. Invalidated with the rest.
+    stale: Option<Cache<TokenKey, Arc<User>, Hasher>>,
 }
 
 impl Entries {
@@ -58,17 +61,25 @@ impl Entries {
     }
 
     fn contains_key(&self, key: &TokenKey) -> bool {
-        self.users.contains_key(key) || self.rejected.contains_key(key)
+        self.users.contains_key(key)
+            || self.rejected.contains_key(key)
+            || self.stale.as_ref().is_some_and(|s| s.contains_key(key))
     }
 
     fn insert(&self, key: TokenKey, verdict: Authentication) {
         match verdict {
             Authentication::Authenticated(user) => {
                 self.rejected.invalidate(&key);
+                if let Some(stale) = &self.stale {
+                    stale.insert(key, user.clone());
+                }
                 self.users.insert(key, user);
             }
             Authentication::Anonymous => {
                 self.users.invalidate(&key);
+                if let Some(stale) = &self.stale {
+                    stale.invalidate(&key);
+                }
                 self.rejected.insert(key, ());
             }
             Authentication::Unavailable(_) => {}
@@ -78,11 +89,17 @@ impl Entries {
     fn invalidate(&self, key: &TokenKey) {
         self.users.invalidate(key);
         self.rejected.invalidate(key);
+        if let Some(stale) = &self.stale {
+            stale.invalidate(key);
+        }
     }
 
     fn invalidate_all(&self) {
         self.users.invalidate_all();
         self.rejected.invalidate_all();
+        if let Some(stale) = &self.stale {
+            stale.invalidate_all();
+        }
     }
 
     /// Settles moka's pending bookkeeping first, so the count is current.
@@ -100,6 +117,7 @@ struct Coordination {
     coherence: Mutex<Coherence>,
     /// How long an invalidation mark must outlive any load that started before it.
     mark_lifetime: Duration,
+    on_unavailable: OnUnavailable,
     telemetry: Arc<Telemetry>,
 }
 
@@ -142,6 +160,15 @@ impl AuthCache {
                 .max_capacity(settings.max_capacity)
                 .time_to_live(settings.negative_ttl)
                 .build_with_hasher(Hasher::default()),
+            stale: match settings.on_unavailable {
+                OnUnavailable::Stale(grace) => Some(
+                    Cache::builder()
+                        .max_capacity(settings.max_capacity)
+                        .time_to_live(settings.cache_ttl.saturating_add(grace))
+                        .build_with_hasher(Hasher::default()),
+                ),
+                _ => None,
+            },
         };
         AuthCache {
             entries,
@@ -149,7 +176,10 @@ impl AuthCache {
                 generation: AtomicU64::new(0),
                 inflight: Mutex::default(),
                 coherence: Mutex::default(),
-                mark_lifetime: settings.timeout * 2 + Duration::from_secs(1),
+                mark_lifetime: settings.timeout * 2
+                    + settings.queue_timeout
+                    + Duration::from_secs(1),
+                on_unavailable: settings.on_unavailable,
                 telemetry,
             }),
         }
@@ -196,12 +226,13 @@ impl AuthCache {
             key,
             started: generation,
         };
+        let cache = self.clone();
         let fetch = fetch();
         let task = runtime.spawn(async move {
             let verdict = fetch.await;
             guard.cache.fill(key, &verdict, generation);
             drop(guard);
-            verdict
+            apply_policy(&cache, key, verdict)
         });
         let pending = async move {
             task.await.unwrap_or_else(|_| {
@@ -343,6 +374,28 @@ impl AuthCache {
     #[cfg(test)]
     pub(crate) fn inflight_len(&self) -> usize {
         lock(&self.shared.inflight).len()
+    }
+}
+
+/// What the waiters get when id6 gave no verdict, per the [`OnUnavailable`] policy; never
+/// stored, so the next miss asks id6 again.
+fn apply_policy(cache: &AuthCache, key: TokenKey, verdict: Authentication) -> Authentication {
+    let Authentication::Unavailable(error) = verdict else {
+        return verdict;
+    };
+    match cache.shared.on_unavailable {
+        OnUnavailable::Anonymous => {
+            tracing::debug!(%error, "id6 unavailable; treating the caller as anonymous");
+            Authentication::Anonymous
+        }
+        OnUnavailable::Stale(_) => match cache.entries.stale.as_ref().and_then(|s| s.get(&key)) {
+            Some(user) => {
+                tracing::debug!(user_id = user.id, %error, "id6 unavailable; serving the last answer");
+                Authentication::Authenticated(user)
+            }
+            None => Authentication::Unavailable(error),
+        },
+        OnUnavailable::Reject => Authentication::Unavailable(error),
     }
 }
 

@@ -9,6 +9,7 @@ use http::header::{HeaderMap, ACCEPT, AUTHORIZATION, CONTENT_TYPE, COOKIE, RETRY
 use http::{Method, StatusCode};
 use serde::Deserialize;
 
+use crate::circuit::{Admission, Health};
 use crate::config::{join, Authorization, Settings};
 use crate::error::{ApiError, Error, Kind};
 use crate::telemetry::{Telemetry, Upstream};
@@ -23,6 +24,7 @@ pub(crate) struct Client {
     /// A rejected secret is logged as an error once, then at debug.
     secret_rejection_logged: AtomicBool,
     telemetry: Arc<Telemetry>,
+    admission: Admission,
 }
 
 impl Client {
@@ -37,19 +39,33 @@ impl Client {
             .map_err(|e| Error::with_source(Kind::Runtime("HTTP client could not start"), e))?;
         Ok(Client {
             http,
-            settings,
             secret_rejection_logged: AtomicBool::new(false),
             telemetry,
+            admission: Admission::new(settings.max_concurrent_calls, settings.queue_timeout),
+            settings,
         })
+    }
+
+    /// Whether id6 is being called or the breaker holds calls back.
+    pub(crate) fn health(&self) -> Health {
+        self.admission.health()
     }
 
     /// The layer's question: who owns this token? Through `/authorize` when configured.
     pub(crate) async fn authenticate(&self, token: &UserToken) -> Authentication {
+        let _permit = match self.admission.admit().await {
+            Ok(permit) => permit,
+            Err(error) => {
+                tracing::debug!(%error, "id6 not called");
+                return Authentication::Unavailable(error);
+            }
+        };
         let started = Instant::now();
         let outcome = match &self.settings.authorization {
             Some(authorization) => self.authorize(authorization, token).await,
             None => self.get_user(token).await,
         };
+        self.admission.record(outcome.unavailable());
         let elapsed = started.elapsed();
         let elapsed_ms = elapsed.as_secs_f64() * 1e3;
         let counted = match &outcome {
@@ -155,16 +171,28 @@ impl Client {
         token: &UserToken,
         build: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, Error> {
+        let _permit = self.admission.admit().await?;
         let url = join(&self.settings.base_url, path);
         let request = self.with_cookie(self.http.request(method, url), token);
-        let response = build(request).send().await.map_err(Error::from_reqwest)?;
+        let sent = build(request).send().await.map_err(Error::from_reqwest);
+        let response = match sent {
+            Ok(response) => response,
+            Err(error) => {
+                self.admission.record(Some(&error));
+                return Err(error);
+            }
+        };
         let status = response.status();
         if status.is_success() {
+            self.admission.record(None);
             return Ok(response);
         }
         if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
-            return Err(unavailable(&response));
+            let error = unavailable(&response);
+            self.admission.record(Some(&error));
+            return Err(error);
         }
+        self.admission.record(None);
         #[derive(Deserialize)]
         #[serde(rename_all = "camelCase")]
         struct Body {

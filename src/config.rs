@@ -6,6 +6,7 @@ use std::time::Duration;
 use http::HeaderValue;
 use reqwest::Url;
 
+use crate::jwt::Screen;
 use crate::token::{TokenFinder, TokenLocation};
 use crate::{Error, Id6};
 
@@ -21,6 +22,12 @@ pub(crate) struct Settings {
     /// The `Set-Cookie` value that clears a dead token in the browser, when enabled.
     pub(crate) dead_cookie: Option<HeaderValue>,
     pub(crate) max_picture_bytes: u64,
+    /// The local screen every token passes before it costs an id6 call.
+    pub(crate) screen: Screen,
+    pub(crate) on_unavailable: OnUnavailable,
+    pub(crate) max_concurrent_calls: usize,
+    /// How long a miss may wait for one of the `max_concurrent_calls`.
+    pub(crate) queue_timeout: Duration,
     pub(crate) cookie_name: Box<str>,
     /// Where to look for the token, in order.
     pub(crate) finder: TokenFinder,
@@ -46,6 +53,33 @@ impl fmt::Debug for Authorization {
             .field("url", &self.url.as_str())
             .field("secret", &"<redacted>")
             .finish()
+    }
+}
+
+/// What a request gets when id6 cannot be asked (down, slow, rate limiting, circuit open).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OnUnavailable {
+    /// The identity is unknown: the extractors answer 503 with `Retry-After` (default).
+    Reject,
+    /// Treat the caller as signed out.
+    Anonymous,
+    /// Serve the last answer id6 gave for that token for up to this long after its TTL ran
+    /// out, only while id6 is unavailable (stale-if-error, RFC 5861); otherwise reject.
+    Stale(Duration),
+}
+
+impl OnUnavailable {
+    /// `reject`, `anonymous` or `stale:<duration>` (e.g. `stale:10m`).
+    fn parse(value: &str) -> Option<Self> {
+        match value.trim() {
+            "reject" => Some(OnUnavailable::Reject),
+            "anonymous" => Some(OnUnavailable::Anonymous),
+            other => {
+                let grace = humantime::parse_duration(other.strip_prefix("stale:")?.trim()).ok()?;
+                Some(OnUnavailable::Stale(grace))
+            }
+        }
     }
 }
 
@@ -90,6 +124,11 @@ pub struct Id6Builder {
     clear_dead_cookie: bool,
     dead_cookie_attributes: String,
     token_locations: Vec<TokenLocation>,
+    jwt_secret: Option<Secret>,
+    token_lifetime: Duration,
+    on_unavailable: OnUnavailable,
+    max_concurrent_calls: usize,
+    queue_timeout: Option<Duration>,
     /// The first setting that could not even be parsed (from the environment).
     deferred: Option<Error>,
 }
@@ -107,6 +146,10 @@ impl Id6Builder {
     pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
     /// Default cap on an uploaded picture (id6 itself has none).
     pub const DEFAULT_MAX_PICTURE_BYTES: u64 = 10 * 1024 * 1024;
+    /// id6's default token lifetime: 30 days after `issuedAt`.
+    pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
+    /// Default cap on id6 calls in flight at once.
+    pub const DEFAULT_MAX_CONCURRENT_CALLS: usize = 32;
     /// Default attributes of the cookie that clears a dead token, as id6's own.
     pub const DEFAULT_DEAD_COOKIE_ATTRIBUTES: &'static str = "Max-Age=0; Path=/; HttpOnly";
 
@@ -126,6 +169,11 @@ impl Id6Builder {
             clear_dead_cookie: false,
             dead_cookie_attributes: Self::DEFAULT_DEAD_COOKIE_ATTRIBUTES.to_owned(),
             token_locations: vec![TokenLocation::Cookie],
+            jwt_secret: None,
+            token_lifetime: Self::DEFAULT_TOKEN_LIFETIME,
+            on_unavailable: OnUnavailable::Reject,
+            max_concurrent_calls: Self::DEFAULT_MAX_CONCURRENT_CALLS,
+            queue_timeout: None,
             deferred: None,
         }
     }
@@ -188,6 +236,28 @@ impl Id6Builder {
                 }
             }
             builder.token_locations = locations;
+        }
+        builder.jwt_secret = lookup("ID6_JWT_SECRET").map(Secret);
+        if let Some(d) = duration(&mut builder, "ID6_TOKEN_LIFETIME") {
+            builder.token_lifetime = d;
+        }
+        if let Some(value) = lookup("ID6_ON_UNAVAILABLE") {
+            match OnUnavailable::parse(&value) {
+                Some(policy) => builder.on_unavailable = policy,
+                None => builder.defer(Error::config(
+                    "ID6_ON_UNAVAILABLE",
+                    format!("`{value}` is not `reject`, `anonymous` or `stale:<duration>`"),
+                )),
+            }
+        }
+        if let Some(value) = lookup("ID6_MAX_CONCURRENT_CALLS") {
+            match value.trim().parse() {
+                Ok(n) => builder.max_concurrent_calls = n,
+                Err(_) => builder.defer(Error::config(
+                    "ID6_MAX_CONCURRENT_CALLS",
+                    format!("`{value}` is not a whole number"),
+                )),
+            }
         }
         builder.authorization_url = lookup("ID6_AUTHORIZATION_URL");
         builder.authorization_secret = lookup("ID6_AUTHORIZATION_SECRET").map(Secret);
@@ -255,6 +325,40 @@ impl Id6Builder {
     /// metadata. Wherever found, id6 receives the token as its cookie.
     pub fn token_locations(mut self, locations: impl IntoIterator<Item = TokenLocation>) -> Self {
         self.token_locations = locations.into_iter().collect();
+        self
+    }
+
+    /// id6's JWT secret, to verify tokens' signature and age locally: a forged or expired
+    /// token is then anonymous without an id6 call (id6 is still asked about the others,
+    /// for revocation). Without it, only the shape of a token is checked locally.
+    pub fn jwt_secret(mut self, secret: impl Into<String>) -> Self {
+        self.jwt_secret = Some(Secret(secret.into()));
+        self
+    }
+
+    /// How long after `issuedAt` id6 considers a token expired (default 30 days, as id6);
+    /// used with [`jwt_secret`](Self::jwt_secret).
+    pub fn token_lifetime(mut self, lifetime: Duration) -> Self {
+        self.token_lifetime = lifetime;
+        self
+    }
+
+    /// What a request gets when id6 cannot be asked (default [`OnUnavailable::Reject`]).
+    pub fn on_unavailable(mut self, policy: OnUnavailable) -> Self {
+        self.on_unavailable = policy;
+        self
+    }
+
+    /// Cap on id6 calls in flight at once (default 32); beyond it, misses wait up to
+    /// [`queue_timeout`](Self::queue_timeout), then resolve as id6 unavailable.
+    pub fn max_concurrent_calls(mut self, calls: usize) -> Self {
+        self.max_concurrent_calls = calls;
+        self
+    }
+
+    /// How long a miss may wait for a free id6 call (default: the [`timeout`](Self::timeout)).
+    pub fn queue_timeout(mut self, timeout: Duration) -> Self {
+        self.queue_timeout = Some(timeout);
         self
     }
 
@@ -381,6 +485,27 @@ impl Id6Builder {
         if self.max_capacity == 0 {
             return Err(Error::config("max_capacity", "must be more than zero"));
         }
+        if self.max_concurrent_calls == 0 {
+            return Err(Error::config(
+                "max_concurrent_calls",
+                "must be more than zero",
+            ));
+        }
+        if matches!(self.on_unavailable, OnUnavailable::Stale(grace) if grace.is_zero()) {
+            return Err(Error::config(
+                "on_unavailable",
+                "a stale window must be more than zero",
+            ));
+        }
+        let jwt_secret = match &self.jwt_secret {
+            Some(Secret(s)) if s.is_empty() => {
+                return Err(Error::config("ID6_JWT_SECRET", "must not be empty"))
+            }
+            Some(Secret(s)) => Some(s.as_bytes()),
+            None => None,
+        };
+        let token_lifetime = positive("token_lifetime", self.token_lifetime)?;
+        let screen = Screen::new(jwt_secret, token_lifetime);
         if self.max_picture_bytes == 0 {
             return Err(Error::config("max_picture_bytes", "must be more than zero"));
         }
@@ -393,6 +518,10 @@ impl Id6Builder {
             authorization,
             dead_cookie,
             max_picture_bytes: self.max_picture_bytes,
+            screen,
+            on_unavailable: self.on_unavailable,
+            max_concurrent_calls: self.max_concurrent_calls,
+            queue_timeout: positive("queue_timeout", self.queue_timeout.unwrap_or(timeout))?,
             finder: TokenFinder::new(&self.cookie_name, &locations),
             cookie_name: self.cookie_name.into_boxed_str(),
             cache_ttl: positive("cache_ttl", self.cache_ttl)?,
@@ -538,6 +667,36 @@ mod tests {
             bad.validate().unwrap_err().setting(),
             Some("ID6_TOKEN_SOURCES")
         );
+        let policy = |v: &str| {
+            env(&[("ID6_URL", "http://h"), ("ID6_ON_UNAVAILABLE", v)])
+                .validate()
+                .map(|s| s.on_unavailable)
+        };
+        assert_eq!(policy("reject").unwrap(), OnUnavailable::Reject);
+        assert_eq!(policy("anonymous").unwrap(), OnUnavailable::Anonymous);
+        assert_eq!(
+            policy("stale:10m").unwrap(),
+            OnUnavailable::Stale(Duration::from_secs(600))
+        );
+        for bad in ["stale", "stale:0s", "stale:soon", "maybe"] {
+            assert!(
+                policy(bad)
+                    .unwrap_err()
+                    .to_string()
+                    .contains("on_unavailable")
+                    || policy(bad).unwrap_err().setting() == Some("ID6_ON_UNAVAILABLE"),
+                "{bad}"
+            );
+        }
+        let s = env(&[
+            ("ID6_URL", "http://h"),
+            ("ID6_MAX_CONCURRENT_CALLS", "4"),
+            ("ID6_JWT_SECRET", "k"),
+        ])
+        .validate()
+        .unwrap();
+        assert_eq!(s.max_concurrent_calls, 4);
+        assert!(!format!("{s:?}").contains("\"k\""));
         let twice = Id6Builder::new("http://h").token_locations([TokenLocation::Cookie; 2]);
         assert_eq!(
             twice.validate().unwrap_err().setting(),

@@ -50,6 +50,13 @@ pub(crate) enum Kind {
     Runtime(&'static str),
     /// id6's authorization server refused our shared secret (401): a configuration error.
     SecretRejected,
+    /// The breaker is open: id6 is not called until `until`.
+    CircuitOpen {
+        until: SystemTime,
+        rate_limited: bool,
+    },
+    /// Every allowed id6 call stayed in flight for the queue timeout.
+    Overloaded,
     /// A typed call needs the end user's token and the request had none.
     NoToken,
     /// id6 refused a typed call with its error JSON (401, 400, 404...).
@@ -188,7 +195,20 @@ impl Error {
 
     /// id6 answered `429 Too Many Requests`; see [`retry_after`](Self::retry_after).
     pub fn is_rate_limited(&self) -> bool {
-        matches!(self.inner.kind, Kind::RateLimited { .. })
+        matches!(
+            self.inner.kind,
+            Kind::RateLimited { .. }
+                | Kind::CircuitOpen {
+                    rate_limited: true,
+                    ..
+                }
+        )
+    }
+
+    /// id6 was not called at all: the breaker is open after a 429 or repeated failures, or
+    /// too many calls were already in flight.
+    pub fn is_not_attempted(&self) -> bool {
+        matches!(self.inner.kind, Kind::CircuitOpen { .. } | Kind::Overloaded)
     }
 
     /// id6 answered something that is neither a user nor `null`, or too much of it.
@@ -207,14 +227,17 @@ impl Error {
         }
     }
 
-    /// How long until id6 will answer again, when it said so (`X-RateLimit-Reset` of a 429).
+    /// How long until id6 will answer again, when known: `X-RateLimit-Reset` of a 429, or
+    /// the breaker's reopening.
     pub fn retry_after(&self) -> Option<Duration> {
         match self.inner.kind {
-            Kind::RateLimited { reset: Some(reset) } => Some(
-                reset
-                    .duration_since(SystemTime::now())
-                    .unwrap_or(Duration::ZERO),
-            ),
+            Kind::RateLimited { reset: Some(reset) } | Kind::CircuitOpen { until: reset, .. } => {
+                Some(
+                    reset
+                        .duration_since(SystemTime::now())
+                        .unwrap_or(Duration::ZERO),
+                )
+            }
             _ => None,
         }
     }
@@ -240,6 +263,16 @@ impl fmt::Display for Error {
                 "id6 unavailable: the authorization server refused our secret \
                  (check ID6_AUTHORIZATION_SECRET)",
             ),
+            Kind::CircuitOpen { rate_limited, .. } => write!(
+                f,
+                "id6 unavailable: not calling it for now ({})",
+                if *rate_limited {
+                    "rate limited"
+                } else {
+                    "unreachable"
+                }
+            ),
+            Kind::Overloaded => f.write_str("id6 unavailable: too many calls in flight"),
             Kind::NoToken => f.write_str("not authenticated: the request has no id6 token"),
             Kind::Api(api) => {
                 write!(f, "id6 refused the call ({}", api.status.as_u16())?;

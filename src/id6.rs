@@ -131,6 +131,13 @@ impl Id6 {
         self.inner.settings.dead_cookie.as_ref()
     }
 
+    /// Whether id6 is being called, or held back by the breaker (after a 429, until id6's
+    /// window opens; after repeated connect failures or timeouts, for a short, growing
+    /// interval). For health checks.
+    pub fn health(&self) -> crate::Health {
+        self.inner.client.health()
+    }
+
     /// What the handle did since it was built: lookups by result, id6 calls by outcome,
     /// evictions, entries. Cheap: a few atomic loads, and moka settling its counts.
     pub fn stats(&self) -> Stats {
@@ -171,10 +178,22 @@ impl Id6 {
                 from_cookie,
             };
         }
-        // Only values that pass `check` are ever stored, so a hit needs no check.
+        // Only values that pass `check` and the screen are ever stored, so a hit needs
+        // neither.
         let Found::Token(token) = token::check(raw) else {
             return malformed();
         };
+        if let Err(refusal) = inner.settings.screen.check(token) {
+            inner.telemetry.lookup(telemetry::Lookup::Malformed);
+            tracing::debug!(
+                why = refusal.as_str(),
+                "token refused locally; anonymous without asking id6"
+            );
+            return Lookup::Ready {
+                verdict: Authentication::Anonymous,
+                from_cookie,
+            };
+        }
         inner.telemetry.lookup(telemetry::Lookup::Miss);
         let token = UserToken::from_found(token);
         let this = self.clone();

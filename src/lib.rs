@@ -66,6 +66,7 @@
 
 mod api;
 mod cache;
+mod circuit;
 mod client;
 mod config;
 mod error;
@@ -74,6 +75,7 @@ mod extract;
 #[cfg(feature = "tonic")]
 pub mod grpc;
 mod id6;
+mod jwt;
 mod layer;
 mod telemetry;
 mod token;
@@ -83,7 +85,8 @@ mod user;
 pub mod testing;
 
 pub use api::{PictureDownload, PictureUpload, Profile};
-pub use config::Id6Builder;
+pub use circuit::Health;
+pub use config::{Id6Builder, OnUnavailable};
 pub use error::Error;
 #[cfg(feature = "axum")]
 pub use extract::{AuthRejection, CurrentUser, RejectionKind, RequireUser};

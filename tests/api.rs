@@ -173,6 +173,11 @@ async fn typed_call_errors_say_what_happened() {
     assert!(err.is_unauthenticated());
     assert_eq!(err.error_code(), Some("not_authenticated"));
 
+    mock.set_fault(Fault::Status(503));
+    let err = id6.disconnect(&h).await.unwrap_err();
+    assert!(err.is_unavailable());
+    assert_eq!(err.status(), Some(http::StatusCode::SERVICE_UNAVAILABLE));
+
     mock.set_fault(Fault::RateLimited);
     let err = id6.sign_out(&h).await.unwrap_err();
     assert!(err.is_rate_limited() && err.is_unavailable());
@@ -181,13 +186,15 @@ async fn typed_call_errors_say_what_happened() {
         wait > Duration::from_secs(50) && wait <= Duration::from_secs(60),
         "{wait:?}"
     );
-
-    mock.set_fault(Fault::Status(503));
-    let err = id6.disconnect(&h).await.unwrap_err();
-    assert!(err.is_unavailable());
-    assert_eq!(err.status(), Some(http::StatusCode::SERVICE_UNAVAILABLE));
-
+    // Until id6's window opens, it is not called again.
+    let calls = mock.requests().len();
     mock.clear_fault();
+    let err = id6.user(&h).await.unwrap_err();
+    assert!(err.is_rate_limited() && err.is_not_attempted(), "{err}");
+    assert!(err.retry_after().unwrap() > Duration::from_secs(50));
+    assert_eq!(mock.requests().len(), calls);
+
+    let id6 = common::builder(&mock).build().unwrap();
     mock.shutdown().await;
     let err = id6
         .update_profile(&h, &Profile::new("A"))
@@ -219,7 +226,9 @@ async fn an_answer_in_flight_during_disconnect_is_not_cached() {
             response.text().await.unwrap()
         })
     };
-    s.mock.wait_for_held_answers(1).await;
+    tokio::time::timeout(Duration::from_secs(10), s.mock.wait_for_held_answers(1))
+        .await
+        .expect("the answer is held");
 
     // 2. Meanwhile Alice disconnects everywhere (not a `GET /user`: not held).
     s.id6.disconnect(&headers(&other)).await.unwrap();

@@ -44,13 +44,17 @@ async fn a_bad_token_is_asked_once_per_negative_ttl() {
         .build()
         .unwrap();
     let s = Setup::with(mock, id6).await;
+    // Well-formed, so only id6 can tell it is dead.
+    let expired = s
+        .mock
+        .expired_token_for(s.mock.add_user("Alice", "a@example.com"));
     for _ in 0..20 {
-        assert_eq!(s.get("/me", Some("bad.token.value")).await.0, 401);
+        assert_eq!(s.get("/me", Some(&expired)).await.0, 401);
     }
     assert_eq!(s.mock.user_calls(), 1);
     // Expiry is time itself: wait it out, then id6 is asked again.
     tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(s.get("/me", Some("bad.token.value")).await.0, 401);
+    assert_eq!(s.get("/me", Some(&expired)).await.0, 401);
     assert_eq!(s.mock.user_calls(), 2);
 }
 

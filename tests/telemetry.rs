@@ -43,14 +43,16 @@ async fn counters_follow_hits_misses_negatives_and_coalescing() {
     let alice = s.mock.add_user("Alice", "a@example.com");
     let bob = s.mock.add_user("Bob", "b@example.com");
     let (alice_token, bob_token) = (s.mock.token_for(alice), s.mock.token_for(bob));
+    let expired = s.mock.expired_token_for(alice);
 
     s.get("/", None).await; // no token
     s.get("/", Some("a b")).await; // malformed
     s.get("/", Some(&alice_token)).await; // miss
     s.get("/", Some(&alice_token)).await; // hit
     s.get("/", Some(&alice_token)).await; // hit
-    s.get("/", Some("bad.token")).await; // miss, rejected
-    s.get("/", Some("bad.token")).await; // negative hit
+    s.get("/", Some("not-a-jwt")).await; // malformed: no JWT, refused locally
+    s.get("/", Some(&expired)).await; // miss, rejected by id6
+    s.get("/", Some(&expired)).await; // negative hit
 
     // Ten requests for Bob while id6's answer is held: one miss starts the call, nine join.
     s.mock.hold_user_answers();
@@ -64,10 +66,15 @@ async fn counters_follow_hits_misses_negatives_and_coalescing() {
             tokio::spawn(app.clone().oneshot(request))
         })
         .collect();
-    s.mock.wait_for_held_answers(1).await;
-    while s.id6.stats().misses < 12 {
-        tokio::task::yield_now().await;
-    }
+    let all_waiting = async {
+        s.mock.wait_for_held_answers(1).await;
+        while s.id6.stats().misses < 12 {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), all_waiting)
+        .await
+        .expect("ten requests waiting on one id6 call");
     s.mock.release_user_answers();
     for w in waiting {
         assert_eq!(w.await.unwrap().unwrap().status(), 200);
@@ -87,13 +94,13 @@ async fn counters_follow_hits_misses_negatives_and_coalescing() {
         stats.upstream_unavailable,
         stats.evictions,
     ];
-    assert_eq!(got, [1, 1, 2, 1, 12, 9, 2, 1, 0, 1], "{stats:?}");
+    assert_eq!(got, [1, 2, 2, 1, 12, 9, 2, 1, 0, 1], "{stats:?}");
     assert_eq!(s.mock.user_calls(), 3);
 
     let m = metrics(&snapshotter);
     let expect = [
         ("id6_lookups_total{result=no_token}", 1),
-        ("id6_lookups_total{result=malformed}", 1),
+        ("id6_lookups_total{result=malformed}", 2),
         ("id6_lookups_total{result=hit}", 2),
         ("id6_lookups_total{result=negative_hit}", 1),
         ("id6_lookups_total{result=miss}", 12),

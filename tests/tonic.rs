@@ -166,11 +166,16 @@ async fn concurrent_grpc_calls_with_one_cold_token_make_one_id6_call() {
             tokio::spawn(async move { call(&url, Carry::Cookie(&token)).await })
         })
         .collect();
-    mock.wait_for_held_answers(1).await;
     // Every call has missed the cache and waits on the one id6 call.
-    while handle.stats().misses < 50 {
-        tokio::task::yield_now().await;
-    }
+    let all_waiting = async {
+        mock.wait_for_held_answers(1).await;
+        while handle.stats().misses < 50 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), all_waiting)
+        .await
+        .expect("fifty calls waiting on one id6 call");
     mock.release_user_answers();
     for c in calls {
         assert_eq!(c.await.unwrap().unwrap().id, alice);

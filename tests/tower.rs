@@ -59,11 +59,10 @@ async fn a_bare_service_reads_the_caller_from_extensions() {
     }
     assert_eq!(get(&url, None).await, "anonymous");
     assert_eq!(get(&url, Some("auth=bad")).await, "anonymous");
-    assert_eq!(
-        mock.user_calls(),
-        2,
-        "one call for Alice, one for the bad token"
-    );
+    let expired = format!("auth={}", mock.expired_token_for(alice));
+    assert_eq!(get(&url, Some(&expired)).await, "anonymous");
+    // One call for Alice, one for the expired token; `bad` is no JWT and never sent.
+    assert_eq!(mock.user_calls(), 2);
 
     mock.shutdown().await;
     let fresh = format!("auth={}", mock.token_for(alice));

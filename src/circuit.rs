@@ -1,0 +1,200 @@
+//! Admission of calls to id6: a cap on calls in flight, and a breaker that stops calling
+//! while id6 rate-limits us (until its window opens) or cannot be reached (for a short,
+//! growing interval). id6 is one small process with one rate-limit bucket per client IP:
+//! hammering it while it is down or limiting only prolongs the outage.
+
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::{Semaphore, SemaphorePermit};
+
+use crate::error::{Error, Kind};
+
+/// Consecutive connect failures or timeouts that open the breaker.
+const FAILURES_TO_OPEN: u32 = 3;
+/// First open interval after failures; doubled each time it opens again, up to the max.
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Whether the layer is calling id6, for health checks ([`Id6::health`](crate::Id6::health)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Health {
+    /// id6 is called as needed.
+    Closed,
+    /// id6 is not called until `until`; misses resolve per the
+    /// [`OnUnavailable`](crate::OnUnavailable) policy meanwhile.
+    Open {
+        /// When calls resume.
+        until: SystemTime,
+        /// Opened by id6's 429 (else by connect failures or timeouts).
+        rate_limited: bool,
+    },
+}
+
+#[derive(Debug)]
+pub(crate) struct Admission {
+    permits: Semaphore,
+    queue_timeout: Duration,
+    breaker: Mutex<Breaker>,
+}
+
+#[derive(Debug, Default)]
+struct Breaker {
+    open: Option<Open>,
+    failures: u32,
+    backoff: Option<Duration>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Open {
+    until: Instant,
+    until_wall: SystemTime,
+    rate_limited: bool,
+}
+
+impl Admission {
+    pub(crate) fn new(max_concurrent: usize, queue_timeout: Duration) -> Self {
+        Admission {
+            permits: Semaphore::new(max_concurrent),
+            queue_timeout,
+            breaker: Mutex::default(),
+        }
+    }
+
+    fn breaker(&self) -> MutexGuard<'_, Breaker> {
+        self.breaker.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A permit to call id6 now, or why not: the breaker is open, or every permit stayed
+    /// taken for the queue timeout.
+    pub(crate) async fn admit(&self) -> Result<SemaphorePermit<'_>, Error> {
+        if let Some(open) = self.breaker().open.filter(|o| o.until > Instant::now()) {
+            return Err(Error::new(Kind::CircuitOpen {
+                until: open.until_wall,
+                rate_limited: open.rate_limited,
+            }));
+        }
+        match tokio::time::timeout(self.queue_timeout, self.permits.acquire()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            // The semaphore is never closed; either way, no call is made.
+            Ok(Err(_)) | Err(_) => Err(Error::new(Kind::Overloaded)),
+        }
+    }
+
+    /// Learns from a finished call: `None` when id6 answered usably.
+    pub(crate) fn record(&self, failure: Option<&Error>) {
+        let mut breaker = self.breaker();
+        let Some(error) = failure else {
+            breaker.failures = 0;
+            breaker.backoff = None;
+            return;
+        };
+        if error.is_rate_limited() {
+            // No call until id6's window opens again; a 429 without a wait: a short pause.
+            let wait = error.retry_after().unwrap_or(FIRST_BACKOFF);
+            breaker.open_for(wait, true);
+            tracing::warn!(
+                wait_s = wait.as_secs_f64(),
+                "id6 rate-limits us; not calling it until its window opens"
+            );
+        } else if error.is_connect() || error.is_timeout() {
+            breaker.failures += 1;
+            if breaker.failures >= FAILURES_TO_OPEN {
+                let wait = breaker
+                    .backoff
+                    .map_or(FIRST_BACKOFF, |b| (b * 2).min(MAX_BACKOFF));
+                breaker.backoff = Some(wait);
+                breaker.failures = 0;
+                breaker.open_for(wait, false);
+                tracing::warn!(
+                    wait_s = wait.as_secs_f64(),
+                    "id6 unreachable; not calling it for a while"
+                );
+            }
+        } else {
+            // id6 answered (5xx, garbage): reachable, not a reason to stop asking.
+            breaker.failures = 0;
+        }
+    }
+
+    pub(crate) fn health(&self) -> Health {
+        match self.breaker().open.filter(|o| o.until > Instant::now()) {
+            Some(open) => Health::Open {
+                until: open.until_wall,
+                rate_limited: open.rate_limited,
+            },
+            None => Health::Closed,
+        }
+    }
+}
+
+impl Breaker {
+    fn open_for(&mut self, wait: Duration, rate_limited: bool) {
+        self.open = Some(Open {
+            until: Instant::now() + wait,
+            until_wall: SystemTime::now() + wait,
+            rate_limited,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_429_closes_the_door_until_the_reset() {
+        let admission = Admission::new(4, Duration::from_secs(1));
+        let reset = SystemTime::now() + Duration::from_secs(30);
+        admission.record(Some(&Error::new(Kind::RateLimited { reset: Some(reset) })));
+        let err = admission.admit().await.unwrap_err();
+        assert!(err.is_rate_limited() && err.is_unavailable());
+        assert!(err.retry_after().unwrap() > Duration::from_secs(25));
+        assert!(matches!(
+            admission.health(),
+            Health::Open {
+                rate_limited: true,
+                ..
+            }
+        ));
+    }
+
+    #[tokio::test]
+    async fn repeated_connect_failures_open_for_a_growing_interval() {
+        let admission = Admission::new(4, Duration::from_secs(1));
+        let connect = Error::new(Kind::Connect);
+        for _ in 0..FAILURES_TO_OPEN - 1 {
+            admission.record(Some(&connect));
+            assert!(admission.admit().await.is_ok());
+        }
+        admission.record(Some(&connect));
+        let err = admission.admit().await.unwrap_err();
+        assert!(err.is_unavailable() && !err.is_rate_limited());
+        let Health::Open { until, .. } = admission.health() else {
+            panic!("open");
+        };
+        let first = until.duration_since(SystemTime::now()).unwrap();
+        assert!(first <= FIRST_BACKOFF);
+        // The next opening lasts twice as long; an answer from id6 resets it.
+        for _ in 0..FAILURES_TO_OPEN {
+            admission.record(Some(&connect));
+        }
+        let Health::Open { until, .. } = admission.health() else {
+            panic!("open");
+        };
+        assert!(until.duration_since(SystemTime::now()).unwrap() > FIRST_BACKOFF);
+        admission.record(None);
+        assert_eq!(admission.breaker().backoff, None);
+    }
+
+    #[tokio::test]
+    async fn beyond_the_cap_a_call_waits_then_gives_up() {
+        let admission = Admission::new(1, Duration::from_millis(20));
+        let held = admission.admit().await.unwrap();
+        let err = admission.admit().await.unwrap_err();
+        assert!(err.is_unavailable());
+        drop(held);
+        assert!(admission.admit().await.is_ok());
+    }
+}

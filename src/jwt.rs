@@ -1,0 +1,230 @@
+//! Screening a token before it costs an id6 call: the shape of an id6 JWT, and, when the app
+//! knows id6's secret, its signature and age.
+//!
+//! id6 itself is lenient (a string `userId`, no `issuedAt`): here a token must look exactly
+//! like what id6 issues, or it is anonymous without asking. A random cookie can then no
+//! longer spend the id6 rate-limit budget the whole deployment shares.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+
+/// The claims id6 puts in its tokens; anything else in the payload is ignored.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Claims {
+    /// Numeric: id6 issues numbers, so a string is a forgery or garbage.
+    #[allow(dead_code)] // its presence and type are the check
+    user_id: u64,
+    issued_at: Option<u64>,
+}
+
+/// Why a token was refused without asking id6.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// Not three base64url parts, not an HS256 header, or no numeric `userId`.
+    Shape,
+    /// The signature does not match id6's secret.
+    Signature,
+    /// `issuedAt` plus the token lifetime is past.
+    Expired,
+}
+
+impl Refusal {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Shape => "not an id6 token",
+            Refusal::Signature => "bad signature",
+            Refusal::Expired => "expired",
+        }
+    }
+}
+
+/// The screen: always the shape; with the secret, signature and expiry too.
+#[derive(Clone)]
+pub(crate) struct Screen {
+    verify: Option<(DecodingKey, Validation)>,
+    lifetime: Duration,
+}
+
+impl std::fmt::Debug for Screen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Screen")
+            .field("verifies_signature", &self.verify.is_some())
+            .field("lifetime", &self.lifetime)
+            .finish()
+    }
+}
+
+/// HS256 signatures are 32 bytes: 43 base64url characters.
+const SIGNATURE_LEN: usize = 43;
+
+impl Screen {
+    pub(crate) fn new(secret: Option<&[u8]>, lifetime: Duration) -> Self {
+        let verify = secret.map(|secret| {
+            let mut validation = Validation::new(Algorithm::HS256);
+            // id6 tokens carry no `exp`; one that does must not be past it.
+            validation.required_spec_claims.clear();
+            validation.validate_exp = true;
+            validation.leeway = 0;
+            (DecodingKey::from_secret(secret), validation)
+        });
+        Screen { verify, lifetime }
+    }
+
+    /// Whether `token` may be an id6 token still worth asking id6 about.
+    pub(crate) fn check(&self, token: &str) -> Result<(), Refusal> {
+        let claims = match &self.verify {
+            None => shape(token)?,
+            Some((key, validation)) => {
+                shape(token)?;
+                jsonwebtoken::decode::<Claims>(token, key, validation)
+                    .map_err(|_| Refusal::Signature)?
+                    .claims
+            }
+        };
+        if self.verify.is_some() {
+            if let Some(issued_at) = claims.issued_at {
+                let expires = UNIX_EPOCH + Duration::from_millis(issued_at) + self.lifetime;
+                if expires < SystemTime::now() {
+                    return Err(Refusal::Expired);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Three base64url parts, an HS256 JSON header, a JSON payload with a numeric `userId`, a
+/// signature of HS256's length.
+fn shape(token: &str) -> Result<Claims, Refusal> {
+    let mut parts = token.split('.');
+    let (Some(header), Some(payload), Some(signature), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(Refusal::Shape);
+    };
+    let decode = |part: &str| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(part)
+            .map_err(|_| Refusal::Shape)
+    };
+    #[derive(Deserialize)]
+    struct Header {
+        alg: String,
+    }
+    let header: Header = serde_json::from_slice(&decode(header)?).map_err(|_| Refusal::Shape)?;
+    if header.alg != "HS256" {
+        return Err(Refusal::Shape);
+    }
+    if signature.len() != SIGNATURE_LEN || decode(signature).is_err() {
+        return Err(Refusal::Shape);
+    }
+    serde_json::from_slice(&decode(payload)?).map_err(|_| Refusal::Shape)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{EncodingKey, Header};
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn now_ms() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    }
+
+    fn sign(claims: serde_json::Value, secret: &[u8]) -> String {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(secret),
+        )
+        .unwrap()
+    }
+
+    const DAY: Duration = Duration::from_secs(24 * 3600);
+
+    #[test]
+    fn the_shape_of_an_id6_token() {
+        let screen = Screen::new(None, 30 * DAY);
+        let good = sign(json!({"userId": 1, "issuedAt": now_ms(), "iat": 1}), b"s");
+        assert_eq!(screen.check(&good), Ok(()));
+        // Without the secret, any signature of the right shape passes: id6 decides.
+        assert_eq!(screen.check(&sign(json!({"userId": 1}), b"other")), Ok(()));
+        let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        let sig = "A".repeat(SIGNATURE_LEN);
+        for bad in [
+            "garbage".to_owned(),
+            "a.b".to_owned(),
+            "a.b.c.d".to_owned(),
+            format!(
+                "{}.{}.{sig}",
+                b64(r#"{"alg":"none"}"#),
+                b64(r#"{"userId":1}"#)
+            ),
+            format!(
+                "{}.{}.{sig}",
+                b64(r#"{"alg":"HS512"}"#),
+                b64(r#"{"userId":1}"#)
+            ),
+            format!(
+                "{}.{}.{sig}",
+                b64(r#"{"alg":"HS256"}"#),
+                b64(r#"{"userId":"1"}"#)
+            ),
+            format!(
+                "{}.{}.{sig}",
+                b64(r#"{"alg":"HS256"}"#),
+                b64(r#"{"user":1}"#)
+            ),
+            format!("{}.{}.{sig}", b64(r#"{"alg":"HS256"}"#), b64("not json")),
+            format!(
+                "{}.{}.short",
+                b64(r#"{"alg":"HS256"}"#),
+                b64(r#"{"userId":1}"#)
+            ),
+            format!("{}.{}.{sig}", "!!", b64(r#"{"userId":1}"#)),
+        ] {
+            assert_eq!(screen.check(&bad), Err(Refusal::Shape), "{bad}");
+        }
+    }
+
+    #[test]
+    fn with_the_secret_signature_and_age_are_checked_locally() {
+        let screen = Screen::new(Some(b"id6 secret"), 30 * DAY);
+        let fresh = sign(json!({"userId": 1, "issuedAt": now_ms()}), b"id6 secret");
+        assert_eq!(screen.check(&fresh), Ok(()));
+        let forged = sign(json!({"userId": 1, "issuedAt": now_ms()}), b"guess");
+        assert_eq!(screen.check(&forged), Err(Refusal::Signature));
+        let old = now_ms() - 31 * 24 * 3600 * 1000;
+        let expired = sign(json!({"userId": 1, "issuedAt": old}), b"id6 secret");
+        assert_eq!(screen.check(&expired), Err(Refusal::Expired));
+        let past_exp = sign(json!({"userId": 1, "exp": 1}), b"id6 secret");
+        assert_eq!(screen.check(&past_exp), Err(Refusal::Signature));
+        // id6 lets a token without issuedAt live forever; so do we (id6 still decides).
+        assert_eq!(
+            screen.check(&sign(json!({"userId": 1}), b"id6 secret")),
+            Ok(())
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+
+        /// Arbitrary text never panics the screen, with or without the secret.
+        #[test]
+        fn never_panics(token in "\\PC{0,300}", dots in proptest::collection::vec("[A-Za-z0-9_-]{0,80}", 0..5)) {
+            let joined = dots.join(".");
+            for screen in [Screen::new(None, DAY), Screen::new(Some(b"k"), DAY)] {
+                let _ = screen.check(&token);
+                let _ = screen.check(&joined);
+            }
+        }
+    }
+}

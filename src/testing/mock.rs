@@ -29,6 +29,14 @@ pub enum Fault {
     MalformedBody,
     /// Answer 200 `text/html`, as id6's UI does for `/user` when `/api` is missing.
     HtmlPage,
+    /// Answer this status with an HTML page, as a reverse proxy does (e.g. 502).
+    StatusHtml(u16),
+    /// Answer normally but with `Content-Type: text/plain`.
+    WrongContentType,
+    /// Start a 200 JSON answer, then drop the connection halfway through the body.
+    DropMidBody,
+    /// Answer 200 JSON of this many bytes, streamed (no `Content-Length`).
+    HugeBody(usize),
 }
 
 /// One request MockId6 received, as it arrived.
@@ -71,6 +79,9 @@ pub(super) struct State {
     pub(super) hold: watch::Sender<bool>,
     /// How many `GET /user` answers are waiting.
     pub(super) held: watch::Sender<usize>,
+    /// Requests being handled now, and the most at once so far.
+    pub(super) in_flight: AtomicU64,
+    pub(super) max_in_flight: AtomicU64,
 }
 
 /// Why id6 refuses a token: its `errorCode`, message, and the user when id6 knows it.
@@ -302,6 +313,8 @@ impl MockId6Builder {
             windows: Mutex::default(),
             hold: watch::Sender::new(false),
             held: watch::Sender::new(0),
+            in_flight: AtomicU64::new(0),
+            max_in_flight: AtomicU64::new(0),
         });
         let public = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
         let private = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
@@ -534,6 +547,11 @@ impl MockId6 {
             .iter()
             .filter(|r| pred(r))
             .count()
+    }
+
+    /// The most requests it was handling at once so far.
+    pub fn max_concurrent_requests(&self) -> u64 {
+        self.state.max_in_flight.load(Ordering::SeqCst)
     }
 
     /// Forgets the requests received so far.

@@ -2,6 +2,7 @@
 //! fault and the routes, in id6's order.
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -67,6 +68,9 @@ async fn handle(
         path: request.uri().path().to_owned(),
         cookie: (!cookies.is_empty()).then(|| cookies.join("; ")),
     });
+    let in_flight = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    state.max_in_flight.fetch_max(in_flight, Ordering::SeqCst);
+    let _leaving = Leaving(&state.in_flight);
     let window = state.count_request(peer);
     let mut response = match (&window, state.fault()) {
         (Some(w), _) if w.exceeded => rate_limited(Some(w.reset_epoch_s)),
@@ -83,6 +87,15 @@ async fn handle(
         h.insert("x-ratelimit-reset", HeaderValue::from(w.reset_epoch_s));
     }
     Ok(response)
+}
+
+/// Counts a request out of `in_flight` however its handling ends.
+struct Leaving<'a>(&'a AtomicU64);
+
+impl Drop for Leaving<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 async fn route(router: &mut Router, request: Request<hyper::body::Incoming>) -> Response<Body> {
@@ -112,6 +125,41 @@ async fn apply(fault: Fault, path: &str) -> Result<Option<Response<Body>>, std::
             StatusCode::OK,
             "<!DOCTYPE html><html><head><title>id6</title></head><body><div id=\"root\"></div></body></html>",
         ),
+        Fault::StatusHtml(code) => html(
+            StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY),
+            "<html><head><title>502 Bad Gateway</title></head><body><center><h1>502 Bad Gateway</h1></center></body></html>",
+        ),
+        Fault::WrongContentType => {
+            let mut response = json_response(
+                StatusCode::OK,
+                r#"{"id":1,"authType":"local","name":"Alice","email":"a@example.com","bio":null,"language":"en"}"#.to_owned(),
+            );
+            response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            response
+        }
+        Fault::DropMidBody => {
+            let chunks: Vec<Result<&'static [u8], std::io::Error>> = vec![
+                Ok(br#"{"id":1,"authType":"local","name":"#),
+                Err(std::io::Error::other("fault: drop mid-body")),
+            ];
+            let mut response = Response::new(Body::from_stream(futures_util::stream::iter(chunks)));
+            response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            response
+        }
+        Fault::HugeBody(bytes) => {
+            const CHUNK: usize = 64 * 1024;
+            let filler = bytes.saturating_sub(30);
+            let head = futures_util::stream::once(async { Ok::<_, std::io::Error>(bytes::Bytes::from_static(br#"{"id":1,"name":""#)) });
+            let middle = futures_util::stream::iter((0..filler.div_ceil(CHUNK)).map(move |i| {
+                let len = CHUNK.min(filler - i * CHUNK);
+                Ok(bytes::Bytes::from(vec![b'a'; len]))
+            }));
+            let tail = futures_util::stream::once(async { Ok(bytes::Bytes::from_static(br#""}"#)) });
+            use futures_util::StreamExt;
+            let mut response = Response::new(Body::from_stream(head.chain(middle).chain(tail)));
+            response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            response
+        }
     }))
 }
 

@@ -1,0 +1,307 @@
+//! id6 down, slow, rate-limiting or attacked: the app keeps answering, in bounded time, and
+//! id6 is left alone when asking it cannot help.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use common::Setup;
+use id6_tower::testing::{Fault, MockId6};
+use id6_tower::{Health, Id6, OnUnavailable};
+use tower::ServiceExt;
+
+const TIMEOUT: Duration = Duration::from_millis(300);
+
+/// A hang detector, not a benchmark: far above the configured timeout.
+const HANG: Duration = Duration::from_secs(10);
+
+async fn timed(s: &Setup, path: &str, token: &str) -> (u16, Duration) {
+    let started = Instant::now();
+    let (status, _, _) = tokio::time::timeout(HANG, s.get(path, Some(token)))
+        .await
+        .unwrap_or_else(|_| panic!("{path}: no answer within {HANG:?}"));
+    (status, started.elapsed())
+}
+
+/// Every way id6 can fail, each on a fresh handle: `/me` and `/` answer 503, the
+/// identity-free `/health` 200, and nothing waits much beyond the timeout. The measured
+/// latencies are printed (`--nocapture`) for the record.
+#[tokio::test]
+async fn fault_matrix() {
+    let faults: Vec<(&str, Option<Fault>)> = vec![
+        ("down (port closed)", None),
+        ("hanging", Some(Fault::Delay(Duration::from_secs(3600)))),
+        (
+            "slow (2 s, over the timeout)",
+            Some(Fault::Delay(Duration::from_secs(2))),
+        ),
+        ("500 JSON", Some(Fault::Status(500))),
+        ("502 HTML", Some(Fault::StatusHtml(502))),
+        ("429", Some(Fault::RateLimited)),
+        ("dropped before answering", Some(Fault::DropConnection)),
+        ("dropped mid-body", Some(Fault::DropMidBody)),
+        ("truncated JSON", Some(Fault::MalformedBody)),
+        ("10 MiB body", Some(Fault::HugeBody(10 * 1024 * 1024))),
+        ("wrong content type", Some(Fault::WrongContentType)),
+        ("HTML page with 200", Some(Fault::HtmlPage)),
+    ];
+    println!(
+        "{:<30} {:>5} {:>5} {:>8} {:>10}",
+        "fault", "/me", "/", "/health", "worst"
+    );
+    for (name, fault) in faults {
+        let mock = MockId6::start().await.unwrap();
+        let alice = mock.add_user("Alice", "a@example.com");
+        let token = mock.token_for(alice);
+        match fault {
+            Some(fault) => mock.set_fault(fault),
+            None => mock.shutdown().await,
+        }
+        let id6 = Id6::builder(mock.url()).timeout(TIMEOUT).build().unwrap();
+        let s = Setup::with(mock, id6).await;
+        let (me, me_took) = timed(&s, "/me", &token).await;
+        let (home, home_took) = timed(&s, "/", &token).await;
+        let (health, health_took) = timed(&s, "/health", &token).await;
+        let worst = me_took.max(home_took).max(health_took);
+        println!(
+            "{name:<30} {me:>5} {home:>5} {health:>8} {:>7.0} ms",
+            worst.as_secs_f64() * 1e3
+        );
+        assert_eq!((me, home, health), (503, 503, 200), "{name}");
+        assert!(
+            worst < TIMEOUT * 4,
+            "{name}: {worst:?} is far beyond the {TIMEOUT:?} timeout"
+        );
+    }
+}
+
+/// With `stale:<grace>`, a user cached before id6 died keeps being served for the grace
+/// window after the TTL, and not after.
+#[tokio::test]
+async fn stale_if_error_serves_the_last_answer_for_the_grace_window() {
+    let mock = MockId6::start().await.unwrap();
+    let alice = mock.add_user("Alice", "a@example.com");
+    let token = mock.token_for(alice);
+    let ttl = Duration::from_millis(300);
+    let grace = Duration::from_millis(1200);
+    let id6 = Id6::builder(mock.url())
+        .timeout(TIMEOUT)
+        .cache_ttl(ttl)
+        .on_unavailable(OnUnavailable::Stale(grace))
+        .build()
+        .unwrap();
+    let s = Setup::with(mock, id6).await;
+    assert_eq!(s.get("/", Some(&token)).await.1, "Hello, Alice!");
+    let cached_at = Instant::now();
+    s.mock.shutdown().await;
+
+    // Past the TTL, within the grace window: id6 is down, the last answer is served.
+    tokio::time::sleep(ttl + Duration::from_millis(100)).await;
+    assert_eq!(s.get("/", Some(&token)).await.1, "Hello, Alice!");
+    assert_eq!(s.get("/me", Some(&token)).await.0, 200);
+    // A token never seen before has no last answer: 503.
+    let stranger = s.mock.token_for(alice);
+    assert_eq!(s.get("/me", Some(&stranger)).await.0, 503);
+
+    // Past TTL + grace: no longer.
+    let end = ttl + grace + Duration::from_millis(200);
+    tokio::time::sleep(end.saturating_sub(cached_at.elapsed())).await;
+    assert_eq!(s.get("/me", Some(&token)).await.0, 503);
+}
+
+#[tokio::test]
+async fn stale_answers_are_never_served_while_id6_answers() {
+    let mock = MockId6::start().await.unwrap();
+    let alice = mock.add_user("Alice", "a@example.com");
+    let token = mock.token_issued_at(alice, now_ms() - 10);
+    let id6 = Id6::builder(mock.url())
+        .cache_ttl(Duration::from_millis(100))
+        .on_unavailable(OnUnavailable::Stale(Duration::from_secs(60)))
+        .build()
+        .unwrap();
+    let s = Setup::with(mock, id6).await;
+    assert_eq!(s.get("/me", Some(&token)).await.0, 200);
+    s.mock.revoke_tokens(alice);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // id6 answers "revoked": that answer wins over the stale one.
+    assert_eq!(s.get("/me", Some(&token)).await.0, 401);
+    // And a revoked user is not served stale later either.
+    s.mock.shutdown().await;
+    assert_eq!(s.get("/me", Some(&token)).await.0, 401);
+}
+
+#[tokio::test]
+async fn the_anonymous_policy_treats_unknown_as_signed_out() {
+    let mock = MockId6::start().await.unwrap();
+    let alice = mock.add_user("Alice", "a@example.com");
+    let token = mock.token_for(alice);
+    mock.shutdown().await;
+    let id6 = Id6::builder(mock.url())
+        .timeout(TIMEOUT)
+        .on_unavailable(OnUnavailable::Anonymous)
+        .build()
+        .unwrap();
+    let s = Setup::with(mock, id6).await;
+    assert_eq!(s.get("/", Some(&token)).await.1, "Hello, anonymous!");
+    assert_eq!(s.get("/me", Some(&token)).await.0, 401);
+}
+
+/// After a 429, id6 is not called again until its window opens, whatever arrives.
+#[tokio::test]
+async fn after_a_429_no_call_until_the_reset() {
+    let mock = MockId6::builder()
+        .rate_limit(3, Duration::from_secs(2))
+        .start()
+        .await
+        .unwrap();
+    let alice = mock.add_user("Alice", "a@example.com");
+    let id6 = Id6::builder(mock.url()).timeout(TIMEOUT).build().unwrap();
+    let s = Setup::with(mock, id6).await;
+    // Three cold tokens spend the window, the fourth gets the 429.
+    for _ in 0..4 {
+        let token = s.mock.token_for(alice);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        s.get("/me", Some(&token)).await;
+    }
+    let Health::Open {
+        until,
+        rate_limited,
+    } = s.id6.health()
+    else {
+        panic!("a 429 opens the breaker");
+    };
+    assert!(rate_limited);
+    let calls = s.mock.requests().len();
+    assert_eq!(calls, 4);
+    for _ in 0..50 {
+        let token = s.mock.token_for(alice);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let (status, _, retry) = s.get("/me", Some(&token)).await;
+        assert_eq!(status, 503);
+        assert!(retry.unwrap().parse::<u64>().unwrap() <= 3);
+    }
+    assert_eq!(
+        s.mock.requests().len(),
+        calls,
+        "no id6 call while the window is closed"
+    );
+    // Once the window opens, id6 is asked again.
+    let wait = until
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    tokio::time::sleep(wait + Duration::from_millis(100)).await;
+    assert_eq!(s.id6.health(), Health::Closed);
+    let token = s.mock.token_for(alice);
+    assert_eq!(s.get("/me", Some(&token)).await.0, 200);
+    assert_eq!(s.mock.requests().len(), calls + 1);
+}
+
+/// A flood of random well-formed tokens never has more id6 calls in flight than the cap;
+/// a flood of garbage makes no id6 call at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn floods_are_capped_and_garbage_is_free() {
+    let mock = MockId6::start().await.unwrap();
+    // Tokens signed by someone else: well-formed, so only id6 can refuse them.
+    let forger = MockId6::builder()
+        .jwt_secret("not id6's")
+        .start()
+        .await
+        .unwrap();
+    let id6 = Id6::builder(mock.url())
+        .timeout(Duration::from_secs(2))
+        .max_concurrent_calls(4)
+        .queue_timeout(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    let app = common::app(&id6);
+    let flood = |tokens: Vec<String>| {
+        let app = app.clone();
+        async move {
+            let requests = tokens.into_iter().map(|token| {
+                let request = http::Request::get("/")
+                    .header("cookie", format!("auth={token}"))
+                    .body(Body::empty())
+                    .unwrap();
+                let app = app.clone();
+                tokio::spawn(async move { app.oneshot(request).await.unwrap().status().as_u16() })
+            });
+            let mut statuses = std::collections::HashMap::<u16, usize>::new();
+            for status in futures_util::future::join_all(requests).await {
+                *statuses.entry(status.unwrap()).or_default() += 1;
+            }
+            statuses
+        }
+    };
+
+    let garbage: Vec<String> = (0..10_000)
+        .map(|i| format!("garbage-{i}-{}", i * 7919))
+        .collect();
+    let statuses = flood(garbage).await;
+    assert_eq!(
+        statuses.get(&200),
+        Some(&10_000),
+        "garbage is anonymous: {statuses:?}"
+    );
+    assert_eq!(mock.user_calls(), 0);
+
+    let forged: Vec<String> = (0..10_000)
+        .map(|i| forger.token_issued_at(i, now_ms()))
+        .collect();
+    let started = Instant::now();
+    let statuses = flood(forged).await;
+    let calls = mock.user_calls();
+    println!(
+        "10 000 forged tokens: {calls} id6 calls, at most {} at once, statuses {statuses:?}, {:?}",
+        mock.max_concurrent_requests(),
+        started.elapsed()
+    );
+    assert!(mock.max_concurrent_requests() <= 4, "the cap held");
+    assert!(calls <= 10_000);
+    // Each request is anonymous (id6 refused the token) or 503 (shed by the queue timeout).
+    assert_eq!(statuses.values().sum::<usize>(), 10_000);
+    assert!(
+        statuses.keys().all(|s| *s == 200 || *s == 503),
+        "{statuses:?}"
+    );
+}
+
+/// With id6's secret, forged and expired tokens are refused without an id6 call.
+#[tokio::test]
+async fn with_the_secret_forgeries_cost_nothing() {
+    let mock = MockId6::builder()
+        .jwt_secret("id6-secret")
+        .start()
+        .await
+        .unwrap();
+    let forger = MockId6::builder()
+        .jwt_secret("guess")
+        .start()
+        .await
+        .unwrap();
+    let alice = mock.add_user("Alice", "a@example.com");
+    let id6 = Id6::builder(mock.url())
+        .jwt_secret("id6-secret")
+        .build()
+        .unwrap();
+    let s = Setup::with(mock, id6).await;
+    let forged = forger.token_for(alice);
+    let expired = s.mock.expired_token_for(alice);
+    assert_eq!(s.get("/me", Some(&forged)).await.0, 401);
+    assert_eq!(s.get("/me", Some(&expired)).await.0, 401);
+    assert_eq!(s.mock.user_calls(), 0);
+    // A genuine token is still checked with id6, for revocation.
+    let token = s.mock.token_issued_at(alice, now_ms() - 10);
+    assert_eq!(s.get("/me", Some(&token)).await.0, 200);
+    s.mock.revoke_tokens(alice);
+    s.id6.clear();
+    assert_eq!(s.get("/me", Some(&token)).await.0, 401);
+    assert_eq!(s.mock.user_calls(), 2);
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}

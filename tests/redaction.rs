@@ -66,21 +66,24 @@ async fn tokens_stay_out_of_logs_errors_and_debug() {
         texts.push(("a response body", s.get("/me", Some(token)).await.1));
     }
     // Every failure, each through the app and directly.
+    // Each fault on a fresh handle, so that no breaker hides the next one.
     for fault in [
         Fault::Status(500),
-        Fault::RateLimited,
         Fault::DropConnection,
+        Fault::DropMidBody,
         Fault::MalformedBody,
         Fault::HtmlPage,
         Fault::Delay(Duration::from_secs(60)),
+        Fault::RateLimited,
     ] {
+        let fresh_handle = common::builder(&s.mock).build().unwrap();
         s.mock.set_fault(fault);
         let fresh = s.mock.token_for(alice);
         let fresher = s.mock.token_for(s.mock.add_user("Bob", "b@example.com"));
         texts.push(("a response body", s.get("/me", Some(&fresh)).await.1));
         let mut headers = http::HeaderMap::new();
         headers.append("cookie", format!("auth={fresher}").parse().unwrap());
-        let verdict = s.id6.authenticate(&headers).await;
+        let verdict = fresh_handle.authenticate(&headers).await;
         texts.push(("an Authentication's Debug", format!("{verdict:?}")));
         let error = verdict.unavailable().expect("unavailable").clone();
         texts.push(("an error's Display", error.to_string()));
@@ -93,9 +96,56 @@ async fn tokens_stay_out_of_logs_errors_and_debug() {
         s.mock.clear_fault();
         secrets.extend([fresh, fresher]);
     }
+    // Typed calls and their errors: refused profile, missing picture, dead token, 429,
+    // breaker open.
+    let h = |token: &str| {
+        let mut h = http::HeaderMap::new();
+        h.insert("cookie", format!("auth={token}").parse().unwrap());
+        h
+    };
+    let api = common::builder(&s.mock).build().unwrap();
+    let mut errors = vec![
+        api.update_profile(&h(&good), &id6_tower::Profile::new(""))
+            .await
+            .unwrap_err(),
+        api.picture(&h(&good)).await.unwrap_err(),
+        api.user(&h(&expired)).await.unwrap_err(),
+        api.update_picture(
+            &h(&good),
+            id6_tower::PictureUpload::from_bytes("x.gif", &b"GIF"[..]),
+        )
+        .await
+        .unwrap_err(),
+    ];
+    s.mock.set_fault(Fault::RateLimited);
+    errors.push(api.sign_out(&h(&good)).await.unwrap_err());
+    errors.push(api.disconnect(&h(&good)).await.unwrap_err()); // breaker open
+    s.mock.clear_fault();
+    for error in &errors {
+        texts.push(("a typed call's error", format!("{error} / {error:?}")));
+    }
+    // The private backend with a wrong secret, and a locally refused forgery.
+    let wrong = Id6::builder(s.mock.url())
+        .authorization(s.mock.authorization_url(), "wrong secret")
+        .build()
+        .unwrap();
+    let refused = wrong.authenticate(&h(&good)).await;
+    texts.push(("a refused secret's Debug", format!("{refused:?}")));
+    let strict = Id6::builder(s.mock.url())
+        .jwt_secret("not id6's")
+        .build()
+        .unwrap();
+    let forged = strict.authenticate(&h(&good)).await;
+    assert!(forged.is_anonymous());
+    texts.push(("the strict handle's Debug", format!("{strict:?}")));
+
     let mut headers = http::HeaderMap::new();
     headers.insert("cookie", format!("auth={good}").parse().unwrap());
-    let verdict = s.id6.authenticate(&headers).await;
+    let verdict = Id6::builder(s.mock.url())
+        .build()
+        .unwrap()
+        .authenticate(&headers)
+        .await;
     assert!(matches!(verdict, Authentication::Authenticated(_)));
     texts.push(("a user's Debug", format!("{verdict:?}")));
     texts.push(("the handle's Debug", format!("{:?}", s.id6)));
@@ -111,6 +161,9 @@ async fn tokens_stay_out_of_logs_errors_and_debug() {
     assert!(logs.contains("id6 named the user"), "{logs}");
     assert!(logs.contains("id6 unavailable"), "{logs}");
     assert!(logs.contains("id6 rejected the token"), "{logs}");
+    assert!(logs.contains("refused our authorization secret"), "{logs}");
+    assert!(logs.contains("token refused locally"), "{logs}");
+    assert!(logs.contains("id6 rate-limits us"), "{logs}");
     assert_clean("the tracing output", &logs, &secrets);
 }
 

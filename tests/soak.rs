@@ -88,7 +88,11 @@ async fn soak() {
             let mut revocations = 0;
             for n in 0..REQUESTS / WORKERS {
                 // Most traffic goes to a hot fifth of the users, the rest anywhere.
-                let index = if rng.below(10) < 8 { rng.below(USERS / 5) } else { rng.below(USERS) };
+                let index = if rng.below(10) < 8 {
+                    rng.below(USERS / 5)
+                } else {
+                    rng.below(USERS)
+                };
                 let (user, mut token) = world.users.read().unwrap()[index].clone();
                 // Now and then an old, revoked token comes back.
                 if rng.below(50) == 0 {
@@ -103,7 +107,9 @@ async fn soak() {
                     .unwrap();
                 let response = app.clone().oneshot(request).await.unwrap();
                 let status = response.status();
-                let body = axum::body::to_bytes(response.into_body(), 64).await.unwrap();
+                let body = axum::body::to_bytes(response.into_body(), 64)
+                    .await
+                    .unwrap();
                 let body = std::str::from_utf8(&body).unwrap();
                 if status != 200 {
                     world.unavailable.fetch_add(1, Ordering::Relaxed);
@@ -164,11 +170,29 @@ async fn soak() {
         world.revoked_served.load(Ordering::Relaxed),
         world.unavailable.load(Ordering::Relaxed),
     );
-    assert_eq!(stats.hits + stats.negative_hits + stats.misses, REQUESTS as u64);
-    assert_eq!(world.wrong_user.load(Ordering::Relaxed), 0, "an answer named another user");
-    assert_eq!(world.revoked_served.load(Ordering::Relaxed), 0, "a revoked token was served");
+    assert_eq!(
+        stats.hits + stats.negative_hits + stats.misses,
+        REQUESTS as u64
+    );
+    assert_eq!(
+        world.wrong_user.load(Ordering::Relaxed),
+        0,
+        "an answer named another user"
+    );
+    assert_eq!(
+        world.revoked_served.load(Ordering::Relaxed),
+        0,
+        "a revoked token was served"
+    );
     assert_eq!(world.unavailable.load(Ordering::Relaxed), 0);
-    assert!(revocations >= 100, "revocations were mixed in: {revocations}");
+    assert!(
+        revocations >= 100,
+        "revocations were mixed in: {revocations}"
+    );
     // Users within capacity; rejected (revoked) tokens have their own bound.
-    assert!(stats.entries <= CAPACITY + revoked_tokens, "{} entries", stats.entries);
+    assert!(
+        stats.entries <= CAPACITY + revoked_tokens,
+        "{} entries",
+        stats.entries
+    );
 }

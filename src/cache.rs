@@ -43,7 +43,8 @@ type Hasher = foldhash::fast::RandomState;
 
 #[derive(Clone)]
 struct Entries {
-    users: Cache<TokenKey, Arc<User>, Hasher>,
+    /// Each user with when id6 said so, for routes that want a recent answer.
+    users: Cache<TokenKey, (Arc<User>, Instant), Hasher>,
     rejected: Cache<TokenKey, (), Hasher>,
     /// With [`OnUnavailable::Stale`]: users kept for the grace window past their TTL, served
     /// only when id6 cannot be asked. Invalidated with the rest.
@@ -52,7 +53,7 @@ struct Entries {
 
 impl Entries {
     fn get(&self, key: &TokenKey) -> Option<Authentication> {
-        if let Some(user) = self.users.get(key) {
+        if let Some((user, _)) = self.users.get(key) {
             return Some(Authentication::Authenticated(user));
         }
         self.rejected
@@ -73,7 +74,7 @@ impl Entries {
                 if let Some(stale) = &self.stale {
                     stale.insert(key, user.clone());
                 }
-                self.users.insert(key, user);
+                self.users.insert(key, (user, Instant::now()));
             }
             Authentication::Anonymous => {
                 self.users.invalidate(&key);
@@ -190,6 +191,14 @@ impl AuthCache {
         self.entries.get(key)
     }
 
+    /// Whether the cached user for `key` was confirmed by id6 within `max_age`.
+    pub(crate) fn is_fresh(&self, key: &TokenKey, max_age: Duration) -> bool {
+        self.entries
+            .users
+            .get(key)
+            .is_some_and(|(_, at)| at.elapsed() <= max_age)
+    }
+
     /// Waits on the load of `key` already in flight, or starts one with `fetch`.
     ///
     /// # Concurrent calls on the same key
@@ -199,14 +208,22 @@ impl AuthCache {
     /// before the in-flight entry goes, and both are checked under one lock, so a caller
     /// never misses both and starts a second call. A load that started before an
     /// invalidation is not joined: its answer may predate what the invalidation reflects.
-    pub(crate) fn load<F, Fut>(&self, key: TokenKey, fetch: F) -> Pending
+    /// With a `max_age`, a cached user confirmed longer ago does not count: id6 is asked
+    /// again (or the call already in flight is joined).
+    pub(crate) fn load<F, Fut>(&self, key: TokenKey, max_age: Option<Duration>, fetch: F) -> Pending
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Authentication> + Send + 'static,
     {
         let mut inflight = lock(&self.shared.inflight);
         if let Some(done) = self.entries.get(&key) {
-            return ready(done);
+            let fresh_enough = match (&done, max_age) {
+                (Authentication::Authenticated(_), Some(max_age)) => self.is_fresh(&key, max_age),
+                _ => true,
+            };
+            if fresh_enough {
+                return ready(done);
+            }
         }
         let generation = self.shared.generation.load(Ordering::SeqCst);
         if let Some(load) = inflight.get(&key) {
@@ -354,7 +371,7 @@ impl AuthCache {
 
     /// The user a cached token belongs to.
     pub(crate) fn user_id_of(&self, key: &TokenKey) -> Option<u64> {
-        self.entries.get(key)?.user().map(|user| user.id)
+        self.entries.users.get(key).map(|(user, _)| user.id)
     }
 
     /// Number of cached verdicts.
@@ -458,7 +475,7 @@ mod tests {
             .map(|_| {
                 let calls = calls.clone();
                 let gate = gate.clone();
-                cache.load(key, move || async move {
+                cache.load(key, None, move || async move {
                     calls.fetch_add(1, Ordering::SeqCst);
                     let _ = gate.await;
                     user(1)
@@ -480,7 +497,7 @@ mod tests {
     async fn unavailable_is_not_cached_and_dropped_waiters_do_not_cancel() {
         let cache = cache();
         let key = TokenKey::of("u");
-        let pending = cache.load(key, || async {
+        let pending = cache.load(key, None, || async {
             Authentication::Unavailable(Error::new(Kind::Connect))
         });
         assert!(pending.await.unavailable().is_some());
@@ -489,7 +506,7 @@ mod tests {
 
         // Nobody awaits this load: it still completes and fills the cache.
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-        drop(cache.load(key, move || async move {
+        drop(cache.load(key, None, move || async move {
             let _ = done_tx.send(());
             Authentication::Anonymous
         }));

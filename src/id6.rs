@@ -146,8 +146,37 @@ impl Id6 {
             .snapshot(self.inner.cache.entry_count())
     }
 
+    /// A layer for sensitive routes (payments, password changes): like
+    /// [`layer`](Self::layer), but a cached user confirmed by id6 longer ago than `max_age`
+    /// is asked about again first, coalesced like any miss, so that a revocation on id6 is
+    /// seen within `max_age` there.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use axum::{routing::post, Router};
+    ///
+    /// # fn app(id6: id6_tower::Id6) -> Router {
+    /// Router::new()
+    ///     .route("/pay", post(|| async { "paid" }))
+    ///     .route_layer(id6.layer_with_max_age(Duration::from_secs(30)))
+    ///     .layer(id6.layer())
+    /// # }
+    /// ```
+    pub fn layer_with_max_age(&self, max_age: std::time::Duration) -> Id6Layer {
+        Id6Layer::with_max_age(self.clone(), max_age)
+    }
+
     /// The synchronous part of a resolution: everything but waiting on id6.
     pub(crate) fn lookup(&self, headers: &HeaderMap) -> Lookup {
+        self.lookup_within(headers, None)
+    }
+
+    /// [`lookup`](Self::lookup), where a cached user older than `max_age` counts as a miss.
+    pub(crate) fn lookup_within(
+        &self,
+        headers: &HeaderMap,
+        max_age: Option<std::time::Duration>,
+    ) -> Lookup {
         let inner = &*self.inner;
         let Some((raw, location)) = inner.settings.finder.find_raw(headers) else {
             inner.telemetry.lookup(telemetry::Lookup::NoToken);
@@ -167,7 +196,9 @@ impl Id6 {
             return malformed();
         }
         let key = TokenKey::of(raw);
-        if let Some(verdict) = inner.cache.get(&key) {
+        if let Some(verdict) = inner.cache.get(&key).filter(|v| {
+            max_age.is_none_or(|age| v.user().is_none() || inner.cache.is_fresh(&key, age))
+        }) {
             let hit = match verdict {
                 Authentication::Authenticated(_) => telemetry::Lookup::Hit,
                 _ => telemetry::Lookup::NegativeHit,
@@ -197,7 +228,7 @@ impl Id6 {
         inner.telemetry.lookup(telemetry::Lookup::Miss);
         let token = UserToken::from_found(token);
         let this = self.clone();
-        let pending = inner.cache.load(key, move || {
+        let pending = inner.cache.load(key, max_age, move || {
             let span = tracing::debug_span!("id6.authenticate");
             async move { this.inner.client.authenticate(&token).await }.instrument(span)
         });

@@ -305,3 +305,65 @@ fn now_ms() -> u64 {
         .unwrap()
         .as_millis() as u64
 }
+
+/// On a route with a max age, a cached answer older than that is checked with id6 again
+/// (once for concurrent requests), so a revocation done elsewhere shows there quickly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sensitive_routes_revalidate_old_answers() {
+    use axum::routing::get;
+    let mock = MockId6::start().await.unwrap();
+    let alice = mock.add_user("Alice", "a@example.com");
+    let token = mock.token_issued_at(alice, now_ms() - 10);
+    let id6 = Id6::builder(mock.url())
+        .cache_ttl(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let app = axum::Router::new()
+        .route("/pay", get(common::me))
+        .route_layer(id6.layer_with_max_age(Duration::from_millis(200)))
+        .route("/me", get(common::me))
+        .layer(id6.layer());
+    let s = Setup {
+        base: common::serve(app).await,
+        mock,
+        id6,
+        http: reqwest::Client::new(),
+    };
+    assert_eq!(s.get("/me", Some(&token)).await.0, 200);
+    assert_eq!(s.get("/pay", Some(&token)).await.0, 200, "fresh enough");
+    assert_eq!(s.mock.user_calls(), 1);
+
+    // Revoked on id6 behind our back (another instance, another app).
+    s.mock.revoke_tokens(alice);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        s.get("/me", Some(&token)).await.0,
+        200,
+        "ordinary routes trust the TTL"
+    );
+    assert_eq!(s.mock.user_calls(), 1);
+    let payments: Vec<_> = (0..20)
+        .map(|_| {
+            let (http, base, token) = (s.http.clone(), s.base.clone(), token.clone());
+            tokio::spawn(async move {
+                http.get(format!("{base}/pay"))
+                    .header("cookie", format!("auth={token}"))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            })
+        })
+        .collect();
+    for p in payments {
+        assert_eq!(
+            p.await.unwrap(),
+            401,
+            "the revocation is seen on the sensitive route"
+        );
+    }
+    assert_eq!(s.mock.user_calls(), 2, "twenty revalidations, one id6 call");
+    // And the fresh answer replaced the old one for every route.
+    assert_eq!(s.get("/me", Some(&token)).await.0, 401);
+}

@@ -1,5 +1,7 @@
 //! `Id6Layer`: what `Router::layer`, `ServiceBuilder::layer` and tonic's `Server::layer` take.
 
+use std::time::Duration;
+
 use tower_layer::Layer;
 
 use super::Id6Service;
@@ -10,12 +12,21 @@ use crate::Id6;
 #[derive(Clone, Debug)]
 pub struct Id6Layer {
     id6: Id6,
+    max_age: Option<Duration>,
 }
 
 impl Id6Layer {
     /// A layer resolving identities through `id6`; the same as [`Id6::layer`].
     pub fn new(id6: Id6) -> Self {
-        Id6Layer { id6 }
+        Id6Layer { id6, max_age: None }
+    }
+
+    /// See [`Id6::layer_with_max_age`].
+    pub fn with_max_age(id6: Id6, max_age: Duration) -> Self {
+        Id6Layer {
+            id6,
+            max_age: Some(max_age),
+        }
     }
 }
 
@@ -23,6 +34,10 @@ impl<S> Layer<S> for Id6Layer {
     type Service = Id6Service<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Id6Service::new(inner, self.id6.clone())
+        Id6Service {
+            inner,
+            id6: self.id6.clone(),
+            max_age: self.max_age,
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! `Id6Service`: resolves the caller, then calls the inner service.
 
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use http::{Request, Response};
 use tower_service::Service;
@@ -18,14 +19,20 @@ use crate::{Authentication, Id6};
 #[must_use]
 #[derive(Clone, Debug)]
 pub struct Id6Service<S> {
-    inner: S,
-    id6: Id6,
+    pub(super) inner: S,
+    pub(super) id6: Id6,
+    /// Set by [`Id6::layer_with_max_age`]: older cached users are asked about again.
+    pub(super) max_age: Option<Duration>,
 }
 
 impl<S> Id6Service<S> {
     /// Wraps `inner`; usually through [`Id6Layer`](crate::Id6Layer).
     pub fn new(inner: S, id6: Id6) -> Self {
-        Id6Service { inner, id6 }
+        Id6Service {
+            inner,
+            id6,
+            max_age: None,
+        }
     }
 
     /// The wrapped service.
@@ -57,7 +64,7 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        match self.id6.lookup(request.headers()) {
+        match self.id6.lookup_within(request.headers(), self.max_age) {
             Lookup::NoToken => {
                 request.extensions_mut().insert(Authentication::Anonymous);
                 ResponseFuture::called(self.inner.call(request), None)

@@ -46,7 +46,14 @@ fn benches(c: &mut Criterion) {
     let token = mock.token_for(alice);
     // A browser sends other cookies too; the token is 171 bytes, as id6's.
     let hit = format!("_ga=GA1.1.123456789.1700000000; theme=dark; auth={token}; lang=fr");
-    let negative = "theme=dark; auth=eyJhbGciOiJIUzI1NiJ9.eyJ1c2VySWQiOjF9.bad-signature";
+    // Well-formed but signed by someone else: id6 rejects it, the cache remembers.
+    let forger = rt
+        .block_on(MockId6::builder().jwt_secret("not id6's").start())
+        .unwrap();
+    let negative = format!("theme=dark; auth={}", forger.token_for(alice));
+    let negative = negative.as_str();
+    // No JWT at all: refused locally, never cached, never sent.
+    let garbage = "theme=dark; auth=garbage-cookie-value-0123456789";
     let no_cookie_but_others = "_ga=GA1.1.123456789.1700000000; theme=dark; lang=fr";
 
     let wrapped = id6.layer().layer(bare());
@@ -99,6 +106,17 @@ fn benches(c: &mut Criterion) {
     group.bench_function("wrapped", |b| {
         b.to_async(&rt)
             .iter(|| wrapped.clone().oneshot(request(Some(negative))))
+    });
+    group.finish();
+
+    let mut group = c.benchmark_group("garbage_cookie");
+    group.bench_function("bare", |b| {
+        b.to_async(&rt)
+            .iter(|| router.clone().oneshot(request(Some(garbage))))
+    });
+    group.bench_function("wrapped", |b| {
+        b.to_async(&rt)
+            .iter(|| wrapped.clone().oneshot(request(Some(garbage))))
     });
     group.finish();
 
@@ -188,6 +206,7 @@ fn report() {
         ("hit", "bare", "wrapped"),
         ("hit", "bare", "router_layer"),
         ("negative_hit", "bare", "wrapped"),
+        ("garbage_cookie", "bare", "wrapped"),
         ("miss", "bare", "wrapped"),
         ("miss_x64_coalesced", "bare", "wrapped"),
     ];

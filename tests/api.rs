@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::Setup;
+use common::{now_ms, Setup};
 use id6_tower::testing::{Fault, MockId6};
 use id6_tower::{Id6, PictureUpload, Profile, UserToken};
 
@@ -256,11 +256,4 @@ async fn invalidation_controls() {
     assert_eq!(s.mock.user_calls(), 4);
     assert_eq!(s.get("/", Some(&token)).await.1, "Hello, Alice!");
     assert_eq!(s.mock.user_calls(), 4);
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
 }

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::Setup;
+use common::{now_ms, Setup};
 use id6_tower::testing::MockId6;
 use id6_tower::Authentication;
 
@@ -126,11 +126,4 @@ async fn typed_calls_still_use_the_public_api() {
     let user = s.id6.user(&headers(&token)).await.unwrap();
     assert_eq!(user.id, alice);
     assert_eq!((s.mock.user_calls(), s.mock.authorize_calls()), (1, 0));
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
 }

@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use common::Setup;
+use common::{now_ms, Setup};
 use id6_tower::testing::{Fault, MockId6};
 use id6_tower::{Health, Id6, OnUnavailable};
 use tower::ServiceExt;
@@ -297,13 +297,6 @@ async fn with_the_secret_forgeries_cost_nothing() {
     s.id6.clear();
     assert_eq!(s.get("/me", Some(&token)).await.0, 401);
     assert_eq!(s.mock.user_calls(), 2);
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
 }
 
 /// On a route with a max age, a cached answer older than that is checked with id6 again

@@ -81,3 +81,11 @@ impl Setup {
         (status, response.text().await.unwrap(), retry)
     }
 }
+
+/// Milliseconds since the epoch, as id6's `issuedAt`.
+pub fn now_ms() -> u64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    u64::try_from(since.as_millis()).unwrap()
+}

@@ -15,20 +15,39 @@
 //! - `POST /me/profile` (JSON `{name, bio?, language?}`) → 204, or 400 with id6's error body
 //! - `POST /me/picture` (multipart field `picture`) → `{"picture": "<url>"}`
 //! - `GET /me/picture` → the picture, streamed from id6
-//! - `POST /logout` → 204, signs out (the token leaves the cache, the cookie the browser)
+//! - `POST /logout` → 204, signs out (the token leaves the cache, the cookie the browser);
+//!   from a browser form, 303 back to `/app`
 //! - `POST /logout-everywhere` → 204, revokes every token of the user on id6 and here
+//! - `GET /app` → an HTML page: "Signed in as <name>" with a sign-out button, or
+//!   "Anonymous" with a link to id6's sign-in page (`ID6_LOGIN_URL`, or the embedded
+//!   MockId6's) that comes back to `/app`
 
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Multipart, State};
+use axum::extract::{FromRef, Multipart, State};
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use id6_tower::testing::MockId6;
 use id6_tower::{CurrentUser, Id6, PictureUpload, Profile, RequireUser, User};
 use serde::Deserialize;
+
+/// What the handlers share: the id6 handle and where browsers sign in.
+#[derive(Clone)]
+pub struct AppState {
+    /// The id6 handle (its layer wraps the routes).
+    pub id6: Id6,
+    /// id6's sign-in page, to which `?redirect=<this app's /app>` is appended.
+    pub login_url: Option<String>,
+}
+
+impl FromRef<AppState> for Id6 {
+    fn from_ref(state: &AppState) -> Id6 {
+        state.id6.clone()
+    }
+}
 
 async fn home(CurrentUser(user): CurrentUser) -> String {
     match user {
@@ -96,7 +115,70 @@ const CLEAR_COOKIE: &str = "auth=; Max-Age=0; Path=/; HttpOnly";
 
 async fn logout(State(id6): State<Id6>, headers: HeaderMap) -> Result<Response, id6_tower::Error> {
     id6.sign_out(&headers).await?;
-    Ok((StatusCode::NO_CONTENT, [(header::SET_COOKIE, CLEAR_COOKIE)]).into_response())
+    let from_a_page = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/html"));
+    let clear = [(header::SET_COOKIE, CLEAR_COOKIE)];
+    Ok(if from_a_page {
+        (clear, Redirect::to("/app")).into_response()
+    } else {
+        (StatusCode::NO_CONTENT, clear).into_response()
+    })
+}
+
+/// The browser page: who is signed in, and a way in or out. Plain HTML, no build step.
+async fn page(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    CurrentUser(user): CurrentUser,
+) -> Html<String> {
+    let body = match user {
+        Some(user) => format!(
+            "<h1 id=\"status\">Signed in as {}</h1>\n\
+             <form method=\"post\" action=\"/logout\"><button id=\"sign-out\" type=\"submit\">Sign out</button></form>",
+            escape(&user.name)
+        ),
+        None => {
+            let host = headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("127.0.0.1:3000");
+            let back = format!("http://{host}/app");
+            let link = match &state.login_url {
+                Some(login) => format!(
+                    "<a id=\"sign-in\" href=\"{}?redirect={}\">Sign in with id6</a>",
+                    escape(login),
+                    escape(&encode(&back))
+                ),
+                None => "<p>Set ID6_LOGIN_URL to link to id6's sign-in page.</p>".to_owned(),
+            };
+            format!("<h1 id=\"status\">Anonymous</h1>\n{link}")
+        }
+    };
+    Html(format!(
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>id6-tower demo</title></head>\n<body>\n{body}\n</body></html>\n"
+    ))
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// Percent-encodes a query value.
+fn encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 async fn logout_everywhere(
@@ -107,44 +189,58 @@ async fn logout_everywhere(
     Ok((StatusCode::NO_CONTENT, [(header::SET_COOKIE, CLEAR_COOKIE)]).into_response())
 }
 
-/// The app, for any `Id6` handle.
-fn app(id6: Id6) -> Router {
+/// The app, for any `Id6` handle (the browser test serves it too).
+pub fn app(state: AppState) -> Router {
+    let layer = state.id6.layer();
     Router::new()
         .route("/", get(home))
+        .route("/app", get(page))
         .route("/me", get(me))
         .route("/me/profile", post(update_profile))
         .route("/me/picture", get(picture).post(update_picture))
         .route("/logout", post(logout))
         .route("/logout-everywhere", post(logout_everywhere))
-        .layer(id6.layer())
-        .with_state(id6)
+        .layer(layer)
+        .with_state(state)
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let bind = std::env::var("BIND").unwrap_or_else(|_| "127.0.0.1:3000".to_owned());
 
+    let listener = tokio::net::TcpListener::bind(&bind).await?;
+    let addr = listener.local_addr()?;
+
     // Keep the mock alive for as long as the server runs.
-    let (id6, _mock, token) = if std::env::var_os("ID6_URL").is_some() {
-        (Id6::from_env()?, None, None)
+    let (state, _mock, token) = if std::env::var_os("ID6_URL").is_some() {
+        let login_url = std::env::var("ID6_LOGIN_URL").ok();
+        let state = AppState {
+            id6: Id6::from_env()?,
+            login_url,
+        };
+        (state, None, None)
     } else {
         let mock = MockId6::start().await?;
         let alice = mock.add_user("Alice", "alice@example.com");
+        mock.add_user("Bob", "bob@example.com");
+        mock.allow_redirect(&format!("http://{addr}"));
         let token = mock.token_for(alice);
         println!(
             "ID6_URL is unset: using an embedded MockId6 at {}",
             mock.url()
         );
-        (Id6::builder(mock.url()).build()?, Some(mock), Some(token))
+        let state = AppState {
+            id6: Id6::builder(mock.url()).build()?,
+            login_url: Some(format!("{}/login", mock.url())),
+        };
+        (state, Some(mock), Some(token))
     };
 
-    let listener = tokio::net::TcpListener::bind(&bind).await?;
-    let addr = listener.local_addr()?;
-    println!("listening on http://{addr}");
+    println!("listening on http://{addr} (open http://{addr}/app in a browser)");
     if let Some(token) = token {
         println!("try: curl -H 'cookie: auth={token}' http://{addr}/me");
     }
-    axum::serve(listener, app(id6))
+    axum::serve(listener, app(state))
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
         })

@@ -79,6 +79,11 @@ pub(super) struct State {
     pub(super) hold: watch::Sender<bool>,
     /// How many `GET /user` answers are waiting.
     pub(super) held: watch::Sender<usize>,
+    /// Origins `POST /auth/login` may redirect to (anything else is refused: no open
+    /// redirect).
+    pub(super) redirect_origins: Mutex<Vec<String>>,
+    /// Attributes added to the `auth` cookie set at login (`Secure`, `SameSite=...`).
+    pub(super) cookie_attributes: String,
     /// Requests being handled now, and the most at once so far.
     pub(super) in_flight: AtomicU64,
     pub(super) max_in_flight: AtomicU64,
@@ -110,6 +115,19 @@ pub(super) fn now_ms() -> u64 {
 fn millis(t: SystemTime) -> u64 {
     let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Percent-encodes a query value (everything but unreserved characters).
+fn url_encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 fn iso(t: SystemTime) -> String {
@@ -155,6 +173,45 @@ impl State {
             reset_epoch_s: millis(reset).div_ceil(1000),
             exceeded: *count > limit,
         })
+    }
+
+    /// Seeded users, for the sign-in page: (id, name, email), by id.
+    pub(super) fn user_list(&self) -> Vec<(u64, String, String)> {
+        let users = lock(&self.users);
+        let mut list: Vec<_> = users
+            .iter()
+            .map(|(id, u)| (*id, u.name.clone(), u.email.clone()))
+            .collect();
+        list.sort();
+        list
+    }
+
+    /// A token as id6 signs it: `{userId, issuedAt (ms), iat (s)}`, HS256.
+    pub(super) fn token(&self, user_id: u64, issued_at_ms: u64) -> String {
+        let claims = json!({
+            "userId": user_id,
+            "issuedAt": issued_at_ms,
+            "iat": issued_at_ms / 1000,
+        });
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(&self.secret),
+        )
+        .unwrap_or_default()
+    }
+
+    /// Whether login may send the browser to `target`: a path on the mock itself, or an
+    /// allowed origin (`scheme://host:port`, compared exactly).
+    pub(super) fn redirect_allowed(&self, target: &str) -> bool {
+        if target.starts_with('/') && !target.starts_with("//") && !target.contains('\\') {
+            return true;
+        }
+        let Ok(url) = reqwest::Url::parse(target) else {
+            return false;
+        };
+        let origin = url.origin().ascii_serialization();
+        lock(&self.redirect_origins).contains(&origin)
     }
 
     /// id6's `GET /user` body for a user, written by hand from id6's observed shape.
@@ -254,6 +311,8 @@ pub struct MockId6Builder {
     authorization_secret: String,
     token_lifetime: Duration,
     rate_limit: Option<(u32, Duration)>,
+    redirect_origins: Vec<String>,
+    cookie_attributes: String,
 }
 
 impl Default for MockId6Builder {
@@ -263,6 +322,8 @@ impl Default for MockId6Builder {
             authorization_secret: "mock-id6-authorization-secret".to_owned(),
             token_lifetime: Duration::from_secs(30 * 24 * 3600),
             rate_limit: None,
+            redirect_origins: Vec::new(),
+            cookie_attributes: String::new(),
         }
     }
 }
@@ -294,6 +355,19 @@ impl MockId6Builder {
         self
     }
 
+    /// Adds `; Secure` to the `auth` cookie set at login (id6 does, by config).
+    pub fn secure_cookie(mut self) -> Self {
+        self.cookie_attributes.push_str("; Secure");
+        self
+    }
+
+    /// Adds `; SameSite=<value>` to the `auth` cookie set at login (`Lax`, `Strict`, `None`).
+    pub fn same_site(mut self, value: &str) -> Self {
+        self.cookie_attributes.push_str("; SameSite=");
+        self.cookie_attributes.push_str(value);
+        self
+    }
+
     /// Binds two ports on `127.0.0.1` (authentication and authorization servers) and starts
     /// serving on the current tokio runtime.
     ///
@@ -315,6 +389,8 @@ impl MockId6Builder {
             held: watch::Sender::new(0),
             in_flight: AtomicU64::new(0),
             max_in_flight: AtomicU64::new(0),
+            redirect_origins: Mutex::new(self.redirect_origins),
+            cookie_attributes: self.cookie_attributes,
         });
         let public = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
         let private = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
@@ -402,6 +478,18 @@ impl MockId6 {
         &self.state.authorization_secret
     }
 
+    /// Lets the sign-in page send the browser back to `origin` (`http://127.0.0.1:3000`):
+    /// `POST /auth/login` refuses any other redirect.
+    pub fn allow_redirect(&self, origin: &str) {
+        lock(&self.state.redirect_origins).push(origin.trim_end_matches('/').to_owned());
+    }
+
+    /// The sign-in page, which returns the browser to `redirect` once signed in.
+    pub fn sign_in_url(&self, redirect: &str) -> String {
+        let query: String = url_encode(redirect);
+        format!("{}/login?redirect={query}", self.url())
+    }
+
     /// Adds a local user and returns its id.
     pub fn add_user(&self, name: &str, email: &str) -> u64 {
         let id = self.state.next_id.fetch_add(1, Ordering::Relaxed);
@@ -461,17 +549,7 @@ impl MockId6 {
 
     /// A token with a chosen `issuedAt` (ms since the epoch).
     pub fn token_issued_at(&self, user_id: u64, issued_at_ms: u64) -> String {
-        let claims = json!({
-            "userId": user_id,
-            "issuedAt": issued_at_ms,
-            "iat": issued_at_ms / 1000,
-        });
-        jsonwebtoken::encode(
-            &Header::new(Algorithm::HS256),
-            &claims,
-            &EncodingKey::from_secret(&self.state.secret),
-        )
-        .unwrap_or_default()
+        self.state.token(user_id, issued_at_ms)
     }
 
     /// Revokes every token of the user issued before now, as id6's `GET /user/disconnect`.

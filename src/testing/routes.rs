@@ -25,6 +25,8 @@ pub(super) fn authentication(state: Arc<State>) -> Router {
         )
         .route("/user/disconnect", get(disconnect).fallback(not_found))
         .route("/auth/signout", post(sign_out).fallback(not_found))
+        .route("/login", get(sign_in_page).fallback(not_found))
+        .route("/auth/login", post(sign_in).fallback(not_found))
         .fallback(not_found)
         // id6 sets no size limit on pictures.
         .layer(DefaultBodyLimit::max(64 * 1024 * 1024))
@@ -306,6 +308,108 @@ async fn sign_out(AxumState(state): Shared, headers: HeaderMap) -> Response<Body
         .headers_mut()
         .insert(header::SET_COOKIE, clearing_cookie());
     response
+}
+
+#[derive(serde::Deserialize)]
+struct SignInQuery {
+    redirect: Option<String>,
+}
+
+/// The sign-in page: a "sign in as" button per seeded user, posting to `/auth/login`.
+async fn sign_in_page(
+    AxumState(state): Shared,
+    axum::extract::Query(query): axum::extract::Query<SignInQuery>,
+) -> Response<Body> {
+    let redirect = query.redirect.unwrap_or_else(|| "/".to_owned());
+    let buttons: String = state
+        .user_list()
+        .into_iter()
+        .map(|(id, name, email)| {
+            format!(
+                "<form method=\"post\" action=\"/auth/login\">\
+                 <input type=\"hidden\" name=\"userId\" value=\"{id}\">\
+                 <input type=\"hidden\" name=\"redirect\" value=\"{}\">\
+                 <button type=\"submit\" id=\"sign-in-as-{id}\">Sign in as {} &lt;{}&gt;</button></form>\n",
+                escape(&redirect),
+                escape(&name),
+                escape(&email)
+            )
+        })
+        .collect();
+    html(
+        StatusCode::OK,
+        &format!(
+            "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Sign in · id6 (mock)</title></head>\n\
+             <body><h1>Sign in to id6</h1>\n{buttons}</body></html>\n"
+        ),
+    )
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SignInForm {
+    user_id: u64,
+    redirect: Option<String>,
+}
+
+/// `POST /auth/login`: sets the cookie as id6 does, then returns the browser to `redirect`,
+/// which must be on the allow-list (never an open redirect).
+async fn sign_in(
+    AxumState(state): Shared,
+    axum::Form(form): axum::Form<SignInForm>,
+) -> Response<Body> {
+    const PATH: &str = "/auth/login";
+    let redirect = form.redirect.unwrap_or_else(|| "/".to_owned());
+    if !state.redirect_allowed(&redirect) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            PATH,
+            "Redirect not allowed",
+            Some("redirect_not_allowed"),
+            None,
+        );
+    }
+    if state.user_json(form.user_id).is_none() {
+        return error(
+            StatusCode::NOT_FOUND,
+            PATH,
+            "User not found",
+            Some("user_not_found"),
+            None,
+        );
+    }
+    let token = state.token(form.user_id, now_ms());
+    let cookie = format!(
+        "auth={token}; Max-Age=2592000; Path=/; HttpOnly{}",
+        state.cookie_attributes
+    );
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = StatusCode::SEE_OTHER;
+    let headers = response.headers_mut();
+    if let (Ok(cookie), Ok(location)) = (
+        HeaderValue::try_from(cookie),
+        HeaderValue::try_from(redirect),
+    ) {
+        headers.insert(header::SET_COOKIE, cookie);
+        headers.insert(header::LOCATION, location);
+    }
+    response
+}
+
+/// HTML text and attribute escaping.
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// `POST /authorize`: the secret first (401 is ours to fix), then every token outcome is a

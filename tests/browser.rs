@@ -1,0 +1,273 @@
+//! A real browser signs in on (mock) id6 and the app knows who it is: headless Chromium
+//! driven over WebDriver, against the `axum` example's `/app` page.
+//!
+//! Needs Debian's `chromium` and `chromium-driver` (`.ci/run` installs them). Without them
+//! the test says loudly that it did not run; in CI (`CI` set) their absence is a failure.
+//! Screenshots of each step land in `target/browser-e2e/`.
+
+#[allow(dead_code, unreachable_pub)]
+#[path = "../examples/axum.rs"]
+mod example;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use fantoccini::{ClientBuilder, Locator};
+use id6_tower::testing::MockId6;
+use id6_tower::Id6;
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+
+/// chromedriver, ended with the test.
+struct Driver(Child);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+fn screenshots() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/browser-e2e");
+    std::fs::create_dir_all(&dir).expect("target/browser-e2e");
+    dir
+}
+
+#[tokio::test]
+async fn a_browser_signs_in_and_out() {
+    if !Path::new(CHROMIUM).exists() || !Path::new(CHROMEDRIVER).exists() {
+        let message = "BROWSER TEST NOT RUN: install Debian's chromium and chromium-driver \
+                       (apt-get install chromium chromium-driver); .ci/run does";
+        if std::env::var_os("CI").is_some() {
+            panic!("{message}");
+        }
+        eprintln!("\n*** {message} ***\n");
+        return;
+    }
+
+    // id6 (mock) and the app, on two loopback ports of one host: the cookie id6 sets is
+    // the app's too, since cookies ignore ports.
+    let mock = MockId6::start().await.unwrap();
+    let alice = mock.add_user("Alice", "alice@example.com");
+    mock.add_user("Bob", "bob@example.com");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app_url = format!("http://{}", listener.local_addr().unwrap());
+    mock.allow_redirect(&app_url);
+    let state = example::AppState {
+        id6: Id6::builder(mock.url()).build().unwrap(),
+        login_url: Some(format!("{}/login", mock.url())),
+    };
+    tokio::spawn(async move { axum::serve(listener, example::app(state)).await });
+
+    let port = free_port();
+    let _driver = Driver(
+        Command::new(CHROMEDRIVER)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver starts"),
+    );
+    let profile = std::env::temp_dir().join(format!("id6-tower-chromium-{}", std::process::id()));
+    let mut capabilities = serde_json::Map::new();
+    capabilities.insert(
+        "goog:chromeOptions".to_owned(),
+        serde_json::json!({
+            "binary": CHROMIUM,
+            "args": [
+                "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--disable-quic", "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync",
+                format!("--user-data-dir={}", profile.display()),
+            ],
+        }),
+    );
+    let webdriver = format!("http://127.0.0.1:{port}");
+    let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    // chromedriver needs a moment to listen: bounded retries, then fail.
+    let mut browser = None;
+    for _ in 0..100 {
+        match ClientBuilder::new(connector.clone())
+            .capabilities(capabilities.clone())
+            .connect(&webdriver)
+            .await
+        {
+            Ok(client) => {
+                browser = Some(client);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let browser = browser.expect("a WebDriver session within 10 s");
+    let shots = screenshots();
+    let shot = |name: &'static str| {
+        let browser = browser.clone();
+        let path = shots.join(name);
+        async move {
+            let png = browser.screenshot().await.expect("a screenshot");
+            std::fs::write(&path, png).expect("screenshot saved");
+        }
+    };
+    let status = || {
+        let browser = browser.clone();
+        async move {
+            browser
+                .find(Locator::Id("status"))
+                .await
+                .expect("#status")
+                .text()
+                .await
+                .expect("its text")
+        }
+    };
+
+    // 1. Anonymous.
+    browser.goto(&format!("{app_url}/app")).await.unwrap();
+    assert_eq!(status().await, "Anonymous");
+    shot("1-anonymous.png").await;
+
+    // 2. To id6's sign-in page, and sign in as Alice.
+    browser
+        .find(Locator::Id("sign-in"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    assert!(browser
+        .current_url()
+        .await
+        .unwrap()
+        .as_str()
+        .starts_with(&mock.url()));
+    shot("2-id6-sign-in.png").await;
+    browser
+        .find(Locator::Id(&format!("sign-in-as-{alice}")))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+
+    // 3. Back on the app, signed in; several page loads, one id6 call.
+    assert_eq!(
+        browser.current_url().await.unwrap().as_str(),
+        format!("{app_url}/app")
+    );
+    assert_eq!(status().await, "Signed in as Alice");
+    shot("3-signed-in.png").await;
+    for _ in 0..3 {
+        browser.refresh().await.unwrap();
+        assert_eq!(status().await, "Signed in as Alice");
+    }
+    assert_eq!(
+        mock.user_calls(),
+        1,
+        "four page loads, one id6 call: the layer's cache"
+    );
+    let cookie = browser
+        .get_named_cookie("auth")
+        .await
+        .expect("the auth cookie");
+    assert_eq!(cookie.http_only(), Some(true));
+
+    // 4. Sign out: anonymous again, and the browser no longer holds the cookie.
+    browser
+        .find(Locator::Id("sign-out"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    assert_eq!(status().await, "Anonymous");
+    shot("4-signed-out.png").await;
+    let cookies = browser.get_all_cookies().await.unwrap();
+    assert!(
+        cookies.iter().all(|c| c.name() != "auth"),
+        "auth cookie left: {cookies:?}"
+    );
+
+    browser.close().await.unwrap();
+    let _ = std::fs::remove_dir_all(profile);
+}
+
+/// The sign-in page refuses to send the browser anywhere not allowed: no open redirect.
+#[tokio::test]
+async fn the_sign_in_page_is_no_open_redirect() {
+    let mock = MockId6::start().await.unwrap();
+    let alice = mock.add_user("Alice", "alice@example.com");
+    mock.allow_redirect("http://127.0.0.1:3000");
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let login = |redirect: &str| {
+        client
+            .post(format!("{}/auth/login", mock.url()))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("userId={alice}&redirect={}", encode(redirect)))
+            .send()
+    };
+    for evil in [
+        "https://evil.example/steal",
+        "//evil.example/steal",
+        "http://127.0.0.1:3001/app",
+        "http://127.0.0.1:3000.evil.example/",
+        "javascript:alert(1)",
+        "/\\evil.example",
+    ] {
+        let response = login(evil).await.unwrap();
+        assert_eq!(response.status(), 400, "{evil}");
+        assert!(
+            response.headers().get("set-cookie").is_none(),
+            "{evil}: no cookie either"
+        );
+    }
+    let response = login("http://127.0.0.1:3000/app").await.unwrap();
+    assert_eq!(response.status(), 303);
+    assert_eq!(response.headers()["location"], "http://127.0.0.1:3000/app");
+    let cookie = response.headers()["set-cookie"].to_str().unwrap();
+    assert!(cookie.starts_with("auth=ey"), "{cookie}");
+    assert!(
+        cookie.ends_with("; Max-Age=2592000; Path=/; HttpOnly"),
+        "{cookie}"
+    );
+
+    // The sign-in page escapes what it shows.
+    mock.add_user("<script>x</script>", "x@example.com");
+    let page = client
+        .get(mock.sign_in_url("http://127.0.0.1:3000/app\"><b>"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !page.contains("<script>") && !page.contains("\"><b>"),
+        "{page}"
+    );
+}
+
+fn encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

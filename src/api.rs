@@ -283,7 +283,7 @@ impl Id6 {
         let result = self.client().call(method, path, token, build).await;
         if let Err(error) = &result {
             if error.is_unauthenticated() {
-                self.cache().invalidate_token(&token.key());
+                self.evict_token(&token.key()).await;
             }
         }
         result
@@ -339,9 +339,9 @@ impl Id6 {
         self.call(Method::GET, "user/disconnect", &token, |r| r)
             .await?;
         match owner {
-            Some(user_id) => self.cache().invalidate_user(user_id),
+            Some(user_id) => self.evict_user(user_id).await,
             // Unknown owner (not a JWT we can read): the only safe eviction is everything.
-            None => self.cache().clear(),
+            None => self.evict_all().await,
         }
         Ok(())
     }
@@ -365,7 +365,7 @@ impl Id6 {
             r.header(CONTENT_TYPE, "application/json").body(body)
         })
         .await?;
-        self.evict_owner(&token);
+        self.evict_owner(&token).await;
         Ok(())
     }
 
@@ -400,7 +400,7 @@ impl Id6 {
             picture: Option<String>,
         }
         let answer: Answer = self.client().read_json(response).await?;
-        self.evict_owner(&token);
+        self.evict_owner(&token).await;
         Ok(answer.picture)
     }
 
@@ -421,29 +421,37 @@ impl Id6 {
         Ok(PictureDownload { response })
     }
 
-    fn evict_owner(&self, token: &UserToken) {
+    async fn evict_owner(&self, token: &UserToken) {
         match self.owner_of(token) {
-            Some(user_id) => self.cache().invalidate_user(user_id),
-            None => self.cache().invalidate_token(&token.key()),
+            Some(user_id) => self.evict_user(user_id).await,
+            None => self.evict_token(&token.key()).await,
         }
     }
 
-    /// Forgets the cached verdict of the token in `from`; the next request asks id6.
+    /// Forgets the cached verdict of the token in `from`; the next request asks id6. With
+    /// Redis, the shared entry and the other instances follow in the background.
     pub fn invalidate_token(&self, from: &(impl TokenSource + ?Sized)) {
         if let Some(token) = from.user_token(self) {
-            self.cache().invalidate_token(&token.key());
+            let key = token.key();
+            self.cache().invalidate_token(&key);
+            #[cfg(feature = "redis")]
+            self.share_eviction(move |shared| async move { shared.invalidate_token(&key).await });
         }
     }
 
     /// Forgets every cached token of the user; no id6 answer already in flight can put the
-    /// user back.
+    /// user back. With Redis, every instance follows in the background.
     pub fn invalidate_user(&self, user_id: u64) {
         self.cache().invalidate_user(user_id);
+        #[cfg(feature = "redis")]
+        self.share_eviction(move |shared| async move { shared.invalidate_user(user_id).await });
     }
 
-    /// Forgets everything cached.
+    /// Forgets everything cached. With Redis, everywhere, in the background.
     pub fn clear(&self) {
         self.cache().clear();
+        #[cfg(feature = "redis")]
+        self.share_eviction(|shared| async move { shared.clear().await });
     }
 }
 

@@ -28,6 +28,9 @@ pub(crate) struct Settings {
     pub(crate) max_concurrent_calls: usize,
     /// How long a miss may wait for one of the `max_concurrent_calls`.
     pub(crate) queue_timeout: Duration,
+    /// Redis URL, key prefix and per-operation timeout, when instances share answers.
+    #[cfg(feature = "redis")]
+    pub(crate) redis: Option<(String, String, Duration)>,
     pub(crate) cookie_name: Box<str>,
     /// Where to look for the token, in order.
     pub(crate) finder: TokenFinder,
@@ -129,6 +132,12 @@ pub struct Id6Builder {
     on_unavailable: OnUnavailable,
     max_concurrent_calls: usize,
     queue_timeout: Option<Duration>,
+    #[cfg(feature = "redis")]
+    redis_url: Option<String>,
+    #[cfg(feature = "redis")]
+    redis_prefix: String,
+    #[cfg(feature = "redis")]
+    redis_timeout: Duration,
     /// The first setting that could not even be parsed (from the environment).
     deferred: Option<Error>,
 }
@@ -174,6 +183,12 @@ impl Id6Builder {
             on_unavailable: OnUnavailable::Reject,
             max_concurrent_calls: Self::DEFAULT_MAX_CONCURRENT_CALLS,
             queue_timeout: None,
+            #[cfg(feature = "redis")]
+            redis_url: None,
+            #[cfg(feature = "redis")]
+            redis_prefix: "id6:".to_owned(),
+            #[cfg(feature = "redis")]
+            redis_timeout: Duration::from_millis(100),
             deferred: None,
         }
     }
@@ -258,6 +273,10 @@ impl Id6Builder {
                     format!("`{value}` is not a whole number"),
                 )),
             }
+        }
+        #[cfg(feature = "redis")]
+        {
+            builder.redis_url = lookup("ID6_REDIS_URL");
         }
         builder.authorization_url = lookup("ID6_AUTHORIZATION_URL");
         builder.authorization_secret = lookup("ID6_AUTHORIZATION_SECRET").map(Secret);
@@ -359,6 +378,29 @@ impl Id6Builder {
     /// How long a miss may wait for a free id6 call (default: the [`timeout`](Self::timeout)).
     pub fn queue_timeout(mut self, timeout: Duration) -> Self {
         self.queue_timeout = Some(timeout);
+        self
+    }
+
+    /// Share id6's answers between instances through Redis, and broadcast every eviction to
+    /// them (feature `redis`; also `ID6_REDIS_URL`). See the crate README, "Running several
+    /// instances". Starting never needs Redis to be up.
+    #[cfg(feature = "redis")]
+    pub fn redis(mut self, url: impl Into<String>) -> Self {
+        self.redis_url = Some(url.into());
+        self
+    }
+
+    /// Prefix of every Redis key and of the invalidation channel (default `id6:`).
+    #[cfg(feature = "redis")]
+    pub fn redis_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.redis_prefix = prefix.into();
+        self
+    }
+
+    /// Bound on one Redis operation (default 100 ms); past it, the layer carries on without.
+    #[cfg(feature = "redis")]
+    pub fn redis_timeout(mut self, timeout: Duration) -> Self {
+        self.redis_timeout = timeout;
         self
     }
 
@@ -522,6 +564,15 @@ impl Id6Builder {
             on_unavailable: self.on_unavailable,
             max_concurrent_calls: self.max_concurrent_calls,
             queue_timeout: positive("queue_timeout", self.queue_timeout.unwrap_or(timeout))?,
+            #[cfg(feature = "redis")]
+            redis: match self.redis_url {
+                Some(url) => Some((
+                    url,
+                    self.redis_prefix,
+                    positive("redis_timeout", self.redis_timeout)?,
+                )),
+                None => None,
+            },
             finder: TokenFinder::new(&self.cookie_name, &locations),
             cookie_name: self.cookie_name.into_boxed_str(),
             cache_ttl: positive("cache_ttl", self.cache_ttl)?,

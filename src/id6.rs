@@ -36,6 +36,8 @@ struct Inner {
     client: Client,
     cache: AuthCache,
     telemetry: Arc<Telemetry>,
+    #[cfg(feature = "redis")]
+    shared: Option<Arc<crate::shared::Shared>>,
 }
 
 /// What a request's headers resolve to right away.
@@ -80,14 +82,35 @@ impl Id6 {
     pub(crate) fn from_settings(settings: Settings) -> Result<Id6, Error> {
         let settings = Arc::new(settings);
         let telemetry = Arc::new(Telemetry::new());
-        Ok(Id6 {
+        #[cfg(feature = "redis")]
+        let shared = match &settings.redis {
+            Some((url, prefix, timeout)) => Some(Arc::new(
+                crate::shared::Shared::new(
+                    url,
+                    prefix.clone(),
+                    *timeout,
+                    settings.cache_ttl,
+                    settings.negative_ttl,
+                )
+                .map_err(|e| Error::config("ID6_REDIS_URL", format!("not a Redis URL: {e}")))?,
+            )),
+            None => None,
+        };
+        let id6 = Id6 {
             inner: Arc::new(Inner {
                 client: Client::new(settings.clone(), telemetry.clone())?,
                 cache: AuthCache::new(&settings, telemetry.clone()),
                 settings,
                 telemetry,
+                #[cfg(feature = "redis")]
+                shared,
             }),
-        })
+        };
+        // Listen to other instances' evictions from the start, when a runtime is there
+        // (else from the first miss).
+        #[cfg(feature = "redis")]
+        id6.subscribe();
+        Ok(id6)
     }
 
     /// The tower layer that puts an [`Authentication`] into every request.
@@ -126,6 +149,54 @@ impl Id6 {
         &self.inner.cache
     }
 
+    #[cfg(feature = "redis")]
+    fn subscribe(&self) {
+        if let Some(shared) = &self.inner.shared {
+            shared.subscribe(self.inner.cache.clone());
+        }
+    }
+
+    /// Evicts a token here and, with Redis, in the shared cache and every instance.
+    pub(crate) async fn evict_token(&self, key: &TokenKey) {
+        self.inner.cache.invalidate_token(key);
+        #[cfg(feature = "redis")]
+        if let Some(shared) = &self.inner.shared {
+            shared.invalidate_token(key).await;
+        }
+    }
+
+    /// Evicts every token of a user here and, with Redis, everywhere.
+    pub(crate) async fn evict_user(&self, user_id: u64) {
+        self.inner.cache.invalidate_user(user_id);
+        #[cfg(feature = "redis")]
+        if let Some(shared) = &self.inner.shared {
+            shared.invalidate_user(user_id).await;
+        }
+    }
+
+    /// Evicts everything here and, with Redis, everywhere.
+    pub(crate) async fn evict_all(&self) {
+        self.inner.cache.clear();
+        #[cfg(feature = "redis")]
+        if let Some(shared) = &self.inner.shared {
+            shared.clear().await;
+        }
+    }
+
+    /// Shares an eviction made by the synchronous API, in the background.
+    #[cfg(feature = "redis")]
+    pub(crate) fn share_eviction<F, Fut>(&self, eviction: F)
+    where
+        F: FnOnce(Arc<crate::shared::Shared>) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        if let (Some(shared), Ok(runtime)) =
+            (&self.inner.shared, tokio::runtime::Handle::try_current())
+        {
+            runtime.spawn(eviction(shared.clone()));
+        }
+    }
+
     /// The `Set-Cookie` that clears a dead token, when the builder enabled it.
     pub(crate) fn dead_cookie(&self) -> Option<&http::HeaderValue> {
         self.inner.settings.dead_cookie.as_ref()
@@ -141,9 +212,16 @@ impl Id6 {
     /// What the handle did since it was built: lookups by result, id6 calls by outcome,
     /// evictions, entries. Cheap: a few atomic loads, and moka settling its counts.
     pub fn stats(&self) -> Stats {
-        self.inner
+        #[allow(unused_mut)]
+        let mut stats = self
+            .inner
             .telemetry
-            .snapshot(self.inner.cache.entry_count())
+            .snapshot(self.inner.cache.entry_count());
+        #[cfg(feature = "redis")]
+        if let Some(shared) = &self.inner.shared {
+            stats.shared_errors = shared.errors();
+        }
+        stats
     }
 
     /// A layer for sensitive routes (payments, password changes): like
@@ -228,14 +306,37 @@ impl Id6 {
         inner.telemetry.lookup(telemetry::Lookup::Miss);
         let token = UserToken::from_found(token);
         let this = self.clone();
+        #[cfg(feature = "redis")]
+        self.subscribe();
         let pending = inner.cache.load(key, max_age, move || {
             let span = tracing::debug_span!("id6.authenticate");
-            async move { this.inner.client.authenticate(&token).await }.instrument(span)
+            async move { this.ask(key, &token, max_age.is_some()).await }.instrument(span)
         });
         Lookup::Pending {
             pending,
             from_cookie,
         }
+    }
+}
+
+impl Id6 {
+    /// A miss: the shared cache first (unless the route wants a fresh answer), then id6,
+    /// whose answer is shared in turn.
+    async fn ask(&self, key: TokenKey, token: &UserToken, fresh: bool) -> Authentication {
+        #[cfg(feature = "redis")]
+        if let Some(shared) = &self.inner.shared {
+            if !fresh {
+                if let Some(verdict) = shared.get(&key).await {
+                    return verdict;
+                }
+            }
+            let started_ms = crate::shared::now_ms();
+            let verdict = self.inner.client.authenticate(token).await;
+            shared.store(&key, &verdict, started_ms).await;
+            return verdict;
+        }
+        let _ = (key, fresh);
+        self.inner.client.authenticate(token).await
     }
 }
 

@@ -62,6 +62,7 @@
 //! - `axum` (default): the extractors, on `axum-core`.
 //! - `rustls` (default): HTTPS to id6 through rustls.
 //! - `tonic`: [`grpc`] helpers (`current_user`, `require_user`) and a guard layer.
+//! - `redis`: answers shared and evictions broadcast between instances through Redis.
 //! - `testing`: [`testing::MockId6`], an id6 look-alike server on loopback for tests.
 
 mod api;
@@ -77,6 +78,8 @@ pub mod grpc;
 mod id6;
 mod jwt;
 mod layer;
+#[cfg(feature = "redis")]
+mod shared;
 mod telemetry;
 mod token;
 mod user;

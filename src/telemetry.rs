@@ -36,6 +36,8 @@ pub struct Stats {
     pub evictions: u64,
     /// Verdicts in the cache now.
     pub entries: u64,
+    /// Redis operations that failed or timed out (feature `redis`; 0 without Redis).
+    pub shared_errors: u64,
 }
 
 /// Metric names, all prefixed `id6_`.
@@ -157,6 +159,7 @@ impl Telemetry {
             upstream_unavailable: upstream(Upstream::Unavailable),
             evictions: self.eviction_count.load(Ordering::Relaxed),
             entries,
+            shared_errors: 0,
         }
     }
 }

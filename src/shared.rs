@@ -1,0 +1,351 @@
+//! Several instances, one truth (feature `redis`): id6's answers shared through Redis, and
+//! every eviction broadcast to every instance over Redis pub/sub.
+//!
+//! - After a local (moka) miss, Redis is asked before id6; answers are stored there under
+//!   `{prefix}t:{sha256 hex}` (never the token) with their TTL as a Redis expiry. The hit
+//!   path never touches Redis.
+//! - An eviction deletes the shared entries and publishes `t:<key>`, `u:<user id>` or `*`
+//!   on `{prefix}invalidate`; every instance evicts locally, with the same refill-race
+//!   protection as a local eviction. A user eviction first sets `{prefix}rev:{id}` (ms): a
+//!   store from a load that started before it is refused atomically (Lua), so an answer in
+//!   flight during `disconnect` cannot poison the shared cache either.
+//! - Pub/sub, not streams: invalidations are only useful live; an instance that was cut off
+//!   clears its local cache when it subscribes again instead of replaying a backlog. So a
+//!   revoked user is served by an instance that missed the broadcast for at most its local
+//!   TTL while cut off, and not at all once it is back.
+//! - Redis is optional at run time: every operation has a short timeout; failures are
+//!   counted, logged once per outage, and the layer carries on with moka and id6.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::StreamExt;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::AsyncCommands;
+use tokio::sync::OnceCell;
+
+use crate::cache::AuthCache;
+use crate::token::TokenKey;
+use crate::user::{Authentication, User};
+
+/// Atomic store: refused when the user's tokens were revoked after the load started.
+const STORE_USER: &str = r"
+local revoked = redis.call('GET', KEYS[2])
+if revoked and tonumber(revoked) >= tonumber(ARGV[3]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('SADD', KEYS[3], ARGV[4])
+redis.call('PEXPIRE', KEYS[3], ARGV[2])
+return 1
+";
+
+/// How long Redis is left alone after a failed operation.
+const RETRY_AFTER_FAILURE_MS: u64 = 500;
+
+#[derive(serde::Serialize, serde::Deserialize)]
+enum Stored {
+    #[serde(rename = "user")]
+    User(User),
+    #[serde(rename = "rejected")]
+    Rejected,
+}
+
+pub(crate) struct Shared {
+    client: redis::Client,
+    connection: OnceCell<ConnectionManager>,
+    prefix: String,
+    timeout: Duration,
+    positive_ttl: Duration,
+    negative_ttl: Duration,
+    store_user: redis::Script,
+    subscribed: AtomicBool,
+    down: AtomicBool,
+    /// While Redis is down, it is tried again only after this (ms since the epoch), so
+    /// that not every miss waits for the timeout.
+    retry_at: AtomicU64,
+    errors: AtomicU64,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("prefix", &self.prefix)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) fn now_ms() -> u64 {
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Shared {
+    pub(crate) fn new(
+        url: &str,
+        prefix: String,
+        timeout: Duration,
+        positive_ttl: Duration,
+        negative_ttl: Duration,
+    ) -> redis::RedisResult<Self> {
+        Ok(Shared {
+            client: redis::Client::open(url)?,
+            connection: OnceCell::new(),
+            prefix,
+            timeout,
+            positive_ttl,
+            negative_ttl,
+            store_user: redis::Script::new(STORE_USER),
+            subscribed: AtomicBool::new(false),
+            down: AtomicBool::new(false),
+            retry_at: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+        })
+    }
+
+    /// Redis operations that failed or timed out since start.
+    pub(crate) fn errors(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
+    }
+
+    fn entry(&self, key: &TokenKey) -> String {
+        format!("{}t:{}", self.prefix, key.hex())
+    }
+
+    fn channel(&self) -> String {
+        format!("{}invalidate", self.prefix)
+    }
+
+    /// Runs one Redis operation within the timeout; a failure is counted and logged once
+    /// per outage, and reads as `None`.
+    async fn run<T, F, Fut>(&self, what: &'static str, op: F) -> Option<T>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        if now_ms() < self.retry_at.load(Ordering::Relaxed) {
+            return None;
+        }
+        let attempt = async {
+            let connection = self
+                .connection
+                .get_or_try_init(|| async {
+                    let config = ConnectionManagerConfig::new()
+                        .set_connection_timeout(Some(self.timeout))
+                        .set_response_timeout(Some(self.timeout))
+                        .set_number_of_retries(1);
+                    ConnectionManager::new_lazy_with_config(self.client.clone(), config)
+                })
+                .await?
+                .clone();
+            op(connection).await
+        };
+        match tokio::time::timeout(self.timeout, attempt).await {
+            Ok(Ok(value)) => {
+                if self.down.swap(false, Ordering::Relaxed) {
+                    tracing::info!("redis is back; sharing resumes");
+                }
+                Some(value)
+            }
+            Ok(Err(error)) => {
+                self.failed(what, &error.to_string());
+                None
+            }
+            Err(_) => {
+                self.failed(what, "timed out");
+                None
+            }
+        }
+    }
+
+    fn failed(&self, what: &'static str, why: &str) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        self.retry_at
+            .store(now_ms() + RETRY_AFTER_FAILURE_MS, Ordering::Relaxed);
+        if !self.down.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                operation = what,
+                why,
+                "redis unavailable; carrying on with the local cache and id6"
+            );
+        }
+    }
+
+    /// The shared verdict for `key`, if Redis has one (and answers in time).
+    pub(crate) async fn get(&self, key: &TokenKey) -> Option<Authentication> {
+        let entry = self.entry(key);
+        let raw: Option<Vec<u8>> = self
+            .run("get", |mut c| async move { c.get(entry).await })
+            .await
+            .flatten();
+        match serde_json::from_slice(&raw?).ok()? {
+            Stored::User(user) => Some(Authentication::Authenticated(Arc::new(user))),
+            Stored::Rejected => Some(Authentication::Anonymous),
+        }
+    }
+
+    /// Shares an id6 verdict; `started_ms` is when the load that produced it began.
+    pub(crate) async fn store(&self, key: &TokenKey, verdict: &Authentication, started_ms: u64) {
+        let entry = self.entry(key);
+        match verdict {
+            Authentication::Authenticated(user) => {
+                let Ok(value) = serde_json::to_vec(&Stored::User(User::clone(user))) else {
+                    return;
+                };
+                let mut invocation = self.store_user.prepare_invoke();
+                invocation
+                    .key(entry)
+                    .key(format!("{}rev:{}", self.prefix, user.id))
+                    .key(format!("{}u:{}", self.prefix, user.id))
+                    .arg(value)
+                    .arg(millis(self.positive_ttl))
+                    .arg(started_ms)
+                    .arg(key.hex());
+                let _: Option<i64> = self
+                    .run("store", |mut c| async move {
+                        invocation.invoke_async(&mut c).await
+                    })
+                    .await;
+            }
+            Authentication::Anonymous => {
+                let Ok(value) = serde_json::to_vec(&Stored::Rejected) else {
+                    return;
+                };
+                let ttl = millis(self.negative_ttl);
+                let _: Option<()> = self
+                    .run("store", |mut c| async move {
+                        c.pset_ex(entry, value, ttl).await
+                    })
+                    .await;
+            }
+            Authentication::Unavailable(_) => {}
+        }
+    }
+
+    /// Deletes a token's shared entry and tells every instance.
+    pub(crate) async fn invalidate_token(&self, key: &TokenKey) {
+        let (entry, channel, message) =
+            (self.entry(key), self.channel(), format!("t:{}", key.hex()));
+        let _: Option<()> = self
+            .run("invalidate", |mut c| async move {
+                redis::pipe()
+                    .del(entry)
+                    .publish(channel, message)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await;
+    }
+
+    /// Marks the user revoked (refusing in-flight stores), deletes its shared entries and
+    /// tells every instance.
+    pub(crate) async fn invalidate_user(&self, user_id: u64) {
+        let prefix = self.prefix.clone();
+        let channel = self.channel();
+        let mark_ttl = millis(self.positive_ttl) + 60_000;
+        let _: Option<()> = self
+            .run("invalidate", |mut c| async move {
+                let set = format!("{prefix}u:{user_id}");
+                let _: () = c
+                    .pset_ex(format!("{prefix}rev:{user_id}"), now_ms(), mark_ttl)
+                    .await?;
+                let members: Vec<String> = c.smembers(&set).await?;
+                let mut pipe = redis::pipe();
+                for member in members {
+                    pipe.del(format!("{prefix}t:{member}"));
+                }
+                pipe.del(set).publish(channel, format!("u:{user_id}"));
+                pipe.query_async(&mut c).await
+            })
+            .await;
+    }
+
+    /// Deletes every shared entry under the prefix and tells every instance.
+    pub(crate) async fn clear(&self) {
+        let pattern = format!("{}t:*", self.prefix);
+        let channel = self.channel();
+        let _: Option<()> = self
+            .run("clear", |mut c| async move {
+                let keys: Vec<String> = {
+                    let mut iter = c.scan_match::<_, String>(pattern).await?;
+                    let mut keys = Vec::new();
+                    while let Some(key) = iter.next_item().await {
+                        keys.push(key?);
+                    }
+                    keys
+                };
+                let mut pipe = redis::pipe();
+                for key in keys {
+                    pipe.del(key);
+                }
+                pipe.publish(channel, "*");
+                pipe.query_async(&mut c).await
+            })
+            .await;
+    }
+
+    /// Starts, once, the task that applies other instances' evictions to `cache`.
+    pub(crate) fn subscribe(self: &Arc<Self>, cache: AuthCache) {
+        if self.subscribed.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.subscribed.store(false, Ordering::SeqCst);
+            return;
+        };
+        let shared = Arc::downgrade(self);
+        runtime.spawn(async move {
+            let mut was_connected = false;
+            let mut backoff = Duration::from_millis(50);
+            loop {
+                let Some(this) = shared.upgrade() else { return };
+                let (client, channel) = (this.client.clone(), this.channel());
+                drop(this);
+                let subscription = async {
+                    let mut pubsub = client.get_async_pubsub().await?;
+                    pubsub.subscribe(&channel).await?;
+                    Ok::<_, redis::RedisError>(pubsub)
+                };
+                match tokio::time::timeout(Duration::from_secs(2), subscription).await {
+                    Ok(Ok(pubsub)) => {
+                        if was_connected {
+                            // Broadcasts may have been missed while cut off.
+                            tracing::info!("redis subscription restored; clearing the local cache");
+                            cache.clear();
+                        }
+                        was_connected = true;
+                        backoff = Duration::from_millis(50);
+                        let mut messages = pubsub.into_on_message();
+                        while let Some(message) = messages.next().await {
+                            let Ok(payload) = message.get_payload::<String>() else {
+                                continue;
+                            };
+                            apply(&cache, &payload);
+                        }
+                    }
+                    _ => {
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(2));
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Another instance's eviction, applied locally (and not broadcast again).
+fn apply(cache: &AuthCache, message: &str) {
+    if message == "*" {
+        cache.clear();
+    } else if let Some(id) = message.strip_prefix("u:").and_then(|id| id.parse().ok()) {
+        cache.invalidate_user(id);
+    } else if let Some(key) = message.strip_prefix("t:").and_then(TokenKey::from_hex) {
+        cache.invalidate_token(&key);
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}

@@ -1,0 +1,230 @@
+//! Three instances, one Redis, one id6: shared answers, evictions broadcast, Redis optional.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use id6_tower::testing::MockId6;
+use id6_tower::{Id6, UserToken};
+
+/// A redis-server of the test's own, on a free loopback port, so it can be stopped and
+/// started again; ended with the test.
+struct Redis {
+    binary: &'static str,
+    port: u16,
+    process: Option<Child>,
+}
+
+impl Redis {
+    fn start() -> Option<Redis> {
+        let binary = ["/usr/bin/redis-server", "/usr/local/bin/redis-server"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .ok()?;
+        let mut redis = Redis {
+            binary,
+            port,
+            process: None,
+        };
+        redis.spawn();
+        Some(redis)
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(self.binary)
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        self.process = Some(child);
+        // Ready when it accepts connections: bounded retries.
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("redis-server did not listen within 2 s");
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.process.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn redis_or_skip() -> Option<Redis> {
+    let redis = Redis::start();
+    if redis.is_none() {
+        let message = "CLUSTER TEST NOT RUN: install redis-server (apt-get install redis-server); .ci/run does";
+        if std::env::var_os("CI").is_some() {
+            panic!("{message}");
+        }
+        eprintln!("\n*** {message} ***\n");
+    }
+    redis
+}
+
+/// One instance of the app, with its own id6 handle (own moka cache), on its own port.
+struct App {
+    id6: Id6,
+    base: String,
+    http: reqwest::Client,
+}
+
+impl App {
+    async fn get(&self, path: &str, token: &str) -> (u16, String) {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .header("cookie", format!("auth={token}"))
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    }
+}
+
+async fn instance(mock: &MockId6, redis: &Redis, prefix: &str) -> Id6 {
+    Id6::builder(mock.url())
+        .redis(redis.url())
+        .redis_prefix(prefix)
+        .redis_timeout(Duration::from_millis(100))
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_share_answers_and_evictions() {
+    let Some(mut redis) = redis_or_skip() else {
+        return;
+    };
+    let mock = MockId6::start().await.unwrap();
+    let prefix = format!("id6-test-{}:", std::process::id());
+    let alice = mock.add_user("Alice", "a@example.com");
+    let token = mock.token_issued_at(alice, common::now_ms() - 10);
+    let mut apps = Vec::new();
+    for _ in 0..3 {
+        let id6 = instance(&mock, &redis, &prefix).await;
+        apps.push(App {
+            base: common::serve(common::app(&id6)).await,
+            id6,
+            http: reqwest::Client::new(),
+        });
+    }
+    // Give the subscribers a moment to be listening before anything is broadcast.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // 300 requests for one user over three instances: one id6 call.
+    assert_eq!(apps[0].get("/", &token).await.1, "Hello, Alice!");
+    let requests = (0..299).map(|i| {
+        let app = &apps[(i + 1) % 3];
+        app.get("/", &token)
+    });
+    for (_, body) in futures_util::future::join_all(requests).await {
+        assert_eq!(body, "Hello, Alice!");
+    }
+    assert_eq!(
+        mock.user_calls(),
+        1,
+        "the other instances found the answer in Redis"
+    );
+
+    // Disconnect through A: B and C refuse the token within 100 ms.
+    apps[0]
+        .id6
+        .disconnect(&UserToken::new(&token).unwrap())
+        .await
+        .unwrap_or_else(|e| panic!("disconnect: {e}"));
+    let returned = Instant::now();
+    let mut worst = Duration::ZERO;
+    for app in &apps[1..] {
+        loop {
+            if app.get("/me", &token).await.0 == 401 {
+                break;
+            }
+            assert!(returned.elapsed() < Duration::from_secs(2), "never refused");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        worst = worst.max(returned.elapsed());
+    }
+    println!("revocation seen on the other instances after {worst:?} (worst case)");
+    assert!(worst < Duration::from_millis(100), "{worst:?}");
+
+    // Redis stopped: requests keep succeeding through moka and id6, never waiting long.
+    redis.stop();
+    let bob = mock.add_user("Bob", "b@example.com");
+    let bob_token = mock.token_for(bob);
+    let mut slowest = Duration::ZERO;
+    for app in &apps {
+        for _ in 0..5 {
+            let started = Instant::now();
+            assert_eq!(app.get("/", &bob_token).await.1, "Hello, Bob!");
+            slowest = slowest.max(started.elapsed());
+        }
+    }
+    println!("with Redis down, the slowest request took {slowest:?} (Redis timeout 100 ms)");
+    assert!(slowest < Duration::from_secs(1), "{slowest:?}");
+    assert!(
+        apps[0].id6.stats().shared_errors > 0,
+        "the outage was counted"
+    );
+
+    // Redis back: sharing and broadcasts resume.
+    redis.spawn();
+    tokio::time::sleep(Duration::from_millis(2500)).await; // subscribers reconnect (≤ 2 s backoff)
+    let carol = mock.add_user("Carol", "c@example.com");
+    let carol_token = mock.token_issued_at(carol, common::now_ms() - 10);
+    let calls = mock.user_calls();
+    assert_eq!(apps[1].get("/", &carol_token).await.1, "Hello, Carol!");
+    assert_eq!(apps[2].get("/", &carol_token).await.1, "Hello, Carol!");
+    assert_eq!(mock.user_calls(), calls + 1, "sharing resumed");
+    apps[2]
+        .id6
+        .disconnect(&UserToken::new(&carol_token).unwrap())
+        .await
+        .unwrap();
+    let returned = Instant::now();
+    loop {
+        if apps[1].get("/me", &carol_token).await.0 == 401 {
+            break;
+        }
+        assert!(
+            returned.elapsed() < Duration::from_secs(2),
+            "broadcasts did not resume"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    println!(
+        "after Redis came back, revocation seen in {:?}",
+        returned.elapsed()
+    );
+}

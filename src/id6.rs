@@ -332,6 +332,11 @@ impl Id6 {
             }
             let started_ms = crate::shared::now_ms();
             let verdict = self.inner.client.authenticate(token).await;
+            if let Some(user) = verdict.user() {
+                if let Some(revoked_at) = user.invalidate_tokens_at {
+                    shared.note_revocation(user.id, revoked_at).await;
+                }
+            }
             shared.store(&key, &verdict, started_ms).await;
             return verdict;
         }

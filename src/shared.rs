@@ -262,6 +262,20 @@ impl Shared {
             .await;
     }
 
+    /// An `/authorize` answer showed when id6 last revoked the user's tokens: if no instance
+    /// has evicted the user since, do it everywhere now.
+    pub(crate) async fn note_revocation(&self, user_id: u64, revoked_at_ms: u64) {
+        let marker = format!("{}rev:{user_id}", self.prefix);
+        let known: Option<Option<u64>> = self
+            .run("get", |mut c| async move { c.get(marker).await })
+            .await;
+        if let Some(known) = known {
+            if known.is_none_or(|known| known < revoked_at_ms) {
+                self.invalidate_user(user_id).await;
+            }
+        }
+    }
+
     /// Deletes every shared entry under the prefix and tells every instance.
     pub(crate) async fn clear(&self) {
         let pattern = format!("{}t:*", self.prefix);

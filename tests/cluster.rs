@@ -228,3 +228,50 @@ async fn three_instances_share_answers_and_evictions() {
         returned.elapsed()
     );
 }
+
+/// With the private backend, an answer showing a newer revocation on one instance evicts the
+/// user's other tokens on every instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_seen_by_one_instance_reaches_the_others() {
+    let Some(redis) = redis_or_skip() else { return };
+    let mock = MockId6::start().await.unwrap();
+    let prefix = format!("id6-test-authz-{}:", std::process::id());
+    let alice = mock.add_user("Alice", "a@example.com");
+    let laptop = mock.token_issued_at(alice, common::now_ms() - 10);
+    let mut apps = Vec::new();
+    for _ in 0..2 {
+        let id6 = Id6::builder(mock.url())
+            .authorization(mock.authorization_url(), mock.authorization_secret())
+            .redis(redis.url())
+            .redis_prefix(&prefix)
+            .build()
+            .unwrap();
+        apps.push(App {
+            base: common::serve(common::app(&id6)).await,
+            id6,
+            http: reqwest::Client::new(),
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(apps[0].get("/", &laptop).await.1, "Hello, Alice!");
+    assert_eq!(apps[1].get("/", &laptop).await.1, "Hello, Alice!");
+    assert_eq!(mock.authorize_calls(), 1);
+
+    // Alice disconnects through another app; a new session shows up on instance A.
+    mock.revoke_tokens(alice);
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    let phone = mock.token_for(alice);
+    assert_eq!(apps[0].get("/", &phone).await.1, "Hello, Alice!");
+    let seen = Instant::now();
+    loop {
+        if apps[1].get("/me", &laptop).await.0 == 401 {
+            break;
+        }
+        assert!(
+            seen.elapsed() < Duration::from_secs(2),
+            "B kept serving the revoked laptop"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    println!("a revocation learnt by A reached B in {:?}", seen.elapsed());
+}

@@ -145,11 +145,13 @@ async fn page(
                 .and_then(|h| h.to_str().ok())
                 .unwrap_or("127.0.0.1:3000");
             let back = format!("http://{host}/app");
-            let link = match &state.login_url {
-                Some(login) => format!(
-                    "<a id=\"sign-in\" href=\"{}?redirect={}\">Sign in with id6</a>",
-                    escape(login),
-                    escape(&encode(&back))
+            let sign_in = state.login_url.as_deref().and_then(|login| {
+                reqwest::Url::parse_with_params(login, [("redirect", back.as_str())]).ok()
+            });
+            let link = match sign_in {
+                Some(url) => format!(
+                    "<a id=\"sign-in\" href=\"{}\">Sign in with id6</a>",
+                    escape(url.as_str())
                 ),
                 None => "<p>Set ID6_LOGIN_URL to link to id6's sign-in page.</p>".to_owned(),
             };
@@ -166,19 +168,6 @@ fn escape(text: &str) -> String {
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")
-}
-
-/// Percent-encodes a query value.
-fn encode(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 async fn logout_everywhere(

@@ -302,7 +302,8 @@ impl Shared {
 
     /// Starts, once, the task that applies other instances' evictions to `cache`.
     pub(crate) fn subscribe(self: &Arc<Self>, cache: AuthCache) {
-        if self.subscribed.swap(true, Ordering::SeqCst) {
+        // Called on every miss: a read first, the write only once.
+        if self.subscribed.load(Ordering::Relaxed) || self.subscribed.swap(true, Ordering::SeqCst) {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {

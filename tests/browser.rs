@@ -119,22 +119,28 @@ async fn a_browser_signs_in_and_out() {
             std::fs::write(&path, png).expect("screenshot saved");
         }
     };
-    let status = || {
+    // The page's `#status` once it reads `want`: clicks that navigate return before the
+    // next page is there, so wait for it (WebDriver-style, bounded), then compare.
+    let status = |want: &'static str| {
         let browser = browser.clone();
         async move {
-            browser
-                .find(Locator::Id("status"))
-                .await
-                .expect("#status")
-                .text()
-                .await
-                .expect("its text")
+            let mut seen = String::new();
+            for _ in 0..100 {
+                if let Ok(element) = browser.find(Locator::Id("status")).await {
+                    seen = element.text().await.unwrap_or_default();
+                    if seen == want {
+                        break;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            seen
         }
     };
 
     // 1. Anonymous.
     browser.goto(&format!("{app_url}/app")).await.unwrap();
-    assert_eq!(status().await, "Anonymous");
+    assert_eq!(status("Anonymous").await, "Anonymous");
     shot("1-anonymous.png").await;
 
     // 2. To id6's sign-in page, and sign in as Alice.
@@ -161,15 +167,15 @@ async fn a_browser_signs_in_and_out() {
         .unwrap();
 
     // 3. Back on the app, signed in; several page loads, one id6 call.
+    assert_eq!(status("Signed in as Alice").await, "Signed in as Alice");
     assert_eq!(
         browser.current_url().await.unwrap().as_str(),
         format!("{app_url}/app")
     );
-    assert_eq!(status().await, "Signed in as Alice");
     shot("3-signed-in.png").await;
     for _ in 0..3 {
         browser.refresh().await.unwrap();
-        assert_eq!(status().await, "Signed in as Alice");
+        assert_eq!(status("Signed in as Alice").await, "Signed in as Alice");
     }
     assert_eq!(
         mock.user_calls(),
@@ -190,7 +196,7 @@ async fn a_browser_signs_in_and_out() {
         .click()
         .await
         .unwrap();
-    assert_eq!(status().await, "Anonymous");
+    assert_eq!(status("Anonymous").await, "Anonymous");
     shot("4-signed-out.png").await;
     let cookies = browser.get_all_cookies().await.unwrap();
     assert!(
@@ -216,7 +222,10 @@ async fn the_sign_in_page_is_no_open_redirect() {
         client
             .post(format!("{}/auth/login", mock.url()))
             .header("content-type", "application/x-www-form-urlencoded")
-            .body(format!("userId={alice}&redirect={}", encode(redirect)))
+            .body(form(&[
+                ("userId", &alice.to_string()),
+                ("redirect", redirect),
+            ]))
             .send()
     };
     for evil in [
@@ -260,14 +269,8 @@ async fn the_sign_in_page_is_no_open_redirect() {
     );
 }
 
-fn encode(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+/// An `application/x-www-form-urlencoded` body.
+fn form(fields: &[(&str, &str)]) -> String {
+    let url = reqwest::Url::parse_with_params("http://form.invalid/", fields).expect("a URL");
+    url.query().unwrap_or_default().to_owned()
 }

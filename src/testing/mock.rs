@@ -117,19 +117,6 @@ fn millis(t: SystemTime) -> u64 {
     u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Percent-encodes a query value (everything but unreserved characters).
-fn url_encode(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 fn iso(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
@@ -486,8 +473,10 @@ impl MockId6 {
 
     /// The sign-in page, which returns the browser to `redirect` once signed in.
     pub fn sign_in_url(&self, redirect: &str) -> String {
-        let query: String = url_encode(redirect);
-        format!("{}/login?redirect={query}", self.url())
+        let page = format!("{}/login", self.url());
+        reqwest::Url::parse_with_params(&page, [("redirect", redirect)])
+            .map(String::from)
+            .unwrap_or(page)
     }
 
     /// Adds a local user and returns its id.

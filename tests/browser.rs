@@ -30,6 +30,26 @@ impl Drop for Driver {
     }
 }
 
+/// The browser profile of this test: on drop (even after a failed assertion) every
+/// Chromium process using it is ended and the profile removed, so none outlives the test.
+struct Profile(PathBuf);
+
+impl Drop for Profile {
+    fn drop(&mut self) {
+        let needle = self.0.to_string_lossy().into_owned();
+        if let Ok(entries) = std::fs::read_dir("/proc") {
+            for entry in entries.flatten() {
+                let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+                if String::from_utf8_lossy(&cmdline).contains(&needle) {
+                    let pid = entry.file_name().to_string_lossy().into_owned();
+                    let _ = Command::new("kill").arg("-9").arg(pid).status();
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -78,7 +98,8 @@ async fn a_browser_signs_in_and_out() {
             .spawn()
             .expect("chromedriver starts"),
     );
-    let profile = std::env::temp_dir().join(format!("id6-tower-chromium-{}", std::process::id()));
+    let profile =
+        Profile(std::env::temp_dir().join(format!("id6-tower-chromium-{}", std::process::id())));
     let mut capabilities = serde_json::Map::new();
     capabilities.insert(
         "goog:chromeOptions".to_owned(),
@@ -88,7 +109,7 @@ async fn a_browser_signs_in_and_out() {
                 "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                 "--disable-quic", "--no-first-run", "--disable-background-networking",
                 "--disable-component-update", "--disable-sync",
-                format!("--user-data-dir={}", profile.display()),
+                format!("--user-data-dir={}", profile.0.display()),
             ],
         }),
     );
@@ -205,7 +226,7 @@ async fn a_browser_signs_in_and_out() {
     );
 
     browser.close().await.unwrap();
-    let _ = std::fs::remove_dir_all(profile);
+    drop(profile);
 }
 
 /// The sign-in page refuses to send the browser anywhere not allowed: no open redirect.

@@ -132,8 +132,9 @@ pub struct Id6Builder {
     on_unavailable: OnUnavailable,
     max_concurrent_calls: usize,
     queue_timeout: Option<Duration>,
+    /// A Redis URL may carry a password: kept out of `Debug`.
     #[cfg(feature = "redis")]
-    redis_url: Option<String>,
+    redis_url: Option<Secret>,
     #[cfg(feature = "redis")]
     redis_prefix: String,
     #[cfg(feature = "redis")]
@@ -276,7 +277,7 @@ impl Id6Builder {
         }
         #[cfg(feature = "redis")]
         {
-            builder.redis_url = lookup("ID6_REDIS_URL");
+            builder.redis_url = lookup("ID6_REDIS_URL").map(Secret);
         }
         builder.authorization_url = lookup("ID6_AUTHORIZATION_URL");
         builder.authorization_secret = lookup("ID6_AUTHORIZATION_SECRET").map(Secret);
@@ -386,7 +387,7 @@ impl Id6Builder {
     /// instances". Starting never needs Redis to be up.
     #[cfg(feature = "redis")]
     pub fn redis(mut self, url: impl Into<String>) -> Self {
-        self.redis_url = Some(url.into());
+        self.redis_url = Some(Secret(url.into()));
         self
     }
 
@@ -566,7 +567,7 @@ impl Id6Builder {
             queue_timeout: positive("queue_timeout", self.queue_timeout.unwrap_or(timeout))?,
             #[cfg(feature = "redis")]
             redis: match self.redis_url {
-                Some(url) => Some((
+                Some(Secret(url)) => Some((
                     url,
                     self.redis_prefix,
                     positive("redis_timeout", self.redis_timeout)?,
@@ -781,6 +782,11 @@ mod tests {
         );
         let builder = Id6Builder::new("http://h").authorization("http://h:3030", "s3cret");
         assert!(!format!("{builder:?}").contains("s3cret"));
+        #[cfg(feature = "redis")]
+        {
+            let builder = Id6Builder::new("http://h").redis("redis://:s3cret@127.0.0.1:6379");
+            assert!(!format!("{builder:?}").contains("s3cret"));
+        }
 
         let missing = env(&[]).validate().unwrap_err();
         assert_eq!(missing.setting(), Some("ID6_URL"));

@@ -52,9 +52,12 @@ struct Entries {
 }
 
 impl Entries {
-    fn get(&self, key: &TokenKey) -> Option<Authentication> {
-        if let Some((user, _)) = self.users.get(key) {
-            return Some(Authentication::Authenticated(user));
+    /// With a `max_age`, a user confirmed by id6 longer ago is no answer: one lookup either
+    /// way.
+    fn get(&self, key: &TokenKey, max_age: Option<Duration>) -> Option<Authentication> {
+        if let Some((user, confirmed)) = self.users.get(key) {
+            let fresh = max_age.is_none_or(|max_age| confirmed.elapsed() <= max_age);
+            return fresh.then_some(Authentication::Authenticated(user));
         }
         self.rejected
             .contains_key(key)
@@ -186,17 +189,10 @@ impl AuthCache {
         }
     }
 
-    /// The cached verdict for `key`, if any: the whole hit path.
-    pub(crate) fn get(&self, key: &TokenKey) -> Option<Authentication> {
-        self.entries.get(key)
-    }
-
-    /// Whether the cached user for `key` was confirmed by id6 within `max_age`.
-    pub(crate) fn is_fresh(&self, key: &TokenKey, max_age: Duration) -> bool {
-        self.entries
-            .users
-            .get(key)
-            .is_some_and(|(_, at)| at.elapsed() <= max_age)
+    /// The cached verdict for `key`, if any: the whole hit path. With a `max_age`, a user
+    /// confirmed by id6 longer ago counts as a miss.
+    pub(crate) fn get(&self, key: &TokenKey, max_age: Option<Duration>) -> Option<Authentication> {
+        self.entries.get(key, max_age)
     }
 
     /// Waits on the load of `key` already in flight, or starts one with `fetch`.
@@ -216,14 +212,8 @@ impl AuthCache {
         Fut: Future<Output = Authentication> + Send + 'static,
     {
         let mut inflight = lock(&self.shared.inflight);
-        if let Some(done) = self.entries.get(&key) {
-            let fresh_enough = match (&done, max_age) {
-                (Authentication::Authenticated(_), Some(max_age)) => self.is_fresh(&key, max_age),
-                _ => true,
-            };
-            if fresh_enough {
-                return ready(done);
-            }
+        if let Some(done) = self.entries.get(&key, max_age) {
+            return ready(done);
         }
         let generation = self.shared.generation.load(Ordering::SeqCst);
         if let Some(load) = inflight.get(&key) {
@@ -243,13 +233,14 @@ impl AuthCache {
             key,
             started: generation,
         };
-        let cache = self.clone();
         let fetch = fetch();
         let task = runtime.spawn(async move {
             let verdict = fetch.await;
             guard.cache.fill(key, &verdict, generation);
+            // Policy answers are for the waiters only: computed after the fill, never stored.
+            let answer = apply_policy(&guard.cache, key, verdict);
             drop(guard);
-            apply_policy(&cache, key, verdict)
+            answer
         });
         let pending = async move {
             task.await.unwrap_or_else(|_| {
@@ -489,7 +480,7 @@ mod tests {
         }
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         assert_eq!(cache.inflight_len(), 0);
-        assert!(cache.get(&key).is_some());
+        assert!(cache.get(&key, None).is_some());
         assert_eq!(cache.user_id_of(&key), Some(1));
     }
 
@@ -501,7 +492,7 @@ mod tests {
             Authentication::Unavailable(Error::new(Kind::Connect))
         });
         assert!(pending.await.unavailable().is_some());
-        assert!(cache.get(&key).is_none());
+        assert!(cache.get(&key, None).is_none());
         assert_eq!(cache.inflight_len(), 0);
 
         // Nobody awaits this load: it still completes and fills the cache.
@@ -514,7 +505,7 @@ mod tests {
         while cache.inflight_len() > 0 {
             tokio::task::yield_now().await;
         }
-        assert!(cache.get(&key).unwrap().is_anonymous());
+        assert!(cache.get(&key, None).unwrap().is_anonymous());
     }
 
     #[test]
@@ -526,26 +517,26 @@ mod tests {
         cache.fill(b, &user(1), before);
         cache.fill(c, &user(2), before);
         cache.invalidate_user(1);
-        assert!(cache.get(&a).is_none() && cache.get(&b).is_none());
-        assert!(cache.get(&c).is_some(), "another user is untouched");
+        assert!(cache.get(&a, None).is_none() && cache.get(&b, None).is_none());
+        assert!(cache.get(&c, None).is_some(), "another user is untouched");
         // A load of user 1 that started before the invalidation does not refill...
         cache.fill(a, &user(1), before);
-        assert!(cache.get(&a).is_none());
+        assert!(cache.get(&a, None).is_none());
         // ...one that started after does.
         let after = cache.shared.generation.load(Ordering::SeqCst);
         cache.fill(a, &user(1), after);
-        assert!(cache.get(&a).is_some());
+        assert!(cache.get(&a, None).is_some());
 
         cache.invalidate_token(&a);
         cache.fill(a, &user(1), after);
-        assert!(cache.get(&a).is_none());
+        assert!(cache.get(&a, None).is_none());
 
         let now = cache.shared.generation.load(Ordering::SeqCst);
         cache.fill(b, &Authentication::Anonymous, now);
         cache.clear();
-        assert!(cache.get(&b).is_none() && cache.get(&c).is_none());
+        assert!(cache.get(&b, None).is_none() && cache.get(&c, None).is_none());
         cache.fill(c, &user(2), now);
-        assert!(cache.get(&c).is_none());
+        assert!(cache.get(&c, None).is_none());
     }
 
     #[test]
@@ -559,9 +550,9 @@ mod tests {
         let (a, b, c) = (TokenKey::of("a"), TokenKey::of("b"), TokenKey::of("c"));
         cache.fill(a, &with(100), 0);
         cache.fill(b, &with(100), 0);
-        assert!(cache.get(&a).is_some() && cache.get(&b).is_some());
+        assert!(cache.get(&a, None).is_some() && cache.get(&b, None).is_some());
         cache.fill(c, &with(200), 0);
-        assert!(cache.get(&a).is_none() && cache.get(&b).is_none());
-        assert!(cache.get(&c).is_some());
+        assert!(cache.get(&a, None).is_none() && cache.get(&b, None).is_none());
+        assert!(cache.get(&c, None).is_some());
     }
 }

@@ -261,9 +261,9 @@ impl Id6 {
             return Lookup::NoToken;
         };
         let from_cookie = location == TokenLocation::Cookie;
-        let malformed = || {
+        let refuse = |why: &str| {
             inner.telemetry.lookup(telemetry::Lookup::Malformed);
-            tracing::debug!("malformed id6 token; anonymous without asking id6");
+            tracing::debug!(why, "token refused locally; anonymous without asking id6");
             Lookup::Ready {
                 verdict: Authentication::Anonymous,
                 from_cookie,
@@ -271,12 +271,10 @@ impl Id6 {
         };
         // Bound the hashing work a stranger can cause; such a value is no token anyway.
         if raw.len() > token::MAX_TOKEN_LEN {
-            return malformed();
+            return refuse("too long");
         }
         let key = TokenKey::of(raw);
-        if let Some(verdict) = inner.cache.get(&key).filter(|v| {
-            max_age.is_none_or(|age| v.user().is_none() || inner.cache.is_fresh(&key, age))
-        }) {
+        if let Some(verdict) = inner.cache.get(&key, max_age) {
             let hit = match verdict {
                 Authentication::Authenticated(_) => telemetry::Lookup::Hit,
                 _ => telemetry::Lookup::NegativeHit,
@@ -290,18 +288,10 @@ impl Id6 {
         // Only values that pass `check` and the screen are ever stored, so a hit needs
         // neither.
         let Found::Token(token) = token::check(raw) else {
-            return malformed();
+            return refuse("not cookie-octets");
         };
         if let Err(refusal) = inner.settings.screen.check(token) {
-            inner.telemetry.lookup(telemetry::Lookup::Malformed);
-            tracing::debug!(
-                why = refusal.as_str(),
-                "token refused locally; anonymous without asking id6"
-            );
-            return Lookup::Ready {
-                verdict: Authentication::Anonymous,
-                from_cookie,
-            };
+            return refuse(refusal.as_str());
         }
         inner.telemetry.lookup(telemetry::Lookup::Miss);
         let token = UserToken::from_found(token);

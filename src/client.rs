@@ -69,27 +69,28 @@ impl Client {
         let elapsed = started.elapsed();
         let elapsed_ms = elapsed.as_secs_f64() * 1e3;
         let counted = match &outcome {
-            Authentication::Authenticated(_) => Upstream::Authenticated,
-            Authentication::Anonymous => Upstream::Rejected,
-            Authentication::Unavailable(_) => Upstream::Unavailable,
-        };
-        self.telemetry.upstream(counted, elapsed);
-        match &outcome {
             Authentication::Authenticated(user) => {
-                tracing::debug!(user_id = user.id, elapsed_ms, "id6 named the user")
+                tracing::debug!(user_id = user.id, elapsed_ms, "id6 named the user");
+                Upstream::Authenticated
             }
-            Authentication::Anonymous => tracing::debug!(elapsed_ms, "id6 rejected the token"),
+            Authentication::Anonymous => {
+                tracing::debug!(elapsed_ms, "id6 rejected the token");
+                Upstream::Rejected
+            }
             Authentication::Unavailable(error) if error.is_secret_rejected() => {
                 if !self.secret_rejection_logged.swap(true, Ordering::Relaxed) {
                     tracing::error!(%error, "id6 refused our authorization secret; every token lookup fails until the configuration is fixed");
                 } else {
                     tracing::debug!(%error, elapsed_ms, "id6 refused our authorization secret");
                 }
+                Upstream::Unavailable
             }
             Authentication::Unavailable(error) => {
-                tracing::warn!(%error, elapsed_ms, "id6 unavailable; request identity unknown")
+                tracing::warn!(%error, elapsed_ms, "id6 unavailable; request identity unknown");
+                Upstream::Unavailable
             }
-        }
+        };
+        self.telemetry.upstream(counted, elapsed);
         outcome
     }
 
@@ -175,24 +176,25 @@ impl Client {
         let url = join(&self.settings.base_url, path);
         let request = self.with_cookie(self.http.request(method, url), token);
         let sent = build(request).send().await.map_err(Error::from_reqwest);
-        let response = match sent {
-            Ok(response) => response,
-            Err(error) => {
-                self.admission.record(Some(&error));
-                return Err(error);
+        // What the breaker learns: no answer, or an answer that is no verdict (429, 5xx).
+        let failure = match &sent {
+            Err(error) => Some(error.clone()),
+            Ok(r)
+                if r.status() == StatusCode::TOO_MANY_REQUESTS || r.status().is_server_error() =>
+            {
+                Some(unavailable(r))
             }
+            Ok(_) => None,
         };
-        let status = response.status();
-        if status.is_success() {
-            self.admission.record(None);
-            return Ok(response);
-        }
-        if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
-            let error = unavailable(&response);
-            self.admission.record(Some(&error));
+        self.admission.record(failure.as_ref());
+        if let Some(error) = failure {
             return Err(error);
         }
-        self.admission.record(None);
+        let response = sent?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
         #[derive(Deserialize)]
         #[serde(rename_all = "camelCase")]
         struct Body {

@@ -112,6 +112,19 @@ impl App {
     }
 }
 
+impl App {
+    /// Polls `/me` with `token` until it is refused (within 2 s, else `panic!(why)`).
+    async fn until_refused(&self, token: &str, since: Instant, why: &str) -> Duration {
+        loop {
+            if self.get("/me", token).await.0 == 401 {
+                return since.elapsed();
+            }
+            assert!(since.elapsed() < Duration::from_secs(2), "{why}");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+}
+
 async fn instance(mock: &MockId6, redis: &Redis, prefix: &str) -> Id6 {
     Id6::builder(mock.url())
         .redis(redis.url())
@@ -167,14 +180,7 @@ async fn three_instances_share_answers_and_evictions() {
     let returned = Instant::now();
     let mut worst = Duration::ZERO;
     for app in &apps[1..] {
-        loop {
-            if app.get("/me", &token).await.0 == 401 {
-                break;
-            }
-            assert!(returned.elapsed() < Duration::from_secs(2), "never refused");
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        worst = worst.max(returned.elapsed());
+        worst = worst.max(app.until_refused(&token, returned, "never refused").await);
     }
     println!("revocation seen on the other instances after {worst:?} (worst case)");
     assert!(worst < Duration::from_millis(100), "{worst:?}");
@@ -213,16 +219,9 @@ async fn three_instances_share_answers_and_evictions() {
         .await
         .unwrap();
     let returned = Instant::now();
-    loop {
-        if apps[1].get("/me", &carol_token).await.0 == 401 {
-            break;
-        }
-        assert!(
-            returned.elapsed() < Duration::from_secs(2),
-            "broadcasts did not resume"
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    apps[1]
+        .until_refused(&carol_token, returned, "broadcasts did not resume")
+        .await;
     println!(
         "after Redis came back, revocation seen in {:?}",
         returned.elapsed()
@@ -263,15 +262,8 @@ async fn a_revocation_seen_by_one_instance_reaches_the_others() {
     let phone = mock.token_for(alice);
     assert_eq!(apps[0].get("/", &phone).await.1, "Hello, Alice!");
     let seen = Instant::now();
-    loop {
-        if apps[1].get("/me", &laptop).await.0 == 401 {
-            break;
-        }
-        assert!(
-            seen.elapsed() < Duration::from_secs(2),
-            "B kept serving the revoked laptop"
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    println!("a revocation learnt by A reached B in {:?}", seen.elapsed());
+    let took = apps[1]
+        .until_refused(&laptop, seen, "B kept serving the revoked laptop")
+        .await;
+    println!("a revocation learnt by A reached B in {took:?}");
 }

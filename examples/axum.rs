@@ -193,8 +193,20 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// A bad setting ends the process with one line naming it (and status 1), not a panic or a
+/// `Debug` dump.
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> std::process::ExitCode {
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("axum example: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let bind = std::env::var("BIND").unwrap_or_else(|_| "127.0.0.1:3000".to_owned());
 
     let listener = tokio::net::TcpListener::bind(&bind).await?;

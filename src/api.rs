@@ -21,6 +21,7 @@ use http::Method;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::client::read_capped;
 use crate::error::{Error, Kind};
 use crate::token::{TokenSource, UserToken};
 use crate::{Authentication, Id6, User};
@@ -218,6 +219,8 @@ impl PictureUpload {
 #[derive(Debug)]
 pub struct PictureDownload {
     response: reqwest::Response,
+    /// [`max_picture_bytes`](crate::Id6Builder::max_picture_bytes), for [`bytes`](Self::bytes).
+    limit: usize,
 }
 
 impl PictureDownload {
@@ -243,16 +246,21 @@ impl PictureDownload {
         Some(name.trim_matches('"'))
     }
 
-    /// All of it in memory.
+    /// All of it in memory, up to [`max_picture_bytes`](crate::Id6Builder::max_picture_bytes)
+    /// (id6 sets no limit of its own, so a hostile or broken id6 could send gigabytes).
     ///
     /// # Errors
     ///
-    /// When the download fails midway.
+    /// When the download fails midway, or the picture is longer than the cap (an error for
+    /// which [`is_body`](Error::is_body) is true; nothing past the cap is read).
     pub async fn bytes(self) -> Result<Bytes, Error> {
-        self.response.bytes().await.map_err(Error::from_reqwest)
+        read_capped(self.response, self.limit)
+            .await
+            .map(Bytes::from)
     }
 
-    /// The bytes as they arrive, e.g. for `axum::body::Body::from_stream`.
+    /// The bytes as they arrive, e.g. for `axum::body::Body::from_stream`. Not capped: the
+    /// caller sees each chunk and decides how much to keep (to forward it to a client, say).
     pub fn into_stream(self) -> impl Stream<Item = Result<Bytes, Error>> + Send + 'static {
         self.response.bytes_stream().map_err(Error::from_reqwest)
     }
@@ -418,7 +426,9 @@ impl Id6 {
         let response = self
             .call(Method::GET, "user/picture", &token, |r| r)
             .await?;
-        Ok(PictureDownload { response })
+        // At most 1 GiB (checked by `build`): fits a usize wherever this crate builds.
+        let limit = usize::try_from(self.settings().max_picture_bytes).unwrap_or(usize::MAX);
+        Ok(PictureDownload { response, limit })
     }
 
     async fn evict_owner(&self, token: &UserToken) {

@@ -22,6 +22,9 @@ pub(crate) type Pending = Shared<BoxFuture<'static, Authentication>>;
 
 /// Fills between two sweeps of the coherence maps.
 const SWEEP_EVERY: u32 = 1024;
+/// Invalidation marks (of tokens, and of users) kept before a sweep; see
+/// [`AuthCache::bound_marks`].
+const MAX_MARKS: usize = 4096;
 
 /// The verdicts cache. Only `Authenticated` and `Anonymous` are stored; `Unavailable` never
 /// is, so the next request asks id6 again.
@@ -138,8 +141,11 @@ struct Coherence {
     users: HashMap<u64, UserKeys>,
     /// Tokens invalidated one by one: generation and when.
     tokens: HashMap<TokenKey, (u64, Instant)>,
-    /// Generation of the last `clear`.
+    /// Loads that started before this generation store nothing: set by `clear`, and when
+    /// too many marks collapse into it.
     cleared_at: u64,
+    /// How many users carry an `invalidated` mark.
+    user_marks: usize,
     fills_since_sweep: u32,
 }
 
@@ -316,16 +322,46 @@ impl AuthCache {
     fn sweep(&self, coherence: &mut Coherence) {
         let lifetime = self.shared.mark_lifetime;
         let entries = &self.entries;
+        let mut user_marks = 0;
         coherence.users.retain(|_, owner| {
             owner.keys.retain(|k| entries.contains_key(k));
-            let marked = owner
+            if owner
                 .invalidated
-                .is_some_and(|(_, when)| when.elapsed() < lifetime);
-            !owner.keys.is_empty() || marked
+                .is_some_and(|(_, when)| when.elapsed() >= lifetime)
+            {
+                owner.invalidated = None;
+            }
+            user_marks += usize::from(owner.invalidated.is_some());
+            !owner.keys.is_empty() || owner.invalidated.is_some()
         });
+        coherence.user_marks = user_marks;
         coherence
             .tokens
             .retain(|_, (_, when)| when.elapsed() < lifetime);
+    }
+
+    /// Keeps the marks bounded however fast invalidations come (a mark lives for as long as
+    /// a load may still predate it, and a million can come in that time). Past
+    /// [`MAX_MARKS`], a sweep drops the expired ones; if more than half remain, all of them
+    /// collapse into one floor, as after a `clear`: loads that started before now store
+    /// nothing. Always safe, since a refused fill costs one more id6 call and no wrong
+    /// answer; and each sweep is followed by at least `MAX_MARKS / 2` invalidations before
+    /// the next, so the cost per invalidation stays constant.
+    fn bound_marks(&self, coherence: &mut Coherence) {
+        if coherence.tokens.len() <= MAX_MARKS && coherence.user_marks <= MAX_MARKS {
+            return;
+        }
+        self.sweep(coherence);
+        if coherence.tokens.len() > MAX_MARKS / 2 || coherence.user_marks > MAX_MARKS / 2 {
+            coherence.cleared_at = self.generation();
+            coherence.tokens.clear();
+            coherence.users.retain(|_, owner| {
+                owner.invalidated = None;
+                !owner.keys.is_empty()
+            });
+            coherence.user_marks = 0;
+            tracing::debug!("invalidation marks collapsed into one floor");
+        }
     }
 
     /// Forgets one token's verdict; a load of it already in flight will not store its answer.
@@ -334,6 +370,7 @@ impl AuthCache {
         let generation = self.bump();
         coherence.tokens.insert(*key, (generation, Instant::now()));
         self.entries.invalidate(key);
+        self.bound_marks(&mut coherence);
         self.shared.telemetry.eviction(Eviction::Token);
     }
 
@@ -342,10 +379,15 @@ impl AuthCache {
         let mut coherence = lock(&self.shared.coherence);
         let generation = self.bump();
         let owner = coherence.users.entry(user_id).or_default();
-        owner.invalidated = Some((generation, Instant::now()));
+        let first_mark = owner
+            .invalidated
+            .replace((generation, Instant::now()))
+            .is_none();
         for key in owner.keys.drain(..) {
             self.entries.invalidate(&key);
         }
+        coherence.user_marks += usize::from(first_mark);
+        self.bound_marks(&mut coherence);
         self.shared.telemetry.eviction(Eviction::User);
         tracing::debug!(user_id, "evicted every cached token of the user");
     }
@@ -356,6 +398,7 @@ impl AuthCache {
         coherence.cleared_at = self.bump();
         coherence.users.clear();
         coherence.tokens.clear();
+        coherence.user_marks = 0;
         self.entries.invalidate_all();
         self.shared.telemetry.eviction(Eviction::All);
     }
@@ -377,6 +420,13 @@ impl AuthCache {
 
     fn bump(&self) -> u64 {
         self.shared.generation.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// Token marks and users in the coherence index.
+    #[cfg(test)]
+    fn marks_len(&self) -> (usize, usize) {
+        let coherence = lock(&self.shared.coherence);
+        (coherence.tokens.len(), coherence.users.len())
     }
 
     #[cfg(test)]
@@ -554,5 +604,26 @@ mod tests {
         cache.fill(c, &with(200), 0);
         assert!(cache.get(&a, None).is_none() && cache.get(&b, None).is_none());
         assert!(cache.get(&c, None).is_some());
+    }
+
+    #[test]
+    fn invalidation_marks_stay_bounded_and_still_protect() {
+        let cache = cache();
+        let before = cache.generation();
+        for i in 0..100_000u64 {
+            let mut key = [0u8; 8];
+            key.copy_from_slice(&i.to_le_bytes());
+            cache.invalidate_token(&TokenKey::of(key));
+            cache.invalidate_user(i);
+        }
+        let (tokens, users) = cache.marks_len();
+        assert!(tokens <= MAX_MARKS, "{tokens} token marks kept");
+        assert!(users <= MAX_MARKS, "{users} user entries kept");
+        // Collapsed or not, a load that started before those invalidations stores nothing.
+        let key = TokenKey::of([1, 0, 0, 0, 0, 0, 0, 0]);
+        cache.fill(key, &user(1), before);
+        assert!(cache.get(&key, None).is_none());
+        cache.fill(key, &user(1), cache.generation());
+        assert!(cache.get(&key, None).is_some());
     }
 }

@@ -3,6 +3,8 @@
 //! growing interval). id6 is one small process with one rate-limit bucket per client IP:
 //! hammering it while it is down or limiting only prolongs the outage.
 
+#[cfg(test)]
+use std::sync::Arc;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -14,7 +16,8 @@ use crate::error::{Error, Kind};
 const FAILURES_TO_OPEN: u32 = 3;
 /// First open interval after failures; doubled each time it opens again, up to the max.
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Longest interval after connect failures (the configured `max_backoff` may be shorter).
+const MAX_FAILURE_BACKOFF: Duration = Duration::from_secs(30);
 
 /// Whether the layer is calling id6, for health checks ([`Id6::health`](crate::Id6::health)).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,6 +39,9 @@ pub enum Health {
 pub(crate) struct Admission {
     permits: Semaphore,
     queue_timeout: Duration,
+    /// No opening lasts longer, whatever a 429 asks for: one answer must never be able to
+    /// switch authentication off for good.
+    max_backoff: Duration,
     breaker: Mutex<Breaker>,
 }
 
@@ -54,10 +60,17 @@ struct Open {
 }
 
 impl Admission {
-    pub(crate) fn new(max_concurrent: usize, queue_timeout: Duration) -> Self {
+    /// `max_concurrent` is at most `Semaphore::MAX_PERMITS` and `max_backoff` is small
+    /// enough to add to any clock reading: `Id6Builder::build` checks both.
+    pub(crate) fn new(
+        max_concurrent: usize,
+        queue_timeout: Duration,
+        max_backoff: Duration,
+    ) -> Self {
         Admission {
             permits: Semaphore::new(max_concurrent),
             queue_timeout,
+            max_backoff,
             breaker: Mutex::default(),
         }
     }
@@ -69,16 +82,24 @@ impl Admission {
     /// A permit to call id6 now, or why not: the breaker is open, or every permit stayed
     /// taken for the queue timeout.
     pub(crate) async fn admit(&self) -> Result<SemaphorePermit<'_>, Error> {
-        if let Some(open) = self.breaker().open.filter(|o| o.until > Instant::now()) {
-            return Err(Error::new(Kind::CircuitOpen {
+        self.closed()?;
+        let permit = match tokio::time::timeout(self.queue_timeout, self.permits.acquire()).await {
+            Ok(Ok(permit)) => permit,
+            // The semaphore is never closed; either way, no call is made.
+            Ok(Err(_)) | Err(_) => return Err(Error::new(Kind::Overloaded)),
+        };
+        // Asked again: the breaker may have opened (a 429) while this call waited its turn.
+        self.closed()?;
+        Ok(permit)
+    }
+
+    fn closed(&self) -> Result<(), Error> {
+        match self.breaker().open.filter(|o| o.until > Instant::now()) {
+            Some(open) => Err(Error::new(Kind::CircuitOpen {
                 until: open.until_wall,
                 rate_limited: open.rate_limited,
-            }));
-        }
-        match tokio::time::timeout(self.queue_timeout, self.permits.acquire()).await {
-            Ok(Ok(permit)) => Ok(permit),
-            // The semaphore is never closed; either way, no call is made.
-            Ok(Err(_)) | Err(_) => Err(Error::new(Kind::Overloaded)),
+            })),
+            None => Ok(()),
         }
     }
 
@@ -91,8 +112,12 @@ impl Admission {
             return;
         };
         if error.is_rate_limited() {
-            // No call until id6's window opens again; a 429 without a wait: a short pause.
-            let wait = error.retry_after().unwrap_or(FIRST_BACKOFF);
+            // No call until id6's window opens again (a 429 without a wait: a short pause),
+            // and never longer than the cap, whatever the answer claimed.
+            let wait = error
+                .retry_after()
+                .unwrap_or(FIRST_BACKOFF)
+                .min(self.max_backoff);
             breaker.open_for(wait, true);
             tracing::warn!(
                 wait_s = wait.as_secs_f64(),
@@ -103,7 +128,9 @@ impl Admission {
             if breaker.failures >= FAILURES_TO_OPEN {
                 let wait = breaker
                     .backoff
-                    .map_or(FIRST_BACKOFF, |b| (b * 2).min(MAX_BACKOFF));
+                    .map_or(FIRST_BACKOFF, |b| b.saturating_mul(2))
+                    .min(MAX_FAILURE_BACKOFF)
+                    .min(self.max_backoff);
                 breaker.backoff = Some(wait);
                 breaker.failures = 0;
                 breaker.open_for(wait, false);
@@ -143,9 +170,11 @@ impl Breaker {
 mod tests {
     use super::*;
 
+    const MAX: Duration = Duration::from_secs(60);
+
     #[tokio::test]
     async fn a_429_closes_the_door_until_the_reset() {
-        let admission = Admission::new(4, Duration::from_secs(1));
+        let admission = Admission::new(4, Duration::from_secs(1), MAX);
         let reset = SystemTime::now() + Duration::from_secs(30);
         admission.record(Some(&Error::new(Kind::RateLimited { reset: Some(reset) })));
         let err = admission.admit().await.unwrap_err();
@@ -162,7 +191,7 @@ mod tests {
 
     #[tokio::test]
     async fn repeated_connect_failures_open_for_a_growing_interval() {
-        let admission = Admission::new(4, Duration::from_secs(1));
+        let admission = Admission::new(4, Duration::from_secs(1), MAX);
         let connect = Error::new(Kind::Connect);
         for _ in 0..FAILURES_TO_OPEN - 1 {
             admission.record(Some(&connect));
@@ -190,11 +219,46 @@ mod tests {
 
     #[tokio::test]
     async fn beyond_the_cap_a_call_waits_then_gives_up() {
-        let admission = Admission::new(1, Duration::from_millis(20));
+        let admission = Admission::new(1, Duration::from_millis(20), MAX);
         let held = admission.admit().await.unwrap();
         let err = admission.admit().await.unwrap_err();
         assert!(err.is_unavailable());
         drop(held);
         assert!(admission.admit().await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn no_429_opens_the_breaker_past_the_cap() {
+        let admission = Admission::new(4, Duration::from_secs(1), MAX);
+        // What a proxy sending epoch milliseconds as seconds would have us believe.
+        let reset = SystemTime::now() + Duration::from_secs(56_000 * 365 * 24 * 3600);
+        admission.record(Some(&Error::new(Kind::RateLimited { reset: Some(reset) })));
+        let err = admission.admit().await.unwrap_err();
+        assert!(err.retry_after().unwrap() <= MAX, "{:?}", err.retry_after());
+        let Health::Open { until, .. } = admission.health() else {
+            panic!("open");
+        };
+        assert!(until <= SystemTime::now() + MAX);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn calls_queued_for_a_slot_when_a_429_arrives_stay_home() {
+        let admission = Arc::new(Admission::new(1, Duration::from_secs(30), MAX));
+        let held = admission.admit().await.unwrap();
+        let queued: Vec<_> = (0..20)
+            .map(|_| {
+                let admission = admission.clone();
+                tokio::spawn(async move { admission.admit().await.map(drop) })
+            })
+            .collect();
+        // On this one thread, each spawned task runs up to its wait for the permit.
+        tokio::task::yield_now().await;
+        let reset = SystemTime::now() + Duration::from_secs(30);
+        admission.record(Some(&Error::new(Kind::RateLimited { reset: Some(reset) })));
+        drop(held);
+        for call in queued {
+            let err = call.await.unwrap().unwrap_err();
+            assert!(err.is_rate_limited() && err.is_not_attempted(), "{err}");
+        }
     }
 }

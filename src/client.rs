@@ -41,7 +41,11 @@ impl Client {
             http,
             secret_rejection_logged: AtomicBool::new(false),
             telemetry,
-            admission: Admission::new(settings.max_concurrent_calls, settings.queue_timeout),
+            admission: Admission::new(
+                settings.max_concurrent_calls,
+                settings.queue_timeout,
+                settings.max_backoff,
+            ),
             settings,
         })
     }
@@ -95,7 +99,7 @@ impl Client {
     }
 
     async fn get_user(&self, token: &UserToken) -> Authentication {
-        let request = self.with_cookie(self.http.get(self.settings.user_url.clone()), token);
+        let request = self.with_cookie(self.http.get(self.settings.user_url.to_url()), token);
         let response = match request.header(ACCEPT, "application/json").send().await {
             Ok(response) => response,
             Err(e) => return Authentication::Unavailable(Error::from_reqwest(e)),
@@ -104,7 +108,12 @@ impl Client {
             StatusCode::OK => {}
             // id6's verdict on the token: invalid, expired, revoked or user gone.
             StatusCode::UNAUTHORIZED => return Authentication::Anonymous,
-            _ => return Authentication::Unavailable(unavailable(&response)),
+            _ => {
+                return Authentication::Unavailable(unavailable(
+                    &response,
+                    self.settings.max_backoff,
+                ))
+            }
         }
         match self.read_json::<Option<User>>(response).await {
             Ok(Some(user)) => Authentication::Authenticated(Arc::new(user)),
@@ -125,7 +134,7 @@ impl Client {
         let body = serde_json::json!({ "token": token.expose() }).to_string();
         let sent = self
             .http
-            .post(authorization.url.clone())
+            .post(authorization.url.to_url())
             .header(AUTHORIZATION, authorization.secret.clone())
             .header(CONTENT_TYPE, "application/json")
             .header(ACCEPT, "application/json")
@@ -142,7 +151,12 @@ impl Client {
             StatusCode::UNAUTHORIZED => {
                 return Authentication::Unavailable(Error::new(Kind::SecretRejected))
             }
-            _ => return Authentication::Unavailable(unavailable(&response)),
+            _ => {
+                return Authentication::Unavailable(unavailable(
+                    &response,
+                    self.settings.max_backoff,
+                ))
+            }
         }
         match self.read_json::<Answer>(response).await {
             Ok(Answer {
@@ -182,7 +196,7 @@ impl Client {
             Ok(r)
                 if r.status() == StatusCode::TOO_MANY_REQUESTS || r.status().is_server_error() =>
             {
-                Some(unavailable(r))
+                Some(unavailable(r, self.settings.max_backoff))
             }
             Ok(_) => None,
         };
@@ -242,11 +256,12 @@ impl Client {
     }
 }
 
-/// The error for an answer that carries no verdict: 429 (with its wait), 5xx, anything else.
-fn unavailable(response: &reqwest::Response) -> Error {
+/// The error for an answer that carries no verdict: 429 (with its wait, at most
+/// `max_wait`), 5xx, anything else.
+fn unavailable(response: &reqwest::Response, max_wait: Duration) -> Error {
     match response.status() {
         StatusCode::TOO_MANY_REQUESTS => Error::new(Kind::RateLimited {
-            reset: rate_limit_reset(response.headers()),
+            reset: rate_limit_reset(response.headers(), SystemTime::now(), max_wait),
         }),
         status => Error::new(Kind::Status(status)),
     }
@@ -265,7 +280,10 @@ fn is_json(headers: &HeaderMap) -> bool {
 }
 
 /// Reads at most `limit` bytes; a longer answer is an error, not a truncated parse.
-async fn read_capped(mut response: reqwest::Response, limit: usize) -> Result<Vec<u8>, Error> {
+pub(crate) async fn read_capped(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<Vec<u8>, Error> {
     if response.content_length().is_some_and(|n| n > limit as u64) {
         return Err(Error::new(Kind::BodyTooLarge { limit }));
     }
@@ -279,15 +297,37 @@ async fn read_capped(mut response: reqwest::Response, limit: usize) -> Result<Ve
     Ok(body)
 }
 
-/// When id6's rate-limit window opens again: `X-RateLimit-Reset` (epoch seconds) is the real
-/// wait; id6's `Retry-After` is always 60 and only a fallback.
-fn rate_limit_reset(headers: &HeaderMap) -> Option<SystemTime> {
+/// When id6's rate-limit window opens again, at least a second and at most `max_wait` from
+/// `now`: `X-RateLimit-Reset` is the real wait; id6's `Retry-After` is always 60 and only a
+/// fallback. A proxy may say either in any form, so neither is trusted with more than the cap.
+fn rate_limit_reset(
+    headers: &HeaderMap,
+    now: SystemTime,
+    max_wait: Duration,
+) -> Option<SystemTime> {
     let number = |name| -> Option<u64> { headers.get(name)?.to_str().ok()?.trim().parse().ok() };
-    if let Some(reset) = number("x-ratelimit-reset") {
-        return UNIX_EPOCH.checked_add(Duration::from_secs(reset));
+    let wait = match number("x-ratelimit-reset") {
+        Some(reset) => reset_wait(reset, now),
+        None => Duration::from_secs(number(RETRY_AFTER.as_str())?),
+    };
+    now.checked_add(wait.clamp(Duration::from_secs(1), max_wait))
+}
+
+/// The wait an `X-RateLimit-Reset` of `value` means: epoch seconds as id6 sends it; epoch
+/// milliseconds, as some proxies send it (a value that would be past the year 5000 in
+/// seconds); seconds from now, as the IETF RateLimit fields say, for a value too small to be
+/// a recent epoch (before 2001).
+fn reset_wait(value: u64, now: SystemTime) -> Duration {
+    const EPOCH_MILLIS_FROM: u64 = 100_000_000_000;
+    const EPOCH_SECONDS_FROM: u64 = 1_000_000_000;
+    let since_epoch = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+    if value >= EPOCH_MILLIS_FROM {
+        Duration::from_millis(value).saturating_sub(since_epoch)
+    } else if value >= EPOCH_SECONDS_FROM {
+        Duration::from_secs(value).saturating_sub(since_epoch)
+    } else {
+        Duration::from_secs(value)
     }
-    let retry = number(RETRY_AFTER.as_str())?;
-    SystemTime::now().checked_add(Duration::from_secs(retry))
 }
 
 #[cfg(test)]
@@ -314,20 +354,44 @@ mod tests {
 
     #[test]
     fn rate_limit_reset_prefers_the_real_window() {
+        let max = Duration::from_secs(60);
+        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let wait = |h: &HeaderMap| {
+            rate_limit_reset(h, now, max).map(|t| t.duration_since(now).unwrap().as_secs())
+        };
         let mut h = HeaderMap::new();
-        assert_eq!(rate_limit_reset(&h), None);
+        assert_eq!(wait(&h), None);
         h.insert(RETRY_AFTER, HeaderValue::from_static("60"));
-        let fallback = rate_limit_reset(&h).unwrap();
-        assert!(fallback > SystemTime::now() + Duration::from_secs(50));
-        h.insert("X-RateLimit-Reset", HeaderValue::from_static("2000000000"));
-        assert_eq!(
-            rate_limit_reset(&h),
-            Some(UNIX_EPOCH + Duration::from_secs(2_000_000_000))
-        );
+        assert_eq!(wait(&h), Some(60));
+        h.insert("X-RateLimit-Reset", HeaderValue::from_static("1800000042"));
+        assert_eq!(wait(&h), Some(42), "epoch seconds, as id6");
         h.insert("X-RateLimit-Reset", HeaderValue::from_static("soon"));
-        // Unreadable reset: back to Retry-After.
-        let again = rate_limit_reset(&h).unwrap();
-        assert!(again > SystemTime::now() + Duration::from_secs(50));
-        assert!(again < SystemTime::now() + Duration::from_secs(61));
+        assert_eq!(wait(&h), Some(60), "unreadable reset: back to Retry-After");
+    }
+
+    #[test]
+    fn no_rate_limit_answer_waits_past_the_cap() {
+        let max = Duration::from_secs(60);
+        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let wait = |name: &'static str, value: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(name, HeaderValue::from_static(value));
+            let until = rate_limit_reset(&h, now, max).unwrap();
+            until.duration_since(now).unwrap().as_secs()
+        };
+        let reset = "x-ratelimit-reset";
+        // Epoch milliseconds, as some proxies send: read as such, not as 56 000 years.
+        assert_eq!(wait(reset, "1800000030000"), 30);
+        assert_eq!(wait(reset, "1800000000000000"), 60, "far future: the cap");
+        assert_eq!(wait(reset, "18446744073709551615"), 60);
+        assert_eq!(
+            wait(reset, "99999999999"),
+            60,
+            "year 5138 in seconds: the cap"
+        );
+        assert_eq!(wait(reset, "7"), 7, "small: seconds from now");
+        assert_eq!(wait(reset, "1700000000"), 1, "in the past: a short pause");
+        assert_eq!(wait("retry-after", "99999999999"), 60);
+        assert_eq!(wait("retry-after", "0"), 1);
     }
 }

@@ -7,6 +7,8 @@ use std::time::{Duration, SystemTime};
 
 use http::StatusCode;
 
+use crate::config::Setting;
+
 type BoxError = Box<dyn StdError + Send + Sync>;
 
 /// An error from id6-tower: a bad setting, or id6 that could not give an answer.
@@ -28,10 +30,7 @@ struct Inner {
 #[derive(Debug)]
 pub(crate) enum Kind {
     /// A setting given to the builder or in the environment is not usable.
-    Config {
-        setting: &'static str,
-        reason: String,
-    },
+    Config { setting: Setting, reason: String },
     /// id6 could not be reached (DNS, refused, reset before an answer).
     Connect,
     /// id6 took longer than the configured timeout.
@@ -93,16 +92,22 @@ impl Error {
         }
     }
 
-    pub(crate) fn config(setting: &'static str, reason: impl Into<String>) -> Self {
+    pub(crate) fn config(setting: Setting, reason: impl Into<String>) -> Self {
         Error::new(Kind::Config {
             setting,
             reason: reason.into(),
         })
     }
 
-    /// Classifies a failed reqwest exchange; the URL stays (it holds no token), the request
-    /// headers never reach reqwest's error.
-    pub(crate) fn from_reqwest(err: reqwest::Error) -> Self {
+    /// Classifies a failed reqwest exchange; the URL stays (it holds no token) but loses any
+    /// user name and password, the request headers never reach reqwest's error.
+    pub(crate) fn from_reqwest(mut err: reqwest::Error) -> Self {
+        if let Some(url) = err.url_mut() {
+            if url.password().is_some() || !url.username().is_empty() {
+                let _ = url.set_password(None);
+                let _ = url.set_username("");
+            }
+        }
         let kind = if err.is_timeout() {
             Kind::Timeout
         } else if err.is_connect() {
@@ -118,10 +123,20 @@ impl Error {
         matches!(self.inner.kind, Kind::Config { .. })
     }
 
-    /// The name of the rejected setting (`"url"`, `"ID6_CACHE_TTL"`...), for a config error.
+    /// The rejected setting, by the name of its [`Id6Builder`](crate::Id6Builder) setter
+    /// (`"url"`, `"cache_ttl"`...), for a config error.
     pub fn setting(&self) -> Option<&'static str> {
         match self.inner.kind {
-            Kind::Config { setting, .. } => Some(setting),
+            Kind::Config { setting, .. } => Some(setting.setter),
+            _ => None,
+        }
+    }
+
+    /// The rejected setting, by the name of its environment variable (`"ID6_URL"`,
+    /// `"ID6_CACHE_TTL"`...), for a config error.
+    pub fn variable(&self) -> Option<&'static str> {
+        match self.inner.kind {
+            Kind::Config { setting, .. } => Some(setting.var),
             _ => None,
         }
     }
@@ -246,9 +261,11 @@ impl Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.inner.kind {
-            Kind::Config { setting, reason } => {
-                write!(f, "invalid id6 setting `{setting}`: {reason}")
-            }
+            Kind::Config { setting, reason } => write!(
+                f,
+                "invalid id6 setting `{}` ({}): {}",
+                setting.setter, setting.var, reason
+            ),
             Kind::Connect => f.write_str("id6 unavailable: could not connect"),
             Kind::Timeout => f.write_str("id6 unavailable: no answer within the timeout"),
             Kind::RateLimited { .. } => f.write_str("id6 unavailable: rate limited (429)"),
@@ -325,12 +342,13 @@ mod tests {
 
     #[test]
     fn predicates_follow_the_kind() {
-        let e = Error::config("ID6_CACHE_TTL", "must be more than zero");
+        let e = Error::config(crate::config::setting::CACHE_TTL, "must be more than zero");
         assert!(e.is_config() && !e.is_unavailable());
-        assert_eq!(e.setting(), Some("ID6_CACHE_TTL"));
+        assert_eq!(e.setting(), Some("cache_ttl"));
+        assert_eq!(e.variable(), Some("ID6_CACHE_TTL"));
         assert_eq!(
             e.to_string(),
-            "invalid id6 setting `ID6_CACHE_TTL`: must be more than zero"
+            "invalid id6 setting `cache_ttl` (ID6_CACHE_TTL): must be more than zero"
         );
 
         let reset = SystemTime::now() + Duration::from_secs(30);

@@ -409,7 +409,7 @@ mod tests {
                 503,
                 Some("id6_unavailable"),
             ),
-            (Error::config("url", "bad"), 500, None),
+            (Error::config(crate::config::setting::URL, "bad"), 500, None),
         ];
         for (error, status, code) in cases {
             let response = error.into_response();

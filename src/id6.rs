@@ -92,7 +92,12 @@ impl Id6 {
                     settings.cache_ttl,
                     settings.negative_ttl,
                 )
-                .map_err(|e| Error::config("ID6_REDIS_URL", format!("not a Redis URL: {e}")))?,
+                .map_err(|e| {
+                    Error::config(
+                        crate::config::setting::REDIS_URL,
+                        format!("not a Redis URL: {e}"),
+                    )
+                })?,
             )),
             None => None,
         };
@@ -339,7 +344,7 @@ impl fmt::Debug for Id6 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let s = &self.inner.settings;
         f.debug_struct("Id6")
-            .field("user_url", &s.user_url.as_str())
+            .field("user_url", &s.user_url)
             .field("cookie_name", &s.cookie_name)
             .field("cache_ttl", &s.cache_ttl)
             .field("negative_ttl", &s.negative_ttl)

@@ -87,8 +87,13 @@ impl Screen {
         };
         if self.verify.is_some() {
             if let Some(issued_at) = claims.issued_at {
-                let expires = UNIX_EPOCH + Duration::from_millis(issued_at) + self.lifetime;
-                if expires < SystemTime::now() {
+                // Checked: `issuedAt` is the token's to choose; an expiry past any clock's
+                // range is simply not yet.
+                let since_epoch = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default();
+                let expires = Duration::from_millis(issued_at).checked_add(self.lifetime);
+                if expires.is_some_and(|expires| expires < since_epoch) {
                     return Err(Refusal::Expired);
                 }
             }

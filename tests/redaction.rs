@@ -151,6 +151,35 @@ async fn tokens_stay_out_of_logs_errors_and_debug() {
     texts.push(("the handle's Debug", format!("{:?}", s.id6)));
     texts.push(("the layer's Debug", format!("{:?}", s.id6.layer())));
 
+    // A password in the id6 URLs: never in a Debug, an error or a log line.
+    let with_password = |url: &str| url.replacen("://", "://user:S3CRET-URL-PASSWORD@", 1);
+    let builder = Id6::builder(with_password(&s.mock.url())).authorization(
+        with_password(&s.mock.authorization_url()),
+        s.mock.authorization_secret(),
+    );
+    texts.push(("a builder's Debug", format!("{builder:?}")));
+    let handle = builder.build().unwrap();
+    texts.push((
+        "a handle's Debug",
+        format!("{handle:?} {:?}", handle.layer()),
+    ));
+    let verdict = handle.authenticate(&h(&good)).await;
+    texts.push(("an Authentication's Debug", format!("{verdict:?}")));
+    let dead = Id6::builder(with_password("http://127.0.0.1:9/api"))
+        .build()
+        .unwrap();
+    let verdict = dead.authenticate(&h(&good)).await;
+    let error = verdict.unavailable().expect("port 9 is closed").clone();
+    texts.push(("a connect error", format!("{error} / {error:?}")));
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        texts.push(("a connect error's source", format!("{cause} / {cause:?}")));
+        source = cause.source();
+    }
+    let bad = Id6::builder(with_password("http://h:notaport/api")).build();
+    texts.push(("a config error", format!("{:?}", bad.unwrap_err())));
+    secrets.push("S3CRET-URL-PASSWORD".to_owned());
+
     let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
     for (what, text) in &texts {
         assert_clean(what, text, &secrets);

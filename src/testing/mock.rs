@@ -23,6 +23,15 @@ pub enum Fault {
     /// Answer 429 exactly as id6's rate limiter does (HTML body, `Retry-After: 60`,
     /// `X-RateLimit-*`).
     RateLimited,
+    /// Answer 429 as a proxy in front of id6 might: HTML body, with these raw
+    /// `X-RateLimit-Reset` and `Retry-After` values (each left out when `None`), such as a
+    /// reset in epoch milliseconds or a wait of a thousand years.
+    RateLimitedWith {
+        /// The `X-RateLimit-Reset` value, as sent.
+        reset: Option<String>,
+        /// The `Retry-After` value, as sent.
+        retry_after: Option<String>,
+    },
     /// Read the request, then close the connection without answering.
     DropConnection,
     /// Answer 200 `application/json` with a truncated JSON body.

@@ -120,6 +120,19 @@ async fn apply(fault: Fault, path: &str) -> Result<Option<Response<Body>>, std::
             json_response(status, body.to_string())
         }
         Fault::RateLimited => rate_limited(None),
+        Fault::RateLimitedWith { reset, retry_after } => {
+            let mut response = html(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too many requests, please try again later.",
+            );
+            let h = response.headers_mut();
+            for (name, value) in [("x-ratelimit-reset", reset), ("retry-after", retry_after)] {
+                if let Some(value) = value.and_then(|v| HeaderValue::try_from(v).ok()) {
+                    h.insert(name, value);
+                }
+            }
+            response
+        }
         Fault::MalformedBody => json_response(StatusCode::OK, r#"{"id":1,"name":"Tru"#.to_owned()),
         Fault::HtmlPage => html(
             StatusCode::OK,

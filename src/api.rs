@@ -21,6 +21,7 @@ use http::Method;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::cache::Scope;
 use crate::client::read_capped;
 use crate::error::{Error, Kind};
 use crate::token::{TokenSource, UserToken};
@@ -291,7 +292,7 @@ impl Id6 {
         let result = self.client().call(method, path, token, build).await;
         if let Err(error) = &result {
             if error.is_unauthenticated() {
-                self.evict_token(&token.key()).await;
+                self.evict(Scope::Token(token.key())).await;
             }
         }
         result
@@ -305,20 +306,21 @@ impl Id6 {
     /// Unauthenticated (no token, id6's 401 with its `errorCode`), or unavailable.
     pub async fn user(&self, from: &(impl TokenSource + ?Sized)) -> Result<User, Error> {
         let token = self.token_of(from)?;
-        let started = self.cache().generation();
+        let started = self.load_start();
         let response = self.call(Method::GET, "user", &token, |r| r).await?;
         match self.client().read_json::<Option<User>>(response).await? {
             Some(user) => {
                 let user = std::sync::Arc::new(user);
                 let verdict = Authentication::Authenticated(user.clone());
-                self.cache().fill(token.key(), &verdict, started);
+                self.remember(token.key(), &verdict, started).await;
                 Ok(User::clone(&user))
             }
             None => Err(Error::new(Kind::NoToken)),
         }
     }
 
-    /// Signs the user out (`POST /auth/signout`) and evicts the token from the cache.
+    /// Signs the user out (`POST /auth/signout`) and evicts the token from the cache (with
+    /// Redis, from the shared cache and every instance).
     ///
     /// id6 only clears the cookie in the browser: the token itself stays valid on id6 until
     /// it expires. To end every session of the user, use [`disconnect`](Self::disconnect).
@@ -331,7 +333,7 @@ impl Id6 {
         let token = self.token_of(from)?;
         self.call(Method::POST, "auth/signout", &token, |r| r)
             .await?;
-        self.cache().invalidate_token(&token.key());
+        self.evict(Scope::Token(token.key())).await;
         Ok(())
     }
 
@@ -346,11 +348,8 @@ impl Id6 {
         let owner = self.owner_of(&token);
         self.call(Method::GET, "user/disconnect", &token, |r| r)
             .await?;
-        match owner {
-            Some(user_id) => self.evict_user(user_id).await,
-            // Unknown owner (not a JWT we can read): the only safe eviction is everything.
-            None => self.evict_all().await,
-        }
+        // Unknown owner (not a JWT we can read): the only safe eviction is everything.
+        self.evict(owner.map_or(Scope::All, Scope::User)).await;
         Ok(())
     }
 
@@ -432,36 +431,29 @@ impl Id6 {
     }
 
     async fn evict_owner(&self, token: &UserToken) {
-        match self.owner_of(token) {
-            Some(user_id) => self.evict_user(user_id).await,
-            None => self.evict_token(&token.key()).await,
-        }
+        let scope = self
+            .owner_of(token)
+            .map_or(Scope::Token(token.key()), Scope::User);
+        self.evict(scope).await;
     }
 
     /// Forgets the cached verdict of the token in `from`; the next request asks id6. With
     /// Redis, the shared entry and the other instances follow in the background.
     pub fn invalidate_token(&self, from: &(impl TokenSource + ?Sized)) {
         if let Some(token) = from.user_token(self) {
-            let key = token.key();
-            self.cache().invalidate_token(&key);
-            #[cfg(feature = "redis")]
-            self.share_eviction(move |shared| async move { shared.invalidate_token(&key).await });
+            self.evict_in_background(Scope::Token(token.key()));
         }
     }
 
     /// Forgets every cached token of the user; no id6 answer already in flight can put the
     /// user back. With Redis, every instance follows in the background.
     pub fn invalidate_user(&self, user_id: u64) {
-        self.cache().invalidate_user(user_id);
-        #[cfg(feature = "redis")]
-        self.share_eviction(move |shared| async move { shared.invalidate_user(user_id).await });
+        self.evict_in_background(Scope::User(user_id));
     }
 
     /// Forgets everything cached. With Redis, everywhere, in the background.
     pub fn clear(&self) {
-        self.cache().clear();
-        #[cfg(feature = "redis")]
-        self.share_eviction(|shared| async move { shared.clear().await });
+        self.evict_in_background(Scope::All);
     }
 }
 

@@ -17,6 +17,17 @@ use crate::telemetry::{self, Eviction, Telemetry};
 use crate::token::TokenKey;
 use crate::user::{Authentication, User};
 
+/// What an eviction covers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Scope {
+    /// One token.
+    Token(TokenKey),
+    /// Every cached token of a user.
+    User(u64),
+    /// Everything.
+    All,
+}
+
 /// A resolution in flight, shared by every request that waits on it.
 pub(crate) type Pending = Shared<BoxFuture<'static, Authentication>>;
 
@@ -364,8 +375,18 @@ impl AuthCache {
         }
     }
 
+    /// Forgets what `scope` covers, locally; no load already in flight can put it back.
+    /// [`Id6::evict`](crate::Id6) adds the second level and the other instances.
+    pub(crate) fn evict(&self, scope: Scope) {
+        match scope {
+            Scope::Token(key) => self.invalidate_token(&key),
+            Scope::User(user_id) => self.invalidate_user(user_id),
+            Scope::All => self.clear(),
+        }
+    }
+
     /// Forgets one token's verdict; a load of it already in flight will not store its answer.
-    pub(crate) fn invalidate_token(&self, key: &TokenKey) {
+    fn invalidate_token(&self, key: &TokenKey) {
         let mut coherence = lock(&self.shared.coherence);
         let generation = self.bump();
         coherence.tokens.insert(*key, (generation, Instant::now()));
@@ -375,7 +396,7 @@ impl AuthCache {
     }
 
     /// Forgets every cached token of a user; no load in flight can put the user back.
-    pub(crate) fn invalidate_user(&self, user_id: u64) {
+    fn invalidate_user(&self, user_id: u64) {
         let mut coherence = lock(&self.shared.coherence);
         let generation = self.bump();
         let owner = coherence.users.entry(user_id).or_default();
@@ -393,7 +414,7 @@ impl AuthCache {
     }
 
     /// Forgets everything; no load in flight will store its answer.
-    pub(crate) fn clear(&self) {
+    fn clear(&self) {
         let mut coherence = lock(&self.shared.coherence);
         coherence.cleared_at = self.bump();
         coherence.users.clear();

@@ -31,7 +31,9 @@ macro_rules! settings {
         /// Every setting of [`Id6Builder`], by name.
         pub(crate) mod setting {
             use super::Setting;
-            $(pub(crate) const $name: Setting = Setting { setter: $setter, var: $var };)*
+            // Some exist only with a feature (`redis`).
+            $(#[allow(dead_code)]
+            pub(crate) const $name: Setting = Setting { setter: $setter, var: $var };)*
             /// All of them, for the tests that walk every setting.
             #[cfg(test)]
             pub(crate) const ALL: &[Setting] = &[$($name),*];

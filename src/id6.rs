@@ -6,8 +6,11 @@ use std::sync::Arc;
 use http::HeaderMap;
 use tracing::Instrument;
 
-use crate::cache::{AuthCache, Pending};
+use std::future::Future;
+
+use crate::cache::{AuthCache, Pending, Scope};
 use crate::client::Client;
+use crate::clock;
 use crate::config::{Id6Builder, Settings};
 use crate::telemetry::{self, Stats, Telemetry};
 use crate::token::{self, Found, TokenKey, TokenLocation, UserToken};
@@ -38,6 +41,13 @@ struct Inner {
     telemetry: Arc<Telemetry>,
     #[cfg(feature = "redis")]
     shared: Option<Arc<crate::shared::Shared>>,
+}
+
+/// When a load began: the cache generation and the wall clock (ms).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct LoadStart {
+    generation: u64,
+    ms: u64,
 }
 
 /// What a request's headers resolve to right away.
@@ -161,45 +171,66 @@ impl Id6 {
         }
     }
 
-    /// Evicts a token here and, with Redis, in the shared cache and every instance.
-    pub(crate) async fn evict_token(&self, key: &TokenKey) {
-        self.inner.cache.invalidate_token(key);
+    /// The one way anything is evicted, whoever asks (typed calls, `invalidate_*`, a 401 on a
+    /// typed call): here at once, with the refill protection, then, with Redis, the shared
+    /// entries and every other instance. The returned future is that second part: typed
+    /// calls await it; the synchronous API runs it in the background
+    /// ([`evict_in_background`](Self::evict_in_background)).
+    pub(crate) fn evict(&self, scope: Scope) -> impl Future<Output = ()> + Send + 'static {
+        self.inner.cache.evict(scope);
         #[cfg(feature = "redis")]
-        if let Some(shared) = &self.inner.shared {
-            shared.invalidate_token(key).await;
+        let shared = self.inner.shared.clone();
+        async move {
+            #[cfg(feature = "redis")]
+            if let Some(shared) = shared {
+                shared.evict(scope).await;
+            }
         }
     }
 
-    /// Evicts every token of a user here and, with Redis, everywhere.
-    pub(crate) async fn evict_user(&self, user_id: u64) {
-        self.inner.cache.invalidate_user(user_id);
-        #[cfg(feature = "redis")]
-        if let Some(shared) = &self.inner.shared {
-            shared.invalidate_user(user_id).await;
+    /// [`evict`](Self::evict) for callers that cannot wait: the local part now, the rest
+    /// spawned (dropped without a runtime, when there is nothing to share anyway).
+    pub(crate) fn evict_in_background(&self, scope: Scope) {
+        let everywhere = self.evict(scope);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(everywhere);
         }
     }
 
-    /// Evicts everything here and, with Redis, everywhere.
-    pub(crate) async fn evict_all(&self) {
-        self.inner.cache.clear();
-        #[cfg(feature = "redis")]
-        if let Some(shared) = &self.inner.shared {
-            shared.clear().await;
+    /// Where a load stands when it begins: what [`remember`](Self::remember) needs to refuse
+    /// storing an answer that an eviction made since has outdated.
+    pub(crate) fn load_start(&self) -> LoadStart {
+        LoadStart {
+            generation: self.inner.cache.generation(),
+            ms: clock::now_ms(),
         }
     }
 
-    /// Shares an eviction made by the synchronous API, in the background.
-    #[cfg(feature = "redis")]
-    pub(crate) fn share_eviction<F, Fut>(&self, eviction: F)
-    where
-        F: FnOnce(Arc<crate::shared::Shared>) -> Fut,
-        Fut: std::future::Future<Output = ()> + Send + 'static,
-    {
-        if let (Some(shared), Ok(runtime)) =
-            (&self.inner.shared, tokio::runtime::Handle::try_current())
-        {
-            runtime.spawn(eviction(shared.clone()));
+    /// Stores what id6 said outside a miss (`Id6::user`) exactly as a miss does: locally,
+    /// then in the second level.
+    pub(crate) async fn remember(
+        &self,
+        key: TokenKey,
+        verdict: &Authentication,
+        started: LoadStart,
+    ) {
+        self.inner.cache.fill(key, verdict, started.generation);
+        self.share(&key, verdict, started.ms).await;
+    }
+
+    /// The second-level part of storing an answer (nothing without Redis); a newer
+    /// revocation it shows is broadcast first.
+    async fn share(&self, key: &TokenKey, verdict: &Authentication, started_ms: u64) {
+        #[cfg(feature = "redis")]
+        if let Some(shared) = &self.inner.shared {
+            if let Some(user) = verdict.user() {
+                if let Some(revoked_at) = user.invalidate_tokens_at {
+                    shared.note_revocation(user.id, revoked_at).await;
+                }
+            }
+            shared.store(key, verdict, started_ms).await;
         }
+        let _ = (key, verdict, started_ms);
     }
 
     /// The `Set-Cookie` that clears a dead token, when the builder enabled it.
@@ -316,7 +347,7 @@ impl Id6 {
 
 impl Id6 {
     /// A miss: the shared cache first (unless the route wants a fresh answer), then id6,
-    /// whose answer is shared in turn.
+    /// whose answer is shared in turn (the local fill is the cache's, when the load ends).
     async fn ask(&self, key: TokenKey, token: &UserToken, fresh: bool) -> Authentication {
         #[cfg(feature = "redis")]
         if let Some(shared) = &self.inner.shared {
@@ -325,18 +356,12 @@ impl Id6 {
                     return verdict;
                 }
             }
-            let started_ms = crate::shared::now_ms();
-            let verdict = self.inner.client.authenticate(token).await;
-            if let Some(user) = verdict.user() {
-                if let Some(revoked_at) = user.invalidate_tokens_at {
-                    shared.note_revocation(user.id, revoked_at).await;
-                }
-            }
-            shared.store(&key, &verdict, started_ms).await;
-            return verdict;
         }
-        let _ = (key, fresh);
-        self.inner.client.authenticate(token).await
+        let _ = fresh;
+        let started_ms = clock::now_ms();
+        let verdict = self.inner.client.authenticate(token).await;
+        self.share(&key, &verdict, started_ms).await;
+        verdict
     }
 }
 

@@ -69,6 +69,7 @@ mod api;
 mod cache;
 mod circuit;
 mod client;
+mod clock;
 mod config;
 mod error;
 #[cfg(feature = "axum")]

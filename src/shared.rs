@@ -18,14 +18,15 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::AsyncCommands;
 use tokio::sync::OnceCell;
 
-use crate::cache::AuthCache;
+use crate::cache::{AuthCache, Scope};
+use crate::clock::now_ms;
 use crate::token::TokenKey;
 use crate::user::{Authentication, User};
 
@@ -59,6 +60,9 @@ pub(crate) struct Shared {
     negative_ttl: Duration,
     store_user: redis::Script,
     subscribed: AtomicBool,
+    /// Dropped with the handle: the subscriber task sees its receiver close and ends, so
+    /// nothing outlives the last `Id6` (tower's buffer worker does the same).
+    stop: tokio::sync::watch::Sender<()>,
     down: AtomicBool,
     /// While Redis is down, it is tried again only after this (ms since the epoch), so
     /// that not every miss waits for the timeout.
@@ -73,13 +77,6 @@ impl std::fmt::Debug for Shared {
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }
-}
-
-pub(crate) fn now_ms() -> u64 {
-    let since = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl Shared {
@@ -99,6 +96,7 @@ impl Shared {
             negative_ttl,
             store_user: redis::Script::new(STORE_USER),
             subscribed: AtomicBool::new(false),
+            stop: tokio::sync::watch::Sender::new(()),
             down: AtomicBool::new(false),
             retry_at: AtomicU64::new(0),
             errors: AtomicU64::new(0),
@@ -224,8 +222,17 @@ impl Shared {
         }
     }
 
+    /// The second-level part of an eviction: shared entries deleted, every instance told.
+    pub(crate) async fn evict(&self, scope: Scope) {
+        match scope {
+            Scope::Token(key) => self.invalidate_token(&key).await,
+            Scope::User(user_id) => self.invalidate_user(user_id).await,
+            Scope::All => self.clear().await,
+        }
+    }
+
     /// Deletes a token's shared entry and tells every instance.
-    pub(crate) async fn invalidate_token(&self, key: &TokenKey) {
+    async fn invalidate_token(&self, key: &TokenKey) {
         let (entry, channel, message) =
             (self.entry(key), self.channel(), format!("t:{}", key.hex()));
         let _: Option<()> = self
@@ -241,7 +248,7 @@ impl Shared {
 
     /// Marks the user revoked (refusing in-flight stores), deletes its shared entries and
     /// tells every instance.
-    pub(crate) async fn invalidate_user(&self, user_id: u64) {
+    async fn invalidate_user(&self, user_id: u64) {
         let prefix = self.prefix.clone();
         let channel = self.channel();
         let mark_ttl = millis(self.positive_ttl) + 60_000;
@@ -277,7 +284,7 @@ impl Shared {
     }
 
     /// Deletes every shared entry under the prefix and tells every instance.
-    pub(crate) async fn clear(&self) {
+    async fn clear(&self) {
         let pattern = format!("{}t:*", self.prefix);
         let channel = self.channel();
         let _: Option<()> = self
@@ -311,53 +318,71 @@ impl Shared {
             return;
         };
         let shared = Arc::downgrade(self);
+        let mut stop = self.stop.subscribe();
         runtime.spawn(async move {
-            let mut was_connected = false;
-            let mut backoff = Duration::from_millis(50);
-            loop {
-                let Some(this) = shared.upgrade() else { return };
-                let (client, channel) = (this.client.clone(), this.channel());
-                drop(this);
-                let subscription = async {
-                    let mut pubsub = client.get_async_pubsub().await?;
-                    pubsub.subscribe(&channel).await?;
-                    Ok::<_, redis::RedisError>(pubsub)
-                };
-                match tokio::time::timeout(Duration::from_secs(2), subscription).await {
-                    Ok(Ok(pubsub)) => {
-                        if was_connected {
-                            // Broadcasts may have been missed while cut off.
-                            tracing::info!("redis subscription restored; clearing the local cache");
-                            cache.clear();
-                        }
-                        was_connected = true;
-                        backoff = Duration::from_millis(50);
-                        let mut messages = pubsub.into_on_message();
-                        while let Some(message) = messages.next().await {
-                            let Ok(payload) = message.get_payload::<String>() else {
-                                continue;
-                            };
-                            apply(&cache, &payload);
-                        }
-                    }
-                    _ => {
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(2));
-                    }
-                }
+            // Ends when the handle goes (its `stop` sender is dropped), whatever it waits on.
+            let stopped = async move { while stop.changed().await.is_ok() {} };
+            tokio::select! {
+                () = stopped => tracing::debug!("id6 handle dropped; redis subscriber ends"),
+                () = listen(shared, cache) => {}
             }
         });
     }
 }
 
-/// Another instance's eviction, applied locally (and not broadcast again).
-fn apply(cache: &AuthCache, message: &str) {
+/// Applies other instances' evictions to `cache`, reconnecting as needed, while the
+/// handle's `Shared` lives.
+async fn listen(shared: std::sync::Weak<Shared>, cache: AuthCache) {
+    let mut was_connected = false;
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let Some(this) = shared.upgrade() else { return };
+        let (client, channel) = (this.client.clone(), this.channel());
+        drop(this);
+        let subscription = async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(&channel).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        match tokio::time::timeout(Duration::from_secs(2), subscription).await {
+            Ok(Ok(pubsub)) => {
+                if was_connected {
+                    // Broadcasts may have been missed while cut off.
+                    tracing::info!("redis subscription restored; clearing the local cache");
+                    cache.evict(Scope::All);
+                }
+                was_connected = true;
+                backoff = Duration::from_millis(50);
+                let mut messages = pubsub.into_on_message();
+                while let Some(message) = messages.next().await {
+                    let Ok(payload) = message.get_payload::<String>() else {
+                        continue;
+                    };
+                    if let Some(scope) = parse(&payload) {
+                        // Applied locally only: not broadcast again.
+                        cache.evict(scope);
+                    }
+                }
+            }
+            _ => {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+/// Another instance's eviction, as broadcast: `*`, `u:<user id>` or `t:<key hex>`.
+fn parse(message: &str) -> Option<Scope> {
     if message == "*" {
-        cache.clear();
-    } else if let Some(id) = message.strip_prefix("u:").and_then(|id| id.parse().ok()) {
-        cache.invalidate_user(id);
-    } else if let Some(key) = message.strip_prefix("t:").and_then(TokenKey::from_hex) {
-        cache.invalidate_token(&key);
+        Some(Scope::All)
+    } else if let Some(id) = message.strip_prefix("u:") {
+        id.parse().ok().map(Scope::User)
+    } else {
+        message
+            .strip_prefix("t:")
+            .and_then(TokenKey::from_hex)
+            .map(Scope::Token)
     }
 }
 

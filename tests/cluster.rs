@@ -72,6 +72,42 @@ impl Redis {
     fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
+
+    /// `CLIENT LIST`, one line per connection but the asking one, over a raw RESP exchange.
+    fn clients(&self) -> Vec<String> {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        stream
+            .write_all(b"*2\r\n$6\r\nCLIENT\r\n$4\r\nLIST\r\n")
+            .unwrap();
+        let mut reader = BufReader::new(stream);
+        let mut header = String::new();
+        reader.read_line(&mut header).unwrap();
+        let len: usize = header.trim().trim_start_matches('$').parse().unwrap();
+        let mut body = vec![0; len];
+        reader.read_exact(&mut body).unwrap();
+        String::from_utf8(body)
+            .unwrap()
+            .lines()
+            .filter(|line| !line.contains("cmd=client|list"))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Waits until `n` connections are subscribed to a channel (each instance's listener).
+    async fn until_subscribed(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self
+            .clients()
+            .iter()
+            .filter(|c| c.contains(" sub=1"))
+            .count()
+            < n
+        {
+            assert!(Instant::now() < deadline, "{n} subscribers never listened");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
 }
 
 impl Drop for Redis {
@@ -153,8 +189,8 @@ async fn three_instances_share_answers_and_evictions() {
             http: reqwest::Client::new(),
         });
     }
-    // Give the subscribers a moment to be listening before anything is broadcast.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Every subscriber listening before anything is broadcast.
+    redis.until_subscribed(3).await;
 
     // 300 requests for one user over three instances: one id6 call.
     assert_eq!(apps[0].get("/", &token).await.1, "Hello, Alice!");
@@ -206,7 +242,10 @@ async fn three_instances_share_answers_and_evictions() {
 
     // Redis back: sharing and broadcasts resume.
     redis.spawn();
-    tokio::time::sleep(Duration::from_millis(2500)).await; // subscribers reconnect (≤ 2 s backoff)
+    redis.until_subscribed(3).await;
+    // The command connections come back on their own schedule (reconnect, then a 500 ms
+    // pause after the last failure): no signal to await for those yet.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     let carol = mock.add_user("Carol", "c@example.com");
     let carol_token = mock.token_issued_at(carol, common::now_ms() - 10);
     let calls = mock.user_calls();
@@ -251,7 +290,7 @@ async fn a_revocation_seen_by_one_instance_reaches_the_others() {
             http: reqwest::Client::new(),
         });
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    redis.until_subscribed(2).await;
     assert_eq!(apps[0].get("/", &laptop).await.1, "Hello, Alice!");
     assert_eq!(apps[1].get("/", &laptop).await.1, "Hello, Alice!");
     assert_eq!(mock.authorize_calls(), 1);
@@ -266,4 +305,185 @@ async fn a_revocation_seen_by_one_instance_reaches_the_others() {
         .until_refused(&laptop, seen, "B kept serving the revoked laptop")
         .await;
     println!("a revocation learnt by A reached B in {took:?}");
+}
+
+/// Polls until `id6` counted more evictions than `before` (a broadcast arrived), within 2 s.
+async fn until_evicted(id6: &Id6, before: u64, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while id6.stats().evictions <= before {
+        assert!(
+            Instant::now() < deadline,
+            "{what} never reached the other instance"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// `sign_out` on A evicts everywhere: B and C miss and id6 is asked again for that token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_out_on_one_instance_evicts_on_every_instance() {
+    let Some(redis) = redis_or_skip() else { return };
+    let mock = MockId6::start().await.unwrap();
+    let prefix = format!("id6-test-signout-{}:", std::process::id());
+    let alice = mock.add_user("Alice", "a@example.com");
+    let token = mock.token_issued_at(alice, common::now_ms() - 10);
+    let mut apps = Vec::new();
+    for _ in 0..3 {
+        let id6 = instance(&mock, &redis, &prefix).await;
+        apps.push(App {
+            base: common::serve(common::app(&id6)).await,
+            id6,
+            http: reqwest::Client::new(),
+        });
+    }
+    redis.until_subscribed(3).await;
+    for app in &apps {
+        assert_eq!(app.get("/", &token).await.1, "Hello, Alice!");
+    }
+    let calls = mock.user_calls_for(&token);
+    let before: Vec<_> = apps.iter().map(|a| a.id6.stats()).collect();
+    apps[0]
+        .id6
+        .sign_out(&UserToken::new(&token).unwrap())
+        .await
+        .unwrap();
+    for (app, before) in apps[1..].iter().zip(&before[1..]) {
+        until_evicted(&app.id6, before.evictions, "sign_out").await;
+        assert_eq!(app.get("/", &token).await.1, "Hello, Alice!");
+        assert_eq!(
+            app.id6.stats().misses,
+            before.misses + 1,
+            "served from a stale entry"
+        );
+    }
+    assert!(
+        mock.user_calls_for(&token) > calls,
+        "id6 was not asked again"
+    );
+}
+
+/// A public call of `Id6` that evicts, on the given handle and token.
+type EvictingCall = Box<dyn Fn(Id6, UserToken) -> futures_util::future::BoxFuture<'static, ()>>;
+
+/// Every public path that evicts reaches the other instances through Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_public_eviction_reaches_the_other_instances() {
+    let Some(redis) = redis_or_skip() else { return };
+    let mock = MockId6::start().await.unwrap();
+    let prefix = format!("id6-test-paths-{}:", std::process::id());
+    let (a, b) = (
+        instance(&mock, &redis, &prefix).await,
+        instance(&mock, &redis, &prefix).await,
+    );
+    redis.until_subscribed(2).await;
+    let alice = mock.add_user("Alice", "a@example.com");
+    let mut issued = common::now_ms() - 1000;
+    let mut fresh = || {
+        issued += 1;
+        UserToken::new(&mock.token_issued_at(alice, issued)).unwrap()
+    };
+    let paths: Vec<(&str, EvictingCall)> = vec![
+        (
+            "sign_out",
+            Box::new(|id6, t| Box::pin(async move { id6.sign_out(&t).await.unwrap() })),
+        ),
+        (
+            "update_profile",
+            Box::new(|id6, t| {
+                Box::pin(async move {
+                    id6.update_profile(&t, &id6_tower::Profile::new("Alicia"))
+                        .await
+                        .unwrap()
+                })
+            }),
+        ),
+        (
+            "update_picture",
+            Box::new(|id6, t| {
+                Box::pin(async move {
+                    let png = id6_tower::PictureUpload::from_bytes("me.png", &b"\x89PNG"[..]);
+                    id6.update_picture(&t, png).await.unwrap();
+                })
+            }),
+        ),
+        (
+            "invalidate_token",
+            Box::new(|id6, t| Box::pin(async move { id6.invalidate_token(&t) })),
+        ),
+        (
+            "invalidate_user",
+            Box::new(|id6, t| {
+                Box::pin(async move {
+                    let user = id6.user(&t).await.unwrap();
+                    id6.invalidate_user(user.id);
+                })
+            }),
+        ),
+        (
+            "clear",
+            Box::new(|id6, _| Box::pin(async move { id6.clear() })),
+        ),
+        (
+            "disconnect",
+            Box::new(|id6, t| Box::pin(async move { id6.disconnect(&t).await.unwrap() })),
+        ),
+    ];
+    for (what, path) in paths {
+        let token = fresh();
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            "cookie",
+            format!("auth={}", token.expose()).parse().unwrap(),
+        );
+        assert!(b.authenticate(&headers).await.user().is_some(), "{what}");
+        let before = b.stats().evictions;
+        path(a.clone(), token).await;
+        until_evicted(&b, before, what).await;
+    }
+    // A 401 on a typed call evicts the dead token everywhere too.
+    let token = fresh();
+    let mut headers = http::HeaderMap::new();
+    headers.insert(
+        "cookie",
+        format!("auth={}", token.expose()).parse().unwrap(),
+    );
+    b.authenticate(&headers).await;
+    let before = b.stats().evictions;
+    assert!(a.sign_out(&token).await.unwrap_err().is_unauthenticated());
+    until_evicted(&b, before, "a 401 on a typed call").await;
+}
+
+/// The last handle dropped, its Redis subscriber ends and its connections close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_last_handle_ends_the_subscriber_and_closes_redis() {
+    let Some(redis) = redis_or_skip() else { return };
+    let mock = MockId6::start().await.unwrap();
+    let alice = mock.add_user("Alice", "a@example.com");
+    let before = redis.clients().len();
+    let id6 = instance(&mock, &redis, "id6-test-drop:").await;
+    redis.until_subscribed(1).await;
+    let mut headers = http::HeaderMap::new();
+    let token = mock.token_for(alice);
+    headers.insert("cookie", format!("auth={token}").parse().unwrap());
+    assert!(id6.authenticate(&headers).await.user().is_some());
+    assert!(
+        redis.clients().len() >= before + 2,
+        "a command and a pub/sub connection"
+    );
+    let clone = id6.clone();
+    drop(id6);
+    assert!(
+        redis.clients().len() >= before + 2,
+        "a clone keeps it all alive"
+    );
+    drop(clone);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while redis.clients().len() > before {
+        assert!(
+            Instant::now() < deadline,
+            "connections left open: {:#?}",
+            redis.clients()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

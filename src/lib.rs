@@ -1,6 +1,7 @@
 //! # id6-tower
 //!
-//! Tower middleware that knows who is calling, by asking [id6](https://github.com/) — cached,
+//! Tower middleware that knows who is calling, by asking id6 (a small self-hosted
+//! authentication service; how it behaves is in the package's `docs/id6.md`) — cached,
 //! coalesced, and safe when id6 is down.
 //!
 //! id6 signs users in and leaves an HTTP-only `auth` cookie (a JWT) in their browser. The

@@ -171,6 +171,22 @@ async fn instance(mock: &MockId6, redis: &Redis, prefix: &str) -> Id6 {
         .unwrap()
 }
 
+/// `n` instances of the app, each serving on its own port, every one's subscriber listening
+/// before anything is broadcast.
+async fn apps(mock: &MockId6, redis: &Redis, prefix: &str, n: usize) -> Vec<App> {
+    let mut apps = Vec::new();
+    for _ in 0..n {
+        let id6 = instance(mock, redis, prefix).await;
+        apps.push(App {
+            base: common::serve(common::app(&id6)).await,
+            id6,
+            http: reqwest::Client::new(),
+        });
+    }
+    redis.until_subscribed(n).await;
+    apps
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_share_answers_and_evictions() {
     let Some(mut redis) = redis_or_skip() else {
@@ -180,17 +196,7 @@ async fn three_instances_share_answers_and_evictions() {
     let prefix = format!("id6-test-{}:", std::process::id());
     let alice = mock.add_user("Alice", "a@example.com");
     let token = mock.token_issued_at(alice, common::now_ms() - 10);
-    let mut apps = Vec::new();
-    for _ in 0..3 {
-        let id6 = instance(&mock, &redis, &prefix).await;
-        apps.push(App {
-            base: common::serve(common::app(&id6)).await,
-            id6,
-            http: reqwest::Client::new(),
-        });
-    }
-    // Every subscriber listening before anything is broadcast.
-    redis.until_subscribed(3).await;
+    let apps = apps(&mock, &redis, &prefix, 3).await;
 
     // 300 requests for one user over three instances: one id6 call.
     assert_eq!(apps[0].get("/", &token).await.1, "Hello, Alice!");
@@ -327,16 +333,7 @@ async fn sign_out_on_one_instance_evicts_on_every_instance() {
     let prefix = format!("id6-test-signout-{}:", std::process::id());
     let alice = mock.add_user("Alice", "a@example.com");
     let token = mock.token_issued_at(alice, common::now_ms() - 10);
-    let mut apps = Vec::new();
-    for _ in 0..3 {
-        let id6 = instance(&mock, &redis, &prefix).await;
-        apps.push(App {
-            base: common::serve(common::app(&id6)).await,
-            id6,
-            http: reqwest::Client::new(),
-        });
-    }
-    redis.until_subscribed(3).await;
+    let apps = apps(&mock, &redis, &prefix, 3).await;
     for app in &apps {
         assert_eq!(app.get("/", &token).await.1, "Hello, Alice!");
     }

@@ -21,9 +21,9 @@ use http::Method;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::cache::Scope;
 use crate::client::read_capped;
 use crate::error::{Error, Kind};
+use crate::resolve::Scope;
 use crate::token::{TokenSource, UserToken};
 use crate::{Authentication, Id6, User};
 
@@ -276,7 +276,7 @@ impl Id6 {
     /// The token's user, for the evictions that follow a change: cached, or read from the
     /// JWT payload (id6 just accepted the token, so the payload is genuine).
     fn owner_of(&self, token: &UserToken) -> Option<u64> {
-        self.cache()
+        self.resolver()
             .user_id_of(&token.key())
             .or_else(|| token.unverified_user_id())
     }
@@ -292,7 +292,7 @@ impl Id6 {
         let result = self.client().call(method, path, token, build).await;
         if let Err(error) = &result {
             if error.is_unauthenticated() {
-                self.evict(Scope::Token(token.key())).await;
+                self.resolver().evict(Scope::Token(token.key())).await;
             }
         }
         result
@@ -306,13 +306,15 @@ impl Id6 {
     /// Unauthenticated (no token, id6's 401 with its `errorCode`), or unavailable.
     pub async fn user(&self, from: &(impl TokenSource + ?Sized)) -> Result<User, Error> {
         let token = self.token_of(from)?;
-        let started = self.load_start();
+        let started = self.resolver().load_start();
         let response = self.call(Method::GET, "user", &token, |r| r).await?;
         match self.client().read_json::<Option<User>>(response).await? {
             Some(user) => {
                 let user = std::sync::Arc::new(user);
                 let verdict = Authentication::Authenticated(user.clone());
-                self.remember(token.key(), &verdict, started).await;
+                self.resolver()
+                    .remember(token.key(), &verdict, started)
+                    .await;
                 Ok(User::clone(&user))
             }
             None => Err(Error::new(Kind::NoToken)),
@@ -333,7 +335,7 @@ impl Id6 {
         let token = self.token_of(from)?;
         self.call(Method::POST, "auth/signout", &token, |r| r)
             .await?;
-        self.evict(Scope::Token(token.key())).await;
+        self.resolver().evict(Scope::Token(token.key())).await;
         Ok(())
     }
 
@@ -349,7 +351,9 @@ impl Id6 {
         self.call(Method::GET, "user/disconnect", &token, |r| r)
             .await?;
         // Unknown owner (not a JWT we can read): the only safe eviction is everything.
-        self.evict(owner.map_or(Scope::All, Scope::User)).await;
+        self.resolver()
+            .evict(owner.map_or(Scope::All, Scope::User))
+            .await;
         Ok(())
     }
 
@@ -390,7 +394,7 @@ impl Id6 {
         picture: PictureUpload,
     ) -> Result<Option<String>, Error> {
         let mime = picture.mime()?;
-        let limit = self.settings().max_picture_bytes;
+        let limit = self.max_picture_bytes();
         if picture.len() > limit {
             return Err(Error::new(Kind::Invalid {
                 code: "picture_too_large",
@@ -426,7 +430,7 @@ impl Id6 {
             .call(Method::GET, "user/picture", &token, |r| r)
             .await?;
         // At most 1 GiB (checked by `build`): fits a usize wherever this crate builds.
-        let limit = usize::try_from(self.settings().max_picture_bytes).unwrap_or(usize::MAX);
+        let limit = usize::try_from(self.max_picture_bytes()).unwrap_or(usize::MAX);
         Ok(PictureDownload { response, limit })
     }
 
@@ -434,26 +438,27 @@ impl Id6 {
         let scope = self
             .owner_of(token)
             .map_or(Scope::Token(token.key()), Scope::User);
-        self.evict(scope).await;
+        self.resolver().evict(scope).await;
     }
 
     /// Forgets the cached verdict of the token in `from`; the next request asks id6. With
     /// Redis, the shared entry and the other instances follow in the background.
     pub fn invalidate_token(&self, from: &(impl TokenSource + ?Sized)) {
         if let Some(token) = from.user_token(self) {
-            self.evict_in_background(Scope::Token(token.key()));
+            self.resolver()
+                .evict_in_background(Scope::Token(token.key()));
         }
     }
 
     /// Forgets every cached token of the user; no id6 answer already in flight can put the
     /// user back. With Redis, every instance follows in the background.
     pub fn invalidate_user(&self, user_id: u64) {
-        self.evict_in_background(Scope::User(user_id));
+        self.resolver().evict_in_background(Scope::User(user_id));
     }
 
     /// Forgets everything cached. With Redis, everywhere, in the background.
     pub fn clear(&self) {
-        self.evict_in_background(Scope::All);
+        self.resolver().evict_in_background(Scope::All);
     }
 }
 

@@ -9,8 +9,8 @@ use http::header::{HeaderMap, ACCEPT, AUTHORIZATION, CONTENT_TYPE, COOKIE, RETRY
 use http::{Method, StatusCode};
 use serde::Deserialize;
 
-use crate::circuit::{Admission, Health};
-use crate::config::{join, Authorization, Settings};
+use crate::admission::{Admission, Health};
+use crate::config::{join, Authorization, ClientSettings};
 use crate::error::{ApiError, Error, Kind};
 use crate::telemetry::{Telemetry, Upstream};
 use crate::token::UserToken;
@@ -20,7 +20,7 @@ use crate::user::{Authentication, User};
 #[derive(Debug)]
 pub(crate) struct Client {
     http: reqwest::Client,
-    settings: Arc<Settings>,
+    settings: ClientSettings,
     /// A rejected secret is logged as an error once, then at debug.
     secret_rejection_logged: AtomicBool,
     telemetry: Arc<Telemetry>,
@@ -28,7 +28,7 @@ pub(crate) struct Client {
 }
 
 impl Client {
-    pub(crate) fn new(settings: Arc<Settings>, telemetry: Arc<Telemetry>) -> Result<Self, Error> {
+    pub(crate) fn new(settings: ClientSettings, telemetry: Arc<Telemetry>) -> Result<Self, Error> {
         let http = reqwest::Client::builder()
             .timeout(settings.timeout)
             .connect_timeout(settings.connect_timeout)
@@ -48,6 +48,10 @@ impl Client {
             ),
             settings,
         })
+    }
+
+    pub(crate) fn settings(&self) -> &ClientSettings {
+        &self.settings
     }
 
     /// Whether id6 is being called or the breaker holds calls back.

@@ -66,9 +66,8 @@
 //! - `redis`: answers shared and evictions broadcast between instances through Redis.
 //! - `testing`: [`testing::MockId6`], an id6 look-alike server on loopback for tests.
 
+mod admission;
 mod api;
-mod cache;
-mod circuit;
 mod client;
 mod clock;
 mod config;
@@ -80,8 +79,10 @@ pub mod grpc;
 mod id6;
 mod jwt;
 mod layer;
+mod lock;
 #[cfg(feature = "redis")]
-mod shared;
+mod redis;
+mod resolve;
 mod telemetry;
 mod token;
 mod user;
@@ -89,8 +90,8 @@ mod user;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use admission::Health;
 pub use api::{PictureDownload, PictureUpload, Profile};
-pub use circuit::Health;
 pub use config::{Id6Builder, OnUnavailable};
 pub use error::Error;
 #[cfg(feature = "axum")]

@@ -37,7 +37,7 @@ pub struct Stats {
     /// Verdicts in the cache now.
     pub entries: u64,
     /// Redis operations that failed or timed out (feature `redis`; 0 without Redis).
-    pub shared_errors: u64,
+    pub redis_errors: u64,
 }
 
 /// Metric names, all prefixed `id6_`.
@@ -50,7 +50,7 @@ pub(crate) mod names {
 
 /// The outcome of one lookup, as counted.
 #[derive(Clone, Copy, Debug)]
-pub(crate) enum Lookup {
+pub(crate) enum LookupOutcome {
     NoToken,
     Malformed,
     Hit,
@@ -126,7 +126,7 @@ impl Telemetry {
         }
     }
 
-    pub(crate) fn lookup(&self, lookup: Lookup) {
+    pub(crate) fn lookup(&self, lookup: LookupOutcome) {
         let (stripes, counter) = &self.lookups[lookup as usize];
         stripes.increment();
         counter.increment(1);
@@ -145,21 +145,21 @@ impl Telemetry {
     }
 
     pub(crate) fn snapshot(&self, entries: u64) -> Stats {
-        let lookups = |l: Lookup| self.lookups[l as usize].0.sum();
+        let lookups = |l: LookupOutcome| self.lookups[l as usize].0.sum();
         let upstream = |u: Upstream| self.upstream[u as usize].0.load(Ordering::Relaxed);
         Stats {
-            no_token: lookups(Lookup::NoToken),
-            malformed: lookups(Lookup::Malformed),
-            hits: lookups(Lookup::Hit),
-            negative_hits: lookups(Lookup::NegativeHit),
-            misses: lookups(Lookup::Miss),
-            coalesced: lookups(Lookup::Coalesced),
+            no_token: lookups(LookupOutcome::NoToken),
+            malformed: lookups(LookupOutcome::Malformed),
+            hits: lookups(LookupOutcome::Hit),
+            negative_hits: lookups(LookupOutcome::NegativeHit),
+            misses: lookups(LookupOutcome::Miss),
+            coalesced: lookups(LookupOutcome::Coalesced),
             upstream_authenticated: upstream(Upstream::Authenticated),
             upstream_rejected: upstream(Upstream::Rejected),
             upstream_unavailable: upstream(Upstream::Unavailable),
             evictions: self.eviction_count.load(Ordering::Relaxed),
             entries,
-            shared_errors: 0,
+            redis_errors: 0,
         }
     }
 }

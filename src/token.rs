@@ -185,30 +185,11 @@ fn is_cookie_octet(b: u8) -> bool {
 /// 256-bit SHA-256 of a token: the cache key. Never a shorter hash: a collision would hand
 /// one user's identity to another.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) struct TokenKey([u8; 32]);
+pub(crate) struct TokenKey(pub(crate) [u8; 32]);
 
 impl TokenKey {
     pub(crate) fn of(token: impl AsRef<[u8]>) -> Self {
         TokenKey(Sha256::digest(token.as_ref()).into())
-    }
-
-    /// Lowercase hex, for keys outside the process (Redis).
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    pub(crate) fn hex(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
-    }
-
-    /// The key back from [`hex`](Self::hex).
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    pub(crate) fn from_hex(hex: &str) -> Option<Self> {
-        if hex.len() != 64 {
-            return None;
-        }
-        let mut key = [0u8; 32];
-        for (i, byte) in key.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
-        }
-        Some(TokenKey(key))
     }
 }
 

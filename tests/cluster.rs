@@ -242,7 +242,7 @@ async fn three_instances_share_answers_and_evictions() {
     println!("with Redis down, the slowest request took {slowest:?} (Redis timeout 100 ms)");
     assert!(slowest < Duration::from_secs(1), "{slowest:?}");
     assert!(
-        apps[0].id6.stats().shared_errors > 0,
+        apps[0].id6.stats().redis_errors > 0,
         "the outage was counted"
     );
 
@@ -303,8 +303,8 @@ async fn a_revocation_seen_by_one_instance_reaches_the_others() {
 
     // Alice disconnects through another app; a new session shows up on instance A.
     mock.revoke_tokens(alice);
-    tokio::time::sleep(Duration::from_millis(2)).await;
-    let phone = mock.token_for(alice);
+    // Issued after the revocation, whatever the clock's resolution.
+    let phone = mock.token_issued_at(alice, common::now_ms() + 1000);
     assert_eq!(apps[0].get("/", &phone).await.1, "Hello, Alice!");
     let seen = Instant::now();
     let took = apps[1]

@@ -159,9 +159,9 @@ async fn after_a_429_no_call_until_the_reset() {
     let id6 = Id6::builder(mock.url()).timeout(TIMEOUT).build().unwrap();
     let s = Setup::with(mock, id6).await;
     // Three cold tokens spend the window, the fourth gets the 429.
-    for _ in 0..4 {
-        let token = s.mock.token_for(alice);
-        tokio::time::sleep(Duration::from_millis(2)).await;
+    for i in 0..4 {
+        // Distinct tokens: issued a second apart.
+        let token = s.mock.token_issued_at(alice, now_ms() - 1000 * (i + 1));
         s.get("/me", Some(&token)).await;
     }
     let Health::Open {

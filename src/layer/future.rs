@@ -9,7 +9,7 @@ use http::{HeaderValue, Request, Response};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use crate::cache::Pending;
+use crate::resolve::Pending;
 
 pin_project! {
     /// The future of [`Id6Service`](super::Id6Service). `Send` whenever the inner service,

@@ -7,7 +7,7 @@ use http::{Request, Response};
 use tower_service::Service;
 
 use super::ResponseFuture;
-use crate::id6::Lookup;
+use crate::resolve::Lookup;
 use crate::{Authentication, Id6};
 
 /// Inserts an [`Authentication`](crate::Authentication) into each request, then calls `S`.
@@ -64,7 +64,7 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        match self.id6.lookup_within(request.headers(), self.max_age) {
+        match self.id6.resolver().lookup(request.headers(), self.max_age) {
             Lookup::NoToken => {
                 request.extensions_mut().insert(Authentication::Anonymous);
                 ResponseFuture::called(self.inner.call(request), None)

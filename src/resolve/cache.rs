@@ -1,32 +1,24 @@
-//! The moka cache of id6's verdicts per token key: one id6 call per key however many requests
-//! miss on it at once, and invalidation by token, by user or all, safe against refills by
-//! loads that were already in flight.
+//! The local tiers: moka caches of id6's verdicts per token key (users, rejected tokens,
+//! stale users for the failure policy), one load per key however many requests miss on it at
+//! once, and evictions by token, by user or all, safe against refills by loads that were
+//! already in flight (generation marks).
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 use moka::sync::Cache;
 
-use crate::config::{OnUnavailable, Settings};
+use super::Scope;
+use crate::config::{OnUnavailable, ResolverSettings};
 use crate::error::{Error, Kind};
+use crate::lock::lock;
 use crate::telemetry::{self, Eviction, Telemetry};
 use crate::token::TokenKey;
 use crate::user::{Authentication, User};
-
-/// What an eviction covers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Scope {
-    /// One token.
-    Token(TokenKey),
-    /// Every cached token of a user.
-    User(u64),
-    /// Everything.
-    All,
-}
 
 /// A resolution in flight, shared by every request that waits on it.
 pub(crate) type Pending = Shared<BoxFuture<'static, Authentication>>;
@@ -49,6 +41,14 @@ const MAX_MARKS: usize = 4096;
 pub(crate) struct AuthCache {
     entries: Entries,
     shared: Arc<Coordination>,
+}
+
+impl std::fmt::Debug for AuthCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthCache")
+            .field("entries", &self.entries.users.entry_count())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Keys are SHA-256 outputs: foldhash (seeded per process) is enough to spread them and
@@ -170,7 +170,7 @@ struct UserKeys {
 }
 
 impl AuthCache {
-    pub(crate) fn new(settings: &Settings, telemetry: Arc<Telemetry>) -> Self {
+    pub(crate) fn new(settings: &ResolverSettings, telemetry: Arc<Telemetry>) -> Self {
         let entries = Entries {
             users: Cache::builder()
                 .max_capacity(settings.max_capacity)
@@ -197,9 +197,7 @@ impl AuthCache {
                 generation: AtomicU64::new(0),
                 inflight: Mutex::default(),
                 coherence: Mutex::default(),
-                mark_lifetime: settings.timeout * 2
-                    + settings.queue_timeout
-                    + Duration::from_secs(1),
+                mark_lifetime: settings.mark_lifetime,
                 on_unavailable: settings.on_unavailable,
                 telemetry,
             }),
@@ -235,7 +233,9 @@ impl AuthCache {
         let generation = self.shared.generation.load(Ordering::SeqCst);
         if let Some(load) = inflight.get(&key) {
             if load.started == generation {
-                self.shared.telemetry.lookup(telemetry::Lookup::Coalesced);
+                self.shared
+                    .telemetry
+                    .lookup(telemetry::LookupOutcome::Coalesced);
                 tracing::trace!("joining an id6 call in flight");
                 return load.pending.clone();
             }
@@ -376,7 +376,8 @@ impl AuthCache {
     }
 
     /// Forgets what `scope` covers, locally; no load already in flight can put it back.
-    /// [`Id6::evict`](crate::Id6) adds the second level and the other instances.
+    /// [`Resolver::evict`](super::Resolver::evict) adds the second level and the other
+    /// instances.
     pub(crate) fn evict(&self, scope: Scope) {
         match scope {
             Scope::Token(key) => self.invalidate_token(&key),
@@ -478,11 +479,6 @@ fn apply_policy(cache: &AuthCache, key: TokenKey, verdict: Authentication) -> Au
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // The maps stay consistent whatever panicked while holding them.
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 fn ready(verdict: Authentication) -> Pending {
     futures_util::future::ready(verdict).boxed().shared()
 }
@@ -518,7 +514,8 @@ mod tests {
         let settings = Id6Builder::new("http://127.0.0.1:9")
             .negative_ttl(Duration::from_millis(50))
             .validate()
-            .unwrap();
+            .unwrap()
+            .resolver;
         AuthCache::new(&settings, Arc::new(Telemetry::new()))
     }
 

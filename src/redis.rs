@@ -25,8 +25,11 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::AsyncCommands;
 use tokio::sync::OnceCell;
 
-use crate::cache::{AuthCache, Scope};
+use futures_util::future::{BoxFuture, FutureExt};
+
 use crate::clock::now_ms;
+use crate::config::RedisSettings;
+use crate::resolve::{AuthCache, Scope, SecondLevel};
 use crate::token::TokenKey;
 use crate::user::{Authentication, User};
 
@@ -51,7 +54,8 @@ enum Stored {
     Rejected,
 }
 
-pub(crate) struct Shared {
+/// The second level on Redis.
+pub(crate) struct Redis {
     client: redis::Client,
     connection: OnceCell<ConnectionManager>,
     prefix: String,
@@ -70,30 +74,35 @@ pub(crate) struct Shared {
     errors: AtomicU64,
 }
 
-impl std::fmt::Debug for Shared {
+impl std::fmt::Debug for Redis {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared")
+        f.debug_struct("Redis")
             .field("prefix", &self.prefix)
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }
 }
 
-impl Shared {
-    pub(crate) fn new(
-        url: &str,
-        prefix: String,
-        timeout: Duration,
-        positive_ttl: Duration,
-        negative_ttl: Duration,
-    ) -> redis::RedisResult<Self> {
-        Ok(Shared {
-            client: redis::Client::open(url)?,
+impl Redis {
+    /// Never connects: Redis may be down at start.
+    ///
+    /// # Errors
+    ///
+    /// A URL that is not a Redis URL.
+    pub(crate) fn new(settings: RedisSettings) -> Result<Self, crate::Error> {
+        let client = redis::Client::open(settings.url.as_str()).map_err(|e| {
+            crate::Error::config(
+                crate::config::setting::REDIS_URL,
+                format!("not a Redis URL: {e}"),
+            )
+        })?;
+        Ok(Redis {
+            client,
             connection: OnceCell::new(),
-            prefix,
-            timeout,
-            positive_ttl,
-            negative_ttl,
+            prefix: settings.prefix,
+            timeout: settings.timeout,
+            positive_ttl: settings.positive_ttl,
+            negative_ttl: settings.negative_ttl,
             store_user: redis::Script::new(STORE_USER),
             subscribed: AtomicBool::new(false),
             stop: tokio::sync::watch::Sender::new(()),
@@ -103,13 +112,8 @@ impl Shared {
         })
     }
 
-    /// Redis operations that failed or timed out since start.
-    pub(crate) fn errors(&self) -> u64 {
-        self.errors.load(Ordering::Relaxed)
-    }
-
     fn entry(&self, key: &TokenKey) -> String {
-        format!("{}t:{}", self.prefix, key.hex())
+        format!("{}t:{}", self.prefix, hex(key))
     }
 
     fn channel(&self) -> String {
@@ -172,7 +176,7 @@ impl Shared {
     }
 
     /// The shared verdict for `key`, if Redis has one (and answers in time).
-    pub(crate) async fn get(&self, key: &TokenKey) -> Option<Authentication> {
+    async fn get(&self, key: &TokenKey) -> Option<Authentication> {
         let entry = self.entry(key);
         let raw: Option<Vec<u8>> = self
             .run("get", |mut c| async move { c.get(entry).await })
@@ -185,7 +189,12 @@ impl Shared {
     }
 
     /// Shares an id6 verdict; `started_ms` is when the load that produced it began.
-    pub(crate) async fn store(&self, key: &TokenKey, verdict: &Authentication, started_ms: u64) {
+    async fn store(&self, key: &TokenKey, verdict: &Authentication, started_ms: u64) {
+        if let Some(user) = verdict.user() {
+            if let Some(revoked_at) = user.invalidate_tokens_at {
+                self.note_revocation(user.id, revoked_at).await;
+            }
+        }
         let entry = self.entry(key);
         match verdict {
             Authentication::Authenticated(user) => {
@@ -200,7 +209,7 @@ impl Shared {
                     .arg(value)
                     .arg(millis(self.positive_ttl))
                     .arg(started_ms)
-                    .arg(key.hex());
+                    .arg(hex(key));
                 let _: Option<i64> = self
                     .run("store", |mut c| async move {
                         invocation.invoke_async(&mut c).await
@@ -223,7 +232,7 @@ impl Shared {
     }
 
     /// The second-level part of an eviction: shared entries deleted, every instance told.
-    pub(crate) async fn evict(&self, scope: Scope) {
+    async fn evict(&self, scope: Scope) {
         match scope {
             Scope::Token(key) => self.invalidate_token(&key).await,
             Scope::User(user_id) => self.invalidate_user(user_id).await,
@@ -234,7 +243,7 @@ impl Shared {
     /// Deletes a token's shared entry and tells every instance.
     async fn invalidate_token(&self, key: &TokenKey) {
         let (entry, channel, message) =
-            (self.entry(key), self.channel(), format!("t:{}", key.hex()));
+            (self.entry(key), self.channel(), format!("t:{}", hex(key)));
         let _: Option<()> = self
             .run("invalidate", |mut c| async move {
                 redis::pipe()
@@ -271,7 +280,7 @@ impl Shared {
 
     /// An `/authorize` answer showed when id6 last revoked the user's tokens: if no instance
     /// has evicted the user since, do it everywhere now.
-    pub(crate) async fn note_revocation(&self, user_id: u64, revoked_at_ms: u64) {
+    async fn note_revocation(&self, user_id: u64, revoked_at_ms: u64) {
         let marker = format!("{}rev:{user_id}", self.prefix);
         let known: Option<Option<u64>> = self
             .run("get", |mut c| async move { c.get(marker).await })
@@ -308,7 +317,7 @@ impl Shared {
     }
 
     /// Starts, once, the task that applies other instances' evictions to `cache`.
-    pub(crate) fn subscribe(self: &Arc<Self>, cache: AuthCache) {
+    fn start_listening(self: &Arc<Self>, cache: AuthCache) {
         // Called on every miss: a read first, the write only once.
         if self.subscribed.load(Ordering::Relaxed) || self.subscribed.swap(true, Ordering::SeqCst) {
             return;
@@ -332,7 +341,7 @@ impl Shared {
 
 /// Applies other instances' evictions to `cache`, reconnecting as needed, while the
 /// handle's `Shared` lives.
-async fn listen(shared: std::sync::Weak<Shared>, cache: AuthCache) {
+async fn listen(shared: std::sync::Weak<Redis>, cache: AuthCache) {
     let mut was_connected = false;
     let mut backoff = Duration::from_millis(50);
     loop {
@@ -372,6 +381,50 @@ async fn listen(shared: std::sync::Weak<Shared>, cache: AuthCache) {
     }
 }
 
+impl SecondLevel for Redis {
+    fn get<'a>(&'a self, key: &'a TokenKey) -> BoxFuture<'a, Option<Authentication>> {
+        Redis::get(self, key).boxed()
+    }
+
+    fn store<'a>(
+        &'a self,
+        key: &'a TokenKey,
+        verdict: &'a Authentication,
+        started_ms: u64,
+    ) -> BoxFuture<'a, ()> {
+        Redis::store(self, key, verdict, started_ms).boxed()
+    }
+
+    fn evict(self: Arc<Self>, scope: Scope) -> BoxFuture<'static, ()> {
+        async move { Redis::evict(&self, scope).await }.boxed()
+    }
+
+    fn subscribe(self: Arc<Self>, local: &AuthCache) {
+        self.start_listening(local.clone());
+    }
+
+    fn errors(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
+    }
+}
+
+/// A token key as Redis keys and messages carry it: lowercase hex.
+fn hex(key: &TokenKey) -> String {
+    key.0.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The key back from [`hex`].
+fn from_hex(hex: &str) -> Option<TokenKey> {
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut key = [0u8; 32];
+    for (i, byte) in key.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(TokenKey(key))
+}
+
 /// Another instance's eviction, as broadcast: `*`, `u:<user id>` or `t:<key hex>`.
 fn parse(message: &str) -> Option<Scope> {
     if message == "*" {
@@ -381,7 +434,7 @@ fn parse(message: &str) -> Option<Scope> {
     } else {
         message
             .strip_prefix("t:")
-            .and_then(TokenKey::from_hex)
+            .and_then(from_hex)
             .map(Scope::Token)
     }
 }

@@ -1,11 +1,11 @@
-//! Admission of calls to id6: a cap on calls in flight, and a breaker that stops calling
+//! Admission of calls to id6 (`Admission`): a cap on calls in flight, and a breaker that stops calling
 //! while id6 rate-limits us (until its window opens) or cannot be reached (for a short,
 //! growing interval). id6 is one small process with one rate-limit bucket per client IP:
 //! hammering it while it is down or limiting only prolongs the outage.
 
 #[cfg(test)]
 use std::sync::Arc;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{Semaphore, SemaphorePermit};
@@ -76,7 +76,7 @@ impl Admission {
     }
 
     fn breaker(&self) -> MutexGuard<'_, Breaker> {
-        self.breaker.lock().unwrap_or_else(PoisonError::into_inner)
+        crate::lock::lock(&self.breaker)
     }
 
     /// A permit to call id6 now, or why not: the breaker is open, or every permit stayed

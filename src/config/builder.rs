@@ -1,0 +1,467 @@
+//! `Id6Builder`: setters that only record, and `build`, which checks every value and hands
+//! each part of the handle its own settings.
+
+use std::fmt;
+use std::time::Duration;
+
+use http::HeaderValue;
+
+use super::{
+    base_url, between, count, is_cookie_name_byte, join, limits, redact_userinfo, setting,
+    Authorization, ClientSettings, Endpoint, OnUnavailable, RedisSettings, ResolverSettings,
+    Settings,
+};
+use crate::jwt::Screen;
+use crate::token::{TokenFinder, TokenLocation};
+use crate::{Error, Id6};
+
+/// A secret held by the builder: `Debug` never shows it.
+#[derive(Clone)]
+pub(super) struct Secret(pub(super) String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// A URL held by the builder: `Debug` hides its userinfo, even when it does not parse.
+#[derive(Clone)]
+pub(super) struct RawUrl(pub(super) String);
+
+impl fmt::Debug for RawUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&redact_userinfo(&self.0), f)
+    }
+}
+
+/// Builds an [`Id6`] handle. Infallible until [`build`](Self::build), which reports the first
+/// unusable setting by name.
+///
+/// ```
+/// use std::time::Duration;
+///
+/// let id6 = id6_tower::Id6::builder("http://127.0.0.1:8000/api")
+///     .cache_ttl(Duration::from_secs(60))
+///     .negative_ttl(Duration::from_secs(5))
+///     .max_capacity(100_000)
+///     .timeout(Duration::from_secs(3))
+///     .build()?;
+/// # Ok::<(), id6_tower::Error>(())
+/// ```
+#[must_use = "a builder does nothing until `build` is called"]
+#[derive(Debug, Clone)]
+pub struct Id6Builder {
+    pub(super) url: RawUrl,
+    pub(super) cookie_name: String,
+    pub(super) cache_ttl: Duration,
+    pub(super) negative_ttl: Duration,
+    pub(super) max_capacity: u64,
+    pub(super) timeout: Duration,
+    pub(super) connect_timeout: Option<Duration>,
+    pub(super) max_body_bytes: usize,
+    pub(super) max_picture_bytes: u64,
+    pub(super) authorization_url: Option<RawUrl>,
+    pub(super) authorization_secret: Option<Secret>,
+    pub(super) clear_dead_cookie: bool,
+    pub(super) dead_cookie_attributes: String,
+    pub(super) token_locations: Vec<TokenLocation>,
+    pub(super) jwt_secret: Option<Secret>,
+    pub(super) token_lifetime: Duration,
+    pub(super) on_unavailable: OnUnavailable,
+    pub(super) max_concurrent_calls: usize,
+    pub(super) queue_timeout: Option<Duration>,
+    pub(super) max_backoff: Duration,
+    /// A Redis URL may carry a password: kept out of `Debug`.
+    pub(super) redis_url: Option<Secret>,
+    pub(super) redis_prefix: String,
+    pub(super) redis_timeout: Duration,
+    /// The first setting that could not even be parsed (from the environment).
+    pub(super) deferred: Option<Error>,
+}
+
+impl Id6Builder {
+    /// Default time a user answer is trusted without asking id6 again.
+    pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(60);
+    /// Default time a rejected token is remembered as anonymous.
+    pub const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(5);
+    /// Default number of tokens kept in the cache.
+    pub const DEFAULT_MAX_CAPACITY: u64 = 100_000;
+    /// Default bound on one call to id6, connection included.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3);
+    /// Default cap on the body read from id6 (a user is a few hundred bytes).
+    pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
+    /// Default cap on a picture uploaded or downloaded in memory (id6 itself has none).
+    pub const DEFAULT_MAX_PICTURE_BYTES: u64 = 10 * 1024 * 1024;
+    /// id6's default token lifetime: 30 days after `issuedAt`.
+    pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
+    /// Default cap on id6 calls in flight at once.
+    pub const DEFAULT_MAX_CONCURRENT_CALLS: usize = 32;
+    /// Default longest pause of id6 calls after a 429 or repeated failures: id6's own
+    /// rate-limit window.
+    pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(60);
+    /// Default attributes of the cookie that clears a dead token, as id6's own.
+    pub const DEFAULT_DEAD_COOKIE_ATTRIBUTES: &'static str = "Max-Age=0; Path=/; HttpOnly";
+
+    pub(crate) fn new(url: impl Into<String>) -> Self {
+        Id6Builder {
+            url: RawUrl(url.into()),
+            cookie_name: "auth".to_owned(),
+            cache_ttl: Self::DEFAULT_CACHE_TTL,
+            negative_ttl: Self::DEFAULT_NEGATIVE_TTL,
+            max_capacity: Self::DEFAULT_MAX_CAPACITY,
+            timeout: Self::DEFAULT_TIMEOUT,
+            connect_timeout: None,
+            max_body_bytes: Self::DEFAULT_MAX_BODY_BYTES,
+            max_picture_bytes: Self::DEFAULT_MAX_PICTURE_BYTES,
+            authorization_url: None,
+            authorization_secret: None,
+            clear_dead_cookie: false,
+            dead_cookie_attributes: Self::DEFAULT_DEAD_COOKIE_ATTRIBUTES.to_owned(),
+            token_locations: vec![TokenLocation::Cookie],
+            jwt_secret: None,
+            token_lifetime: Self::DEFAULT_TOKEN_LIFETIME,
+            on_unavailable: OnUnavailable::Reject,
+            max_concurrent_calls: Self::DEFAULT_MAX_CONCURRENT_CALLS,
+            queue_timeout: None,
+            max_backoff: Self::DEFAULT_MAX_BACKOFF,
+            redis_url: None,
+            redis_prefix: "id6:".to_owned(),
+            redis_timeout: Duration::from_millis(100),
+            deferred: None,
+        }
+    }
+
+    /// Name of id6's cookie, read from requests and forwarded to id6 (default `auth`).
+    pub fn cookie_name(mut self, name: impl Into<String>) -> Self {
+        self.cookie_name = name.into();
+        self
+    }
+
+    /// How long an id6 answer naming a user is served from the cache (default 60 s, at most
+    /// 365 days).
+    pub fn cache_ttl(mut self, ttl: Duration) -> Self {
+        self.cache_ttl = ttl;
+        self
+    }
+
+    /// How long a token id6 rejected is remembered as anonymous (default 5 s, at most 365
+    /// days).
+    pub fn negative_ttl(mut self, ttl: Duration) -> Self {
+        self.negative_ttl = ttl;
+        self
+    }
+
+    /// How many tokens the cache holds at most (default 100 000, at most 10⁸), for users
+    /// and for rejected tokens each.
+    pub fn max_capacity(mut self, entries: u64) -> Self {
+        self.max_capacity = entries;
+        self
+    }
+
+    /// Bound on one whole call to id6, from connecting to the last byte (default 3 s, at
+    /// most 5 minutes).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Bound on connecting to id6 (default: the [`timeout`](Self::timeout)).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = Some(timeout);
+        self
+    }
+
+    /// Cap on the bytes read from one id6 answer (default 64 KiB, at most 16 MiB); longer
+    /// is unavailable.
+    pub fn max_body_bytes(mut self, bytes: usize) -> Self {
+        self.max_body_bytes = bytes;
+        self
+    }
+
+    /// Where requests carry the token, in the order to look (default: the cookie only).
+    /// Add [`TokenLocation::Bearer`] for `Authorization: Bearer` / gRPC `authorization`
+    /// metadata. Wherever found, id6 receives the token as its cookie.
+    pub fn token_locations(mut self, locations: impl IntoIterator<Item = TokenLocation>) -> Self {
+        self.token_locations = locations.into_iter().collect();
+        self
+    }
+
+    /// id6's JWT secret, to verify tokens' signature and age locally: a forged or expired
+    /// token is then anonymous without an id6 call (id6 is still asked about the others,
+    /// for revocation). Without it, only the shape of a token is checked locally.
+    pub fn jwt_secret(mut self, secret: impl Into<String>) -> Self {
+        self.jwt_secret = Some(Secret(secret.into()));
+        self
+    }
+
+    /// How long after `issuedAt` id6 considers a token expired (default 30 days, as id6;
+    /// at most 100 years); used with [`jwt_secret`](Self::jwt_secret).
+    pub fn token_lifetime(mut self, lifetime: Duration) -> Self {
+        self.token_lifetime = lifetime;
+        self
+    }
+
+    /// What a request gets when id6 cannot be asked (default [`OnUnavailable::Reject`]; a
+    /// stale window of at most 365 days).
+    pub fn on_unavailable(mut self, policy: OnUnavailable) -> Self {
+        self.on_unavailable = policy;
+        self
+    }
+
+    /// Cap on id6 calls in flight at once (default 32, at most 10 000); beyond it, misses
+    /// wait up to [`queue_timeout`](Self::queue_timeout), then resolve as id6 unavailable.
+    pub fn max_concurrent_calls(mut self, calls: usize) -> Self {
+        self.max_concurrent_calls = calls;
+        self
+    }
+
+    /// How long a miss may wait for a free id6 call (default: the [`timeout`](Self::timeout)).
+    pub fn queue_timeout(mut self, timeout: Duration) -> Self {
+        self.queue_timeout = Some(timeout);
+        self
+    }
+
+    /// The longest id6 goes uncalled after a 429 or repeated connection failures (default
+    /// 60 s, id6's own window; between 1 s and 1 h). A `429` asking for a longer wait (a
+    /// proxy's reset in milliseconds, a far-future date) is held to it, and so is the
+    /// `Retry-After` that callers are given.
+    pub fn max_backoff(mut self, max: Duration) -> Self {
+        self.max_backoff = max;
+        self
+    }
+    /// Share id6's answers between instances through Redis, and broadcast every eviction to
+    /// them (feature `redis`; also `ID6_REDIS_URL`). See the crate README, "Running several
+    /// instances". Starting never needs Redis to be up. Without the feature, `build()`
+    /// refuses a Redis URL, saying which feature to enable.
+    pub fn redis(mut self, url: impl Into<String>) -> Self {
+        self.redis_url = Some(Secret(url.into()));
+        self
+    }
+
+    /// Prefix of every Redis key and of the invalidation channel (default `id6:`).
+    pub fn redis_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.redis_prefix = prefix.into();
+        self
+    }
+
+    /// Bound on one Redis operation (default 100 ms, at most 5 minutes); past it, the layer carries on without.
+    pub fn redis_timeout(mut self, timeout: Duration) -> Self {
+        self.redis_timeout = timeout;
+        self
+    }
+
+    /// Cap on a picture given to [`Id6::update_picture`], checked before sending, and on
+    /// one read whole by [`PictureDownload::bytes`](crate::PictureDownload::bytes) (default
+    /// 10 MiB, at most 1 GiB).
+    pub fn max_picture_bytes(mut self, bytes: u64) -> Self {
+        self.max_picture_bytes = bytes;
+        self
+    }
+
+    /// Resolve tokens through id6's private authorization server, `POST {url}/authorize`
+    /// with `secret`, instead of the public `GET /user`. The typed calls still use the public
+    /// API. A 401 from it means the secret is wrong: logged as an error, requests get 503.
+    pub fn authorization(mut self, url: impl Into<String>, secret: impl Into<String>) -> Self {
+        self.authorization_url = Some(RawUrl(url.into()));
+        self.authorization_secret = Some(Secret(secret.into()));
+        self
+    }
+
+    /// When id6 says a request's token is dead (invalid, expired, revoked), append
+    /// `Set-Cookie: <cookie_name>=; Max-Age=0; Path=/; HttpOnly` to the response, as id6 does,
+    /// so the browser stops sending it (default off).
+    pub fn clear_dead_cookie(mut self, enabled: bool) -> Self {
+        self.clear_dead_cookie = enabled;
+        self
+    }
+
+    /// The attributes of that clearing cookie (default `Max-Age=0; Path=/; HttpOnly`): match
+    /// the `Path`, `Domain`, `Secure`, `SameSite` id6 sets the cookie with.
+    pub fn dead_cookie_attributes(mut self, attributes: impl Into<String>) -> Self {
+        self.dead_cookie_attributes = attributes.into();
+        self
+    }
+
+    /// Checks every setting and builds the handle. Never contacts id6.
+    ///
+    /// # Errors
+    ///
+    /// A config [`Error`] naming the first unusable setting, by its setter and its
+    /// environment variable: a URL that is not `http(s)`, a zero or out-of-range duration
+    /// or count, an empty or invalid cookie name, or an environment variable that could not
+    /// be read.
+    pub fn build(self) -> Result<Id6, Error> {
+        Id6::from_settings(self.validate()?)
+    }
+
+    pub(crate) fn validate(self) -> Result<Settings, Error> {
+        use setting::*;
+        if let Some(error) = self.deferred {
+            return Err(error);
+        }
+        let base = base_url(URL, &self.url.0)?;
+        let authorization = match (self.authorization_url, self.authorization_secret) {
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(Error::config(
+                    AUTHORIZATION_SECRET,
+                    "is needed with ID6_AUTHORIZATION_URL",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(Error::config(
+                    AUTHORIZATION_URL,
+                    "is needed with ID6_AUTHORIZATION_SECRET",
+                ))
+            }
+            (Some(url), Some(Secret(secret))) => {
+                let url = Endpoint(join(&base_url(AUTHORIZATION_URL, &url.0)?, "authorize"));
+                let mut secret = HeaderValue::try_from(secret)
+                    .ok()
+                    .filter(|s| !s.is_empty())
+                    .ok_or_else(|| {
+                        Error::config(AUTHORIZATION_SECRET, "must be non-empty visible ASCII")
+                    })?;
+                secret.set_sensitive(true);
+                Some(Authorization { url, secret })
+            }
+        };
+        let valid_name = !self.cookie_name.is_empty()
+            && self.cookie_name.len() <= limits::TEXT_BYTES
+            && self.cookie_name.bytes().all(is_cookie_name_byte);
+        if !valid_name {
+            return Err(Error::config(
+                COOKIE_NAME,
+                "must be a cookie name of at most 1024 letters, digits, `-`, `_` or `.`",
+            ));
+        }
+        let mut locations = Vec::new();
+        for location in &self.token_locations {
+            if locations.contains(location) {
+                return Err(Error::config(TOKEN_LOCATIONS, "lists a place twice"));
+            }
+            locations.push(*location);
+        }
+        if locations.is_empty() {
+            return Err(Error::config(
+                TOKEN_LOCATIONS,
+                "must name at least one place",
+            ));
+        }
+        let dead_cookie = if self.clear_dead_cookie {
+            let attributes = self.dead_cookie_attributes.trim();
+            let value = HeaderValue::try_from(format!("{}=; {attributes}", self.cookie_name))
+                .ok()
+                .filter(|_| attributes.len() <= limits::TEXT_BYTES);
+            Some(value.ok_or_else(|| {
+                Error::config(
+                    DEAD_COOKIE_ATTRIBUTES,
+                    "must be at most 1024 bytes of visible ASCII",
+                )
+            })?)
+        } else {
+            None
+        };
+        let timeout = between(TIMEOUT, self.timeout, Duration::ZERO, limits::WAIT)?;
+        let connect_timeout = between(
+            CONNECT_TIMEOUT,
+            self.connect_timeout.unwrap_or(timeout),
+            Duration::ZERO,
+            limits::WAIT,
+        )?;
+        let queue_timeout = between(
+            QUEUE_TIMEOUT,
+            self.queue_timeout.unwrap_or(timeout),
+            Duration::ZERO,
+            limits::WAIT,
+        )?;
+        let max_backoff = between(
+            MAX_BACKOFF,
+            self.max_backoff,
+            limits::BACKOFF_MIN,
+            limits::BACKOFF,
+        )?;
+        let cache_ttl = between(CACHE_TTL, self.cache_ttl, Duration::ZERO, limits::TTL)?;
+        let negative_ttl = between(NEGATIVE_TTL, self.negative_ttl, Duration::ZERO, limits::TTL)?;
+        if let OnUnavailable::Stale(grace) = self.on_unavailable {
+            between(ON_UNAVAILABLE, grace, Duration::ZERO, limits::TTL)?;
+        }
+        let max_capacity = count(MAX_CAPACITY, self.max_capacity, limits::CAPACITY)?;
+        let max_concurrent_calls = count(
+            MAX_CONCURRENT_CALLS,
+            self.max_concurrent_calls,
+            limits::CONCURRENT_CALLS,
+        )?;
+        let max_body_bytes = count(MAX_BODY_BYTES, self.max_body_bytes, limits::BODY_BYTES)?;
+        let max_picture_bytes = count(
+            MAX_PICTURE_BYTES,
+            self.max_picture_bytes,
+            limits::PICTURE_BYTES,
+        )?;
+        let jwt_secret = match &self.jwt_secret {
+            Some(Secret(s)) if s.is_empty() => {
+                return Err(Error::config(JWT_SECRET, "must not be empty"))
+            }
+            Some(Secret(s)) => Some(s.as_bytes()),
+            None => None,
+        };
+        let token_lifetime = between(
+            TOKEN_LIFETIME,
+            self.token_lifetime,
+            Duration::ZERO,
+            limits::TOKEN_LIFETIME,
+        )?;
+        let screen = Screen::new(jwt_secret, token_lifetime);
+        let redis = match self.redis_url {
+            Some(Secret(url)) => {
+                if self.redis_prefix.len() > limits::TEXT_BYTES {
+                    return Err(Error::config(REDIS_PREFIX, "must be at most 1024 bytes"));
+                }
+                let timeout = between(
+                    REDIS_TIMEOUT,
+                    self.redis_timeout,
+                    Duration::ZERO,
+                    limits::WAIT,
+                )?;
+                Some(RedisSettings {
+                    url,
+                    prefix: self.redis_prefix,
+                    timeout,
+                    positive_ttl: cache_ttl,
+                    negative_ttl,
+                })
+            }
+            None => None,
+        };
+        let resolver = ResolverSettings {
+            finder: TokenFinder::new(&self.cookie_name, &locations),
+            screen,
+            cache_ttl,
+            negative_ttl,
+            max_capacity,
+            on_unavailable: self.on_unavailable,
+            // An invalidation mark must outlive any load that started before it.
+            mark_lifetime: timeout * 2 + queue_timeout + Duration::from_secs(1),
+        };
+        let client = ClientSettings {
+            user_url: Endpoint(join(&base, "user")),
+            base_url: Endpoint(base),
+            authorization,
+            cookie_name: self.cookie_name.into_boxed_str(),
+            timeout,
+            connect_timeout,
+            max_body_bytes,
+            max_concurrent_calls,
+            queue_timeout,
+            max_backoff,
+        };
+        Ok(Settings {
+            client,
+            resolver,
+            redis,
+            dead_cookie,
+            max_picture_bytes,
+        })
+    }
+}

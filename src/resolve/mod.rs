@@ -1,0 +1,273 @@
+//! One owner of a request's resolution: finding and screening the token, the local tiers,
+//! the optional second level, the upstream call, the failure policy, and every eviction.
+//!
+//! A request goes down one way and comes back; nothing here calls up into [`Id6`](crate::Id6):
+//!
+//! ```text
+//! Id6Service::call ──► Resolver::lookup(headers)
+//!   TokenFinder: no token ─────────────────────────────────► Ready(Anonymous)
+//!   TokenKey (SHA-256) ─► AuthCache::get: hit ─────────────► Ready(verdict)
+//!   token::check + jwt::Screen: refused ───────────────────► Ready(Anonymous)
+//!   AuthCache::load: one spawned load per key ─────────────► Pending ─┐
+//!     └ Resolver::ask: SecondLevel::get ─► Client::authenticate       │
+//!         (Admission: call cap, breaker) ─► id6                       │
+//!       SecondLevel::store ─► AuthCache::fill ─► failure policy ──────┘
+//! layer::future awaits Pending, inserts the verdict ─► inner service
+//! ```
+//!
+//! Evictions come in through one door, [`Resolver::evict`]: the local tiers at once (with the
+//! refill protection), then the second level and every other instance.
+
+mod cache;
+mod second_level;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderMap;
+use tracing::Instrument;
+
+pub(crate) use cache::{AuthCache, Pending};
+pub(crate) use second_level::{connect, SecondLevel};
+
+use crate::client::Client;
+use crate::clock;
+use crate::config::ResolverSettings;
+use crate::telemetry::{LookupOutcome, Telemetry};
+use crate::token::{self, Found, TokenKey, TokenLocation, UserToken};
+use crate::Authentication;
+
+/// What an eviction covers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Scope {
+    /// One token.
+    Token(TokenKey),
+    /// Every cached token of a user.
+    User(u64),
+    /// Everything.
+    All,
+}
+
+/// What a request's headers resolve to right away.
+pub(crate) enum Lookup {
+    /// No token: anonymous without asking anyone.
+    NoToken,
+    /// A malformed token (anonymous, never sent to id6) or a cache hit.
+    Ready {
+        verdict: Authentication,
+        /// The token came from the cookie (so a dead one may be cleared).
+        from_cookie: bool,
+    },
+    /// A cache miss: id6 is being asked.
+    Pending { pending: Pending, from_cookie: bool },
+}
+
+/// When a load began: the cache generation (local refill protection) and the wall clock in
+/// ms (the second level's).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct LoadStart {
+    generation: u64,
+    ms: u64,
+}
+
+/// The resolver: cheap to clone (one `Arc`), held by the handle.
+#[derive(Clone, Debug)]
+pub(crate) struct Resolver {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    settings: ResolverSettings,
+    local: AuthCache,
+    second: Option<Arc<dyn SecondLevel>>,
+    client: Arc<Client>,
+    telemetry: Arc<Telemetry>,
+}
+
+impl Resolver {
+    pub(crate) fn new(
+        settings: ResolverSettings,
+        client: Arc<Client>,
+        second: Option<Arc<dyn SecondLevel>>,
+        telemetry: Arc<Telemetry>,
+    ) -> Self {
+        let resolver = Resolver {
+            inner: Arc::new(Inner {
+                local: AuthCache::new(&settings, telemetry.clone()),
+                settings,
+                second,
+                client,
+                telemetry,
+            }),
+        };
+        // Listen to other instances' evictions from the start, when a runtime is there
+        // (else from the first miss).
+        resolver.subscribe();
+        resolver
+    }
+
+    pub(crate) fn settings(&self) -> &ResolverSettings {
+        &self.inner.settings
+    }
+
+    /// The end user's token in these headers, found as the layer finds it; `None` when there
+    /// is none or it cannot be an id6 token.
+    pub(crate) fn token_from(&self, headers: &HeaderMap) -> Option<UserToken> {
+        match self.inner.settings.finder.find(headers) {
+            Found::Token(token) => Some(UserToken::from_found(token)),
+            Found::None | Found::Malformed => None,
+        }
+    }
+
+    /// The whole resolution of a request, waiting on id6 if needed.
+    pub(crate) async fn authenticate(&self, headers: &HeaderMap) -> Authentication {
+        match self.lookup(headers, None) {
+            Lookup::NoToken => Authentication::Anonymous,
+            Lookup::Ready { verdict, .. } => verdict,
+            Lookup::Pending { pending, .. } => pending.await,
+        }
+    }
+
+    /// The synchronous part of a resolution: everything but waiting on id6. With a
+    /// `max_age`, a cached user confirmed by id6 longer ago counts as a miss.
+    pub(crate) fn lookup(&self, headers: &HeaderMap, max_age: Option<Duration>) -> Lookup {
+        let inner = &*self.inner;
+        let Some((raw, location)) = inner.settings.finder.find_raw(headers) else {
+            inner.telemetry.lookup(LookupOutcome::NoToken);
+            return Lookup::NoToken;
+        };
+        let from_cookie = location == TokenLocation::Cookie;
+        let refuse = |why: &str| {
+            inner.telemetry.lookup(LookupOutcome::Malformed);
+            tracing::debug!(why, "token refused locally; anonymous without asking id6");
+            Lookup::Ready {
+                verdict: Authentication::Anonymous,
+                from_cookie,
+            }
+        };
+        // Bound the hashing work a stranger can cause; such a value is no token anyway.
+        if raw.len() > token::MAX_TOKEN_LEN {
+            return refuse("too long");
+        }
+        let key = TokenKey::of(raw);
+        if let Some(verdict) = inner.local.get(&key, max_age) {
+            let hit = match verdict {
+                Authentication::Authenticated(_) => LookupOutcome::Hit,
+                _ => LookupOutcome::NegativeHit,
+            };
+            inner.telemetry.lookup(hit);
+            return Lookup::Ready {
+                verdict,
+                from_cookie,
+            };
+        }
+        // Only values that pass `check` and the screen are ever stored, so a hit needs
+        // neither.
+        let Found::Token(token) = token::check(raw) else {
+            return refuse("not cookie-octets");
+        };
+        if let Err(refusal) = inner.settings.screen.check(token) {
+            return refuse(refusal.as_str());
+        }
+        inner.telemetry.lookup(LookupOutcome::Miss);
+        let token = UserToken::from_found(token);
+        self.subscribe();
+        let this = self.clone();
+        let pending = inner.local.load(key, max_age, move || {
+            let span = tracing::debug_span!("id6.authenticate");
+            async move { this.ask(key, &token, max_age.is_some()).await }.instrument(span)
+        });
+        Lookup::Pending {
+            pending,
+            from_cookie,
+        }
+    }
+
+    /// A miss: the second level first (unless the route wants a fresh answer), then id6,
+    /// whose answer is shared in turn (the local fill is the cache's, when the load ends).
+    async fn ask(&self, key: TokenKey, token: &UserToken, fresh: bool) -> Authentication {
+        if let (Some(second), false) = (&self.inner.second, fresh) {
+            if let Some(verdict) = second.get(&key).await {
+                return verdict;
+            }
+        }
+        let started_ms = clock::now_ms();
+        let verdict = self.inner.client.authenticate(token).await;
+        if let Some(second) = &self.inner.second {
+            second.store(&key, &verdict, started_ms).await;
+        }
+        verdict
+    }
+
+    fn subscribe(&self) {
+        if let Some(second) = &self.inner.second {
+            second.clone().subscribe(&self.inner.local);
+        }
+    }
+
+    /// The one way anything is evicted, whoever asks (typed calls, `invalidate_*`, a 401 on a
+    /// typed call, another instance's broadcast excepted): the local tiers at once, with the
+    /// refill protection, then the second level and every other instance. The returned
+    /// future is that second part: typed calls await it; the synchronous API runs it in the
+    /// background ([`evict_in_background`](Self::evict_in_background)).
+    pub(crate) fn evict(&self, scope: Scope) -> impl Future<Output = ()> + Send + 'static {
+        self.inner.local.evict(scope);
+        let everywhere = self.inner.second.clone().map(|second| second.evict(scope));
+        async move {
+            if let Some(everywhere) = everywhere {
+                everywhere.await;
+            }
+        }
+    }
+
+    /// [`evict`](Self::evict) for callers that cannot wait: the local part now, the rest
+    /// spawned (without a runtime there is no second level to tell anyway).
+    pub(crate) fn evict_in_background(&self, scope: Scope) {
+        let everywhere = self.evict(scope);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(everywhere);
+        }
+    }
+
+    /// Where a load stands when it begins, for [`remember`](Self::remember).
+    pub(crate) fn load_start(&self) -> LoadStart {
+        LoadStart {
+            generation: self.inner.local.generation(),
+            ms: clock::now_ms(),
+        }
+    }
+
+    /// Stores what id6 said outside a miss (`Id6::user`) exactly as a miss does: locally,
+    /// then in the second level; an eviction since `started` wins over it in both.
+    pub(crate) async fn remember(
+        &self,
+        key: TokenKey,
+        verdict: &Authentication,
+        started: LoadStart,
+    ) {
+        self.inner.local.fill(key, verdict, started.generation);
+        if let Some(second) = &self.inner.second {
+            second.store(&key, verdict, started.ms).await;
+        }
+    }
+
+    /// The user a cached token belongs to.
+    pub(crate) fn user_id_of(&self, key: &TokenKey) -> Option<u64> {
+        self.inner.local.user_id_of(key)
+    }
+
+    /// Verdicts in the local cache now.
+    pub(crate) fn entry_count(&self) -> u64 {
+        self.inner.local.entry_count()
+    }
+
+    /// Second-level operations that failed since start (0 without one).
+    pub(crate) fn second_level_errors(&self) -> u64 {
+        self.inner
+            .second
+            .as_ref()
+            .map_or(0, |second| second.errors())
+    }
+}

@@ -1,0 +1,63 @@
+//! The optional tier between the local caches and id6, shared by every instance: a small
+//! trait, so that the resolver does not know it is Redis (tower-sessions' caching store over
+//! a backing store is the model). [`connect`] is the one place that builds it.
+
+use std::fmt;
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+
+use super::cache::AuthCache;
+use super::Scope;
+use crate::config::RedisSettings;
+use crate::token::TokenKey;
+use crate::user::Authentication;
+use crate::Error;
+
+/// A second-level cache: answers shared between instances, and evictions broadcast to them.
+pub(crate) trait SecondLevel: Send + Sync + fmt::Debug {
+    /// The shared verdict for `key`, if any (and if it answers in time).
+    fn get<'a>(&'a self, key: &'a TokenKey) -> BoxFuture<'a, Option<Authentication>>;
+
+    /// Shares an id6 verdict, unless an eviction since `started_ms` (when the load that
+    /// produced it began) outdated it; a newer revocation it shows is broadcast first.
+    fn store<'a>(
+        &'a self,
+        key: &'a TokenKey,
+        verdict: &'a Authentication,
+        started_ms: u64,
+    ) -> BoxFuture<'a, ()>;
+
+    /// Deletes what `scope` covers and tells every instance.
+    fn evict(self: Arc<Self>, scope: Scope) -> BoxFuture<'static, ()>;
+
+    /// Applies the other instances' evictions to `local` from now on (once; later calls do
+    /// nothing), until the handle that owns this tier is dropped.
+    fn subscribe(self: Arc<Self>, local: &AuthCache);
+
+    /// Operations that failed or timed out since start.
+    fn errors(&self) -> u64;
+}
+
+/// The second level `settings` ask for, if any.
+///
+/// # Errors
+///
+/// A Redis URL that does not parse, or one given without the `redis` feature compiled in.
+pub(crate) fn connect(
+    settings: Option<RedisSettings>,
+) -> Result<Option<Arc<dyn SecondLevel>>, Error> {
+    let Some(settings) = settings else {
+        return Ok(None);
+    };
+    #[cfg(feature = "redis")]
+    return Ok(Some(Arc::new(crate::redis::Redis::new(settings)?)));
+    #[cfg(not(feature = "redis"))]
+    {
+        drop(settings);
+        Err(Error::config(
+            crate::config::setting::REDIS_URL,
+            "needs the `redis` feature of id6-tower",
+        ))
+    }
+}

@@ -27,6 +27,7 @@ pub enum Health {
     Closed,
     /// id6 is not called until `until`; misses resolve per the
     /// [`OnUnavailable`](crate::OnUnavailable) policy meanwhile.
+    #[non_exhaustive]
     Open {
         /// When calls resume.
         until: SystemTime,

@@ -90,6 +90,11 @@ mod user;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+/// The futures of the crate's services, for code that names them (`Service::Future`).
+pub mod future {
+    pub use crate::layer::ResponseFuture;
+}
+
 pub use admission::Health;
 pub use api::{PictureDownload, PictureUpload, Profile};
 pub use config::{Id6Builder, OnUnavailable};
@@ -97,7 +102,7 @@ pub use error::Error;
 #[cfg(feature = "axum")]
 pub use extract::{AuthRejection, CurrentUser, RejectionKind, RequireUser};
 pub use id6::Id6;
-pub use layer::{Id6Layer, Id6Service, ResponseFuture};
+pub use layer::{Id6Layer, Id6Service};
 pub use telemetry::Stats;
 pub use token::{TokenLocation, TokenSource, UserToken};
 pub use user::{Authentication, User};

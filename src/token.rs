@@ -3,7 +3,6 @@
 
 use std::fmt;
 
-use base64::Engine;
 use http::header::{HeaderMap, HeaderValue, AUTHORIZATION, COOKIE};
 use sha2::{Digest, Sha256};
 
@@ -226,21 +225,11 @@ impl UserToken {
         TokenKey::of(self.0.as_bytes())
     }
 
-    /// The `userId` of the JWT payload, unverified: only to know whose cache entries to
-    /// evict after id6 accepted the token for a change.
+    /// The `userId` of the JWT payload, unverified (see [`jwt::unverified_user_id`]).
+    ///
+    /// [`jwt::unverified_user_id`]: crate::jwt::unverified_user_id
     pub(crate) fn unverified_user_id(&self) -> Option<u64> {
-        let payload = self.0.split('.').nth(1)?;
-        let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(payload.trim_end_matches('='))
-            .ok()?;
-        match serde_json::from_slice::<serde_json::Value>(&json)
-            .ok()?
-            .get("userId")?
-        {
-            serde_json::Value::Number(n) => n.as_u64(),
-            serde_json::Value::String(s) => s.parse().ok(),
-            _ => None,
-        }
+        crate::jwt::unverified_user_id(&self.0)
     }
 
     /// The `Cookie` header id6 expects, marked sensitive so that HTTP stacks never log it.
@@ -257,12 +246,22 @@ impl fmt::Debug for UserToken {
     }
 }
 
+mod sealed {
+    /// Keeps [`TokenSource`](super::TokenSource) implemented by this crate only.
+    pub trait Sealed {}
+}
+
 /// Where a typed call of [`Id6`](crate::Id6) finds the end user's token: a request, its
 /// parts, its headers, or a [`UserToken`] already in hand.
-pub trait TokenSource {
+///
+/// Sealed (as reqwest's `IntoUrl`): pass any of these types; the trait cannot be implemented
+/// outside the crate, so that methods can be added to it without a breaking change.
+pub trait TokenSource: sealed::Sealed {
     /// The token, found as the layer of `id6` finds it.
     fn user_token(&self, id6: &crate::Id6) -> Option<UserToken>;
 }
+
+impl sealed::Sealed for UserToken {}
 
 impl TokenSource for UserToken {
     fn user_token(&self, _id6: &crate::Id6) -> Option<UserToken> {
@@ -270,11 +269,15 @@ impl TokenSource for UserToken {
     }
 }
 
+impl sealed::Sealed for HeaderMap {}
+
 impl TokenSource for HeaderMap {
     fn user_token(&self, id6: &crate::Id6) -> Option<UserToken> {
         id6.token_from(self)
     }
 }
+
+impl<B> sealed::Sealed for http::Request<B> {}
 
 impl<B> TokenSource for http::Request<B> {
     fn user_token(&self, id6: &crate::Id6) -> Option<UserToken> {
@@ -282,11 +285,15 @@ impl<B> TokenSource for http::Request<B> {
     }
 }
 
+impl sealed::Sealed for http::request::Parts {}
+
 impl TokenSource for http::request::Parts {
     fn user_token(&self, id6: &crate::Id6) -> Option<UserToken> {
         id6.token_from(&self.headers)
     }
 }
+
+impl<T: TokenSource + ?Sized> sealed::Sealed for &T {}
 
 impl<T: TokenSource + ?Sized> TokenSource for &T {
     fn user_token(&self, id6: &crate::Id6) -> Option<UserToken> {
@@ -458,6 +465,7 @@ mod tests {
 
     #[test]
     fn unverified_user_id_reads_the_payload() {
+        use base64::Engine;
         let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
         let jwt = |payload: &str| {
             UserToken::new(&format!(
@@ -471,7 +479,8 @@ mod tests {
             jwt(r#"{"userId":42,"issuedAt":1}"#).unverified_user_id(),
             Some(42)
         );
-        assert_eq!(jwt(r#"{"userId":"7"}"#).unverified_user_id(), Some(7));
+        // One rule with the screen: a string `userId` is no id6 token.
+        assert_eq!(jwt(r#"{"userId":"7"}"#).unverified_user_id(), None);
         assert_eq!(jwt(r#"{"user":1}"#).unverified_user_id(), None);
         assert_eq!(jwt("not json").unverified_user_id(), None);
         assert_eq!(UserToken::new("abc").unwrap().unverified_user_id(), None);

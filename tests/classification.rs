@@ -132,6 +132,7 @@ async fn id6_failures_are_503_and_never_cached() {
             let id6_tower::Health::Open {
                 until,
                 rate_limited,
+                ..
             } = s.id6.health()
             else {
                 panic!("the breaker opens after repeated timeouts");

@@ -167,6 +167,7 @@ async fn after_a_429_no_call_until_the_reset() {
     let Health::Open {
         until,
         rate_limited,
+        ..
     } = s.id6.health()
     else {
         panic!("a 429 opens the breaker");

@@ -83,7 +83,11 @@ impl Redis {
         let mut reader = BufReader::new(stream);
         let mut header = String::new();
         reader.read_line(&mut header).unwrap();
-        let len: usize = header.trim().trim_start_matches('$').parse().unwrap();
+        let len: usize = header
+            .trim()
+            .strip_prefix('$')
+            .and_then(|len| len.parse().ok())
+            .unwrap_or_else(|| panic!("CLIENT LIST answered {header:?}"));
         let mut body = vec![0; len];
         reader.read_exact(&mut body).unwrap();
         String::from_utf8(body)
@@ -115,6 +119,11 @@ impl Drop for Redis {
         self.stop();
     }
 }
+
+/// Held by each test for its whole run: several instances, a redis-server and hundreds of
+/// requests per test are enough load for two cores; in parallel, a 100 ms Redis timeout
+/// could fire and turn a shared answer into an id6 call.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn redis_or_skip() -> Option<Redis> {
     let redis = Redis::start();
@@ -191,6 +200,7 @@ async fn apps(mock: &MockId6, redis: &Redis, prefix: &str, n: usize) -> Vec<App>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_share_answers_and_evictions() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let Some(mut redis) = redis_or_skip() else {
         return;
     };
@@ -279,6 +289,7 @@ async fn three_instances_share_answers_and_evictions() {
 /// user's other tokens on every instance.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revocation_seen_by_one_instance_reaches_the_others() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let Some(redis) = redis_or_skip() else { return };
     let mock = MockId6::start().await.unwrap();
     let prefix = format!("id6-test-authz-{}:", std::process::id());
@@ -330,6 +341,7 @@ async fn until_evicted(id6: &Id6, before: u64, what: &str) {
 /// `sign_out` on A evicts everywhere: B and C miss and id6 is asked again for that token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sign_out_on_one_instance_evicts_on_every_instance() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let Some(redis) = redis_or_skip() else { return };
     let mock = MockId6::start().await.unwrap();
     let prefix = format!("id6-test-signout-{}:", std::process::id());
@@ -367,6 +379,7 @@ type EvictingCall = Box<dyn Fn(Id6, UserToken) -> futures_util::future::BoxFutur
 /// Every public path that evicts reaches the other instances through Redis.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_public_eviction_reaches_the_other_instances() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let Some(redis) = redis_or_skip() else { return };
     let mock = MockId6::start().await.unwrap();
     let prefix = format!("id6-test-paths-{}:", std::process::id());
@@ -455,6 +468,7 @@ async fn every_public_eviction_reaches_the_other_instances() {
 /// The last handle dropped, its Redis subscriber ends and its connections close.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_the_last_handle_ends_the_subscriber_and_closes_redis() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let Some(redis) = redis_or_skip() else { return };
     let mock = MockId6::start().await.unwrap();
     let alice = mock.add_user("Alice", "a@example.com");

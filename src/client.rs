@@ -29,14 +29,17 @@ pub(crate) struct Client {
 
 impl Client {
     pub(crate) fn new(settings: ClientSettings, telemetry: Arc<Telemetry>) -> Result<Self, Error> {
-        let http = reqwest::Client::builder()
-            .timeout(settings.timeout)
-            .connect_timeout(settings.connect_timeout)
-            // A redirect from id6's API means a misconfigured base URL, not an answer.
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("id6-tower/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| Error::with_source(Kind::Runtime("HTTP client could not start"), e))?;
+        let http = match settings.http.clone() {
+            Some(own) => own,
+            None => reqwest::Client::builder()
+                .timeout(settings.timeout)
+                .connect_timeout(settings.connect_timeout)
+                // A redirect from id6's API means a misconfigured base URL, not an answer.
+                .redirect(reqwest::redirect::Policy::none())
+                .user_agent(concat!("id6-tower/", env!("CARGO_PKG_VERSION")))
+                .build()
+                .map_err(|e| Error::with_source(Kind::Runtime("HTTP client could not start"), e))?,
+        };
         Ok(Client {
             http,
             secret_rejection_logged: AtomicBool::new(false),
@@ -103,7 +106,10 @@ impl Client {
     }
 
     async fn get_user(&self, token: &UserToken) -> Authentication {
-        let request = self.with_cookie(self.http.get(self.settings.user_url.to_url()), token);
+        let request = self.with_cookie(
+            self.request(Method::GET, self.settings.user_url.to_url()),
+            token,
+        );
         let response = match request.header(ACCEPT, "application/json").send().await {
             Ok(response) => response,
             Err(e) => return Authentication::Unavailable(Error::from_reqwest(e)),
@@ -137,8 +143,7 @@ impl Client {
         }
         let body = serde_json::json!({ "token": token.expose() }).to_string();
         let sent = self
-            .http
-            .post(authorization.url.to_url())
+            .request(Method::POST, authorization.url.to_url())
             .header(AUTHORIZATION, authorization.secret.clone())
             .header(CONTENT_TYPE, "application/json")
             .header(ACCEPT, "application/json")
@@ -192,7 +197,7 @@ impl Client {
     ) -> Result<reqwest::Response, Error> {
         let _permit = self.admission.admit().await?;
         let url = join(&self.settings.base_url, path);
-        let request = self.with_cookie(self.http.request(method, url), token);
+        let request = self.with_cookie(self.request(method, url), token);
         let sent = build(request).send().await.map_err(Error::from_reqwest);
         // What the breaker learns: no answer, or an answer that is no verdict (429, 5xx).
         let failure = match &sent {
@@ -244,6 +249,13 @@ impl Client {
         }
         let body = read_capped(response, self.settings.max_body_bytes).await?;
         serde_json::from_slice(&body).map_err(|_| Error::new(Kind::Body("not the expected JSON")))
+    }
+
+    /// Every call, on our client or the user's, bounded by the configured timeout.
+    fn request(&self, method: Method, url: reqwest::Url) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, url)
+            .timeout(self.settings.timeout)
     }
 
     fn with_cookie(

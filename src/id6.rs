@@ -159,6 +159,7 @@ impl Id6 {
         self.inner.dead_cookie.as_ref()
     }
 
+    #[cfg(feature = "pictures")]
     pub(crate) fn max_picture_bytes(&self) -> u64 {
         self.inner.max_picture_bytes
     }
@@ -175,6 +176,7 @@ impl fmt::Debug for Id6 {
             .field("negative_ttl", &resolver.negative_ttl)
             .field("max_capacity", &resolver.max_capacity)
             .field("timeout", &client.timeout)
+            .field("max_picture_bytes", &self.inner.max_picture_bytes)
             .finish_non_exhaustive()
     }
 }

@@ -8,6 +8,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
+#[cfg(feature = "jwt")]
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
@@ -44,6 +45,7 @@ pub(crate) enum Refusal {
     /// Not three base64url parts, not an HS256 header, or no numeric `userId`.
     Shape,
     /// The signature does not match id6's secret.
+    #[cfg(feature = "jwt")]
     Signature,
     /// `issuedAt` plus the token lifetime is past.
     Expired,
@@ -53,17 +55,47 @@ impl Refusal {
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             Refusal::Shape => "not an id6 token",
+            #[cfg(feature = "jwt")]
             Refusal::Signature => "bad signature",
             Refusal::Expired => "expired",
         }
     }
 }
 
-/// The screen: always the shape; with the secret, signature and expiry too.
+/// The screen: always the shape; with the secret (feature `jwt`), signature and expiry too.
 #[derive(Clone)]
 pub(crate) struct Screen {
-    verify: Option<(DecodingKey, Validation)>,
+    verify: Option<Verifier>,
     lifetime: Duration,
+}
+
+/// What checks a signature: jsonwebtoken with id6's secret.
+#[cfg(feature = "jwt")]
+type Verifier = (DecodingKey, Validation);
+/// Without the `jwt` feature there is none (`build` refuses a secret).
+#[cfg(not(feature = "jwt"))]
+type Verifier = std::convert::Infallible;
+
+#[cfg(feature = "jwt")]
+fn verifier(secret: &[u8]) -> Verifier {
+    let mut validation = Validation::new(Algorithm::HS256);
+    // id6 tokens carry no `exp`; one that does must not be past it.
+    validation.required_spec_claims.clear();
+    validation.validate_exp = true;
+    validation.leeway = 0;
+    (DecodingKey::from_secret(secret), validation)
+}
+
+#[cfg(feature = "jwt")]
+fn verify(token: &str, (key, validation): &Verifier) -> Result<Claims, Refusal> {
+    jsonwebtoken::decode::<Claims>(token, key, validation)
+        .map(|data| data.claims)
+        .map_err(|_| Refusal::Signature)
+}
+
+#[cfg(not(feature = "jwt"))]
+fn verify(_: &str, never: &Verifier) -> Result<Claims, Refusal> {
+    match *never {}
 }
 
 impl std::fmt::Debug for Screen {
@@ -79,28 +111,24 @@ impl std::fmt::Debug for Screen {
 const SIGNATURE_LEN: usize = 43;
 
 impl Screen {
+    /// `secret` is `None` without the `jwt` feature: `Id6Builder::build` sees to it.
     pub(crate) fn new(secret: Option<&[u8]>, lifetime: Duration) -> Self {
-        let verify = secret.map(|secret| {
-            let mut validation = Validation::new(Algorithm::HS256);
-            // id6 tokens carry no `exp`; one that does must not be past it.
-            validation.required_spec_claims.clear();
-            validation.validate_exp = true;
-            validation.leeway = 0;
-            (DecodingKey::from_secret(secret), validation)
-        });
+        #[cfg(feature = "jwt")]
+        let verify = secret.map(verifier);
+        #[cfg(not(feature = "jwt"))]
+        let verify = {
+            debug_assert!(secret.is_none(), "build() refuses a secret without `jwt`");
+            None
+        };
         Screen { verify, lifetime }
     }
 
     /// Whether `token` may be an id6 token still worth asking id6 about.
     pub(crate) fn check(&self, token: &str) -> Result<(), Refusal> {
+        let shaped = shape(token)?;
         let claims = match &self.verify {
-            None => shape(token)?,
-            Some((key, validation)) => {
-                shape(token)?;
-                jsonwebtoken::decode::<Claims>(token, key, validation)
-                    .map_err(|_| Refusal::Signature)?
-                    .claims
-            }
+            None => shaped,
+            Some(verifier) => verify(token, verifier)?,
         };
         if self.verify.is_some() {
             if let Some(issued_at) = claims.issued_at {
@@ -147,19 +175,14 @@ fn shape(token: &str) -> Result<Claims, Refusal> {
     claims(payload)
 }
 
-#[cfg(test)]
+// Tokens are signed with jsonwebtoken, which only the `jwt` feature brings.
+#[cfg(all(test, feature = "jwt"))]
 mod tests {
     use super::*;
+    use crate::clock::now_ms;
     use jsonwebtoken::{EncodingKey, Header};
     use proptest::prelude::*;
     use serde_json::json;
-
-    fn now_ms() -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as u64
-    }
 
     fn sign(claims: serde_json::Value, secret: &[u8]) -> String {
         jsonwebtoken::encode(

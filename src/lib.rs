@@ -61,10 +61,15 @@
 //! ## Features
 //!
 //! - `axum` (default): the extractors, on `axum-core`.
-//! - `rustls` (default): HTTPS to id6 through rustls.
-//! - `tonic`: [`grpc`] helpers (`current_user`, `require_user`) and a guard layer.
+//! - `rustls` (default): HTTPS to id6 through rustls; `native-tls` instead: the platform's.
+//! - `jwt` (default): local HS256 verification with id6's secret (`jwt_secret`).
+//! - `pictures` (default): `Id6::update_picture`, `Id6::picture`.
+//! - `metrics` (default): counters and a histogram through the `metrics` facade.
+//! - `tonic`: `grpc` helpers (`current_user`, `require_user`) and a guard layer.
 //! - `redis`: answers shared and evictions broadcast between instances through Redis.
-//! - `testing`: [`testing::MockId6`], an id6 look-alike server on loopback for tests.
+//! - `testing`: `testing::MockId6`, an id6 look-alike server on loopback for tests.
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod admission;
 mod api;
@@ -75,11 +80,14 @@ mod error;
 #[cfg(feature = "axum")]
 mod extract;
 #[cfg(feature = "tonic")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tonic")))]
 pub mod grpc;
 mod id6;
 mod jwt;
 mod layer;
 mod lock;
+#[cfg(feature = "pictures")]
+mod pictures;
 #[cfg(feature = "redis")]
 mod redis;
 mod resolve;
@@ -88,7 +96,13 @@ mod token;
 mod user;
 
 #[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
+
+// The README's code is compiled too (`cargo test --doc`): it cannot drift from the crate.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 
 /// The futures of the crate's services, for code that names them (`Service::Future`).
 pub mod future {
@@ -96,13 +110,17 @@ pub mod future {
 }
 
 pub use admission::Health;
-pub use api::{PictureDownload, PictureUpload, Profile};
+pub use api::Profile;
 pub use config::{Id6Builder, OnUnavailable};
 pub use error::Error;
 #[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub use extract::{AuthRejection, CurrentUser, RejectionKind, RequireUser};
 pub use id6::Id6;
 pub use layer::{Id6Layer, Id6Service};
+#[cfg(feature = "pictures")]
+#[cfg_attr(docsrs, doc(cfg(feature = "pictures")))]
+pub use pictures::{PictureDownload, PictureUpload};
 pub use telemetry::Stats;
 pub use token::{TokenLocation, TokenSource, UserToken};
 pub use user::{Authentication, User};

@@ -8,7 +8,7 @@
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use metrics::{Counter, Histogram};
+use facade::{Counter, Histogram};
 
 /// A snapshot of what the handle did since it was built ([`Id6::stats`](crate::Id6::stats)).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -95,17 +95,16 @@ impl Telemetry {
         let lookup = |result: &'static str| {
             (
                 Striped::default(),
-                metrics::counter!(names::LOOKUPS, "result" => result),
+                facade::counter(names::LOOKUPS, "result", result),
             )
         };
         let upstream = |outcome: &'static str| {
             (
                 AtomicU64::new(0),
-                metrics::counter!(names::UPSTREAM, "outcome" => outcome),
+                facade::counter(names::UPSTREAM, "outcome", outcome),
             )
         };
-        let eviction =
-            |reason: &'static str| metrics::counter!(names::EVICTIONS, "reason" => reason);
+        let eviction = |reason: &'static str| facade::counter(names::EVICTIONS, "reason", reason);
         Telemetry {
             lookups: [
                 lookup("no_token"),
@@ -120,7 +119,7 @@ impl Telemetry {
                 upstream("rejected"),
                 upstream("unavailable"),
             ],
-            upstream_seconds: metrics::histogram!(names::UPSTREAM_SECONDS),
+            upstream_seconds: facade::histogram(names::UPSTREAM_SECONDS),
             evictions: [eviction("token"), eviction("user"), eviction("all")],
             eviction_count: AtomicU64::new(0),
         }
@@ -161,6 +160,43 @@ impl Telemetry {
             entries,
             redis_errors: 0,
         }
+    }
+}
+
+/// The `metrics` facade (feature `metrics`), or the same calls doing nothing without it.
+#[cfg(feature = "metrics")]
+mod facade {
+    pub(super) use metrics::{Counter, Histogram};
+
+    pub(super) fn counter(name: &'static str, label: &'static str, value: &'static str) -> Counter {
+        metrics::counter!(name, label => value)
+    }
+
+    pub(super) fn histogram(name: &'static str) -> Histogram {
+        metrics::histogram!(name)
+    }
+}
+
+#[cfg(not(feature = "metrics"))]
+mod facade {
+    pub(super) struct Counter;
+
+    impl Counter {
+        pub(super) fn increment(&self, _: u64) {}
+    }
+
+    pub(super) struct Histogram;
+
+    impl Histogram {
+        pub(super) fn record(&self, _: f64) {}
+    }
+
+    pub(super) fn counter(_: &'static str, _: &'static str, _: &'static str) -> Counter {
+        Counter
+    }
+
+    pub(super) fn histogram(_: &'static str) -> Histogram {
+        Histogram
     }
 }
 

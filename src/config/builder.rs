@@ -9,9 +9,24 @@ use http::HeaderValue;
 use super::{
     base_url, between, count, is_cookie_name_byte, join, limits, redact_userinfo, setting,
     Authorization, ClientSettings, Endpoint, OnUnavailable, RedisSettings, ResolverSettings,
-    Settings,
+    Setting, Settings,
 };
 use crate::jwt::Screen;
+
+/// Whether this build can speak HTTPS on its own.
+const TLS: bool = cfg!(any(feature = "rustls", feature = "native-tls"));
+
+/// An `https` URL is refused, naming the features to enable, when no TLS can serve it.
+pub(super) fn https_possible(setting: Setting, url: &reqwest::Url, tls: bool) -> Result<(), Error> {
+    if url.scheme() == "https" && !tls {
+        return Err(Error::config(
+            setting,
+            "is https, but id6-tower was built without TLS: enable its `rustls` (default) \
+             or `native-tls` feature, or pass your own client (`http_client`)",
+        ));
+    }
+    Ok(())
+}
 use crate::token::{TokenFinder, TokenLocation};
 use crate::{Error, Id6};
 
@@ -72,6 +87,8 @@ pub struct Id6Builder {
     pub(super) max_concurrent_calls: usize,
     pub(super) queue_timeout: Option<Duration>,
     pub(super) max_backoff: Duration,
+    /// The user's own HTTP client, if any.
+    pub(super) http_client: Option<reqwest::Client>,
     /// A Redis URL may carry a password: kept out of `Debug`.
     pub(super) redis_url: Option<Secret>,
     pub(super) redis_prefix: String,
@@ -125,6 +142,7 @@ impl Id6Builder {
             max_concurrent_calls: Self::DEFAULT_MAX_CONCURRENT_CALLS,
             queue_timeout: None,
             max_backoff: Self::DEFAULT_MAX_BACKOFF,
+            http_client: None,
             redis_url: None,
             redis_prefix: "id6:".to_owned(),
             redis_timeout: Duration::from_millis(100),
@@ -222,6 +240,16 @@ impl Id6Builder {
         self
     }
 
+    /// Calls id6 through your own `reqwest::Client` (your roots, proxy, pool, or TLS stack)
+    /// instead of one built here. [`timeout`](Self::timeout) still bounds every call; the
+    /// connect timeout and redirect policy are your client's (id6 never redirects its API:
+    /// `reqwest::redirect::Policy::none()` is advised). With it, an `https` id6 URL needs no
+    /// TLS feature of this crate.
+    pub fn http_client(mut self, client: reqwest::Client) -> Self {
+        self.http_client = Some(client);
+        self
+    }
+
     /// The longest id6 goes uncalled after a 429 or repeated connection failures (default
     /// 60 s, id6's own window; between 1 s and 1 h). A `429` asking for a longer wait (a
     /// proxy's reset in milliseconds, a far-future date) is held to it, and so is the
@@ -301,6 +329,9 @@ impl Id6Builder {
             return Err(error);
         }
         let base = base_url(URL, &self.url.0)?;
+        let own_client = self.http_client.is_some();
+        let tls_for = |setting, url: &reqwest::Url| https_possible(setting, url, TLS || own_client);
+        tls_for(URL, &base)?;
         let authorization = match (self.authorization_url, self.authorization_secret) {
             (None, None) => None,
             (Some(_), None) => {
@@ -316,7 +347,9 @@ impl Id6Builder {
                 ))
             }
             (Some(url), Some(Secret(secret))) => {
-                let url = Endpoint(join(&base_url(AUTHORIZATION_URL, &url.0)?, "authorize"));
+                let authz = base_url(AUTHORIZATION_URL, &url.0)?;
+                tls_for(AUTHORIZATION_URL, &authz)?;
+                let url = Endpoint(join(&authz, "authorize"));
                 let mut secret = HeaderValue::try_from(secret)
                     .ok()
                     .filter(|s| !s.is_empty())
@@ -403,6 +436,12 @@ impl Id6Builder {
             Some(Secret(s)) if s.is_empty() => {
                 return Err(Error::config(JWT_SECRET, "must not be empty"))
             }
+            Some(_) if !cfg!(feature = "jwt") => {
+                return Err(Error::config(
+                    JWT_SECRET,
+                    "needs the `jwt` feature of id6-tower (local HS256 verification)",
+                ))
+            }
             Some(Secret(s)) => Some(s.as_bytes()),
             None => None,
         };
@@ -455,6 +494,7 @@ impl Id6Builder {
             max_concurrent_calls,
             queue_timeout,
             max_backoff,
+            http: self.http_client,
         };
         Ok(Settings {
             client,

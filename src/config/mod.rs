@@ -128,6 +128,8 @@ pub(crate) struct ClientSettings {
     pub(crate) queue_timeout: Duration,
     /// The longest the breaker stays open, whatever id6 or a proxy asks for.
     pub(crate) max_backoff: Duration,
+    /// The user's own client, used instead of building one.
+    pub(crate) http: Option<reqwest::Client>,
 }
 
 /// How a request's token is found, screened, cached and answered for when id6 cannot be.
@@ -692,5 +694,21 @@ mod tests {
         let bad = Id6Builder::new("http://u:S3CRET@host:notaport/api").validate();
         let err = bad.unwrap_err();
         assert!(!format!("{err} {err:?}").contains("S3CRET"), "{err:?}");
+    }
+
+    #[test]
+    fn https_without_tls_names_the_features() {
+        let url = reqwest::Url::parse("https://id6.example.com/api/").unwrap();
+        let err = builder::https_possible(setting::URL, &url, false).unwrap_err();
+        assert_eq!(err.variable(), Some("ID6_URL"));
+        assert!(err.to_string().contains("`rustls`"), "{err}");
+        assert!(err.to_string().contains("`native-tls`"), "{err}");
+        assert!(builder::https_possible(setting::URL, &url, true).is_ok());
+        let plain = reqwest::Url::parse("http://10.0.0.2:3001/").unwrap();
+        assert!(builder::https_possible(setting::URL, &plain, false).is_ok());
+        // Your own client speaks whatever TLS your build has.
+        let own =
+            Id6Builder::new("https://id6.example.com/api").http_client(reqwest::Client::new());
+        assert!(own.validate().unwrap().client.http.is_some());
     }
 }

@@ -17,6 +17,26 @@ type BoxError = Box<dyn StdError + Send + Sync>;
 /// extensions of every request that waited on one failed id6 call. Ask what happened with the
 /// `is_*` predicates. Neither `Display` nor `Debug` ever shows a token: errors only mention
 /// the id6 URL, an HTTP status or what was wrong with id6's reply.
+///
+/// ```
+/// use id6_tower::{Id6, UserToken};
+///
+/// # async fn run() {
+/// // Settings are checked at `build`, naming the setter and the environment variable.
+/// let err = Id6::builder("ftp://id6.example.com").build().unwrap_err();
+/// assert!(err.is_config());
+/// assert_eq!(err.setting(), Some("url"));
+/// assert_eq!(err.variable(), Some("ID6_URL"));
+///
+/// // A typed call against an id6 that cannot be reached: unavailable, worth retrying.
+/// let id6 = Id6::builder("http://127.0.0.1:9/api").build().unwrap();
+/// let token = UserToken::new("a.b.c").unwrap();
+/// let err = id6.user(&token).await.unwrap_err();
+/// assert!(err.is_unavailable() && err.is_connect());
+/// assert!(!err.to_string().contains("a.b.c"));
+/// # }
+/// # tokio::runtime::Runtime::new().unwrap().block_on(run());
+/// ```
 #[derive(Clone)]
 pub struct Error {
     inner: Arc<Inner>,

@@ -109,6 +109,26 @@ const MISSING_LAYER: &str = "id6-tower: no Authentication in the request extensi
 
 /// Why [`CurrentUser`] or [`RequireUser`] refused a request. Answers with id6's error JSON:
 /// `{"statusCode", "path", "message", "errorCode"}`.
+///
+/// Take `Result<RequireUser, AuthRejection>` to answer in your own way:
+///
+/// ```
+/// use axum::response::{IntoResponse, Response};
+/// use id6_tower::{AuthRejection, RejectionKind, RequireUser};
+///
+/// async fn page(user: Result<RequireUser, AuthRejection>) -> Response {
+///     match user {
+///         Ok(RequireUser(user)) => format!("Hello, {}!", user.name).into_response(),
+///         // Anonymous: your own answer instead of id6's 401 JSON.
+///         Err(rejection) if rejection.kind() == RejectionKind::NotAuthenticated => {
+///             (http::StatusCode::UNAUTHORIZED, "please sign in").into_response()
+///         }
+///         // id6 unavailable (503 with Retry-After), or no layer (500): as they are.
+///         Err(rejection) => rejection.into_response(),
+///     }
+/// }
+/// # let _: axum::Router = axum::Router::new().route("/", axum::routing::get(page));
+/// ```
 #[derive(Debug)]
 pub struct AuthRejection {
     kind: RejectionKind,

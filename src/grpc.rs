@@ -40,6 +40,15 @@ use crate::{Authentication, User};
 /// # Errors
 ///
 /// `UNAVAILABLE` (14) when id6 could not be asked, `INTERNAL` (13) without the layer.
+///
+/// ```
+/// use id6_tower::{grpc, Authentication};
+///
+/// // What the layer leaves in a request, as tonic hands it to a method.
+/// let mut request = tonic::Request::new(());
+/// request.extensions_mut().insert(Authentication::Anonymous);
+/// assert!(grpc::current_user(&request).unwrap().is_none());
+/// ```
 pub fn current_user<T>(request: &tonic::Request<T>) -> Result<Option<Arc<User>>, Status> {
     verdict(request.extensions())
 }
@@ -50,6 +59,18 @@ pub fn current_user<T>(request: &tonic::Request<T>) -> Result<Option<Arc<User>>,
 ///
 /// `UNAUTHENTICATED` (16) for an anonymous caller, `UNAVAILABLE` (14) when id6 could not be
 /// asked, `INTERNAL` (13) without the layer.
+///
+/// ```
+/// use id6_tower::{grpc, Authentication};
+///
+/// let mut request = tonic::Request::new(());
+/// request.extensions_mut().insert(Authentication::Anonymous);
+/// let status = grpc::require_user(&request).unwrap_err();
+/// assert_eq!(status.code(), tonic::Code::Unauthenticated);
+/// // Without the layer, a loud INTERNAL rather than a silent anonymous.
+/// let bare = tonic::Request::new(());
+/// assert_eq!(grpc::require_user(&bare).unwrap_err().code(), tonic::Code::Internal);
+/// ```
 pub fn require_user<T>(request: &tonic::Request<T>) -> Result<Arc<User>, Status> {
     required(request.extensions())
 }

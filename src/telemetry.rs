@@ -11,6 +11,19 @@ use std::time::Duration;
 use facade::{Counter, Histogram};
 
 /// A snapshot of what the handle did since it was built ([`Id6::stats`](crate::Id6::stats)).
+///
+/// ```
+/// # async fn run() -> Result<(), id6_tower::Error> {
+/// let id6 = id6_tower::Id6::builder("http://127.0.0.1:8000/api").build()?;
+/// let anonymous = id6.authenticate(&http::HeaderMap::new()).await;
+/// assert!(anonymous.is_anonymous());
+/// let stats = id6.stats();
+/// assert_eq!(stats.no_token, 1); // no cookie: nothing looked up, id6 not asked
+/// assert_eq!(stats.upstream_authenticated + stats.upstream_rejected, 0);
+/// # Ok(())
+/// # }
+/// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {

@@ -256,6 +256,22 @@ mod sealed {
 ///
 /// Sealed (as reqwest's `IntoUrl`): pass any of these types; the trait cannot be implemented
 /// outside the crate, so that methods can be added to it without a breaking change.
+///
+/// ```
+/// use id6_tower::{Id6, TokenSource, UserToken};
+///
+/// # fn run() -> Result<(), id6_tower::Error> {
+/// let id6 = Id6::builder("http://127.0.0.1:8000/api").build()?;
+/// let mut headers = http::HeaderMap::new();
+/// headers.insert("cookie", "theme=dark; auth=abc.def.ghi".parse().unwrap());
+/// // Found as the layer finds it: from headers, a request, its parts, or a token in hand.
+/// assert_eq!(headers.user_token(&id6).unwrap().expose(), "abc.def.ghi");
+/// let request = http::Request::builder().header("cookie", "auth=xyz").body(()).unwrap();
+/// assert_eq!(request.user_token(&id6).unwrap().expose(), "xyz");
+/// assert!(UserToken::new("xyz").unwrap().user_token(&id6).is_some());
+/// # Ok(())
+/// # }
+/// ```
 pub trait TokenSource: sealed::Sealed {
     /// The token, found as the layer of `id6` finds it.
     fn user_token(&self, id6: &crate::Id6) -> Option<UserToken>;

@@ -8,6 +8,29 @@ use super::Id6Service;
 use crate::Id6;
 
 /// Wraps services in an [`Id6Service`]. Cheap to clone: it holds only the [`Id6`] handle.
+///
+/// ```
+/// use http::{Request, Response};
+/// use id6_tower::{Authentication, Id6};
+/// use tower::{service_fn, ServiceBuilder, ServiceExt};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let id6 = Id6::builder("http://127.0.0.1:8000/api").build()?;
+/// // Any tower service of `http::Request`s: here a bare `service_fn`.
+/// let service = ServiceBuilder::new()
+///     .layer(id6.layer())
+///     .service(service_fn(|request: Request<String>| async move {
+///         let who = request.extensions().get::<Authentication>().cloned();
+///         let name = who.and_then(|a| a.user().map(|u| u.name.clone()));
+///         Ok::<_, std::convert::Infallible>(Response::new(format!("{name:?}")))
+///     }));
+/// // No `auth` cookie: anonymous, and id6 is not asked.
+/// let response = service.oneshot(Request::new(String::new())).await?;
+/// assert_eq!(response.body(), "None");
+/// # Ok(())
+/// # }
+/// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+/// ```
 #[must_use]
 #[derive(Clone, Debug)]
 pub struct Id6Layer {

@@ -16,6 +16,23 @@ use crate::{Authentication, Id6};
 /// future is returned unboxed; only a miss waits on id6 first. With
 /// [`clear_dead_cookie`](crate::Id6Builder::clear_dead_cookie), a response to a request whose
 /// token id6 rejected gets a `Set-Cookie` that clears it.
+///
+/// Usually built by [`Id6Layer`](crate::Id6Layer); by hand:
+///
+/// ```
+/// use id6_tower::{Id6, Id6Service};
+/// use tower::service_fn;
+///
+/// # fn run() -> Result<(), id6_tower::Error> {
+/// let id6 = Id6::builder("http://127.0.0.1:8000/api").build()?;
+/// let inner = service_fn(|_: http::Request<()>| async {
+///     Ok::<_, std::convert::Infallible>(http::Response::new(()))
+/// });
+/// let service = Id6Service::new(inner, id6);
+/// # let _ = service;
+/// # Ok(())
+/// # }
+/// ```
 #[must_use]
 #[derive(Clone, Debug)]
 pub struct Id6Service<S> {

@@ -300,6 +300,22 @@ impl State {
 }
 
 /// Configures a [`MockId6`] before it starts.
+///
+/// ```
+/// use std::time::Duration;
+/// use id6_tower::testing::MockId6;
+///
+/// # async fn run() -> std::io::Result<()> {
+/// let mock = MockId6::builder()
+///     .jwt_secret("the id6 secret") // for apps that verify tokens locally
+///     .rate_limit(100, Duration::from_secs(60)) // id6's own default, per client IP
+///     .start()
+///     .await?;
+/// # let _ = mock;
+/// # Ok(())
+/// # }
+/// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+/// ```
 #[must_use]
 #[derive(Debug, Clone)]
 pub struct MockId6Builder {
@@ -420,6 +436,29 @@ impl MockId6Builder {
 /// An id6 look-alike server on loopback; see the [module docs](super).
 ///
 /// Dropping it stops the server.
+///
+/// ```
+/// use id6_tower::testing::{Fault, MockId6};
+/// use id6_tower::Id6;
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let mock = MockId6::start().await?;
+/// let alice = mock.add_user("Alice", "alice@example.com");
+/// let id6 = Id6::builder(mock.url()).build()?;
+///
+/// let mut headers = http::HeaderMap::new();
+/// headers.insert("cookie", format!("auth={}", mock.token_for(alice)).parse()?);
+/// assert_eq!(id6.authenticate(&headers).await.user().unwrap().name, "Alice");
+/// assert_eq!(mock.user_calls(), 1);
+///
+/// // id6 breaks: a fresh token (a cache miss) cannot be resolved.
+/// mock.set_fault(Fault::Status(500));
+/// headers.insert("cookie", format!("auth={}", mock.expired_token_for(alice)).parse()?);
+/// assert!(id6.authenticate(&headers).await.unavailable().is_some());
+/// # Ok(())
+/// # }
+/// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+/// ```
 pub struct MockId6 {
     state: Arc<State>,
     addr: SocketAddr,

@@ -99,11 +99,6 @@ mod user;
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
 
-// The README's code is compiled too (`cargo test --doc`): it cannot drift from the crate.
-#[cfg(doctest)]
-#[doc = include_str!("../README.md")]
-struct ReadmeDoctests;
-
 /// The futures of the crate's services, for code that names them (`Service::Future`).
 pub mod future {
     pub use crate::layer::ResponseFuture;

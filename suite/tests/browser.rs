@@ -6,7 +6,7 @@
 //! Screenshots of each step land in `target/browser-e2e/`.
 
 #[allow(dead_code, unreachable_pub)]
-#[path = "../examples/axum.rs"]
+#[path = "../../examples/axum.rs"]
 mod example;
 
 use std::path::{Path, PathBuf};
@@ -58,7 +58,7 @@ fn free_port() -> u16 {
 }
 
 fn screenshots() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/browser-e2e");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/browser-e2e");
     std::fs::create_dir_all(&dir).expect("target/browser-e2e");
     dir
 }

@@ -1,5 +1,6 @@
 //! Three instances, one Redis, one id6: shared answers, evictions broadcast, Redis optional.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::path::Path;

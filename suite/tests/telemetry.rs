@@ -1,5 +1,6 @@
 //! `Id6::stats()` and the `metrics` counters move as they should for every kind of lookup.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::collections::HashMap;

@@ -3,7 +3,8 @@
 //! command builds only what the quickstart needs. `cargo test --all-features` at the
 //! repository root runs this package too.
 
-// The README's code is compiled here, where its gRPC block finds tonic's transport.
-#[cfg(doctest)]
+// The README's code is compiled here, where its gRPC block finds tonic's transport (so with
+// the `tonic` feature, which `cargo test --all-features` turns on).
+#[cfg(all(doctest, feature = "tonic"))]
 #[doc = include_str!("../../README.md")]
 struct ReadmeDoctests;

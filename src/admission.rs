@@ -6,7 +6,11 @@
 #[cfg(test)]
 use std::sync::Arc;
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
+
+// tokio's clock, not std's: the same reading outside tests, and one a test can pause and
+// advance (`tokio::time::pause`) to see the breaker close without waiting.
+use tokio::time::Instant;
 
 use tokio::sync::{Semaphore, SemaphorePermit};
 
@@ -261,5 +265,28 @@ mod tests {
             let err = call.await.unwrap().unwrap_err();
             assert!(err.is_rate_limited() && err.is_not_attempted(), "{err}");
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_breaker_closes_when_its_time_is_up_on_a_paused_clock() {
+        let admission = Admission::new(4, Duration::from_secs(1), MAX);
+        let reset = SystemTime::now() + Duration::from_secs(30);
+        admission.record(Some(&Error::new(Kind::RateLimited { reset: Some(reset) })));
+        assert!(admission.admit().await.is_err());
+        tokio::time::advance(Duration::from_secs(29)).await;
+        assert!(
+            admission.admit().await.is_err(),
+            "still within id6's window"
+        );
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(admission.admit().await.is_ok());
+        assert_eq!(admission.health(), Health::Closed);
+        // Connect failures: open for the first back-off, then closed again.
+        for _ in 0..FAILURES_TO_OPEN {
+            admission.record(Some(&Error::new(Kind::Connect)));
+        }
+        assert!(admission.admit().await.is_err());
+        tokio::time::advance(FIRST_BACKOFF).await;
+        assert!(admission.admit().await.is_ok());
     }
 }

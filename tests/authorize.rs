@@ -57,7 +57,7 @@ async fn invalid_and_revoked_tokens_are_anonymous() {
         assert_eq!(s.get("/me", Some(&token)).await.0, 401);
     }
     // The revoked answer carried a user too, and `error` won.
-    let raw = reqwest::Client::new()
+    let raw = common::http_client()
         .post(format!("{}/authorize", s.mock.authorization_url()))
         .header("authorization", s.mock.authorization_secret())
         .body(format!(r#"{{"token":"{old}"}}"#))
@@ -90,7 +90,7 @@ async fn a_wrong_secret_is_a_loud_503_never_anonymous() {
 async fn the_authorization_server_refuses_a_missing_secret() {
     // What the mock (like id6) answers without a secret; our client always sends one.
     let mock = MockId6::start().await.unwrap();
-    let raw = reqwest::Client::new()
+    let raw = common::http_client()
         .post(format!("{}/authorize", mock.authorization_url()))
         .body(r#"{"token":"x"}"#)
         .send()

@@ -321,7 +321,7 @@ async fn sensitive_routes_revalidate_old_answers() {
         base: common::serve(app).await,
         mock,
         id6,
-        http: reqwest::Client::new(),
+        http: common::http_client(),
     };
     assert_eq!(s.get("/me", Some(&token)).await.0, 200);
     assert_eq!(s.get("/pay", Some(&token)).await.0, 200, "fresh enough");

@@ -22,7 +22,7 @@ async fn the_cache_keeps_a_hot_user_served_through_a_429() {
     assert_eq!(s.get("/", Some(&alice_token)).await.1, "Hello, Alice!");
 
     // A backend without a cache asks id6 on every request, and soon gets 429s.
-    let raw = reqwest::Client::new();
+    let raw = common::http_client();
     let mut served = 0;
     let limited = loop {
         let response = raw

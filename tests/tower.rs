@@ -1,5 +1,7 @@
 //! The layer on a bare `tower::service_fn` behind hyper-util's server, no axum at all.
 
+mod common;
+
 use std::convert::Infallible;
 
 use hyper_util::rt::TokioIo;
@@ -38,7 +40,7 @@ async fn serve(id6: &Id6) -> String {
 }
 
 async fn get(url: &str, cookie: Option<&str>) -> String {
-    let mut request = reqwest::Client::new().get(url);
+    let mut request = common::http_client().get(url);
     if let Some(c) = cookie {
         request = request.header("cookie", c);
     }

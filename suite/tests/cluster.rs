@@ -192,7 +192,7 @@ async fn apps(mock: &MockId6, redis: &Redis, prefix: &str, n: usize) -> Vec<App>
         apps.push(App {
             base: common::serve(common::app(&id6)).await,
             id6,
-            http: reqwest::Client::new(),
+            http: common::http_client(),
         });
     }
     redis.until_subscribed(n).await;
@@ -307,7 +307,7 @@ async fn a_revocation_seen_by_one_instance_reaches_the_others() {
         apps.push(App {
             base: common::serve(common::app(&id6)).await,
             id6,
-            http: reqwest::Client::new(),
+            http: common::http_client(),
         });
     }
     redis.until_subscribed(2).await;

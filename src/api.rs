@@ -3,7 +3,7 @@
 //!
 //! | call | id6 | what it does to the cache |
 //! |---|---|---|
-//! | [`Id6::user`] | `GET /user` | stores the fresh answer (user, or anonymous on 401) |
+//! | [`Id6::user`] | `GET /user` | stores the fresh user; a 401 evicts the token |
 //! | [`Id6::sign_out`] | `POST /auth/signout` | evicts that token |
 //! | [`Id6::update_profile`] | `POST /user/profile` | evicts every cached token of the user |
 //! | `Id6::update_picture` (feature `pictures`) | `POST /user/picture` | evicts every cached token of the user |

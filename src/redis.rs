@@ -294,8 +294,16 @@ impl Redis {
 
     /// Deletes every shared entry under the prefix and tells every instance.
     async fn clear(&self) {
-        let pattern = format!("{}t:*", self.prefix);
+        // Tell every instance first, in an operation of its own: the scan below may take
+        // longer than one operation's timeout on a big Redis, and must not hold the news back.
         let channel = self.channel();
+        let _: Option<()> = self
+            .run(
+                "clear",
+                |mut c| async move { c.publish(channel, "*").await },
+            )
+            .await;
+        let pattern = format!("{}t:*", self.prefix);
         let _: Option<()> = self
             .run("clear", |mut c| async move {
                 let keys: Vec<String> = {
@@ -310,7 +318,6 @@ impl Redis {
                 for key in keys {
                     pipe.del(key);
                 }
-                pipe.publish(channel, "*");
                 pipe.query_async(&mut c).await
             })
             .await;

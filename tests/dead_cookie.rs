@@ -82,3 +82,28 @@ async fn off_by_default_and_attributes_are_configurable() {
         "sid=; Max-Age=0; Path=/; HttpOnly; Secure; SameSite=Lax"
     );
 }
+
+/// With the `anonymous` failure policy, an outage answers anonymous: that is the policy's
+/// stand-in, not id6's word on the token, so the cookie stays.
+#[tokio::test]
+async fn an_outage_never_clears_a_cookie() {
+    let mock = MockId6::start().await.unwrap();
+    let id6 = common::builder(&mock)
+        .clear_dead_cookie(true)
+        .on_unavailable(id6_tower::OnUnavailable::Anonymous)
+        .build()
+        .unwrap();
+    let s = Setup::with(mock, id6).await;
+    let alice = s.mock.add_user("Alice", "a@example.com");
+    s.mock.set_fault(id6_tower::testing::Fault::Status(500));
+    let (status, cookies) = set_cookie(&s, "/", Some(&s.mock.token_for(alice))).await;
+    assert_eq!(status, 200, "served as anonymous");
+    assert!(
+        cookies.is_empty(),
+        "an outage cleared the cookie: {cookies:?}"
+    );
+    // id6 back and rejecting a dead token: that one is cleared.
+    s.mock.clear_fault();
+    let (_, cookies) = set_cookie(&s, "/", Some(&s.mock.expired_token_for(alice))).await;
+    assert_eq!(cookies.len(), 1, "{cookies:?}");
+}

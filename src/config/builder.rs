@@ -454,8 +454,13 @@ impl Id6Builder {
         let screen = Screen::new(jwt_secret, token_lifetime);
         let redis = match self.redis_url {
             Some(Secret(url)) => {
-                if self.redis_prefix.len() > limits::TEXT_BYTES {
-                    return Err(Error::config(REDIS_PREFIX, "must be at most 1024 bytes"));
+                // A glob character would widen `clear`'s `SCAN MATCH {prefix}t:*` to other keys.
+                let globless = !self.redis_prefix.contains(['*', '?', '[', ']', '\\']);
+                if self.redis_prefix.len() > limits::TEXT_BYTES || !globless {
+                    return Err(Error::config(
+                        REDIS_PREFIX,
+                        "must be at most 1024 bytes, without `*`, `?`, `[`, `]` or `\\`",
+                    ));
                 }
                 let timeout = between(
                     REDIS_TIMEOUT,
@@ -480,8 +485,13 @@ impl Id6Builder {
             negative_ttl,
             max_capacity,
             on_unavailable: self.on_unavailable,
-            // An invalidation mark must outlive any load that started before it.
-            mark_lifetime: timeout * 2 + queue_timeout + Duration::from_secs(1),
+            // An invalidation mark must outlive any load that started before it: a wait for a
+            // call slot, the call, and with Redis up to four operations (get, revocation
+            // check and eviction, store).
+            mark_lifetime: timeout * 2
+                + queue_timeout
+                + redis.as_ref().map_or(Duration::ZERO, |r| r.timeout * 4)
+                + Duration::from_secs(1),
         };
         let client = ClientSettings {
             user_url: Endpoint(join(&base, "user")),

@@ -664,6 +664,9 @@ mod tests {
             ),
             (b().authorization("http://h:3030", ""), "authorization"),
             (b().jwt_secret(""), "jwt_secret"),
+            // A glob would widen `clear`'s SCAN to other applications' keys.
+            (b().redis("redis://h").redis_prefix("app*"), "redis_prefix"),
+            (b().redis("redis://h").redis_prefix("a[b]"), "redis_prefix"),
         ];
         for (builder, setter) in cases {
             let err = builder.validate().unwrap_err();

@@ -101,13 +101,17 @@ where
                     request,
                     dead_cookie,
                 } => {
-                    let verdict = ready!(Pin::new(pending).poll(cx));
+                    let answer = ready!(Pin::new(pending).poll(cx));
                     let (Some(mut inner), Some(mut request)) = (inner.take(), request.take())
                     else {
                         unreachable!("ResponseFuture polled after it was resolved");
                     };
-                    let clear_cookie = dead_cookie.take().filter(|_| verdict.is_anonymous());
-                    request.extensions_mut().insert(verdict);
+                    // Only id6's own rejection kills the cookie, never the failure policy's
+                    // anonymous answer during an outage.
+                    let clear_cookie = dead_cookie
+                        .take()
+                        .filter(|_| !answer.by_policy && answer.verdict.is_anonymous());
+                    request.extensions_mut().insert(answer.verdict);
                     let future = inner.call(request);
                     state.set(State::Called {
                         future,

@@ -20,8 +20,18 @@ use crate::telemetry::{self, Eviction, Telemetry};
 use crate::token::TokenKey;
 use crate::user::{Authentication, User};
 
+/// What a load hands the requests that waited on it.
+#[derive(Clone, Debug)]
+pub(crate) struct Answer {
+    pub(crate) verdict: Authentication,
+    /// The failure policy's stand-in while id6 could not be asked (`anonymous`, `stale`), not
+    /// id6's word: an anonymous answer of this kind says nothing about the cookie, so the
+    /// layer must not clear it.
+    pub(crate) by_policy: bool,
+}
+
 /// A resolution in flight, shared by every request that waits on it.
-pub(crate) type Pending = Shared<BoxFuture<'static, Authentication>>;
+pub(crate) type Pending = Shared<BoxFuture<'static, Answer>>;
 
 /// Fills between two sweeps of the coherence maps.
 const SWEEP_EVERY: u32 = 1024;
@@ -260,8 +270,11 @@ impl AuthCache {
             answer
         });
         let pending = async move {
-            task.await.unwrap_or_else(|_| {
-                Authentication::Unavailable(Error::new(Kind::Runtime("the id6 call was aborted")))
+            task.await.unwrap_or_else(|_| Answer {
+                verdict: Authentication::Unavailable(Error::new(Kind::Runtime(
+                    "the id6 call was aborted",
+                ))),
+                by_policy: false,
             })
         }
         .boxed()
@@ -302,24 +315,47 @@ impl AuthCache {
                     );
                     return;
                 }
-                if let Some(newer) = user.invalidate_tokens_at {
-                    // Unknown before (None) counts as older: those tokens predate `newer`.
-                    if owner.invalidate_tokens_at.is_none_or(|known| known < newer) {
-                        // id6 revoked this user's tokens since we cached some: drop them all.
+                let mut new_mark = false;
+                if let Some(shown) = user.invalidate_tokens_at {
+                    if owner
+                        .invalidate_tokens_at
+                        .is_some_and(|known| shown < known)
+                    {
+                        // An answer from before a revocation we already saw: it may name a
+                        // token that revocation killed.
+                        tracing::debug!(
+                            user_id = user.id,
+                            "not caching an answer older than a known revocation"
+                        );
+                        return;
+                    }
+                    // Unknown before (None) counts as older: those tokens predate `shown`.
+                    if owner.invalidate_tokens_at.is_none_or(|known| known < shown) {
+                        // id6 revoked this user's tokens since we cached some: drop them all,
+                        // and mark the user so that answers already in flight for those
+                        // tokens are not stored either.
                         tracing::debug!(
                             user_id = user.id,
                             "id6 shows a newer revocation; evicting the user's other tokens"
                         );
+                        // (Nothing to protect the first time a revocation is seen with no
+                        // token cached: in-flight answers showing an older one are refused by
+                        // the check above.)
+                        if owner.invalidate_tokens_at.is_some() || !owner.keys.is_empty() {
+                            let mark = self.bump();
+                            new_mark = owner.invalidated.replace((mark, Instant::now())).is_none();
+                        }
                         for other in owner.keys.drain(..) {
                             self.entries.invalidate(&other);
                         }
+                        owner.invalidate_tokens_at = Some(shown);
                     }
-                    owner.invalidate_tokens_at = owner.invalidate_tokens_at.max(Some(newer));
                 }
                 let entries = &self.entries;
                 owner.keys.retain(|k| *k != key && entries.contains_key(k));
                 owner.keys.push(key);
                 self.entries.insert(key, verdict.clone());
+                coherence.user_marks += usize::from(new_mark);
             }
         }
         coherence.fills_since_sweep += 1;
@@ -459,11 +495,14 @@ impl AuthCache {
 
 /// What the waiters get when id6 gave no verdict, per the [`OnUnavailable`] policy; never
 /// stored, so the next miss asks id6 again.
-fn apply_policy(cache: &AuthCache, key: TokenKey, verdict: Authentication) -> Authentication {
+fn apply_policy(cache: &AuthCache, key: TokenKey, verdict: Authentication) -> Answer {
     let Authentication::Unavailable(error) = verdict else {
-        return verdict;
+        return Answer {
+            verdict,
+            by_policy: false,
+        };
     };
-    match cache.shared.on_unavailable {
+    let verdict = match cache.shared.on_unavailable {
         OnUnavailable::Anonymous => {
             tracing::debug!(%error, "id6 unavailable; treating the caller as anonymous");
             Authentication::Anonymous
@@ -473,14 +512,27 @@ fn apply_policy(cache: &AuthCache, key: TokenKey, verdict: Authentication) -> Au
                 tracing::debug!(user_id = user.id, %error, "id6 unavailable; serving the last answer");
                 Authentication::Authenticated(user)
             }
-            None => Authentication::Unavailable(error),
+            None => return ready_answer(Authentication::Unavailable(error)),
         },
-        OnUnavailable::Reject => Authentication::Unavailable(error),
+        OnUnavailable::Reject => return ready_answer(Authentication::Unavailable(error)),
+    };
+    Answer {
+        verdict,
+        by_policy: true,
+    }
+}
+
+fn ready_answer(verdict: Authentication) -> Answer {
+    Answer {
+        verdict,
+        by_policy: false,
     }
 }
 
 fn ready(verdict: Authentication) -> Pending {
-    futures_util::future::ready(verdict).boxed().shared()
+    futures_util::future::ready(ready_answer(verdict))
+        .boxed()
+        .shared()
 }
 
 /// Removes the in-flight entry when the load ends, even by panic or runtime shutdown; only
@@ -544,7 +596,7 @@ mod tests {
         assert_eq!(cache.inflight_len(), 1);
         release.send(()).unwrap();
         for w in waiters {
-            assert_eq!(w.await.user().map(|u| u.id), Some(1));
+            assert_eq!(w.await.verdict.user().map(|u| u.id), Some(1));
         }
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         assert_eq!(cache.inflight_len(), 0);
@@ -559,7 +611,7 @@ mod tests {
         let pending = cache.load(key, None, || async {
             Authentication::Unavailable(Error::new(Kind::Connect))
         });
-        assert!(pending.await.unavailable().is_some());
+        assert!(pending.await.verdict.unavailable().is_some());
         assert!(cache.get(&key, None).is_none());
         assert_eq!(cache.inflight_len(), 0);
 
@@ -622,6 +674,17 @@ mod tests {
         cache.fill(c, &with(200), 0);
         assert!(cache.get(&a, None).is_none() && cache.get(&b, None).is_none());
         assert!(cache.get(&c, None).is_some());
+        // An answer for `a` already in flight when `c` showed the revocation: not stored.
+        cache.fill(a, &with(200), 0);
+        assert!(
+            cache.get(&a, None).is_none(),
+            "an in-flight answer undid the revocation"
+        );
+        // Nor, whenever it started, an answer from before the known revocation.
+        cache.fill(b, &with(100), cache.generation());
+        assert!(cache.get(&b, None).is_none(), "an older answer was stored");
+        cache.fill(b, &with(200), cache.generation());
+        assert!(cache.get(&b, None).is_some());
     }
 
     #[test]

@@ -126,7 +126,7 @@ impl Resolver {
         match self.lookup(headers, None) {
             Lookup::NoToken => Authentication::Anonymous,
             Lookup::Ready { verdict, .. } => verdict,
-            Lookup::Pending { pending, .. } => pending.await,
+            Lookup::Pending { pending, .. } => pending.await.verdict,
         }
     }
 
@@ -193,12 +193,24 @@ impl Resolver {
                 return verdict;
             }
         }
-        let started_ms = clock::now_ms();
+        let started = self.load_start();
         let verdict = self.inner.client.authenticate(token).await;
-        if let Some(second) = &self.inner.second {
-            second.store(&key, &verdict, started_ms).await;
-        }
+        self.share(key, &verdict, started).await;
         verdict
+    }
+
+    /// Stores an answer in the second level, unless an eviction (here, or broadcast by
+    /// another instance) came while id6 was asked: the answer may predate it, and the second
+    /// level refuses stale stores only per user (`rev:`), not per token or after a `clear`.
+    async fn share(&self, key: TokenKey, verdict: &Authentication, started: LoadStart) {
+        let Some(second) = &self.inner.second else {
+            return;
+        };
+        if self.inner.local.generation() != started.generation {
+            tracing::debug!("an eviction came while id6 was asked; not sharing its answer");
+            return;
+        }
+        second.store(&key, verdict, started.ms).await;
     }
 
     fn subscribe(&self) {
@@ -248,9 +260,7 @@ impl Resolver {
         started: LoadStart,
     ) {
         self.inner.local.fill(key, verdict, started.generation);
-        if let Some(second) = &self.inner.second {
-            second.store(&key, verdict, started.ms).await;
-        }
+        self.share(key, verdict, started).await;
     }
 
     /// The user a cached token belongs to.

@@ -205,8 +205,19 @@ impl fmt::Display for Endpoint {
 pub(crate) fn redact_userinfo(url: &str) -> Cow<'_, str> {
     let authority_start = url.find("://").map_or(0, |i| i + 3);
     let rest = &url[authority_start..];
-    let authority_len = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..authority_len].rfind('@') {
+    // A URL that parses says exactly where its userinfo is.
+    if let Some(parsed) = Url::parse(url.trim()).ok().filter(Url::has_host) {
+        if parsed.username().is_empty() && parsed.password().is_none() {
+            return Cow::Borrowed(url);
+        }
+        let authority_len = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        if let Some(at) = rest[..authority_len].rfind('@') {
+            return Cow::Owned(format!("{}***{}", &url[..authority_start], &rest[at..]));
+        }
+    }
+    // One that does not (a password with an unencoded `/`, `?` or `#`, say): everything up to
+    // the last `@` may be userinfo. Hiding a host too is better than showing a password.
+    match rest.rfind('@') {
         Some(at) => Cow::Owned(format!("{}***{}", &url[..authority_start], &rest[at..])),
         None => Cow::Borrowed(url),
     }
@@ -686,6 +697,9 @@ mod tests {
             ("u:S3CRET@host/api", "***@host/api"),
             ("http://host/a@b", "http://host/a@b"),
             ("http://h:bad port@x", "http://***@x"),
+            ("http://u:pa?ss@host/api", "http://***@host/api"),
+            ("http://u:pa/ss@host", "http://***@host"),
+            ("http://u:pa#ss@host:8/api", "http://***@host:8/api"),
         ] {
             assert_eq!(redact_userinfo(url), shown);
         }

@@ -362,13 +362,14 @@ async fn listen(shared: std::sync::Weak<Redis>, cache: AuthCache) {
         };
         match tokio::time::timeout(Duration::from_secs(2), subscription).await {
             Ok(Ok(pubsub)) => {
-                if was_connected {
-                    // Broadcasts may have been missed while cut off.
-                    tracing::info!("redis subscription restored; clearing the local cache");
+                // Broadcasts may have been missed while cut off, or before a first
+                // subscription that came late (Redis down at start) while answers were cached.
+                if was_connected || cache.entry_count() > 0 {
+                    tracing::info!("redis subscription (re)established; clearing the local cache");
                     cache.evict(Scope::All);
                 }
                 was_connected = true;
-                backoff = Duration::from_millis(50);
+                let subscribed_at = std::time::Instant::now();
                 let mut messages = pubsub.into_on_message();
                 while let Some(message) = messages.next().await {
                     let Ok(payload) = message.get_payload::<String>() else {
@@ -378,6 +379,14 @@ async fn listen(shared: std::sync::Weak<Redis>, cache: AuthCache) {
                         // Applied locally only: not broadcast again.
                         cache.evict(scope);
                     }
+                }
+                // A subscription that ends at once is a failure too: back off before the
+                // next, rather than reconnecting (and clearing the cache) in a tight loop.
+                if subscribed_at.elapsed() < Duration::from_secs(2) {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                } else {
+                    backoff = Duration::from_millis(50);
                 }
             }
             _ => {

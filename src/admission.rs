@@ -3,16 +3,13 @@
 //! growing interval). id6 is one small process with one rate-limit bucket per client IP:
 //! hammering it while it is down or limiting only prolongs the outage.
 
-#[cfg(test)]
-use std::sync::Arc;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
+use tokio::sync::{Semaphore, SemaphorePermit};
 // tokio's clock, not std's: the same reading outside tests, and one a test can pause and
 // advance (`tokio::time::pause`) to see the breaker close without waiting.
 use tokio::time::Instant;
-
-use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::error::{Error, Kind};
 
@@ -84,6 +81,11 @@ impl Admission {
         crate::lock::lock(&self.breaker)
     }
 
+    /// The breaker's opening, while it lasts.
+    fn open_now(&self) -> Option<Open> {
+        self.breaker().open.filter(|o| o.until > Instant::now())
+    }
+
     /// A permit to call id6 now, or why not: the breaker is open, or every permit stayed
     /// taken for the queue timeout.
     pub(crate) async fn admit(&self) -> Result<SemaphorePermit<'_>, Error> {
@@ -99,7 +101,7 @@ impl Admission {
     }
 
     fn closed(&self) -> Result<(), Error> {
-        match self.breaker().open.filter(|o| o.until > Instant::now()) {
+        match self.open_now() {
             Some(open) => Err(Error::new(Kind::CircuitOpen {
                 until: open.until_wall,
                 rate_limited: open.rate_limited,
@@ -151,7 +153,7 @@ impl Admission {
     }
 
     pub(crate) fn health(&self) -> Health {
-        match self.breaker().open.filter(|o| o.until > Instant::now()) {
+        match self.open_now() {
             Some(open) => Health::Open {
                 until: open.until_wall,
                 rate_limited: open.rate_limited,
@@ -174,6 +176,7 @@ impl Breaker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     const MAX: Duration = Duration::from_secs(60);
 

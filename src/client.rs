@@ -31,8 +31,8 @@ impl Client {
     pub(crate) fn new(settings: ClientSettings, telemetry: Arc<Telemetry>) -> Result<Self, Error> {
         let http = match settings.http.clone() {
             Some(own) => own,
+            // The whole-call timeout is set per request (`request`), for the user's client too.
             None => prefer_rustls(reqwest::Client::builder())
-                .timeout(settings.timeout)
                 .connect_timeout(settings.connect_timeout)
                 // A redirect from id6's API means a misconfigured base URL, not an answer.
                 .redirect(reqwest::redirect::Policy::none())

@@ -360,7 +360,9 @@ async fn listen(shared: std::sync::Weak<Redis>, cache: AuthCache) {
             pubsub.subscribe(&channel).await?;
             Ok::<_, redis::RedisError>(pubsub)
         };
-        match tokio::time::timeout(Duration::from_secs(2), subscription).await {
+        // How long a subscription lasted; one that failed or ended at once is backed off
+        // the same way, rather than retried (and the cache cleared) in a tight loop.
+        let lasted = match tokio::time::timeout(Duration::from_secs(2), subscription).await {
             Ok(Ok(pubsub)) => {
                 // Broadcasts may have been missed while cut off, or before a first
                 // subscription that came late (Redis down at start) while answers were cached.
@@ -380,19 +382,15 @@ async fn listen(shared: std::sync::Weak<Redis>, cache: AuthCache) {
                         cache.evict(scope);
                     }
                 }
-                // A subscription that ends at once is a failure too: back off before the
-                // next, rather than reconnecting (and clearing the cache) in a tight loop.
-                if subscribed_at.elapsed() < Duration::from_secs(2) {
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
-                } else {
-                    backoff = Duration::from_millis(50);
-                }
+                subscribed_at.elapsed()
             }
-            _ => {
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
-            }
+            _ => Duration::ZERO,
+        };
+        if lasted < Duration::from_secs(2) {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        } else {
+            backoff = Duration::from_millis(50);
         }
     }
 }

@@ -74,7 +74,7 @@ const DAY: Duration = Duration::from_secs(24 * 3600);
 
 /// The accepted range of each bounded setting. Upper bounds sit far above any sensible
 /// value and far below what would overflow a clock or a library's own limit.
-pub(super) mod limits {
+mod limits {
     use super::DAY;
     use std::time::Duration;
 
@@ -205,19 +205,15 @@ impl fmt::Display for Endpoint {
 pub(crate) fn redact_userinfo(url: &str) -> Cow<'_, str> {
     let authority_start = url.find("://").map_or(0, |i| i + 3);
     let rest = &url[authority_start..];
-    // A URL that parses says exactly where its userinfo is.
-    if let Some(parsed) = Url::parse(url.trim()).ok().filter(Url::has_host) {
-        if parsed.username().is_empty() && parsed.password().is_none() {
-            return Cow::Borrowed(url);
-        }
-        let authority_len = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-        if let Some(at) = rest[..authority_len].rfind('@') {
-            return Cow::Owned(format!("{}***{}", &url[..authority_start], &rest[at..]));
-        }
-    }
-    // One that does not (a password with an unencoded `/`, `?` or `#`, say): everything up to
-    // the last `@` may be userinfo. Hiding a host too is better than showing a password.
-    match rest.rfind('@') {
+    let userinfo_end = match Url::parse(url.trim()).ok().filter(Url::has_host) {
+        // A URL that parses says whether it has userinfo; it ends before the host.
+        Some(parsed) if parsed.username().is_empty() && parsed.password().is_none() => None,
+        Some(_) => rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())].rfind('@'),
+        // One that does not (a password with an unencoded `/`, `?` or `#`, say): everything
+        // up to the last `@` may be userinfo. Hiding a host too beats showing a password.
+        None => rest.rfind('@'),
+    };
+    match userinfo_end {
         Some(at) => Cow::Owned(format!("{}***{}", &url[..authority_start], &rest[at..])),
         None => Cow::Borrowed(url),
     }
@@ -269,7 +265,7 @@ impl OnUnavailable {
 
 /// A typed value as an error message quotes it: at most 64 characters, so that a pasted
 /// blob does not become a log line of its own.
-pub(super) fn quoted(value: &str) -> String {
+fn quoted(value: &str) -> String {
     match value.char_indices().nth(64) {
         Some((end, _)) => format!("`{}…`", &value[..end]),
         None => format!("`{value}`"),
@@ -277,7 +273,7 @@ pub(super) fn quoted(value: &str) -> String {
 }
 
 /// `value` when `min < value <= max` (a zero is never a usable wait or TTL).
-pub(super) fn between(
+fn between(
     setting: Setting,
     value: Duration,
     min: Duration,
@@ -315,7 +311,7 @@ fn human(limit: Duration) -> String {
 }
 
 /// `value` when `1 <= value <= max`.
-pub(super) fn count<T: PartialOrd + From<u8> + fmt::Display + Copy>(
+fn count<T: PartialOrd + From<u8> + fmt::Display + Copy>(
     setting: Setting,
     value: T,
     max: T,
@@ -333,7 +329,7 @@ pub(super) fn count<T: PartialOrd + From<u8> + fmt::Display + Copy>(
 }
 
 /// An id6 base URL, which may carry a path such as `/api`, normalised to end in `/`.
-pub(super) fn base_url(setting: Setting, base: &str) -> Result<Url, Error> {
+fn base_url(setting: Setting, base: &str) -> Result<Url, Error> {
     let shown = quoted(&redact_userinfo(base));
     let mut url = Url::parse(base.trim())
         .map_err(|e| Error::config(setting, format!("{shown} is not a URL: {e}")))?;
@@ -363,7 +359,7 @@ pub(crate) fn join(base: &Url, path: &str) -> Url {
 }
 
 /// RFC 6265 cookie-name characters, minus the separators a config would only get wrong.
-pub(super) fn is_cookie_name_byte(b: u8) -> bool {
+fn is_cookie_name_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')
 }
 

@@ -342,11 +342,7 @@ impl AuthCache {
                         // token cached: in-flight answers showing an older one are refused by
                         // the check above.)
                         if owner.invalidate_tokens_at.is_some() || !owner.keys.is_empty() {
-                            let mark = self.bump();
-                            new_mark = owner.invalidated.replace((mark, Instant::now())).is_none();
-                        }
-                        for other in owner.keys.drain(..) {
-                            self.entries.invalidate(&other);
+                            new_mark = self.revoke_keys_of(owner);
                         }
                         owner.invalidate_tokens_at = Some(shown);
                     }
@@ -355,7 +351,10 @@ impl AuthCache {
                 owner.keys.retain(|k| *k != key && entries.contains_key(k));
                 owner.keys.push(key);
                 self.entries.insert(key, verdict.clone());
-                coherence.user_marks += usize::from(new_mark);
+                if new_mark {
+                    coherence.user_marks += 1;
+                    self.bound_marks(&mut coherence);
+                }
             }
         }
         coherence.fills_since_sweep += 1;
@@ -435,19 +434,25 @@ impl AuthCache {
     /// Forgets every cached token of a user; no load in flight can put the user back.
     fn invalidate_user(&self, user_id: u64) {
         let mut coherence = lock(&self.shared.coherence);
-        let generation = self.bump();
         let owner = coherence.users.entry(user_id).or_default();
-        let first_mark = owner
-            .invalidated
-            .replace((generation, Instant::now()))
-            .is_none();
-        for key in owner.keys.drain(..) {
-            self.entries.invalidate(&key);
-        }
+        let first_mark = self.revoke_keys_of(owner);
         coherence.user_marks += usize::from(first_mark);
         self.bound_marks(&mut coherence);
         self.shared.telemetry.eviction(Eviction::User);
         tracing::debug!(user_id, "evicted every cached token of the user");
+    }
+
+    /// Marks a user (no load of theirs already in flight stores its answer) and evicts every
+    /// cached token of theirs; whether this is the user's first live mark, for the count.
+    fn revoke_keys_of(&self, owner: &mut UserKeys) -> bool {
+        let first_mark = owner
+            .invalidated
+            .replace((self.bump(), Instant::now()))
+            .is_none();
+        for key in owner.keys.drain(..) {
+            self.entries.invalidate(&key);
+        }
+        first_mark
     }
 
     /// Forgets everything; no load in flight will store its answer.
@@ -496,43 +501,38 @@ impl AuthCache {
 /// What the waiters get when id6 gave no verdict, per the [`OnUnavailable`] policy; never
 /// stored, so the next miss asks id6 again.
 fn apply_policy(cache: &AuthCache, key: TokenKey, verdict: Authentication) -> Answer {
-    let Authentication::Unavailable(error) = verdict else {
-        return Answer {
-            verdict,
-            by_policy: false,
-        };
-    };
-    let verdict = match cache.shared.on_unavailable {
-        OnUnavailable::Anonymous => {
+    let stand_in = match (&verdict, cache.shared.on_unavailable) {
+        (Authentication::Unavailable(error), OnUnavailable::Anonymous) => {
             tracing::debug!(%error, "id6 unavailable; treating the caller as anonymous");
-            Authentication::Anonymous
+            Some(Authentication::Anonymous)
         }
-        OnUnavailable::Stale(_) => match cache.entries.stale.as_ref().and_then(|s| s.get(&key)) {
-            Some(user) => {
+        (Authentication::Unavailable(error), OnUnavailable::Stale(_)) => {
+            let user = cache.entries.stale.as_ref().and_then(|s| s.get(&key));
+            user.map(|user| {
                 tracing::debug!(user_id = user.id, %error, "id6 unavailable; serving the last answer");
                 Authentication::Authenticated(user)
-            }
-            None => return ready_answer(Authentication::Unavailable(error)),
-        },
-        OnUnavailable::Reject => return ready_answer(Authentication::Unavailable(error)),
+            })
+        }
+        _ => None,
     };
-    Answer {
-        verdict,
-        by_policy: true,
-    }
-}
-
-fn ready_answer(verdict: Authentication) -> Answer {
-    Answer {
-        verdict,
-        by_policy: false,
+    match stand_in {
+        Some(verdict) => Answer {
+            verdict,
+            by_policy: true,
+        },
+        None => Answer {
+            verdict,
+            by_policy: false,
+        },
     }
 }
 
 fn ready(verdict: Authentication) -> Pending {
-    futures_util::future::ready(ready_answer(verdict))
-        .boxed()
-        .shared()
+    let answer = Answer {
+        verdict,
+        by_policy: false,
+    };
+    futures_util::future::ready(answer).boxed().shared()
 }
 
 /// Removes the in-flight entry when the load ends, even by panic or runtime shutdown; only

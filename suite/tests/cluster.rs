@@ -16,6 +16,8 @@ struct Redis {
     binary: &'static str,
     port: u16,
     process: Option<Child>,
+    /// This test's turn (see [`ONE_AT_A_TIME`]), given back after the server stops.
+    _turn: Option<tokio::sync::MutexGuard<'static, ()>>,
 }
 
 impl Redis {
@@ -31,6 +33,7 @@ impl Redis {
             binary,
             port,
             process: None,
+            _turn: None,
         };
         redis.spawn();
         Some(redis)
@@ -126,8 +129,13 @@ impl Drop for Redis {
 /// could fire and turn a shared answer into an id6 call.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn redis_or_skip() -> Option<Redis> {
-    let redis = Redis::start();
+/// A redis-server of this test's own, once it is this test's turn.
+async fn redis_or_skip() -> Option<Redis> {
+    let turn = ONE_AT_A_TIME.lock().await;
+    let redis = Redis::start().map(|mut redis| {
+        redis._turn = Some(turn);
+        redis
+    });
     if redis.is_none() {
         let message = "SKIPPED: cluster test: install redis-server (apt-get install redis-server); .ci/run does";
         if std::env::var_os("CI").is_some() {
@@ -201,8 +209,7 @@ async fn apps(mock: &MockId6, redis: &Redis, prefix: &str, n: usize) -> Vec<App>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_share_answers_and_evictions() {
-    let _turn = ONE_AT_A_TIME.lock().await;
-    let Some(mut redis) = redis_or_skip() else {
+    let Some(mut redis) = redis_or_skip().await else {
         return;
     };
     let mock = MockId6::start().await.unwrap();
@@ -290,8 +297,9 @@ async fn three_instances_share_answers_and_evictions() {
 /// user's other tokens on every instance.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revocation_seen_by_one_instance_reaches_the_others() {
-    let _turn = ONE_AT_A_TIME.lock().await;
-    let Some(redis) = redis_or_skip() else { return };
+    let Some(redis) = redis_or_skip().await else {
+        return;
+    };
     let mock = MockId6::start().await.unwrap();
     let prefix = format!("id6-test-authz-{}:", std::process::id());
     let alice = mock.add_user("Alice", "a@example.com");
@@ -342,8 +350,9 @@ async fn until_evicted(id6: &Id6, before: u64, what: &str) {
 /// `sign_out` on A evicts everywhere: B and C miss and id6 is asked again for that token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sign_out_on_one_instance_evicts_on_every_instance() {
-    let _turn = ONE_AT_A_TIME.lock().await;
-    let Some(redis) = redis_or_skip() else { return };
+    let Some(redis) = redis_or_skip().await else {
+        return;
+    };
     let mock = MockId6::start().await.unwrap();
     let prefix = format!("id6-test-signout-{}:", std::process::id());
     let alice = mock.add_user("Alice", "a@example.com");
@@ -380,8 +389,9 @@ type EvictingCall = Box<dyn Fn(Id6, UserToken) -> futures_util::future::BoxFutur
 /// Every public path that evicts reaches the other instances through Redis.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_public_eviction_reaches_the_other_instances() {
-    let _turn = ONE_AT_A_TIME.lock().await;
-    let Some(redis) = redis_or_skip() else { return };
+    let Some(redis) = redis_or_skip().await else {
+        return;
+    };
     let mock = MockId6::start().await.unwrap();
     let prefix = format!("id6-test-paths-{}:", std::process::id());
     let (a, b) = (
@@ -469,8 +479,9 @@ async fn every_public_eviction_reaches_the_other_instances() {
 /// The last handle dropped, its Redis subscriber ends and its connections close.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_the_last_handle_ends_the_subscriber_and_closes_redis() {
-    let _turn = ONE_AT_A_TIME.lock().await;
-    let Some(redis) = redis_or_skip() else { return };
+    let Some(redis) = redis_or_skip().await else {
+        return;
+    };
     let mock = MockId6::start().await.unwrap();
     let alice = mock.add_user("Alice", "a@example.com");
     let before = redis.clients().len();

@@ -45,6 +45,31 @@ pub(crate) struct Admission {
     /// switch authentication off for good.
     max_backoff: Duration,
     breaker: Mutex<Breaker>,
+    window: Mutex<Window>,
+}
+
+/// id6's rate limit as its last answer showed it (`X-RateLimit-*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct RateWindow {
+    pub(crate) limit: u64,
+    pub(crate) remaining: u64,
+    /// When the window opens again (already held to the backoff cap).
+    pub(crate) reset: SystemTime,
+}
+
+impl RateWindow {
+    /// Under a tenth of the limit left: kept for requests that wait on id6 (new sign-ins),
+    /// not spent on background refreshes.
+    fn low(&self) -> bool {
+        self.remaining.saturating_mul(10) < self.limit && SystemTime::now() < self.reset
+    }
+}
+
+#[derive(Debug, Default)]
+struct Window {
+    last: Option<RateWindow>,
+    /// The window already warned about: one warning per window.
+    warned: Option<SystemTime>,
 }
 
 #[derive(Debug, Default)]
@@ -74,7 +99,36 @@ impl Admission {
             queue_timeout,
             max_backoff,
             breaker: Mutex::default(),
+            window: Mutex::default(),
         }
+    }
+
+    /// Learns id6's rate limit from an answer; says once per window when it runs low.
+    pub(crate) fn note_window(&self, window: RateWindow) {
+        let mut seen = crate::lock::lock(&self.window);
+        seen.last = Some(window);
+        if window.low() && seen.warned != Some(window.reset) {
+            seen.warned = Some(window.reset);
+            drop(seen);
+            tracing::warn!(
+                limit = window.limit,
+                remaining = window.remaining,
+                "id6's rate limit is the bottleneck: under a tenth of its calls are left in this \
+                 window, background refreshes pause; a longer ID6_CACHE_TTL, sharing answers \
+                 through Redis (ID6_REDIS_URL) or a higher limit on id6 would help"
+            );
+        }
+    }
+
+    /// id6's rate limit as last seen.
+    pub(crate) fn window(&self) -> Option<RateWindow> {
+        crate::lock::lock(&self.window).last
+    }
+
+    /// Whether a call nobody waits on (a refresh ahead of expiry) may be made now: not while
+    /// the breaker is open, nor while id6's remaining budget is under its reserve.
+    pub(crate) fn background_allowed(&self) -> bool {
+        self.open_now().is_none() && !self.window().is_some_and(|w| w.low())
     }
 
     fn breaker(&self) -> MutexGuard<'_, Breaker> {

@@ -9,7 +9,7 @@ use http::header::{HeaderMap, ACCEPT, AUTHORIZATION, CONTENT_TYPE, COOKIE, RETRY
 use http::{Method, StatusCode};
 use serde::Deserialize;
 
-use crate::admission::{Admission, Health};
+use crate::admission::{Admission, Health, RateWindow};
 use crate::config::{join, Authorization, ClientSettings};
 use crate::error::{ApiError, Error, Kind};
 use crate::telemetry::{Telemetry, Upstream};
@@ -111,7 +111,7 @@ impl Client {
             token,
         );
         let response = match request.header(ACCEPT, "application/json").send().await {
-            Ok(response) => response,
+            Ok(response) => self.observe(response),
             Err(e) => return Authentication::Unavailable(Error::from_reqwest(e)),
         };
         match response.status() {
@@ -151,7 +151,7 @@ impl Client {
             .send()
             .await;
         let response = match sent {
-            Ok(response) => response,
+            Ok(response) => self.observe(response),
             Err(e) => return Authentication::Unavailable(Error::from_reqwest(e)),
         };
         match response.status() {
@@ -198,7 +198,11 @@ impl Client {
         let _permit = self.admission.admit().await?;
         let url = join(&self.settings.base_url, path);
         let request = self.with_cookie(self.request(method, url), token);
-        let sent = build(request).send().await.map_err(Error::from_reqwest);
+        let sent = build(request)
+            .send()
+            .await
+            .map(|response| self.observe(response))
+            .map_err(Error::from_reqwest);
         // What the breaker learns: no answer, or an answer that is no verdict (429, 5xx).
         let failure = match &sent {
             Err(error) => Some(error.clone()),
@@ -249,6 +253,38 @@ impl Client {
         }
         let body = read_capped(response, self.settings.max_body_bytes).await?;
         serde_json::from_slice(&body).map_err(|_| Error::new(Kind::Body("not the expected JSON")))
+    }
+
+    /// Reads id6's rate limit off an answer (`X-RateLimit-*`), for the refreshes and the
+    /// stats.
+    fn observe(&self, response: reqwest::Response) -> reqwest::Response {
+        let headers = response.headers();
+        let number =
+            |name| -> Option<u64> { headers.get(name)?.to_str().ok()?.trim().parse().ok() };
+        if let (Some(limit), Some(remaining)) =
+            (number("x-ratelimit-limit"), number("x-ratelimit-remaining"))
+        {
+            let now = SystemTime::now();
+            let max_wait = self.settings.max_backoff;
+            let reset = rate_limit_reset(headers, now, max_wait).unwrap_or(now + max_wait);
+            self.admission.note_window(RateWindow {
+                limit,
+                remaining: remaining.min(limit),
+                reset,
+            });
+            self.telemetry.rate_limit(limit, remaining.min(limit));
+        }
+        response
+    }
+
+    /// id6's rate limit as last seen.
+    pub(crate) fn rate_window(&self) -> Option<RateWindow> {
+        self.admission.window()
+    }
+
+    /// Whether a background call (a refresh ahead of expiry) may be made now.
+    pub(crate) fn background_allowed(&self) -> bool {
+        self.admission.background_allowed()
     }
 
     /// Every call, on our client or the user's, bounded by the configured timeout.

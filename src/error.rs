@@ -76,6 +76,8 @@ pub(crate) enum Kind {
     },
     /// Every allowed id6 call stayed in flight for the queue timeout.
     Overloaded,
+    /// The caller's miss budget is spent until `until`: id6 was not called.
+    OverBudget { until: SystemTime },
     /// A typed call needs the end user's token and the request had none.
     NoToken,
     /// id6 refused a typed call with its error JSON (401, 400, 404...).
@@ -243,7 +245,17 @@ impl Error {
     /// id6 was not called at all: the breaker is open after a 429 or repeated failures, or
     /// too many calls were already in flight.
     pub fn is_not_attempted(&self) -> bool {
-        matches!(self.inner.kind, Kind::CircuitOpen { .. } | Kind::Overloaded)
+        matches!(
+            self.inner.kind,
+            Kind::CircuitOpen { .. } | Kind::Overloaded | Kind::OverBudget { .. }
+        )
+    }
+
+    /// id6 was not called because this caller's tokens already cost their
+    /// [`miss_limit`](crate::Id6Builder::miss_limit) of calls; see
+    /// [`retry_after`](Self::retry_after).
+    pub fn is_over_budget(&self) -> bool {
+        matches!(self.inner.kind, Kind::OverBudget { .. })
     }
 
     /// id6 answered something that is neither a user nor `null`, or too much of it.
@@ -262,17 +274,17 @@ impl Error {
         }
     }
 
-    /// How long until id6 will answer again, when known: `X-RateLimit-Reset` of a 429, or
-    /// the breaker's reopening.
+    /// How long until id6 will answer again, when known: `X-RateLimit-Reset` of a 429, the
+    /// breaker's reopening, or the caller's next call in its miss budget.
     pub fn retry_after(&self) -> Option<Duration> {
         match self.inner.kind {
-            Kind::RateLimited { reset: Some(reset) } | Kind::CircuitOpen { until: reset, .. } => {
-                Some(
-                    reset
-                        .duration_since(SystemTime::now())
-                        .unwrap_or(Duration::ZERO),
-                )
-            }
+            Kind::RateLimited { reset: Some(reset) }
+            | Kind::CircuitOpen { until: reset, .. }
+            | Kind::OverBudget { until: reset } => Some(
+                reset
+                    .duration_since(SystemTime::now())
+                    .unwrap_or(Duration::ZERO),
+            ),
             _ => None,
         }
     }
@@ -310,6 +322,9 @@ impl fmt::Display for Error {
                 }
             ),
             Kind::Overloaded => f.write_str("id6 unavailable: too many calls in flight"),
+            Kind::OverBudget { .. } => f.write_str(
+                "id6 not asked: this caller's unknown tokens already cost their budget of id6 calls",
+            ),
             Kind::NoToken => f.write_str("not authenticated: the request has no id6 token"),
             Kind::Api(api) => {
                 write!(f, "id6 refused the call ({}", api.status.as_u16())?;

@@ -119,7 +119,10 @@ impl Id6 {
     /// # }
     /// ```
     pub async fn authenticate(&self, headers: &HeaderMap) -> Authentication {
-        self.inner.resolver.authenticate(headers).await
+        self.inner
+            .resolver
+            .authenticate(headers, &http::Extensions::new())
+            .await
     }
 
     /// The end user's token in these headers, found as the layer finds it (configured
@@ -143,6 +146,10 @@ impl Id6 {
             .telemetry
             .snapshot(self.inner.resolver.entry_count());
         stats.redis_errors = self.inner.resolver.second_level_errors();
+        if let Some(window) = self.inner.client.rate_window() {
+            stats.id6_rate_limit = Some(window.limit);
+            stats.id6_rate_remaining = Some(window.remaining);
+        }
         stats
     }
 

@@ -106,7 +106,7 @@ pub mod future {
 
 pub use admission::Health;
 pub use api::Profile;
-pub use config::{Id6Builder, OnUnavailable};
+pub use config::{Id6Builder, MissLimit, OnUnavailable};
 pub use error::Error;
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]

@@ -8,7 +8,7 @@
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use facade::{Counter, Histogram};
+use facade::{Counter, Gauge, Histogram};
 
 /// A snapshot of what the handle did since it was built ([`Id6::stats`](crate::Id6::stats)).
 ///
@@ -35,8 +35,17 @@ pub struct Stats {
     pub hits: u64,
     /// Cache hits of a token id6 rejected.
     pub negative_hits: u64,
-    /// Cache misses (each then starts or joins an id6 call).
+    /// Cache misses (each then starts or joins an id6 call, unless over budget).
     pub misses: u64,
+    /// Misses refused because their caller's [`miss_limit`](crate::Id6Builder::miss_limit)
+    /// was spent: id6 not asked, the request resolved as unavailable.
+    pub over_budget: u64,
+    /// Background refreshes of cached users started ahead of their expiry
+    /// ([`refresh_after`](crate::Id6Builder::refresh_after)).
+    pub refreshes: u64,
+    /// Refreshes not made because id6's remaining rate limit was under its reserve (or the
+    /// breaker was open).
+    pub refreshes_paused: u64,
     /// Misses that joined an id6 call already in flight instead of making one.
     pub coalesced: u64,
     /// id6 calls that named a user.
@@ -51,6 +60,10 @@ pub struct Stats {
     pub entries: u64,
     /// Redis operations that failed or timed out (feature `redis`; 0 without Redis).
     pub redis_errors: u64,
+    /// id6's rate limit per window, as its last answer said (`X-RateLimit-Limit`).
+    pub id6_rate_limit: Option<u64>,
+    /// What was left of it then (`X-RateLimit-Remaining`).
+    pub id6_rate_remaining: Option<u64>,
 }
 
 /// Metric names, all prefixed `id6_`.
@@ -59,6 +72,9 @@ pub(crate) mod names {
     pub(crate) const UPSTREAM: &str = "id6_upstream_calls_total";
     pub(crate) const UPSTREAM_SECONDS: &str = "id6_upstream_duration_seconds";
     pub(crate) const EVICTIONS: &str = "id6_cache_evictions_total";
+    pub(crate) const REFRESHES: &str = "id6_refreshes_total";
+    pub(crate) const RATE_LIMIT: &str = "id6_rate_limit";
+    pub(crate) const RATE_REMAINING: &str = "id6_rate_limit_remaining";
 }
 
 /// The outcome of one lookup, as counted.
@@ -70,6 +86,14 @@ pub(crate) enum LookupOutcome {
     NegativeHit,
     Miss,
     Coalesced,
+    OverBudget,
+}
+
+/// What became of a refresh ahead of expiry, as counted.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Refresh {
+    Started,
+    Paused,
 }
 
 /// The outcome of one id6 call, as counted.
@@ -95,11 +119,14 @@ impl std::fmt::Debug for Telemetry {
 }
 
 pub(crate) struct Telemetry {
-    lookups: [(Striped, Counter); 6],
+    lookups: [(Striped, Counter); 7],
     upstream: [(AtomicU64, Counter); 3],
     upstream_seconds: Histogram,
     evictions: [Counter; 3],
     eviction_count: AtomicU64,
+    refreshes: [(AtomicU64, Counter); 2],
+    rate_limit: Gauge,
+    rate_remaining: Gauge,
 }
 
 impl Telemetry {
@@ -118,6 +145,12 @@ impl Telemetry {
             )
         };
         let eviction = |reason: &'static str| facade::counter(names::EVICTIONS, "reason", reason);
+        let refresh = |outcome: &'static str| {
+            (
+                AtomicU64::new(0),
+                facade::counter(names::REFRESHES, "outcome", outcome),
+            )
+        };
         Telemetry {
             lookups: [
                 lookup("no_token"),
@@ -126,6 +159,7 @@ impl Telemetry {
                 lookup("negative_hit"),
                 lookup("miss"),
                 lookup("coalesced"),
+                lookup("over_budget"),
             ],
             upstream: [
                 upstream("authenticated"),
@@ -135,7 +169,22 @@ impl Telemetry {
             upstream_seconds: facade::histogram(names::UPSTREAM_SECONDS),
             evictions: [eviction("token"), eviction("user"), eviction("all")],
             eviction_count: AtomicU64::new(0),
+            refreshes: [refresh("started"), refresh("paused")],
+            rate_limit: facade::gauge(names::RATE_LIMIT),
+            rate_remaining: facade::gauge(names::RATE_REMAINING),
         }
+    }
+
+    pub(crate) fn refresh(&self, refresh: Refresh) {
+        let (count, counter) = &self.refreshes[refresh as usize];
+        count.fetch_add(1, Ordering::Relaxed);
+        counter.increment(1);
+    }
+
+    /// id6's rate limit as its last answer said.
+    pub(crate) fn rate_limit(&self, limit: u64, remaining: u64) {
+        self.rate_limit.set(limit as f64);
+        self.rate_remaining.set(remaining as f64);
     }
 
     pub(crate) fn lookup(&self, lookup: LookupOutcome) {
@@ -166,12 +215,21 @@ impl Telemetry {
             negative_hits: lookups(LookupOutcome::NegativeHit),
             misses: lookups(LookupOutcome::Miss),
             coalesced: lookups(LookupOutcome::Coalesced),
+            over_budget: lookups(LookupOutcome::OverBudget),
+            refreshes: self.refreshes[Refresh::Started as usize]
+                .0
+                .load(Ordering::Relaxed),
+            refreshes_paused: self.refreshes[Refresh::Paused as usize]
+                .0
+                .load(Ordering::Relaxed),
             upstream_authenticated: upstream(Upstream::Authenticated),
             upstream_rejected: upstream(Upstream::Rejected),
             upstream_unavailable: upstream(Upstream::Unavailable),
             evictions: self.eviction_count.load(Ordering::Relaxed),
             entries,
             redis_errors: 0,
+            id6_rate_limit: None,
+            id6_rate_remaining: None,
         }
     }
 }
@@ -179,7 +237,11 @@ impl Telemetry {
 /// The `metrics` facade (feature `metrics`), or the same calls doing nothing without it.
 #[cfg(feature = "metrics")]
 mod facade {
-    pub(super) use metrics::{Counter, Histogram};
+    pub(super) use metrics::{Counter, Gauge, Histogram};
+
+    pub(super) fn gauge(name: &'static str) -> Gauge {
+        metrics::gauge!(name)
+    }
 
     pub(super) fn counter(name: &'static str, label: &'static str, value: &'static str) -> Counter {
         metrics::counter!(name, label => value)
@@ -199,6 +261,16 @@ mod facade {
     }
 
     pub(super) struct Histogram;
+
+    pub(super) struct Gauge;
+
+    impl Gauge {
+        pub(super) fn set(&self, _: f64) {}
+    }
+
+    pub(super) fn gauge(_: &'static str) -> Gauge {
+        Gauge
+    }
 
     impl Histogram {
         pub(super) fn record(&self, _: f64) {}

@@ -8,10 +8,11 @@ use http::HeaderValue;
 
 use super::{
     base_url, between, count, is_cookie_name_byte, join, limits, redact_userinfo, setting,
-    Authorization, ClientSettings, Endpoint, OnUnavailable, RedisSettings, ResolverSettings,
-    Setting, Settings,
+    Authorization, ClientSettings, Endpoint, MissLimit, OnUnavailable, RedisSettings,
+    ResolverSettings, Setting, Settings,
 };
 use crate::jwt::Screen;
+use crate::resolve::{CallerFinder, CallerKey};
 
 /// Whether this build can speak HTTPS on its own.
 const TLS: bool = cfg!(any(feature = "rustls", feature = "native-tls"));
@@ -93,6 +94,11 @@ pub struct Id6Builder {
     pub(super) redis_url: Option<Secret>,
     pub(super) redis_prefix: String,
     pub(super) redis_timeout: Duration,
+    pub(super) miss_limit: Option<MissLimit>,
+    pub(super) trusted_proxies: usize,
+    pub(super) caller_key: Option<CallerKey>,
+    /// `None`: the default, a share of the TTL; `Some(None)`: off.
+    pub(super) refresh_after: Option<Option<Duration>>,
     /// The first setting that could not even be parsed (from the environment).
     pub(super) deferred: Option<Error>,
 }
@@ -119,6 +125,11 @@ impl Id6Builder {
     pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(60);
     /// Default attributes of the cookie that clears a dead token, as id6's own.
     pub const DEFAULT_DEAD_COOKIE_ATTRIBUTES: &'static str = "Max-Age=0; Path=/; HttpOnly";
+    /// Default budget of id6 calls per caller for tokens the cache does not know: 30 a
+    /// minute, under a third of id6's default 100 for the whole app, so one address alone
+    /// cannot spend it all, and far above what a browser needs (one call per sign-in and
+    /// per [`cache_ttl`](Self::cache_ttl)).
+    pub const DEFAULT_MISS_LIMIT: MissLimit = MissLimit::new(30, Duration::from_secs(60));
 
     pub(crate) fn new(url: impl Into<String>) -> Self {
         Id6Builder {
@@ -146,6 +157,10 @@ impl Id6Builder {
             redis_url: None,
             redis_prefix: "id6:".to_owned(),
             redis_timeout: Duration::from_millis(100),
+            miss_limit: Some(Self::DEFAULT_MISS_LIMIT),
+            trusted_proxies: 0,
+            caller_key: None,
+            refresh_after: None,
             deferred: None,
         }
     }
@@ -308,6 +323,61 @@ impl Id6Builder {
     /// the `Path`, `Domain`, `Secure`, `SameSite` id6 sets the cookie with.
     pub fn dead_cookie_attributes(mut self, attributes: impl Into<String>) -> Self {
         self.dead_cookie_attributes = attributes.into();
+        self
+    }
+
+    /// At most this many id6 calls per window for tokens the cache does not know, per
+    /// caller (default [`DEFAULT_MISS_LIMIT`](Self::DEFAULT_MISS_LIMIT), 30 a minute;
+    /// `None` turns it off; also `ID6_MISS_LIMIT`, `30/1m` or `off`). Over it, the request
+    /// resolves as id6 unavailable (503 with `Retry-After`, or per
+    /// [`on_unavailable`](Self::on_unavailable)) and id6 is not called. Cache hits, and
+    /// requests joining a call already in flight, spend nothing.
+    ///
+    /// A caller is its address: axum's `ConnectInfo<SocketAddr>` (serve with
+    /// `into_make_service_with_connect_info`), tonic's `TcpConnectInfo`, or a `SocketAddr`
+    /// in the request's extensions (a bare hyper server inserts its peer's); behind proxies
+    /// see [`trusted_proxies`](Self::trusted_proxies), or name callers your way with
+    /// [`caller_key`](Self::caller_key). IPv6 addresses count per /64. A request whose
+    /// caller is unknown is not budgeted (a warning says so, once).
+    ///
+    /// Without a [`jwt_secret`](Self::jwt_secret) any well-formed forgery costs an id6
+    /// call: the secret stops forgeries outright, this budget only limits the damage.
+    pub fn miss_limit(mut self, limit: impl Into<Option<MissLimit>>) -> Self {
+        self.miss_limit = limit.into();
+        self
+    }
+
+    /// How many proxies in front of the app append to `X-Forwarded-For` (or `Forwarded`)
+    /// (default 0: the connection's address is the caller; at most 16; also
+    /// `ID6_TRUSTED_PROXIES`). With `n`, the caller is the `n`-th address from the right,
+    /// the one the outermost trusted proxy saw: entries further left are whatever the client
+    /// wrote, never trusted.
+    pub fn trusted_proxies(mut self, hops: usize) -> Self {
+        self.trusted_proxies = hops;
+        self
+    }
+
+    /// Names the caller of a request for the [`miss_limit`](Self::miss_limit) your own way
+    /// (an API key's owner, a header your edge sets), from its headers and extensions;
+    /// `None` falls back to the address.
+    pub fn caller_key<F>(mut self, key: F) -> Self
+    where
+        F: Fn(&http::HeaderMap, &http::Extensions) -> Option<String> + Send + Sync + 'static,
+    {
+        self.caller_key = Some(CallerKey::new(key));
+        self
+    }
+
+    /// Once a cached user is older than this, the next request is served from the cache at
+    /// once and one background call to id6 renews the entry (default: three quarters of the
+    /// [`cache_ttl`](Self::cache_ttl); `None` turns it off; also `ID6_REFRESH_AFTER`, a
+    /// duration or `off`; must be shorter than the TTL). So a user who keeps clicking never
+    /// waits on id6 after the first request. The refresh joins any call already in flight
+    /// for the token, goes through the breaker and the call cap, pauses while id6's
+    /// remaining rate limit is under a tenth, evicts a token id6 now rejects, and never puts
+    /// back a user evicted meanwhile.
+    pub fn refresh_after(mut self, after: impl Into<Option<Duration>>) -> Self {
+        self.refresh_after = Some(after.into());
         self
     }
 
@@ -478,6 +548,46 @@ impl Id6Builder {
             }
             None => None,
         };
+        let miss_limit = match self.miss_limit {
+            Some(limit) => {
+                count(MISS_LIMIT, limit.calls(), limits::MISS_CALLS)?;
+                between(
+                    MISS_LIMIT,
+                    limit.window(),
+                    Duration::ZERO,
+                    limits::MISS_WINDOW,
+                )?;
+                Some(limit)
+            }
+            None => None,
+        };
+        if self.trusted_proxies > limits::PROXY_HOPS {
+            return Err(Error::config(
+                TRUSTED_PROXIES,
+                format!(
+                    "{} is more than {}",
+                    self.trusted_proxies,
+                    limits::PROXY_HOPS
+                ),
+            ));
+        }
+        let refresh_after = match self.refresh_after {
+            None => Some(cache_ttl / 4 * 3).filter(|after| !after.is_zero()),
+            Some(None) => None,
+            Some(Some(after)) => {
+                if after >= cache_ttl {
+                    return Err(Error::config(
+                        REFRESH_AFTER,
+                        format!(
+                            "{} is not shorter than the cache TTL ({}); use `off` to disable",
+                            humantime::format_duration(after),
+                            humantime::format_duration(cache_ttl)
+                        ),
+                    ));
+                }
+                Some(between(REFRESH_AFTER, after, Duration::ZERO, limits::TTL)?)
+            }
+        };
         let resolver = ResolverSettings {
             finder: TokenFinder::new(&self.cookie_name, &locations),
             screen,
@@ -492,6 +602,9 @@ impl Id6Builder {
                 + queue_timeout
                 + redis.as_ref().map_or(Duration::ZERO, |r| r.timeout * 4)
                 + Duration::from_secs(1),
+            refresh_after,
+            miss_limit,
+            callers: CallerFinder::new(self.trusted_proxies, self.caller_key),
         };
         let client = ClientSettings {
             user_url: Endpoint(join(&base, "user")),

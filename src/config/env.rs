@@ -6,7 +6,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use super::builder::{RawUrl, Secret};
-use super::{quoted, setting, OnUnavailable, Setting};
+use super::{quoted, setting, MissLimit, OnUnavailable, Setting};
 use crate::token::TokenLocation;
 use crate::{Error, Id6Builder};
 
@@ -19,7 +19,8 @@ impl Id6Builder {
     /// `ID6_JWT_SECRET`, `ID6_TOKEN_LIFETIME`, `ID6_ON_UNAVAILABLE`,
     /// `ID6_MAX_CONCURRENT_CALLS`, `ID6_AUTHORIZATION_URL` + `ID6_AUTHORIZATION_SECRET`,
     /// `ID6_CLEAR_DEAD_COOKIE`, `ID6_DEAD_COOKIE_ATTRIBUTES`, and with feature `redis`
-    /// `ID6_REDIS_URL`, `ID6_REDIS_PREFIX`, `ID6_REDIS_TIMEOUT`.
+    /// `ID6_REDIS_URL`, `ID6_REDIS_PREFIX`, `ID6_REDIS_TIMEOUT`; `ID6_MISS_LIMIT` (`30/1m` or
+    /// `off`), `ID6_TRUSTED_PROXIES`, `ID6_REFRESH_AFTER` (a duration or `off`).
     ///
     /// Durations read like `60s`, `1500ms` or `5m`. A missing, unreadable (not UTF-8) or
     /// out-of-range variable is reported by [`build`](Self::build), naming the variable.
@@ -126,6 +127,34 @@ impl Id6Builder {
         }
         if let Some(d) = env.duration(REDIS_TIMEOUT) {
             b.redis_timeout = d;
+        }
+        if let Some(value) = env.text(MISS_LIMIT) {
+            match MissLimit::parse(&value) {
+                Some(limit) => b.miss_limit = limit,
+                None => env.fail(
+                    MISS_LIMIT,
+                    format!(
+                        "{} is not `<calls>/<window>` (e.g. `30/1m`) or `off`",
+                        quoted(&value)
+                    ),
+                ),
+            }
+        }
+        if let Some(hops) = env.number(TRUSTED_PROXIES) {
+            b.trusted_proxies = hops;
+        }
+        if let Some(value) = env.text(REFRESH_AFTER) {
+            if value.trim().eq_ignore_ascii_case("off") {
+                b.refresh_after = Some(None);
+            } else {
+                match humantime::parse_duration(value.trim()) {
+                    Ok(after) => b.refresh_after = Some(Some(after)),
+                    Err(_) => env.fail(
+                        REFRESH_AFTER,
+                        format!("{} is not a duration like `45s`, or `off`", quoted(&value)),
+                    ),
+                }
+            }
         }
         b.deferred = env.first_error;
         b

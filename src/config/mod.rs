@@ -16,6 +16,7 @@ use http::HeaderValue;
 use reqwest::Url;
 
 use crate::jwt::Screen;
+use crate::resolve::CallerFinder;
 use crate::token::TokenFinder;
 use crate::Error;
 
@@ -68,6 +69,9 @@ settings! {
     REDIS_URL = "redis", "ID6_REDIS_URL";
     REDIS_PREFIX = "redis_prefix", "ID6_REDIS_PREFIX";
     REDIS_TIMEOUT = "redis_timeout", "ID6_REDIS_TIMEOUT";
+    MISS_LIMIT = "miss_limit", "ID6_MISS_LIMIT";
+    TRUSTED_PROXIES = "trusted_proxies", "ID6_TRUSTED_PROXIES";
+    REFRESH_AFTER = "refresh_after", "ID6_REFRESH_AFTER";
 }
 
 const DAY: Duration = Duration::from_secs(24 * 3600);
@@ -94,6 +98,12 @@ mod limits {
     pub(super) const PICTURE_BYTES: u64 = 1024 * 1024 * 1024;
     /// Names, prefixes and cookie attributes: a header's worth at most.
     pub(super) const TEXT_BYTES: usize = 1024;
+    /// A miss budget's calls per window: far above id6's own 100 per minute.
+    pub(super) const MISS_CALLS: u32 = 1_000_000;
+    /// A miss budget's window: id6's is a minute; a day is the longest worth counting.
+    pub(super) const MISS_WINDOW: Duration = DAY;
+    /// Proxies in front of the app whose `X-Forwarded-For` entries are trusted.
+    pub(super) const PROXY_HOPS: usize = 16;
 }
 
 /// What [`Id6Builder::build`] checked, handed out part by part: each part of the handle
@@ -145,6 +155,12 @@ pub(crate) struct ResolverSettings {
     pub(crate) on_unavailable: OnUnavailable,
     /// How long an invalidation mark must outlive any load that started before it.
     pub(crate) mark_lifetime: Duration,
+    /// Past this age, a cached user is served and refreshed in the background.
+    pub(crate) refresh_after: Option<Duration>,
+    /// The per-caller budget of id6 calls for unknown tokens, and how callers are told
+    /// apart.
+    pub(crate) miss_limit: Option<MissLimit>,
+    pub(crate) callers: CallerFinder,
 }
 
 /// The second level on Redis (feature `redis`; refused by `build` without it).
@@ -260,6 +276,53 @@ impl OnUnavailable {
                 Some(OnUnavailable::Stale(grace))
             }
         }
+    }
+}
+
+/// How many id6 calls one caller's unknown tokens may cost per window
+/// ([`Id6Builder::miss_limit`]): a flood of forged tokens from one address spends at most
+/// this much of id6's rate limit, and the other callers keep the rest.
+///
+/// ```
+/// use std::time::Duration;
+/// use id6_tower::MissLimit;
+///
+/// let limit = MissLimit::new(30, Duration::from_secs(60)); // `ID6_MISS_LIMIT=30/1m`
+/// assert_eq!(limit.calls(), 30);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MissLimit {
+    calls: u32,
+    window: Duration,
+}
+
+impl MissLimit {
+    /// At most `calls` id6 calls per `window` for one caller, all of them usable at once
+    /// (`build` checks: 1 to 10⁶ calls, a window up to a day).
+    pub const fn new(calls: u32, window: Duration) -> Self {
+        MissLimit { calls, window }
+    }
+
+    /// The calls allowed per window.
+    pub const fn calls(&self) -> u32 {
+        self.calls
+    }
+
+    /// The window.
+    pub const fn window(&self) -> Duration {
+        self.window
+    }
+
+    /// `off`, or `<calls>/<window>` (e.g. `30/1m`); `None` when it is neither.
+    fn parse(value: &str) -> Option<Option<Self>> {
+        let value = value.trim();
+        if value.eq_ignore_ascii_case("off") {
+            return Some(None);
+        }
+        let (calls, window) = value.split_once('/')?;
+        let calls = calls.trim().parse().ok()?;
+        let window = humantime::parse_duration(window.trim()).ok()?;
+        Some(Some(MissLimit::new(calls, window)))
     }
 }
 
@@ -614,8 +677,10 @@ mod tests {
                             assert_eq!(err.variable(), Some("ID6_REDIS_URL"), "{err}");
                         }
                         let numeric = !is_text(setting) && setting.var != "ID6_URL";
+                        // `0` is a switch's off, or no proxy in front.
                         let accepted_zero =
-                            setting.var == "ID6_CLEAR_DEAD_COOKIE" && *what == "zero";
+                            matches!(setting.var, "ID6_CLEAR_DEAD_COOKIE" | "ID6_TRUSTED_PROXIES")
+                                && *what == "zero";
                         assert!(!numeric || accepted_zero, "{} accepted {what}", setting.var);
                         assert!(*what != "non-UTF-8", "{} accepted {what}", setting.var);
                     }
@@ -674,10 +739,71 @@ mod tests {
             // A glob would widen `clear`'s SCAN to other applications' keys.
             (b().redis("redis://h").redis_prefix("app*"), "redis_prefix"),
             (b().redis("redis://h").redis_prefix("a[b]"), "redis_prefix"),
+            (
+                b().miss_limit(MissLimit::new(0, Duration::from_secs(60))),
+                "miss_limit",
+            ),
+            (
+                b().miss_limit(MissLimit::new(30, Duration::ZERO)),
+                "miss_limit",
+            ),
+            (b().miss_limit(MissLimit::new(u32::MAX, year)), "miss_limit"),
+            (b().trusted_proxies(usize::MAX), "trusted_proxies"),
+            (b().refresh_after(Duration::ZERO), "refresh_after"),
+            // Not shorter than the TTL: it would never be served before expiring.
+            (b().refresh_after(Duration::from_secs(60)), "refresh_after"),
+            (b().refresh_after(Duration::MAX), "refresh_after"),
         ];
         for (builder, setter) in cases {
             let err = builder.validate().unwrap_err();
             assert_eq!(err.setting(), Some(setter), "{err}");
+        }
+    }
+
+    #[test]
+    fn budget_and_refresh_settings_read_as_documented() {
+        let s = env(&[("ID6_URL", "http://h")]).validate().unwrap().resolver;
+        assert_eq!(s.miss_limit, Some(Id6Builder::DEFAULT_MISS_LIMIT));
+        assert_eq!(
+            s.refresh_after,
+            Some(Duration::from_secs(45)),
+            "3/4 of 60 s"
+        );
+        let s = env(&[
+            ("ID6_URL", "http://h"),
+            ("ID6_MISS_LIMIT", " 5 / 10s "),
+            ("ID6_REFRESH_AFTER", "20s"),
+            ("ID6_CACHE_TTL", "30s"),
+            ("ID6_TRUSTED_PROXIES", "2"),
+        ])
+        .validate()
+        .unwrap()
+        .resolver;
+        assert_eq!(
+            s.miss_limit,
+            Some(MissLimit::new(5, Duration::from_secs(10)))
+        );
+        assert_eq!(s.refresh_after, Some(Duration::from_secs(20)));
+        let s = env(&[
+            ("ID6_URL", "http://h"),
+            ("ID6_MISS_LIMIT", "OFF"),
+            ("ID6_REFRESH_AFTER", "off"),
+        ])
+        .validate()
+        .unwrap()
+        .resolver;
+        assert_eq!((s.miss_limit, s.refresh_after), (None, None));
+        for (var, value) in [
+            ("ID6_MISS_LIMIT", "30"),
+            ("ID6_MISS_LIMIT", "30/soon"),
+            ("ID6_MISS_LIMIT", "0/1m"),
+            ("ID6_REFRESH_AFTER", "2m"),
+            ("ID6_TRUSTED_PROXIES", "17"),
+        ] {
+            let err = env(&[("ID6_URL", "http://h"), (var, value)])
+                .validate()
+                .unwrap_err();
+            assert_eq!(err.variable(), Some(var), "{value}: {err}");
         }
     }
 

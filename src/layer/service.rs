@@ -81,7 +81,11 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        match self.id6.resolver().lookup(request.headers(), self.max_age) {
+        let lookup =
+            self.id6
+                .resolver()
+                .lookup(request.headers(), request.extensions(), self.max_age);
+        match lookup {
             Lookup::NoToken => {
                 request.extensions_mut().insert(Authentication::Anonymous);
                 ResponseFuture::called(self.inner.call(request), None)

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -67,25 +67,54 @@ type Hasher = foldhash::fast::RandomState;
 
 #[derive(Clone)]
 struct Entries {
-    /// Each user with when id6 said so, for routes that want a recent answer.
-    users: Cache<TokenKey, (Arc<User>, Instant), Hasher>,
+    users: Cache<TokenKey, Arc<Cached>, Hasher>,
     rejected: Cache<TokenKey, (), Hasher>,
     /// With [`OnUnavailable::Stale`]: users kept for the grace window past their TTL, served
     /// only when id6 cannot be asked. Invalidated with the rest.
     stale: Option<Cache<TokenKey, Arc<User>, Hasher>>,
+    /// Past this age, a hit asks for one refresh.
+    refresh_after: Option<Duration>,
+}
+
+/// A user as cached: with when id6 said so (for routes that want a recent answer, and for
+/// refresh-ahead) and whether this entry's one refresh was claimed.
+struct Cached {
+    user: Arc<User>,
+    confirmed: Instant,
+    refresh_claimed: AtomicBool,
+}
+
+/// A cache hit.
+pub(crate) struct Hit {
+    pub(crate) verdict: Authentication,
+    /// The entry is old enough to refresh, and this hit claimed that refresh: one per entry,
+    /// whether it is made, paused or fails (then the entry simply expires).
+    pub(crate) refresh: bool,
 }
 
 impl Entries {
     /// With a `max_age`, a user confirmed by id6 longer ago is no answer: one lookup either
-    /// way.
-    fn get(&self, key: &TokenKey, max_age: Option<Duration>) -> Option<Authentication> {
-        if let Some((user, confirmed)) = self.users.get(key) {
-            let fresh = max_age.is_none_or(|max_age| confirmed.elapsed() <= max_age);
-            return fresh.then_some(Authentication::Authenticated(user));
+    /// way, and the same lookup says whether to refresh.
+    fn get(&self, key: &TokenKey, max_age: Option<Duration>) -> Option<Hit> {
+        if let Some(cached) = self.users.get(key) {
+            let mut refresh = false;
+            if max_age.is_some() || self.refresh_after.is_some() {
+                let age = cached.confirmed.elapsed();
+                if max_age.is_some_and(|max_age| age > max_age) {
+                    return None;
+                }
+                refresh = self.refresh_after.is_some_and(|after| age > after)
+                    && !cached.refresh_claimed.swap(true, Ordering::Relaxed);
+            }
+            return Some(Hit {
+                verdict: Authentication::Authenticated(cached.user.clone()),
+                refresh,
+            });
         }
-        self.rejected
-            .contains_key(key)
-            .then_some(Authentication::Anonymous)
+        self.rejected.contains_key(key).then_some(Hit {
+            verdict: Authentication::Anonymous,
+            refresh: false,
+        })
     }
 
     fn contains_key(&self, key: &TokenKey) -> bool {
@@ -101,7 +130,12 @@ impl Entries {
                 if let Some(stale) = &self.stale {
                     stale.insert(key, user.clone());
                 }
-                self.users.insert(key, (user, Instant::now()));
+                let cached = Cached {
+                    user,
+                    confirmed: Instant::now(),
+                    refresh_claimed: AtomicBool::new(false),
+                };
+                self.users.insert(key, Arc::new(cached));
             }
             Authentication::Anonymous => {
                 self.users.invalidate(&key);
@@ -200,6 +234,7 @@ impl AuthCache {
                 ),
                 _ => None,
             },
+            refresh_after: settings.refresh_after,
         };
         AuthCache {
             entries,
@@ -216,7 +251,7 @@ impl AuthCache {
 
     /// The cached verdict for `key`, if any: the whole hit path. With a `max_age`, a user
     /// confirmed by id6 longer ago counts as a miss.
-    pub(crate) fn get(&self, key: &TokenKey, max_age: Option<Duration>) -> Option<Authentication> {
+    pub(crate) fn get(&self, key: &TokenKey, max_age: Option<Duration>) -> Option<Hit> {
         self.entries.get(key, max_age)
     }
 
@@ -231,14 +266,23 @@ impl AuthCache {
     /// invalidation is not joined: its answer may predate what the invalidation reflects.
     /// With a `max_age`, a cached user confirmed longer ago does not count: id6 is asked
     /// again (or the call already in flight is joined).
-    pub(crate) fn load<F, Fut>(&self, key: TokenKey, max_age: Option<Duration>, fetch: F) -> Pending
+    ///
+    /// `admit` is asked only before a new call, never for joining one: when it refuses, the
+    /// waiters get its error through the failure policy, and id6 is not called.
+    pub(crate) fn load<F, Fut>(
+        &self,
+        key: TokenKey,
+        max_age: Option<Duration>,
+        admit: impl FnOnce() -> Result<(), Error>,
+        fetch: F,
+    ) -> Pending
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Authentication> + Send + 'static,
     {
         let mut inflight = lock(&self.shared.inflight);
         if let Some(done) = self.entries.get(&key, max_age) {
-            return ready(done);
+            return ready(done.verdict);
         }
         let generation = self.shared.generation.load(Ordering::SeqCst);
         if let Some(load) = inflight.get(&key) {
@@ -250,6 +294,42 @@ impl AuthCache {
                 return load.pending.clone();
             }
         }
+        if let Err(refused) = admit() {
+            let answer = apply_policy(self, key, Authentication::Unavailable(refused));
+            return futures_util::future::ready(answer).boxed().shared();
+        }
+        self.start(&mut inflight, key, generation, fetch)
+    }
+
+    /// Renews `key` in the background, unless a load of it is already in flight (whose
+    /// answer renews it anyway); the answer is stored as a miss's is, so an eviction since
+    /// the start wins over it.
+    pub(crate) fn refresh<F, Fut>(&self, key: TokenKey, fetch: F) -> bool
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Authentication> + Send + 'static,
+    {
+        let mut inflight = lock(&self.shared.inflight);
+        let generation = self.shared.generation.load(Ordering::SeqCst);
+        if inflight.get(&key).is_some_and(|l| l.started == generation) {
+            return false;
+        }
+        drop(self.start(&mut inflight, key, generation, fetch));
+        true
+    }
+
+    /// Spawns a load of `key` under `generation` and lists it in flight.
+    fn start<F, Fut>(
+        &self,
+        inflight: &mut HashMap<TokenKey, Inflight>,
+        key: TokenKey,
+        generation: u64,
+        fetch: F,
+    ) -> Pending
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Authentication> + Send + 'static,
+    {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return ready(Authentication::Unavailable(Error::new(Kind::Runtime(
                 "no tokio runtime to call id6 from",
@@ -468,7 +548,7 @@ impl AuthCache {
 
     /// The user a cached token belongs to.
     pub(crate) fn user_id_of(&self, key: &TokenKey) -> Option<u64> {
-        self.entries.users.get(key).map(|(user, _)| user.id)
+        self.entries.users.get(key).map(|cached| cached.user.id)
     }
 
     /// Number of cached verdicts.
@@ -586,11 +666,16 @@ mod tests {
             .map(|_| {
                 let calls = calls.clone();
                 let gate = gate.clone();
-                cache.load(key, None, move || async move {
-                    calls.fetch_add(1, Ordering::SeqCst);
-                    let _ = gate.await;
-                    user(1)
-                })
+                cache.load(
+                    key,
+                    None,
+                    || Ok(()),
+                    move || async move {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        let _ = gate.await;
+                        user(1)
+                    },
+                )
             })
             .collect();
         assert_eq!(cache.inflight_len(), 1);
@@ -608,24 +693,32 @@ mod tests {
     async fn unavailable_is_not_cached_and_dropped_waiters_do_not_cancel() {
         let cache = cache();
         let key = TokenKey::of("u");
-        let pending = cache.load(key, None, || async {
-            Authentication::Unavailable(Error::new(Kind::Connect))
-        });
+        let pending = cache.load(
+            key,
+            None,
+            || Ok(()),
+            || async { Authentication::Unavailable(Error::new(Kind::Connect)) },
+        );
         assert!(pending.await.verdict.unavailable().is_some());
         assert!(cache.get(&key, None).is_none());
         assert_eq!(cache.inflight_len(), 0);
 
         // Nobody awaits this load: it still completes and fills the cache.
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-        drop(cache.load(key, None, move || async move {
-            let _ = done_tx.send(());
-            Authentication::Anonymous
-        }));
+        drop(cache.load(
+            key,
+            None,
+            || Ok(()),
+            move || async move {
+                let _ = done_tx.send(());
+                Authentication::Anonymous
+            },
+        ));
         done_rx.await.unwrap();
         while cache.inflight_len() > 0 {
             tokio::task::yield_now().await;
         }
-        assert!(cache.get(&key, None).unwrap().is_anonymous());
+        assert!(cache.get(&key, None).unwrap().verdict.is_anonymous());
     }
 
     #[test]

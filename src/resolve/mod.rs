@@ -18,23 +18,27 @@
 //! Evictions come in through one door, [`Resolver::evict`]: the local tiers at once (with the
 //! refill protection), then the second level and every other instance.
 
+mod budget;
 mod cache;
+mod caller;
 mod second_level;
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::HeaderMap;
+use http::{Extensions, HeaderMap};
 use tracing::Instrument;
 
+use budget::MissBudget;
 pub(crate) use cache::{AuthCache, Pending};
+pub(crate) use caller::{CallerFinder, CallerKey};
 pub(crate) use second_level::{connect, SecondLevel};
 
 use crate::client::Client;
 use crate::clock;
 use crate::config::ResolverSettings;
-use crate::telemetry::{LookupOutcome, Telemetry};
+use crate::telemetry::{LookupOutcome, Refresh, Telemetry};
 use crate::token::{self, Found, TokenKey, TokenLocation, UserToken};
 use crate::Authentication;
 
@@ -84,6 +88,7 @@ struct Inner {
     second: Option<Arc<dyn SecondLevel>>,
     client: Arc<Client>,
     telemetry: Arc<Telemetry>,
+    budget: Option<MissBudget>,
 }
 
 impl Resolver {
@@ -96,6 +101,7 @@ impl Resolver {
         let resolver = Resolver {
             inner: Arc::new(Inner {
                 local: AuthCache::new(&settings, telemetry.clone()),
+                budget: settings.miss_limit.and_then(MissBudget::new),
                 settings,
                 second,
                 client,
@@ -122,8 +128,12 @@ impl Resolver {
     }
 
     /// The whole resolution of a request, waiting on id6 if needed.
-    pub(crate) async fn authenticate(&self, headers: &HeaderMap) -> Authentication {
-        match self.lookup(headers, None) {
+    pub(crate) async fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        extensions: &Extensions,
+    ) -> Authentication {
+        match self.lookup(headers, extensions, None) {
             Lookup::NoToken => Authentication::Anonymous,
             Lookup::Ready { verdict, .. } => verdict,
             Lookup::Pending { pending, .. } => pending.await.verdict,
@@ -131,8 +141,14 @@ impl Resolver {
     }
 
     /// The synchronous part of a resolution: everything but waiting on id6. With a
-    /// `max_age`, a cached user confirmed by id6 longer ago counts as a miss.
-    pub(crate) fn lookup(&self, headers: &HeaderMap, max_age: Option<Duration>) -> Lookup {
+    /// `max_age`, a cached user confirmed by id6 longer ago counts as a miss. The extensions
+    /// say who the caller is, for the miss budget; only a miss looks at them.
+    pub(crate) fn lookup(
+        &self,
+        headers: &HeaderMap,
+        extensions: &Extensions,
+        max_age: Option<Duration>,
+    ) -> Lookup {
         let inner = &*self.inner;
         let Some((raw, location)) = inner.settings.finder.find_raw(headers) else {
             inner.telemetry.lookup(LookupOutcome::NoToken);
@@ -152,14 +168,17 @@ impl Resolver {
             return refuse("too long");
         }
         let key = TokenKey::of(raw);
-        if let Some(verdict) = inner.local.get(&key, max_age) {
-            let hit = match verdict {
+        if let Some(hit) = inner.local.get(&key, max_age) {
+            let outcome = match hit.verdict {
                 Authentication::Authenticated(_) => LookupOutcome::Hit,
                 _ => LookupOutcome::NegativeHit,
             };
-            inner.telemetry.lookup(hit);
+            inner.telemetry.lookup(outcome);
+            if hit.refresh {
+                self.refresh(key, raw);
+            }
             return Lookup::Ready {
-                verdict,
+                verdict: hit.verdict,
                 from_cookie,
             };
         }
@@ -175,13 +194,44 @@ impl Resolver {
         let token = UserToken::from_found(token);
         self.subscribe();
         let this = self.clone();
-        let pending = inner.local.load(key, max_age, move || {
+        let admit = || match &inner.budget {
+            Some(budget) => budget
+                .spend(inner.settings.callers.find(headers, extensions))
+                .inspect_err(|_| inner.telemetry.lookup(LookupOutcome::OverBudget)),
+            None => Ok(()),
+        };
+        let pending = inner.local.load(key, max_age, admit, move || {
             let span = tracing::debug_span!("id6.authenticate");
             async move { this.ask(key, &token, max_age.is_some()).await }.instrument(span)
         });
         Lookup::Pending {
             pending,
             from_cookie,
+        }
+    }
+
+    /// A hit old enough to renew: one call to id6 in the background, unless id6's remaining
+    /// budget is kept for misses (or the breaker is open). Not the caller's miss budget:
+    /// only tokens id6 vouched for are refreshed.
+    fn refresh(&self, key: TokenKey, raw: &[u8]) {
+        let inner = &*self.inner;
+        if !inner.client.background_allowed() {
+            inner.telemetry.refresh(Refresh::Paused);
+            tracing::debug!("refresh ahead of expiry paused: id6's budget is kept for misses");
+            return;
+        }
+        // Stored tokens passed `check` once: this cannot fail, but costs nothing to ask.
+        let Found::Token(token) = token::check(raw) else {
+            return;
+        };
+        let token = UserToken::from_found(token);
+        let this = self.clone();
+        let started = inner.local.refresh(key, move || {
+            let span = tracing::debug_span!("id6.refresh");
+            async move { this.ask(key, &token, true).await }.instrument(span)
+        });
+        if started {
+            inner.telemetry.refresh(Refresh::Started);
         }
     }
 

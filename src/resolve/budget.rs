@@ -1,0 +1,130 @@
+//! The miss budget: how many id6 calls one caller's unknown tokens may cost per window, on
+//! governor's keyed limiter (GCRA: the whole budget usable at once, then one call back per
+//! `window / calls`).
+
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::{Duration, SystemTime};
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+use super::caller::Caller;
+use crate::config::MissLimit;
+use crate::error::{Error, Kind};
+
+/// Checks between two sweeps of callers whose budget is whole again.
+const SWEEP_EVERY: u32 = 4096;
+
+pub(crate) struct MissBudget {
+    limiter: DefaultKeyedRateLimiter<Caller>,
+    clock: DefaultClock,
+    checks: AtomicU32,
+    unknown_warned: AtomicBool,
+}
+
+impl std::fmt::Debug for MissBudget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MissBudget")
+            .field("callers", &self.limiter.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl MissBudget {
+    /// `None` for a limit `build` would have refused (zero calls or window).
+    pub(crate) fn new(limit: MissLimit) -> Option<Self> {
+        let calls = NonZeroU32::new(limit.calls())?;
+        let quota = Quota::with_period(limit.window() / calls.get())?.allow_burst(calls);
+        Some(MissBudget {
+            limiter: RateLimiter::keyed(quota),
+            clock: DefaultClock::default(),
+            checks: AtomicU32::new(0),
+            unknown_warned: AtomicBool::new(false),
+        })
+    }
+
+    /// Spends one call of `caller`'s budget, or says when the next one is due. A request
+    /// whose caller is unknown is let through, with one warning in the process's life.
+    pub(crate) fn spend(&self, caller: Option<Caller>) -> Result<(), Error> {
+        let Some(caller) = caller else {
+            if !self.unknown_warned.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    "the id6 miss budget cannot tell callers apart (no connection address in the \
+                     request): serve axum with `into_make_service_with_connect_info::<SocketAddr>()`, \
+                     insert the peer's `SocketAddr` into each request, or set `caller_key`; \
+                     until then, misses are not budgeted"
+                );
+            }
+            return Ok(());
+        };
+        if self.checks.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
+            // Forget callers whose budget is whole again: the map holds the recent ones only.
+            self.limiter.retain_recent();
+            self.limiter.shrink_to_fit();
+        }
+        self.limiter
+            .check_key(&caller.budget_key())
+            .map_err(|not_until| {
+                let wait = not_until.wait_time_from(self.clock.now());
+                tracing::debug!(
+                    wait_ms = wait.as_millis() as u64,
+                    "caller over its id6 miss budget; id6 not called"
+                );
+                Error::new(Kind::OverBudget {
+                    until: SystemTime::now() + wait.max(Duration::from_secs(1)),
+                })
+            })
+    }
+
+    #[cfg(test)]
+    fn callers(&self) -> usize {
+        self.limiter.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::IpAddr;
+
+    fn caller(i: u32) -> Option<Caller> {
+        Some(Caller::Address(IpAddr::from(i.to_be_bytes())))
+    }
+
+    #[test]
+    fn each_caller_has_its_own_budget() {
+        let budget = MissBudget::new(MissLimit::new(3, Duration::from_secs(60))).unwrap();
+        for _ in 0..3 {
+            assert!(budget.spend(caller(1)).is_ok());
+        }
+        let over = budget.spend(caller(1)).unwrap_err();
+        assert!(over.is_unavailable() && over.is_not_attempted());
+        let wait = over.retry_after().unwrap();
+        assert!(
+            wait > Duration::from_secs(15) && wait <= Duration::from_secs(20),
+            "{wait:?}"
+        );
+        assert!(
+            budget.spend(caller(2)).is_ok(),
+            "another caller is untouched"
+        );
+        // Unknown callers are not budgeted.
+        for _ in 0..10 {
+            assert!(budget.spend(None).is_ok());
+        }
+    }
+
+    #[test]
+    fn callers_whose_budget_is_whole_again_are_forgotten() {
+        let budget = MissBudget::new(MissLimit::new(1, Duration::from_millis(1))).unwrap();
+        for i in 0..SWEEP_EVERY * 2 {
+            let _ = budget.spend(caller(i));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+        for _ in 0..SWEEP_EVERY {
+            let _ = budget.spend(caller(0));
+        }
+        assert!(budget.callers() < 10, "{} callers kept", budget.callers());
+    }
+}

@@ -1,0 +1,273 @@
+//! Who is calling, for the miss budget: the connection's address (through trusted proxies),
+//! or the user's own key.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+
+use http::{Extensions, HeaderMap};
+
+/// One caller, as the miss budget counts them.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Caller {
+    /// An address; IPv6 by its /64, which one host usually holds whole.
+    Address(IpAddr),
+    /// Named by [`Id6Builder::caller_key`](crate::Id6Builder::caller_key), or a proxy's
+    /// entry that is no address (`unknown`, an obfuscated `_hidden`).
+    Named(Box<str>),
+}
+
+type KeyFn = dyn Fn(&HeaderMap, &Extensions) -> Option<String> + Send + Sync;
+
+/// The user's function naming a request's caller.
+#[derive(Clone)]
+pub(crate) struct CallerKey(Arc<KeyFn>);
+
+impl CallerKey {
+    pub(crate) fn new(
+        key: impl Fn(&HeaderMap, &Extensions) -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
+        CallerKey(Arc::new(key))
+    }
+}
+
+impl fmt::Debug for CallerKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("CallerKey(..)")
+    }
+}
+
+/// Finds a request's caller.
+#[derive(Clone, Debug)]
+pub(crate) struct CallerFinder {
+    trusted_proxies: usize,
+    key: Option<CallerKey>,
+}
+
+impl CallerFinder {
+    pub(crate) fn new(trusted_proxies: usize, key: Option<CallerKey>) -> Self {
+        CallerFinder {
+            trusted_proxies,
+            key,
+        }
+    }
+
+    /// The caller of a request, when it can be told: the user's key first, then the address
+    /// the outermost trusted proxy saw (or the connection's).
+    pub(crate) fn find(&self, headers: &HeaderMap, extensions: &Extensions) -> Option<Caller> {
+        if let Some(key) = &self.key {
+            if let Some(name) = (key.0)(headers, extensions) {
+                return Some(Caller::Named(name.into()));
+            }
+        }
+        let peer = peer_address(extensions);
+        if self.trusted_proxies == 0 {
+            return peer.map(Caller::Address);
+        }
+        // Nearest first: the connection, then the entries from the right. Each trusted proxy
+        // vouches for the entry it appended; past the last one, nobody vouches. With fewer
+        // entries than proxies, the request skipped one: its furthest entry is all there is.
+        let forwarded = forwarded_for(headers);
+        let nearest_first = peer
+            .map(Caller::Address)
+            .into_iter()
+            .chain(forwarded.iter().rev().map(|entry| parse_entry(entry)));
+        let wanted = if peer.is_some() {
+            self.trusted_proxies
+        } else {
+            self.trusted_proxies - 1
+        };
+        nearest_first.take(wanted + 1).last()
+    }
+}
+
+/// The connection's address, as the server put it in the request's extensions.
+fn peer_address(extensions: &Extensions) -> Option<IpAddr> {
+    #[cfg(feature = "axum")]
+    if let Some(info) = extensions.get::<axum::extract::ConnectInfo<SocketAddr>>() {
+        return Some(info.0.ip());
+    }
+    #[cfg(feature = "tonic")]
+    if let Some(info) = extensions.get::<tonic::transport::server::TcpConnectInfo>() {
+        if let Some(addr) = info.remote_addr() {
+            return Some(addr.ip());
+        }
+    }
+    extensions.get::<SocketAddr>().map(SocketAddr::ip)
+}
+
+/// `X-Forwarded-For` entries, left to right, across every such header; else the `for=` of
+/// each `Forwarded` element (RFC 7239).
+fn forwarded_for(headers: &HeaderMap) -> Vec<String> {
+    let list = |name: &str| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .map(str::trim)
+            .filter(|entry| !entry.is_empty())
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let x_forwarded_for = list("x-forwarded-for");
+    if !x_forwarded_for.is_empty() {
+        return x_forwarded_for;
+    }
+    list("forwarded")
+        .iter()
+        .filter_map(|element| {
+            element.split(';').find_map(|pair| {
+                let (name, value) = pair.split_once('=')?;
+                name.trim()
+                    .eq_ignore_ascii_case("for")
+                    .then(|| value.trim().trim_matches('"').to_owned())
+            })
+        })
+        .collect()
+}
+
+/// An entry as a caller: an address (with or without a port, IPv6 bracketed or not), else
+/// the entry's text.
+fn parse_entry(entry: &str) -> Caller {
+    let address = entry
+        .parse::<IpAddr>()
+        .or_else(|_| entry.parse::<SocketAddr>().map(|a| a.ip()))
+        .ok()
+        .or_else(|| {
+            // `[v6]` without a port, or `v4:port`.
+            let bare = entry.strip_prefix('[').and_then(|e| e.strip_suffix(']'));
+            let v4 = entry.rsplit_once(':').map(|(host, _)| host);
+            bare.or(v4)?.parse().ok()
+        });
+    match address {
+        Some(ip) => Caller::Address(ip),
+        None => Caller::Named(entry.chars().take(64).collect::<String>().into()),
+    }
+}
+
+impl Caller {
+    /// The key the budget counts under: an IPv6 address by its /64 (a host can pick any
+    /// address in it), an IPv4-mapped one as IPv4.
+    pub(crate) fn budget_key(self) -> Caller {
+        match self {
+            Caller::Address(IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
+                Some(v4) => Caller::Address(IpAddr::V4(v4)),
+                None => {
+                    let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                    Caller::Address(IpAddr::V6(Ipv6Addr::from(prefix)))
+                }
+            },
+            other => other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_peer(peer: &str) -> Extensions {
+        let mut extensions = Extensions::new();
+        extensions.insert(peer.parse::<SocketAddr>().unwrap());
+        extensions
+    }
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(*name, value.parse().unwrap());
+        }
+        headers
+    }
+
+    fn ip(text: &str) -> Option<Caller> {
+        Some(Caller::Address(text.parse().unwrap()))
+    }
+
+    #[test]
+    fn the_connection_is_the_caller_without_proxies() {
+        let finder = CallerFinder::new(0, None);
+        let spoofed = headers(&[("x-forwarded-for", "1.1.1.1")]);
+        assert_eq!(
+            finder.find(&spoofed, &with_peer("10.0.0.7:5000")),
+            ip("10.0.0.7")
+        );
+        assert_eq!(finder.find(&spoofed, &Extensions::new()), None);
+    }
+
+    #[test]
+    fn trusted_proxies_vouch_for_one_entry_each() {
+        let peer = with_peer("10.0.0.1:443");
+        // The client wrote `6.6.6.6` itself; our one proxy appended the address it saw.
+        let h = headers(&[("x-forwarded-for", "6.6.6.6, 203.0.113.9")]);
+        assert_eq!(
+            CallerFinder::new(1, None).find(&h, &peer),
+            ip("203.0.113.9")
+        );
+        assert_eq!(CallerFinder::new(2, None).find(&h, &peer), ip("6.6.6.6"));
+        // Fewer entries than proxies: the furthest there is.
+        assert_eq!(CallerFinder::new(5, None).find(&h, &peer), ip("6.6.6.6"));
+        // Split over two headers, with ports and brackets.
+        let h = headers(&[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-for", "[2001:db8::1]:4711"),
+        ]);
+        assert_eq!(
+            CallerFinder::new(1, None).find(&h, &peer),
+            ip("2001:db8::1")
+        );
+        // `Forwarded` when there is no `X-Forwarded-For`.
+        let h = headers(&[(
+            "forwarded",
+            "for=6.6.6.6, for=\"[2001:db8::2]:80\";proto=https",
+        )]);
+        assert_eq!(
+            CallerFinder::new(1, None).find(&h, &peer),
+            ip("2001:db8::2")
+        );
+        let h = headers(&[("forwarded", "for=_hidden")]);
+        assert_eq!(
+            CallerFinder::new(1, None).find(&h, &peer),
+            Some(Caller::Named("_hidden".into()))
+        );
+        // No connection address: the nearest entry is the first trusted proxy's.
+        let h = headers(&[("x-forwarded-for", "6.6.6.6, 198.51.100.4:8080")]);
+        assert_eq!(
+            CallerFinder::new(1, None).find(&h, &Extensions::new()),
+            ip("198.51.100.4")
+        );
+    }
+
+    #[test]
+    fn a_key_function_names_callers_first() {
+        let finder = CallerFinder::new(
+            0,
+            Some(CallerKey::new(|headers, _| {
+                headers
+                    .get("x-tenant")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+            })),
+        );
+        let peer = with_peer("10.0.0.7:5000");
+        assert_eq!(
+            finder.find(&headers(&[("x-tenant", "acme")]), &peer),
+            Some(Caller::Named("acme".into()))
+        );
+        assert_eq!(finder.find(&HeaderMap::new(), &peer), ip("10.0.0.7"));
+    }
+
+    #[test]
+    fn ipv6_callers_count_per_64() {
+        let a = ip("2001:db8:1:2:aaaa::1").unwrap().budget_key();
+        let b = ip("2001:db8:1:2:bbbb::9").unwrap().budget_key();
+        let c = ip("2001:db8:1:3::1").unwrap().budget_key();
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_eq!(
+            ip("::ffff:10.0.0.7").unwrap().budget_key(),
+            ip("10.0.0.7").unwrap()
+        );
+    }
+}

@@ -1,7 +1,10 @@
 //! A small profile service behind `id6.layer()`.
 //!
-//! With `ID6_URL` set it talks to that id6 (see `Id6::from_env` for the other variables);
-//! without it, it starts an embedded MockId6 with one user and prints a ready `curl` line.
+//! With `ID6_URL` set it talks to that id6; without it, it starts an embedded MockId6 with
+//! one user and prints a ready `curl` line. Either way the other `ID6_*` variables apply
+//! (see `Id6Builder::from_env`), `ID6_MISS_LIMIT` and `ID6_REFRESH_AFTER` among them: it is
+//! served with each connection's address (`ConnectInfo`), so the miss budget counts calls
+//! per caller.
 //! Binds `BIND` (default `127.0.0.1:3000`).
 //!
 //! ```text
@@ -31,7 +34,7 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use id6_tower::testing::MockId6;
-use id6_tower::{CurrentUser, Id6, PictureUpload, Profile, RequireUser, User};
+use id6_tower::{CurrentUser, Id6, Id6Builder, PictureUpload, Profile, RequireUser, User};
 use serde::Deserialize;
 
 /// What the handlers share: the id6 handle and where browsers sign in.
@@ -231,7 +234,8 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             mock.url()
         );
         let state = AppState {
-            id6: Id6::builder(mock.url()).build()?,
+            // Every other ID6_* variable still applies (ID6_MISS_LIMIT, ID6_REFRESH_AFTER...).
+            id6: Id6Builder::from_env_or(mock.url()).build()?,
             login_url: Some(format!("{}/login", mock.url())),
         };
         (state, Some(mock), Some(token))
@@ -241,7 +245,9 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(token) = token {
         println!("try: curl -H 'cookie: auth={token}' http://{addr}/me");
     }
-    axum::serve(listener, app(state))
+    // With each connection's address: the miss budget counts id6 calls per caller.
+    let app = app(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
         })

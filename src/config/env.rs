@@ -26,22 +26,32 @@ impl Id6Builder {
     /// out-of-range variable is reported by [`build`](Self::build), naming the variable.
     /// Setters called afterwards override what the environment said.
     pub fn from_env() -> Self {
-        Self::from_lookup(|name| std::env::var_os(name))
+        Self::from_lookup(|name| std::env::var_os(name), None)
+    }
+
+    /// [`from_env`](Self::from_env), with `url` when `ID6_URL` is unset: a development
+    /// default (say, an embedded `MockId6`) that still honours
+    /// every other variable.
+    pub fn from_env_or(url: impl Into<String>) -> Self {
+        Self::from_lookup(|name| std::env::var_os(name), Some(url.into()))
     }
 
     /// [`from_env`](Self::from_env) over any lookup, so tests need not touch the process
     /// environment.
-    pub(crate) fn from_lookup(lookup: impl Fn(&str) -> Option<OsString>) -> Self {
+    pub(crate) fn from_lookup(
+        lookup: impl Fn(&str) -> Option<OsString>,
+        default_url: Option<String>,
+    ) -> Self {
         use setting::*;
         let mut env = Env {
             lookup,
             first_error: None,
         };
         let mut b = Id6Builder::new(String::new());
-        match env.text(URL) {
-            Some(url) => b.url = RawUrl(url),
-            None if env.first_error.is_none() => env.fail(URL, "is not set"),
-            None => {}
+        match (env.text(URL), default_url) {
+            (Some(url), _) | (None, Some(url)) => b.url = RawUrl(url),
+            (None, None) if env.first_error.is_none() => env.fail(URL, "is not set"),
+            (None, None) => {}
         }
         if let Some(name) = env.text(COOKIE_NAME) {
             b.cookie_name = name;

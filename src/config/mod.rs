@@ -444,7 +444,7 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.clone()))
             .collect();
-        Id6Builder::from_lookup(move |name| map.get(name).cloned())
+        Id6Builder::from_lookup(move |name| map.get(name).cloned(), None)
     }
 
     #[test]

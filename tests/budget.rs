@@ -1,0 +1,267 @@
+//! id6's call budget: a flood of forged tokens from one caller spends at most its miss
+//! budget; active users are refreshed ahead of expiry without waiting; background refreshes
+//! pause when id6's own rate limit runs low.
+
+mod common;
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use id6_tower::testing::{Fault, MockId6};
+use id6_tower::{Id6, MissLimit};
+
+/// Serves the test app with each connection's address (`ConnectInfo`), as a real app must
+/// for the miss budget to tell callers apart.
+async fn serve_with_addresses(id6: &Id6) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = common::app(id6).into_make_service_with_connect_info::<SocketAddr>();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+/// A client whose connections come from `ip` (any of 127.0.0.0/8 is loopback on Linux).
+fn client_from(ip: [u8; 4]) -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .local_address(IpAddr::from(ip))
+        .build()
+        .unwrap()
+}
+
+async fn get(client: &reqwest::Client, addr: SocketAddr, token: &str) -> (u16, Option<String>) {
+    let response = client
+        .get(format!("http://{addr}/me"))
+        .header("cookie", format!("auth={token}"))
+        .send()
+        .await
+        .unwrap();
+    let retry = response
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_owned());
+    (response.status().as_u16(), retry)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_token_flood_spends_only_its_callers_budget() {
+    let mock = MockId6::start().await.unwrap();
+    // No JWT secret: every well-formed forgery passes the local screen.
+    let id6 = common::builder(&mock)
+        .miss_limit(MissLimit::new(20, Duration::from_secs(60)))
+        .build()
+        .unwrap();
+    let addr = serve_with_addresses(&id6).await;
+    let alice = mock.add_user("Alice", "alice@example.com");
+    let forger = MockId6::builder()
+        .jwt_secret("not id6's")
+        .start()
+        .await
+        .unwrap();
+
+    let attacker = client_from([127, 0, 0, 1]);
+    let forged: Vec<String> = (0..2000u64)
+        .map(|i| forger.token_issued_at(alice, 1_700_000_000_000 + i))
+        .collect();
+    let mut refused = 0;
+    let mut rejected = None;
+    for chunk in forged.chunks(50) {
+        let answers =
+            futures_util::future::join_all(chunk.iter().map(|token| get(&attacker, addr, token)))
+                .await;
+        for (token, (status, retry)) in chunk.iter().zip(answers) {
+            match status {
+                // id6 was asked and said no.
+                401 => rejected = Some(token),
+                // Over budget: unavailable, with when to come back.
+                503 => {
+                    refused += 1;
+                    let wait: u64 = retry.expect("a Retry-After").parse().unwrap();
+                    assert!((1..=60).contains(&wait), "Retry-After: {wait}");
+                }
+                other => panic!("forged token answered {other}"),
+            }
+        }
+    }
+    assert_eq!(mock.user_calls(), 20, "the flood cost more than its budget");
+    assert_eq!(refused, 1980);
+    let stats = id6.stats();
+    assert_eq!(stats.over_budget, 1980);
+    assert_eq!(stats.upstream_rejected, 20);
+
+    // Meanwhile a signed-in user on another address is served, at the cost of one call.
+    let user = client_from([127, 0, 0, 2]);
+    assert_eq!(get(&user, addr, &mock.token_for(alice)).await.0, 200);
+    assert_eq!(mock.user_calls(), 21);
+    // And the attacker is still held back, while rejected tokens it already sent stay
+    // negative hits at no cost.
+    assert_eq!(get(&attacker, addr, &mock.token_for(alice)).await.0, 503);
+    assert_eq!(get(&attacker, addr, rejected.unwrap()).await.0, 401);
+    assert_eq!(mock.user_calls(), 21);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_an_address_nothing_is_budgeted() {
+    // `common::serve` has no `ConnectInfo`: the budget cannot tell callers apart and lets
+    // misses through rather than lump every user into one bucket.
+    let mock = MockId6::start().await.unwrap();
+    let id6 = common::builder(&mock)
+        .miss_limit(MissLimit::new(2, Duration::from_secs(60)))
+        .build()
+        .unwrap();
+    let s = common::Setup::with(mock, id6).await;
+    let alice = s.mock.add_user("Alice", "alice@example.com");
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    for i in 0..5 {
+        let token = s.mock.token_issued_at(alice, now_ms - i);
+        assert_eq!(s.get("/me", Some(&token)).await.0, 200);
+    }
+    assert_eq!(s.id6.stats().over_budget, 0);
+}
+
+/// Polls until `done`, yielding to the runtime: for background work whose end has no signal.
+async fn until(mut done: impl FnMut() -> bool) {
+    for _ in 0..2000 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("never happened");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn active_users_are_refreshed_ahead_and_never_wait_again() {
+    let mock = MockId6::start().await.unwrap();
+    let id6 = common::builder(&mock)
+        .cache_ttl(Duration::from_millis(800))
+        .refresh_after(Duration::from_millis(150))
+        .build()
+        .unwrap();
+    let s = common::Setup::with(mock, id6).await;
+    let alice = s.mock.add_user("Alice", "alice@example.com");
+    let token = s.mock.token_for(alice);
+    // id6 answers slowly: a request that waited on it would be a miss.
+    s.mock.set_fault(Fault::Delay(Duration::from_millis(50)));
+    let started = std::time::Instant::now();
+    // A steady stream over three TTLs.
+    while started.elapsed() < Duration::from_millis(2400) {
+        assert_eq!(s.get("/", Some(&token)).await.1, "Hello, Alice!");
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    }
+    until(|| s.id6.stats().upstream_authenticated == s.mock.user_calls() as u64).await;
+    let stats = s.id6.stats();
+    assert_eq!(
+        stats.misses, 1,
+        "a request waited on id6 after the first: {stats:?}"
+    );
+    assert!(stats.refreshes >= 3, "{stats:?}");
+    // One id6 call per refresh, and the first request's.
+    assert_eq!(s.mock.user_calls() as u64, stats.refreshes + 1, "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_during_a_refresh_is_never_undone() {
+    let mock = MockId6::start().await.unwrap();
+    let id6 = common::builder(&mock)
+        .cache_ttl(Duration::from_secs(60))
+        .refresh_after(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let s = common::Setup::with(mock, id6).await;
+    let alice = s.mock.add_user("Alice", "alice@example.com");
+    let token = s.mock.token_for(alice);
+    assert_eq!(s.get("/me", Some(&token)).await.0, 200);
+    // Let the entry age past `refresh_after`.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    // id6 decides "Alice" for the refresh, but the answer arrives late...
+    s.mock.hold_user_answers();
+    assert_eq!(
+        s.get("/me", Some(&token)).await.0,
+        200,
+        "served from the cache"
+    );
+    s.mock.wait_for_held_answers(1).await;
+    // ...after Alice was signed out everywhere and the app evicted her.
+    s.mock.revoke_tokens(alice);
+    s.id6.invalidate_user(alice);
+    s.mock.release_user_answers();
+    until(|| s.id6.stats().upstream_authenticated == 2).await;
+    assert_eq!(s.id6.stats().refreshes, 1);
+    // The refresh's answer predates the eviction: not stored, so id6 is asked again.
+    assert_eq!(s.get("/me", Some(&token)).await.0, 401);
+    assert_eq!(s.mock.user_calls(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_that_finds_the_token_dead_evicts_it() {
+    let mock = MockId6::start().await.unwrap();
+    let id6 = common::builder(&mock)
+        .cache_ttl(Duration::from_secs(60))
+        .refresh_after(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let s = common::Setup::with(mock, id6).await;
+    let alice = s.mock.add_user("Alice", "alice@example.com");
+    let token = s.mock.token_for(alice);
+    assert_eq!(s.get("/me", Some(&token)).await.0, 200);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Revoked on id6's side only: the app learns it from the refresh.
+    s.mock.revoke_tokens(alice);
+    assert_eq!(
+        s.get("/me", Some(&token)).await.0,
+        200,
+        "served from the cache"
+    );
+    until(|| s.id6.stats().upstream_rejected == 1).await;
+    assert_eq!(
+        s.get("/me", Some(&token)).await.0,
+        401,
+        "a negative hit now"
+    );
+    assert_eq!(s.mock.user_calls(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refreshes_pause_when_ids_budget_runs_low() {
+    let mock = MockId6::builder()
+        .rate_limit(20, Duration::from_secs(60))
+        .start()
+        .await
+        .unwrap();
+    let id6 = common::builder(&mock)
+        .cache_ttl(Duration::from_secs(60))
+        .refresh_after(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let s = common::Setup::with(mock, id6).await;
+    let alice = s.mock.add_user("Alice", "alice@example.com");
+    let token = s.mock.token_for(alice);
+    // Other work from this address spends id6's window down to 2 calls...
+    for _ in 0..18 {
+        let answer = s.http.get(format!("{}/user", s.mock.url())).send().await;
+        assert!(answer.unwrap().status().is_success());
+    }
+    // ...then a sign-in takes one: 1 of 20 left, under the reserve of a tenth.
+    assert_eq!(s.get("/me", Some(&token)).await.0, 200);
+    let stats = s.id6.stats();
+    assert_eq!(
+        (stats.id6_rate_limit, stats.id6_rate_remaining),
+        (Some(20), Some(1))
+    );
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(s.get("/me", Some(&token)).await.0, 200);
+    let stats = s.id6.stats();
+    assert_eq!(
+        (stats.refreshes, stats.refreshes_paused),
+        (0, 1),
+        "{stats:?}"
+    );
+    // The last call is kept for a new sign-in.
+    let bob = s.mock.add_user("Bob", "bob@example.com");
+    assert_eq!(s.get("/me", Some(&s.mock.token_for(bob))).await.0, 200);
+    assert_eq!(s.mock.user_calls(), 18 + 2);
+}

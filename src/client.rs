@@ -14,7 +14,7 @@ use crate::config::{join, Authorization, ClientSettings};
 use crate::error::{ApiError, Error, Kind};
 use crate::telemetry::{Telemetry, Upstream};
 use crate::token::UserToken;
-use crate::user::{Authentication, User};
+use crate::user::{Authentication, TokenRejection, User};
 
 /// The HTTP side of the handle: one pooled reqwest client and where to send what.
 #[derive(Debug)]
@@ -84,7 +84,7 @@ impl Client {
                 tracing::debug!(user_id = user.id, elapsed_ms, "id6 named the user");
                 Upstream::Authenticated
             }
-            Authentication::Anonymous => {
+            Authentication::Anonymous | Authentication::Rejected(_) => {
                 tracing::debug!(elapsed_ms, "id6 rejected the token");
                 Upstream::Rejected
             }
@@ -116,8 +116,18 @@ impl Client {
         };
         match response.status() {
             StatusCode::OK => {}
-            // id6's verdict on the token: invalid, expired, revoked or user gone.
-            StatusCode::UNAUTHORIZED => return Authentication::Anonymous,
+            // id6's verdict on the token: invalid, expired, revoked or user gone, by its
+            // `errorCode` (an unreadable body still is a rejection).
+            StatusCode::UNAUTHORIZED => {
+                #[derive(Deserialize)]
+                #[serde(rename_all = "camelCase")]
+                struct Refusal {
+                    error_code: Option<String>,
+                }
+                let code = self.read_json::<Refusal>(response).await.ok();
+                let code = code.as_ref().and_then(|r| r.error_code.as_deref());
+                return Authentication::Rejected(TokenRejection::from_code(code));
+            }
             _ => {
                 return Authentication::Unavailable(unavailable(
                     &response,
@@ -127,7 +137,8 @@ impl Client {
         }
         match self.read_json::<Option<User>>(response).await {
             Ok(Some(user)) => Authentication::Authenticated(Arc::new(user)),
-            Ok(None) => Authentication::Anonymous,
+            // id6 answers `null` for a request without a token: we never send one.
+            Ok(None) => Authentication::Rejected(TokenRejection::InvalidToken),
             Err(error) => Authentication::Unavailable(error),
         }
     }
@@ -171,12 +182,9 @@ impl Client {
             Ok(Answer {
                 error: Some(error), ..
             }) if !error.is_null() => {
-                let code = error
-                    .get("code")
-                    .and_then(|c| c.as_str())
-                    .unwrap_or("unknown");
+                let code = error.get("code").and_then(|c| c.as_str());
                 tracing::debug!(code, "id6 /authorize refused the token");
-                Authentication::Anonymous
+                Authentication::Rejected(TokenRejection::from_code(code))
             }
             Ok(Answer {
                 user: Some(user), ..

@@ -211,6 +211,21 @@ impl Error {
         }
     }
 
+    /// id6's message for its own refusals (or ours with the same meaning): safe to show the
+    /// end user, unlike [`Display`](std::fmt::Display), which is for logs.
+    pub(crate) fn message(&self) -> Option<&str> {
+        match &self.inner.kind {
+            Kind::Api(api) => api.message.as_deref(),
+            Kind::Invalid {
+                code: "invalid_body",
+                ..
+            } => Some("Invalid body"),
+            Kind::Invalid { .. } => Some("Invalid request"),
+            Kind::NoToken => Some("You are not authenticated"),
+            _ => None,
+        }
+    }
+
     /// id6's `errorDetails`, or the details of a local refusal.
     pub fn error_details(&self) -> Option<&serde_json::Value> {
         match &self.inner.kind {

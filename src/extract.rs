@@ -2,22 +2,19 @@
 //! 401), their rejection [`AuthRejection`], and [`Error`] as a response, all answering with
 //! id6's error JSON.
 
-use std::fmt;
 use std::ops::Deref;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum_core::body::Body;
 use axum_core::extract::{FromRequestParts, OptionalFromRequestParts};
 use axum_core::response::{IntoResponse, Response};
-use http::header::{CONTENT_TYPE, RETRY_AFTER};
 use http::request::Parts;
-use http::{HeaderValue, StatusCode};
+use http::StatusCode;
 
+use crate::rejection::{
+    self, error_body, json_response, AuthRejection, DEFAULT_RETRY_AFTER, UNAVAILABLE,
+};
 use crate::{Authentication, Error, User};
-
-/// Retry-After when id6 gave no wait of its own.
-const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(5);
 
 /// The caller, if signed in. Rejects only when id6 is unavailable (503) or the layer is
 /// missing (500).
@@ -37,7 +34,9 @@ const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(5);
 pub struct CurrentUser(pub Option<Arc<User>>);
 
 /// The signed-in caller; anonymous callers get a 401 with id6's error body
-/// (`errorCode: "not_authenticated"`). `Option<RequireUser>` gives `None` instead.
+/// (`errorCode: "not_authenticated"` without a token, id6's own code for a rejected one:
+/// `token_revoked`, `token_expired`...). `Option<RequireUser>` gives `None` instead. The
+/// refusal is an [`AuthRejection`].
 ///
 /// ```
 /// use axum::Json;
@@ -60,17 +59,19 @@ impl Deref for RequireUser {
     }
 }
 
-/// The verdict the layer left in the request, or the rejection for its absence or failure.
+/// The user the layer left in the request; `None` when anonymous; else the rejection (id6
+/// unavailable, or no layer).
 fn verdict(parts: &Parts) -> Result<Option<Arc<User>>, AuthRejection> {
     match parts.extensions.get::<Authentication>() {
         Some(Authentication::Authenticated(user)) => Ok(Some(user.clone())),
-        Some(Authentication::Anonymous) => Ok(None),
-        Some(Authentication::Unavailable(error)) => Err(AuthRejection::unavailable(error, parts)),
-        None => {
-            tracing::error!(path = parts.uri.path(), "{}", MISSING_LAYER);
-            Err(AuthRejection::new(RejectionKind::MissingLayer, parts))
-        }
+        Some(verdict) if verdict.is_anonymous() => Ok(None),
+        _ => Err(rejection(parts)),
     }
+}
+
+fn rejection(parts: &Parts) -> AuthRejection {
+    AuthRejection::for_verdict(&parts.uri, &parts.extensions)
+        .expect("a rejection is only asked for when there is no user")
 }
 
 impl<S: Sync> FromRequestParts<S> for CurrentUser {
@@ -85,9 +86,10 @@ impl<S: Sync> FromRequestParts<S> for RequireUser {
     type Rejection = AuthRejection;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        match verdict(parts)? {
-            Some(user) => Ok(RequireUser(user)),
-            None => Err(AuthRejection::new(RejectionKind::NotAuthenticated, parts)),
+        match parts.extensions.get::<Authentication>() {
+            Some(Authentication::Authenticated(user)) => Ok(RequireUser(user.clone())),
+            // No token, a rejected one (with id6's code), unavailable, no layer.
+            _ => Err(rejection(parts)),
         }
     }
 }
@@ -103,70 +105,36 @@ impl<S: Sync> OptionalFromRequestParts<S> for RequireUser {
     }
 }
 
-const MISSING_LAYER: &str = "id6-tower: no Authentication in the request extensions; \
-     wrap this router or service with `id6.layer()` (e.g. `Router::layer(id6.layer())`) \
-     so that CurrentUser and RequireUser can work";
-
-/// Why [`CurrentUser`] or [`RequireUser`] refused a request. Answers with id6's error JSON:
-/// `{"statusCode", "path", "message", "errorCode"}`.
-///
-/// Take `Result<RequireUser, AuthRejection>` to answer in your own way:
-///
-/// ```
-/// use axum::response::{IntoResponse, Response};
-/// use id6_tower::{AuthRejection, RejectionKind, RequireUser};
-///
-/// async fn page(user: Result<RequireUser, AuthRejection>) -> Response {
-///     match user {
-///         Ok(RequireUser(user)) => format!("Hello, {}!", user.name).into_response(),
-///         // Anonymous: your own answer instead of id6's 401 JSON.
-///         Err(rejection) if rejection.kind() == RejectionKind::NotAuthenticated => {
-///             (http::StatusCode::UNAUTHORIZED, "please sign in").into_response()
-///         }
-///         // id6 unavailable (503 with Retry-After), or no layer (500): as they are.
-///         Err(rejection) => rejection.into_response(),
-///     }
-/// }
-/// # let _: axum::Router = axum::Router::new().route("/", axum::routing::get(page));
-/// ```
-#[derive(Debug)]
-pub struct AuthRejection {
-    kind: RejectionKind,
-    path: String,
-    retry_after: Duration,
-    source: Option<Error>,
-}
-
-/// id6's error JSON, fields in id6's order.
-#[derive(serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-struct ErrorBody<'a> {
-    status_code: u16,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    path: Option<&'a str>,
-    message: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error_code: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error_details: Option<&'a serde_json::Value>,
-}
-
-fn json_response(status: StatusCode, body: String, retry_after: Option<Duration>) -> Response {
-    let mut response = Response::new(Body::from(body));
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    if let Some(wait) = retry_after {
-        // Round up: a client must not come back before id6's window opens.
-        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-        headers.insert(RETRY_AFTER, HeaderValue::from(secs.max(1)));
+impl IntoResponse for AuthRejection {
+    fn into_response(self) -> Response {
+        self.into_http().map(Body::from)
     }
-    response
 }
+
+macro_rules! into_response_via_auth_rejection {
+    ($($name:ident),*) => {$(
+        impl IntoResponse for rejection::$name {
+            fn into_response(self) -> Response {
+                AuthRejection::from(self).into_response()
+            }
+        }
+    )*};
+}
+
+into_response_via_auth_rejection!(
+    NotAuthenticated,
+    TokenRejected,
+    Forbidden,
+    CsrfRejected,
+    Unavailable,
+    MissingLayer
+);
 
 /// A typed call's error as an answer to the app's own client, in id6's error JSON:
 /// unauthenticated 401, validation 400 (with id6's `errorCode` and `errorDetails`),
-/// `picture_not_set` 404, unavailable 503 with `Retry-After`, configuration 500.
+/// `picture_not_set` 404, unavailable 503 with `Retry-After`, configuration 500. id6's own
+/// refusals keep its message; for the others (id6 unavailable, a configuration error) the
+/// body says only that, and the detail goes to the log (`id6_tower::rejection`, debug).
 ///
 /// ```
 /// use axum::http::{HeaderMap, StatusCode};
@@ -190,126 +158,38 @@ impl IntoResponse for Error {
         } else {
             self.status().unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
         };
-        let message = self.to_string();
-        let code = if status == StatusCode::SERVICE_UNAVAILABLE {
-            Some("id6_unavailable")
-        } else {
-            self.error_code()
+        let (message, code) = match status {
+            StatusCode::SERVICE_UNAVAILABLE => (UNAVAILABLE.to_owned(), Some("id6_unavailable")),
+            // id6's refusals, or ours with the same meaning: their own words.
+            _ if self.error_code().is_some() => (
+                self.message().unwrap_or("Request refused").to_owned(),
+                self.error_code(),
+            ),
+            _ => ("Internal error".to_owned(), None),
         };
-        let body = ErrorBody {
-            status_code: status.as_u16(),
-            path: None,
-            message: &message,
-            error_code: code,
-            error_details: self.error_details(),
-        };
+        tracing::debug!(
+            target: "id6_tower::rejection",
+            status = status.as_u16(),
+            error = %self,
+            "typed call failed"
+        );
+        let body = error_body(status, None, &message, code, self.error_details());
         let retry = (status == StatusCode::SERVICE_UNAVAILABLE)
             .then(|| self.retry_after().unwrap_or(DEFAULT_RETRY_AFTER));
-        json_response(
-            status,
-            serde_json::to_string(&body).unwrap_or_default(),
-            retry,
-        )
-    }
-}
-
-/// What an [`AuthRejection`] is about.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum RejectionKind {
-    /// 401: the caller has no valid token.
-    NotAuthenticated,
-    /// 503: id6 could not be asked; retry later.
-    Unavailable,
-    /// 500: the request did not pass through an [`Id6Layer`](crate::Id6Layer).
-    MissingLayer,
-}
-
-impl AuthRejection {
-    fn new(kind: RejectionKind, parts: &Parts) -> Self {
-        AuthRejection {
-            kind,
-            path: parts.uri.path().to_owned(),
-            retry_after: DEFAULT_RETRY_AFTER,
-            source: None,
-        }
-    }
-
-    fn unavailable(error: &Error, parts: &Parts) -> Self {
-        let mut rejection = AuthRejection::new(RejectionKind::Unavailable, parts);
-        if let Some(wait) = error.retry_after() {
-            rejection.retry_after = wait.max(Duration::from_secs(1));
-        }
-        rejection.source = Some(error.clone());
-        rejection
-    }
-
-    /// What the rejection is about.
-    pub fn kind(&self) -> RejectionKind {
-        self.kind
-    }
-
-    /// The status it answers with: 401, 503 or 500.
-    pub fn status(&self) -> StatusCode {
-        match self.kind {
-            RejectionKind::NotAuthenticated => StatusCode::UNAUTHORIZED,
-            RejectionKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            RejectionKind::MissingLayer => StatusCode::INTERNAL_SERVER_ERROR,
-        }
-    }
-
-    fn message_and_code(&self) -> (&'static str, &'static str) {
-        match self.kind {
-            RejectionKind::NotAuthenticated => ("You are not authenticated", "not_authenticated"),
-            RejectionKind::Unavailable => (
-                "The authentication service is unavailable, retry later",
-                "id6_unavailable",
-            ),
-            RejectionKind::MissingLayer => (MISSING_LAYER, "id6_layer_missing"),
-        }
-    }
-
-    /// The JSON body it answers with, in id6's error shape.
-    pub fn body_text(&self) -> String {
-        let (message, error_code) = self.message_and_code();
-        let body = ErrorBody {
-            status_code: self.status().as_u16(),
-            path: Some(&self.path),
-            message,
-            error_code: Some(error_code),
-            error_details: None,
-        };
-        serde_json::to_string(&body).unwrap_or_default()
-    }
-
-    /// Seconds a 503 asks the client to wait (`Retry-After`); `None` for other kinds.
-    pub fn retry_after(&self) -> Option<Duration> {
-        (self.kind == RejectionKind::Unavailable).then_some(self.retry_after)
-    }
-}
-
-impl fmt::Display for AuthRejection {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.message_and_code().0)
-    }
-}
-
-impl std::error::Error for AuthRejection {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source.as_ref().map(|e| e as _)
-    }
-}
-
-impl IntoResponse for AuthRejection {
-    fn into_response(self) -> Response {
-        json_response(self.status(), self.body_text(), self.retry_after())
+        json_response(status, body, retry).map(Body::from)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use http::header::{CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+
     use super::*;
     use crate::error::Kind;
+    use crate::rejection::BearerAccepted;
+    use crate::TokenRejection;
 
     fn parts_with(verdict: Option<Authentication>) -> Parts {
         let mut request = http::Request::builder().uri("/me?x=1").body(()).unwrap();
@@ -341,9 +221,20 @@ mod tests {
 
         let anon = Some(Authentication::Anonymous);
         let rejection = require(anon.clone()).await.unwrap_err();
+        assert!(matches!(rejection, AuthRejection::NotAuthenticated(_)));
         assert_eq!(rejection.status(), StatusCode::UNAUTHORIZED);
         assert!(current(anon.clone()).await.unwrap().0.is_none());
         assert!(optional(anon).await.unwrap().is_none());
+
+        let revoked = Some(Authentication::Rejected(TokenRejection::TokenRevoked));
+        let rejection = require(revoked.clone()).await.unwrap_err();
+        let AuthRejection::TokenRejected(ref rejected) = rejection else {
+            panic!("{rejection:?}");
+        };
+        assert_eq!(rejected.reason(), TokenRejection::TokenRevoked);
+        assert_eq!(rejection.error_code(), "token_revoked");
+        assert!(current(revoked.clone()).await.unwrap().0.is_none());
+        assert!(optional(revoked).await.unwrap().is_none());
 
         let down = Some(Authentication::Unavailable(Error::new(Kind::Connect)));
         for rejection in [
@@ -351,8 +242,14 @@ mod tests {
             current(down.clone()).await.unwrap_err(),
             optional(down).await.unwrap_err(),
         ] {
-            assert_eq!(rejection.kind(), RejectionKind::Unavailable);
+            assert!(matches!(rejection, AuthRejection::Unavailable(_)));
             assert_eq!(rejection.retry_after(), Some(DEFAULT_RETRY_AFTER));
+            // The cause is for logs, never the body.
+            assert!(
+                !rejection.body_text().contains("connect"),
+                "{}",
+                rejection.body_text()
+            );
         }
 
         for rejection in [
@@ -361,7 +258,7 @@ mod tests {
             optional(None).await.unwrap_err(),
         ] {
             assert_eq!(rejection.status(), StatusCode::INTERNAL_SERVER_ERROR);
-            assert!(rejection.body_text().contains("id6.layer()"));
+            assert_eq!(rejection.error_code(), "id6_layer_missing");
         }
     }
 
@@ -373,11 +270,22 @@ mod tests {
             .into_response();
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
         assert_eq!(response.headers()[CONTENT_TYPE], "application/json");
+        assert!(!response.headers().contains_key(WWW_AUTHENTICATE));
         let body = axum_body(response).await;
         assert_eq!(
             body,
             serde_json::json!({"statusCode": 401, "path": "/me",
                 "message": "You are not authenticated", "errorCode": "not_authenticated"})
+        );
+
+        let response = require(Some(Authentication::Rejected(TokenRejection::TokenExpired)))
+            .await
+            .unwrap_err()
+            .into_response();
+        assert_eq!(
+            axum_body(response).await,
+            serde_json::json!({"statusCode": 401, "path": "/me",
+                "message": "Token expired", "errorCode": "token_expired"})
         );
 
         let reset = std::time::SystemTime::now() + Duration::from_millis(42_500);
@@ -393,11 +301,32 @@ mod tests {
             .parse()
             .unwrap();
         assert!((42..=43).contains(&secs), "{secs}");
-        assert_eq!(axum_body(response).await["errorCode"], "id6_unavailable");
+        let body = axum_body(response).await;
+        assert_eq!(body["errorCode"], "id6_unavailable");
+        assert_eq!(body["message"], crate::rejection::UNAVAILABLE);
     }
 
     #[tokio::test]
-    async fn errors_answer_with_their_status() {
+    async fn bearer_401s_carry_a_challenge() {
+        let challenge = |verdict: Authentication| {
+            let mut parts = parts_with(Some(verdict));
+            parts.extensions.insert(BearerAccepted);
+            let rejection = AuthRejection::for_verdict(&parts.uri, &parts.extensions).unwrap();
+            let response = rejection.into_response();
+            response.headers()[WWW_AUTHENTICATE]
+                .to_str()
+                .unwrap()
+                .to_owned()
+        };
+        assert_eq!(challenge(Authentication::Anonymous), "Bearer realm=\"id6\"");
+        assert_eq!(
+            challenge(Authentication::Rejected(TokenRejection::TokenRevoked)),
+            "Bearer realm=\"id6\", error=\"invalid_token\""
+        );
+    }
+
+    #[tokio::test]
+    async fn errors_answer_with_their_status_and_no_internal_detail() {
         let api = |status: StatusCode, code: &str| {
             Error::new(Kind::Api(Box::new(crate::error::ApiError {
                 status,
@@ -424,6 +353,7 @@ mod tests {
             ),
             (Error::new(Kind::NoToken), 401, Some("not_authenticated")),
             (Error::new(Kind::Timeout), 503, Some("id6_unavailable")),
+            (Error::new(Kind::Connect), 503, Some("id6_unavailable")),
             (
                 Error::new(Kind::SecretRejected),
                 503,
@@ -432,6 +362,7 @@ mod tests {
             (Error::config(crate::config::setting::URL, "bad"), 500, None),
         ];
         for (error, status, code) in cases {
+            let internal = error.to_string();
             let response = error.into_response();
             assert_eq!(response.status().as_u16(), status);
             assert_eq!(response.headers().contains_key(RETRY_AFTER), status == 503);
@@ -440,6 +371,13 @@ mod tests {
             assert_eq!(body["errorCode"].as_str(), code);
             if status == 400 {
                 assert_eq!(body["errorDetails"][0]["path"][0], "name");
+            }
+            if status >= 500 {
+                let message = body["message"].as_str().unwrap();
+                assert_ne!(message, internal);
+                for word in ["connect", "timeout", "secret", "setting", "ID6_"] {
+                    assert!(!message.contains(word), "{message}");
+                }
             }
         }
     }

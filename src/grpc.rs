@@ -33,7 +33,7 @@ use tonic::Status;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::{Authentication, User};
+use crate::{Authentication, TokenRejection, User};
 
 /// The caller, if signed in; `UNAVAILABLE` when id6 could not be asked.
 ///
@@ -50,7 +50,7 @@ use crate::{Authentication, User};
 /// assert!(grpc::current_user(&request).unwrap().is_none());
 /// ```
 pub fn current_user<T>(request: &tonic::Request<T>) -> Result<Option<Arc<User>>, Status> {
-    verdict(request.extensions())
+    verdict(request.extensions()).map(Result::ok)
 }
 
 /// The signed-in caller.
@@ -75,11 +75,14 @@ pub fn require_user<T>(request: &tonic::Request<T>) -> Result<Arc<User>, Status>
     required(request.extensions())
 }
 
-fn verdict(extensions: &Extensions) -> Result<Option<Arc<User>>, Status> {
+/// The user, or why there is none (`None`: no token at all).
+fn verdict(extensions: &Extensions) -> Result<Result<Arc<User>, Option<TokenRejection>>, Status> {
     match extensions.get::<Authentication>() {
-        Some(Authentication::Authenticated(user)) => Ok(Some(user.clone())),
-        Some(Authentication::Anonymous) => Ok(None),
-        Some(Authentication::Unavailable(error)) => Err(Status::unavailable(error.to_string())),
+        Some(Authentication::Authenticated(user)) => Ok(Ok(user.clone())),
+        Some(Authentication::Anonymous) => Ok(Err(None)),
+        Some(Authentication::Rejected(why)) => Ok(Err(Some(*why))),
+        // The detail is for the logs (the layer logged it), not for the caller.
+        Some(Authentication::Unavailable(_)) => Err(Status::unavailable(UNAVAILABLE)),
         None => {
             tracing::error!("id6-tower: no Authentication in the request extensions; add `.layer(id6.layer())` to the tonic Server");
             Err(Status::internal(
@@ -90,8 +93,13 @@ fn verdict(extensions: &Extensions) -> Result<Option<Arc<User>>, Status> {
 }
 
 fn required(extensions: &Extensions) -> Result<Arc<User>, Status> {
-    verdict(extensions)?.ok_or_else(|| Status::unauthenticated("You are not authenticated"))
+    verdict(extensions)?.map_err(|why| {
+        // id6's words for a refused token, as its HTTP API gives them.
+        Status::unauthenticated(why.map_or("You are not authenticated", TokenRejection::message))
+    })
 }
+
+const UNAVAILABLE: &str = "The authentication service is unavailable, retry later";
 
 /// Rejects every call of the wrapped services unless the caller is signed in; goes inside
 /// the [`Id6Layer`](crate::Id6Layer).

@@ -8,11 +8,13 @@ use std::sync::Arc;
 use http::{HeaderMap, HeaderValue};
 
 use crate::client::Client;
+use crate::config::HttpSettings;
 use crate::config::{Id6Builder, Settings};
+use crate::guard::{AnyUser, CsrfLayer, RequireUserLayer};
 use crate::resolve::{self, Resolver};
 use crate::telemetry::{Stats, Telemetry};
 use crate::token::UserToken;
-use crate::{Authentication, Error, Id6Layer};
+use crate::{Authentication, Error, Id6Layer, User};
 
 /// The handle to one id6 deployment: its HTTP client and the cache of its answers.
 ///
@@ -36,8 +38,8 @@ struct Inner {
     resolver: Resolver,
     client: Arc<Client>,
     telemetry: Arc<Telemetry>,
-    /// For the layer: the `Set-Cookie` that clears a dead token, when enabled.
-    dead_cookie: Option<HeaderValue>,
+    /// For the layer and the guards: what they answer with.
+    http: HttpSettings,
     /// For the typed calls.
     max_picture_bytes: u64,
 }
@@ -64,7 +66,7 @@ impl Id6 {
             client,
             resolver,
             redis,
-            dead_cookie,
+            http,
             max_picture_bytes,
         } = settings;
         let telemetry = Arc::new(Telemetry::new());
@@ -76,7 +78,7 @@ impl Id6 {
                 resolver,
                 client,
                 telemetry,
-                dead_cookie,
+                http,
                 max_picture_bytes,
             }),
         })
@@ -85,6 +87,76 @@ impl Id6 {
     /// The tower layer that puts an [`Authentication`] into every request.
     pub fn layer(&self) -> Id6Layer {
         Id6Layer::new(self.clone())
+    }
+
+    /// A guard for whole routes (inside [`layer`](Self::layer)): signed-in users pass;
+    /// anonymous callers get 401 with id6's error JSON (its own `errorCode` for a rejected
+    /// token), or, when a [`login_url`](Id6Builder::login_url) is set and the caller is a
+    /// browser (`Accept: text/html`), a `303` to that page and nowhere else; 503 while id6
+    /// cannot be asked. Works in any tower stack whose response body is `From<String>`.
+    ///
+    /// ```
+    /// use axum::{routing::get, Router};
+    /// use id6_tower::RequireUser;
+    ///
+    /// # fn app(id6: id6_tower::Id6) -> Router {
+    /// Router::new()
+    ///     .route("/account", get(|RequireUser(user): RequireUser| async move {
+    ///         format!("Account of {}", user.name)
+    ///     }))
+    ///     .route_layer(id6.require_user())
+    ///     .layer(id6.layer())
+    /// # }
+    /// ```
+    pub fn require_user(&self) -> RequireUserLayer {
+        RequireUserLayer::new(self.clone(), AnyUser)
+    }
+
+    /// A guard with a condition: id6 has no roles, so the app decides by user (a list of
+    /// ids or emails, a domain). Signed-in users who do not qualify get `403` with id6's
+    /// error shape and `errorCode: "forbidden"`; the others are answered as by
+    /// [`require_user`](Self::require_user).
+    ///
+    /// ```
+    /// use axum::{routing::get, Router};
+    ///
+    /// # fn app(id6: id6_tower::Id6) -> Router {
+    /// let admins = ["alice@example.com".to_owned()];
+    /// Router::new()
+    ///     .route("/admin", get(|| async { "admin" }))
+    ///     .route_layer(id6.require_user_where(move |user| {
+    ///         user.email.as_ref().is_some_and(|email| admins.contains(email))
+    ///     }))
+    ///     .layer(id6.layer())
+    /// # }
+    /// ```
+    pub fn require_user_where<F>(&self, condition: F) -> RequireUserLayer<F>
+    where
+        F: Fn(&User) -> bool + Clone + Send + Sync + 'static,
+    {
+        RequireUserLayer::new(self.clone(), condition)
+    }
+
+    /// CSRF protection for routes that write (inside or outside [`layer`](Self::layer)):
+    /// a `POST`, `PUT`, `PATCH` or `DELETE` whose token came from the cookie is refused with
+    /// `403` (`errorCode: "csrf_rejected"`) when `Sec-Fetch-Site` says `cross-site`, or when
+    /// `Origin` is neither the request's own (by `Host`) nor one of the
+    /// [`trusted_origins`](Id6Builder::trusted_origins). Requests without either header
+    /// (not a browser), bearer tokens and safe methods pass (OWASP's Fetch Metadata and
+    /// Origin checks).
+    ///
+    /// ```
+    /// use axum::{routing::post, Router};
+    ///
+    /// # fn app(id6: id6_tower::Id6) -> Router {
+    /// Router::new()
+    ///     .route("/logout", post(|| async { "bye" }))
+    ///     .route_layer(id6.csrf())
+    ///     .layer(id6.layer())
+    /// # }
+    /// ```
+    pub fn csrf(&self) -> CsrfLayer {
+        CsrfLayer::new(self.clone())
     }
 
     /// A layer for sensitive routes (payments, password changes): like
@@ -163,7 +235,12 @@ impl Id6 {
 
     /// The `Set-Cookie` that clears a dead token, when the builder enabled it.
     pub(crate) fn dead_cookie(&self) -> Option<&HeaderValue> {
-        self.inner.dead_cookie.as_ref()
+        self.inner.http.dead_cookie.as_ref()
+    }
+
+    /// What the layer and the guards answer with.
+    pub(crate) fn http_settings(&self) -> &HttpSettings {
+        &self.inner.http
     }
 
     #[cfg(feature = "pictures")]

@@ -52,6 +52,14 @@ pub(crate) enum Refusal {
 }
 
 impl Refusal {
+    /// What id6 answers for such a token.
+    pub(crate) fn as_rejection(self) -> crate::TokenRejection {
+        match self {
+            Refusal::Expired => crate::TokenRejection::TokenExpired,
+            _ => crate::TokenRejection::InvalidToken,
+        }
+    }
+
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             Refusal::Shape => "not an id6 token",

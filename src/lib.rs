@@ -82,6 +82,7 @@ mod extract;
 #[cfg(feature = "tonic")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tonic")))]
 pub mod grpc;
+pub mod guard;
 mod id6;
 mod jwt;
 mod layer;
@@ -90,6 +91,7 @@ mod lock;
 mod pictures;
 #[cfg(feature = "redis")]
 mod redis;
+pub mod rejection;
 mod resolve;
 mod telemetry;
 mod token;
@@ -110,12 +112,13 @@ pub use config::{Id6Builder, MissLimit, OnUnavailable};
 pub use error::Error;
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
-pub use extract::{AuthRejection, CurrentUser, RejectionKind, RequireUser};
+pub use extract::{CurrentUser, RequireUser};
 pub use id6::Id6;
 pub use layer::{Id6Layer, Id6Service};
 #[cfg(feature = "pictures")]
 #[cfg_attr(docsrs, doc(cfg(feature = "pictures")))]
 pub use pictures::{PictureDownload, PictureUpload};
+pub use rejection::AuthRejection;
 pub use telemetry::Stats;
 pub use token::{TokenLocation, TokenSource, UserToken};
-pub use user::{Authentication, User};
+pub use user::{Authentication, TokenRejection, User};

@@ -31,7 +31,7 @@ use crate::clock::now_ms;
 use crate::config::RedisSettings;
 use crate::resolve::{AuthCache, Scope, SecondLevel};
 use crate::token::TokenKey;
-use crate::user::{Authentication, User};
+use crate::user::{Authentication, TokenRejection, User};
 
 /// Atomic store: refused when the user's tokens were revoked after the load started.
 const STORE_USER: &str = r"
@@ -50,8 +50,13 @@ const RETRY_AFTER_FAILURE_MS: u64 = 500;
 enum Stored {
     #[serde(rename = "user")]
     User(User),
+    /// Written by earlier versions, without id6's reason.
     #[serde(rename = "rejected")]
     Rejected,
+    /// A rejected token and id6's `errorCode`. (An earlier version reading it finds no
+    /// verdict it knows, and asks id6.)
+    #[serde(rename = "rejected_as")]
+    RejectedAs(String),
 }
 
 /// The second level on Redis.
@@ -184,7 +189,10 @@ impl Redis {
             .flatten();
         match serde_json::from_slice(&raw?).ok()? {
             Stored::User(user) => Some(Authentication::Authenticated(Arc::new(user))),
-            Stored::Rejected => Some(Authentication::Anonymous),
+            Stored::Rejected => Some(Authentication::Rejected(TokenRejection::InvalidToken)),
+            Stored::RejectedAs(code) => Some(Authentication::Rejected(TokenRejection::from_code(
+                Some(&code),
+            ))),
         }
     }
 
@@ -216,8 +224,9 @@ impl Redis {
                     })
                     .await;
             }
-            Authentication::Anonymous => {
-                let Ok(value) = serde_json::to_vec(&Stored::Rejected) else {
+            Authentication::Rejected(why) => {
+                let stored = Stored::RejectedAs(why.error_code().to_owned());
+                let Ok(value) = serde_json::to_vec(&stored) else {
                     return;
                 };
                 let ttl = millis(self.negative_ttl);
@@ -227,7 +236,7 @@ impl Redis {
                     })
                     .await;
             }
-            Authentication::Unavailable(_) => {}
+            Authentication::Anonymous | Authentication::Unavailable(_) => {}
         }
     }
 

@@ -104,8 +104,12 @@ fn null_as_empty<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
 pub enum Authentication {
     /// id6 named the user who owns the request's token.
     Authenticated(Arc<User>),
-    /// No token, or a token id6 rejected (invalid, expired, revoked, user gone).
+    /// No token at all.
     Anonymous,
+    /// A token, refused: by id6 (invalid, expired, revoked, user gone), or locally before
+    /// asking (not an id6 token, a bad signature or an expiry seen with the JWT secret).
+    /// Anonymous too: [`is_anonymous`](Self::is_anonymous) is true.
+    Rejected(TokenRejection),
     /// id6 could not be asked or gave no usable answer; the request's identity is unknown.
     Unavailable(Error),
 }
@@ -124,9 +128,20 @@ impl Authentication {
         }
     }
 
-    /// True when the request is known to have no valid token.
+    /// True when the request is known to have no valid token: none, or a rejected one.
     pub fn is_anonymous(&self) -> bool {
-        matches!(self, Authentication::Anonymous)
+        matches!(
+            self,
+            Authentication::Anonymous | Authentication::Rejected(_)
+        )
+    }
+
+    /// Why the request's token was refused, when it was.
+    pub fn rejection(&self) -> Option<TokenRejection> {
+        match self {
+            Authentication::Rejected(why) => Some(*why),
+            _ => None,
+        }
     }
 
     /// Why the identity could not be known, when id6 was unavailable.
@@ -135,6 +150,59 @@ impl Authentication {
             Authentication::Unavailable(error) => Some(error),
             _ => None,
         }
+    }
+}
+
+/// Why a token was refused, in id6's words: its `errorCode` and message for a bad token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TokenRejection {
+    /// `invalid_token`: not a token id6 issued (garbage, a wrong signature), or one id6
+    /// refused for a reason it did not name.
+    InvalidToken,
+    /// `token_expired`: past id6's token lifetime.
+    TokenExpired,
+    /// `token_revoked`: issued before its user signed out everywhere.
+    TokenRevoked,
+    /// `user_not_found`: its user no longer exists.
+    UserNotFound,
+}
+
+impl TokenRejection {
+    /// id6's `errorCode`.
+    pub fn error_code(self) -> &'static str {
+        match self {
+            TokenRejection::InvalidToken => "invalid_token",
+            TokenRejection::TokenExpired => "token_expired",
+            TokenRejection::TokenRevoked => "token_revoked",
+            TokenRejection::UserNotFound => "user_not_found",
+        }
+    }
+
+    /// id6's message.
+    pub fn message(self) -> &'static str {
+        match self {
+            TokenRejection::InvalidToken => "Invalid token",
+            TokenRejection::TokenExpired => "Token expired",
+            TokenRejection::TokenRevoked => "Token revoked",
+            TokenRejection::UserNotFound => "User not found",
+        }
+    }
+
+    /// From id6's `errorCode`; one it does not document reads as `invalid_token`.
+    pub(crate) fn from_code(code: Option<&str>) -> Self {
+        match code {
+            Some("token_expired") => TokenRejection::TokenExpired,
+            Some("token_revoked") => TokenRejection::TokenRevoked,
+            Some("user_not_found") => TokenRejection::UserNotFound,
+            _ => TokenRejection::InvalidToken,
+        }
+    }
+}
+
+impl std::fmt::Display for TokenRejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.error_code())
     }
 }
 

@@ -4,7 +4,6 @@ mod common;
 
 use common::{now_ms, Setup};
 use id6_tower::testing::MockId6;
-use id6_tower::Authentication;
 
 async fn setup(secret: Option<&str>) -> Setup {
     let mock = MockId6::start().await.unwrap();
@@ -45,16 +44,22 @@ async fn invalid_and_revoked_tokens_are_anonymous() {
     let alice = s.mock.add_user("Alice", "alice@example.com");
     let old = s.mock.token_issued_at(alice, now_ms() - 10);
     s.mock.revoke_tokens(alice);
-    for token in [
-        "garbage.token.x".to_owned(),
-        old.clone(),
-        s.mock.expired_token_for(alice),
+    for (token, code) in [
+        // Refused locally, as id6 would.
+        ("garbage.token.x".to_owned(), "invalid_token"),
+        // id6's own reasons, through /authorize's `error.code`.
+        (old.clone(), "token_revoked"),
+        (s.mock.expired_token_for(alice), "token_expired"),
     ] {
-        assert!(matches!(
-            s.id6.authenticate(&headers(&token)).await,
-            Authentication::Anonymous
-        ));
-        assert_eq!(s.get("/me", Some(&token)).await.0, 401);
+        let verdict = s.id6.authenticate(&headers(&token)).await;
+        assert_eq!(verdict.rejection().map(|r| r.error_code()), Some(code));
+        assert!(verdict.is_anonymous());
+        let (status, body, _) = s.get("/me", Some(&token)).await;
+        assert_eq!(status, 401);
+        assert!(
+            body.contains(&format!("\"errorCode\":\"{code}\"")),
+            "{body}"
+        );
     }
     // The revoked answer carried a user too, and `error` won.
     let raw = common::http_client()

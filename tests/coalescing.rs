@@ -123,6 +123,6 @@ async fn malformed_cookies_never_reach_id6() {
     headers.insert("cookie", http::HeaderValue::from_static("auth=a b"));
     assert!(matches!(
         s.id6.authenticate(&headers).await,
-        Authentication::Anonymous
+        Authentication::Rejected(id6_tower::TokenRejection::InvalidToken)
     ));
 }

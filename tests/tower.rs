@@ -16,7 +16,7 @@ async fn who(
 ) -> Result<http::Response<String>, Infallible> {
     let text = match request.extensions().get::<Authentication>() {
         Some(Authentication::Authenticated(user)) => format!("{}:{}", user.id, user.name),
-        Some(Authentication::Anonymous) => "anonymous".to_owned(),
+        Some(verdict) if verdict.is_anonymous() => "anonymous".to_owned(),
         Some(Authentication::Unavailable(_)) => "unavailable".to_owned(),
         Some(_) | None => "no layer".to_owned(),
     };

@@ -8,10 +8,12 @@ use http::HeaderValue;
 
 use super::{
     base_url, between, count, is_cookie_name_byte, join, limits, redact_userinfo, setting,
-    Authorization, ClientSettings, Endpoint, MissLimit, OnUnavailable, RedisSettings,
+    Authorization, ClientSettings, Endpoint, HttpSettings, MissLimit, OnUnavailable, RedisSettings,
     ResolverSettings, Setting, Settings,
 };
+use crate::guard::Origin;
 use crate::jwt::Screen;
+use crate::rejection::{AuthRejection, RejectionHook};
 use crate::resolve::{CallerFinder, CallerKey};
 
 /// Whether this build can speak HTTPS on its own.
@@ -99,6 +101,9 @@ pub struct Id6Builder {
     pub(super) caller_key: Option<CallerKey>,
     /// `None`: the default, a share of the TTL; `Some(None)`: off.
     pub(super) refresh_after: Option<Option<Duration>>,
+    pub(super) login_url: Option<String>,
+    pub(super) trusted_origins: Vec<String>,
+    pub(super) rejection_hook: Option<RejectionHook>,
     /// The first setting that could not even be parsed (from the environment).
     pub(super) deferred: Option<Error>,
 }
@@ -161,6 +166,9 @@ impl Id6Builder {
             trusted_proxies: 0,
             caller_key: None,
             refresh_after: None,
+            login_url: None,
+            trusted_origins: Vec::new(),
+            rejection_hook: None,
             deferred: None,
         }
     }
@@ -381,6 +389,56 @@ impl Id6Builder {
         self
     }
 
+    /// id6's sign-in page, where [`Id6::require_user`] sends a browser that is not signed in
+    /// (`303`; also `ID6_LOGIN_URL`): an absolute `http(s)` URL, used verbatim, so bake the
+    /// way back into it if id6 should return there (`…/login?redirect=https://app/account`).
+    /// Nothing from the request ever changes where the redirect points. Unset, guards
+    /// answer 401 to browsers too.
+    pub fn login_url(mut self, url: impl Into<String>) -> Self {
+        self.login_url = Some(url.into());
+        self
+    }
+
+    /// Origins (`scheme://host[:port]`) whose writes carrying the cookie pass
+    /// [`Id6::csrf`] besides the request's own (also `ID6_TRUSTED_ORIGINS`,
+    /// comma-separated): a front end on another host of yours, say.
+    pub fn trusted_origins<I>(mut self, origins: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        self.trusted_origins = origins.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Answers every rejection of the app your way — the extractors', the guards' and the
+    /// CSRF check's — in one place: `hook` gets the [`AuthRejection`] (status, id6's code,
+    /// message, path, `Retry-After`) and returns the response, whose `String` body becomes
+    /// the service's body. [`AuthRejection::default_response`] is the crate's own answer.
+    ///
+    /// ```
+    /// use id6_tower::{AuthRejection, Id6};
+    ///
+    /// let id6 = Id6::builder("http://127.0.0.1:8000/api")
+    ///     .on_rejection(|rejection: &AuthRejection| {
+    ///         let mut response = rejection.default_response();
+    ///         *response.body_mut() = format!("{}: {}", rejection.status(), rejection.message());
+    ///         response
+    ///             .headers_mut()
+    ///             .insert("content-type", "text/plain".parse().unwrap());
+    ///         response
+    ///     })
+    ///     .build()?;
+    /// # Ok::<(), id6_tower::Error>(())
+    /// ```
+    pub fn on_rejection<F>(mut self, hook: F) -> Self
+    where
+        F: Fn(&AuthRejection) -> http::Response<String> + Send + Sync + 'static,
+    {
+        self.rejection_hook = Some(RejectionHook::new(hook));
+        self
+    }
+
     /// Checks every setting and builds the handle. Never contacts id6.
     ///
     /// # Errors
@@ -588,6 +646,47 @@ impl Id6Builder {
                 Some(between(REFRESH_AFTER, after, Duration::ZERO, limits::TTL)?)
             }
         };
+        let login_url = match self.login_url {
+            Some(url) => {
+                let parsed = reqwest::Url::parse(url.trim())
+                    .ok()
+                    .filter(|u| matches!(u.scheme(), "http" | "https") && u.has_host())
+                    .filter(|u| u.username().is_empty() && u.password().is_none())
+                    .filter(|u| u.as_str().len() <= limits::TEXT_BYTES * 2);
+                let value = parsed.and_then(|u| HeaderValue::try_from(u.as_str()).ok());
+                Some(value.ok_or_else(|| {
+                    Error::config(
+                        LOGIN_URL,
+                        "must be an absolute http(s) URL without user name or password, \
+                         at most 2048 bytes",
+                    )
+                })?)
+            }
+            None => None,
+        };
+        let mut trusted_origins = Vec::new();
+        for origin in &self.trusted_origins {
+            match Origin::parse(origin) {
+                Some(parsed) => trusted_origins.push(parsed),
+                None => {
+                    return Err(Error::config(
+                        TRUSTED_ORIGINS,
+                        format!(
+                            "{} is not an origin like `https://app.example` or \
+                             `http://localhost:3000`",
+                            super::quoted(origin)
+                        ),
+                    ))
+                }
+            }
+        }
+        let http = HttpSettings {
+            dead_cookie,
+            login_url,
+            trusted_origins: trusted_origins.into(),
+            rejection_hook: self.rejection_hook,
+            bearer: locations.contains(&TokenLocation::Bearer),
+        };
         let resolver = ResolverSettings {
             finder: TokenFinder::new(&self.cookie_name, &locations),
             screen,
@@ -623,7 +722,7 @@ impl Id6Builder {
             client,
             resolver,
             redis,
-            dead_cookie,
+            http,
             max_picture_bytes,
         })
     }

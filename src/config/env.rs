@@ -20,7 +20,8 @@ impl Id6Builder {
     /// `ID6_MAX_CONCURRENT_CALLS`, `ID6_AUTHORIZATION_URL` + `ID6_AUTHORIZATION_SECRET`,
     /// `ID6_CLEAR_DEAD_COOKIE`, `ID6_DEAD_COOKIE_ATTRIBUTES`, and with feature `redis`
     /// `ID6_REDIS_URL`, `ID6_REDIS_PREFIX`, `ID6_REDIS_TIMEOUT`; `ID6_MISS_LIMIT` (`30/1m` or
-    /// `off`), `ID6_TRUSTED_PROXIES`, `ID6_REFRESH_AFTER` (a duration or `off`).
+    /// `off`), `ID6_TRUSTED_PROXIES`, `ID6_REFRESH_AFTER` (a duration or `off`);
+    /// `ID6_LOGIN_URL`, `ID6_TRUSTED_ORIGINS` (comma-separated).
     ///
     /// Durations read like `60s`, `1500ms` or `5m`. A missing, unreadable (not UTF-8) or
     /// out-of-range variable is reported by [`build`](Self::build), naming the variable.
@@ -137,6 +138,15 @@ impl Id6Builder {
         }
         if let Some(d) = env.duration(REDIS_TIMEOUT) {
             b.redis_timeout = d;
+        }
+        b.login_url = env.text(LOGIN_URL);
+        if let Some(value) = env.text(TRUSTED_ORIGINS) {
+            b.trusted_origins = value
+                .split(',')
+                .map(str::trim)
+                .filter(|origin| !origin.is_empty())
+                .map(str::to_owned)
+                .collect();
         }
         if let Some(value) = env.text(MISS_LIMIT) {
             match MissLimit::parse(&value) {

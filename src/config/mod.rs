@@ -15,7 +15,9 @@ use std::time::Duration;
 use http::HeaderValue;
 use reqwest::Url;
 
+use crate::guard::Origin;
 use crate::jwt::Screen;
+use crate::rejection::RejectionHook;
 use crate::resolve::CallerFinder;
 use crate::token::TokenFinder;
 use crate::Error;
@@ -72,6 +74,8 @@ settings! {
     MISS_LIMIT = "miss_limit", "ID6_MISS_LIMIT";
     TRUSTED_PROXIES = "trusted_proxies", "ID6_TRUSTED_PROXIES";
     REFRESH_AFTER = "refresh_after", "ID6_REFRESH_AFTER";
+    LOGIN_URL = "login_url", "ID6_LOGIN_URL";
+    TRUSTED_ORIGINS = "trusted_origins", "ID6_TRUSTED_ORIGINS";
 }
 
 const DAY: Duration = Duration::from_secs(24 * 3600);
@@ -113,8 +117,7 @@ pub(crate) struct Settings {
     pub(crate) client: ClientSettings,
     pub(crate) resolver: ResolverSettings,
     pub(crate) redis: Option<RedisSettings>,
-    /// For the layer: the `Set-Cookie` value that clears a dead token, when enabled.
-    pub(crate) dead_cookie: Option<HeaderValue>,
+    pub(crate) http: HttpSettings,
     /// For the typed calls: the cap on a picture, up or down.
     pub(crate) max_picture_bytes: u64,
 }
@@ -161,6 +164,21 @@ pub(crate) struct ResolverSettings {
     /// apart.
     pub(crate) miss_limit: Option<MissLimit>,
     pub(crate) callers: CallerFinder,
+}
+
+/// What the layer and the guards answer with.
+#[derive(Debug, Clone)]
+pub(crate) struct HttpSettings {
+    /// The `Set-Cookie` value that clears a dead token, when enabled.
+    pub(crate) dead_cookie: Option<HeaderValue>,
+    /// Where a guard sends a browser to sign in: this page and no other.
+    pub(crate) login_url: Option<HeaderValue>,
+    /// Origins besides the request's own whose cookie-carrying writes pass the CSRF check.
+    pub(crate) trusted_origins: Box<[Origin]>,
+    /// The app's own answer to every rejection.
+    pub(crate) rejection_hook: Option<RejectionHook>,
+    /// Bearer tokens are accepted: 401s carry a `WWW-Authenticate: Bearer` challenge.
+    pub(crate) bearer: bool,
 }
 
 /// The second level on Redis (feature `redis`; refused by `build` without it).

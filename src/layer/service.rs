@@ -7,6 +7,7 @@ use http::{Request, Response};
 use tower_service::Service;
 
 use super::ResponseFuture;
+use crate::rejection::BearerAccepted;
 use crate::resolve::Lookup;
 use crate::{Authentication, Id6};
 
@@ -81,6 +82,14 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        // What the extractors need to answer as configured (nothing, by default).
+        let http = self.id6.http_settings();
+        if http.bearer {
+            request.extensions_mut().insert(BearerAccepted);
+        }
+        if let Some(hook) = &http.rejection_hook {
+            request.extensions_mut().insert(hook.clone());
+        }
         let lookup =
             self.id6
                 .resolver()

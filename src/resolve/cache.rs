@@ -18,7 +18,7 @@ use crate::error::{Error, Kind};
 use crate::lock::lock;
 use crate::telemetry::{self, Eviction, Telemetry};
 use crate::token::TokenKey;
-use crate::user::{Authentication, User};
+use crate::user::{Authentication, TokenRejection, User};
 
 /// What a load hands the requests that waited on it.
 #[derive(Clone, Debug)]
@@ -68,7 +68,8 @@ type Hasher = foldhash::fast::RandomState;
 #[derive(Clone)]
 struct Entries {
     users: Cache<TokenKey, Arc<Cached>, Hasher>,
-    rejected: Cache<TokenKey, (), Hasher>,
+    /// Rejected tokens, with id6's reason.
+    rejected: Cache<TokenKey, TokenRejection, Hasher>,
     /// With [`OnUnavailable::Stale`]: users kept for the grace window past their TTL, served
     /// only when id6 cannot be asked. Invalidated with the rest.
     stale: Option<Cache<TokenKey, Arc<User>, Hasher>>,
@@ -111,8 +112,8 @@ impl Entries {
                 refresh,
             });
         }
-        self.rejected.contains_key(key).then_some(Hit {
-            verdict: Authentication::Anonymous,
+        self.rejected.get(key).map(|why| Hit {
+            verdict: Authentication::Rejected(why),
             refresh: false,
         })
     }
@@ -137,14 +138,15 @@ impl Entries {
                 };
                 self.users.insert(key, Arc::new(cached));
             }
-            Authentication::Anonymous => {
+            Authentication::Rejected(why) => {
                 self.users.invalidate(&key);
                 if let Some(stale) = &self.stale {
                     stale.invalidate(&key);
                 }
-                self.rejected.insert(key, ());
+                self.rejected.insert(key, why);
             }
-            Authentication::Unavailable(_) => {}
+            // Said of no token: never a verdict on one to remember.
+            Authentication::Anonymous | Authentication::Unavailable(_) => {}
         }
     }
 
@@ -384,8 +386,10 @@ impl AuthCache {
             return;
         }
         match verdict {
-            Authentication::Unavailable(_) => return,
-            Authentication::Anonymous => self.entries.insert(key, Authentication::Anonymous),
+            Authentication::Unavailable(_) | Authentication::Anonymous => return,
+            Authentication::Rejected(why) => {
+                self.entries.insert(key, Authentication::Rejected(*why))
+            }
             Authentication::Authenticated(user) => {
                 let owner = coherence.users.entry(user.id).or_default();
                 if owner.invalidated.is_some_and(|(at, _)| at > started) {
@@ -711,14 +715,15 @@ mod tests {
             || Ok(()),
             move || async move {
                 let _ = done_tx.send(());
-                Authentication::Anonymous
+                Authentication::Rejected(TokenRejection::TokenExpired)
             },
         ));
         done_rx.await.unwrap();
         while cache.inflight_len() > 0 {
             tokio::task::yield_now().await;
         }
-        assert!(cache.get(&key, None).unwrap().verdict.is_anonymous());
+        let remembered = cache.get(&key, None).unwrap().verdict;
+        assert_eq!(remembered.rejection(), Some(TokenRejection::TokenExpired));
     }
 
     #[test]
@@ -745,7 +750,11 @@ mod tests {
         assert!(cache.get(&a, None).is_none());
 
         let now = cache.shared.generation.load(Ordering::SeqCst);
-        cache.fill(b, &Authentication::Anonymous, now);
+        cache.fill(
+            b,
+            &Authentication::Rejected(TokenRejection::InvalidToken),
+            now,
+        );
         cache.clear();
         assert!(cache.get(&b, None).is_none() && cache.get(&c, None).is_none());
         cache.fill(c, &user(2), now);

@@ -259,6 +259,30 @@ mod tests {
     }
 
     #[test]
+    fn servers_connection_infos_are_read() {
+        let finder = CallerFinder::new(0, None);
+        let peer: SocketAddr = "192.0.2.5:6000".parse().unwrap();
+        #[cfg(feature = "axum")]
+        {
+            let mut extensions = Extensions::new();
+            extensions.insert(axum::extract::ConnectInfo(peer));
+            assert_eq!(finder.find(&HeaderMap::new(), &extensions), ip("192.0.2.5"));
+        }
+        #[cfg(feature = "tonic")]
+        {
+            let mut extensions = Extensions::new();
+            extensions.insert(tonic::transport::server::TcpConnectInfo {
+                local_addr: None,
+                remote_addr: Some(peer),
+            });
+            assert_eq!(finder.find(&HeaderMap::new(), &extensions), ip("192.0.2.5"));
+        }
+        let mut extensions = Extensions::new();
+        extensions.insert(peer);
+        assert_eq!(finder.find(&HeaderMap::new(), &extensions), ip("192.0.2.5"));
+    }
+
+    #[test]
     fn ipv6_callers_count_per_64() {
         let a = ip("2001:db8:1:2:aaaa::1").unwrap().budget_key();
         let b = ip("2001:db8:1:2:bbbb::9").unwrap().budget_key();

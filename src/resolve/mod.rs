@@ -40,7 +40,7 @@ use crate::clock;
 use crate::config::ResolverSettings;
 use crate::telemetry::{LookupOutcome, Refresh, Telemetry};
 use crate::token::{self, Found, TokenKey, TokenLocation, UserToken};
-use crate::Authentication;
+use crate::{Authentication, TokenRejection};
 
 /// What an eviction covers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,7 +57,7 @@ pub(crate) enum Scope {
 pub(crate) enum Lookup {
     /// No token: anonymous without asking anyone.
     NoToken,
-    /// A malformed token (anonymous, never sent to id6) or a cache hit.
+    /// A malformed token (rejected, never sent to id6) or a cache hit.
     Ready {
         verdict: Authentication,
         /// The token came from the cookie (so a dead one may be cleared).
@@ -155,17 +155,18 @@ impl Resolver {
             return Lookup::NoToken;
         };
         let from_cookie = location == TokenLocation::Cookie;
-        let refuse = |why: &str| {
+        // What id6 would answer for such a token, without asking it.
+        let refuse = |why: &str, verdict: TokenRejection| {
             inner.telemetry.lookup(LookupOutcome::Malformed);
             tracing::debug!(why, "token refused locally; anonymous without asking id6");
             Lookup::Ready {
-                verdict: Authentication::Anonymous,
+                verdict: Authentication::Rejected(verdict),
                 from_cookie,
             }
         };
         // Bound the hashing work a stranger can cause; such a value is no token anyway.
         if raw.len() > token::MAX_TOKEN_LEN {
-            return refuse("too long");
+            return refuse("too long", TokenRejection::InvalidToken);
         }
         let key = TokenKey::of(raw);
         if let Some(hit) = inner.local.get(&key, max_age) {
@@ -185,10 +186,10 @@ impl Resolver {
         // Only values that pass `check` and the screen are ever stored, so a hit needs
         // neither.
         let Found::Token(token) = token::check(raw) else {
-            return refuse("not cookie-octets");
+            return refuse("not cookie-octets", TokenRejection::InvalidToken);
         };
         if let Err(refusal) = inner.settings.screen.check(token) {
-            return refuse(refusal.as_str());
+            return refuse(refusal.as_str(), refusal.as_rejection());
         }
         inner.telemetry.lookup(LookupOutcome::Miss);
         let token = UserToken::from_found(token);

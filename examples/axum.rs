@@ -16,6 +16,7 @@
 //! - `GET /` → `Hello, <name>!` or `Hello, anonymous!`
 //! - `GET /me` → the user's JSON, or 401 / 503 with id6's error JSON
 //! - `POST /me/profile` (JSON `{name, bio?, language?}`) → 204, or 400 with id6's error body
+//!   (`invalid_body` for any invalid body, as id6 answers it)
 //! - `POST /me/picture` (multipart field `picture`) → `{"picture": "<url>"}`
 //! - `GET /me/picture` → the picture, streamed from id6
 //! - `POST /logout` → 204, signs out (the token leaves the cache, the cookie the browser);
@@ -24,10 +25,20 @@
 //! - `GET /app` → an HTML page: "Signed in as <name>" with a sign-out button, or
 //!   "Anonymous" with a link to id6's sign-in page (`ID6_LOGIN_URL`, or the embedded
 //!   MockId6's) that comes back to `/app`
+//! - `GET /account` (behind `id6.require_user()`) → `Account of <name>`; anonymous with
+//!   `Accept: text/html` → `303` to the sign-in page (`ID6_LOGIN_URL`, or the embedded
+//!   MockId6's, coming back to `/account`); anonymous otherwise → 401 JSON
+//! - `GET /admin` (behind `id6.require_user_where(..)`) → `Admin: <name>` for users whose
+//!   email is in `ADMIN_EMAILS` (comma-separated; embedded MockId6: Alice); other users →
+//!   403 `forbidden`; anonymous → 401
+//! - every write (`POST /me/profile`, `/me/picture`, `/logout`, `/logout-everywhere`) is behind
+//!   `id6.csrf()`: a cross-site one carrying the cookie → 403 `csrf_rejected` (the app's own
+//!   origin and `ID6_TRUSTED_ORIGINS` are trusted)
 
 use std::sync::Arc;
 
 use axum::body::Body;
+use axum::body::Bytes;
 use axum::extract::{FromRef, Multipart, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
@@ -35,15 +46,29 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use id6_tower::testing::MockId6;
 use id6_tower::{CurrentUser, Id6, Id6Builder, PictureUpload, Profile, RequireUser, User};
-use serde::Deserialize;
 
-/// What the handlers share: the id6 handle and where browsers sign in.
+/// What the handlers share: the id6 handle, where browsers sign in, and who is an admin.
 #[derive(Clone)]
 pub struct AppState {
     /// The id6 handle (its layer wraps the routes).
     pub id6: Id6,
     /// id6's sign-in page, to which `?redirect=<this app's /app>` is appended.
     pub login_url: Option<String>,
+    /// Emails allowed on `/admin` (`ADMIN_EMAILS`, comma-separated).
+    pub admin_emails: Arc<[String]>,
+}
+
+/// `ADMIN_EMAILS`, comma-separated; `default` when unset.
+fn admin_emails(default: &[&str]) -> Arc<[String]> {
+    match std::env::var("ADMIN_EMAILS") {
+        Ok(list) => list
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        Err(_) => default.iter().map(|e| (*e).to_owned()).collect(),
+    }
 }
 
 impl FromRef<AppState> for Id6 {
@@ -63,23 +88,24 @@ async fn me(RequireUser(user): RequireUser) -> Json<Arc<User>> {
     Json(user)
 }
 
-#[derive(Deserialize)]
-struct ProfileForm {
-    name: String,
-    bio: Option<String>,
-    language: Option<String>,
-}
-
+/// The body is read as id6 reads it, so an invalid one gets id6's own `400 invalid_body`
+/// (not axum's 422 from a typed `Json` extractor).
 async fn update_profile(
     State(id6): State<Id6>,
     headers: HeaderMap,
-    Json(form): Json<ProfileForm>,
+    body: Bytes,
 ) -> Result<StatusCode, id6_tower::Error> {
-    let mut profile = Profile::new(form.name);
-    profile.bio = form.bio;
-    profile.language = form.language;
+    let profile = Profile::from_json(&body)?;
     id6.update_profile(&headers, &profile).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+async fn account(RequireUser(user): RequireUser) -> String {
+    format!("Account of {}", user.name)
+}
+
+async fn admin(RequireUser(user): RequireUser) -> String {
+    format!("Admin: {}", user.name)
 }
 
 async fn update_picture(
@@ -183,16 +209,33 @@ async fn logout_everywhere(
 
 /// The app, for any `Id6` handle (the browser test serves it too).
 pub fn app(state: AppState) -> Router {
-    let layer = state.id6.layer();
+    let id6 = state.id6.clone();
+    let admins = state.admin_emails.clone();
+    let is_admin = move |user: &User| {
+        user.email
+            .as_ref()
+            .is_some_and(|email| admins.iter().any(|a| a.eq_ignore_ascii_case(email)))
+    };
+    // Every route that writes, behind the CSRF check (the app's own origin by `Host`, plus
+    // ID6_TRUSTED_ORIGINS).
+    let writes = Router::new()
+        .route("/me/profile", post(update_profile))
+        .route("/me/picture", post(update_picture))
+        .route("/logout", post(logout))
+        .route("/logout-everywhere", post(logout_everywhere))
+        .route_layer(id6.csrf());
     Router::new()
         .route("/", get(home))
         .route("/app", get(page))
         .route("/me", get(me))
-        .route("/me/profile", post(update_profile))
-        .route("/me/picture", get(picture).post(update_picture))
-        .route("/logout", post(logout))
-        .route("/logout-everywhere", post(logout_everywhere))
-        .layer(layer)
+        .route("/me/picture", get(picture))
+        .route("/account", get(account).route_layer(id6.require_user()))
+        .route(
+            "/admin",
+            get(admin).route_layer(id6.require_user_where(is_admin)),
+        )
+        .merge(writes)
+        .layer(id6.layer())
         .with_state(state)
 }
 
@@ -221,6 +264,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         let state = AppState {
             id6: Id6::from_env()?,
             login_url,
+            admin_emails: admin_emails(&[]),
         };
         (state, None, None)
     } else {
@@ -233,10 +277,17 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             "ID6_URL is unset: using an embedded MockId6 at {}",
             mock.url()
         );
+        let login = format!("{}/login", mock.url());
+        // Every other ID6_* variable still applies (ID6_MISS_LIMIT, ID6_REFRESH_AFTER...); the
+        // guards send browsers to the mock's sign-in page, which comes back to /account.
+        let mut builder = Id6Builder::from_env_or(mock.url());
+        if std::env::var_os("ID6_LOGIN_URL").is_none() {
+            builder = builder.login_url(mock.sign_in_url(&format!("http://{addr}/account")));
+        }
         let state = AppState {
-            // Every other ID6_* variable still applies (ID6_MISS_LIMIT, ID6_REFRESH_AFTER...).
-            id6: Id6Builder::from_env_or(mock.url()).build()?,
-            login_url: Some(format!("{}/login", mock.url())),
+            id6: builder.build()?,
+            login_url: Some(login),
+            admin_emails: admin_emails(&["alice@example.com"]),
         };
         (state, Some(mock), Some(token))
     };

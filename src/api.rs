@@ -64,6 +64,74 @@ impl Profile {
         self
     }
 
+    /// A profile from a JSON body, read as id6 reads `POST /user/profile` (for an app that
+    /// passes its own clients' profile edits on): an object with a string `name`, and
+    /// optionally `bio` and `language` (strings, or `null`); other fields are ignored, as
+    /// id6 ignores them. Anything else is id6's `400 invalid_body`, with `errorDetails` in
+    /// id6's shape, before anything is sent; the rules of [`Id6::update_profile`] follow.
+    ///
+    /// ```
+    /// use id6_tower::Profile;
+    ///
+    /// let profile = Profile::from_json(br#"{"name": "Alice", "language": "fr"}"#).unwrap();
+    /// assert_eq!(profile.language.as_deref(), Some("fr"));
+    /// let refused = Profile::from_json(br#"{"bio": "no name"}"#).unwrap_err();
+    /// assert_eq!(refused.error_code(), Some("invalid_body"));
+    /// assert_eq!(refused.error_details().unwrap()[0]["type"], "any.required");
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// A validation [`Error`] (`is_validation`, code `invalid_body`).
+    pub fn from_json(body: &[u8]) -> Result<Profile, Error> {
+        let invalid = |details: serde_json::Value| {
+            Error::new(Kind::Invalid {
+                code: "invalid_body",
+                details,
+            })
+        };
+        let value: serde_json::Value = serde_json::from_slice(body).map_err(|_| {
+            invalid(
+                json!([{ "message": "the body is not JSON", "path": [], "type": "object.base" }]),
+            )
+        })?;
+        let Some(object) = value.as_object() else {
+            return Err(invalid(
+                json!([{ "message": "\"value\" must be of type object", "path": [], "type": "object.base" }]),
+            ));
+        };
+        let mut problems = Vec::new();
+        let mut text = |field: &str, required: bool| match object.get(field) {
+            Some(serde_json::Value::String(text)) => Some(text.clone()),
+            None | Some(serde_json::Value::Null) if !required => None,
+            None => {
+                let message = format!("\"{field}\" is required");
+                problems
+                    .push(json!({ "message": message, "path": [field], "type": "any.required" }));
+                None
+            }
+            Some(_) => {
+                let message = format!("\"{field}\" must be a string");
+                problems
+                    .push(json!({ "message": message, "path": [field], "type": "string.base" }));
+                None
+            }
+        };
+        let name = text("name", true);
+        let bio = text("bio", false);
+        let language = text("language", false);
+        if !problems.is_empty() {
+            return Err(invalid(serde_json::Value::Array(problems)));
+        }
+        let profile = Profile {
+            name: name.unwrap_or_default(),
+            bio,
+            language,
+        };
+        profile.validate()?;
+        Ok(profile)
+    }
+
     /// id6's rules, checked before sending; the details follow id6's `errorDetails` items.
     fn validate(&self) -> Result<(), Error> {
         let mut problems = Vec::new();

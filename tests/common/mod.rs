@@ -91,6 +91,15 @@ pub fn http_client() -> reqwest::Client {
         .expect("a reqwest client")
 }
 
+/// A client that shows redirects instead of following them.
+pub fn http_client_no_redirect() -> reqwest::Client {
+    reqwest::Client::builder()
+        .tls_backend_rustls()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("a reqwest client")
+}
+
 /// Milliseconds since the epoch, as id6's `issuedAt`.
 pub fn now_ms() -> u64 {
     let since = std::time::SystemTime::now()

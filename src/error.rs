@@ -213,7 +213,7 @@ impl Error {
 
     /// id6's message for its own refusals (or ours with the same meaning): safe to show the
     /// end user, unlike [`Display`](std::fmt::Display), which is for logs.
-    pub(crate) fn message(&self) -> Option<&str> {
+    pub fn message(&self) -> Option<&str> {
         match &self.inner.kind {
             Kind::Api(api) => api.message.as_deref(),
             Kind::Invalid {

@@ -86,13 +86,17 @@ async fn main() -> Result<(), Failure> {
     walk.get("/", Some(&alice_token), 200, "Hello, Alice Liddell!", 2)
         .await?;
 
-    println!("\n== garbage cookie: no id6 token can look like this; id6 is not asked");
-    walk.get("/me", Some("not-a-jwt"), 401, "not_authenticated", 2)
+    println!("\n== garbage cookie: no id6 token can look like this; id6 is not asked, and the");
+    println!("   answer is id6's own");
+    walk.get("/me", Some("not-a-jwt"), 401, "invalid_token", 2)
         .await?;
 
-    println!("\n== expired token: id6 says 401, remembered as anonymous for the negative TTL");
+    println!("\n== expired token: id6 says 401 `token_expired`, remembered (reason included) for");
+    println!("   the negative TTL");
     let expired = mock.expired_token_for(alice);
-    walk.get("/me", Some(&expired), 401, "not_authenticated", 3)
+    walk.get("/me", Some(&expired), 401, "token_expired", 3)
+        .await?;
+    walk.get("/me", Some(&expired), 401, "token_expired", 3)
         .await?;
     walk.get("/", Some(&expired), 200, "Hello, anonymous!", 3)
         .await?;
@@ -103,7 +107,7 @@ async fn main() -> Result<(), Failure> {
     let bob_key = UserToken::new(&bob_token).ok_or("a token")?;
     id6.disconnect(&bob_key).await?;
     println!("id6.disconnect(Bob) -> ok");
-    walk.get("/me", Some(&bob_token), 401, "not_authenticated", 5)
+    walk.get("/me", Some(&bob_token), 401, "token_revoked", 5)
         .await?;
 
     println!("\n== id6 down: the cached user is still served; an unknown token gets 503");

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! cargo bench --bench overhead
+//! NO_REFRESH=1 cargo bench --bench overhead   # refresh-ahead off (its check skipped)
 //! ```
 //!
 //! Each group times the bare service and the layered one on the same request; the table
@@ -40,6 +41,11 @@ fn benches(c: &mut Criterion) {
     let id6 = Id6::builder(mock.url())
         .cache_ttl(Duration::from_secs(3600))
         .negative_ttl(Duration::from_secs(3600))
+        .refresh_after(
+            std::env::var_os("NO_REFRESH")
+                .map(|_| None)
+                .unwrap_or(Some(Duration::from_secs(2700))),
+        )
         .build()
         .unwrap();
     let alice = mock.add_user("Alice", "alice@example.com");

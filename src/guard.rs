@@ -22,12 +22,94 @@ use crate::rejection::{sign_in_redirect, AuthRejection};
 use crate::token::TokenLocation;
 use crate::{Authentication, Id6, User};
 
+/// A guard: lets a request through to the inner service unless its check refuses it, then
+/// answers in the check's place. [`RequireUserLayer`] and [`CsrfLayer`] are the two kinds.
+#[derive(Clone)]
+pub struct GuardLayer<C> {
+    id6: Id6,
+    check: C,
+}
+
 /// Lets a request through when its user qualifies; see [`Id6::require_user`] and
 /// [`Id6::require_user_where`].
+pub type RequireUserLayer<F = AnyUser> = GuardLayer<UserCheck<F>>;
+
+/// Refuses a write (`POST`, `PUT`, `PATCH`, `DELETE`...) carrying the cookie's token when it
+/// comes from another site; see [`Id6::csrf`].
+pub type CsrfLayer = GuardLayer<CsrfCheck>;
+
+impl<C> GuardLayer<C> {
+    pub(crate) fn new(id6: Id6, check: C) -> Self {
+        GuardLayer { id6, check }
+    }
+}
+
+impl<C> fmt::Debug for GuardLayer<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GuardLayer").finish_non_exhaustive()
+    }
+}
+
+impl<S, C: Clone> Layer<S> for GuardLayer<C> {
+    type Service = Guard<S, C>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Guard {
+            inner,
+            id6: self.id6.clone(),
+            check: self.check.clone(),
+        }
+    }
+}
+
+/// The service of a [`GuardLayer`].
 #[derive(Clone)]
-pub struct RequireUserLayer<F = AnyUser> {
+pub struct Guard<S, C> {
+    inner: S,
     id6: Id6,
-    condition: F,
+    check: C,
+}
+
+impl<S, C> fmt::Debug for Guard<S, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Guard").finish_non_exhaustive()
+    }
+}
+
+/// The future of a [`Guard`]: the refusal at once, or the inner service's future.
+pub type GuardFuture<F, ResBody, E> = Either<Ready<Result<Response<ResBody>, E>>, F>;
+
+impl<S, C, B, ResBody> Service<Request<B>> for Guard<S, C>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+    C: Check,
+    ResBody: From<String>,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = GuardFuture<S::Future, ResBody, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        match self.check.refusal(&self.id6, &request) {
+            Some(response) => Either::Left(ready(Ok(response.map(ResBody::from)))),
+            None => Either::Right(self.inner.call(request)),
+        }
+    }
+}
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// What a [`Guard`] checks: [`UserCheck`] or [`CsrfCheck`] (sealed).
+pub trait Check: sealed::Sealed + Clone {
+    /// The answer instead of the route's, or `None` to let the request through.
+    #[doc(hidden)]
+    fn refusal<B>(&self, id6: &Id6, request: &Request<B>) -> Option<Response<String>>;
 }
 
 /// The condition of [`Id6::require_user`]: any signed-in user.
@@ -55,78 +137,18 @@ where
     }
 }
 
-impl<F> fmt::Debug for RequireUserLayer<F> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RequireUserLayer").finish_non_exhaustive()
-    }
-}
+/// The check of [`RequireUserLayer`]: a signed-in user who meets the condition.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct UserCheck<F = AnyUser>(pub(crate) F);
 
-impl<F> RequireUserLayer<F> {
-    pub(crate) fn new(id6: Id6, condition: F) -> Self {
-        RequireUserLayer { id6, condition }
-    }
-}
+impl<F> sealed::Sealed for UserCheck<F> {}
 
-impl<S, F: Clone> Layer<S> for RequireUserLayer<F> {
-    type Service = RequireUserService<S, F>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        RequireUserService {
-            inner,
-            id6: self.id6.clone(),
-            condition: self.condition.clone(),
-        }
-    }
-}
-
-/// The service of [`RequireUserLayer`].
-#[derive(Clone)]
-pub struct RequireUserService<S, F = AnyUser> {
-    inner: S,
-    id6: Id6,
-    condition: F,
-}
-
-impl<S, F> fmt::Debug for RequireUserService<S, F> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RequireUserService").finish_non_exhaustive()
-    }
-}
-
-/// The future of the guards: the refusal at once, or the inner service's future.
-pub type GuardFuture<F, ResBody, E> = Either<Ready<Result<Response<ResBody>, E>>, F>;
-
-impl<S, F, B, ResBody> Service<Request<B>> for RequireUserService<S, F>
-where
-    S: Service<Request<B>, Response = Response<ResBody>>,
-    F: Condition,
-    ResBody: From<String>,
-{
-    type Response = Response<ResBody>;
-    type Error = S::Error;
-    type Future = GuardFuture<S::Future, ResBody, S::Error>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<B>) -> Self::Future {
-        match self.refusal(&request) {
-            Some(response) => Either::Left(ready(Ok(response.map(ResBody::from)))),
-            None => Either::Right(self.inner.call(request)),
-        }
-    }
-}
-
-impl<S, F: Condition> RequireUserService<S, F> {
-    /// The answer instead of the route's, unless the user qualifies.
-    fn refusal<B>(&self, request: &Request<B>) -> Option<Response<String>> {
+impl<F: Condition> Check for UserCheck<F> {
+    fn refusal<B>(&self, id6: &Id6, request: &Request<B>) -> Option<Response<String>> {
         let (uri, extensions) = (request.uri(), request.extensions());
-        let settings = self.id6.http_settings();
+        let settings = id6.http_settings();
         let rejection = match extensions.get::<Authentication>() {
-            Some(Authentication::Authenticated(user)) if self.condition.allows(user) => {
-                return None
-            }
+            Some(Authentication::Authenticated(user)) if self.0.allows(user) => return None,
             Some(Authentication::Authenticated(_)) => AuthRejection::forbidden(uri, extensions),
             _ => AuthRejection::for_verdict(uri, extensions)?,
         };
@@ -148,6 +170,23 @@ impl<S, F: Condition> RequireUserService<S, F> {
     }
 }
 
+/// The check of [`CsrfLayer`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CsrfCheck;
+
+impl sealed::Sealed for CsrfCheck {}
+
+impl Check for CsrfCheck {
+    fn refusal<B>(&self, id6: &Id6, request: &Request<B>) -> Option<Response<String>> {
+        if !is_cross_site_write(id6, request) {
+            return None;
+        }
+        let rejection = AuthRejection::csrf(request.uri(), request.extensions())
+            .with_hook(id6.http_settings().rejection_hook.as_ref());
+        Some(rejection.into_http())
+    }
+}
+
 /// A browser navigating (`Accept` lists `text/html`), not an API client.
 fn wants_html(headers: &HeaderMap) -> bool {
     headers
@@ -161,108 +200,42 @@ fn wants_html(headers: &HeaderMap) -> bool {
         })
 }
 
-/// Refuses a write (`POST`, `PUT`, `PATCH`, `DELETE`...) carrying the cookie's token when it
-/// comes from another site; see [`Id6::csrf`].
-#[derive(Clone)]
-pub struct CsrfLayer {
-    id6: Id6,
-}
-
-impl fmt::Debug for CsrfLayer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CsrfLayer").finish_non_exhaustive()
+/// OWASP's Fetch Metadata and Origin checks, for unsafe methods whose token is the
+/// cookie's (the one a browser attaches on its own): refused when `Sec-Fetch-Site` says
+/// `cross-site`, or when `Origin` is neither the request's own (by `Host`) nor trusted.
+/// A request with neither header (not a browser) passes, as does a bearer token (which a
+/// browser never attaches by itself) or no token at all.
+fn is_cross_site_write<B>(id6: &Id6, request: &Request<B>) -> bool {
+    if is_safe(request.method()) {
+        return false;
     }
-}
-
-impl CsrfLayer {
-    pub(crate) fn new(id6: Id6) -> Self {
-        CsrfLayer { id6 }
+    let headers = request.headers();
+    let finder = &id6.resolver().settings().finder;
+    if !matches!(finder.find_raw(headers), Some((_, TokenLocation::Cookie))) {
+        return false;
     }
-}
-
-impl<S> Layer<S> for CsrfLayer {
-    type Service = CsrfService<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        CsrfService {
-            inner,
-            id6: self.id6.clone(),
-        }
+    let fetch_site = headers
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim);
+    if fetch_site.is_some_and(|site| site.eq_ignore_ascii_case("cross-site")) {
+        return true;
     }
-}
-
-/// The service of [`CsrfLayer`].
-#[derive(Clone)]
-pub struct CsrfService<S> {
-    inner: S,
-    id6: Id6,
-}
-
-impl<S> fmt::Debug for CsrfService<S> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CsrfService").finish_non_exhaustive()
-    }
-}
-
-impl<S, B, ResBody> Service<Request<B>> for CsrfService<S>
-where
-    S: Service<Request<B>, Response = Response<ResBody>>,
-    ResBody: From<String>,
-{
-    type Response = Response<ResBody>;
-    type Error = S::Error;
-    type Future = GuardFuture<S::Future, ResBody, S::Error>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<B>) -> Self::Future {
-        if self.is_cross_site_write(&request) {
-            let rejection = AuthRejection::csrf(request.uri(), request.extensions())
-                .with_hook(self.id6.http_settings().rejection_hook.as_ref());
-            return Either::Left(ready(Ok(rejection.into_http().map(ResBody::from))));
-        }
-        Either::Right(self.inner.call(request))
-    }
-}
-
-impl<S> CsrfService<S> {
-    /// OWASP's Fetch Metadata and Origin checks, for unsafe methods whose token is the
-    /// cookie's (the one a browser attaches on its own): refused when `Sec-Fetch-Site` says
-    /// `cross-site`, or when `Origin` is neither the request's own (by `Host`) nor trusted.
-    /// A request with neither header (not a browser) passes, as does a bearer token (which a
-    /// browser never attaches by itself) or no token at all.
-    fn is_cross_site_write<B>(&self, request: &Request<B>) -> bool {
-        if is_safe(request.method()) {
-            return false;
-        }
-        let headers = request.headers();
-        let finder = &self.id6.resolver().settings().finder;
-        if !matches!(finder.find_raw(headers), Some((_, TokenLocation::Cookie))) {
-            return false;
-        }
-        let fetch_site = headers
-            .get("sec-fetch-site")
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim);
-        if fetch_site.is_some_and(|site| site.eq_ignore_ascii_case("cross-site")) {
-            return true;
-        }
-        let Some(origin) = headers.get(ORIGIN) else {
-            return false;
-        };
-        let Some(origin) = origin.to_str().ok().and_then(Origin::parse) else {
-            // `null` (a sandboxed frame, a privacy redirect) or garbage: not an origin we know.
-            return true;
-        };
-        let own = headers
-            .get(HOST)
-            .and_then(|host| host.to_str().ok())
-            .is_some_and(|host| origin.has_authority(host));
-        let trusted = self.id6.http_settings().trusted_origins.contains(&origin);
-        !(own || trusted)
-    }
+    let Some(origin) = headers.get(ORIGIN) else {
+        return false;
+    };
+    let Some(origin) = origin.to_str().ok().and_then(Origin::parse) else {
+        // `null` (a sandboxed frame, a privacy redirect) or garbage: not an origin we know.
+        return true;
+    };
+    // HTTP/1.1 names the host in `Host`; HTTP/2 in `:authority`, which lands in the URI.
+    let host = match headers.get(HOST) {
+        Some(host) => host.to_str().ok(),
+        None => request.uri().authority().map(|a| a.as_str()),
+    };
+    let own = host.is_some_and(|host| origin.has_authority(host));
+    let trusted = id6.http_settings().trusted_origins.contains(&origin);
+    !(own || trusted)
 }
 
 fn is_safe(method: &Method) -> bool {
@@ -352,6 +325,27 @@ mod tests {
         assert!(!origin.has_authority("evil.example"));
         let v6 = o("http://[::1]:3000").unwrap();
         assert!(v6.has_authority("[::1]:3000"));
+    }
+
+    #[test]
+    fn csrf_knows_the_own_origin_by_host_or_by_authority() {
+        let id6 = Id6::builder("http://127.0.0.1:9").build().unwrap();
+        let post = |uri: &str, host: Option<&str>, origin: &str| {
+            let mut request = Request::post(uri)
+                .header("cookie", "auth=a.b.c")
+                .header(ORIGIN, origin);
+            if let Some(host) = host {
+                request = request.header(HOST, host);
+            }
+            is_cross_site_write(&id6, &request.body(()).unwrap())
+        };
+        assert!(!post("/w", Some("app.example"), "https://app.example"));
+        assert!(post("/w", Some("app.example"), "https://evil.example"));
+        // HTTP/2: no `Host`, the authority is in the URI.
+        assert!(!post("https://app.example/w", None, "https://app.example"));
+        assert!(post("https://app.example/w", None, "https://evil.example"));
+        // Neither: nothing to compare with, so only trusted origins pass.
+        assert!(post("/w", None, "https://app.example"));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use http::{HeaderMap, HeaderValue};
 use crate::client::Client;
 use crate::config::HttpSettings;
 use crate::config::{Id6Builder, Settings};
-use crate::guard::{AnyUser, CsrfLayer, RequireUserLayer};
+use crate::guard::{AnyUser, CsrfCheck, CsrfLayer, GuardLayer, RequireUserLayer, UserCheck};
 use crate::resolve::{self, Resolver};
 use crate::telemetry::{Stats, Telemetry};
 use crate::token::UserToken;
@@ -109,7 +109,7 @@ impl Id6 {
     /// # }
     /// ```
     pub fn require_user(&self) -> RequireUserLayer {
-        RequireUserLayer::new(self.clone(), AnyUser)
+        GuardLayer::new(self.clone(), UserCheck(AnyUser))
     }
 
     /// A guard with a condition: id6 has no roles, so the app decides by user (a list of
@@ -134,7 +134,7 @@ impl Id6 {
     where
         F: Fn(&User) -> bool + Clone + Send + Sync + 'static,
     {
-        RequireUserLayer::new(self.clone(), condition)
+        GuardLayer::new(self.clone(), UserCheck(condition))
     }
 
     /// CSRF protection for routes that write (inside or outside [`layer`](Self::layer)):
@@ -156,7 +156,7 @@ impl Id6 {
     /// # }
     /// ```
     pub fn csrf(&self) -> CsrfLayer {
-        CsrfLayer::new(self.clone())
+        GuardLayer::new(self.clone(), CsrfCheck)
     }
 
     /// A layer for sensitive routes (payments, password changes): like

@@ -163,9 +163,9 @@ async fn active_users_are_refreshed_ahead_and_never_wait_again() {
     assert_eq!(s.mock.user_calls() as u64, stats.refreshes + 1, "{stats:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_revocation_during_a_refresh_is_never_undone() {
-    let mock = MockId6::start().await.unwrap();
+/// Alice signed in to an app whose entries are due for refresh after 100 ms (TTL a minute),
+/// her entry cached and then aged past that: the next hit starts a refresh.
+async fn alice_due_for_refresh(mock: MockId6) -> (common::Setup, u64, String) {
     let id6 = common::builder(&mock)
         .cache_ttl(Duration::from_secs(60))
         .refresh_after(Duration::from_millis(100))
@@ -175,8 +175,14 @@ async fn a_revocation_during_a_refresh_is_never_undone() {
     let alice = s.mock.add_user("Alice", "alice@example.com");
     let token = s.mock.token_for(alice);
     assert_eq!(s.get("/me", Some(&token)).await.0, 200);
-    // Let the entry age past `refresh_after`.
+    // Time itself is the subject: the entry must be older than `refresh_after`.
     tokio::time::sleep(Duration::from_millis(150)).await;
+    (s, alice, token)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_during_a_refresh_is_never_undone() {
+    let (s, alice, token) = alice_due_for_refresh(MockId6::start().await.unwrap()).await;
     // id6 decides "Alice" for the refresh, but the answer arrives late...
     s.mock.hold_user_answers();
     assert_eq!(
@@ -198,17 +204,7 @@ async fn a_revocation_during_a_refresh_is_never_undone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refresh_that_finds_the_token_dead_evicts_it() {
-    let mock = MockId6::start().await.unwrap();
-    let id6 = common::builder(&mock)
-        .cache_ttl(Duration::from_secs(60))
-        .refresh_after(Duration::from_millis(100))
-        .build()
-        .unwrap();
-    let s = common::Setup::with(mock, id6).await;
-    let alice = s.mock.add_user("Alice", "alice@example.com");
-    let token = s.mock.token_for(alice);
-    assert_eq!(s.get("/me", Some(&token)).await.0, 200);
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    let (s, alice, token) = alice_due_for_refresh(MockId6::start().await.unwrap()).await;
     // Revoked on id6's side only: the app learns it from the refresh.
     s.mock.revoke_tokens(alice);
     assert_eq!(
@@ -232,27 +228,24 @@ async fn refreshes_pause_when_ids_budget_runs_low() {
         .start()
         .await
         .unwrap();
-    let id6 = common::builder(&mock)
-        .cache_ttl(Duration::from_secs(60))
-        .refresh_after(Duration::from_millis(100))
-        .build()
-        .unwrap();
-    let s = common::Setup::with(mock, id6).await;
-    let alice = s.mock.add_user("Alice", "alice@example.com");
-    let token = s.mock.token_for(alice);
-    // Other work from this address spends id6's window down to 2 calls...
-    for _ in 0..18 {
+    // Alice's sign-in took one call of id6's window (19 left)...
+    let (s, _, token) = alice_due_for_refresh(mock).await;
+    // ...and other work from this address spends it down to 2...
+    for _ in 0..17 {
         let answer = s.http.get(format!("{}/user", s.mock.url())).send().await;
         assert!(answer.unwrap().status().is_success());
     }
-    // ...then a sign-in takes one: 1 of 20 left, under the reserve of a tenth.
-    assert_eq!(s.get("/me", Some(&token)).await.0, 200);
+    // ...and a new sign-in takes one more: the app reads 1 of 20 left in id6's answer,
+    // under the reserve of a tenth.
+    let carol = s.mock.add_user("Carol", "carol@example.com");
+    let carols = s.mock.token_for(carol);
+    assert_eq!(s.get("/me", Some(&carols)).await.0, 200);
     let stats = s.id6.stats();
     assert_eq!(
         (stats.id6_rate_limit, stats.id6_rate_remaining),
         (Some(20), Some(1))
     );
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Alice's entry is due: served, but no refresh is made.
     assert_eq!(s.get("/me", Some(&token)).await.0, 200);
     let stats = s.id6.stats();
     assert_eq!(
@@ -263,5 +256,5 @@ async fn refreshes_pause_when_ids_budget_runs_low() {
     // The last call is kept for a new sign-in.
     let bob = s.mock.add_user("Bob", "bob@example.com");
     assert_eq!(s.get("/me", Some(&s.mock.token_for(bob))).await.0, 200);
-    assert_eq!(s.mock.user_calls(), 18 + 2);
+    assert_eq!(s.mock.user_calls(), 1 + 17 + 1 + 1);
 }

@@ -2,6 +2,8 @@
 //! loopback: an axum app, and a bare hyper `service_fn`.
 
 mod common;
+#[path = "common/hyper.rs"]
+mod hyper_server;
 
 use std::convert::Infallible;
 
@@ -393,8 +395,6 @@ async fn one_hook_shapes_every_rejection() {
 
 #[tokio::test]
 async fn the_guard_serves_a_bare_hyper_service() {
-    use hyper_util::rt::TokioIo;
-    use hyper_util::service::TowerToHyperService;
     use tower::ServiceBuilder;
 
     let mock = MockId6::start().await.unwrap();
@@ -413,17 +413,7 @@ async fn the_guard_serves_a_bare_hyper_service() {
                 .unwrap_or_default();
             Ok::<_, Infallible>(http::Response::new(format!("hello {user}")))
         });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let service = TowerToHyperService::new(service.clone());
-            tokio::spawn(
-                hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service),
-            );
-        }
-    });
+    let addr = hyper_server::serve(service).await;
     let http = common::http_client_no_redirect();
     let url = format!("http://{addr}/");
     let ok = http

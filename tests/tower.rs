@@ -1,11 +1,11 @@
 //! The layer on a bare `tower::service_fn` behind hyper-util's server, no axum at all.
 
 mod common;
+#[path = "common/hyper.rs"]
+mod hyper_server;
 
 use std::convert::Infallible;
 
-use hyper_util::rt::TokioIo;
-use hyper_util::service::TowerToHyperService;
 use id6_tower::testing::MockId6;
 use id6_tower::{Authentication, Id6};
 use tower::{service_fn, Layer};
@@ -24,18 +24,7 @@ async fn who(
 }
 
 async fn serve(id6: &Id6) -> String {
-    let service = id6.layer().layer(service_fn(who));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let service = TowerToHyperService::new(service.clone());
-            tokio::spawn(
-                hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service),
-            );
-        }
-    });
+    let addr = hyper_server::serve(id6.layer().layer(service_fn(who))).await;
     format!("http://{addr}/")
 }
 

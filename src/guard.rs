@@ -13,8 +13,8 @@ use std::future::{ready, Ready};
 use std::task::{Context, Poll};
 
 use futures_util::future::Either;
-use http::header::{ACCEPT, HOST, ORIGIN};
-use http::{HeaderMap, Method, Request, Response};
+use http::header::{ACCEPT, HOST, ORIGIN, VARY};
+use http::{HeaderMap, HeaderValue, Method, Request, Response};
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -156,17 +156,20 @@ impl<F: Condition> Check for UserCheck<F> {
             rejection,
             AuthRejection::NotAuthenticated(_) | AuthRejection::TokenRejected(_)
         );
-        match settings.login_url.as_ref() {
+        let mut response = match settings.login_url.as_ref() {
             // A browser is sent to sign in; never anywhere but the configured page.
-            Some(login) if anonymous && wants_html(request.headers()) => {
-                Some(sign_in_redirect(login))
-            }
-            _ => Some(
-                rejection
-                    .with_hook(settings.rejection_hook.as_ref())
-                    .into_http(),
-            ),
+            Some(login) if anonymous && wants_html(request.headers()) => sign_in_redirect(login),
+            _ => rejection
+                .with_hook(settings.rejection_hook.as_ref())
+                .into_http(),
+        };
+        if settings.login_url.is_some() && anonymous {
+            // The answer depends on `Accept`: caches must not give a browser the API's.
+            response
+                .headers_mut()
+                .append(VARY, HeaderValue::from_static("accept"));
         }
+        Some(response)
     }
 }
 
@@ -203,8 +206,8 @@ fn wants_html(headers: &HeaderMap) -> bool {
 /// OWASP's Fetch Metadata and Origin checks, for unsafe methods whose token is the
 /// cookie's (the one a browser attaches on its own): refused when `Sec-Fetch-Site` says
 /// `cross-site`, or when `Origin` is neither the request's own (by `Host`) nor trusted.
-/// A request with neither header (not a browser) passes, as does a bearer token (which a
-/// browser never attaches by itself) or no token at all.
+/// A trusted origin passes even cross-site. A request with neither header (not a browser)
+/// passes, as does a bearer token (which a browser never attaches by itself) or no token.
 fn is_cross_site_write<B>(id6: &Id6, request: &Request<B>) -> bool {
     if is_safe(request.method()) {
         return false;
@@ -214,6 +217,16 @@ fn is_cross_site_write<B>(id6: &Id6, request: &Request<B>) -> bool {
     if !matches!(finder.find_raw(headers), Some((_, TokenLocation::Cookie))) {
         return false;
     }
+    let origin = headers
+        .get(ORIGIN)
+        .map(|o| o.to_str().ok().and_then(Origin::parse));
+    // A trusted origin may be another site of yours: trusted whatever Fetch Metadata says.
+    let trusted = &id6.http_settings().trusted_origins;
+    if let Some(Some(origin)) = &origin {
+        if trusted.contains(origin) {
+            return false;
+        }
+    }
     let fetch_site = headers
         .get("sec-fetch-site")
         .and_then(|v| v.to_str().ok())
@@ -221,21 +234,19 @@ fn is_cross_site_write<B>(id6: &Id6, request: &Request<B>) -> bool {
     if fetch_site.is_some_and(|site| site.eq_ignore_ascii_case("cross-site")) {
         return true;
     }
-    let Some(origin) = headers.get(ORIGIN) else {
-        return false;
-    };
-    let Some(origin) = origin.to_str().ok().and_then(Origin::parse) else {
+    let origin = match origin {
+        // Not a browser, or one that sent no `Origin`: Fetch Metadata said all there is.
+        None => return false,
         // `null` (a sandboxed frame, a privacy redirect) or garbage: not an origin we know.
-        return true;
+        Some(None) => return true,
+        Some(Some(origin)) => origin,
     };
     // HTTP/1.1 names the host in `Host`; HTTP/2 in `:authority`, which lands in the URI.
     let host = match headers.get(HOST) {
         Some(host) => host.to_str().ok(),
         None => request.uri().authority().map(|a| a.as_str()),
     };
-    let own = host.is_some_and(|host| origin.has_authority(host));
-    let trusted = id6.http_settings().trusted_origins.contains(&origin);
-    !(own || trusted)
+    !host.is_some_and(|host| origin.has_authority(host))
 }
 
 fn is_safe(method: &Method) -> bool {

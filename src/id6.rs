@@ -180,7 +180,8 @@ impl Id6 {
     }
 
     /// Who the request with these headers is, through the cache: the layer's own resolution,
-    /// for code that does not run behind it.
+    /// for code that does not run behind it. Without the request's connection, its misses
+    /// are not charged to any caller's [`miss_limit`](Id6Builder::miss_limit).
     ///
     /// ```
     /// # async fn run(id6: id6_tower::Id6, request: http::Request<()>) {
@@ -191,10 +192,7 @@ impl Id6 {
     /// # }
     /// ```
     pub async fn authenticate(&self, headers: &HeaderMap) -> Authentication {
-        self.inner
-            .resolver
-            .authenticate(headers, &http::Extensions::new())
-            .await
+        self.inner.resolver.authenticate(headers).await
     }
 
     /// The end user's token in these headers, found as the layer finds it (configured

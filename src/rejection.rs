@@ -128,7 +128,7 @@ impl From<TokenRejected> for AuthRejection {
 }
 
 /// 503 `id6_unavailable` with `Retry-After`: id6 could not be asked (down, slow, rate
-/// limiting, the caller over its miss budget). The cause is [`source`](Self::source), for
+/// limiting, the caller over its miss budget). The cause is [`error`](Self::error), for
 /// logs; the body never shows it.
 #[derive(Clone, Debug)]
 pub struct Unavailable {
@@ -144,7 +144,7 @@ impl Unavailable {
     }
 
     /// Why id6 could not be asked.
-    pub fn source(&self) -> &Error {
+    pub fn error(&self) -> &Error {
         &self.source
     }
 }

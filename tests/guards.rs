@@ -96,8 +96,10 @@ async fn the_guard_lets_users_through_and_answers_the_others() {
     assert_eq!(ok.status(), 200);
     assert_eq!(ok.text().await.unwrap(), "Account of Alice");
 
-    // An API client: id6's 401 JSON.
-    let (status, body) = json(s.get("/account").send().await.unwrap()).await;
+    // An API client: id6's 401 JSON (varying by `Accept`, since browsers get a redirect).
+    let response = s.get("/account").send().await.unwrap();
+    assert_eq!(response.headers()["vary"], "accept");
+    let (status, body) = json(response).await;
     assert_eq!(status, 401);
     assert_eq!(
         body,
@@ -288,10 +290,10 @@ async fn csrf_refuses_cross_site_writes_that_carry_the_cookie() {
     for passed in [
         // The same origin, by Host.
         vec![("origin", own.as_str()), ("sec-fetch-site", "same-origin")],
-        // A trusted origin.
+        // A trusted origin, even on another site.
         vec![
             ("origin", "https://front.example"),
-            ("sec-fetch-site", "same-site"),
+            ("sec-fetch-site", "cross-site"),
         ],
         // No browser headers at all: not a browser.
         vec![],

@@ -355,19 +355,22 @@ impl Id6Builder {
         self
     }
 
-    /// How many proxies in front of the app append to `X-Forwarded-For` (or `Forwarded`)
-    /// (default 0: the connection's address is the caller; at most 16; also
-    /// `ID6_TRUSTED_PROXIES`). With `n`, the caller is the `n`-th address from the right,
-    /// the one the outermost trusted proxy saw: entries further left are whatever the client
-    /// wrote, never trusted.
+    /// How many proxies in front of the app append to `X-Forwarded-For` (default 0: the
+    /// connection's address is the caller; at most 16; also `ID6_TRUSTED_PROXIES`). With
+    /// `n`, the caller is the `n`-th address from the right, the one the outermost trusted
+    /// proxy saw: entries further left are whatever the client wrote, never trusted. Only
+    /// `X-Forwarded-For` is read, never `Forwarded` (a client could send whichever header its
+    /// proxies do not write); behind proxies that write `Forwarded` only, name callers with
+    /// [`caller_key`](Self::caller_key).
     pub fn trusted_proxies(mut self, hops: usize) -> Self {
         self.trusted_proxies = hops;
         self
     }
 
     /// Names the caller of a request for the [`miss_limit`](Self::miss_limit) your own way
-    /// (an API key's owner, a header your edge sets), from its headers and extensions;
-    /// `None` falls back to the address.
+    /// (an API key's owner, a header your edge sets and strips from clients), from its
+    /// headers and extensions; `None` falls back to the address. The first 64 characters of
+    /// a name are its key.
     pub fn caller_key<F>(mut self, key: F) -> Self
     where
         F: Fn(&http::HeaderMap, &http::Extensions) -> Option<String> + Send + Sync + 'static,
@@ -415,6 +418,8 @@ impl Id6Builder {
     /// CSRF check's — in one place: `hook` gets the [`AuthRejection`] (status, id6's code,
     /// message, path, `Retry-After`) and returns the response, whose `String` body becomes
     /// the service's body. [`AuthRejection::default_response`] is the crate's own answer.
+    /// (A guard's `303` to the [`login_url`](Self::login_url) is no rejection: not passed
+    /// here.)
     ///
     /// ```
     /// use id6_tower::{AuthRejection, Id6};
@@ -608,13 +613,20 @@ impl Id6Builder {
         };
         let miss_limit = match self.miss_limit {
             Some(limit) => {
-                count(MISS_LIMIT, limit.calls(), limits::MISS_CALLS)?;
-                between(
+                let calls = count(MISS_LIMIT, limit.calls(), limits::MISS_CALLS)?;
+                let window = between(
                     MISS_LIMIT,
                     limit.window(),
                     Duration::ZERO,
                     limits::MISS_WINDOW,
                 )?;
+                // governor counts in whole periods of `window / calls`.
+                if window < Duration::from_millis(1) * calls {
+                    return Err(Error::config(
+                        MISS_LIMIT,
+                        "allows more than one call per millisecond: a longer window, or `off`",
+                    ));
+                }
                 Some(limit)
             }
             None => None,

@@ -766,6 +766,11 @@ mod tests {
                 "miss_limit",
             ),
             (b().miss_limit(MissLimit::new(u32::MAX, year)), "miss_limit"),
+            // Less than a millisecond per call: governor would round the period to nothing.
+            (
+                b().miss_limit(MissLimit::new(1000, Duration::from_nanos(999))),
+                "miss_limit",
+            ),
             (b().trusted_proxies(usize::MAX), "trusted_proxies"),
             (b().refresh_after(Duration::ZERO), "refresh_after"),
             // Not shorter than the TTL: it would never be served before expiring.

@@ -93,7 +93,7 @@ where
         let lookup =
             self.id6
                 .resolver()
-                .lookup(request.headers(), request.extensions(), self.max_age);
+                .lookup(request.headers(), Some(request.extensions()), self.max_age);
         match lookup {
             Lookup::NoToken => {
                 request.extensions_mut().insert(Authentication::Anonymous);

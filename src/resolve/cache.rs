@@ -269,38 +269,50 @@ impl AuthCache {
     /// With a `max_age`, a cached user confirmed longer ago does not count: id6 is asked
     /// again (or the call already in flight is joined).
     ///
-    /// `admit` is asked only before a new call, never for joining one: when it refuses, the
-    /// waiters get its error through the failure policy, and id6 is not called.
+    /// `admit` is asked only before a new call for a token the cache does not know, never
+    /// for joining one: when it refuses, the waiters get its error through the failure
+    /// policy, and id6 is not called.
     pub(crate) fn load<F, Fut>(
         &self,
         key: TokenKey,
         max_age: Option<Duration>,
-        admit: impl FnOnce() -> Result<(), Error>,
+        mut admit: impl FnMut() -> Result<(), Error>,
         fetch: F,
     ) -> Pending
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Authentication> + Send + 'static,
     {
-        let mut inflight = lock(&self.shared.inflight);
-        if let Some(done) = self.entries.get(&key, max_age) {
-            return ready(done.verdict);
-        }
-        let generation = self.shared.generation.load(Ordering::SeqCst);
-        if let Some(load) = inflight.get(&key) {
-            if load.started == generation {
-                self.shared
-                    .telemetry
-                    .lookup(telemetry::LookupOutcome::Coalesced);
-                tracing::trace!("joining an id6 call in flight");
-                return load.pending.clone();
+        // Twice, the second time after the admission (outside the lock: it may run the app's
+        // own `caller_key` and the budget's sweep): a load may have started meanwhile.
+        let mut admitted = false;
+        loop {
+            let mut inflight = lock(&self.shared.inflight);
+            if let Some(done) = self.entries.get(&key, max_age) {
+                return ready(done.verdict);
             }
+            let generation = self.shared.generation.load(Ordering::SeqCst);
+            if let Some(load) = inflight.get(&key) {
+                if load.started == generation {
+                    self.shared
+                        .telemetry
+                        .lookup(telemetry::LookupOutcome::Coalesced);
+                    tracing::trace!("joining an id6 call in flight");
+                    return load.pending.clone();
+                }
+            }
+            // Only a token the cache does not know is admitted: one it holds, too old for a
+            // `max_age` route, is id6's word already, not a stranger's guess.
+            if admitted || self.entries.users.contains_key(&key) {
+                return self.start(&mut inflight, key, generation, fetch);
+            }
+            drop(inflight);
+            if let Err(refused) = admit() {
+                let answer = apply_policy(self, key, Authentication::Unavailable(refused));
+                return futures_util::future::ready(answer).boxed().shared();
+            }
+            admitted = true;
         }
-        if let Err(refused) = admit() {
-            let answer = apply_policy(self, key, Authentication::Unavailable(refused));
-            return futures_util::future::ready(answer).boxed().shared();
-        }
-        self.start(&mut inflight, key, generation, fetch)
     }
 
     /// Renews `key` in the background, unless a load of it is already in flight (whose
@@ -724,6 +736,20 @@ mod tests {
         }
         let remembered = cache.get(&key, None).unwrap().verdict;
         assert_eq!(remembered.rejection(), Some(TokenRejection::TokenExpired));
+    }
+
+    #[tokio::test]
+    async fn only_unknown_tokens_are_admitted() {
+        let cache = cache();
+        let (known, unknown) = (TokenKey::of("known"), TokenKey::of("unknown"));
+        cache.fill(known, &user(1), cache.generation());
+        let refuse = || Err(Error::new(Kind::Overloaded));
+        // Too old for a `max_age` route, but id6's word: not a stranger's guess to charge.
+        let again = cache.load(known, Some(Duration::ZERO), refuse, || async { user(1) });
+        assert_eq!(again.await.verdict.user().map(|u| u.id), Some(1));
+        let refused = cache.load(unknown, None, refuse, || async { user(2) });
+        assert!(refused.await.verdict.unavailable().is_some());
+        assert!(cache.get(&unknown, None).is_none());
     }
 
     #[test]

@@ -13,9 +13,12 @@ pub(crate) enum Caller {
     /// An address; IPv6 by its /64, which one host usually holds whole.
     Address(IpAddr),
     /// Named by [`Id6Builder::caller_key`](crate::Id6Builder::caller_key), or a proxy's
-    /// entry that is no address (`unknown`, an obfuscated `_hidden`).
+    /// entry that is no address (`unknown`); at most 64 bytes.
     Named(Box<str>),
 }
+
+/// Characters of a caller's name kept as its key.
+const MAX_NAME: usize = 64;
 
 type KeyFn = dyn Fn(&HeaderMap, &Extensions) -> Option<String> + Send + Sync;
 
@@ -57,6 +60,8 @@ impl CallerFinder {
     pub(crate) fn find(&self, headers: &HeaderMap, extensions: &Extensions) -> Option<Caller> {
         if let Some(key) = &self.key {
             if let Some(name) = (key.0)(headers, extensions) {
+                // A key is kept for a window: bounded, whatever a client put in it.
+                let name: String = name.chars().take(MAX_NAME).collect();
                 return Some(Caller::Named(name.into()));
             }
         }
@@ -96,40 +101,26 @@ fn peer_address(extensions: &Extensions) -> Option<IpAddr> {
     extensions.get::<SocketAddr>().map(SocketAddr::ip)
 }
 
-/// `X-Forwarded-For` entries, left to right, across every such header; else the `for=` of
-/// each `Forwarded` element (RFC 7239).
-fn forwarded_for(headers: &HeaderMap) -> Vec<String> {
-    let list = |name: &str| {
-        headers
-            .get_all(name)
-            .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(','))
-            .map(str::trim)
-            .filter(|entry| !entry.is_empty())
-            .map(str::to_owned)
-            .collect::<Vec<_>>()
-    };
-    let x_forwarded_for = list("x-forwarded-for");
-    if !x_forwarded_for.is_empty() {
-        return x_forwarded_for;
-    }
-    list("forwarded")
+/// `X-Forwarded-For` entries, left to right, across every such header. Only that header:
+/// were `Forwarded` read too, a client could write whichever one the proxies do not, and
+/// pick its own identity. Split on bytes, so that one entry a client filled with
+/// non-ASCII bytes costs only that entry, never the line its proxy appended to.
+fn forwarded_for(headers: &HeaderMap) -> Vec<Box<[u8]>> {
+    headers
+        .get_all("x-forwarded-for")
         .iter()
-        .filter_map(|element| {
-            element.split(';').find_map(|pair| {
-                let (name, value) = pair.split_once('=')?;
-                name.trim()
-                    .eq_ignore_ascii_case("for")
-                    .then(|| value.trim().trim_matches('"').to_owned())
-            })
-        })
+        .flat_map(|value| value.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|entry| !entry.is_empty())
+        .map(Box::from)
         .collect()
 }
 
 /// An entry as a caller: an address (with or without a port, IPv6 bracketed or not), else
-/// the entry's text.
-fn parse_entry(entry: &str) -> Caller {
+/// the entry's text (at most 64 bytes of it).
+fn parse_entry(entry: &[u8]) -> Caller {
+    let text = String::from_utf8_lossy(&entry[..entry.len().min(MAX_NAME)]);
+    let entry = text.as_ref();
     let address = entry
         .parse::<IpAddr>()
         .or_else(|_| entry.parse::<SocketAddr>().map(|a| a.ip()))
@@ -142,7 +133,7 @@ fn parse_entry(entry: &str) -> Caller {
         });
     match address {
         Some(ip) => Caller::Address(ip),
-        None => Caller::Named(entry.chars().take(64).collect::<String>().into()),
+        None => Caller::Named(entry.into()),
     }
 }
 
@@ -208,6 +199,27 @@ mod tests {
         assert_eq!(CallerFinder::new(2, None).find(&h, &peer), ip("6.6.6.6"));
         // Fewer entries than proxies: the furthest there is.
         assert_eq!(CallerFinder::new(5, None).find(&h, &peer), ip("6.6.6.6"));
+        // One entry a client filled with non-ASCII bytes costs that entry only.
+        let mut h = HeaderMap::new();
+        h.append(
+            "x-forwarded-for",
+            http::HeaderValue::from_bytes(b"\xff\xfe, 203.0.113.9").unwrap(),
+        );
+        assert_eq!(
+            CallerFinder::new(1, None).find(&h, &peer),
+            ip("203.0.113.9")
+        );
+        // `Forwarded` is never read: a client could add the header its proxies do not write.
+        let h = headers(&[
+            ("x-forwarded-for", "203.0.113.9"),
+            ("forwarded", "for=6.6.6.6"),
+        ]);
+        assert_eq!(
+            CallerFinder::new(1, None).find(&h, &peer),
+            ip("203.0.113.9")
+        );
+        let h = headers(&[("forwarded", "for=6.6.6.6")]);
+        assert_eq!(CallerFinder::new(1, None).find(&h, &peer), ip("10.0.0.1"));
         // Split over two headers, with ports and brackets.
         let h = headers(&[
             ("x-forwarded-for", "6.6.6.6"),
@@ -217,19 +229,10 @@ mod tests {
             CallerFinder::new(1, None).find(&h, &peer),
             ip("2001:db8::1")
         );
-        // `Forwarded` when there is no `X-Forwarded-For`.
-        let h = headers(&[(
-            "forwarded",
-            "for=6.6.6.6, for=\"[2001:db8::2]:80\";proto=https",
-        )]);
+        let h = headers(&[("x-forwarded-for", "unknown")]);
         assert_eq!(
             CallerFinder::new(1, None).find(&h, &peer),
-            ip("2001:db8::2")
-        );
-        let h = headers(&[("forwarded", "for=_hidden")]);
-        assert_eq!(
-            CallerFinder::new(1, None).find(&h, &peer),
-            Some(Caller::Named("_hidden".into()))
+            Some(Caller::Named("unknown".into()))
         );
         // No connection address: the nearest entry is the first trusted proxy's.
         let h = headers(&[("x-forwarded-for", "6.6.6.6, 198.51.100.4:8080")]);

@@ -127,13 +127,10 @@ impl Resolver {
         }
     }
 
-    /// The whole resolution of a request, waiting on id6 if needed.
-    pub(crate) async fn authenticate(
-        &self,
-        headers: &HeaderMap,
-        extensions: &Extensions,
-    ) -> Authentication {
-        match self.lookup(headers, extensions, None) {
+    /// The whole resolution of a request, waiting on id6 if needed; outside the layer, so
+    /// with no caller to charge a miss to.
+    pub(crate) async fn authenticate(&self, headers: &HeaderMap) -> Authentication {
+        match self.lookup(headers, None, None) {
             Lookup::NoToken => Authentication::Anonymous,
             Lookup::Ready { verdict, .. } => verdict,
             Lookup::Pending { pending, .. } => pending.await.verdict,
@@ -141,12 +138,13 @@ impl Resolver {
     }
 
     /// The synchronous part of a resolution: everything but waiting on id6. With a
-    /// `max_age`, a cached user confirmed by id6 longer ago counts as a miss. The extensions
-    /// say who the caller is, for the miss budget; only a miss looks at them.
+    /// `max_age`, a cached user confirmed by id6 longer ago counts as a miss. The request's
+    /// extensions say who the caller is, for the miss budget (only a miss of an unknown
+    /// token looks at them); without them, nothing is charged.
     pub(crate) fn lookup(
         &self,
         headers: &HeaderMap,
-        extensions: &Extensions,
+        extensions: Option<&Extensions>,
         max_age: Option<Duration>,
     ) -> Lookup {
         let inner = &*self.inner;
@@ -195,11 +193,11 @@ impl Resolver {
         let token = UserToken::from_found(token);
         self.subscribe();
         let this = self.clone();
-        let admit = || match &inner.budget {
-            Some(budget) => budget
+        let admit = || match (&inner.budget, extensions) {
+            (Some(budget), Some(extensions)) => budget
                 .spend(inner.settings.callers.find(headers, extensions))
                 .inspect_err(|_| inner.telemetry.lookup(LookupOutcome::OverBudget)),
-            None => Ok(()),
+            _ => Ok(()),
         };
         let pending = inner.local.load(key, max_age, admit, move || {
             let span = tracing::debug_span!("id6.authenticate");

@@ -236,6 +236,37 @@ impl Id6 {
         self.inner.http.dead_cookie.as_ref()
     }
 
+    /// Ages every answer in this handle's local cache by `by`, as if that much time had
+    /// passed (feature `testing`): TTLs, the negative TTL, the stale window, refresh-ahead and
+    /// `max_age` all see it, so a test of expiry need not sleep. id6's clock, the breaker's
+    /// (tokio's: pause and advance it) and Redis's expiries are not moved.
+    ///
+    /// ```
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// use id6_tower::{testing::MockId6, Id6, UserToken};
+    ///
+    /// let mock = MockId6::start().await?;
+    /// let alice = mock.add_user("Alice", "alice@example.com");
+    /// let token = UserToken::new(&mock.token_for(alice)).unwrap();
+    /// let id6 = Id6::builder(mock.url()).cache_ttl(Duration::from_secs(60)).build()?;
+    /// let mut headers = http::HeaderMap::new();
+    /// headers.insert("cookie", format!("auth={}", token.expose()).parse()?);
+    /// id6.authenticate(&headers).await;
+    /// id6.authenticate(&headers).await; // a hit
+    /// id6.advance_cache_clock(Duration::from_secs(61));
+    /// id6.authenticate(&headers).await; // expired: id6 is asked again
+    /// assert_eq!(mock.user_calls(), 2);
+    /// # Ok(())
+    /// # }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+    /// ```
+    #[cfg(feature = "testing")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+    pub fn advance_cache_clock(&self, by: std::time::Duration) {
+        self.inner.resolver.advance_cache_clock(by);
+    }
+
     /// What the layer and the guards answer with.
     pub(crate) fn http_settings(&self) -> &HttpSettings {
         &self.inner.http

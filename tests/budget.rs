@@ -175,8 +175,8 @@ async fn alice_due_for_refresh(mock: MockId6) -> (common::Setup, u64, String) {
     let alice = s.mock.add_user("Alice", "alice@example.com");
     let token = s.mock.token_for(alice);
     assert_eq!(s.get("/me", Some(&token)).await.0, 200);
-    // Time itself is the subject: the entry must be older than `refresh_after`.
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // The entry ages past `refresh_after`, without waiting.
+    s.id6.advance_cache_clock(Duration::from_millis(150));
     (s, alice, token)
 }
 

@@ -38,12 +38,8 @@ async fn two_hundred_concurrent_requests_make_one_call() {
 
 #[tokio::test]
 async fn a_bad_token_is_asked_once_per_negative_ttl() {
-    let mock = MockId6::start().await.unwrap();
-    let id6 = common::builder(&mock)
-        .negative_ttl(Duration::from_millis(300))
-        .build()
-        .unwrap();
-    let s = Setup::with(mock, id6).await;
+    let s = Setup::new().await; // the default negative TTL: 5 s
+
     // Well-formed, so only id6 can tell it is dead.
     let expired = s
         .mock
@@ -52,8 +48,12 @@ async fn a_bad_token_is_asked_once_per_negative_ttl() {
         assert_eq!(s.get("/me", Some(&expired)).await.0, 401);
     }
     assert_eq!(s.mock.user_calls(), 1);
-    // Expiry is time itself: wait it out, then id6 is asked again.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // Within the TTL: still remembered; past it, id6 is asked again (no waiting: the
+    // cache's clock is moved).
+    s.id6.advance_cache_clock(Duration::from_secs(4));
+    assert_eq!(s.get("/me", Some(&expired)).await.0, 401);
+    assert_eq!(s.mock.user_calls(), 1);
+    s.id6.advance_cache_clock(Duration::from_secs(1));
     assert_eq!(s.get("/me", Some(&expired)).await.0, 401);
     assert_eq!(s.mock.user_calls(), 2);
 }
@@ -62,7 +62,8 @@ async fn a_bad_token_is_asked_once_per_negative_ttl() {
 async fn a_user_is_asked_once_per_ttl() {
     let mock = MockId6::start().await.unwrap();
     let id6 = common::builder(&mock)
-        .cache_ttl(Duration::from_millis(300))
+        .cache_ttl(Duration::from_secs(60))
+        .refresh_after(None)
         .build()
         .unwrap();
     let s = Setup::with(mock, id6).await;
@@ -73,7 +74,13 @@ async fn a_user_is_asked_once_per_ttl() {
     }
     assert_eq!(s.mock.user_calls(), 1);
     s.mock.rename_user(alice, "Alice Liddell");
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    s.id6.advance_cache_clock(Duration::from_secs(50));
+    assert_eq!(
+        s.get("/", Some(&token)).await.1,
+        "Hello, Alice!",
+        "within the TTL"
+    );
+    s.id6.advance_cache_clock(Duration::from_secs(10));
     assert_eq!(s.get("/", Some(&token)).await.1, "Hello, Alice Liddell!");
     assert_eq!(s.mock.user_calls(), 2);
 }

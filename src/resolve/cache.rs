@@ -65,16 +65,57 @@ impl std::fmt::Debug for AuthCache {
 /// cheaper than moka's default SipHash.
 type Hasher = foldhash::fast::RandomState;
 
+/// The local tiers. Each entry carries when it was stored, by the cache's own [`Clock`],
+/// which decides expiry; moka's TTLs (the same lengths) only free the memory.
 #[derive(Clone)]
 struct Entries {
     users: Cache<TokenKey, Arc<Cached>, Hasher>,
-    /// Rejected tokens, with id6's reason.
-    rejected: Cache<TokenKey, TokenRejection, Hasher>,
+    /// Rejected tokens, with id6's reason and when.
+    rejected: Cache<TokenKey, (TokenRejection, Instant), Hasher>,
     /// With [`OnUnavailable::Stale`]: users kept for the grace window past their TTL, served
     /// only when id6 cannot be asked. Invalidated with the rest.
-    stale: Option<Cache<TokenKey, Arc<User>, Hasher>>,
+    stale: Option<Cache<TokenKey, (Arc<User>, Instant), Hasher>>,
+    cache_ttl: Duration,
+    negative_ttl: Duration,
+    /// TTL plus the stale grace window.
+    stale_ttl: Duration,
     /// Past this age, a hit asks for one refresh.
     refresh_after: Option<Duration>,
+    clock: Clock,
+}
+
+/// The cache's clock: the monotonic clock, plus (with the `testing` feature) however far a
+/// test moved it forward with [`Id6::advance_cache_clock`](crate::Id6::advance_cache_clock),
+/// so that TTLs and refresh-ahead can be tested without waiting.
+#[derive(Clone, Default)]
+pub(crate) struct Clock {
+    #[cfg(feature = "testing")]
+    skew_ns: Arc<AtomicU64>,
+}
+
+impl Clock {
+    fn now(&self) -> Instant {
+        let now = Instant::now();
+        #[cfg(feature = "testing")]
+        let now = now + Duration::from_nanos(self.skew_ns.load(Ordering::Relaxed));
+        now
+    }
+
+    /// Moves the clock forward by `by`.
+    #[cfg(feature = "testing")]
+    pub(crate) fn advance(&self, by: Duration) {
+        let ns = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
+        let _ = self
+            .skew_ns
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| {
+                Some(s.saturating_add(ns))
+            });
+    }
+
+    /// How long ago `then` was, by this clock.
+    fn since(&self, then: Instant) -> Duration {
+        self.now().saturating_duration_since(then)
+    }
 }
 
 /// A user as cached: with when id6 said so (for routes that want a recent answer, and for
@@ -98,24 +139,28 @@ impl Entries {
     /// way, and the same lookup says whether to refresh.
     fn get(&self, key: &TokenKey, max_age: Option<Duration>) -> Option<Hit> {
         if let Some(cached) = self.users.get(key) {
-            let mut refresh = false;
-            if max_age.is_some() || self.refresh_after.is_some() {
-                let age = cached.confirmed.elapsed();
-                if max_age.is_some_and(|max_age| age > max_age) {
-                    return None;
-                }
-                refresh = self.refresh_after.is_some_and(|after| age > after)
-                    && !cached.refresh_claimed.swap(true, Ordering::Relaxed);
+            let age = self.clock.since(cached.confirmed);
+            if age >= self.cache_ttl || max_age.is_some_and(|max_age| age > max_age) {
+                return None;
             }
+            let refresh = self.refresh_after.is_some_and(|after| age > after)
+                && !cached.refresh_claimed.swap(true, Ordering::Relaxed);
             return Some(Hit {
                 verdict: Authentication::Authenticated(cached.user.clone()),
                 refresh,
             });
         }
-        self.rejected.get(key).map(|why| Hit {
+        let (why, at) = self.rejected.get(key)?;
+        (self.clock.since(at) < self.negative_ttl).then_some(Hit {
             verdict: Authentication::Rejected(why),
             refresh: false,
         })
+    }
+
+    /// The last user id6 named for `key`, within the stale grace window.
+    fn stale(&self, key: &TokenKey) -> Option<Arc<User>> {
+        let (user, at) = self.stale.as_ref()?.get(key)?;
+        (self.clock.since(at) < self.stale_ttl).then_some(user)
     }
 
     fn contains_key(&self, key: &TokenKey) -> bool {
@@ -127,13 +172,14 @@ impl Entries {
     fn insert(&self, key: TokenKey, verdict: Authentication) {
         match verdict {
             Authentication::Authenticated(user) => {
+                let now = self.clock.now();
                 self.rejected.invalidate(&key);
                 if let Some(stale) = &self.stale {
-                    stale.insert(key, user.clone());
+                    stale.insert(key, (user.clone(), now));
                 }
                 let cached = Cached {
                     user,
-                    confirmed: Instant::now(),
+                    confirmed: now,
                     refresh_claimed: AtomicBool::new(false),
                 };
                 self.users.insert(key, Arc::new(cached));
@@ -143,7 +189,7 @@ impl Entries {
                 if let Some(stale) = &self.stale {
                     stale.invalidate(&key);
                 }
-                self.rejected.insert(key, why);
+                self.rejected.insert(key, (why, self.clock.now()));
             }
             // Said of no token: never a verdict on one to remember.
             Authentication::Anonymous | Authentication::Unavailable(_) => {}
@@ -236,7 +282,14 @@ impl AuthCache {
                 ),
                 _ => None,
             },
+            cache_ttl: settings.cache_ttl,
+            negative_ttl: settings.negative_ttl,
+            stale_ttl: match settings.on_unavailable {
+                OnUnavailable::Stale(grace) => settings.cache_ttl.saturating_add(grace),
+                _ => Duration::ZERO,
+            },
             refresh_after: settings.refresh_after,
+            clock: Clock::default(),
         };
         AuthCache {
             entries,
@@ -562,6 +615,12 @@ impl AuthCache {
         self.shared.telemetry.eviction(Eviction::All);
     }
 
+    /// The cache's clock.
+    #[cfg(feature = "testing")]
+    pub(crate) fn clock(&self) -> &Clock {
+        &self.entries.clock
+    }
+
     /// The user a cached token belongs to.
     pub(crate) fn user_id_of(&self, key: &TokenKey) -> Option<u64> {
         self.entries.users.get(key).map(|cached| cached.user.id)
@@ -603,7 +662,7 @@ fn apply_policy(cache: &AuthCache, key: TokenKey, verdict: Authentication) -> An
             Some(Authentication::Anonymous)
         }
         (Authentication::Unavailable(error), OnUnavailable::Stale(_)) => {
-            let user = cache.entries.stale.as_ref().and_then(|s| s.get(&key));
+            let user = cache.entries.stale(&key);
             user.map(|user| {
                 tracing::debug!(user_id = user.id, %error, "id6 unavailable; serving the last answer");
                 Authentication::Authenticated(user)

@@ -48,8 +48,13 @@ const RETRY_AFTER_FAILURE_MS: u64 = 500;
 
 #[derive(serde::Serialize, serde::Deserialize)]
 enum Stored {
+    /// Written by earlier versions, without when id6 said so.
     #[serde(rename = "user")]
     User(User),
+    /// A user, and when (ms since the epoch) the load that asked id6 began. (An earlier
+    /// version reading it finds no verdict it knows, and asks id6.)
+    #[serde(rename = "user_at")]
+    UserAt { user: User, at: u64 },
     /// Written by earlier versions, without id6's reason.
     #[serde(rename = "rejected")]
     Rejected,
@@ -180,20 +185,29 @@ impl Redis {
         }
     }
 
-    /// The shared verdict for `key`, if Redis has one (and answers in time).
-    async fn get(&self, key: &TokenKey) -> Option<Authentication> {
+    /// The shared verdict for `key`, if Redis has one (and answers in time), with its age.
+    async fn get(&self, key: &TokenKey) -> Option<(Authentication, Duration)> {
         let entry = self.entry(key);
         let raw: Option<Vec<u8>> = self
             .run("get", |mut c| async move { c.get(entry).await })
             .await
             .flatten();
-        match serde_json::from_slice(&raw?).ok()? {
-            Stored::User(user) => Some(Authentication::Authenticated(Arc::new(user))),
-            Stored::Rejected => Some(Authentication::Rejected(TokenRejection::InvalidToken)),
-            Stored::RejectedAs(code) => Some(Authentication::Rejected(TokenRejection::from_code(
-                Some(&code),
-            ))),
-        }
+        let fresh = Duration::ZERO;
+        Some(match serde_json::from_slice(&raw?).ok()? {
+            Stored::UserAt { user, at } => {
+                let age = Duration::from_millis(now_ms().saturating_sub(at));
+                (Authentication::Authenticated(Arc::new(user)), age)
+            }
+            Stored::User(user) => (Authentication::Authenticated(Arc::new(user)), fresh),
+            Stored::Rejected => (
+                Authentication::Rejected(TokenRejection::InvalidToken),
+                fresh,
+            ),
+            Stored::RejectedAs(code) => (
+                Authentication::Rejected(TokenRejection::from_code(Some(&code))),
+                fresh,
+            ),
+        })
     }
 
     /// Shares an id6 verdict; `started_ms` is when the load that produced it began.
@@ -206,7 +220,11 @@ impl Redis {
         let entry = self.entry(key);
         match verdict {
             Authentication::Authenticated(user) => {
-                let Ok(value) = serde_json::to_vec(&Stored::User(User::clone(user))) else {
+                let stored = Stored::UserAt {
+                    user: User::clone(user),
+                    at: started_ms,
+                };
+                let Ok(value) = serde_json::to_vec(&stored) else {
                     return;
                 };
                 let mut invocation = self.store_user.prepare_invoke();
@@ -405,7 +423,7 @@ async fn listen(shared: std::sync::Weak<Redis>, cache: AuthCache) {
 }
 
 impl SecondLevel for Redis {
-    fn get<'a>(&'a self, key: &'a TokenKey) -> BoxFuture<'a, Option<Authentication>> {
+    fn get<'a>(&'a self, key: &'a TokenKey) -> BoxFuture<'a, Option<(Authentication, Duration)>> {
         Redis::get(self, key).boxed()
     }
 

@@ -30,6 +30,22 @@ pub(crate) struct Answer {
     pub(crate) by_policy: bool,
 }
 
+/// What a load fetched: the verdict, and how long ago id6 gave it (zero from id6 itself; a
+/// second-level copy may be older).
+pub(crate) struct Fetched {
+    pub(crate) verdict: Authentication,
+    pub(crate) age: Duration,
+}
+
+impl From<Authentication> for Fetched {
+    fn from(verdict: Authentication) -> Self {
+        Fetched {
+            verdict,
+            age: Duration::ZERO,
+        }
+    }
+}
+
 /// A resolution in flight, shared by every request that waits on it.
 pub(crate) type Pending = Shared<BoxFuture<'static, Answer>>;
 
@@ -169,10 +185,18 @@ impl Entries {
             || self.stale.as_ref().is_some_and(|s| s.contains_key(key))
     }
 
-    fn insert(&self, key: TokenKey, verdict: Authentication) {
+    /// Stores a verdict id6 gave `age` ago (older than the TTL: nothing to keep).
+    fn insert(&self, key: TokenKey, verdict: Authentication, age: Duration) {
         match verdict {
             Authentication::Authenticated(user) => {
-                let now = self.clock.now();
+                let Some(now) = self
+                    .clock
+                    .now()
+                    .checked_sub(age)
+                    .filter(|_| age < self.cache_ttl)
+                else {
+                    return;
+                };
                 self.rejected.invalidate(&key);
                 if let Some(stale) = &self.stale {
                     stale.insert(key, (user.clone(), now));
@@ -334,7 +358,8 @@ impl AuthCache {
     ) -> Pending
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Authentication> + Send + 'static,
+        Fut: Future + Send + 'static,
+        Fut::Output: Into<Fetched>,
     {
         // Twice, the second time after the admission (outside the lock: it may run the app's
         // own `caller_key` and the budget's sweep): a load may have started meanwhile.
@@ -374,7 +399,8 @@ impl AuthCache {
     pub(crate) fn refresh<F, Fut>(&self, key: TokenKey, fetch: F) -> bool
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Authentication> + Send + 'static,
+        Fut: Future + Send + 'static,
+        Fut::Output: Into<Fetched>,
     {
         let mut inflight = lock(&self.shared.inflight);
         let generation = self.shared.generation.load(Ordering::SeqCst);
@@ -395,7 +421,8 @@ impl AuthCache {
     ) -> Pending
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Authentication> + Send + 'static,
+        Fut: Future + Send + 'static,
+        Fut::Output: Into<Fetched>,
     {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return ready(Authentication::Unavailable(Error::new(Kind::Runtime(
@@ -409,8 +436,8 @@ impl AuthCache {
         };
         let fetch = fetch();
         let task = runtime.spawn(async move {
-            let verdict = fetch.await;
-            guard.cache.fill(key, &verdict, generation);
+            let Fetched { verdict, age } = fetch.await.into();
+            guard.cache.fill_aged(key, &verdict, generation, age);
             // Policy answers are for the waiters only: computed after the fill, never stored.
             let answer = apply_policy(&guard.cache, key, verdict);
             drop(guard);
@@ -439,6 +466,11 @@ impl AuthCache {
     /// Stores what a load that started under generation `started` learnt, unless an
     /// invalidation since then makes it stale.
     pub(crate) fn fill(&self, key: TokenKey, verdict: &Authentication, started: u64) {
+        self.fill_aged(key, verdict, started, Duration::ZERO);
+    }
+
+    /// [`fill`](Self::fill) with an answer id6 gave `age` ago.
+    fn fill_aged(&self, key: TokenKey, verdict: &Authentication, started: u64, age: Duration) {
         let mut coherence = lock(&self.shared.coherence);
         if coherence.cleared_at > started {
             return;
@@ -453,7 +485,8 @@ impl AuthCache {
         match verdict {
             Authentication::Unavailable(_) | Authentication::Anonymous => return,
             Authentication::Rejected(why) => {
-                self.entries.insert(key, Authentication::Rejected(*why))
+                self.entries
+                    .insert(key, Authentication::Rejected(*why), Duration::ZERO)
             }
             Authentication::Authenticated(user) => {
                 let owner = coherence.users.entry(user.id).or_default();
@@ -499,7 +532,7 @@ impl AuthCache {
                 let entries = &self.entries;
                 owner.keys.retain(|k| *k != key && entries.contains_key(k));
                 owner.keys.push(key);
-                self.entries.insert(key, verdict.clone());
+                self.entries.insert(key, verdict.clone(), age);
                 if new_mark {
                     coherence.user_marks += 1;
                     self.bound_marks(&mut coherence);

@@ -31,7 +31,7 @@ use http::{Extensions, HeaderMap};
 use tracing::Instrument;
 
 use budget::MissBudget;
-pub(crate) use cache::{AuthCache, Pending};
+pub(crate) use cache::{AuthCache, Fetched, Pending};
 pub(crate) use caller::{CallerFinder, CallerKey};
 pub(crate) use second_level::{connect, SecondLevel};
 
@@ -201,7 +201,7 @@ impl Resolver {
         };
         let pending = inner.local.load(key, max_age, admit, move || {
             let span = tracing::debug_span!("id6.authenticate");
-            async move { this.ask(key, &token, max_age.is_some()).await }.instrument(span)
+            async move { this.ask(key, &token, max_age).await }.instrument(span)
         });
         Lookup::Pending {
             pending,
@@ -225,27 +225,39 @@ impl Resolver {
         };
         let token = UserToken::from_found(token);
         let this = self.clone();
+        // Another instance's refresh, shared since, renews this entry as well as id6 would.
+        let younger_than = inner.settings.refresh_after;
         let started = inner.local.refresh(key, move || {
             let span = tracing::debug_span!("id6.refresh");
-            async move { this.ask(key, &token, true).await }.instrument(span)
+            async move { this.ask(key, &token, younger_than).await }.instrument(span)
         });
         if started {
             inner.telemetry.refresh(Refresh::Started);
         }
     }
 
-    /// A miss: the second level first (unless the route wants a fresh answer), then id6,
-    /// whose answer is shared in turn (the local fill is the cache's, when the load ends).
-    async fn ask(&self, key: TokenKey, token: &UserToken, fresh: bool) -> Authentication {
-        if let (Some(second), false) = (&self.inner.second, fresh) {
-            if let Some(verdict) = second.get(&key).await {
-                return verdict;
+    /// A miss: the second level first, then id6, whose answer is shared in turn (the local
+    /// fill is the cache's, when the load ends). A second-level answer counts only when id6
+    /// gave it less than `younger_than` ago (a `max_age` route, a refresh: another instance
+    /// may have asked id6 since); it is kept locally with its age, so a copy never outlives
+    /// id6's answer by more than the TTL.
+    async fn ask(
+        &self,
+        key: TokenKey,
+        token: &UserToken,
+        younger_than: Option<Duration>,
+    ) -> Fetched {
+        if let Some(second) = &self.inner.second {
+            if let Some((verdict, age)) = second.get(&key).await {
+                if younger_than.is_none_or(|limit| age < limit) {
+                    return Fetched { verdict, age };
+                }
             }
         }
         let started = self.load_start();
         let verdict = self.inner.client.authenticate(token).await;
         self.share(key, &verdict, started).await;
-        verdict
+        verdict.into()
     }
 
     /// Stores an answer in the second level, unless an eviction (here, or broadcast by

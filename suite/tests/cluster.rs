@@ -529,3 +529,77 @@ async fn dropping_the_last_handle_ends_the_subscriber_and_closes_redis() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// Refreshes and `max_age` routes take a shared answer when another instance asked id6
+/// recently enough: the answer's age travels with it through Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_young_shared_answer_serves_refreshes_and_sensitive_routes() {
+    use tower::ServiceExt;
+    let Some(redis) = redis_or_skip().await else {
+        return;
+    };
+    let mock = MockId6::start().await.unwrap();
+    let prefix = format!("id6-test-age-{}:", std::process::id());
+    let refresh_after = Duration::from_millis(300);
+    let make = || {
+        Id6::builder(mock.url())
+            .redis(redis.url())
+            .redis_prefix(&prefix)
+            .redis_timeout(Duration::from_millis(100))
+            .timeout(Duration::from_secs(2))
+            .cache_ttl(Duration::from_secs(60))
+            .refresh_after(refresh_after)
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (make(), make());
+    let headers = |token: &str| {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("cookie", format!("auth={token}").parse().unwrap());
+        headers
+    };
+    // Open both Redis connections first (see `apps`).
+    let warm_up = headers(&mock.token_for(mock.add_user("Warm-up", "w@example.com")));
+    a.authenticate(&warm_up).await;
+    b.authenticate(&warm_up).await;
+
+    let alice = mock.add_user("Alice", "a@example.com");
+    let token = mock.token_issued_at(alice, common::now_ms() - 10);
+    let alice_headers = headers(&token);
+    assert!(a.authenticate(&alice_headers).await.user().is_some());
+    assert!(b.authenticate(&alice_headers).await.user().is_some());
+    assert_eq!(
+        mock.user_calls_for(&token),
+        1,
+        "B found A's answer in Redis"
+    );
+
+    // Both entries age past `refresh_after` (Redis ages by the wall clock: really wait).
+    tokio::time::sleep(refresh_after + Duration::from_millis(100)).await;
+    // A's refresh finds only the old shared answer: it asks id6, and shares what it learns.
+    assert!(a.authenticate(&alice_headers).await.user().is_some());
+    let until = Instant::now() + Duration::from_secs(10);
+    while a.stats().upstream_authenticated < 3 {
+        assert!(Instant::now() < until, "A never refreshed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(mock.user_calls_for(&token), 2);
+    // B's refresh finds A's young answer: no id6 call.
+    assert!(b.authenticate(&alice_headers).await.user().is_some());
+    assert_eq!(b.stats().refreshes, 1);
+    // A sensitive route on B whose max age B's old entry exceeds: it waits for that
+    // refresh, or finds its result (A's answer, a few ms old).
+    let route = axum::Router::new()
+        .route("/me", axum::routing::get(common::me))
+        .layer(b.layer_with_max_age(refresh_after));
+    let request = http::Request::get("/me")
+        .header("cookie", format!("auth={token}"))
+        .body(axum::body::Body::empty())
+        .unwrap();
+    assert_eq!(route.oneshot(request).await.unwrap().status(), 200);
+    assert_eq!(
+        mock.user_calls_for(&token),
+        2,
+        "B asked id6 although A's answer was young"
+    );
+}

@@ -11,6 +11,7 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 // advance (`tokio::time::pause`) to see the breaker close without waiting.
 use tokio::time::Instant;
 
+use crate::clock::Clock;
 use crate::error::{Error, Kind};
 
 /// Consecutive connect failures or timeouts that open the breaker.
@@ -46,6 +47,7 @@ pub(crate) struct Admission {
     max_backoff: Duration,
     breaker: Mutex<Breaker>,
     window: Mutex<Window>,
+    clock: Clock,
 }
 
 /// id6's rate limit as its last answer showed it (`X-RateLimit-*`).
@@ -93,6 +95,7 @@ impl Admission {
         max_concurrent: usize,
         queue_timeout: Duration,
         max_backoff: Duration,
+        clock: Clock,
     ) -> Self {
         Admission {
             permits: Semaphore::new(max_concurrent),
@@ -100,6 +103,7 @@ impl Admission {
             max_backoff,
             breaker: Mutex::default(),
             window: Mutex::default(),
+            clock,
         }
     }
 
@@ -137,7 +141,8 @@ impl Admission {
 
     /// The breaker's opening, while it lasts.
     fn open_now(&self) -> Option<Open> {
-        self.breaker().open.filter(|o| o.until > Instant::now())
+        let now = self.clock.tokio_now();
+        self.breaker().open.filter(|o| o.until > now)
     }
 
     /// A permit to call id6 now, or why not: the breaker is open, or every permit stayed
@@ -179,7 +184,7 @@ impl Admission {
                 .retry_after()
                 .unwrap_or(FIRST_BACKOFF)
                 .min(self.max_backoff);
-            breaker.open_for(wait, true);
+            breaker.open_for(self.clock.tokio_now(), wait, true);
             tracing::warn!(
                 wait_s = wait.as_secs_f64(),
                 "id6 rate-limits us; not calling it until its window opens"
@@ -194,7 +199,7 @@ impl Admission {
                     .min(self.max_backoff);
                 breaker.backoff = Some(wait);
                 breaker.failures = 0;
-                breaker.open_for(wait, false);
+                breaker.open_for(self.clock.tokio_now(), wait, false);
                 tracing::warn!(
                     wait_s = wait.as_secs_f64(),
                     "id6 unreachable; not calling it for a while"
@@ -218,9 +223,9 @@ impl Admission {
 }
 
 impl Breaker {
-    fn open_for(&mut self, wait: Duration, rate_limited: bool) {
+    fn open_for(&mut self, now: Instant, wait: Duration, rate_limited: bool) {
         self.open = Some(Open {
-            until: Instant::now() + wait,
+            until: now + wait,
             until_wall: SystemTime::now() + wait,
             rate_limited,
         });
@@ -236,7 +241,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_429_closes_the_door_until_the_reset() {
-        let admission = Admission::new(4, Duration::from_secs(1), MAX);
+        let admission = Admission::new(4, Duration::from_secs(1), MAX, Clock::default());
         let reset = SystemTime::now() + Duration::from_secs(30);
         admission.record(Some(&Error::new(Kind::RateLimited { reset: Some(reset) })));
         let err = admission.admit().await.unwrap_err();
@@ -253,7 +258,7 @@ mod tests {
 
     #[tokio::test]
     async fn repeated_connect_failures_open_for_a_growing_interval() {
-        let admission = Admission::new(4, Duration::from_secs(1), MAX);
+        let admission = Admission::new(4, Duration::from_secs(1), MAX, Clock::default());
         let connect = Error::new(Kind::Connect);
         for _ in 0..FAILURES_TO_OPEN - 1 {
             admission.record(Some(&connect));
@@ -281,7 +286,7 @@ mod tests {
 
     #[tokio::test]
     async fn beyond_the_cap_a_call_waits_then_gives_up() {
-        let admission = Admission::new(1, Duration::from_millis(20), MAX);
+        let admission = Admission::new(1, Duration::from_millis(20), MAX, Clock::default());
         let held = admission.admit().await.unwrap();
         let err = admission.admit().await.unwrap_err();
         assert!(err.is_unavailable());
@@ -291,7 +296,7 @@ mod tests {
 
     #[tokio::test]
     async fn no_429_opens_the_breaker_past_the_cap() {
-        let admission = Admission::new(4, Duration::from_secs(1), MAX);
+        let admission = Admission::new(4, Duration::from_secs(1), MAX, Clock::default());
         // What a proxy sending epoch milliseconds as seconds would have us believe.
         let reset = SystemTime::now() + Duration::from_secs(56_000 * 365 * 24 * 3600);
         admission.record(Some(&Error::new(Kind::RateLimited { reset: Some(reset) })));
@@ -305,7 +310,12 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn calls_queued_for_a_slot_when_a_429_arrives_stay_home() {
-        let admission = Arc::new(Admission::new(1, Duration::from_secs(30), MAX));
+        let admission = Arc::new(Admission::new(
+            1,
+            Duration::from_secs(30),
+            MAX,
+            Clock::default(),
+        ));
         let held = admission.admit().await.unwrap();
         let queued: Vec<_> = (0..20)
             .map(|_| {
@@ -326,7 +336,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_breaker_closes_when_its_time_is_up_on_a_paused_clock() {
-        let admission = Admission::new(4, Duration::from_secs(1), MAX);
+        let admission = Admission::new(4, Duration::from_secs(1), MAX, Clock::default());
         let reset = SystemTime::now() + Duration::from_secs(30);
         admission.record(Some(&Error::new(Kind::RateLimited { reset: Some(reset) })));
         assert!(admission.admit().await.is_err());

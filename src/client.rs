@@ -48,6 +48,7 @@ impl Client {
                 settings.max_concurrent_calls,
                 settings.queue_timeout,
                 settings.max_backoff,
+                settings.clock.clone(),
             ),
             settings,
         })

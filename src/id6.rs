@@ -236,10 +236,11 @@ impl Id6 {
         self.inner.http.dead_cookie.as_ref()
     }
 
-    /// Ages every answer in this handle's local cache by `by`, as if that much time had
-    /// passed (feature `testing`): TTLs, the negative TTL, the stale window, refresh-ahead and
-    /// `max_age` all see it, so a test of expiry need not sleep. id6's clock, the breaker's
-    /// (tokio's: pause and advance it) and Redis's expiries are not moved.
+    /// Moves this handle's clock forward by `by`, as if that much time had passed (feature
+    /// `testing`): cached answers age (TTLs, the negative TTL, the stale window,
+    /// refresh-ahead, `max_age`) and the breaker's pause after a 429 or failures ends sooner,
+    /// so a test of expiry or back-off need not sleep. id6's clock, the wall clock in
+    /// `Retry-After` and Redis's expiries are not moved.
     ///
     /// ```
     /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -254,7 +255,7 @@ impl Id6 {
     /// headers.insert("cookie", format!("auth={}", token.expose()).parse()?);
     /// id6.authenticate(&headers).await;
     /// id6.authenticate(&headers).await; // a hit
-    /// id6.advance_cache_clock(Duration::from_secs(61));
+    /// id6.advance_clock(Duration::from_secs(61));
     /// id6.authenticate(&headers).await; // expired: id6 is asked again
     /// assert_eq!(mock.user_calls(), 2);
     /// # Ok(())
@@ -263,8 +264,8 @@ impl Id6 {
     /// ```
     #[cfg(feature = "testing")]
     #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
-    pub fn advance_cache_clock(&self, by: std::time::Duration) {
-        self.inner.resolver.advance_cache_clock(by);
+    pub fn advance_clock(&self, by: std::time::Duration) {
+        self.inner.resolver.settings().clock.advance(by);
     }
 
     /// What the layer and the guards answer with.

@@ -115,8 +115,7 @@ async fn a_newer_revocation_evicts_the_users_other_cached_tokens() {
     // Alice disconnects through another app: id6 revokes, our cache does not know...
     s.mock.revoke_tokens(alice);
     // A token issued after the revocation (strictly later, as id6 compares).
-    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-    let phone = s.mock.token_for(alice);
+    let phone = s.mock.token_issued_at(alice, now_ms() + 10);
     // ...until an answer shows the newer invalidateTokensAt: then the laptop's entry goes.
     assert_eq!(s.get("/", Some(&phone)).await.1, "Hello, Alice!");
     assert_eq!(s.get("/me", Some(&laptop)).await.0, 401);

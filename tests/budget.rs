@@ -176,7 +176,7 @@ async fn alice_due_for_refresh(mock: MockId6) -> (common::Setup, u64, String) {
     let token = s.mock.token_for(alice);
     assert_eq!(s.get("/me", Some(&token)).await.0, 200);
     // The entry ages past `refresh_after`, without waiting.
-    s.id6.advance_cache_clock(Duration::from_millis(150));
+    s.id6.advance_clock(Duration::from_millis(150));
     (s, alice, token)
 }
 

@@ -96,7 +96,7 @@ async fn stale_if_error_serves_the_last_answer_for_the_grace_window() {
     s.mock.shutdown().await;
 
     // Past the TTL, within the grace window: id6 is down, the last answer is served.
-    s.id6.advance_cache_clock(ttl + Duration::from_secs(1));
+    s.id6.advance_clock(ttl + Duration::from_secs(1));
     assert_eq!(s.get("/", Some(&token)).await.1, "Hello, Alice!");
     assert_eq!(s.get("/me", Some(&token)).await.0, 200);
     // A token never seen before has no last answer: 503.
@@ -104,7 +104,7 @@ async fn stale_if_error_serves_the_last_answer_for_the_grace_window() {
     assert_eq!(s.get("/me", Some(&stranger)).await.0, 503);
 
     // Past TTL + grace: no longer.
-    s.id6.advance_cache_clock(grace);
+    s.id6.advance_clock(grace);
     assert_eq!(s.get("/me", Some(&token)).await.0, 503);
 }
 
@@ -121,7 +121,7 @@ async fn stale_answers_are_never_served_while_id6_answers() {
     let s = Setup::with(mock, id6).await;
     assert_eq!(s.get("/me", Some(&token)).await.0, 200);
     s.mock.revoke_tokens(alice);
-    s.id6.advance_cache_clock(Duration::from_secs(61));
+    s.id6.advance_clock(Duration::from_secs(61));
     // id6 answers "revoked": that answer wins over the stale one.
     assert_eq!(s.get("/me", Some(&token)).await.0, 401);
     // And a revoked user is not served stale later either.
@@ -185,7 +185,7 @@ async fn after_a_429_no_call_until_the_reset() {
         calls,
         "no id6 call while the window is closed"
     );
-    // Once the window opens, id6 is asked again.
+    // Once the window opens, id6 is asked again. (id6's own window is real time: wait.)
     let wait = until
         .duration_since(std::time::SystemTime::now())
         .unwrap_or_default();
@@ -327,7 +327,7 @@ async fn sensitive_routes_revalidate_old_answers() {
 
     // Revoked on id6 behind our back (another instance, another app).
     s.mock.revoke_tokens(alice);
-    s.id6.advance_cache_clock(Duration::from_millis(300));
+    s.id6.advance_clock(Duration::from_millis(300));
     assert_eq!(
         s.get("/me", Some(&token)).await.0,
         200,

@@ -128,8 +128,7 @@ async fn soak() {
                         if id6.disconnect(&UserToken::new(&old).unwrap()).await.is_ok() {
                             world.revoked.write().unwrap().insert(old);
                             // A new session for the user, issued after the revocation.
-                            tokio::time::sleep(Duration::from_millis(2)).await;
-                            let fresh = mock.token_for(victim);
+                            let fresh = mock.token_issued_at(victim, common::now_ms() + 10);
                             let mut users = world.users.write().unwrap();
                             if let Some(slot) = users.iter_mut().find(|(id, _)| *id == victim) {
                                 slot.1 = fresh;

@@ -11,6 +11,7 @@ use super::{
     Authorization, ClientSettings, Endpoint, HttpSettings, MissLimit, OnUnavailable, RedisSettings,
     ResolverSettings, Setting, Settings,
 };
+use crate::clock::Clock;
 use crate::guard::Origin;
 use crate::jwt::Screen;
 use crate::rejection::{AuthRejection, RejectionHook};
@@ -699,6 +700,8 @@ impl Id6Builder {
             rejection_hook: self.rejection_hook,
             bearer: locations.contains(&TokenLocation::Bearer),
         };
+        // One clock for the cache and the breaker, so a test moves both.
+        let clock = Clock::default();
         let resolver = ResolverSettings {
             finder: TokenFinder::new(&self.cookie_name, &locations),
             screen,
@@ -716,6 +719,7 @@ impl Id6Builder {
             refresh_after,
             miss_limit,
             callers: CallerFinder::new(self.trusted_proxies, self.caller_key),
+            clock: clock.clone(),
         };
         let client = ClientSettings {
             user_url: Endpoint(join(&base, "user")),
@@ -729,6 +733,7 @@ impl Id6Builder {
             queue_timeout,
             max_backoff,
             http: self.http_client,
+            clock,
         };
         Ok(Settings {
             client,

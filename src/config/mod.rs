@@ -15,6 +15,7 @@ use std::time::Duration;
 use http::HeaderValue;
 use reqwest::Url;
 
+use crate::clock::Clock;
 use crate::guard::Origin;
 use crate::jwt::Screen;
 use crate::rejection::RejectionHook;
@@ -143,6 +144,8 @@ pub(crate) struct ClientSettings {
     pub(crate) max_backoff: Duration,
     /// The user's own client, used instead of building one.
     pub(crate) http: Option<reqwest::Client>,
+    /// The handle's clock (the breaker's reopening), shared with the resolver.
+    pub(crate) clock: Clock,
 }
 
 /// How a request's token is found, screened, cached and answered for when id6 cannot be.
@@ -164,6 +167,8 @@ pub(crate) struct ResolverSettings {
     /// apart.
     pub(crate) miss_limit: Option<MissLimit>,
     pub(crate) callers: CallerFinder,
+    /// The handle's clock (expiry), shared with the client.
+    pub(crate) clock: Clock,
 }
 
 /// What the layer and the guards answer with.

@@ -13,6 +13,7 @@ use futures_util::future::{BoxFuture, FutureExt, Shared};
 use moka::sync::Cache;
 
 use super::Scope;
+use crate::clock::Clock;
 use crate::config::{OnUnavailable, ResolverSettings};
 use crate::error::{Error, Kind};
 use crate::lock::lock;
@@ -81,7 +82,7 @@ impl std::fmt::Debug for AuthCache {
 /// cheaper than moka's default SipHash.
 type Hasher = foldhash::fast::RandomState;
 
-/// The local tiers. Each entry carries when it was stored, by the cache's own [`Clock`],
+/// The local tiers. Each entry carries when it was stored, by the handle's [`Clock`],
 /// which decides expiry; moka's TTLs (the same lengths) only free the memory.
 #[derive(Clone)]
 struct Entries {
@@ -100,37 +101,10 @@ struct Entries {
     clock: Clock,
 }
 
-/// The cache's clock: the monotonic clock, plus (with the `testing` feature) however far a
-/// test moved it forward with [`Id6::advance_cache_clock`](crate::Id6::advance_cache_clock),
-/// so that TTLs and refresh-ahead can be tested without waiting.
-#[derive(Clone, Default)]
-pub(crate) struct Clock {
-    #[cfg(feature = "testing")]
-    skew_ns: Arc<AtomicU64>,
-}
-
-impl Clock {
-    fn now(&self) -> Instant {
-        let now = Instant::now();
-        #[cfg(feature = "testing")]
-        let now = now + Duration::from_nanos(self.skew_ns.load(Ordering::Relaxed));
-        now
-    }
-
-    /// Moves the clock forward by `by`.
-    #[cfg(feature = "testing")]
-    pub(crate) fn advance(&self, by: Duration) {
-        let ns = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
-        let _ = self
-            .skew_ns
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| {
-                Some(s.saturating_add(ns))
-            });
-    }
-
-    /// How long ago `then` was, by this clock.
+impl Entries {
+    /// How long ago `then` was, by the handle's clock.
     fn since(&self, then: Instant) -> Duration {
-        self.now().saturating_duration_since(then)
+        self.clock.now().saturating_duration_since(then)
     }
 }
 
@@ -155,7 +129,7 @@ impl Entries {
     /// way, and the same lookup says whether to refresh.
     fn get(&self, key: &TokenKey, max_age: Option<Duration>) -> Option<Hit> {
         if let Some(cached) = self.users.get(key) {
-            let age = self.clock.since(cached.confirmed);
+            let age = self.since(cached.confirmed);
             if age >= self.cache_ttl || max_age.is_some_and(|max_age| age > max_age) {
                 return None;
             }
@@ -167,7 +141,7 @@ impl Entries {
             });
         }
         let (why, at) = self.rejected.get(key)?;
-        (self.clock.since(at) < self.negative_ttl).then_some(Hit {
+        (self.since(at) < self.negative_ttl).then_some(Hit {
             verdict: Authentication::Rejected(why),
             refresh: false,
         })
@@ -176,7 +150,7 @@ impl Entries {
     /// The last user id6 named for `key`, within the stale grace window.
     fn stale(&self, key: &TokenKey) -> Option<Arc<User>> {
         let (user, at) = self.stale.as_ref()?.get(key)?;
-        (self.clock.since(at) < self.stale_ttl).then_some(user)
+        (self.since(at) < self.stale_ttl).then_some(user)
     }
 
     fn contains_key(&self, key: &TokenKey) -> bool {
@@ -313,7 +287,7 @@ impl AuthCache {
                 _ => Duration::ZERO,
             },
             refresh_after: settings.refresh_after,
-            clock: Clock::default(),
+            clock: settings.clock.clone(),
         };
         AuthCache {
             entries,
@@ -646,12 +620,6 @@ impl AuthCache {
         coherence.user_marks = 0;
         self.entries.invalidate_all();
         self.shared.telemetry.eviction(Eviction::All);
-    }
-
-    /// The cache's clock.
-    #[cfg(feature = "testing")]
-    pub(crate) fn clock(&self) -> &Clock {
-        &self.entries.clock
     }
 
     /// The user a cached token belongs to.

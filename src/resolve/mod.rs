@@ -329,12 +329,6 @@ impl Resolver {
         self.inner.local.user_id_of(key)
     }
 
-    /// Moves the local cache's clock forward (feature `testing`).
-    #[cfg(feature = "testing")]
-    pub(crate) fn advance_cache_clock(&self, by: Duration) {
-        self.inner.local.clock().advance(by);
-    }
-
     /// Verdicts in the local cache now.
     pub(crate) fn entry_count(&self) -> u64 {
         self.inner.local.entry_count()

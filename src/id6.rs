@@ -240,7 +240,8 @@ impl Id6 {
     /// `testing`): cached answers age (TTLs, the negative TTL, the stale window,
     /// refresh-ahead, `max_age`) and the breaker's pause after a 429 or failures ends sooner,
     /// so a test of expiry or back-off need not sleep. id6's clock, the wall clock in
-    /// `Retry-After` and Redis's expiries are not moved.
+    /// `Retry-After` and Redis's expiries are not moved (with Redis, a locally expired answer
+    /// may come back from it with its real age).
     ///
     /// ```
     /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {

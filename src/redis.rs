@@ -185,27 +185,29 @@ impl Redis {
         }
     }
 
-    /// The shared verdict for `key`, if Redis has one (and answers in time), with its age.
-    async fn get(&self, key: &TokenKey) -> Option<(Authentication, Duration)> {
+    /// The shared verdict for `key`, if Redis has one (and answers in time), with its age
+    /// when known.
+    async fn get(&self, key: &TokenKey) -> Option<(Authentication, Option<Duration>)> {
         let entry = self.entry(key);
         let raw: Option<Vec<u8>> = self
             .run("get", |mut c| async move { c.get(entry).await })
             .await
             .flatten();
-        let fresh = Duration::ZERO;
+        // A rejection's age does not matter (a few seconds' TTL); an old-format user's is
+        // unknown.
         Some(match serde_json::from_slice(&raw?).ok()? {
             Stored::UserAt { user, at } => {
                 let age = Duration::from_millis(now_ms().saturating_sub(at));
-                (Authentication::Authenticated(Arc::new(user)), age)
+                (Authentication::Authenticated(Arc::new(user)), Some(age))
             }
-            Stored::User(user) => (Authentication::Authenticated(Arc::new(user)), fresh),
+            Stored::User(user) => (Authentication::Authenticated(Arc::new(user)), None),
             Stored::Rejected => (
                 Authentication::Rejected(TokenRejection::InvalidToken),
-                fresh,
+                Some(Duration::ZERO),
             ),
             Stored::RejectedAs(code) => (
                 Authentication::Rejected(TokenRejection::from_code(Some(&code))),
-                fresh,
+                Some(Duration::ZERO),
             ),
         })
     }
@@ -423,7 +425,10 @@ async fn listen(shared: std::sync::Weak<Redis>, cache: AuthCache) {
 }
 
 impl SecondLevel for Redis {
-    fn get<'a>(&'a self, key: &'a TokenKey) -> BoxFuture<'a, Option<(Authentication, Duration)>> {
+    fn get<'a>(
+        &'a self,
+        key: &'a TokenKey,
+    ) -> BoxFuture<'a, Option<(Authentication, Option<Duration>)>> {
         Redis::get(self, key).boxed()
     }
 

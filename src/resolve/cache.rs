@@ -128,12 +128,19 @@ impl Entries {
     /// With a `max_age`, a user confirmed by id6 longer ago is no answer: one lookup either
     /// way, and the same lookup says whether to refresh.
     fn get(&self, key: &TokenKey, max_age: Option<Duration>) -> Option<Hit> {
+        self.lookup(key, max_age, true)
+    }
+
+    /// [`get`](Self::get); `claim`: whether a hit due for refresh claims it (a load checking
+    /// the cache again does not: it would drop the claim).
+    fn lookup(&self, key: &TokenKey, max_age: Option<Duration>, claim: bool) -> Option<Hit> {
         if let Some(cached) = self.users.get(key) {
             let age = self.since(cached.confirmed);
             if age >= self.cache_ttl || max_age.is_some_and(|max_age| age > max_age) {
                 return None;
             }
-            let refresh = self.refresh_after.is_some_and(|after| age > after)
+            let refresh = claim
+                && self.refresh_after.is_some_and(|after| age > after)
                 && !cached.refresh_claimed.swap(true, Ordering::Relaxed);
             return Some(Hit {
                 verdict: Authentication::Authenticated(cached.user.clone()),
@@ -340,7 +347,7 @@ impl AuthCache {
         let mut admitted = false;
         loop {
             let mut inflight = lock(&self.shared.inflight);
-            if let Some(done) = self.entries.get(&key, max_age) {
+            if let Some(done) = self.entries.lookup(&key, max_age, false) {
                 return ready(done.verdict);
             }
             let generation = self.shared.generation.load(Ordering::SeqCst);
@@ -796,6 +803,22 @@ mod tests {
         }
         let remembered = cache.get(&key, None).unwrap().verdict;
         assert_eq!(remembered.rejection(), Some(TokenRejection::TokenExpired));
+    }
+
+    #[cfg(feature = "testing")]
+    #[tokio::test]
+    async fn a_load_finding_the_entry_leaves_its_refresh_to_the_next_hit() {
+        let cache = cache();
+        let key = TokenKey::of("k");
+        cache.fill(key, &user(1), cache.generation());
+        // Past `refresh_after` (45 s of the default 60 s TTL).
+        cache.entries.clock.advance(Duration::from_secs(46));
+        // A load that finds the entry (a request that raced the miss) claims nothing...
+        let found = cache.load(key, None, || Ok(()), || async { user(1) });
+        assert!(found.await.verdict.user().is_some());
+        // ...so the next hit still starts the one refresh, and only that hit.
+        assert!(cache.get(&key, None).unwrap().refresh);
+        assert!(!cache.get(&key, None).unwrap().refresh);
     }
 
     #[tokio::test]

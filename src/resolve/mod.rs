@@ -249,7 +249,17 @@ impl Resolver {
     ) -> Fetched {
         if let Some(second) = &self.inner.second {
             if let Some((verdict, age)) = second.get(&key).await {
-                if younger_than.is_none_or(|limit| age < limit) {
+                // An age past the TTL (another instance's clock ahead of ours) is no answer
+                // to keep; an unknown age (an earlier version's entry) is good for a plain
+                // miss only, as it always was.
+                let usable = match (age, younger_than) {
+                    (Some(age), _) if age >= self.inner.settings.cache_ttl => false,
+                    (Some(age), Some(limit)) => age <= limit,
+                    (None, Some(_)) => false,
+                    (_, None) => true,
+                };
+                if usable {
+                    let age = age.unwrap_or_default();
                     return Fetched { verdict, age };
                 }
             }

@@ -18,8 +18,11 @@ use crate::Error;
 /// A second-level cache: answers shared between instances, and evictions broadcast to them.
 pub(crate) trait SecondLevel: Send + Sync + fmt::Debug {
     /// The shared verdict for `key`, if any (and if it answers in time), with how long ago
-    /// id6 gave it.
-    fn get<'a>(&'a self, key: &'a TokenKey) -> BoxFuture<'a, Option<(Authentication, Duration)>>;
+    /// id6 gave it, when known (entries of earlier versions do not say).
+    fn get<'a>(
+        &'a self,
+        key: &'a TokenKey,
+    ) -> BoxFuture<'a, Option<(Authentication, Option<Duration>)>>;
 
     /// Shares an id6 verdict, unless an eviction since `started_ms` (when the load that
     /// produced it began) outdated it; a newer revocation it shows is broadcast first.

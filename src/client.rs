@@ -268,11 +268,10 @@ impl Client {
     /// stats.
     fn observe(&self, response: reqwest::Response) -> reqwest::Response {
         let headers = response.headers();
-        let number =
-            |name| -> Option<u64> { headers.get(name)?.to_str().ok()?.trim().parse().ok() };
-        if let (Some(limit), Some(remaining)) =
-            (number("x-ratelimit-limit"), number("x-ratelimit-remaining"))
-        {
+        if let (Some(limit), Some(remaining)) = (
+            header_number(headers, "x-ratelimit-limit"),
+            header_number(headers, "x-ratelimit-remaining"),
+        ) {
             let now = SystemTime::now();
             let max_wait = self.settings.max_backoff;
             let reset = rate_limit_reset(headers, now, max_wait).unwrap_or(now + max_wait);
@@ -366,6 +365,11 @@ pub(crate) async fn read_capped(
     Ok(body)
 }
 
+/// A header holding a whole number (`X-RateLimit-*`, `Retry-After`), if it does.
+fn header_number(headers: &HeaderMap, name: &str) -> Option<u64> {
+    headers.get(name)?.to_str().ok()?.trim().parse().ok()
+}
+
 /// When id6's rate-limit window opens again, at least a second and at most `max_wait` from
 /// `now`: `X-RateLimit-Reset` is the real wait; id6's `Retry-After` is always 60 and only a
 /// fallback. A proxy may say either in any form, so neither is trusted with more than the cap.
@@ -374,10 +378,9 @@ fn rate_limit_reset(
     now: SystemTime,
     max_wait: Duration,
 ) -> Option<SystemTime> {
-    let number = |name| -> Option<u64> { headers.get(name)?.to_str().ok()?.trim().parse().ok() };
-    let wait = match number("x-ratelimit-reset") {
+    let wait = match header_number(headers, "x-ratelimit-reset") {
         Some(reset) => reset_wait(reset, now),
-        None => Duration::from_secs(number(RETRY_AFTER.as_str())?),
+        None => Duration::from_secs(header_number(headers, RETRY_AFTER.as_str())?),
     };
     now.checked_add(wait.clamp(Duration::from_secs(1), max_wait))
 }

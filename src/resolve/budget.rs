@@ -6,7 +6,7 @@ use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, SystemTime};
 
-use governor::clock::{Clock, DefaultClock};
+use governor::clock::Clock;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use super::caller::Caller;
@@ -18,7 +18,6 @@ const SWEEP_EVERY: u32 = 4096;
 
 pub(crate) struct MissBudget {
     limiter: DefaultKeyedRateLimiter<Caller>,
-    clock: DefaultClock,
     checks: AtomicU32,
     unknown_warned: AtomicBool,
 }
@@ -38,7 +37,6 @@ impl MissBudget {
         let quota = Quota::with_period(limit.window() / calls.get())?.allow_burst(calls);
         Some(MissBudget {
             limiter: RateLimiter::keyed(quota),
-            clock: DefaultClock::default(),
             checks: AtomicU32::new(0),
             unknown_warned: AtomicBool::new(false),
         })
@@ -66,7 +64,7 @@ impl MissBudget {
         self.limiter
             .check_key(&caller.budget_key())
             .map_err(|not_until| {
-                let wait = not_until.wait_time_from(self.clock.now());
+                let wait = not_until.wait_time_from(self.limiter.clock().now());
                 tracing::debug!(
                     wait_ms = wait.as_millis() as u64,
                     "caller over its id6 miss budget; id6 not called"

@@ -24,7 +24,8 @@
 //! - `POST /logout-everywhere` → 204, revokes every token of the user on id6 and here
 //! - `GET /app` → an HTML page: "Signed in as <name>" with a sign-out button, or
 //!   "Anonymous" with a link to id6's sign-in page (`ID6_LOGIN_URL`, or the embedded
-//!   MockId6's) that comes back to `/app`
+//!   MockId6's) that comes back to `/app` at the app's public address (`PUBLIC_URL`, default
+//!   `http://<BIND>`; never the request's `Host`, which a client writes)
 //! - `GET /account` (behind `id6.require_user()`) → `Account of <name>`; anonymous with
 //!   `Accept: text/html` → `303` to the sign-in page (`ID6_LOGIN_URL`, or the embedded
 //!   MockId6's, coming back to `/account`); anonymous otherwise → 401 JSON
@@ -34,13 +35,18 @@
 //! - every write (`POST /me/profile`, `/me/picture`, `/logout`, `/logout-everywhere`) is behind
 //!   `id6.csrf()`: a cross-site one carrying the cookie → 403 `csrf_rejected` (the app's own
 //!   origin and `ID6_TRUSTED_ORIGINS` are trusted)
+//! - the handlers that call id6 with the user's token hand it the request's `Parts`, so a
+//!   token the cache does not know is charged to the caller's miss budget, as the layer's
+//!   misses are: a flood of forged cookies through `/logout` or `/me/picture` costs id6 no
+//!   more than one through `/me`
 
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::body::Bytes;
 use axum::extract::{FromRef, Multipart, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -54,6 +60,8 @@ pub struct AppState {
     pub id6: Id6,
     /// id6's sign-in page, to which `?redirect=<this app's /app>` is appended.
     pub login_url: Option<String>,
+    /// Where browsers reach this app (`PUBLIC_URL`), for the way back from signing in.
+    pub public_url: String,
     /// Emails allowed on `/admin` (`ADMIN_EMAILS`, comma-separated).
     pub admin_emails: Arc<[String]>,
 }
@@ -92,11 +100,11 @@ async fn me(RequireUser(user): RequireUser) -> Json<Arc<User>> {
 /// (not axum's 422 from a typed `Json` extractor).
 async fn update_profile(
     State(id6): State<Id6>,
-    headers: HeaderMap,
+    parts: Parts,
     body: Bytes,
 ) -> Result<StatusCode, id6_tower::Error> {
     let profile = Profile::from_json(&body)?;
-    id6.update_profile(&headers, &profile).await?;
+    id6.update_profile(&parts, &profile).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -110,7 +118,7 @@ async fn admin(RequireUser(user): RequireUser) -> String {
 
 async fn update_picture(
     State(id6): State<Id6>,
-    headers: HeaderMap,
+    parts: Parts,
     mut multipart: Multipart,
 ) -> Result<Response, id6_tower::Error> {
     while let Ok(Some(field)) = multipart.next_field().await {
@@ -122,15 +130,15 @@ async fn update_picture(
             return Ok((StatusCode::BAD_REQUEST, "unreadable upload").into_response());
         };
         let url = id6
-            .update_picture(&headers, PictureUpload::from_bytes(file_name, bytes))
+            .update_picture(&parts, PictureUpload::from_bytes(file_name, bytes))
             .await?;
         return Ok(Json(serde_json::json!({ "picture": url })).into_response());
     }
     Ok((StatusCode::BAD_REQUEST, "no `picture` field").into_response())
 }
 
-async fn picture(State(id6): State<Id6>, headers: HeaderMap) -> Result<Response, id6_tower::Error> {
-    let download = id6.picture(&headers).await?;
+async fn picture(State(id6): State<Id6>, parts: Parts) -> Result<Response, id6_tower::Error> {
+    let download = id6.picture(&parts).await?;
     let content_type = download
         .content_type()
         .unwrap_or("application/octet-stream")
@@ -142,9 +150,10 @@ async fn picture(State(id6): State<Id6>, headers: HeaderMap) -> Result<Response,
 /// The browser's cookie goes too; id6 would clear it the same way.
 const CLEAR_COOKIE: &str = "auth=; Max-Age=0; Path=/; HttpOnly";
 
-async fn logout(State(id6): State<Id6>, headers: HeaderMap) -> Result<Response, id6_tower::Error> {
-    id6.sign_out(&headers).await?;
-    let from_a_page = headers
+async fn logout(State(id6): State<Id6>, parts: Parts) -> Result<Response, id6_tower::Error> {
+    id6.sign_out(&parts).await?;
+    let from_a_page = parts
+        .headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("text/html"));
@@ -157,11 +166,7 @@ async fn logout(State(id6): State<Id6>, headers: HeaderMap) -> Result<Response, 
 }
 
 /// The browser page: who is signed in, and a way in or out. Plain HTML, no build step.
-async fn page(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    CurrentUser(user): CurrentUser,
-) -> Html<String> {
+async fn page(State(state): State<AppState>, CurrentUser(user): CurrentUser) -> Html<String> {
     let body = match user {
         Some(user) => format!(
             "<h1 id=\"status\">Signed in as {}</h1>\n\
@@ -169,11 +174,7 @@ async fn page(
             escape(&user.name)
         ),
         None => {
-            let host = headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .unwrap_or("127.0.0.1:3000");
-            let back = format!("http://{host}/app");
+            let back = format!("{}/app", state.public_url.trim_end_matches('/'));
             let sign_in = state.login_url.as_deref().and_then(|login| {
                 reqwest::Url::parse_with_params(login, [("redirect", back.as_str())]).ok()
             });
@@ -201,9 +202,9 @@ fn escape(text: &str) -> String {
 
 async fn logout_everywhere(
     State(id6): State<Id6>,
-    headers: HeaderMap,
+    parts: Parts,
 ) -> Result<Response, id6_tower::Error> {
-    id6.disconnect(&headers).await?;
+    id6.disconnect(&parts).await?;
     Ok((StatusCode::NO_CONTENT, [(header::SET_COOKIE, CLEAR_COOKIE)]).into_response())
 }
 
@@ -257,6 +258,16 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
 
     let listener = tokio::net::TcpListener::bind(&bind).await?;
     let addr = listener.local_addr()?;
+    let public_url = std::env::var("PUBLIC_URL").unwrap_or_else(|_| format!("http://{addr}"));
+    let public_origin = match reqwest::Url::parse(&public_url) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => {
+            url.origin().ascii_serialization()
+        }
+        _ => {
+            return Err(format!("PUBLIC_URL is not an absolute http(s) URL: {public_url:?}").into())
+        }
+    };
+    let public_url = public_url.trim_end_matches('/').to_owned();
 
     // Keep the mock alive for as long as the server runs.
     let (state, _mock, token) = if std::env::var_os("ID6_URL").is_some() {
@@ -264,6 +275,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         let state = AppState {
             id6: Id6::from_env()?,
             login_url,
+            public_url,
             admin_emails: admin_emails(&[]),
         };
         (state, None, None)
@@ -271,7 +283,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         let mock = MockId6::start().await?;
         let alice = mock.add_user("Alice", "alice@example.com");
         mock.add_user("Bob", "bob@example.com");
-        mock.allow_redirect(&format!("http://{addr}"));
+        mock.allow_redirect(&public_origin);
         let token = mock.token_for(alice);
         println!(
             "ID6_URL is unset: using an embedded MockId6 at {}",
@@ -282,11 +294,12 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         // guards send browsers to the mock's sign-in page, which comes back to /account.
         let mut builder = Id6Builder::from_env_or(mock.url());
         if std::env::var_os("ID6_LOGIN_URL").is_none() {
-            builder = builder.login_url(mock.sign_in_url(&format!("http://{addr}/account")));
+            builder = builder.login_url(mock.sign_in_url(&format!("{public_url}/account")));
         }
         let state = AppState {
             id6: builder.build()?,
             login_url: Some(login),
+            public_url,
             admin_emails: admin_emails(&["alice@example.com"]),
         };
         (state, Some(mock), Some(token))

@@ -145,9 +145,13 @@ impl Admission {
         self.breaker().open.filter(|o| o.until > now)
     }
 
-    /// A permit to call id6 now, or why not: the breaker is open, or every permit stayed
-    /// taken for the queue timeout.
-    pub(crate) async fn admit(&self) -> Result<SemaphorePermit<'_>, Error> {
+    /// A permit to call id6 now, or why not: the breaker is open, every permit stayed taken
+    /// for the queue timeout, or `charge` (the caller's miss budget) refuses. `charge` runs
+    /// last, once nothing else can hold the call back: a call not made costs nothing.
+    pub(crate) async fn admit(
+        &self,
+        charge: impl FnOnce() -> Result<(), Error>,
+    ) -> Result<SemaphorePermit<'_>, Error> {
         self.closed()?;
         let permit = match tokio::time::timeout(self.queue_timeout, self.permits.acquire()).await {
             Ok(Ok(permit)) => permit,
@@ -156,6 +160,7 @@ impl Admission {
         };
         // Asked again: the breaker may have opened (a 429) while this call waited its turn.
         self.closed()?;
+        charge()?;
         Ok(permit)
     }
 
@@ -244,7 +249,7 @@ mod tests {
         let admission = Admission::new(4, Duration::from_secs(1), MAX, Clock::default());
         let reset = SystemTime::now() + Duration::from_secs(30);
         admission.record(Some(&Error::new(Kind::RateLimited { reset: Some(reset) })));
-        let err = admission.admit().await.unwrap_err();
+        let err = admission.admit(|| Ok(())).await.unwrap_err();
         assert!(err.is_rate_limited() && err.is_unavailable());
         assert!(err.retry_after().unwrap() > Duration::from_secs(25));
         assert!(matches!(
@@ -262,10 +267,10 @@ mod tests {
         let connect = Error::new(Kind::Connect);
         for _ in 0..FAILURES_TO_OPEN - 1 {
             admission.record(Some(&connect));
-            assert!(admission.admit().await.is_ok());
+            assert!(admission.admit(|| Ok(())).await.is_ok());
         }
         admission.record(Some(&connect));
-        let err = admission.admit().await.unwrap_err();
+        let err = admission.admit(|| Ok(())).await.unwrap_err();
         assert!(err.is_unavailable() && !err.is_rate_limited());
         let Health::Open { until, .. } = admission.health() else {
             panic!("open");
@@ -285,13 +290,34 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_call_held_back_is_not_charged() {
+        let admission = Admission::new(1, Duration::from_millis(20), MAX, Clock::default());
+        let charged = std::sync::atomic::AtomicUsize::new(0);
+        let charge = || {
+            charged.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        };
+        let held = admission.admit(charge).await.unwrap();
+        // The call cap's queue timeout: no call, no charge.
+        assert!(admission.admit(charge).await.is_err());
+        drop(held);
+        // The breaker open: no call, no charge.
+        admission.record(Some(&Error::new(Kind::RateLimited { reset: None })));
+        assert!(admission.admit(charge).await.is_err());
+        assert_eq!(charged.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // A refused charge: no permit, so no call.
+        let refused = admission.admit(|| Err(Error::new(Kind::Overloaded)));
+        assert!(refused.await.is_err());
+    }
+
+    #[tokio::test]
     async fn beyond_the_cap_a_call_waits_then_gives_up() {
         let admission = Admission::new(1, Duration::from_millis(20), MAX, Clock::default());
-        let held = admission.admit().await.unwrap();
-        let err = admission.admit().await.unwrap_err();
+        let held = admission.admit(|| Ok(())).await.unwrap();
+        let err = admission.admit(|| Ok(())).await.unwrap_err();
         assert!(err.is_unavailable());
         drop(held);
-        assert!(admission.admit().await.is_ok());
+        assert!(admission.admit(|| Ok(())).await.is_ok());
     }
 
     #[tokio::test]
@@ -300,7 +326,7 @@ mod tests {
         // What a proxy sending epoch milliseconds as seconds would have us believe.
         let reset = SystemTime::now() + Duration::from_secs(56_000 * 365 * 24 * 3600);
         admission.record(Some(&Error::new(Kind::RateLimited { reset: Some(reset) })));
-        let err = admission.admit().await.unwrap_err();
+        let err = admission.admit(|| Ok(())).await.unwrap_err();
         assert!(err.retry_after().unwrap() <= MAX, "{:?}", err.retry_after());
         let Health::Open { until, .. } = admission.health() else {
             panic!("open");
@@ -316,11 +342,11 @@ mod tests {
             MAX,
             Clock::default(),
         ));
-        let held = admission.admit().await.unwrap();
+        let held = admission.admit(|| Ok(())).await.unwrap();
         let queued: Vec<_> = (0..20)
             .map(|_| {
                 let admission = admission.clone();
-                tokio::spawn(async move { admission.admit().await.map(drop) })
+                tokio::spawn(async move { admission.admit(|| Ok(())).await.map(drop) })
             })
             .collect();
         // On this one thread, each spawned task runs up to its wait for the permit.
@@ -339,21 +365,21 @@ mod tests {
         let admission = Admission::new(4, Duration::from_secs(1), MAX, Clock::default());
         let reset = SystemTime::now() + Duration::from_secs(30);
         admission.record(Some(&Error::new(Kind::RateLimited { reset: Some(reset) })));
-        assert!(admission.admit().await.is_err());
+        assert!(admission.admit(|| Ok(())).await.is_err());
         tokio::time::advance(Duration::from_secs(29)).await;
         assert!(
-            admission.admit().await.is_err(),
+            admission.admit(|| Ok(())).await.is_err(),
             "still within id6's window"
         );
         tokio::time::advance(Duration::from_secs(2)).await;
-        assert!(admission.admit().await.is_ok());
+        assert!(admission.admit(|| Ok(())).await.is_ok());
         assert_eq!(admission.health(), Health::Closed);
         // Connect failures: open for the first back-off, then closed again.
         for _ in 0..FAILURES_TO_OPEN {
             admission.record(Some(&Error::new(Kind::Connect)));
         }
-        assert!(admission.admit().await.is_err());
+        assert!(admission.admit(|| Ok(())).await.is_err());
         tokio::time::advance(FIRST_BACKOFF).await;
-        assert!(admission.admit().await.is_ok());
+        assert!(admission.admit(|| Ok(())).await.is_ok());
     }
 }

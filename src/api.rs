@@ -10,7 +10,17 @@
 //! | `Id6::picture` (feature `pictures`) | `GET /user/picture` | nothing |
 //! | [`Id6::disconnect`] | `GET /user/disconnect` | evicts every cached token of the user, and no id6 answer already in flight can put the user back |
 //!
-//! Any call that id6 answers with 401 evicts the token it carried.
+//! Any call that id6 answers with 401 evicts the token it carried, and remembers id6's
+//! refusal as a miss would.
+//!
+//! Every call passes the door a miss passes, so that no route to id6 is cheaper for a
+//! stranger than the layer: a token that cannot be id6's (its shape; with the JWT secret,
+//! its signature and age) is refused without a call, and so is one id6 refused a moment ago
+//! (the negative cache); a token the cache does not know costs a call of the caller's
+//! [`miss_limit`](crate::Id6Builder::miss_limit), charged when the call starts; one it
+//! knows as a user costs nothing. Give the calls the request (or its `Parts`) rather than
+//! its headers, so that the caller is found as the layer finds it; calls that cannot tell
+//! their caller share one budget.
 
 use http::header::CONTENT_TYPE;
 use http::Method;
@@ -18,9 +28,9 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::error::{Error, Kind};
-use crate::resolve::Scope;
+use crate::resolve::{Payer, Scope};
 use crate::token::{TokenSource, UserToken};
-use crate::{Authentication, Id6, User};
+use crate::{Authentication, Id6, TokenRejection, User};
 
 /// A whole profile for [`Id6::update_profile`]: id6 replaces the previous one, so a `None`
 /// bio clears it and a `None` language resets it to `"en"`.
@@ -189,9 +199,10 @@ impl Profile {
 }
 
 impl Id6 {
-    pub(crate) fn token_of(&self, from: &(impl TokenSource + ?Sized)) -> Result<UserToken, Error> {
-        from.user_token(self)
-            .ok_or_else(|| Error::new(Kind::NoToken))
+    /// The token in `from`, let through the typed calls' door (see the module docs), and
+    /// who pays for its call.
+    fn admitted(&self, from: &(impl TokenSource + ?Sized)) -> Result<(UserToken, Payer), Error> {
+        self.resolver().admit_call(from, from.user_token(self))
     }
 
     /// The token's user, for the evictions that follow a change: cached, or read from the
@@ -202,21 +213,37 @@ impl Id6 {
             .or_else(|| token.unverified_user_id())
     }
 
-    /// Runs a typed call; a 401 means the token is dead, so its cached verdict goes.
+    /// Runs a typed call for the token `from` holds, once through the door; a 401 means the
+    /// token is dead: its cached verdict goes everywhere, and id6's refusal is remembered.
     pub(crate) async fn call(
         &self,
         method: Method,
         path: &str,
-        token: &UserToken,
+        from: &(impl TokenSource + ?Sized),
         build: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
-    ) -> Result<reqwest::Response, Error> {
-        let result = self.client().call(method, path, token, build).await;
-        if let Err(error) = &result {
-            if error.is_unauthenticated() {
-                self.resolver().evict(Scope::Token(token.key())).await;
+    ) -> Result<(UserToken, reqwest::Response), Error> {
+        let (token, payer) = self.admitted(from)?;
+        let resolver = self.resolver();
+        let charge = || resolver.charge(&payer);
+        match self
+            .client()
+            .call(method, path, &token, charge, build)
+            .await
+        {
+            Ok(response) => Ok((token, response)),
+            Err(error) => {
+                if error.is_unauthenticated() {
+                    let key = token.key();
+                    resolver.evict(Scope::Token(key)).await;
+                    let refused = TokenRejection::from_code(error.error_code());
+                    let started = resolver.load_start();
+                    resolver
+                        .remember(key, &Authentication::Rejected(refused), started)
+                        .await;
+                }
+                Err(error)
             }
         }
-        result
     }
 
     /// Asks id6 afresh who owns the token (`GET /user`), bypassing the cache and refreshing
@@ -226,9 +253,8 @@ impl Id6 {
     ///
     /// Unauthenticated (no token, id6's 401 with its `errorCode`), or unavailable.
     pub async fn user(&self, from: &(impl TokenSource + ?Sized)) -> Result<User, Error> {
-        let token = self.token_of(from)?;
         let started = self.resolver().load_start();
-        let response = self.call(Method::GET, "user", &token, |r| r).await?;
+        let (token, response) = self.call(Method::GET, "user", from, |r| r).await?;
         match self.client().read_json::<Option<User>>(response).await? {
             Some(user) => {
                 let user = std::sync::Arc::new(user);
@@ -253,9 +279,7 @@ impl Id6 {
     ///
     /// Unauthenticated or unavailable.
     pub async fn sign_out(&self, from: &(impl TokenSource + ?Sized)) -> Result<(), Error> {
-        let token = self.token_of(from)?;
-        self.call(Method::POST, "auth/signout", &token, |r| r)
-            .await?;
+        let (token, _) = self.call(Method::POST, "auth/signout", from, |r| r).await?;
         self.resolver().evict(Scope::Token(token.key())).await;
         Ok(())
     }
@@ -267,9 +291,11 @@ impl Id6 {
     ///
     /// Unauthenticated or unavailable.
     pub async fn disconnect(&self, from: &(impl TokenSource + ?Sized)) -> Result<(), Error> {
-        let token = self.token_of(from)?;
-        let owner = self.owner_of(&token);
-        self.call(Method::GET, "user/disconnect", &token, |r| r)
+        // Read before the call: once it succeeds, the cache no longer knows the owner.
+        let owner = from
+            .user_token(self)
+            .and_then(|token| self.owner_of(&token));
+        self.call(Method::GET, "user/disconnect", from, |r| r)
             .await?;
         // Unknown owner (not a JWT we can read): the only safe eviction is everything.
         self.resolver()
@@ -291,12 +317,12 @@ impl Id6 {
         profile: &Profile,
     ) -> Result<(), Error> {
         profile.validate()?;
-        let token = self.token_of(from)?;
         let body = serde_json::to_vec(profile).map_err(|e| Error::with_source(Kind::Request, e))?;
-        self.call(Method::POST, "user/profile", &token, |r| {
-            r.header(CONTENT_TYPE, "application/json").body(body)
-        })
-        .await?;
+        let (token, _) = self
+            .call(Method::POST, "user/profile", from, |r| {
+                r.header(CONTENT_TYPE, "application/json").body(body)
+            })
+            .await?;
         self.evict_owner(&token).await;
         Ok(())
     }

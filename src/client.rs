@@ -64,8 +64,14 @@ impl Client {
     }
 
     /// The layer's question: who owns this token? Through `/authorize` when configured.
-    pub(crate) async fn authenticate(&self, token: &UserToken) -> Authentication {
-        let _permit = match self.admission.admit().await {
+    /// `charge` runs once the call is admitted, just before it is sent: refused, nothing is
+    /// sent.
+    pub(crate) async fn authenticate(
+        &self,
+        token: &UserToken,
+        charge: impl FnOnce() -> Result<(), Error>,
+    ) -> Authentication {
+        let _permit = match self.admission.admit(charge).await {
             Ok(permit) => permit,
             Err(error) => {
                 tracing::debug!(%error, "id6 not called");
@@ -196,15 +202,17 @@ impl Client {
     }
 
     /// A typed call of the Authentication API, with the user's token as id6's cookie. A
-    /// non-2xx answer becomes the matching [`Error`].
+    /// non-2xx answer becomes the matching [`Error`]. `charge` runs as for
+    /// [`authenticate`](Self::authenticate).
     pub(crate) async fn call(
         &self,
         method: Method,
         path: &str,
         token: &UserToken,
+        charge: impl FnOnce() -> Result<(), Error>,
         build: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, Error> {
-        let _permit = self.admission.admit().await?;
+        let _permit = self.admission.admit(charge).await?;
         let url = join(&self.settings.base_url, path);
         let request = self.with_cookie(self.request(method, url), token);
         let sent = build(request)

@@ -80,6 +80,9 @@ pub(crate) enum Kind {
     OverBudget { until: SystemTime },
     /// A typed call needs the end user's token and the request had none.
     NoToken,
+    /// A typed call's token was refused without calling id6: it cannot be an id6 token (its
+    /// shape, or the JWT secret), or id6 refused it a moment ago (the negative cache).
+    Refused(crate::TokenRejection),
     /// id6 refused a typed call with its error JSON (401, 400, 404...).
     Api(Box<ApiError>),
     /// A typed call's input was refused before anything was sent.
@@ -168,14 +171,18 @@ impl Error {
     pub fn is_unavailable(&self) -> bool {
         !matches!(
             self.inner.kind,
-            Kind::Config { .. } | Kind::NoToken | Kind::Api(_) | Kind::Invalid { .. }
+            Kind::Config { .. }
+                | Kind::NoToken
+                | Kind::Refused(_)
+                | Kind::Api(_)
+                | Kind::Invalid { .. }
         )
     }
 
     /// The caller is not signed in: no token, or id6 answered 401 to a typed call.
     pub fn is_unauthenticated(&self) -> bool {
         match &self.inner.kind {
-            Kind::NoToken => true,
+            Kind::NoToken | Kind::Refused(_) => true,
             Kind::Api(api) => api.status == StatusCode::UNAUTHORIZED,
             _ => false,
         }
@@ -207,6 +214,7 @@ impl Error {
             Kind::Api(api) => api.code.as_deref(),
             Kind::Invalid { code, .. } => Some(code),
             Kind::NoToken => Some("not_authenticated"),
+            Kind::Refused(why) => Some(why.error_code()),
             _ => None,
         }
     }
@@ -222,6 +230,7 @@ impl Error {
             } => Some("Invalid body"),
             Kind::Invalid { .. } => Some("Invalid request"),
             Kind::NoToken => Some("You are not authenticated"),
+            Kind::Refused(why) => Some(why.message()),
             _ => None,
         }
     }
@@ -341,6 +350,11 @@ impl fmt::Display for Error {
                 "id6 not asked: this caller's unknown tokens already cost their budget of id6 calls",
             ),
             Kind::NoToken => f.write_str("not authenticated: the request has no id6 token"),
+            Kind::Refused(why) => write!(
+                f,
+                "not authenticated: the token was refused without calling id6 ({})",
+                why.error_code()
+            ),
             Kind::Api(api) => {
                 write!(f, "id6 refused the call ({}", api.status.as_u16())?;
                 if let Some(code) = &api.code {

@@ -180,10 +180,9 @@ impl Id6 {
                 details: json!({ "maxBytes": limit, "bytes": picture.len() }),
             }));
         }
-        let token = self.token_of(from)?;
         let form = reqwest::multipart::Form::new().part("picture", picture.into_part(mime)?);
-        let response = self
-            .call(Method::POST, "user/picture", &token, |r| r.multipart(form))
+        let (token, response) = self
+            .call(Method::POST, "user/picture", from, |r| r.multipart(form))
             .await?;
         #[derive(Deserialize)]
         struct Answer {
@@ -205,10 +204,7 @@ impl Id6 {
         &self,
         from: &(impl TokenSource + ?Sized),
     ) -> Result<PictureDownload, Error> {
-        let token = self.token_of(from)?;
-        let response = self
-            .call(Method::GET, "user/picture", &token, |r| r)
-            .await?;
+        let (_, response) = self.call(Method::GET, "user/picture", from, |r| r).await?;
         // At most 1 GiB (checked by `build`): fits a usize wherever this crate builds.
         let limit = usize::try_from(self.max_picture_bytes()).unwrap_or(usize::MAX);
         Ok(PictureDownload { response, limit })

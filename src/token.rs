@@ -247,8 +247,31 @@ impl fmt::Debug for UserToken {
 }
 
 mod sealed {
-    /// Keeps [`TokenSource`](super::TokenSource) implemented by this crate only.
-    pub trait Sealed {}
+    /// Keeps [`TokenSource`](super::TokenSource) implemented by this crate only, and carries
+    /// what the crate reads besides the token (private: not callable outside the crate).
+    pub trait Sealed {
+        /// The request's headers and extensions, when the source is a request: where its
+        /// caller is found, to charge a typed call about an unknown token to.
+        fn request_parts(&self) -> Option<(&http::HeaderMap, &http::Extensions)> {
+            None
+        }
+
+        /// The headers alone, when the source has no extensions.
+        fn request_headers(&self) -> Option<&http::HeaderMap> {
+            self.request_parts().map(|(headers, _)| headers)
+        }
+    }
+}
+
+/// Where a typed call's caller is found: the request's headers and extensions, when the
+/// source carries them.
+pub(crate) fn caller_parts<T: TokenSource + ?Sized>(
+    from: &T,
+) -> (Option<&HeaderMap>, Option<&http::Extensions>) {
+    match from.request_parts() {
+        Some((headers, extensions)) => (Some(headers), Some(extensions)),
+        None => (from.request_headers(), None),
+    }
 }
 
 /// Where a typed call of [`Id6`](crate::Id6) finds the end user's token: a request, its
@@ -285,7 +308,11 @@ impl TokenSource for UserToken {
     }
 }
 
-impl sealed::Sealed for HeaderMap {}
+impl sealed::Sealed for HeaderMap {
+    fn request_headers(&self) -> Option<&HeaderMap> {
+        Some(self)
+    }
+}
 
 impl TokenSource for HeaderMap {
     fn user_token(&self, id6: &crate::Id6) -> Option<UserToken> {
@@ -293,7 +320,11 @@ impl TokenSource for HeaderMap {
     }
 }
 
-impl<B> sealed::Sealed for http::Request<B> {}
+impl<B> sealed::Sealed for http::Request<B> {
+    fn request_parts(&self) -> Option<(&HeaderMap, &http::Extensions)> {
+        Some((self.headers(), self.extensions()))
+    }
+}
 
 impl<B> TokenSource for http::Request<B> {
     fn user_token(&self, id6: &crate::Id6) -> Option<UserToken> {
@@ -301,7 +332,11 @@ impl<B> TokenSource for http::Request<B> {
     }
 }
 
-impl sealed::Sealed for http::request::Parts {}
+impl sealed::Sealed for http::request::Parts {
+    fn request_parts(&self) -> Option<(&HeaderMap, &http::Extensions)> {
+        Some((&self.headers, &self.extensions))
+    }
+}
 
 impl TokenSource for http::request::Parts {
     fn user_token(&self, id6: &crate::Id6) -> Option<UserToken> {
@@ -309,7 +344,15 @@ impl TokenSource for http::request::Parts {
     }
 }
 
-impl<T: TokenSource + ?Sized> sealed::Sealed for &T {}
+impl<T: TokenSource + ?Sized> sealed::Sealed for &T {
+    fn request_parts(&self) -> Option<(&HeaderMap, &http::Extensions)> {
+        (**self).request_parts()
+    }
+
+    fn request_headers(&self) -> Option<&HeaderMap> {
+        (**self).request_headers()
+    }
+}
 
 impl<T: TokenSource + ?Sized> TokenSource for &T {
     fn user_token(&self, id6: &crate::Id6) -> Option<UserToken> {

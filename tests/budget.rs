@@ -260,3 +260,41 @@ async fn refreshes_pause_when_ids_budget_runs_low() {
     assert_eq!(s.get("/me", Some(&s.mock.token_for(bob))).await.0, 200);
     assert_eq!(s.mock.user_calls(), 1 + 17 + 1 + 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn misses_held_back_while_id6_pauses_cost_nothing() {
+    let mock = MockId6::start().await.unwrap();
+    let id6 = common::builder(&mock)
+        .miss_limit(MissLimit::new(10, Duration::from_secs(60)))
+        .build()
+        .unwrap();
+    let addr = serve_with_addresses(&id6).await;
+    let alice = mock.add_user("Alice", "alice@example.com");
+    let now_ms = common::now_ms();
+
+    // id6 rate-limits us: the breaker holds every call back for its 60 s window.
+    mock.set_fault(Fault::RateLimited);
+    let other = client_from([127, 0, 0, 2]);
+    assert_eq!(get(&other, addr, &mock.token_for(alice)).await.0, 503);
+    let asked = mock.user_calls();
+
+    // Twenty misses of one caller meanwhile: none reaches id6, none is charged.
+    let caller = client_from([127, 0, 0, 1]);
+    for i in 0..20 {
+        let token = mock.token_issued_at(alice, now_ms - 1 - i);
+        let (status, retry) = get(&caller, addr, &token).await;
+        assert_eq!(status, 503);
+        assert!(retry.is_some());
+    }
+    assert_eq!(
+        mock.user_calls(),
+        asked,
+        "a call went out while the breaker was open"
+    );
+    assert_eq!(id6.stats().over_budget, 0);
+
+    // id6 is back: the caller signs in at once, its budget whole.
+    mock.clear_fault();
+    id6.advance_clock(Duration::from_secs(61));
+    assert_eq!(get(&caller, addr, &mock.token_for(alice)).await.0, 200);
+}

@@ -22,6 +22,15 @@ struct App {
 }
 
 async fn start() -> App {
+    start_with(|builder| builder, false).await
+}
+
+/// The example app on a mock; `configure` adds settings, `addresses` serves it with each
+/// connection's address (`ConnectInfo`), as its `main` does.
+async fn start_with(
+    configure: impl FnOnce(id6_tower::Id6Builder) -> id6_tower::Id6Builder,
+    addresses: bool,
+) -> App {
     let mock = MockId6::start().await.unwrap();
     let alice = mock.add_user("Alice", "alice@example.com");
     let bob = mock.add_user("Bob", "bob@example.com");
@@ -29,11 +38,20 @@ async fn start() -> App {
     let base = format!("http://{}", listener.local_addr().unwrap());
     let login = mock.sign_in_url(&format!("{base}/account"));
     let state = example::AppState {
-        id6: Id6::builder(mock.url()).login_url(&login).build().unwrap(),
+        id6: configure(Id6::builder(mock.url()).login_url(&login))
+            .build()
+            .unwrap(),
         login_url: Some(format!("{}/login", mock.url())),
+        public_url: base.clone(),
         admin_emails: Arc::from(vec!["alice@example.com".to_owned()]),
     };
-    tokio::spawn(async move { axum::serve(listener, example::app(state)).await });
+    let app = example::app(state);
+    if addresses {
+        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+    } else {
+        tokio::spawn(async move { axum::serve(listener, app).await });
+    }
     App {
         alice: format!("auth={}", mock.token_for(alice)),
         bob: format!("auth={}", mock.token_for(bob)),
@@ -164,4 +182,114 @@ async fn an_invalid_profile_gets_ids_invalid_body() {
         0,
         "refused before sending"
     );
+}
+
+/// A client whose connections come from `ip` (any of 127.0.0.0/8 is loopback on Linux).
+fn client_from(ip: [u8; 4]) -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .local_address(std::net::IpAddr::from(ip))
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_calls_pass_the_door_of_a_miss() {
+    let limit = id6_tower::MissLimit::new(10, std::time::Duration::from_secs(60));
+    let app = start_with(|builder| builder.miss_limit(limit), true).await;
+    let attacker = client_from([127, 0, 0, 1]);
+    let send = |path: &'static str, cookie: String| {
+        let request = if path == "/logout" {
+            attacker.post(format!("{}{path}", app.base))
+        } else {
+            attacker.get(format!("{}{path}", app.base))
+        };
+        request.header("cookie", cookie).send()
+    };
+
+    // Malformed cookies: refused where they are read, id6 never asked.
+    let malformed = ["x", "not.a.jwt", "a\"b", "\u{7f}", "a.b.c"];
+    for i in 0..120 {
+        let path = ["/logout", "/me/picture"][i % 2];
+        let cookie = format!("auth={}", malformed[i % malformed.len()]);
+        let Ok(response) = send(path, cookie).await else {
+            continue; // a value reqwest itself refuses to send
+        };
+        let (status, code) = code(response).await;
+        assert_eq!(status, 401, "{path}");
+        assert_eq!(code.as_deref(), Some("invalid_token"));
+    }
+    assert_eq!(
+        app.mock.requests().len(),
+        0,
+        "a malformed cookie reached id6"
+    );
+
+    // Forged, well-formed tokens from one address: the layer's misses and the typed calls
+    // share that address's budget of 10.
+    let forger = MockId6::builder()
+        .jwt_secret("not id6's")
+        .start()
+        .await
+        .unwrap();
+    let (mut refused, mut rejected) = (0, 0);
+    for i in 0..200u64 {
+        let path = ["/logout", "/me/picture"][(i % 2) as usize];
+        let token = forger.token_issued_at(1, 1_700_000_000_000 + i);
+        let (status, code) = code(send(path, format!("auth={token}")).await.unwrap()).await;
+        match status {
+            401 => rejected += 1,
+            503 => refused += 1,
+            other => panic!("{path} answered {other} {code:?}"),
+        }
+    }
+    let calls = app.mock.requests().len();
+    assert!(calls <= 10, "200 forged tokens cost {calls} id6 calls");
+    assert_eq!((rejected, refused), (calls, 200 - calls));
+
+    // Meanwhile another address signs in, and a signed-in user's typed calls work as before.
+    let user = client_from([127, 0, 0, 2]);
+    let me = user
+        .get(format!("{}/me", app.base))
+        .header("cookie", &app.alice)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), 200);
+    let out = user
+        .post(format!("{}/logout", app.base))
+        .header("cookie", &app.alice)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 204);
+    assert_eq!(app.mock.calls("POST", "/auth/signout"), 1);
+}
+
+#[tokio::test]
+async fn the_way_back_from_signing_in_is_the_public_url() {
+    let app = start().await;
+    let page = app
+        .http
+        .get(format!("{}/app", app.base))
+        .header("host", "evil.example")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let back = format!("redirect={}", urlencode(&format!("{}/app", app.base)));
+    assert!(page.contains(&back), "{page}");
+    assert!(!page.contains("evil.example"), "{page}");
+}
+
+fn urlencode(text: &str) -> String {
+    reqwest::Url::parse_with_params("http://x/", [("v", text)])
+        .unwrap()
+        .query()
+        .unwrap()
+        .trim_start_matches("v=")
+        .to_owned()
 }

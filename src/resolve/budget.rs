@@ -17,7 +17,8 @@ use crate::error::{Error, Kind};
 const SWEEP_EVERY: u32 = 4096;
 
 pub(crate) struct MissBudget {
-    limiter: DefaultKeyedRateLimiter<Caller>,
+    /// By caller; `None` is the one budget that typed calls of untold callers share.
+    limiter: DefaultKeyedRateLimiter<Option<Caller>>,
     checks: AtomicU32,
     unknown_warned: AtomicBool,
 }
@@ -44,7 +45,7 @@ impl MissBudget {
 
     /// Spends one call of `caller`'s budget, or says when the next one is due. A request
     /// whose caller is unknown is let through, with one warning in the process's life.
-    pub(crate) fn spend(&self, caller: Option<Caller>) -> Result<(), Error> {
+    pub(crate) fn spend(&self, caller: Option<&Caller>) -> Result<(), Error> {
         let Some(caller) = caller else {
             if !self.unknown_warned.swap(true, Ordering::Relaxed) {
                 tracing::warn!(
@@ -56,23 +57,31 @@ impl MissBudget {
             }
             return Ok(());
         };
+        self.check(Some(caller.clone().budget_key()))
+    }
+
+    /// [`spend`](Self::spend) for a typed call: its caller can only be told when the call
+    /// was given the request (or its parts); the others share one budget, as one caller.
+    pub(crate) fn spend_typed(&self, caller: Option<&Caller>) -> Result<(), Error> {
+        self.check(caller.map(|caller| caller.clone().budget_key()))
+    }
+
+    fn check(&self, key: Option<Caller>) -> Result<(), Error> {
         if self.checks.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
             // Forget callers whose budget is whole again: the map holds the recent ones only.
             self.limiter.retain_recent();
             self.limiter.shrink_to_fit();
         }
-        self.limiter
-            .check_key(&caller.budget_key())
-            .map_err(|not_until| {
-                let wait = not_until.wait_time_from(self.limiter.clock().now());
-                tracing::debug!(
-                    wait_ms = wait.as_millis() as u64,
-                    "caller over its id6 miss budget; id6 not called"
-                );
-                Error::new(Kind::OverBudget {
-                    until: SystemTime::now() + wait.max(Duration::from_secs(1)),
-                })
+        self.limiter.check_key(&key).map_err(|not_until| {
+            let wait = not_until.wait_time_from(self.limiter.clock().now());
+            tracing::debug!(
+                wait_ms = wait.as_millis() as u64,
+                "caller over its id6 miss budget; id6 not called"
+            );
+            Error::new(Kind::OverBudget {
+                until: SystemTime::now() + wait.max(Duration::from_secs(1)),
             })
+        })
     }
 
     #[cfg(test)]
@@ -91,12 +100,27 @@ mod tests {
     }
 
     #[test]
+    fn typed_calls_of_untold_callers_share_one_budget() {
+        let budget = MissBudget::new(MissLimit::new(2, Duration::from_secs(60))).unwrap();
+        assert!(budget.spend_typed(None).is_ok());
+        assert!(budget.spend_typed(None).is_ok());
+        assert!(budget.spend_typed(None).unwrap_err().is_over_budget());
+        // A told caller has its own, shared by its requests and its typed calls.
+        assert!(budget.spend_typed(caller(1).as_ref()).is_ok());
+        assert!(budget.spend(caller(1).as_ref()).is_ok());
+        assert!(budget.spend(caller(1).as_ref()).is_err());
+        assert!(budget.spend_typed(caller(1).as_ref()).is_err());
+        // Requests of untold callers are still let through.
+        assert!(budget.spend(None).is_ok());
+    }
+
+    #[test]
     fn each_caller_has_its_own_budget() {
         let budget = MissBudget::new(MissLimit::new(3, Duration::from_secs(60))).unwrap();
         for _ in 0..3 {
-            assert!(budget.spend(caller(1)).is_ok());
+            assert!(budget.spend(caller(1).as_ref()).is_ok());
         }
-        let over = budget.spend(caller(1)).unwrap_err();
+        let over = budget.spend(caller(1).as_ref()).unwrap_err();
         assert!(over.is_unavailable() && over.is_not_attempted());
         let wait = over.retry_after().unwrap();
         assert!(
@@ -104,7 +128,7 @@ mod tests {
             "{wait:?}"
         );
         assert!(
-            budget.spend(caller(2)).is_ok(),
+            budget.spend(caller(2).as_ref()).is_ok(),
             "another caller is untouched"
         );
         // Unknown callers are not budgeted.
@@ -117,11 +141,11 @@ mod tests {
     fn callers_whose_budget_is_whole_again_are_forgotten() {
         let budget = MissBudget::new(MissLimit::new(1, Duration::from_millis(1))).unwrap();
         for i in 0..SWEEP_EVERY * 2 {
-            let _ = budget.spend(caller(i));
+            let _ = budget.spend(caller(i).as_ref());
         }
         std::thread::sleep(Duration::from_millis(5));
         for _ in 0..SWEEP_EVERY {
-            let _ = budget.spend(caller(0));
+            let _ = budget.spend(caller(0).as_ref());
         }
         assert!(budget.callers() < 10, "{} callers kept", budget.callers());
     }

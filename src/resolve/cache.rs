@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 use moka::sync::Cache;
 
-use super::Scope;
+use super::{Payer, Scope};
 use crate::clock::Clock;
 use crate::config::{OnUnavailable, ResolverSettings};
 use crate::error::{Error, Kind};
@@ -327,24 +327,25 @@ impl AuthCache {
     /// With a `max_age`, a cached user confirmed longer ago does not count: id6 is asked
     /// again (or the call already in flight is joined).
     ///
-    /// `admit` is asked only before a new call for a token the cache does not know, never
-    /// for joining one: when it refuses, the waiters get its error through the failure
-    /// policy, and id6 is not called.
+    /// `payer` is asked only before a new call for a token the cache does not know, never
+    /// for joining one; `fetch` gets who pays ([`Payer::Nobody`] for a token the cache
+    /// holds, too old for a `max_age` route: id6's word already, not a stranger's guess).
     pub(crate) fn load<F, Fut>(
         &self,
         key: TokenKey,
         max_age: Option<Duration>,
-        mut admit: impl FnMut() -> Result<(), Error>,
+        payer: impl FnOnce() -> Payer,
         fetch: F,
     ) -> Pending
     where
-        F: FnOnce() -> Fut,
+        F: FnOnce(Payer) -> Fut,
         Fut: Future + Send + 'static,
         Fut::Output: Into<Fetched>,
     {
-        // Twice, the second time after the admission (outside the lock: it may run the app's
-        // own `caller_key` and the budget's sweep): a load may have started meanwhile.
-        let mut admitted = false;
+        // Twice, the second time after finding the payer (outside the lock: it may run the
+        // app's own `caller_key`): a load may have started meanwhile.
+        let mut payer = Some(payer);
+        let mut found = None;
         loop {
             let mut inflight = lock(&self.shared.inflight);
             if let Some(done) = self.entries.lookup(&key, max_age, false) {
@@ -360,18 +361,21 @@ impl AuthCache {
                     return load.pending.clone();
                 }
             }
-            // Only a token the cache does not know is admitted: one it holds, too old for a
-            // `max_age` route, is id6's word already, not a stranger's guess.
-            if admitted || self.entries.users.contains_key(&key) {
-                return self.start(&mut inflight, key, generation, fetch);
+            if self.entries.users.contains_key(&key) {
+                return self.start(&mut inflight, key, generation, || fetch(Payer::Nobody));
+            }
+            if let Some(payer) = found.take() {
+                return self.start(&mut inflight, key, generation, || fetch(payer));
             }
             drop(inflight);
-            if let Err(refused) = admit() {
-                let answer = apply_policy(self, key, Authentication::Unavailable(refused));
-                return futures_util::future::ready(answer).boxed().shared();
-            }
-            admitted = true;
+            found = payer.take().map(|payer| payer());
         }
+    }
+
+    /// What the cache holds for `key` now, without claiming a refresh: for a typed call's
+    /// door, which is no request's hit.
+    pub(crate) fn peek(&self, key: &TokenKey) -> Option<Authentication> {
+        self.entries.lookup(key, None, false).map(|hit| hit.verdict)
     }
 
     /// Renews `key` in the background, unless a load of it is already in flight (whose
@@ -752,8 +756,8 @@ mod tests {
                 cache.load(
                     key,
                     None,
-                    || Ok(()),
-                    move || async move {
+                    || Payer::Nobody,
+                    move |_| async move {
                         calls.fetch_add(1, Ordering::SeqCst);
                         let _ = gate.await;
                         user(1)
@@ -779,8 +783,8 @@ mod tests {
         let pending = cache.load(
             key,
             None,
-            || Ok(()),
-            || async { Authentication::Unavailable(Error::new(Kind::Connect)) },
+            || Payer::Nobody,
+            |_| async { Authentication::Unavailable(Error::new(Kind::Connect)) },
         );
         assert!(pending.await.verdict.unavailable().is_some());
         assert!(cache.get(&key, None).is_none());
@@ -791,8 +795,8 @@ mod tests {
         drop(cache.load(
             key,
             None,
-            || Ok(()),
-            move || async move {
+            || Payer::Nobody,
+            move |_| async move {
                 let _ = done_tx.send(());
                 Authentication::Rejected(TokenRejection::TokenExpired)
             },
@@ -814,7 +818,7 @@ mod tests {
         // Past `refresh_after` (45 s of the default 60 s TTL).
         cache.entries.clock.advance(Duration::from_secs(46));
         // A load that finds the entry (a request that raced the miss) claims nothing...
-        let found = cache.load(key, None, || Ok(()), || async { user(1) });
+        let found = cache.load(key, None, || Payer::Nobody, |_| async { user(1) });
         assert!(found.await.verdict.user().is_some());
         // ...so the next hit still starts the one refresh, and only that hit.
         assert!(cache.get(&key, None).unwrap().refresh);
@@ -822,16 +826,22 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn only_unknown_tokens_are_admitted() {
+    async fn only_unknown_tokens_are_paid_for() {
         let cache = cache();
         let (known, unknown) = (TokenKey::of("known"), TokenKey::of("unknown"));
         cache.fill(known, &user(1), cache.generation());
-        let refuse = || Err(Error::new(Kind::Overloaded));
+        let stranger = || Payer::Request(None);
+        let paid_by = |payer: Payer| async move {
+            match payer {
+                Payer::Nobody => user(1),
+                _ => Authentication::Unavailable(Error::new(Kind::Overloaded)),
+            }
+        };
         // Too old for a `max_age` route, but id6's word: not a stranger's guess to charge.
-        let again = cache.load(known, Some(Duration::ZERO), refuse, || async { user(1) });
+        let again = cache.load(known, Some(Duration::ZERO), stranger, paid_by);
         assert_eq!(again.await.verdict.user().map(|u| u.id), Some(1));
-        let refused = cache.load(unknown, None, refuse, || async { user(2) });
-        assert!(refused.await.verdict.unavailable().is_some());
+        let charged = cache.load(unknown, None, stranger, paid_by);
+        assert!(charged.await.verdict.unavailable().is_some());
         assert!(cache.get(&unknown, None).is_none());
     }
 

@@ -32,14 +32,16 @@ use tracing::Instrument;
 
 use budget::MissBudget;
 pub(crate) use cache::{AuthCache, Fetched, Pending};
+use caller::Caller;
 pub(crate) use caller::{CallerFinder, CallerKey};
 pub(crate) use second_level::{connect, SecondLevel};
 
 use crate::client::Client;
 use crate::clock;
 use crate::config::ResolverSettings;
+use crate::error::{Error, Kind};
 use crate::telemetry::{LookupOutcome, Refresh, Telemetry};
-use crate::token::{self, Found, TokenKey, TokenLocation, UserToken};
+use crate::token::{self, Found, TokenKey, TokenLocation, TokenSource, UserToken};
 use crate::{Authentication, TokenRejection};
 
 /// What an eviction covers.
@@ -51,6 +53,21 @@ pub(crate) enum Scope {
     User(u64),
     /// Everything.
     All,
+}
+
+/// Who pays for an id6 call about a token, out of the miss budget. Charged when the call
+/// starts, never before: a call held back by the breaker or the call cap, or answered by
+/// the second level, costs nothing.
+#[derive(Clone, Debug)]
+pub(crate) enum Payer {
+    /// Nobody: the token is id6's word already (cached, refreshed, re-asked for a
+    /// `max_age` route), or no request asks (`Id6::authenticate`).
+    Nobody,
+    /// A request's caller; one that cannot be told is not budgeted (one warning).
+    Request(Option<Caller>),
+    /// A typed call's caller; the typed calls of callers that cannot be told share one
+    /// budget, so that no source of tokens is unbudgeted.
+    TypedCall(Option<Caller>),
 }
 
 /// What a request's headers resolve to right away.
@@ -193,15 +210,16 @@ impl Resolver {
         let token = UserToken::from_found(token);
         self.subscribe();
         let this = self.clone();
-        let admit = || match (&inner.budget, extensions) {
-            (Some(budget), Some(extensions)) => budget
-                .spend(inner.settings.callers.find(headers, extensions))
-                .inspect_err(|_| inner.telemetry.lookup(LookupOutcome::OverBudget)),
-            _ => Ok(()),
+        // Found only for a token the cache does not know (it may run the app's `caller_key`).
+        let payer = || match (&inner.budget, extensions) {
+            (Some(_), Some(extensions)) => {
+                Payer::Request(inner.settings.callers.find(headers, extensions))
+            }
+            _ => Payer::Nobody,
         };
-        let pending = inner.local.load(key, max_age, admit, move || {
+        let pending = inner.local.load(key, max_age, payer, move |payer| {
             let span = tracing::debug_span!("id6.authenticate");
-            async move { this.ask(key, &token, max_age).await }.instrument(span)
+            async move { this.ask(key, &token, max_age, payer).await }.instrument(span)
         });
         Lookup::Pending {
             pending,
@@ -229,7 +247,7 @@ impl Resolver {
         let younger_than = inner.settings.refresh_after;
         let started = inner.local.refresh(key, move || {
             let span = tracing::debug_span!("id6.refresh");
-            async move { this.ask(key, &token, younger_than).await }.instrument(span)
+            async move { this.ask(key, &token, younger_than, Payer::Nobody).await }.instrument(span)
         });
         if started {
             inner.telemetry.refresh(Refresh::Started);
@@ -246,6 +264,7 @@ impl Resolver {
         key: TokenKey,
         token: &UserToken,
         younger_than: Option<Duration>,
+        payer: Payer,
     ) -> Fetched {
         if let Some(second) = &self.inner.second {
             if let Some((verdict, age)) = second.get(&key).await {
@@ -265,7 +284,11 @@ impl Resolver {
             }
         }
         let started = self.load_start();
-        let verdict = self.inner.client.authenticate(token).await;
+        let verdict = self
+            .inner
+            .client
+            .authenticate(token, || self.charge(&payer))
+            .await;
         self.share(key, &verdict, started).await;
         verdict.into()
     }
@@ -282,6 +305,77 @@ impl Resolver {
             return;
         }
         second.store(&key, verdict, started.ms).await;
+    }
+
+    /// Spends one call of `payer`'s miss budget, as the call to id6 starts.
+    pub(crate) fn charge(&self, payer: &Payer) -> Result<(), Error> {
+        let Some(budget) = &self.inner.budget else {
+            return Ok(());
+        };
+        match payer {
+            Payer::Nobody => Ok(()),
+            Payer::Request(caller) => budget.spend(caller.as_ref()),
+            Payer::TypedCall(caller) => budget.spend_typed(caller.as_ref()),
+        }
+        .inspect_err(|_| self.inner.telemetry.lookup(LookupOutcome::OverBudget))
+    }
+
+    /// The door a typed call passes before carrying a token to id6, as a miss does: the
+    /// token `from` holds, screened (shape, JWT secret); one id6 refused a moment ago is
+    /// refused again from the cache; one the cache does not know is paid for by the
+    /// request's caller (found in `from` when it is a request or its parts), one it knows
+    /// as a user by nobody.
+    ///
+    /// # Errors
+    ///
+    /// No token (`not_authenticated`), or a local refusal in id6's words.
+    pub(crate) fn admit_call<T: TokenSource + ?Sized>(
+        &self,
+        from: &T,
+        token: Option<UserToken>,
+    ) -> Result<(UserToken, Payer), Error> {
+        let inner = &*self.inner;
+        let (headers, extensions) = token::caller_parts(from);
+        let Some(token) = token else {
+            // A value where the token would be, that no id6 token can be.
+            let present = headers.is_some_and(|h| inner.settings.finder.find_raw(h).is_some());
+            return Err(Error::new(if present {
+                Kind::Refused(TokenRejection::InvalidToken)
+            } else {
+                Kind::NoToken
+            }));
+        };
+        if token.expose().len() > token::MAX_TOKEN_LEN {
+            return Err(Error::new(Kind::Refused(TokenRejection::InvalidToken)));
+        }
+        let key = token.key();
+        match inner.local.peek(&key) {
+            Some(Authentication::Authenticated(_)) => return Ok((token, Payer::Nobody)),
+            Some(Authentication::Rejected(why)) => {
+                tracing::debug!("typed call refused: id6 refused this token a moment ago");
+                return Err(Error::new(Kind::Refused(why)));
+            }
+            _ => {}
+        }
+        if let Err(refusal) = inner.settings.screen.check(token.expose()) {
+            tracing::debug!(
+                why = refusal.as_str(),
+                "typed call refused locally; id6 not called"
+            );
+            return Err(Error::new(Kind::Refused(refusal.as_rejection())));
+        }
+        let caller = match (&inner.budget, headers) {
+            (None, _) => None,
+            (Some(_), Some(headers)) => {
+                let none = http::Extensions::new();
+                inner
+                    .settings
+                    .callers
+                    .find(headers, extensions.unwrap_or(&none))
+            }
+            (Some(_), None) => None,
+        };
+        Ok((token, Payer::TypedCall(caller)))
     }
 
     fn subscribe(&self) {

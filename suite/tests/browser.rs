@@ -88,6 +88,7 @@ async fn a_browser_signs_in_and_out() {
     let state = example::AppState {
         id6: Id6::builder(mock.url()).build().unwrap(),
         login_url: Some(format!("{}/login", mock.url())),
+        public_url: app_url.clone(),
         admin_emails: std::sync::Arc::from(vec!["alice@example.com".to_owned()]),
     };
     tokio::spawn(async move { axum::serve(listener, example::app(state)).await });

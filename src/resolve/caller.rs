@@ -70,19 +70,14 @@ impl CallerFinder {
             return peer.map(Caller::Address);
         }
         // Nearest first: the connection, then the entries from the right. Each trusted proxy
-        // vouches for the entry it appended; past the last one, nobody vouches. With fewer
-        // entries than proxies, the request skipped one: its furthest entry is all there is.
-        let forwarded = forwarded_for(headers);
-        let nearest_first = peer
-            .map(Caller::Address)
-            .into_iter()
-            .chain(forwarded.iter().rev().map(|entry| parse_entry(entry)));
-        let wanted = if peer.is_some() {
-            self.trusted_proxies
-        } else {
-            self.trusted_proxies - 1
-        };
-        nearest_first.take(wanted + 1).last()
+        // vouches for the entry it appended, the outermost one for the caller's; past it,
+        // nobody vouches. With fewer entries than proxies, the request skipped one: its
+        // furthest entry is all there is. Only the entry chosen is parsed, and nothing left of
+        // it is read at all.
+        forwarded_for(headers, self.trusted_proxies)
+            .last()
+            .map(parse_entry)
+            .or(peer.map(Caller::Address))
     }
 }
 
@@ -101,20 +96,55 @@ fn peer_address(extensions: &Extensions) -> Option<IpAddr> {
     extensions.get::<SocketAddr>().map(SocketAddr::ip)
 }
 
-/// `X-Forwarded-For` entries, left to right, across every such header. Only that header:
-/// were `Forwarded` read too, a client could write whichever one the proxies do not, and
-/// pick its own identity. Split on bytes, so that one entry a client filled with
-/// non-ASCII bytes costs only that entry, never the line its proxy appended to.
-fn forwarded_for(headers: &HeaderMap) -> Vec<Box<[u8]>> {
+/// The `wanted` nearest `X-Forwarded-For` entries (fewer if the header has fewer): the last
+/// header's from right to left, then the header before. Only that header: were `Forwarded`
+/// read too, a client could write whichever one the proxies do not, and pick its own
+/// identity. Lazy and borrowed, so that a client's long header costs only what is taken from
+/// its right end; split on bytes, so that one entry a client filled with non-ASCII bytes costs
+/// only that entry, never the line its proxy appended to.
+fn forwarded_for(headers: &HeaderMap, wanted: usize) -> impl Iterator<Item = &[u8]> {
     headers
-        .get_all("x-forwarded-for")
+        .get_all(X_FORWARDED_FOR)
         .iter()
-        .flat_map(|value| value.as_bytes().split(|b| *b == b','))
+        .rev()
+        .flat_map(|value| entries_from_right(value.as_bytes()))
+        // Proxies append addresses: an entry longer than any was written by the client, and so
+        // was everything left of it, which is not read.
+        .scan(true, |reading, (entry, whole)| {
+            std::mem::replace(reading, whole).then_some(entry)
+        })
+        // Nor do proxies append empty entries: a header of commas is not read past a few.
+        .take(wanted + MAX_EMPTY_ENTRIES)
         .map(<[u8]>::trim_ascii)
         .filter(|entry| !entry.is_empty())
-        .map(Box::from)
-        .collect()
+        .take(wanted)
 }
+
+/// One header value's comma-separated entries, from the right, each with whether it is whole:
+/// of an entry longer than [`MAX_ENTRY`], only its last `MAX_ENTRY` bytes are looked at.
+fn entries_from_right(value: &[u8]) -> impl Iterator<Item = (&[u8], bool)> {
+    let mut end = Some(value.len());
+    std::iter::from_fn(move || {
+        let stop = end.take()?;
+        let from = stop.saturating_sub(MAX_ENTRY);
+        match memchr::memrchr(b',', &value[from..stop]) {
+            Some(comma) => {
+                end = Some(from + comma);
+                Some((&value[from + comma + 1..stop], true))
+            }
+            None => Some((&value[from..stop], from == 0)),
+        }
+    })
+}
+
+const X_FORWARDED_FOR: &str = "x-forwarded-for";
+
+/// The longest `X-Forwarded-For` entry read whole: an address with a port, even an IPv6 one
+/// with a zone, takes under 64 bytes.
+const MAX_ENTRY: usize = 256;
+
+/// Empty `X-Forwarded-For` entries (`a,,b`) skipped before the rest is left unread.
+const MAX_EMPTY_ENTRIES: usize = 16;
 
 /// An entry as a caller: an address (with or without a port, IPv6 bracketed or not), else
 /// the entry's text (at most 64 bytes of it).
@@ -240,6 +270,78 @@ mod tests {
             CallerFinder::new(1, None).find(&h, &Extensions::new()),
             ip("198.51.100.4")
         );
+    }
+
+    #[test]
+    fn entries_are_read_from_the_right_without_copying() {
+        let h = headers(&[
+            ("x-forwarded-for", "6.6.6.6, 7.7.7.7"),
+            ("x-forwarded-for", "198.51.100.4,, 203.0.113.9 "),
+        ]);
+        let values: Vec<&[u8]> = h
+            .get_all("x-forwarded-for")
+            .iter()
+            .map(|v| v.as_bytes())
+            .collect();
+        let mut seen = Vec::new();
+        for entry in forwarded_for(&h, 16) {
+            let entry: &[u8] = entry.as_ref();
+            // Borrowed from the header, never copied: what is not read costs nothing.
+            assert!(
+                values
+                    .iter()
+                    .any(|v| v.as_ptr_range().contains(&entry.as_ptr())),
+                "entry {:?} was copied out of the header",
+                String::from_utf8_lossy(entry)
+            );
+            seen.push(String::from_utf8_lossy(entry).into_owned());
+        }
+        // Nearest first: the last header's last entry, then leftwards, then the header before.
+        assert_eq!(seen, ["203.0.113.9", "198.51.100.4", "7.7.7.7", "6.6.6.6"]);
+    }
+
+    #[test]
+    fn a_long_header_gives_the_answer_a_short_one_does() {
+        let peer = with_peer("10.0.0.1:443");
+        let mut long = "6.6.6.6, ".repeat(100_000);
+        long.push_str("198.51.100.4, 203.0.113.9");
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", long.parse().unwrap());
+        assert_eq!(
+            CallerFinder::new(1, None).find(&h, &peer),
+            ip("203.0.113.9")
+        );
+        assert_eq!(
+            CallerFinder::new(2, None).find(&h, &peer),
+            ip("198.51.100.4")
+        );
+        assert_eq!(
+            CallerFinder::new(2, None).find(&h, &Extensions::new()),
+            ip("198.51.100.4")
+        );
+        // Where the client's own writing begins (the request skipped a proxy), a header of
+        // commas or one huge entry is not read whole: the furthest entry read is the caller.
+        let mut h = HeaderMap::new();
+        let commas = format!("6.6.6.6{}203.0.113.9", ",".repeat(100_000));
+        h.append("x-forwarded-for", commas.parse().unwrap());
+        assert_eq!(
+            CallerFinder::new(2, None).find(&h, &peer),
+            ip("203.0.113.9")
+        );
+        let mut h = HeaderMap::new();
+        let huge = format!("6.6.6.6, {}, 203.0.113.9", "a".repeat(100_000));
+        h.append("x-forwarded-for", huge.parse().unwrap());
+        assert_eq!(
+            CallerFinder::new(2, None).find(&h, &peer),
+            Some(Caller::Named("a".repeat(MAX_NAME).into()))
+        );
+        // A few empty entries are skipped as before.
+        let h = headers(&[("x-forwarded-for", "6.6.6.6, , ,198.51.100.4,, 203.0.113.9,")]);
+        assert_eq!(
+            CallerFinder::new(2, None).find(&h, &peer),
+            ip("198.51.100.4")
+        );
+        assert_eq!(CallerFinder::new(3, None).find(&h, &peer), ip("6.6.6.6"));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use axum::routing::get;
 use axum::Router;
 use criterion::{criterion_group, BenchmarkId, Criterion};
 use id6_tower::testing::MockId6;
-use id6_tower::{Id6, UserToken};
+use id6_tower::{Id6, MissLimit, UserToken};
 use tower::{Layer, ServiceExt};
 
 fn request(cookie: Option<&str>) -> http::Request<Body> {
@@ -180,6 +180,35 @@ fn benches(c: &mut Criterion) {
         })
     });
     group.finish();
+
+    // A miss behind one trusted proxy, with a short `X-Forwarded-For` and with a 200 KB one a
+    // client padded: finding the caller must not grow with what the client wrote.
+    let behind_proxy = Id6::builder(mock.url())
+        .trusted_proxies(1)
+        .miss_limit(MissLimit::new(u32::MAX, Duration::from_secs(1)))
+        .build()
+        .unwrap();
+    let proxied = behind_proxy.layer().layer(bare());
+    // Parsed once: a header value clones by reference count, so only the layer reads it.
+    let short_xff = http::HeaderValue::from_static("198.51.100.77, 203.0.113.9");
+    let mut long_xff = "198.51.100.77, ".repeat(200_000 / 15);
+    long_xff.push_str("203.0.113.9");
+    let long_xff = http::HeaderValue::from_str(&long_xff).unwrap();
+    let mut group = c.benchmark_group("miss_forwarded_for");
+    group
+        .sample_size(30)
+        .measurement_time(Duration::from_secs(5));
+    for (label, xff) in [("short", &short_xff), ("200KB", &long_xff)] {
+        group.bench_function(BenchmarkId::new("wrapped", label), |b| {
+            b.to_async(&rt).iter(|| async {
+                behind_proxy.invalidate_token(&key);
+                let mut request = request(Some(&hit));
+                request.headers_mut().insert("x-forwarded-for", xff.clone());
+                proxied.clone().oneshot(request).await
+            })
+        });
+    }
+    group.finish();
     drop(mock);
 }
 
@@ -215,6 +244,7 @@ fn report() {
         ("garbage_cookie", "bare", "wrapped"),
         ("miss", "bare", "wrapped"),
         ("miss_x64_coalesced", "bare", "wrapped"),
+        ("miss_forwarded_for", "wrapped/short", "wrapped/200KB"),
     ];
     for (group, base, layered) in rows {
         if let (Some(b), Some(l)) = (median(group, base), median(group, layered)) {

@@ -285,7 +285,6 @@ mod tests {
             .collect();
         let mut seen = Vec::new();
         for entry in forwarded_for(&h, 16) {
-            let entry: &[u8] = entry.as_ref();
             // Borrowed from the header, never copied: what is not read costs nothing.
             assert!(
                 values

@@ -3,12 +3,17 @@
 //!
 //! - After a local (moka) miss, Redis is asked before id6; answers are stored there under
 //!   `{prefix}t:{sha256 hex}` (never the token) with their TTL as a Redis expiry. The hit
-//!   path never touches Redis.
+//!   path never touches Redis. A value read back is capped like id6's bodies.
+//! - One clock: Redis's. An entry's age is its full TTL less what Redis has left of it
+//!   (`PTTL`); a revocation mark's age likewise. No instance's wall clock is stored or
+//!   compared, so an instance whose clock is off cannot make an answer look young.
 //! - An eviction deletes the shared entries and publishes `t:<key>`, `u:<user id>` or `*`
 //!   on `{prefix}invalidate`; every instance evicts locally, with the same refill-race
-//!   protection as a local eviction. A user eviction first sets `{prefix}rev:{id}` (ms): a
-//!   store from a load that started before it is refused atomically (Lua), so an answer in
-//!   flight during `disconnect` cannot poison the shared cache either.
+//!   protection as a local eviction. A user eviction first sets `{prefix}rev:{id}`: a store
+//!   from a load that began before it is refused atomically (Lua), so an answer in flight
+//!   during `disconnect` cannot poison the shared cache either.
+//! - An `/authorize` answer's `invalidateTokensAt` is handled once per value: `{prefix}seen:{id}`
+//!   keeps the highest one handled (id6's values compared with id6's, whatever its clock).
 //! - Pub/sub, not streams: invalidations are only useful live; an instance that was cut off
 //!   clears its local cache when it subscribes again instead of replaying a backlog. So a
 //!   revoked user is served by an instance that missed the broadcast for at most its local
@@ -18,7 +23,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -33,28 +38,62 @@ use crate::resolve::{AuthCache, Scope, SecondLevel};
 use crate::token::TokenKey;
 use crate::user::{Authentication, TokenRejection, User};
 
-/// Atomic store: refused when the user's tokens were revoked after the load started.
+/// Atomic store of a user, refused when the user's tokens were revoked since the load began.
+/// KEYS: the entry, the user's revocation mark, the user's set of entries. ARGV: the value,
+/// its expiry (ms), how long ago (ms, at most) the load began, the entry's key.
 const STORE_USER: &str = r"
-local revoked = redis.call('GET', KEYS[2])
-if revoked and tonumber(revoked) >= tonumber(ARGV[3]) then return 0 end
+local mark = redis.call('GET', KEYS[2])
+if mark then
+  local age = (tonumber(mark) or 0) - redis.call('PTTL', KEYS[2])
+  if age <= tonumber(ARGV[3]) then return 0 end
+end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('SADD', KEYS[3], ARGV[4])
 redis.call('PEXPIRE', KEYS[3], ARGV[2])
 return 1
 ";
 
+/// Atomic revocation of a user's shared entries: the mark (its value is its own expiry, so
+/// that its age is that less its `PTTL`), the entries deleted, every instance told.
+/// KEYS: the mark, the user's set of entries, the user's `seen` key. ARGV: the key prefix,
+/// the user id, the mark's expiry (ms), the channel, and id6's `invalidateTokensAt` when
+/// that is what is revoked (else empty), the `seen` key's expiry (ms). A revocation id6
+/// showed before, or an older one, is not revoked again: 0.
+const REVOKE_USER: &str = r"
+if ARGV[5] ~= '' then
+  local seen = redis.call('GET', KEYS[3])
+  if seen and tonumber(seen) and tonumber(seen) >= tonumber(ARGV[5]) then return 0 end
+  redis.call('SET', KEYS[3], ARGV[5], 'PX', ARGV[6])
+end
+redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[3])
+for _, member in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  redis.call('DEL', ARGV[1] .. 't:' .. member)
+end
+redis.call('DEL', KEYS[2])
+redis.call('PUBLISH', ARGV[4], 'u:' .. ARGV[2])
+return 1
+";
+
+/// How long the highest `invalidateTokensAt` handled per user is kept: past it, the next
+/// answer showing it revokes once more (harmless: one more miss per user per day).
+const SEEN_TTL: Duration = Duration::from_secs(24 * 3600);
+
 /// How long Redis is left alone after a failed operation.
 const RETRY_AFTER_FAILURE_MS: u64 = 500;
 
 #[derive(serde::Serialize, serde::Deserialize)]
 enum Stored {
-    /// Written by earlier versions, without when id6 said so.
+    /// Written by earlier versions, without when id6 said so: unknown age.
     #[serde(rename = "user")]
     User(User),
-    /// A user, and when (ms since the epoch) the load that asked id6 began. (An earlier
-    /// version reading it finds no verdict it knows, and asks id6.)
+    /// Written by earlier versions, stamped by their instance's clock: unknown age here.
     #[serde(rename = "user_at")]
-    UserAt { user: User, at: u64 },
+    UserAt { user: User },
+    /// A user, and the entry's whole lifetime in ms, counted from when the load that asked
+    /// id6 began: its age is that less Redis's `PTTL`. (An earlier version reading it finds
+    /// no verdict it knows, and asks id6.)
+    #[serde(rename = "user_for")]
+    UserFor { user: User, ttl: u64 },
     /// Written by earlier versions, without id6's reason.
     #[serde(rename = "rejected")]
     Rejected,
@@ -72,7 +111,9 @@ pub(crate) struct Redis {
     timeout: Duration,
     positive_ttl: Duration,
     negative_ttl: Duration,
+    max_value_bytes: usize,
     store_user: redis::Script,
+    revoke_user: redis::Script,
     subscribed: AtomicBool,
     /// Dropped with the handle: the subscriber task sees its receiver close and ends, so
     /// nothing outlives the last `Id6` (tower's buffer worker does the same).
@@ -113,7 +154,9 @@ impl Redis {
             timeout: settings.timeout,
             positive_ttl: settings.positive_ttl,
             negative_ttl: settings.negative_ttl,
+            max_value_bytes: settings.max_value_bytes,
             store_user: redis::Script::new(STORE_USER),
+            revoke_user: redis::Script::new(REVOKE_USER),
             subscribed: AtomicBool::new(false),
             stop: tokio::sync::watch::Sender::new(()),
             down: AtomicBool::new(false),
@@ -186,45 +229,70 @@ impl Redis {
     }
 
     /// The shared verdict for `key`, if Redis has one (and answers in time), with its age
-    /// when known.
+    /// when known: the entry's lifetime less what Redis has left of it.
     async fn get(&self, key: &TokenKey) -> Option<(Authentication, Option<Duration>)> {
         let entry = self.entry(key);
-        let raw: Option<Vec<u8>> = self
-            .run("get", |mut c| async move { c.get(entry).await })
-            .await
-            .flatten();
-        // A rejection's age does not matter (a few seconds' TTL); an old-format user's is
-        // unknown.
-        Some(match serde_json::from_slice(&raw?).ok()? {
-            Stored::UserAt { user, at } => {
-                let age = Duration::from_millis(now_ms().saturating_sub(at));
-                (Authentication::Authenticated(Arc::new(user)), Some(age))
+        // One byte past the cap tells an oversized value from one that fits.
+        let last = isize::try_from(self.max_value_bytes).unwrap_or(isize::MAX);
+        let (raw, left_ms): (Vec<u8>, i64) = self
+            .run("get", |mut c| async move {
+                redis::pipe()
+                    .atomic()
+                    .getrange(&entry, 0, last)
+                    .pttl(&entry)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        if raw.len() > self.max_value_bytes {
+            tracing::debug!(
+                cap = self.max_value_bytes,
+                "a shared entry over the size cap: ignored"
+            );
+            return None;
+        }
+        // No expiry (-1) or none left: no known age.
+        let left = u64::try_from(left_ms).ok().map(Duration::from_millis);
+        let aged = |lifetime: Duration| left.and_then(|left| lifetime.checked_sub(left));
+        Some(match serde_json::from_slice(&raw).ok()? {
+            Stored::UserFor { user, ttl } => (
+                Authentication::Authenticated(Arc::new(user)),
+                aged(Duration::from_millis(ttl)),
+            ),
+            Stored::User(user) | Stored::UserAt { user } => {
+                (Authentication::Authenticated(Arc::new(user)), None)
             }
-            Stored::User(user) => (Authentication::Authenticated(Arc::new(user)), None),
+            // A rejection kept no longer here than its TTL in Redis and locally together.
             Stored::Rejected => (
                 Authentication::Rejected(TokenRejection::InvalidToken),
-                Some(Duration::ZERO),
+                Some(aged(self.negative_ttl).unwrap_or_default()),
             ),
             Stored::RejectedAs(code) => (
                 Authentication::Rejected(TokenRejection::from_code(Some(&code))),
-                Some(Duration::ZERO),
+                Some(aged(self.negative_ttl).unwrap_or_default()),
             ),
         })
     }
 
-    /// Shares an id6 verdict; `started_ms` is when the load that produced it began.
-    async fn store(&self, key: &TokenKey, verdict: &Authentication, started_ms: u64) {
+    /// Shares an id6 verdict from a load that began at `started`.
+    async fn store(&self, key: &TokenKey, verdict: &Authentication, started: Instant) {
         if let Some(user) = verdict.user() {
             if let Some(revoked_at) = user.invalidate_tokens_at {
-                self.note_revocation(user.id, revoked_at).await;
+                self.revoke_user(user.id, Some(revoked_at)).await;
             }
         }
         let entry = self.entry(key);
         match verdict {
             Authentication::Authenticated(user) => {
-                let stored = Stored::UserAt {
+                let lifetime = millis(self.positive_ttl);
+                let began_ago = millis(started.elapsed());
+                // What is left of the answer's TTL: its age in Redis counts from the load.
+                let Some(left) = lifetime.checked_sub(began_ago).filter(|left| *left > 0) else {
+                    return;
+                };
+                let stored = Stored::UserFor {
                     user: User::clone(user),
-                    at: started_ms,
+                    ttl: lifetime,
                 };
                 let Ok(value) = serde_json::to_vec(&stored) else {
                     return;
@@ -235,8 +303,10 @@ impl Redis {
                     .key(format!("{}rev:{}", self.prefix, user.id))
                     .key(format!("{}u:{}", self.prefix, user.id))
                     .arg(value)
-                    .arg(millis(self.positive_ttl))
-                    .arg(started_ms)
+                    .arg(left)
+                    // Plus the longest this store may take to reach Redis: a mark set
+                    // meanwhile is counted as set during the load.
+                    .arg(began_ago.saturating_add(millis(self.timeout)))
                     .arg(hex(key));
                 let _: Option<i64> = self
                     .run("store", |mut c| async move {
@@ -264,7 +334,7 @@ impl Redis {
     async fn evict(&self, scope: Scope) {
         match scope {
             Scope::Token(key) => self.invalidate_token(&key).await,
-            Scope::User(user_id) => self.invalidate_user(user_id).await,
+            Scope::User(user_id) => self.revoke_user(user_id, None).await,
             Scope::All => self.clear().await,
         }
     }
@@ -285,40 +355,25 @@ impl Redis {
     }
 
     /// Marks the user revoked (refusing in-flight stores), deletes its shared entries and
-    /// tells every instance.
-    async fn invalidate_user(&self, user_id: u64) {
-        let prefix = self.prefix.clone();
-        let channel = self.channel();
-        let mark_ttl = millis(self.positive_ttl) + 60_000;
-        let _: Option<()> = self
+    /// tells every instance: an eviction of ours, or (`shown`) the `invalidateTokensAt` of an
+    /// id6 answer, then only if no instance handled that revocation (or a later one) yet.
+    async fn revoke_user(&self, user_id: u64, shown: Option<u64>) {
+        let mut invocation = self.revoke_user.prepare_invoke();
+        invocation
+            .key(format!("{}rev:{user_id}", self.prefix))
+            .key(format!("{}u:{user_id}", self.prefix))
+            .key(format!("{}seen:{user_id}", self.prefix))
+            .arg(&self.prefix)
+            .arg(user_id)
+            .arg(millis(self.positive_ttl).saturating_add(60_000))
+            .arg(self.channel())
+            .arg(shown.map(|at| at.to_string()).unwrap_or_default())
+            .arg(millis(SEEN_TTL));
+        let _: Option<i64> = self
             .run("invalidate", |mut c| async move {
-                let set = format!("{prefix}u:{user_id}");
-                let _: () = c
-                    .pset_ex(format!("{prefix}rev:{user_id}"), now_ms(), mark_ttl)
-                    .await?;
-                let members: Vec<String> = c.smembers(&set).await?;
-                let mut pipe = redis::pipe();
-                for member in members {
-                    pipe.del(format!("{prefix}t:{member}"));
-                }
-                pipe.del(set).publish(channel, format!("u:{user_id}"));
-                pipe.query_async(&mut c).await
+                invocation.invoke_async(&mut c).await
             })
             .await;
-    }
-
-    /// An `/authorize` answer showed when id6 last revoked the user's tokens: if no instance
-    /// has evicted the user since, do it everywhere now.
-    async fn note_revocation(&self, user_id: u64, revoked_at_ms: u64) {
-        let marker = format!("{}rev:{user_id}", self.prefix);
-        let known: Option<Option<u64>> = self
-            .run("get", |mut c| async move { c.get(marker).await })
-            .await;
-        if let Some(known) = known {
-            if known.is_none_or(|known| known < revoked_at_ms) {
-                self.invalidate_user(user_id).await;
-            }
-        }
     }
 
     /// Deletes every shared entry under the prefix and tells every instance.
@@ -343,6 +398,10 @@ impl Redis {
                     }
                     keys
                 };
+                // An empty pipeline is an error to Redis, not a no-op.
+                if keys.is_empty() {
+                    return Ok(());
+                }
                 let mut pipe = redis::pipe();
                 for key in keys {
                     pipe.del(key);
@@ -436,9 +495,9 @@ impl SecondLevel for Redis {
         &'a self,
         key: &'a TokenKey,
         verdict: &'a Authentication,
-        started_ms: u64,
+        started: Instant,
     ) -> BoxFuture<'a, ()> {
-        Redis::store(self, key, verdict, started_ms).boxed()
+        Redis::store(self, key, verdict, started).boxed()
     }
 
     fn evict(self: Arc<Self>, scope: Scope) -> BoxFuture<'static, ()> {

@@ -608,6 +608,7 @@ impl Id6Builder {
                     timeout,
                     positive_ttl: cache_ttl,
                     negative_ttl,
+                    max_value_bytes: max_body_bytes,
                 })
             }
             None => None,

@@ -199,6 +199,8 @@ pub(crate) struct RedisSettings {
     /// Expiries of shared answers: the local TTLs.
     pub(crate) positive_ttl: Duration,
     pub(crate) negative_ttl: Duration,
+    /// The cap on a value read back: id6's own body cap, as what is stored came from id6.
+    pub(crate) max_value_bytes: usize,
 }
 
 impl fmt::Debug for RedisSettings {

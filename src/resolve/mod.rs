@@ -37,7 +37,6 @@ pub(crate) use caller::{CallerFinder, CallerKey};
 pub(crate) use second_level::{connect, SecondLevel};
 
 use crate::client::Client;
-use crate::clock;
 use crate::config::ResolverSettings;
 use crate::error::{Error, Kind};
 use crate::telemetry::{LookupOutcome, Refresh, Telemetry};
@@ -84,12 +83,12 @@ pub(crate) enum Lookup {
     Pending { pending: Pending, from_cookie: bool },
 }
 
-/// When a load began: the cache generation (local refill protection) and the wall clock in
-/// ms (the second level's).
+/// When a load began: the cache generation (local refill protection) and the instant (the
+/// second level is told how long ago, never a wall-clock time: instances' clocks differ).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct LoadStart {
     generation: u64,
-    ms: u64,
+    at: std::time::Instant,
 }
 
 /// The resolver: cheap to clone (one `Arc`), held by the handle.
@@ -268,9 +267,8 @@ impl Resolver {
     ) -> Fetched {
         if let Some(second) = &self.inner.second {
             if let Some((verdict, age)) = second.get(&key).await {
-                // An age past the TTL (another instance's clock ahead of ours) is no answer
-                // to keep; an unknown age (an earlier version's entry) is good for a plain
-                // miss only, as it always was.
+                // An age past the TTL is no answer to keep; an unknown age (an earlier
+                // version's entry) is good for a plain miss only, as it always was.
                 let usable = match (age, younger_than) {
                     (Some(age), _) if age >= self.inner.settings.cache_ttl => false,
                     (Some(age), Some(limit)) => age <= limit,
@@ -304,7 +302,7 @@ impl Resolver {
             tracing::debug!("an eviction came while id6 was asked; not sharing its answer");
             return;
         }
-        second.store(&key, verdict, started.ms).await;
+        second.store(&key, verdict, started.at).await;
     }
 
     /// Spends one call of `payer`'s miss budget, as the call to id6 starts.
@@ -412,7 +410,7 @@ impl Resolver {
     pub(crate) fn load_start(&self) -> LoadStart {
         LoadStart {
             generation: self.inner.local.generation(),
-            ms: clock::now_ms(),
+            at: std::time::Instant::now(),
         }
     }
 

@@ -4,7 +4,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 
@@ -18,19 +18,21 @@ use crate::Error;
 /// A second-level cache: answers shared between instances, and evictions broadcast to them.
 pub(crate) trait SecondLevel: Send + Sync + fmt::Debug {
     /// The shared verdict for `key`, if any (and if it answers in time), with how long ago
-    /// id6 gave it, when known (entries of earlier versions do not say).
+    /// id6 gave it, when known (entries of earlier versions do not say). The age is the
+    /// tier's own, never a comparison of two instances' clocks.
     fn get<'a>(
         &'a self,
         key: &'a TokenKey,
     ) -> BoxFuture<'a, Option<(Authentication, Option<Duration>)>>;
 
-    /// Shares an id6 verdict, unless an eviction since `started_ms` (when the load that
-    /// produced it began) outdated it; a newer revocation it shows is broadcast first.
+    /// Shares an id6 verdict, unless an eviction since `started` (when the load that
+    /// produced it began) outdated it; a revocation it shows that no instance handled yet is
+    /// broadcast first.
     fn store<'a>(
         &'a self,
         key: &'a TokenKey,
         verdict: &'a Authentication,
-        started_ms: u64,
+        started: Instant,
     ) -> BoxFuture<'a, ()>;
 
     /// Deletes what `scope` covers and tells every instance.

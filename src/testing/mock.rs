@@ -591,8 +591,14 @@ impl MockId6 {
 
     /// Revokes every token of the user issued before now, as id6's `GET /user/disconnect`.
     pub fn revoke_tokens(&self, user_id: u64) {
+        self.revoke_tokens_at(user_id, now_ms());
+    }
+
+    /// Revokes every token of the user issued before `at_ms` (ms since the epoch), which may
+    /// be in the future: an id6 whose clock runs ahead.
+    pub fn revoke_tokens_at(&self, user_id: u64, at_ms: u64) {
         if let Some(user) = lock(&self.state.users).get_mut(&user_id) {
-            user.invalidate_tokens_at = Some(now_ms());
+            user.invalidate_tokens_at = Some(at_ms);
         }
     }
 

@@ -77,14 +77,40 @@ impl Redis {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    /// `CLIENT LIST`, one line per connection but the asking one, over a raw RESP exchange.
-    fn clients(&self) -> Vec<String> {
-        use std::io::{BufRead, BufReader, Read, Write};
+    /// Sends one command over a raw RESP exchange; the reader is at its reply.
+    fn send(&self, args: &[&[u8]]) -> std::io::BufReader<std::net::TcpStream> {
+        use std::io::Write;
         let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        stream
-            .write_all(b"*2\r\n$6\r\nCLIENT\r\n$4\r\nLIST\r\n")
-            .unwrap();
-        let mut reader = BufReader::new(stream);
+        let mut command = format!("*{}\r\n", args.len()).into_bytes();
+        for arg in args {
+            command.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+            command.extend_from_slice(arg);
+            command.extend_from_slice(b"\r\n");
+        }
+        stream.write_all(&command).unwrap();
+        std::io::BufReader::new(stream)
+    }
+
+    /// `SET key value PX ms`, as another writer of the shared cache would.
+    fn set(&self, key: &str, value: &[u8], ms: u64) {
+        use std::io::BufRead;
+        let mut reply = String::new();
+        self.send(&[
+            b"SET",
+            key.as_bytes(),
+            value,
+            b"PX",
+            ms.to_string().as_bytes(),
+        ])
+        .read_line(&mut reply)
+        .unwrap();
+        assert_eq!(reply.trim(), "+OK");
+    }
+
+    /// `CLIENT LIST`, one line per connection but the asking one.
+    fn clients(&self) -> Vec<String> {
+        use std::io::{BufRead, Read};
+        let mut reader = self.send(&[b"CLIENT", b"LIST"]);
         let mut header = String::new();
         reader.read_line(&mut header).unwrap();
         let len: usize = header
@@ -491,6 +517,8 @@ async fn every_public_eviction_reaches_the_other_instances() {
     let before = b.stats().evictions;
     assert!(a.sign_out(&token).await.unwrap_err().is_unauthenticated());
     until_evicted(&b, before, "a 401 on a typed call").await;
+    // Not one Redis operation failed on the way (a `clear` with nothing shared once did).
+    assert_eq!(a.stats().redis_errors + b.stats().redis_errors, 0);
 }
 
 /// The last handle dropped, its Redis subscriber ends and its connections close.
@@ -602,4 +630,135 @@ async fn a_young_shared_answer_serves_refreshes_and_sensitive_routes() {
         2,
         "B asked id6 although A's answer was young"
     );
+}
+
+/// Where a token's answer is shared: `{prefix}t:` and the SHA-256 of the token, in hex.
+fn entry_of(prefix: &str, token: &str) -> String {
+    use sha2::Digest;
+    let hash = sha2::Sha256::digest(token.as_bytes());
+    let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{prefix}t:{hex}")
+}
+
+/// An id6 whose clock runs ahead (or a hostile one) shows an `invalidateTokensAt` in the
+/// future: the revocation is handled once, not again on every answer (which made the user
+/// uncachable: one `/authorize` call and one broadcast per request).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_dated_in_the_future_is_handled_once() {
+    let Some(redis) = redis_or_skip().await else {
+        return;
+    };
+    let mock = MockId6::start().await.unwrap();
+    let prefix = format!("id6-test-future-{}:", std::process::id());
+    let id6 = Id6::builder(mock.url())
+        .authorization(mock.authorization_url(), mock.authorization_secret())
+        .redis(redis.url())
+        .redis_prefix(&prefix)
+        .redis_timeout(Duration::from_millis(100))
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let app = App {
+        base: common::serve(common::app(&id6)).await,
+        id6,
+        http: common::http_client(),
+    };
+    redis.until_subscribed(1).await;
+    let alice = mock.add_user("Alice", "a@example.com");
+    let ten_minutes = 10 * 60 * 1000;
+    mock.revoke_tokens_at(alice, common::now_ms() + ten_minutes);
+    // Issued after that revocation: id6 accepts it.
+    let token = mock.token_issued_at(alice, common::now_ms() + ten_minutes + 1000);
+    for _ in 0..60 {
+        assert_eq!(app.get("/", &token).await.1, "Hello, Alice!");
+        // Room for a broadcast to arrive before the next request, as between real requests.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // The first answer revokes (and so is not kept); one more (the broadcast may come after
+    // a hit) finds the revocation handled and is kept.
+    assert!(
+        mock.authorize_calls() <= 3,
+        "{} /authorize calls for 60 requests of one token",
+        mock.authorize_calls()
+    );
+    assert!(app.id6.stats().evictions <= 2, "{:?}", app.id6.stats());
+}
+
+/// Ages in Redis are Redis's own: an entry stamped by an instance whose clock runs ahead
+/// (here, as far ahead as can be) is of unknown age, good for a plain miss but never for a
+/// `max_age` route; and a value over the size cap is not read at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_entry_from_a_clock_ahead_or_oversized_is_not_trusted() {
+    use tower::ServiceExt;
+    let Some(redis) = redis_or_skip().await else {
+        return;
+    };
+    let mock = MockId6::start().await.unwrap();
+    let prefix = format!("id6-test-skew-{}:", std::process::id());
+    let id6 = instance(&mock, &redis, &prefix).await;
+    let warm_up = mock.token_for(mock.add_user("Warm-up", "w@example.com"));
+    let headers = |token: &str| {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("cookie", format!("auth={token}").parse().unwrap());
+        headers
+    };
+    id6.authenticate(&headers(&warm_up)).await;
+    let alice = mock.add_user("Alice", "a@example.com");
+    let user = |name: &str| {
+        let mut user = mock.user_json(alice).unwrap();
+        user["name"] = name.into();
+        user
+    };
+
+    // Stamped by a clock far ahead: "age 0" to a version that trusted it.
+    // Three tokens of Alice's, told apart by when they were issued.
+    let token = mock.token_issued_at(alice, common::now_ms() - 10);
+    let ahead = serde_json::json!({"user_at": {"user": user("Stale Alice"), "at": u64::MAX}});
+    redis.set(
+        &entry_of(&prefix, &token),
+        ahead.to_string().as_bytes(),
+        60_000,
+    );
+    let route = axum::Router::new()
+        .route("/me", axum::routing::get(common::me))
+        .layer(id6.layer_with_max_age(Duration::from_secs(5)));
+    let request = http::Request::get("/me")
+        .header("cookie", format!("auth={token}"))
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let answer = route.oneshot(request).await.unwrap();
+    assert_eq!(answer.status(), 200);
+    let body = axum::body::to_bytes(answer.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let me: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        me["name"], "Alice",
+        "a max_age route served an entry of no known age"
+    );
+    assert_eq!(mock.user_calls_for(&token), 1);
+
+    // Over the cap (id6's own body cap, 64 KiB by default): not read, id6 asked instead.
+    let other = mock.token_issued_at(alice, common::now_ms() - 20);
+    let huge = serde_json::json!({"user_for": {"user": user(&"A".repeat(200_000)), "ttl": 60_000}});
+    redis.set(
+        &entry_of(&prefix, &other),
+        huge.to_string().as_bytes(),
+        60_000,
+    );
+    let found = id6.authenticate(&headers(&other)).await;
+    assert_eq!(found.user().map(|u| u.name.as_str()), Some("Alice"));
+    assert_eq!(mock.user_calls_for(&other), 1);
+
+    // Under the cap and of a known age, a shared entry is used as before: no id6 call.
+    let third = mock.token_issued_at(alice, common::now_ms() - 30);
+    let shared = serde_json::json!({"user_for": {"user": user("Shared Alice"), "ttl": 60_000}});
+    redis.set(
+        &entry_of(&prefix, &third),
+        shared.to_string().as_bytes(),
+        59_000,
+    );
+    let found = id6.authenticate(&headers(&third)).await;
+    assert_eq!(found.user().map(|u| u.name.as_str()), Some("Shared Alice"));
+    assert_eq!(mock.user_calls_for(&third), 0);
 }

@@ -13,7 +13,7 @@ use std::future::{ready, Ready};
 use std::task::{Context, Poll};
 
 use futures_util::future::Either;
-use http::header::{ACCEPT, HOST, ORIGIN, VARY};
+use http::header::{ACCEPT, HOST, ORIGIN, REFERER, VARY};
 use http::{HeaderMap, HeaderValue, Method, Request, Response};
 use tower_layer::Layer;
 use tower_service::Service;
@@ -204,10 +204,12 @@ fn wants_html(headers: &HeaderMap) -> bool {
 }
 
 /// OWASP's Fetch Metadata and Origin checks, for unsafe methods whose token is the
-/// cookie's (the one a browser attaches on its own): refused when `Sec-Fetch-Site` says
-/// `cross-site`, or when `Origin` is neither the request's own (by `Host`) nor trusted.
-/// A trusted origin passes even cross-site. A request with neither header (not a browser)
-/// passes, as does a bearer token (which a browser never attaches by itself) or no token.
+/// cookie's (the one a browser attaches on its own). Refused: `Sec-Fetch-Site: cross-site`;
+/// an `Origin` neither the request's own (by `Host`) nor trusted; `Origin: null` unless
+/// Fetch Metadata says same-origin (a page of ours with `Referrer-Policy: no-referrer`);
+/// without `Origin`, a `Referer` of another site. A trusted origin passes even cross-site.
+/// A request with none of these headers (not a browser) passes, as does a bearer token
+/// (which a browser never attaches by itself) or no token.
 fn is_cross_site_write<B>(id6: &Id6, request: &Request<B>) -> bool {
     if is_safe(request.method()) {
         return false;
@@ -217,36 +219,48 @@ fn is_cross_site_write<B>(id6: &Id6, request: &Request<B>) -> bool {
     if !matches!(finder.find_raw(headers), Some((_, TokenLocation::Cookie))) {
         return false;
     }
-    let origin = headers
-        .get(ORIGIN)
-        .map(|o| o.to_str().ok().and_then(Origin::parse));
-    // A trusted origin may be another site of yours: trusted whatever Fetch Metadata says.
     let trusted = &id6.http_settings().trusted_origins;
-    if let Some(Some(origin)) = &origin {
-        if trusted.contains(origin) {
-            return false;
-        }
-    }
-    let fetch_site = headers
-        .get("sec-fetch-site")
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim);
-    if fetch_site.is_some_and(|site| site.eq_ignore_ascii_case("cross-site")) {
-        return true;
-    }
-    let origin = match origin {
-        // Not a browser, or one that sent no `Origin`: Fetch Metadata said all there is.
-        None => return false,
-        // `null` (a sandboxed frame, a privacy redirect) or garbage: not an origin we know.
-        Some(None) => return true,
-        Some(Some(origin)) => origin,
-    };
     // HTTP/1.1 names the host in `Host`; HTTP/2 in `:authority`, which lands in the URI.
     let host = match headers.get(HOST) {
         Some(host) => host.to_str().ok(),
         None => request.uri().authority().map(|a| a.as_str()),
     };
-    !host.is_some_and(|host| origin.has_authority(host))
+    let is_ours = |origin: &Origin| {
+        trusted.contains(origin) || host.is_some_and(|host| origin.has_authority(host))
+    };
+    let origin = headers
+        .get(ORIGIN)
+        .map(|o| o.to_str().ok().and_then(Origin::parse));
+    // A trusted origin may be another site of yours: trusted whatever Fetch Metadata says.
+    if let Some(Some(origin)) = &origin {
+        if trusted.contains(origin) {
+            return false;
+        }
+    }
+    // Set by the browser, never by a page: what it says about the site is the truth.
+    let fetch_site = headers
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim);
+    let said = |site: &str| fetch_site.is_some_and(|s| s.eq_ignore_ascii_case(site));
+    if said("cross-site") {
+        return true;
+    }
+    match origin {
+        Some(Some(origin)) => !is_ours(&origin),
+        // `null` (a sandboxed frame, a privacy redirect, a no-referrer page) or garbage:
+        // not an origin we know, unless the browser vouches that the page is ours.
+        Some(None) => !said("same-origin"),
+        // No `Origin` (an older browser): the page that sent it, if named, must be ours.
+        None => headers.get(REFERER).is_some_and(|referer| {
+            !referer
+                .to_str()
+                .ok()
+                .and_then(|referer| reqwest::Url::parse(referer).ok())
+                .and_then(|page| Origin::parse(&page.origin().ascii_serialization()))
+                .is_some_and(|origin| is_ours(&origin))
+        }),
+    }
 }
 
 fn is_safe(method: &Method) -> bool {

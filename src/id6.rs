@@ -141,9 +141,10 @@ impl Id6 {
     /// a `POST`, `PUT`, `PATCH` or `DELETE` whose token came from the cookie is refused with
     /// `403` (`errorCode: "csrf_rejected"`) when `Sec-Fetch-Site` says `cross-site`, or when
     /// `Origin` is neither the request's own (by `Host`) nor one of the
-    /// [`trusted_origins`](Id6Builder::trusted_origins). Requests without either header
-    /// (not a browser), bearer tokens and safe methods pass (OWASP's Fetch Metadata and
-    /// Origin checks).
+    /// [`trusted_origins`](Id6Builder::trusted_origins), or `null` without Fetch Metadata
+    /// saying `same-origin`; without `Origin`, when `Referer` names another site. Requests
+    /// without any of these headers (not a browser), bearer tokens and safe methods pass
+    /// (OWASP's Fetch Metadata and Origin checks).
     ///
     /// ```
     /// use axum::{routing::post, Router};

@@ -237,6 +237,7 @@ async fn csrf_refuses_cross_site_writes_that_carry_the_cookie() {
     let alice = s.mock.add_user("Alice", "alice@example.com");
     let token = s.mock.token_for(alice);
     let own = s.base.clone();
+    let own_page = format!("{own}/form?step=2");
     let write = |headers: &[(&str, &str)], by_cookie: bool| {
         let mut request = s
             .post("/write")
@@ -282,6 +283,11 @@ async fn csrf_refuses_cross_site_writes_that_carry_the_cookie() {
             ("origin", "https://evil.example"),
             ("sec-fetch-site", "same-origin"),
         ],
+        // No Origin (an older browser), a foreign page in `Referer`: the Referer decides.
+        vec![("referer", "https://evil.example/form.html")],
+        vec![("referer", "not a URL")],
+        // `null` and nothing to vouch for it.
+        vec![("origin", "null"), ("sec-fetch-site", "same-site")],
     ] {
         let response = write(&refused, true).await.unwrap();
         assert_eq!(response.status(), 403, "{refused:?}");
@@ -295,6 +301,12 @@ async fn csrf_refuses_cross_site_writes_that_carry_the_cookie() {
             ("origin", "https://front.example"),
             ("sec-fetch-site", "cross-site"),
         ],
+        // A page of ours with `Referrer-Policy: no-referrer`: its POSTs say `Origin: null`,
+        // and Fetch Metadata, which the page cannot forge, says same-origin.
+        vec![("origin", "null"), ("sec-fetch-site", "same-origin")],
+        // No Origin, our own page (or a trusted one) in `Referer`.
+        vec![("referer", own_page.as_str())],
+        vec![("referer", "https://front.example/app")],
         // No browser headers at all: not a browser.
         vec![],
     ] {

@@ -258,3 +258,57 @@ async fn invalidation_controls() {
     assert_eq!(s.get("/", Some(&token)).await.1, "Hello, Alice!");
     assert_eq!(s.mock.user_calls(), 4);
 }
+
+/// The test kit's sign-in sends the browser back only to its own paths or to an allowed
+/// origin, judged as a browser reads the address (tabs and newlines dropped, `\` as `/`).
+#[tokio::test]
+async fn the_mock_sign_in_is_no_open_redirect() {
+    let mock = MockId6::start().await.unwrap();
+    mock.allow_redirect("https://app.example");
+    let alice = mock.add_user("Alice", "alice@example.com");
+    let http = common::http_client_no_redirect();
+    let sign_in = |redirect: &'static str| {
+        // Form-encoded as a query string is.
+        let form = reqwest::Url::parse_with_params(
+            "http://form.invalid/",
+            [
+                ("userId", alice.to_string().as_str()),
+                ("redirect", redirect),
+            ],
+        )
+        .unwrap()
+        .query()
+        .unwrap_or_default()
+        .to_owned();
+        http.post(format!("{}/auth/login", mock.url()))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form)
+            .send()
+    };
+    for (redirect, location) in [
+        ("/", "/"),
+        ("/account?tab=1", "/account?tab=1"),
+        ("https://app.example/back", "https://app.example/back"),
+        // A browser drops the tab: the path it will follow is the one sent.
+        ("/acc\tount", "/account"),
+    ] {
+        let answer = sign_in(redirect).await.unwrap();
+        assert_eq!(answer.status(), 303, "{redirect:?}");
+        assert_eq!(answer.headers()["location"], location, "{redirect:?}");
+    }
+    for redirect in [
+        "//evil.example",
+        "/\t/evil.example",
+        "/\n/evil.example",
+        "/\\evil.example",
+        "\\/evil.example",
+        " //evil.example",
+        "https://evil.example/",
+        "https://app.example.evil.example/",
+        "javascript:alert(1)",
+    ] {
+        let answer = sign_in(redirect).await.unwrap();
+        assert_eq!(answer.status(), 400, "{redirect:?}");
+        assert!(answer.headers().get("location").is_none(), "{redirect:?}");
+    }
+}

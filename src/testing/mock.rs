@@ -197,17 +197,20 @@ impl State {
         .unwrap_or_default()
     }
 
-    /// Whether login may send the browser to `target`: a path on the mock itself, or an
-    /// allowed origin (`scheme://host:port`, compared exactly).
-    pub(super) fn redirect_allowed(&self, target: &str) -> bool {
-        if target.starts_with('/') && !target.starts_with("//") && !target.contains('\\') {
-            return true;
+    /// Where login may send the browser for `target`: a path on the mock itself, or an
+    /// allowed origin (`scheme://host:port`, compared exactly); `None` anywhere else.
+    pub(super) fn redirect_target(&self, target: &str) -> Option<String> {
+        // Read as a browser reads a `Location` (WHATWG: tabs and newlines dropped, `\` as
+        // `/`), relative to a page of id6's own: `/\t/evil.example` is `//evil.example`.
+        const OWN: &str = "http://id6.invalid/";
+        let url = reqwest::Url::parse(OWN).ok()?.join(target).ok()?;
+        if let Some(path) = url.as_str().strip_prefix(OWN) {
+            // One of id6's own paths, sent as the browser would have followed it.
+            return Some(format!("/{path}"));
         }
-        let Ok(url) = reqwest::Url::parse(target) else {
-            return false;
-        };
-        let origin = url.origin().ascii_serialization();
-        lock(&self.redirect_origins).contains(&origin)
+        lock(&self.redirect_origins)
+            .contains(&url.origin().ascii_serialization())
+            .then(|| url.into())
     }
 
     /// id6's `GET /user` body for a user, written by hand from id6's observed shape.

@@ -359,8 +359,8 @@ async fn sign_in(
     axum::Form(form): axum::Form<SignInForm>,
 ) -> Response<Body> {
     const PATH: &str = "/auth/login";
-    let redirect = form.redirect.unwrap_or_else(|| "/".to_owned());
-    if !state.redirect_allowed(&redirect) {
+    let redirect = form.redirect.as_deref().unwrap_or("/");
+    let Some(redirect) = state.redirect_target(redirect) else {
         return error(
             StatusCode::BAD_REQUEST,
             PATH,
@@ -368,7 +368,7 @@ async fn sign_in(
             Some("redirect_not_allowed"),
             None,
         );
-    }
+    };
     if state.user_json(form.user_id).is_none() {
         return error(
             StatusCode::NOT_FOUND,

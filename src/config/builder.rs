@@ -335,8 +335,8 @@ impl Id6Builder {
         self
     }
 
-    /// At most this many id6 calls per window for tokens the cache does not know, per
-    /// caller (default [`DEFAULT_MISS_LIMIT`](Self::DEFAULT_MISS_LIMIT), 30 a minute;
+    /// A budget of id6 calls for tokens the cache does not know, per caller (default [`DEFAULT_MISS_LIMIT`](Self::DEFAULT_MISS_LIMIT): 30 at once, then one
+    /// every 2 s, so up to 59 in a minute that starts with a full budget;
     /// `None` turns it off; also `ID6_MISS_LIMIT`, `30/1m` or `off`). Over it, the request
     /// resolves as id6 unavailable (503 with `Retry-After`, or per
     /// [`on_unavailable`](Self::on_unavailable)) and id6 is not called. Cache hits, and

@@ -304,7 +304,7 @@ impl OnUnavailable {
     }
 }
 
-/// How many id6 calls one caller's unknown tokens may cost per window
+/// How many id6 calls one caller's unknown tokens may cost, at once and per window
 /// ([`Id6Builder::miss_limit`]): a flood of forged tokens from one address spends at most
 /// this much of id6's rate limit, and the other callers keep the rest.
 ///
@@ -322,7 +322,9 @@ pub struct MissLimit {
 }
 
 impl MissLimit {
-    /// At most `calls` id6 calls per `window` for one caller, all of them usable at once
+    /// `calls` id6 calls for one caller, all of them usable at once, given back at `calls`
+    /// per `window` (one every `window / calls`): a caller that starts with its whole
+    /// budget gets up to `2 × calls − 1` in its first window, `calls` per window after that
     /// (`build` checks: 1 to 10⁶ calls, a window up to a day).
     pub const fn new(calls: u32, window: Duration) -> Self {
         MissLimit { calls, window }

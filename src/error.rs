@@ -28,12 +28,18 @@ type BoxError = Box<dyn StdError + Send + Sync>;
 /// assert_eq!(err.setting(), Some("url"));
 /// assert_eq!(err.variable(), Some("ID6_URL"));
 ///
-/// // A typed call against an id6 that cannot be reached: unavailable, worth retrying.
+/// // A token that is no id6 JWT is refused at once, with id6's reason: no call made.
 /// let id6 = Id6::builder("http://127.0.0.1:9/api").build().unwrap();
-/// let token = UserToken::new("a.b.c").unwrap();
-/// let err = id6.user(&token).await.unwrap_err();
+/// let err = id6.user(&UserToken::new("a.b.c").unwrap()).await.unwrap_err();
+/// assert!(err.is_unauthenticated());
+/// assert_eq!(err.error_code(), Some("invalid_token"));
+///
+/// // A well-formed one (HS256, a numeric `userId`) against an id6 that cannot be reached:
+/// // unavailable, worth retrying.
+/// let jwt = format!("eyJhbGciOiJIUzI1NiJ9.eyJ1c2VySWQiOjF9.{}", "s".repeat(43));
+/// let err = id6.user(&UserToken::new(&jwt).unwrap()).await.unwrap_err();
 /// assert!(err.is_unavailable() && err.is_connect());
-/// assert!(!err.to_string().contains("a.b.c"));
+/// assert!(!err.to_string().contains(&jwt));
 /// # }
 /// # tokio::runtime::Runtime::new().unwrap().block_on(run());
 /// ```

@@ -219,6 +219,23 @@ async fn instance(mock: &MockId6, redis: &Redis, prefix: &str) -> Id6 {
         .unwrap()
 }
 
+/// An instance of the app on the private backend (`/authorize`), serving on its own port.
+async fn authorizing_app(mock: &MockId6, redis: &Redis, prefix: &str) -> App {
+    let id6 = Id6::builder(mock.url())
+        .authorization(mock.authorization_url(), mock.authorization_secret())
+        .redis(redis.url())
+        .redis_prefix(prefix)
+        .redis_timeout(Duration::from_millis(100))
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    App {
+        base: common::serve(common::app(&id6)).await,
+        id6,
+        http: common::http_client(),
+    }
+}
+
 /// `n` instances of the app, each serving on its own port, every one's subscriber listening
 /// before anything is broadcast.
 async fn apps(mock: &MockId6, redis: &Redis, prefix: &str, n: usize) -> Vec<App> {
@@ -347,20 +364,10 @@ async fn a_revocation_seen_by_one_instance_reaches_the_others() {
     let prefix = format!("id6-test-authz-{}:", std::process::id());
     let alice = mock.add_user("Alice", "a@example.com");
     let laptop = mock.token_issued_at(alice, common::now_ms() - 10);
-    let mut apps = Vec::new();
-    for _ in 0..2 {
-        let id6 = Id6::builder(mock.url())
-            .authorization(mock.authorization_url(), mock.authorization_secret())
-            .redis(redis.url())
-            .redis_prefix(&prefix)
-            .build()
-            .unwrap();
-        apps.push(App {
-            base: common::serve(common::app(&id6)).await,
-            id6,
-            http: common::http_client(),
-        });
-    }
+    let apps = [
+        authorizing_app(&mock, &redis, &prefix).await,
+        authorizing_app(&mock, &redis, &prefix).await,
+    ];
     redis.until_subscribed(2).await;
     assert_eq!(apps[0].get("/", &laptop).await.1, "Hello, Alice!");
     assert_eq!(apps[1].get("/", &laptop).await.1, "Hello, Alice!");
@@ -650,19 +657,7 @@ async fn a_revocation_dated_in_the_future_is_handled_once() {
     };
     let mock = MockId6::start().await.unwrap();
     let prefix = format!("id6-test-future-{}:", std::process::id());
-    let id6 = Id6::builder(mock.url())
-        .authorization(mock.authorization_url(), mock.authorization_secret())
-        .redis(redis.url())
-        .redis_prefix(&prefix)
-        .redis_timeout(Duration::from_millis(100))
-        .timeout(Duration::from_secs(2))
-        .build()
-        .unwrap();
-    let app = App {
-        base: common::serve(common::app(&id6)).await,
-        id6,
-        http: common::http_client(),
-    };
+    let app = authorizing_app(&mock, &redis, &prefix).await;
     redis.until_subscribed(1).await;
     let alice = mock.add_user("Alice", "a@example.com");
     let ten_minutes = 10 * 60 * 1000;

@@ -185,7 +185,7 @@ fn benches(c: &mut Criterion) {
     // client padded: finding the caller must not grow with what the client wrote.
     let behind_proxy = Id6::builder(mock.url())
         .trusted_proxies(1)
-        .miss_limit(MissLimit::new(1_000_000, Duration::from_secs(1)))
+        .miss_limit(MissLimit::new(1_000_000, Duration::from_secs(3600)))
         .build()
         .unwrap();
     let proxied = behind_proxy.layer().layer(bare());

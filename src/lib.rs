@@ -51,12 +51,17 @@
 //!
 //! | id6 says | [`Authentication`] | `CurrentUser` | `RequireUser` | cached for |
 //! |---|---|---|---|---|
-//! | (no `auth` cookie, or a malformed one) | `Anonymous` | `None` | 401 | not asked |
-//! | 200 with a user | `Authenticated(Arc<User>)` | `Some(user)` | `user` | `cache_ttl` |
-//! | 200 `null`, or 401 | `Anonymous` | `None` | 401 | `negative_ttl` |
-//! | anything else: down, timeout, 5xx, 429, not JSON, too long | `Unavailable(Error)` | 503 | 503 | never |
+//! | no `auth` cookie | `Anonymous` | `None` | 401 `not_authenticated` | id6 not asked |
+//! | a malformed cookie (refused locally, as id6 would) | `Rejected(InvalidToken)` | `None` | 401 `invalid_token` | id6 not asked |
+//! | 200 with a user | `Authenticated(Arc<User>)` | `Some(user)` | the user | `ID6_CACHE_TTL` (60 s) |
+//! | 401 `invalid_token`, `token_expired`, `token_revoked`, `user_not_found` | `Rejected(..)`, id6's reason | `None` | 401 with id6's `errorCode` | `ID6_NEGATIVE_TTL` (5 s), reason included |
+//! | down, timeout, 5xx, 429, not JSON, over 64 KiB, caller over its miss budget | `Unavailable(Error)` | 503 + `Retry-After` | 503 + `Retry-After` | never |
 //!
-//! Handlers that do not ask who the caller is run whatever id6 says.
+//! A rejected token is answered in id6's own words, from a miss and from the negative cache
+//! alike: after `disconnect`, the app says `token_revoked` as id6 does. Handlers that do not ask
+//! for the user run whatever id6 says. A route using the extractors without the layer answers 500
+//! (`id6_layer_missing`) and logs an error naming the fix. Bodies never carry internal detail
+//! (a 503 says only that the authentication service is unavailable; the cause goes to the log).
 //!
 //! ## Features
 //!

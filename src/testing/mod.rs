@@ -38,5 +38,7 @@
 mod mock;
 mod routes;
 mod server;
+mod state;
 
-pub use mock::{Fault, MockId6, MockId6Builder, RecordedRequest};
+pub use mock::{MockId6, MockId6Builder};
+pub use state::{Fault, RecordedRequest};

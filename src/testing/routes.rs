@@ -10,7 +10,7 @@ use axum::Router;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use super::mock::{lock, now_ms, State};
+use super::state::{lock, now_ms, State};
 
 type Shared = AxumState<Arc<State>>;
 

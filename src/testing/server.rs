@@ -14,8 +14,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower_service::Service;
 
-use super::mock::{Fault, RecordedRequest, State};
 use super::routes::{html, json_response};
+use super::state::{Fault, RecordedRequest, State};
 
 pub(super) async fn serve(
     listener: TcpListener,
@@ -178,7 +178,7 @@ async fn apply(fault: Fault, path: &str) -> Result<Option<Response<Body>>, std::
 
 /// id6's limiter answer: HTML body, `Retry-After: 60` always, the window in `X-RateLimit-*`.
 fn rate_limited(reset_epoch_s: Option<u64>) -> Response<Body> {
-    let reset = reset_epoch_s.unwrap_or_else(|| super::mock::now_ms() / 1000 + 60);
+    let reset = reset_epoch_s.unwrap_or_else(|| super::state::now_ms() / 1000 + 60);
     let mut response = html(
         StatusCode::TOO_MANY_REQUESTS,
         "Too many requests, please try again later.",

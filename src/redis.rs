@@ -34,7 +34,7 @@ use futures_util::future::{BoxFuture, FutureExt};
 
 use crate::clock::now_ms;
 use crate::config::RedisSettings;
-use crate::resolve::{AuthCache, Scope, SecondLevel};
+use crate::resolve::{EvictionSink, Scope, SecondLevel};
 use crate::token::TokenKey;
 use crate::user::{Authentication, TokenRejection, User};
 
@@ -411,8 +411,8 @@ impl Redis {
             .await;
     }
 
-    /// Starts, once, the task that applies other instances' evictions to `cache`.
-    fn start_listening(self: &Arc<Self>, cache: AuthCache) {
+    /// Starts, once, the task that applies other instances' evictions to `local`.
+    fn start_listening(self: &Arc<Self>, local: Arc<dyn EvictionSink>) {
         // Called on every miss: a read first, the write only once.
         if self.subscribed.load(Ordering::Relaxed) || self.subscribed.swap(true, Ordering::SeqCst) {
             return;
@@ -428,15 +428,15 @@ impl Redis {
             let stopped = async move { while stop.changed().await.is_ok() {} };
             tokio::select! {
                 () = stopped => tracing::debug!("id6 handle dropped; redis subscriber ends"),
-                () = listen(shared, cache) => {}
+                () = listen(shared, local) => {}
             }
         });
     }
 }
 
-/// Applies other instances' evictions to `cache`, reconnecting as needed, while the
+/// Applies other instances' evictions to `local`, reconnecting as needed, while the
 /// handle's `Shared` lives.
-async fn listen(shared: std::sync::Weak<Redis>, cache: AuthCache) {
+async fn listen(shared: std::sync::Weak<Redis>, local: Arc<dyn EvictionSink>) {
     let mut was_connected = false;
     let mut backoff = Duration::from_millis(50);
     loop {
@@ -454,9 +454,9 @@ async fn listen(shared: std::sync::Weak<Redis>, cache: AuthCache) {
             Ok(Ok(pubsub)) => {
                 // Broadcasts may have been missed while cut off, or before a first
                 // subscription that came late (Redis down at start) while answers were cached.
-                if was_connected || cache.entry_count() > 0 {
+                if was_connected || local.holds_any() {
                     tracing::info!("redis subscription (re)established; clearing the local cache");
-                    cache.evict(Scope::All);
+                    local.evict(Scope::All);
                 }
                 was_connected = true;
                 let subscribed_at = std::time::Instant::now();
@@ -467,7 +467,7 @@ async fn listen(shared: std::sync::Weak<Redis>, cache: AuthCache) {
                     };
                     if let Some(scope) = parse(&payload) {
                         // Applied locally only: not broadcast again.
-                        cache.evict(scope);
+                        local.evict(scope);
                     }
                 }
                 subscribed_at.elapsed()
@@ -504,8 +504,8 @@ impl SecondLevel for Redis {
         async move { Redis::evict(&self, scope).await }.boxed()
     }
 
-    fn subscribe(self: Arc<Self>, local: &AuthCache) {
-        self.start_listening(local.clone());
+    fn subscribe(self: Arc<Self>, local: Arc<dyn EvictionSink>) {
+        self.start_listening(local);
     }
 
     fn errors(&self) -> u64 {

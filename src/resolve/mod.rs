@@ -31,10 +31,11 @@ use http::{Extensions, HeaderMap};
 use tracing::Instrument;
 
 use budget::MissBudget;
-pub(crate) use cache::{AuthCache, Fetched, Pending};
+use cache::AuthCache;
+pub(crate) use cache::{Fetched, Pending};
 use caller::Caller;
 pub(crate) use caller::{CallerFinder, CallerKey};
-pub(crate) use second_level::{connect, SecondLevel};
+pub(crate) use second_level::{connect, EvictionSink, SecondLevel};
 
 use crate::client::Client;
 use crate::config::ResolverSettings;
@@ -378,7 +379,7 @@ impl Resolver {
 
     fn subscribe(&self) {
         if let Some(second) = &self.inner.second {
-            second.clone().subscribe(&self.inner.local);
+            second.clone().subscribe(Arc::new(self.inner.local.clone()));
         }
     }
 
@@ -442,5 +443,15 @@ impl Resolver {
             .second
             .as_ref()
             .map_or(0, |second| second.errors())
+    }
+}
+
+impl EvictionSink for AuthCache {
+    fn evict(&self, scope: Scope) {
+        AuthCache::evict(self, scope);
+    }
+
+    fn holds_any(&self) -> bool {
+        self.entry_count() > 0
     }
 }

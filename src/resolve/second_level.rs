@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 
-use super::cache::AuthCache;
 use super::Scope;
 use crate::config::RedisSettings;
 use crate::token::TokenKey;
@@ -40,10 +39,20 @@ pub(crate) trait SecondLevel: Send + Sync + fmt::Debug {
 
     /// Applies the other instances' evictions to `local` from now on (once; later calls do
     /// nothing), until the handle that owns this tier is dropped.
-    fn subscribe(self: Arc<Self>, local: &AuthCache);
+    fn subscribe(self: Arc<Self>, local: Arc<dyn EvictionSink>);
 
     /// Operations that failed or timed out since start.
     fn errors(&self) -> u64;
+}
+
+/// All the second level sees of this instance's local tiers: where other instances'
+/// evictions are applied.
+pub(crate) trait EvictionSink: Send + Sync + 'static {
+    /// Forgets what `scope` covers, locally (no load in flight puts it back).
+    fn evict(&self, scope: Scope);
+
+    /// Whether anything is held locally: what a late first subscription must clear.
+    fn holds_any(&self) -> bool;
 }
 
 /// The second level `settings` ask for, if any.

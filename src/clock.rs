@@ -2,7 +2,7 @@
 //! `invalidateTokensAt`, Redis revocation marks); and the handle's [`Clock`], the monotonic
 //! time by which cached answers expire and the breaker reopens.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// The handle's monotonic clock, shared by the cache and the breaker: the real one, plus
 /// (feature `testing`) however far [`Id6::advance_clock`](crate::Id6::advance_clock) moved
@@ -46,8 +46,11 @@ impl Clock {
     }
 }
 
-/// Milliseconds since the epoch; 0 before it, `u64::MAX` past what fits.
+/// Milliseconds since the epoch; 0 before it, `u64::MAX` past what fits. Only Redis
+/// (retry back-off) and tests read the wall clock.
+#[cfg(any(feature = "redis", test))]
 pub(crate) fn now_ms() -> u64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
     let since = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();

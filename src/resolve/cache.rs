@@ -5,31 +5,22 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::policy::{Answer, FailurePolicy};
+use super::store::{Entries, Hit};
 use futures_util::future::{BoxFuture, FutureExt, Shared};
-use moka::sync::Cache;
 
 use super::{Payer, Scope};
-use crate::clock::Clock;
-use crate::config::{OnUnavailable, ResolverSettings};
+
+use crate::config::ResolverSettings;
 use crate::error::{Error, Kind};
 use crate::lock::lock;
 use crate::telemetry::{self, Eviction, Telemetry};
 use crate::token::TokenKey;
-use crate::user::{Authentication, TokenRejection, User};
-
-/// What a load hands the requests that waited on it.
-#[derive(Clone, Debug)]
-pub(crate) struct Answer {
-    pub(crate) verdict: Authentication,
-    /// The failure policy's stand-in while id6 could not be asked (`anonymous`, `stale`), not
-    /// id6's word: an anonymous answer of this kind says nothing about the cookie, so the
-    /// layer must not clear it.
-    pub(crate) by_policy: bool,
-}
+use crate::user::Authentication;
 
 /// What a load fetched: the verdict, and how long ago id6 gave it (zero from id6 itself; a
 /// second-level copy may be older).
@@ -78,153 +69,6 @@ impl std::fmt::Debug for AuthCache {
     }
 }
 
-/// Keys are SHA-256 outputs: foldhash (seeded per process) is enough to spread them and
-/// cheaper than moka's default SipHash.
-type Hasher = foldhash::fast::RandomState;
-
-/// The local tiers. Each entry carries when it was stored, by the handle's [`Clock`],
-/// which decides expiry; moka's TTLs (the same lengths) only free the memory.
-#[derive(Clone)]
-struct Entries {
-    users: Cache<TokenKey, Arc<Cached>, Hasher>,
-    /// Rejected tokens, with id6's reason and when.
-    rejected: Cache<TokenKey, (TokenRejection, Instant), Hasher>,
-    /// With [`OnUnavailable::Stale`]: users kept for the grace window past their TTL, served
-    /// only when id6 cannot be asked. Invalidated with the rest.
-    stale: Option<Cache<TokenKey, (Arc<User>, Instant), Hasher>>,
-    cache_ttl: Duration,
-    negative_ttl: Duration,
-    /// TTL plus the stale grace window.
-    stale_ttl: Duration,
-    /// Past this age, a hit asks for one refresh.
-    refresh_after: Option<Duration>,
-    clock: Clock,
-}
-
-impl Entries {
-    /// How long ago `then` was, by the handle's clock.
-    fn since(&self, then: Instant) -> Duration {
-        self.clock.now().saturating_duration_since(then)
-    }
-}
-
-/// A user as cached: with when id6 said so (for routes that want a recent answer, and for
-/// refresh-ahead) and whether this entry's one refresh was claimed.
-struct Cached {
-    user: Arc<User>,
-    confirmed: Instant,
-    refresh_claimed: AtomicBool,
-}
-
-/// A cache hit.
-pub(crate) struct Hit {
-    pub(crate) verdict: Authentication,
-    /// The entry is old enough to refresh, and this hit claimed that refresh: one per entry,
-    /// whether it is made, paused or fails (then the entry simply expires).
-    pub(crate) refresh: bool,
-}
-
-impl Entries {
-    /// With a `max_age`, a user confirmed by id6 longer ago is no answer: one lookup either
-    /// way, and the same lookup says whether to refresh.
-    fn get(&self, key: &TokenKey, max_age: Option<Duration>) -> Option<Hit> {
-        self.lookup(key, max_age, true)
-    }
-
-    /// [`get`](Self::get); `claim`: whether a hit due for refresh claims it (a load checking
-    /// the cache again does not: it would drop the claim).
-    fn lookup(&self, key: &TokenKey, max_age: Option<Duration>, claim: bool) -> Option<Hit> {
-        if let Some(cached) = self.users.get(key) {
-            let age = self.since(cached.confirmed);
-            if age >= self.cache_ttl || max_age.is_some_and(|max_age| age > max_age) {
-                return None;
-            }
-            let refresh = claim
-                && self.refresh_after.is_some_and(|after| age > after)
-                && !cached.refresh_claimed.swap(true, Ordering::Relaxed);
-            return Some(Hit {
-                verdict: Authentication::Authenticated(cached.user.clone()),
-                refresh,
-            });
-        }
-        let (why, at) = self.rejected.get(key)?;
-        (self.since(at) < self.negative_ttl).then_some(Hit {
-            verdict: Authentication::Rejected(why),
-            refresh: false,
-        })
-    }
-
-    /// The last user id6 named for `key`, within the stale grace window.
-    fn stale(&self, key: &TokenKey) -> Option<Arc<User>> {
-        let (user, at) = self.stale.as_ref()?.get(key)?;
-        (self.since(at) < self.stale_ttl).then_some(user)
-    }
-
-    fn contains_key(&self, key: &TokenKey) -> bool {
-        self.users.contains_key(key)
-            || self.rejected.contains_key(key)
-            || self.stale.as_ref().is_some_and(|s| s.contains_key(key))
-    }
-
-    /// Stores a verdict id6 gave `age` ago (older than the TTL: nothing to keep).
-    fn insert(&self, key: TokenKey, verdict: Authentication, age: Duration) {
-        match verdict {
-            Authentication::Authenticated(user) => {
-                let Some(now) = self
-                    .clock
-                    .now()
-                    .checked_sub(age)
-                    .filter(|_| age < self.cache_ttl)
-                else {
-                    return;
-                };
-                self.rejected.invalidate(&key);
-                if let Some(stale) = &self.stale {
-                    stale.insert(key, (user.clone(), now));
-                }
-                let cached = Cached {
-                    user,
-                    confirmed: now,
-                    refresh_claimed: AtomicBool::new(false),
-                };
-                self.users.insert(key, Arc::new(cached));
-            }
-            Authentication::Rejected(why) => {
-                self.users.invalidate(&key);
-                if let Some(stale) = &self.stale {
-                    stale.invalidate(&key);
-                }
-                self.rejected.insert(key, (why, self.clock.now()));
-            }
-            // Said of no token: never a verdict on one to remember.
-            Authentication::Anonymous | Authentication::Unavailable(_) => {}
-        }
-    }
-
-    fn invalidate(&self, key: &TokenKey) {
-        self.users.invalidate(key);
-        self.rejected.invalidate(key);
-        if let Some(stale) = &self.stale {
-            stale.invalidate(key);
-        }
-    }
-
-    fn invalidate_all(&self) {
-        self.users.invalidate_all();
-        self.rejected.invalidate_all();
-        if let Some(stale) = &self.stale {
-            stale.invalidate_all();
-        }
-    }
-
-    /// Settles moka's pending bookkeeping first, so the count is current.
-    fn entry_count(&self) -> u64 {
-        self.users.run_pending_tasks();
-        self.rejected.run_pending_tasks();
-        self.users.entry_count() + self.rejected.entry_count()
-    }
-}
-
 struct Coordination {
     /// Bumped by every invalidation; a load remembers the value it started under.
     generation: AtomicU64,
@@ -232,7 +76,7 @@ struct Coordination {
     coherence: Mutex<Coherence>,
     /// How long an invalidation mark must outlive any load that started before it.
     mark_lifetime: Duration,
-    on_unavailable: OnUnavailable,
+    policy: FailurePolicy,
     telemetry: Arc<Telemetry>,
 }
 
@@ -268,34 +112,7 @@ struct UserKeys {
 
 impl AuthCache {
     pub(crate) fn new(settings: &ResolverSettings, telemetry: Arc<Telemetry>) -> Self {
-        let entries = Entries {
-            users: Cache::builder()
-                .max_capacity(settings.max_capacity)
-                .time_to_live(settings.cache_ttl)
-                .build_with_hasher(Hasher::default()),
-            // Rejected tokens are what a stranger can mint at will: bounded the same way.
-            rejected: Cache::builder()
-                .max_capacity(settings.max_capacity)
-                .time_to_live(settings.negative_ttl)
-                .build_with_hasher(Hasher::default()),
-            stale: match settings.on_unavailable {
-                OnUnavailable::Stale(grace) => Some(
-                    Cache::builder()
-                        .max_capacity(settings.max_capacity)
-                        .time_to_live(settings.cache_ttl.saturating_add(grace))
-                        .build_with_hasher(Hasher::default()),
-                ),
-                _ => None,
-            },
-            cache_ttl: settings.cache_ttl,
-            negative_ttl: settings.negative_ttl,
-            stale_ttl: match settings.on_unavailable {
-                OnUnavailable::Stale(grace) => settings.cache_ttl.saturating_add(grace),
-                _ => Duration::ZERO,
-            },
-            refresh_after: settings.refresh_after,
-            clock: settings.clock.clone(),
-        };
+        let entries = Entries::new(settings);
         AuthCache {
             entries,
             shared: Arc::new(Coordination {
@@ -303,7 +120,7 @@ impl AuthCache {
                 inflight: Mutex::default(),
                 coherence: Mutex::default(),
                 mark_lifetime: settings.mark_lifetime,
-                on_unavailable: settings.on_unavailable,
+                policy: FailurePolicy::new(settings.on_unavailable),
                 telemetry,
             }),
         }
@@ -424,7 +241,11 @@ impl AuthCache {
             let Fetched { verdict, age } = fetch.await.into();
             guard.cache.fill_aged(key, &verdict, generation, age);
             // Policy answers are for the waiters only: computed after the fill, never stored.
-            let answer = apply_policy(&guard.cache, key, verdict);
+            let answer = guard
+                .cache
+                .shared
+                .policy
+                .answer(verdict, || guard.cache.entries.stale(&key));
             drop(guard);
             answer
         });
@@ -665,35 +486,6 @@ impl AuthCache {
     }
 }
 
-/// What the waiters get when id6 gave no verdict, per the [`OnUnavailable`] policy; never
-/// stored, so the next miss asks id6 again.
-fn apply_policy(cache: &AuthCache, key: TokenKey, verdict: Authentication) -> Answer {
-    let stand_in = match (&verdict, cache.shared.on_unavailable) {
-        (Authentication::Unavailable(error), OnUnavailable::Anonymous) => {
-            tracing::debug!(%error, "id6 unavailable; treating the caller as anonymous");
-            Some(Authentication::Anonymous)
-        }
-        (Authentication::Unavailable(error), OnUnavailable::Stale(_)) => {
-            let user = cache.entries.stale(&key);
-            user.map(|user| {
-                tracing::debug!(user_id = user.id, %error, "id6 unavailable; serving the last answer");
-                Authentication::Authenticated(user)
-            })
-        }
-        _ => None,
-    };
-    match stand_in {
-        Some(verdict) => Answer {
-            verdict,
-            by_policy: true,
-        },
-        None => Answer {
-            verdict,
-            by_policy: false,
-        },
-    }
-}
-
 fn ready(verdict: Authentication) -> Pending {
     let answer = Answer {
         verdict,
@@ -726,7 +518,7 @@ impl Drop for InflightGuard {
 mod tests {
     use super::*;
     use crate::Id6Builder;
-    use crate::User;
+    use crate::{TokenRejection, User};
     use std::sync::atomic::AtomicUsize;
 
     fn cache() -> AuthCache {

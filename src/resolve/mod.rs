@@ -21,7 +21,9 @@
 mod budget;
 mod cache;
 mod caller;
+mod policy;
 mod second_level;
+mod store;
 
 use std::future::Future;
 use std::sync::Arc;

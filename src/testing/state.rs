@@ -11,7 +11,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
-/// How id6 misbehaves, for every route, until [`MockId6::clear_fault`].
+/// How id6 misbehaves, for every route, until
+/// [`MockId6::clear_fault`](super::MockId6::clear_fault).
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Fault {

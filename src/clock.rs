@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 /// The handle's monotonic clock, shared by the cache and the breaker: the real one, plus
-/// (feature `testing`) however far [`Id6::advance_clock`](crate::Id6::advance_clock) moved
+/// (feature `testing`) however far [`testing::advance_clock`](crate::testing::advance_clock) moved
 /// it, so that expiry and back-off can be tested without waiting.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Clock {

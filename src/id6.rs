@@ -237,36 +237,10 @@ impl Id6 {
         self.inner.http.dead_cookie.as_ref()
     }
 
-    /// Moves this handle's clock forward by `by`, as if that much time had passed (feature
-    /// `testing`): cached answers age (TTLs, the negative TTL, the stale window,
-    /// refresh-ahead, `max_age`) and the breaker's pause after a 429 or failures ends sooner,
-    /// so a test of expiry or back-off need not sleep. id6's clock, the wall clock in
-    /// `Retry-After` and Redis's expiries are not moved (with Redis, a locally expired answer
-    /// may come back from it with its real age).
-    ///
-    /// ```
-    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-    /// use std::time::Duration;
-    /// use id6_tower::{testing::MockId6, Id6, UserToken};
-    ///
-    /// let mock = MockId6::start().await?;
-    /// let alice = mock.add_user("Alice", "alice@example.com");
-    /// let token = UserToken::new(&mock.token_for(alice)).unwrap();
-    /// let id6 = Id6::builder(mock.url()).cache_ttl(Duration::from_secs(60)).build()?;
-    /// let mut headers = http::HeaderMap::new();
-    /// headers.insert("cookie", format!("auth={}", token.expose()).parse()?);
-    /// id6.authenticate(&headers).await;
-    /// id6.authenticate(&headers).await; // a hit
-    /// id6.advance_clock(Duration::from_secs(61));
-    /// id6.authenticate(&headers).await; // expired: id6 is asked again
-    /// assert_eq!(mock.user_calls(), 2);
-    /// # Ok(())
-    /// # }
-    /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
-    /// ```
+    /// Moves this handle's clock forward (the test kit's
+    /// [`advance_clock`](crate::testing::advance_clock)).
     #[cfg(feature = "testing")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
-    pub fn advance_clock(&self, by: std::time::Duration) {
+    pub(crate) fn advance_clock(&self, by: std::time::Duration) {
         self.inner.resolver.settings().clock.advance(by);
     }
 

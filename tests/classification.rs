@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::Setup;
-use id6_tower::testing::{Fault, MockId6};
+use id6_tower::testing::{advance_clock, Fault, MockId6};
 use id6_tower::Id6;
 
 #[tokio::test]
@@ -163,7 +163,7 @@ async fn id6_failures_are_503_and_never_cached() {
             let wait = until
                 .duration_since(std::time::SystemTime::now())
                 .unwrap_or_default();
-            s.id6.advance_clock(wait + Duration::from_millis(50));
+            advance_clock(&s.id6, wait + Duration::from_millis(50));
         }
         // Once id6 is back, the same token works at once.
         assert_eq!(

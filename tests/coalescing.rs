@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::Setup;
-use id6_tower::testing::{Fault, MockId6};
+use id6_tower::testing::{advance_clock, Fault, MockId6};
 use id6_tower::Authentication;
 use tower::ServiceExt;
 
@@ -50,10 +50,10 @@ async fn a_bad_token_is_asked_once_per_negative_ttl() {
     assert_eq!(s.mock.user_calls(), 1);
     // Within the TTL: still remembered; past it, id6 is asked again (no waiting: the
     // cache's clock is moved).
-    s.id6.advance_clock(Duration::from_secs(4));
+    advance_clock(&s.id6, Duration::from_secs(4));
     assert_eq!(s.get("/me", Some(&expired)).await.0, 401);
     assert_eq!(s.mock.user_calls(), 1);
-    s.id6.advance_clock(Duration::from_secs(1));
+    advance_clock(&s.id6, Duration::from_secs(1));
     assert_eq!(s.get("/me", Some(&expired)).await.0, 401);
     assert_eq!(s.mock.user_calls(), 2);
 }
@@ -74,13 +74,13 @@ async fn a_user_is_asked_once_per_ttl() {
     }
     assert_eq!(s.mock.user_calls(), 1);
     s.mock.rename_user(alice, "Alice Liddell");
-    s.id6.advance_clock(Duration::from_secs(50));
+    advance_clock(&s.id6, Duration::from_secs(50));
     assert_eq!(
         s.get("/", Some(&token)).await.1,
         "Hello, Alice!",
         "within the TTL"
     );
-    s.id6.advance_clock(Duration::from_secs(10));
+    advance_clock(&s.id6, Duration::from_secs(10));
     assert_eq!(s.get("/", Some(&token)).await.1, "Hello, Alice Liddell!");
     assert_eq!(s.mock.user_calls(), 2);
 }

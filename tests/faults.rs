@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use common::{now_ms, Setup};
-use id6_tower::testing::{Fault, MockId6};
+use id6_tower::testing::{advance_clock, Fault, MockId6};
 use id6_tower::{Health, Id6, OnUnavailable};
 use tower::ServiceExt;
 
@@ -96,7 +96,7 @@ async fn stale_if_error_serves_the_last_answer_for_the_grace_window() {
     s.mock.shutdown().await;
 
     // Past the TTL, within the grace window: id6 is down, the last answer is served.
-    s.id6.advance_clock(ttl + Duration::from_secs(1));
+    advance_clock(&s.id6, ttl + Duration::from_secs(1));
     assert_eq!(s.get("/", Some(&token)).await.1, "Hello, Alice!");
     assert_eq!(s.get("/me", Some(&token)).await.0, 200);
     // A token never seen before has no last answer: 503.
@@ -104,7 +104,7 @@ async fn stale_if_error_serves_the_last_answer_for_the_grace_window() {
     assert_eq!(s.get("/me", Some(&stranger)).await.0, 503);
 
     // Past TTL + grace: no longer.
-    s.id6.advance_clock(grace);
+    advance_clock(&s.id6, grace);
     assert_eq!(s.get("/me", Some(&token)).await.0, 503);
 }
 
@@ -121,7 +121,7 @@ async fn stale_answers_are_never_served_while_id6_answers() {
     let s = Setup::with(mock, id6).await;
     assert_eq!(s.get("/me", Some(&token)).await.0, 200);
     s.mock.revoke_tokens(alice);
-    s.id6.advance_clock(Duration::from_secs(61));
+    advance_clock(&s.id6, Duration::from_secs(61));
     // id6 answers "revoked": that answer wins over the stale one.
     assert_eq!(s.get("/me", Some(&token)).await.0, 401);
     // And a revoked user is not served stale later either.
@@ -327,7 +327,7 @@ async fn sensitive_routes_revalidate_old_answers() {
 
     // Revoked on id6 behind our back (another instance, another app).
     s.mock.revoke_tokens(alice);
-    s.id6.advance_clock(Duration::from_millis(300));
+    advance_clock(&s.id6, Duration::from_millis(300));
     assert_eq!(
         s.get("/me", Some(&token)).await.0,
         200,

@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, SystemTime};
 
 use common::Setup;
-use id6_tower::testing::{Fault, MockId6};
+use id6_tower::testing::{advance_clock, Fault, MockId6};
 use id6_tower::{Health, Id6, OnUnavailable, UserToken};
 
 fn hostile_429(reset: Option<&str>, retry_after: Option<&str>) -> Fault {
@@ -18,7 +18,7 @@ fn hostile_429(reset: Option<&str>, retry_after: Option<&str>) -> Fault {
 
 /// The breaker is closed once `cap` has passed (the handle's clock is moved: no waiting).
 fn closed_after(id6: &Id6, cap: Duration) {
-    id6.advance_clock(cap);
+    advance_clock(id6, cap);
     assert_eq!(id6.health(), Health::Closed, "still open past the cap");
 }
 

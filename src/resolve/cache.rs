@@ -1,18 +1,17 @@
-//! The local tiers: moka caches of id6's verdicts per token key (users, rejected tokens,
-//! stale users for the failure policy), one load per key however many requests miss on it at
-//! once, and evictions by token, by user or all, safe against refills by loads that were
-//! already in flight (generation marks).
+//! The local cache as the resolver sees it: the store ([`Entries`]), one load in flight per
+//! key however many requests miss on it at once, and evictions by token, by user or all,
+//! kept safe from refills by loads already in flight ([`Marks`]).
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use super::policy::{Answer, FailurePolicy};
-use super::store::{Entries, Hit};
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 
+use super::marks::Marks;
+use super::policy::{Answer, FailurePolicy};
+use super::store::{Entries, Hit};
 use super::{Payer, Scope};
 
 use crate::config::ResolverSettings;
@@ -41,12 +40,6 @@ impl From<Authentication> for Fetched {
 /// A resolution in flight, shared by every request that waits on it.
 pub(crate) type Pending = Shared<BoxFuture<'static, Answer>>;
 
-/// Fills between two sweeps of the coherence maps.
-const SWEEP_EVERY: u32 = 1024;
-/// Invalidation marks (of tokens, and of users) kept before a sweep; see
-/// [`AuthCache::bound_marks`].
-const MAX_MARKS: usize = 4096;
-
 /// The verdicts cache. Only `Authenticated` and `Anonymous` are stored; `Unavailable` never
 /// is, so the next request asks id6 again.
 ///
@@ -70,12 +63,8 @@ impl std::fmt::Debug for AuthCache {
 }
 
 struct Coordination {
-    /// Bumped by every invalidation; a load remembers the value it started under.
-    generation: AtomicU64,
     inflight: Mutex<HashMap<TokenKey, Inflight>>,
-    coherence: Mutex<Coherence>,
-    /// How long an invalidation mark must outlive any load that started before it.
-    mark_lifetime: Duration,
+    marks: Marks,
     policy: FailurePolicy,
     telemetry: Arc<Telemetry>,
 }
@@ -85,41 +74,14 @@ struct Inflight {
     started: u64,
 }
 
-/// Who owns which cached keys, and what was invalidated when. Guarded by one lock, which
-/// every fill and every invalidation takes: a fill checks the marks and inserts under it, so
-/// an invalidation is either seen by the fill or evicts what the fill inserted.
-#[derive(Default)]
-struct Coherence {
-    users: HashMap<u64, UserKeys>,
-    /// Tokens invalidated one by one: generation and when.
-    tokens: HashMap<TokenKey, (u64, Instant)>,
-    /// Loads that started before this generation store nothing: set by `clear`, and when
-    /// too many marks collapse into it.
-    cleared_at: u64,
-    /// How many users carry an `invalidated` mark.
-    user_marks: usize,
-    fills_since_sweep: u32,
-}
-
-#[derive(Default)]
-struct UserKeys {
-    keys: Vec<TokenKey>,
-    /// Generation and time of the last invalidation of this user.
-    invalidated: Option<(u64, Instant)>,
-    /// The newest `invalidateTokensAt` (ms) id6 showed for this user.
-    invalidate_tokens_at: Option<u64>,
-}
-
 impl AuthCache {
     pub(crate) fn new(settings: &ResolverSettings, telemetry: Arc<Telemetry>) -> Self {
         let entries = Entries::new(settings);
         AuthCache {
             entries,
             shared: Arc::new(Coordination {
-                generation: AtomicU64::new(0),
                 inflight: Mutex::default(),
-                coherence: Mutex::default(),
-                mark_lifetime: settings.mark_lifetime,
+                marks: Marks::new(settings.mark_lifetime),
                 policy: FailurePolicy::new(settings.on_unavailable),
                 telemetry,
             }),
@@ -168,7 +130,7 @@ impl AuthCache {
             if let Some(done) = self.entries.lookup(&key, max_age, false) {
                 return ready(done.verdict);
             }
-            let generation = self.shared.generation.load(Ordering::SeqCst);
+            let generation = self.generation();
             if let Some(load) = inflight.get(&key) {
                 if load.started == generation {
                     self.shared
@@ -205,7 +167,7 @@ impl AuthCache {
         Fut::Output: Into<Fetched>,
     {
         let mut inflight = lock(&self.shared.inflight);
-        let generation = self.shared.generation.load(Ordering::SeqCst);
+        let generation = self.generation();
         if inflight.get(&key).is_some_and(|l| l.started == generation) {
             return false;
         }
@@ -239,7 +201,11 @@ impl AuthCache {
         let fetch = fetch();
         let task = runtime.spawn(async move {
             let Fetched { verdict, age } = fetch.await.into();
-            guard.cache.fill_aged(key, &verdict, generation, age);
+            guard
+                .cache
+                .shared
+                .marks
+                .fill(&guard.cache.entries, key, &verdict, generation, age);
             // Policy answers are for the waiters only: computed after the fill, never stored.
             let answer = guard
                 .cache
@@ -272,186 +238,32 @@ impl AuthCache {
     /// Stores what a load that started under generation `started` learnt, unless an
     /// invalidation since then makes it stale.
     pub(crate) fn fill(&self, key: TokenKey, verdict: &Authentication, started: u64) {
-        self.fill_aged(key, verdict, started, Duration::ZERO);
-    }
-
-    /// [`fill`](Self::fill) with an answer id6 gave `age` ago.
-    fn fill_aged(&self, key: TokenKey, verdict: &Authentication, started: u64, age: Duration) {
-        let mut coherence = lock(&self.shared.coherence);
-        if coherence.cleared_at > started {
-            return;
-        }
-        if coherence
-            .tokens
-            .get(&key)
-            .is_some_and(|(at, _)| *at > started)
-        {
-            return;
-        }
-        match verdict {
-            Authentication::Unavailable(_) | Authentication::Anonymous => return,
-            Authentication::Rejected(why) => {
-                self.entries
-                    .insert(key, Authentication::Rejected(*why), Duration::ZERO)
-            }
-            Authentication::Authenticated(user) => {
-                let owner = coherence.users.entry(user.id).or_default();
-                if owner.invalidated.is_some_and(|(at, _)| at > started) {
-                    tracing::debug!(
-                        user_id = user.id,
-                        "not caching an answer older than its invalidation"
-                    );
-                    return;
-                }
-                let mut new_mark = false;
-                if let Some(shown) = user.invalidate_tokens_at {
-                    if owner
-                        .invalidate_tokens_at
-                        .is_some_and(|known| shown < known)
-                    {
-                        // An answer from before a revocation we already saw: it may name a
-                        // token that revocation killed.
-                        tracing::debug!(
-                            user_id = user.id,
-                            "not caching an answer older than a known revocation"
-                        );
-                        return;
-                    }
-                    // Unknown before (None) counts as older: those tokens predate `shown`.
-                    if owner.invalidate_tokens_at.is_none_or(|known| known < shown) {
-                        // id6 revoked this user's tokens since we cached some: drop them all,
-                        // and mark the user so that answers already in flight for those
-                        // tokens are not stored either.
-                        tracing::debug!(
-                            user_id = user.id,
-                            "id6 shows a newer revocation; evicting the user's other tokens"
-                        );
-                        // (Nothing to protect the first time a revocation is seen with no
-                        // token cached: in-flight answers showing an older one are refused by
-                        // the check above.)
-                        if owner.invalidate_tokens_at.is_some() || !owner.keys.is_empty() {
-                            new_mark = self.revoke_keys_of(owner);
-                        }
-                        owner.invalidate_tokens_at = Some(shown);
-                    }
-                }
-                let entries = &self.entries;
-                owner.keys.retain(|k| *k != key && entries.contains_key(k));
-                owner.keys.push(key);
-                self.entries.insert(key, verdict.clone(), age);
-                if new_mark {
-                    coherence.user_marks += 1;
-                    self.bound_marks(&mut coherence);
-                }
-            }
-        }
-        coherence.fills_since_sweep += 1;
-        if coherence.fills_since_sweep >= SWEEP_EVERY {
-            coherence.fills_since_sweep = 0;
-            self.sweep(&mut coherence);
-        }
-    }
-
-    /// Drops index entries whose keys left the cache and marks no load can still predate.
-    fn sweep(&self, coherence: &mut Coherence) {
-        let lifetime = self.shared.mark_lifetime;
-        let entries = &self.entries;
-        let mut user_marks = 0;
-        coherence.users.retain(|_, owner| {
-            owner.keys.retain(|k| entries.contains_key(k));
-            if owner
-                .invalidated
-                .is_some_and(|(_, when)| when.elapsed() >= lifetime)
-            {
-                owner.invalidated = None;
-            }
-            user_marks += usize::from(owner.invalidated.is_some());
-            !owner.keys.is_empty() || owner.invalidated.is_some()
-        });
-        coherence.user_marks = user_marks;
-        coherence
-            .tokens
-            .retain(|_, (_, when)| when.elapsed() < lifetime);
-    }
-
-    /// Keeps the marks bounded however fast invalidations come (a mark lives for as long as
-    /// a load may still predate it, and a million can come in that time). Past
-    /// [`MAX_MARKS`], a sweep drops the expired ones; if more than half remain, all of them
-    /// collapse into one floor, as after a `clear`: loads that started before now store
-    /// nothing. Always safe, since a refused fill costs one more id6 call and no wrong
-    /// answer; and each sweep is followed by at least `MAX_MARKS / 2` invalidations before
-    /// the next, so the cost per invalidation stays constant.
-    fn bound_marks(&self, coherence: &mut Coherence) {
-        if coherence.tokens.len() <= MAX_MARKS && coherence.user_marks <= MAX_MARKS {
-            return;
-        }
-        self.sweep(coherence);
-        if coherence.tokens.len() > MAX_MARKS / 2 || coherence.user_marks > MAX_MARKS / 2 {
-            coherence.cleared_at = self.generation();
-            coherence.tokens.clear();
-            coherence.users.retain(|_, owner| {
-                owner.invalidated = None;
-                !owner.keys.is_empty()
-            });
-            coherence.user_marks = 0;
-            tracing::debug!("invalidation marks collapsed into one floor");
-        }
+        self.shared
+            .marks
+            .fill(&self.entries, key, verdict, started, Duration::ZERO);
     }
 
     /// Forgets what `scope` covers, locally; no load already in flight can put it back.
     /// [`Resolver::evict`](super::Resolver::evict) adds the second level and the other
     /// instances.
     pub(crate) fn evict(&self, scope: Scope) {
-        match scope {
-            Scope::Token(key) => self.invalidate_token(&key),
-            Scope::User(user_id) => self.invalidate_user(user_id),
-            Scope::All => self.clear(),
-        }
-    }
-
-    /// Forgets one token's verdict; a load of it already in flight will not store its answer.
-    fn invalidate_token(&self, key: &TokenKey) {
-        let mut coherence = lock(&self.shared.coherence);
-        let generation = self.bump();
-        coherence.tokens.insert(*key, (generation, Instant::now()));
-        self.entries.invalidate(key);
-        self.bound_marks(&mut coherence);
-        self.shared.telemetry.eviction(Eviction::Token);
-    }
-
-    /// Forgets every cached token of a user; no load in flight can put the user back.
-    fn invalidate_user(&self, user_id: u64) {
-        let mut coherence = lock(&self.shared.coherence);
-        let owner = coherence.users.entry(user_id).or_default();
-        let first_mark = self.revoke_keys_of(owner);
-        coherence.user_marks += usize::from(first_mark);
-        self.bound_marks(&mut coherence);
-        self.shared.telemetry.eviction(Eviction::User);
-        tracing::debug!(user_id, "evicted every cached token of the user");
-    }
-
-    /// Marks a user (no load of theirs already in flight stores its answer) and evicts every
-    /// cached token of theirs; whether this is the user's first live mark, for the count.
-    fn revoke_keys_of(&self, owner: &mut UserKeys) -> bool {
-        let first_mark = owner
-            .invalidated
-            .replace((self.bump(), Instant::now()))
-            .is_none();
-        for key in owner.keys.drain(..) {
-            self.entries.invalidate(&key);
-        }
-        first_mark
-    }
-
-    /// Forgets everything; no load in flight will store its answer.
-    fn clear(&self) {
-        let mut coherence = lock(&self.shared.coherence);
-        coherence.cleared_at = self.bump();
-        coherence.users.clear();
-        coherence.tokens.clear();
-        coherence.user_marks = 0;
-        self.entries.invalidate_all();
-        self.shared.telemetry.eviction(Eviction::All);
+        let (marks, entries) = (&self.shared.marks, &self.entries);
+        let eviction = match scope {
+            Scope::Token(key) => {
+                marks.invalidate_token(entries, &key);
+                Eviction::Token
+            }
+            Scope::User(user_id) => {
+                marks.invalidate_user(entries, user_id);
+                tracing::debug!(user_id, "evicted every cached token of the user");
+                Eviction::User
+            }
+            Scope::All => {
+                marks.clear(entries);
+                Eviction::All
+            }
+        };
+        self.shared.telemetry.eviction(eviction);
     }
 
     /// The user a cached token belongs to.
@@ -466,18 +278,7 @@ impl AuthCache {
 
     /// The generation a load starting now runs under; see [`fill`](Self::fill).
     pub(crate) fn generation(&self) -> u64 {
-        self.shared.generation.load(Ordering::SeqCst)
-    }
-
-    fn bump(&self) -> u64 {
-        self.shared.generation.fetch_add(1, Ordering::SeqCst) + 1
-    }
-
-    /// Token marks and users in the coherence index.
-    #[cfg(test)]
-    fn marks_len(&self) -> (usize, usize) {
-        let coherence = lock(&self.shared.coherence);
-        (coherence.tokens.len(), coherence.users.len())
+        self.shared.marks.generation()
     }
 
     #[cfg(test)]
@@ -519,7 +320,7 @@ mod tests {
     use super::*;
     use crate::Id6Builder;
     use crate::{TokenRejection, User};
-    use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn cache() -> AuthCache {
         let settings = Id6Builder::new("http://127.0.0.1:9")
@@ -641,32 +442,32 @@ mod tests {
     fn invalidations_beat_fills_that_started_before_them() {
         let cache = cache();
         let (a, b, c) = (TokenKey::of("a"), TokenKey::of("b"), TokenKey::of("c"));
-        let before = cache.shared.generation.load(Ordering::SeqCst);
+        let before = cache.generation();
         cache.fill(a, &user(1), before);
         cache.fill(b, &user(1), before);
         cache.fill(c, &user(2), before);
-        cache.invalidate_user(1);
+        cache.evict(Scope::User(1));
         assert!(cache.get(&a, None).is_none() && cache.get(&b, None).is_none());
         assert!(cache.get(&c, None).is_some(), "another user is untouched");
         // A load of user 1 that started before the invalidation does not refill...
         cache.fill(a, &user(1), before);
         assert!(cache.get(&a, None).is_none());
         // ...one that started after does.
-        let after = cache.shared.generation.load(Ordering::SeqCst);
+        let after = cache.generation();
         cache.fill(a, &user(1), after);
         assert!(cache.get(&a, None).is_some());
 
-        cache.invalidate_token(&a);
+        cache.evict(Scope::Token(a));
         cache.fill(a, &user(1), after);
         assert!(cache.get(&a, None).is_none());
 
-        let now = cache.shared.generation.load(Ordering::SeqCst);
+        let now = cache.generation();
         cache.fill(
             b,
             &Authentication::Rejected(TokenRejection::InvalidToken),
             now,
         );
-        cache.clear();
+        cache.evict(Scope::All);
         assert!(cache.get(&b, None).is_none() && cache.get(&c, None).is_none());
         cache.fill(c, &user(2), now);
         assert!(cache.get(&c, None).is_none());
@@ -707,12 +508,18 @@ mod tests {
         for i in 0..100_000u64 {
             let mut key = [0u8; 8];
             key.copy_from_slice(&i.to_le_bytes());
-            cache.invalidate_token(&TokenKey::of(key));
-            cache.invalidate_user(i);
+            cache.evict(Scope::Token(TokenKey::of(key)));
+            cache.evict(Scope::User(i));
         }
-        let (tokens, users) = cache.marks_len();
-        assert!(tokens <= MAX_MARKS, "{tokens} token marks kept");
-        assert!(users <= MAX_MARKS, "{users} user entries kept");
+        let (tokens, users) = cache.shared.marks.len();
+        assert!(
+            tokens <= super::super::marks::MAX_MARKS,
+            "{tokens} token marks kept"
+        );
+        assert!(
+            users <= super::super::marks::MAX_MARKS,
+            "{users} user entries kept"
+        );
         // Collapsed or not, a load that started before those invalidations stores nothing.
         let key = TokenKey::of([1, 0, 0, 0, 0, 0, 0, 0]);
         cache.fill(key, &user(1), before);

@@ -6,14 +6,18 @@
 //! ```text
 //! Id6Service::call ──► Resolver::lookup(headers)
 //!   TokenFinder: no token ─────────────────────────────────► Ready(Anonymous)
-//!   TokenKey (SHA-256) ─► AuthCache::get: hit ─────────────► Ready(verdict)
-//!   token::check + jwt::Screen: refused ───────────────────► Ready(Anonymous)
+//!   TokenKey (SHA-256) ─► AuthCache::get (store): hit ─────► Ready(verdict)
+//!   token::check + jwt::Screen: refused ───────────────────► Ready(Rejected)
 //!   AuthCache::load: one spawned load per key ─────────────► Pending ─┐
-//!     └ Resolver::ask: SecondLevel::get ─► Client::authenticate       │
-//!         (Admission: call cap, breaker) ─► id6                       │
-//!       SecondLevel::store ─► AuthCache::fill ─► failure policy ──────┘
+//!     └ Resolver::ask: MissBudget (caller) ─► SecondLevel::get        │
+//!         ─► Client::authenticate (Admission: cap, breaker) ─► id6    │
+//!       SecondLevel::store ─► marks: fill the store ─► policy ────────┘
 //! layer::future awaits Pending, inserts the verdict ─► inner service
 //! ```
+//!
+//! The files, one concern each: `store` (moka tiers), `cache` (loads in flight), `marks`
+//! (evictions that loads in flight cannot undo), `policy` (what waiters get when id6 gave
+//! no verdict), `budget` and `caller` (who pays for a miss), `second_level` (Redis's seat).
 //!
 //! Evictions come in through one door, [`Resolver::evict`]: the local tiers at once (with the
 //! refill protection), then the second level and every other instance.
@@ -21,6 +25,7 @@
 mod budget;
 mod cache;
 mod caller;
+mod marks;
 mod policy;
 mod second_level;
 mod store;

@@ -42,3 +42,34 @@ mod state;
 
 pub use mock::{MockId6, MockId6Builder};
 pub use state::{Fault, RecordedRequest};
+
+/// Moves `id6`'s clock forward by `by`, as if that much time had passed: cached answers age
+/// (TTLs, the negative TTL, the stale window, refresh-ahead, `max_age`) and the breaker's
+/// pause after a 429 or failures ends sooner, so a test of expiry or back-off need not sleep. id6's clock, the wall clock in
+/// `Retry-After` and Redis's expiries are not moved (with Redis, a locally expired answer
+/// may come back from it with its real age).
+///
+/// ```
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::time::Duration;
+/// use id6_tower::testing::{advance_clock, MockId6};
+/// use id6_tower::{Id6, UserToken};
+///
+/// let mock = MockId6::start().await?;
+/// let alice = mock.add_user("Alice", "alice@example.com");
+/// let token = UserToken::new(&mock.token_for(alice)).unwrap();
+/// let id6 = Id6::builder(mock.url()).cache_ttl(Duration::from_secs(60)).build()?;
+/// let mut headers = http::HeaderMap::new();
+/// headers.insert("cookie", format!("auth={}", token.expose()).parse()?);
+/// id6.authenticate(&headers).await;
+/// id6.authenticate(&headers).await; // a hit
+/// advance_clock(&id6, Duration::from_secs(61));
+/// id6.authenticate(&headers).await; // expired: id6 is asked again
+/// assert_eq!(mock.user_calls(), 2);
+/// # Ok(())
+/// # }
+/// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+/// ```
+pub fn advance_clock(id6: &crate::Id6, by: std::time::Duration) {
+    id6.advance_clock(by);
+}

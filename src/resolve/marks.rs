@@ -1,0 +1,249 @@
+//! Invalidation marks: which cached keys belong to which user, and what was invalidated
+//! when, so that a load already in flight when a token or a user is evicted (or the whole
+//! cache cleared) cannot put its older answer back. Every fill and every invalidation of the
+//! store goes through here, under one lock.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use super::store::Entries;
+use crate::lock::lock;
+use crate::token::TokenKey;
+use crate::user::Authentication;
+
+/// Fills between two sweeps of the coherence maps.
+const SWEEP_EVERY: u32 = 1024;
+/// Invalidation marks (of tokens, and of users) kept before a sweep; see
+/// [`Marks::bound`].
+pub(super) const MAX_MARKS: usize = 4096;
+
+/// The marks, and the generation counter they are dated by: bumped by every invalidation;
+/// a load remembers the value it started under.
+pub(super) struct Marks {
+    generation: AtomicU64,
+    coherence: Mutex<Coherence>,
+    /// How long a mark must outlive any load that started before it.
+    lifetime: Duration,
+}
+
+/// Who owns which cached keys, and what was invalidated when. Guarded by one lock, which
+/// every fill and every invalidation takes: a fill checks the marks and inserts under it, so
+/// an invalidation is either seen by the fill or evicts what the fill inserted.
+#[derive(Default)]
+struct Coherence {
+    users: HashMap<u64, UserKeys>,
+    /// Tokens invalidated one by one: generation and when.
+    tokens: HashMap<TokenKey, (u64, Instant)>,
+    /// Loads that started before this generation store nothing: set by `clear`, and when
+    /// too many marks collapse into it.
+    cleared_at: u64,
+    /// How many users carry an `invalidated` mark.
+    user_marks: usize,
+    fills_since_sweep: u32,
+}
+
+#[derive(Default)]
+struct UserKeys {
+    keys: Vec<TokenKey>,
+    /// Generation and time of the last invalidation of this user.
+    invalidated: Option<(u64, Instant)>,
+    /// The newest `invalidateTokensAt` (ms) id6 showed for this user.
+    invalidate_tokens_at: Option<u64>,
+}
+
+impl Marks {
+    pub(super) fn new(lifetime: Duration) -> Self {
+        Marks {
+            generation: AtomicU64::new(0),
+            coherence: Mutex::default(),
+            lifetime,
+        }
+    }
+
+    /// The generation a load starting now runs under; see [`fill`](Self::fill).
+    pub(super) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    fn bump(&self) -> u64 {
+        self.generation.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// Stores in `entries` what a load that started under generation `started` learnt (id6
+    /// answered `age` ago), unless an invalidation since then makes it stale.
+    pub(super) fn fill(
+        &self,
+        entries: &Entries,
+        key: TokenKey,
+        verdict: &Authentication,
+        started: u64,
+        age: Duration,
+    ) {
+        let mut coherence = lock(&self.coherence);
+        if coherence.cleared_at > started {
+            return;
+        }
+        if coherence
+            .tokens
+            .get(&key)
+            .is_some_and(|(at, _)| *at > started)
+        {
+            return;
+        }
+        match verdict {
+            Authentication::Unavailable(_) | Authentication::Anonymous => return,
+            Authentication::Rejected(why) => {
+                entries.insert(key, Authentication::Rejected(*why), Duration::ZERO)
+            }
+            Authentication::Authenticated(user) => {
+                let owner = coherence.users.entry(user.id).or_default();
+                if owner.invalidated.is_some_and(|(at, _)| at > started) {
+                    tracing::debug!(
+                        user_id = user.id,
+                        "not caching an answer older than its invalidation"
+                    );
+                    return;
+                }
+                let mut new_mark = false;
+                if let Some(shown) = user.invalidate_tokens_at {
+                    if owner
+                        .invalidate_tokens_at
+                        .is_some_and(|known| shown < known)
+                    {
+                        // An answer from before a revocation we already saw: it may name a
+                        // token that revocation killed.
+                        tracing::debug!(
+                            user_id = user.id,
+                            "not caching an answer older than a known revocation"
+                        );
+                        return;
+                    }
+                    // Unknown before (None) counts as older: those tokens predate `shown`.
+                    if owner.invalidate_tokens_at.is_none_or(|known| known < shown) {
+                        // id6 revoked this user's tokens since we cached some: drop them all,
+                        // and mark the user so that answers already in flight for those
+                        // tokens are not stored either.
+                        tracing::debug!(
+                            user_id = user.id,
+                            "id6 shows a newer revocation; evicting the user's other tokens"
+                        );
+                        // (Nothing to protect the first time a revocation is seen with no
+                        // token cached: in-flight answers showing an older one are refused by
+                        // the check above.)
+                        if owner.invalidate_tokens_at.is_some() || !owner.keys.is_empty() {
+                            new_mark = self.revoke_keys_of(entries, owner);
+                        }
+                        owner.invalidate_tokens_at = Some(shown);
+                    }
+                }
+                owner.keys.retain(|k| *k != key && entries.contains_key(k));
+                owner.keys.push(key);
+                entries.insert(key, verdict.clone(), age);
+                if new_mark {
+                    coherence.user_marks += 1;
+                    self.bound(entries, &mut coherence);
+                }
+            }
+        }
+        coherence.fills_since_sweep += 1;
+        if coherence.fills_since_sweep >= SWEEP_EVERY {
+            coherence.fills_since_sweep = 0;
+            self.sweep(entries, &mut coherence);
+        }
+    }
+
+    /// Drops index entries whose keys left the cache and marks no load can still predate.
+    fn sweep(&self, entries: &Entries, coherence: &mut Coherence) {
+        let lifetime = self.lifetime;
+        let mut user_marks = 0;
+        coherence.users.retain(|_, owner| {
+            owner.keys.retain(|k| entries.contains_key(k));
+            if owner
+                .invalidated
+                .is_some_and(|(_, when)| when.elapsed() >= lifetime)
+            {
+                owner.invalidated = None;
+            }
+            user_marks += usize::from(owner.invalidated.is_some());
+            !owner.keys.is_empty() || owner.invalidated.is_some()
+        });
+        coherence.user_marks = user_marks;
+        coherence
+            .tokens
+            .retain(|_, (_, when)| when.elapsed() < lifetime);
+    }
+
+    /// Keeps the marks bounded however fast invalidations come (a mark lives for as long as
+    /// a load may still predate it, and a million can come in that time). Past
+    /// [`MAX_MARKS`], a sweep drops the expired ones; if more than half remain, all of them
+    /// collapse into one floor, as after a `clear`: loads that started before now store
+    /// nothing. Always safe, since a refused fill costs one more id6 call and no wrong
+    /// answer; and each sweep is followed by at least `MAX_MARKS / 2` invalidations before
+    /// the next, so the cost per invalidation stays constant.
+    fn bound(&self, entries: &Entries, coherence: &mut Coherence) {
+        if coherence.tokens.len() <= MAX_MARKS && coherence.user_marks <= MAX_MARKS {
+            return;
+        }
+        self.sweep(entries, coherence);
+        if coherence.tokens.len() > MAX_MARKS / 2 || coherence.user_marks > MAX_MARKS / 2 {
+            coherence.cleared_at = self.generation();
+            coherence.tokens.clear();
+            coherence.users.retain(|_, owner| {
+                owner.invalidated = None;
+                !owner.keys.is_empty()
+            });
+            coherence.user_marks = 0;
+            tracing::debug!("invalidation marks collapsed into one floor");
+        }
+    }
+
+    /// Forgets one token's verdict; a load of it already in flight will not store its answer.
+    pub(super) fn invalidate_token(&self, entries: &Entries, key: &TokenKey) {
+        let mut coherence = lock(&self.coherence);
+        let generation = self.bump();
+        coherence.tokens.insert(*key, (generation, Instant::now()));
+        entries.invalidate(key);
+        self.bound(entries, &mut coherence);
+    }
+
+    /// Forgets every cached token of a user; no load in flight can put the user back.
+    pub(super) fn invalidate_user(&self, entries: &Entries, user_id: u64) {
+        let mut coherence = lock(&self.coherence);
+        let owner = coherence.users.entry(user_id).or_default();
+        let first_mark = self.revoke_keys_of(entries, owner);
+        coherence.user_marks += usize::from(first_mark);
+        self.bound(entries, &mut coherence);
+    }
+
+    /// Marks a user (no load of theirs already in flight stores its answer) and evicts every
+    /// cached token of theirs; whether this is the user's first live mark, for the count.
+    fn revoke_keys_of(&self, entries: &Entries, owner: &mut UserKeys) -> bool {
+        let first_mark = owner
+            .invalidated
+            .replace((self.bump(), Instant::now()))
+            .is_none();
+        for key in owner.keys.drain(..) {
+            entries.invalidate(&key);
+        }
+        first_mark
+    }
+
+    /// Forgets everything; no load in flight will store its answer.
+    pub(super) fn clear(&self, entries: &Entries) {
+        let mut coherence = lock(&self.coherence);
+        coherence.cleared_at = self.bump();
+        coherence.users.clear();
+        coherence.tokens.clear();
+        coherence.user_marks = 0;
+        entries.invalidate_all();
+    }
+
+    /// Token marks and users in the index.
+    #[cfg(test)]
+    pub(super) fn len(&self) -> (usize, usize) {
+        let coherence = lock(&self.coherence);
+        (coherence.tokens.len(), coherence.users.len())
+    }
+}

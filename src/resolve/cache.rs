@@ -40,8 +40,8 @@ impl From<Authentication> for Fetched {
 /// A resolution in flight, shared by every request that waits on it.
 pub(crate) type Pending = Shared<BoxFuture<'static, Answer>>;
 
-/// The verdicts cache. Only `Authenticated` and `Anonymous` are stored; `Unavailable` never
-/// is, so the next request asks id6 again.
+/// The verdicts cache. Only id6's verdicts (users, rejected tokens) are stored; `Unavailable`
+/// never is, so the next request asks id6 again.
 ///
 /// moka's `sync` caches, not `future`: their `get` is a plain call, so a hit resolves inside
 /// `Service::call` with no future to box. Their blocking `get_with` must not run on a runtime
@@ -201,11 +201,7 @@ impl AuthCache {
         let fetch = fetch();
         let task = runtime.spawn(async move {
             let Fetched { verdict, age } = fetch.await.into();
-            guard
-                .cache
-                .shared
-                .marks
-                .fill(&guard.cache.entries, key, &verdict, generation, age);
+            guard.cache.fill_aged(key, &verdict, generation, age);
             // Policy answers are for the waiters only: computed after the fill, never stored.
             let answer = guard
                 .cache
@@ -238,9 +234,13 @@ impl AuthCache {
     /// Stores what a load that started under generation `started` learnt, unless an
     /// invalidation since then makes it stale.
     pub(crate) fn fill(&self, key: TokenKey, verdict: &Authentication, started: u64) {
-        self.shared
-            .marks
-            .fill(&self.entries, key, verdict, started, Duration::ZERO);
+        self.fill_aged(key, verdict, started, Duration::ZERO);
+    }
+
+    /// [`fill`](Self::fill) with an answer id6 gave `age` ago.
+    fn fill_aged(&self, key: TokenKey, verdict: &Authentication, started: u64, age: Duration) {
+        let marks = &self.shared.marks;
+        marks.fill(&self.entries, key, verdict, started, age);
     }
 
     /// Forgets what `scope` covers, locally; no load already in flight can put it back.
@@ -317,6 +317,7 @@ impl Drop for InflightGuard {
 
 #[cfg(test)]
 mod tests {
+    use super::super::marks::MAX_MARKS;
     use super::*;
     use crate::Id6Builder;
     use crate::{TokenRejection, User};
@@ -512,14 +513,8 @@ mod tests {
             cache.evict(Scope::User(i));
         }
         let (tokens, users) = cache.shared.marks.len();
-        assert!(
-            tokens <= super::super::marks::MAX_MARKS,
-            "{tokens} token marks kept"
-        );
-        assert!(
-            users <= super::super::marks::MAX_MARKS,
-            "{users} user entries kept"
-        );
+        assert!(tokens <= MAX_MARKS, "{tokens} token marks kept");
+        assert!(users <= MAX_MARKS, "{users} user entries kept");
         // Collapsed or not, a load that started before those invalidations stores nothing.
         let key = TokenKey::of([1, 0, 0, 0, 0, 0, 0, 0]);
         cache.fill(key, &user(1), before);

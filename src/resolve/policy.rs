@@ -44,15 +44,9 @@ impl FailurePolicy {
             }),
             _ => None,
         };
-        match stand_in {
-            Some(verdict) => Answer {
-                verdict,
-                by_policy: true,
-            },
-            None => Answer {
-                verdict,
-                by_policy: false,
-            },
+        Answer {
+            by_policy: stand_in.is_some(),
+            verdict: stand_in.unwrap_or(verdict),
         }
     }
 }

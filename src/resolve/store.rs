@@ -37,6 +37,11 @@ pub(super) struct Entries {
 
 impl Entries {
     pub(super) fn new(settings: &ResolverSettings) -> Self {
+        // Past the TTL, the stale tier keeps a user for the grace window.
+        let stale_ttl = match settings.on_unavailable {
+            OnUnavailable::Stale(grace) => Some(settings.cache_ttl.saturating_add(grace)),
+            _ => None,
+        };
         Entries {
             users: Cache::builder()
                 .max_capacity(settings.max_capacity)
@@ -47,21 +52,15 @@ impl Entries {
                 .max_capacity(settings.max_capacity)
                 .time_to_live(settings.negative_ttl)
                 .build_with_hasher(Hasher::default()),
-            stale: match settings.on_unavailable {
-                OnUnavailable::Stale(grace) => Some(
-                    Cache::builder()
-                        .max_capacity(settings.max_capacity)
-                        .time_to_live(settings.cache_ttl.saturating_add(grace))
-                        .build_with_hasher(Hasher::default()),
-                ),
-                _ => None,
-            },
+            stale: stale_ttl.map(|ttl| {
+                Cache::builder()
+                    .max_capacity(settings.max_capacity)
+                    .time_to_live(ttl)
+                    .build_with_hasher(Hasher::default())
+            }),
             cache_ttl: settings.cache_ttl,
             negative_ttl: settings.negative_ttl,
-            stale_ttl: match settings.on_unavailable {
-                OnUnavailable::Stale(grace) => settings.cache_ttl.saturating_add(grace),
-                _ => Duration::ZERO,
-            },
+            stale_ttl: stale_ttl.unwrap_or_default(),
             refresh_after: settings.refresh_after,
             clock: settings.clock.clone(),
         }

@@ -28,9 +28,12 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::error::{Error, Kind};
+use crate::id6::Id6;
 use crate::resolve::{Payer, Scope};
 use crate::token::{TokenSource, UserToken};
-use crate::{Authentication, Id6, TokenRejection, User};
+use crate::user::Authentication;
+use crate::user::TokenRejection;
+use crate::user::User;
 
 /// A whole profile for [`Id6::update_profile`]: id6 replaces the previous one, so a `None`
 /// bio clears it and a `None` language resets it to `"en"`.

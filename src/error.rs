@@ -88,7 +88,7 @@ pub(crate) enum Kind {
     NoToken,
     /// A typed call's token was refused without calling id6: it cannot be an id6 token (its
     /// shape, or the JWT secret), or id6 refused it a moment ago (the negative cache).
-    Refused(crate::TokenRejection),
+    Refused(crate::user::TokenRejection),
     /// id6 refused a typed call with its error JSON (401, 400, 404...).
     Api(Box<ApiError>),
     /// A typed call's input was refused before anything was sent.

@@ -11,10 +11,12 @@ use axum_core::response::{IntoResponse, Response};
 use http::request::Parts;
 use http::StatusCode;
 
+use crate::error::Error;
 use crate::rejection::{
     self, error_body, json_response, AuthRejection, DEFAULT_RETRY_AFTER, UNAVAILABLE,
 };
-use crate::{Authentication, Error, User};
+use crate::user::Authentication;
+use crate::user::User;
 
 /// The caller, if signed in. Rejects only when id6 is unavailable (503) or the layer is
 /// missing (500).
@@ -189,7 +191,7 @@ mod tests {
     use super::*;
     use crate::error::Kind;
     use crate::rejection::BearerAccepted;
-    use crate::TokenRejection;
+    use crate::user::TokenRejection;
 
     fn parts_with(verdict: Option<Authentication>) -> Parts {
         let mut request = http::Request::builder().uri("/me?x=1").body(()).unwrap();

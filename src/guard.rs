@@ -18,9 +18,11 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response};
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::id6::Id6;
 use crate::rejection::{sign_in_redirect, AuthRejection};
 use crate::token::TokenLocation;
-use crate::{Authentication, Id6, User};
+use crate::user::Authentication;
+use crate::user::User;
 
 /// A guard: lets a request through to the inner service unless its check refuses it, then
 /// answers in the check's place. [`RequireUserLayer`] and [`CsrfLayer`] are the two kinds.

@@ -10,11 +10,14 @@ use http::{HeaderMap, HeaderValue};
 use crate::client::Client;
 use crate::config::HttpSettings;
 use crate::config::{Id6Builder, Settings};
+use crate::error::Error;
 use crate::guard::{AnyUser, CsrfCheck, CsrfLayer, GuardLayer, RequireUserLayer, UserCheck};
+use crate::layer::Id6Layer;
 use crate::resolve::{self, Resolver};
 use crate::telemetry::{Stats, Telemetry};
 use crate::token::UserToken;
-use crate::{Authentication, Error, Id6Layer, User};
+use crate::user::Authentication;
+use crate::user::User;
 
 /// The handle to one id6 deployment: its HTTP client and the cache of its answers.
 ///
@@ -205,7 +208,7 @@ impl Id6 {
     /// Whether id6 is being called, or held back by the breaker (after a 429, until id6's
     /// window opens; after repeated connect failures or timeouts, for a short, growing
     /// interval). For health checks.
-    pub fn health(&self) -> crate::Health {
+    pub fn health(&self) -> crate::admission::Health {
         self.inner.client.health()
     }
 

@@ -53,10 +53,10 @@ pub(crate) enum Refusal {
 
 impl Refusal {
     /// What id6 answers for such a token.
-    pub(crate) fn as_rejection(self) -> crate::TokenRejection {
+    pub(crate) fn as_rejection(self) -> crate::user::TokenRejection {
         match self {
-            Refusal::Expired => crate::TokenRejection::TokenExpired,
-            _ => crate::TokenRejection::InvalidToken,
+            Refusal::Expired => crate::user::TokenRejection::TokenExpired,
+            _ => crate::user::TokenRejection::InvalidToken,
         }
     }
 

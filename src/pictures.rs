@@ -12,8 +12,8 @@ use serde_json::json;
 
 use crate::client::read_capped;
 use crate::error::{Error, Kind};
+use crate::id6::Id6;
 use crate::token::TokenSource;
-use crate::Id6;
 
 /// A picture for [`Id6::update_picture`]: a file name ending in `.png`, `.jpg` or `.jpeg`
 /// (what id6 checks) and the bytes, in memory or streamed from a file.

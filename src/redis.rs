@@ -140,9 +140,9 @@ impl Redis {
     /// # Errors
     ///
     /// A URL that is not a Redis URL.
-    pub(crate) fn new(settings: RedisSettings) -> Result<Self, crate::Error> {
+    pub(crate) fn new(settings: RedisSettings) -> Result<Self, crate::error::Error> {
         let client = redis::Client::open(settings.url.as_str()).map_err(|e| {
-            crate::Error::config(
+            crate::error::Error::config(
                 crate::config::setting::REDIS_URL,
                 format!("not a Redis URL: {e}"),
             )

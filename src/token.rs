@@ -297,13 +297,13 @@ pub(crate) fn caller_parts<T: TokenSource + ?Sized>(
 /// ```
 pub trait TokenSource: sealed::Sealed {
     /// The token, found as the layer of `id6` finds it.
-    fn user_token(&self, id6: &crate::Id6) -> Option<UserToken>;
+    fn user_token(&self, id6: &crate::id6::Id6) -> Option<UserToken>;
 }
 
 impl sealed::Sealed for UserToken {}
 
 impl TokenSource for UserToken {
-    fn user_token(&self, _id6: &crate::Id6) -> Option<UserToken> {
+    fn user_token(&self, _id6: &crate::id6::Id6) -> Option<UserToken> {
         Some(self.clone())
     }
 }
@@ -315,7 +315,7 @@ impl sealed::Sealed for HeaderMap {
 }
 
 impl TokenSource for HeaderMap {
-    fn user_token(&self, id6: &crate::Id6) -> Option<UserToken> {
+    fn user_token(&self, id6: &crate::id6::Id6) -> Option<UserToken> {
         id6.token_from(self)
     }
 }
@@ -327,7 +327,7 @@ impl<B> sealed::Sealed for http::Request<B> {
 }
 
 impl<B> TokenSource for http::Request<B> {
-    fn user_token(&self, id6: &crate::Id6) -> Option<UserToken> {
+    fn user_token(&self, id6: &crate::id6::Id6) -> Option<UserToken> {
         id6.token_from(self.headers())
     }
 }
@@ -339,7 +339,7 @@ impl sealed::Sealed for http::request::Parts {
 }
 
 impl TokenSource for http::request::Parts {
-    fn user_token(&self, id6: &crate::Id6) -> Option<UserToken> {
+    fn user_token(&self, id6: &crate::id6::Id6) -> Option<UserToken> {
         id6.token_from(&self.headers)
     }
 }
@@ -355,7 +355,7 @@ impl<T: TokenSource + ?Sized> sealed::Sealed for &T {
 }
 
 impl<T: TokenSource + ?Sized> TokenSource for &T {
-    fn user_token(&self, id6: &crate::Id6) -> Option<UserToken> {
+    fn user_token(&self, id6: &crate::id6::Id6) -> Option<UserToken> {
         (**self).user_token(id6)
     }
 }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::Error;
+use crate::error::Error;
 
 /// A signed-in id6 user, as `GET /user` answers it.
 ///

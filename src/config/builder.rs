@@ -31,8 +31,9 @@ pub(super) fn https_possible(setting: Setting, url: &reqwest::Url, tls: bool) ->
     }
     Ok(())
 }
+use crate::error::Error;
+use crate::id6::Id6;
 use crate::token::{TokenFinder, TokenLocation};
-use crate::{Error, Id6};
 
 /// A secret held by the builder: `Debug` never shows it.
 #[derive(Clone)]

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use super::builder::{RawUrl, Secret};
 use super::{quoted, setting, MissLimit, OnUnavailable, Setting};
+use crate::config::Id6Builder;
+use crate::error::Error;
 use crate::token::TokenLocation;
-use crate::{Error, Id6Builder};
 
 impl Id6Builder {
     /// A builder from the environment. Every setter has its variable (see the README's

@@ -16,12 +16,12 @@ use http::HeaderValue;
 use reqwest::Url;
 
 use crate::clock::Clock;
+use crate::error::Error;
 use crate::guard::Origin;
 use crate::jwt::Screen;
 use crate::rejection::RejectionHook;
 use crate::resolve::CallerFinder;
 use crate::token::TokenFinder;
-use crate::Error;
 
 pub use builder::Id6Builder;
 
@@ -456,8 +456,8 @@ fn is_cookie_name_byte(b: u8) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::id6::Id6;
     use crate::token::TokenLocation;
-    use crate::Id6;
     use std::collections::HashMap;
     use std::ffi::OsString;
 

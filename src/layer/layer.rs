@@ -5,7 +5,7 @@ use std::time::Duration;
 use tower_layer::Layer;
 
 use super::Id6Service;
-use crate::Id6;
+use crate::id6::Id6;
 
 /// Wraps services in an [`Id6Service`]. Cheap to clone: it holds only the [`Id6`] handle.
 ///

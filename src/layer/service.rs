@@ -7,9 +7,10 @@ use http::{Request, Response};
 use tower_service::Service;
 
 use super::ResponseFuture;
+use crate::id6::Id6;
 use crate::rejection::BearerAccepted;
 use crate::resolve::Lookup;
-use crate::{Authentication, Id6};
+use crate::user::Authentication;
 
 /// Inserts an [`Authentication`](crate::Authentication) into each request, then calls `S`.
 ///

@@ -319,8 +319,9 @@ impl Drop for InflightGuard {
 mod tests {
     use super::super::marks::MAX_MARKS;
     use super::*;
-    use crate::Id6Builder;
-    use crate::{TokenRejection, User};
+    use crate::config::Id6Builder;
+    use crate::user::TokenRejection;
+    use crate::user::User;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn cache() -> AuthCache {

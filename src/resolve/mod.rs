@@ -49,7 +49,8 @@ use crate::config::ResolverSettings;
 use crate::error::{Error, Kind};
 use crate::telemetry::{LookupOutcome, Refresh, Telemetry};
 use crate::token::{self, Found, TokenKey, TokenLocation, TokenSource, UserToken};
-use crate::{Authentication, TokenRejection};
+use crate::user::Authentication;
+use crate::user::TokenRejection;
 
 /// What an eviction covers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -10,9 +10,9 @@ use futures_util::future::BoxFuture;
 
 use super::Scope;
 use crate::config::RedisSettings;
+use crate::error::Error;
 use crate::token::TokenKey;
 use crate::user::Authentication;
-use crate::Error;
 
 /// A second-level cache: answers shared between instances, and evictions broadcast to them.
 pub(crate) trait SecondLevel: Send + Sync + fmt::Debug {

@@ -70,6 +70,6 @@ pub use state::{Fault, RecordedRequest};
 /// # }
 /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
 /// ```
-pub fn advance_clock(id6: &crate::Id6, by: std::time::Duration) {
+pub fn advance_clock(id6: &crate::id6::Id6, by: std::time::Duration) {
     id6.advance_clock(by);
 }

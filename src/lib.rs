@@ -70,6 +70,7 @@
 //! - `jwt` (default): local HS256 verification with id6's secret (`jwt_secret`).
 //! - `pictures` (default): `Id6::update_picture`, `Id6::picture`.
 //! - `metrics` (default): counters and a histogram through the `metrics` facade.
+//! - `ws`: `Session::websocket`, a WebSocket that closes when its token dies (axum's `ws`).
 //! - `tonic`: `grpc` helpers (`current_user`, `require_user`) and a guard layer.
 //! - `redis`: answers shared and evictions broadcast between instances through Redis.
 //! - `testing`: `testing::MockId6`, an id6 look-alike server on loopback for tests.
@@ -98,6 +99,7 @@ mod pictures;
 mod redis;
 pub mod rejection;
 mod resolve;
+mod session;
 mod telemetry;
 mod token;
 mod user;
@@ -124,6 +126,10 @@ pub use layer::{Id6Layer, Id6Service};
 #[cfg_attr(docsrs, doc(cfg(feature = "pictures")))]
 pub use pictures::{PictureDownload, PictureUpload};
 pub use rejection::AuthRejection;
+#[cfg(feature = "ws")]
+#[cfg_attr(docsrs, doc(cfg(feature = "ws")))]
+pub use session::LiveSocket;
+pub use session::Session;
 pub use telemetry::Stats;
 pub use token::{TokenLocation, TokenSource, UserToken};
 pub use user::{Authentication, TokenRejection, User};

@@ -228,6 +228,15 @@ impl AuthRejection {
         })
     }
 
+    /// A signed-in request the layer did not mark (an `Authentication` put there by hand).
+    #[cfg(feature = "axum")]
+    pub(crate) fn missing_layer(uri: &Uri, extensions: &Extensions) -> Self {
+        tracing::error!(path = uri.path(), "{}", MISSING_LAYER);
+        AuthRejection::MissingLayer(MissingLayer {
+            common: Common::of(uri, extensions),
+        })
+    }
+
     pub(crate) fn forbidden(uri: &Uri, extensions: &Extensions) -> Self {
         AuthRejection::Forbidden(Forbidden {
             common: Common::of(uri, extensions),

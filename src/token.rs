@@ -183,7 +183,7 @@ fn is_cookie_octet(b: u8) -> bool {
 
 /// 256-bit SHA-256 of a token: the cache key. Never a shorter hash: a collision would hand
 /// one user's identity to another.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) struct TokenKey(pub(crate) [u8; 32]);
 
 impl TokenKey {

@@ -10,6 +10,7 @@ use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use crate::resolve::Pending;
+use crate::session::Lifeline;
 
 pin_project! {
     /// The future of [`Id6Service`](super::Id6Service). `Send` whenever the inner service,
@@ -36,6 +37,8 @@ pin_project! {
             request: Option<Request<B>>,
             // Appended if the verdict says the token is dead (when enabled).
             dead_cookie: Option<HeaderValue>,
+            // Inserted beside a user, for a `Session`.
+            lifeline: Option<Lifeline>,
         },
         Called {
             #[pin]
@@ -63,6 +66,7 @@ where
         inner: S,
         request: Request<B>,
         dead_cookie: Option<HeaderValue>,
+        lifeline: Lifeline,
     ) -> Self {
         ResponseFuture {
             state: State::Resolving {
@@ -70,6 +74,7 @@ where
                 inner: Some(inner),
                 request: Some(request),
                 dead_cookie,
+                lifeline: Some(lifeline),
             },
         }
     }
@@ -100,6 +105,7 @@ where
                     inner,
                     request,
                     dead_cookie,
+                    lifeline,
                 } => {
                     let answer = ready!(Pin::new(pending).poll(cx));
                     let (Some(mut inner), Some(mut request)) = (inner.take(), request.take())
@@ -111,6 +117,12 @@ where
                     let clear_cookie = dead_cookie
                         .take()
                         .filter(|_| !answer.by_policy && answer.verdict.is_anonymous());
+                    if let Some(lifeline) = lifeline
+                        .take()
+                        .filter(|_| answer.verdict.user_arc().is_some())
+                    {
+                        request.extensions_mut().insert(lifeline);
+                    }
                     request.extensions_mut().insert(answer.verdict);
                     let future = inner.call(request);
                     state.set(State::Called {

@@ -10,6 +10,7 @@ use super::ResponseFuture;
 use crate::id6::Id6;
 use crate::rejection::BearerAccepted;
 use crate::resolve::Lookup;
+use crate::session::Lifeline;
 use crate::user::Authentication;
 
 /// Inserts an [`Authentication`](crate::Authentication) into each request, then calls `S`.
@@ -108,6 +109,10 @@ where
                 let clear = (from_cookie && verdict.is_anonymous())
                     .then(|| self.id6.dead_cookie().cloned())
                     .flatten();
+                if verdict.user_arc().is_some() {
+                    let lifeline = Lifeline(self.id6.resolver().clone());
+                    request.extensions_mut().insert(lifeline);
+                }
                 request.extensions_mut().insert(verdict);
                 ResponseFuture::called(self.inner.call(request), clear)
             }
@@ -120,7 +125,8 @@ where
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);
                 let dead_cookie = self.id6.dead_cookie().filter(|_| from_cookie).cloned();
-                ResponseFuture::resolving(pending, inner, request, dead_cookie)
+                let lifeline = Lifeline(self.id6.resolver().clone());
+                ResponseFuture::resolving(pending, inner, request, dead_cookie, lifeline)
             }
         }
     }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 
+use super::lives::Lives;
 use super::marks::Marks;
 use super::policy::{Answer, FailurePolicy};
 use super::store::{Entries, Hit};
@@ -65,6 +66,8 @@ impl std::fmt::Debug for AuthCache {
 struct Coordination {
     inflight: Mutex<HashMap<TokenKey, Inflight>>,
     marks: Marks,
+    /// The tokens open connections watch: an eviction makes them due for a recheck.
+    lives: Arc<Lives>,
     policy: FailurePolicy,
     telemetry: Arc<Telemetry>,
 }
@@ -82,6 +85,7 @@ impl AuthCache {
             shared: Arc::new(Coordination {
                 inflight: Mutex::default(),
                 marks: Marks::new(settings.mark_lifetime),
+                lives: Arc::default(),
                 policy: FailurePolicy::new(settings.on_unavailable),
                 telemetry,
             }),
@@ -152,9 +156,14 @@ impl AuthCache {
     }
 
     /// What the cache holds for `key` now, without claiming a refresh: for a typed call's
-    /// door, which is no request's hit.
-    pub(crate) fn peek(&self, key: &TokenKey) -> Option<Authentication> {
-        self.entries.lookup(key, None, false).map(|hit| hit.verdict)
+    /// door and a connection's recheck, which are no request's hit.
+    pub(crate) fn peek(&self, key: &TokenKey) -> Option<Hit> {
+        self.entries.lookup(key, None, false)
+    }
+
+    /// The tokens open connections watch.
+    pub(crate) fn lives(&self) -> &Arc<Lives> {
+        &self.shared.lives
     }
 
     /// Renews `key` in the background, unless a load of it is already in flight (whose
@@ -264,6 +273,7 @@ impl AuthCache {
             }
         };
         self.shared.telemetry.eviction(eviction);
+        self.shared.lives.evicted(scope);
     }
 
     /// The user a cached token belongs to.

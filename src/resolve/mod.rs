@@ -25,6 +25,7 @@
 mod budget;
 mod cache;
 mod caller;
+mod lives;
 mod marks;
 mod policy;
 mod second_level;
@@ -42,6 +43,8 @@ use cache::AuthCache;
 pub(crate) use cache::{Fetched, Pending};
 use caller::Caller;
 pub(crate) use caller::{CallerFinder, CallerKey};
+use lives::Checked;
+pub(crate) use lives::Watcher;
 pub(crate) use second_level::{connect, EvictionSink, SecondLevel};
 
 use crate::client::Client;
@@ -51,6 +54,10 @@ use crate::telemetry::{LookupOutcome, Refresh, Telemetry};
 use crate::token::{self, Found, TokenKey, TokenLocation, TokenSource, UserToken};
 use crate::user::Authentication;
 use crate::user::TokenRejection;
+
+/// A watched token is rechecked this long after its cached answer expires, so that the
+/// recheck finds it expired (the timer and the handle's clock need not agree to the tick).
+const RECHECK_SLACK: Duration = Duration::from_millis(5);
 
 /// What an eviction covers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -356,7 +363,7 @@ impl Resolver {
             return Err(Error::new(Kind::Refused(TokenRejection::InvalidToken)));
         }
         let key = token.key();
-        match inner.local.peek(&key) {
+        match inner.local.peek(&key).map(|hit| hit.verdict) {
             Some(Authentication::Authenticated(_)) => return Ok((token, Payer::Nobody)),
             Some(Authentication::Rejected(why)) => {
                 tracing::debug!("typed call refused: id6 refused this token a moment ago");
@@ -383,6 +390,100 @@ impl Resolver {
             (Some(_), None) => None,
         };
         Ok((token, Payer::TypedCall(caller)))
+    }
+
+    /// A watcher on the life of the token in `headers`, which id6 said is `user_id`'s: for a
+    /// connection that outlives its request. `None` without a token.
+    pub(crate) fn watch(&self, headers: &HeaderMap, user_id: u64) -> Option<Watcher> {
+        let Found::Token(token) = self.inner.settings.finder.find(headers) else {
+            return None;
+        };
+        let key = TokenKey::of(token);
+        let local = &self.inner.local;
+        let fresh_for = local.peek(&key).map_or(Duration::ZERO, |hit| hit.fresh_for);
+        let first_check = tokio::time::Instant::now() + fresh_for + RECHECK_SLACK;
+        let token = || UserToken::from_found(token);
+        let (watcher, start) = local.lives().watch(key, token, user_id, first_check);
+        if start {
+            self.drive_lives();
+        }
+        Some(watcher)
+    }
+
+    /// The one task that rechecks watched tokens when they are due, while any is watched.
+    /// It holds the resolver weakly: a dropped handle ends it.
+    fn drive_lives(&self) {
+        let lives = self.inner.local.lives().clone();
+        let resolver = Arc::downgrade(&self.inner);
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!("no tokio runtime: watched tokens are not rechecked");
+            return;
+        };
+        runtime.spawn(async move {
+            loop {
+                let Ok((due, next)) = lives.take_due(tokio::time::Instant::now()) else {
+                    return;
+                };
+                if !due.is_empty() {
+                    let Some(inner) = resolver.upgrade() else {
+                        return;
+                    };
+                    let this = Resolver { inner };
+                    for (key, token) in due {
+                        let this = this.clone();
+                        tokio::spawn(async move {
+                            let checked = this.recheck(key, token).await;
+                            this.inner.local.lives().settle(key, checked);
+                        });
+                    }
+                }
+                let woken = std::pin::pin!(lives.woken());
+                match next {
+                    Some(at) => {
+                        let sleep = std::pin::pin!(tokio::time::sleep_until(at));
+                        futures_util::future::select(sleep, woken).await;
+                    }
+                    None => woken.await,
+                }
+            }
+        });
+    }
+
+    /// Whether a watched token is still good: the cache's answer while it has one, else
+    /// id6's, through the cache (joining a request's call in flight). Only id6's refusal
+    /// ends a connection; while id6 cannot answer, the connection stays and the token is
+    /// asked about again sooner.
+    async fn recheck(&self, key: TokenKey, token: UserToken) -> Checked {
+        let ttl = self.inner.settings.cache_ttl;
+        let retry = || tokio::time::Instant::now() + (ttl / 2).max(RECHECK_SLACK);
+        if let Some(hit) = self.inner.local.peek(&key) {
+            let now = tokio::time::Instant::now();
+            return match hit.verdict {
+                Authentication::Authenticated(_) => {
+                    Checked::Good(now + hit.fresh_for + RECHECK_SLACK)
+                }
+                Authentication::Rejected(why) => Checked::Dead(why),
+                _ => Checked::Good(retry()),
+            };
+        }
+        let this = self.clone();
+        let pending = self.inner.local.load(
+            key,
+            None,
+            || Payer::Nobody,
+            move |payer| {
+                let span = tracing::debug_span!("id6.recheck");
+                async move { this.ask(key, &token, None, payer).await }.instrument(span)
+            },
+        );
+        let answer = pending.await;
+        match answer.verdict {
+            Authentication::Rejected(why) => Checked::Dead(why),
+            Authentication::Authenticated(_) if !answer.by_policy => {
+                Checked::Good(tokio::time::Instant::now() + ttl + RECHECK_SLACK)
+            }
+            _ => Checked::Good(retry()),
+        }
     }
 
     fn subscribe(&self) {

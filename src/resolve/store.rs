@@ -86,6 +86,8 @@ pub(crate) struct Hit {
     /// The entry is old enough to refresh, and this hit claimed that refresh: one per entry,
     /// whether it is made, paused or fails (then the entry simply expires).
     pub(crate) refresh: bool,
+    /// How long the entry stays an answer.
+    pub(crate) fresh_for: Duration,
 }
 
 impl Entries {
@@ -114,12 +116,15 @@ impl Entries {
             return Some(Hit {
                 verdict: Authentication::Authenticated(cached.user.clone()),
                 refresh,
+                fresh_for: self.cache_ttl - age,
             });
         }
         let (why, at) = self.rejected.get(key)?;
-        (self.since(at) < self.negative_ttl).then_some(Hit {
+        let age = self.since(at);
+        (age < self.negative_ttl).then(|| Hit {
             verdict: Authentication::Rejected(why),
             refresh: false,
+            fresh_for: self.negative_ttl - age,
         })
     }
 

@@ -1,0 +1,353 @@
+//! The tokens that open connections hold on to: who waits on each, and when it is checked
+//! next.
+//!
+//! One [`Life`] per token, however many connections share it: a watcher is a receiver on
+//! the token's channel (bytes, no task, no timer). One driver task per resolver, alive only
+//! while some token is watched, wakes at the earliest check due and hands the due tokens to
+//! the resolver, which rechecks them through the cache (so a recheck costs what one request
+//! does, and joins a request's call in flight). An eviction makes the tokens it covers due at
+//! once: whether a token is dead is id6's word (`token_revoked` after a sign-out), while a
+//! profile change, which evicts too, leaves the connection open.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
+
+use super::Scope;
+use crate::lock::lock;
+use crate::token::{TokenKey, UserToken};
+use crate::user::TokenRejection;
+
+/// How a token's life stands: `None` while it is good, then why it ended.
+pub(crate) type Ending = Option<TokenRejection>;
+
+/// Every watched token of a resolver.
+#[derive(Default)]
+pub(crate) struct Lives {
+    state: Mutex<State>,
+    /// The driver's alarm: a token became due earlier than it planned to wake.
+    wake: Notify,
+    ids: AtomicU64,
+}
+
+#[derive(Default)]
+struct State {
+    by_key: HashMap<TokenKey, Life>,
+    /// When each token is next checked; entries whose time no longer matches their life's
+    /// are skipped (cheaper than removing from the middle of a heap).
+    queue: BinaryHeap<Reverse<(Instant, TokenKey)>>,
+    /// A driver task is running (or about to).
+    driving: bool,
+}
+
+struct Life {
+    /// Tells this token's watchers how its life stands.
+    ending: watch::Sender<Ending>,
+    /// To ask id6 again: kept only while a connection watches it.
+    token: UserToken,
+    user_id: u64,
+    /// When it is checked next; `None` while a check runs.
+    due: Option<Instant>,
+    /// Told apart from a later life of the same token, for watchers that outlive this one.
+    id: u64,
+}
+
+/// What a recheck found.
+pub(crate) enum Checked {
+    /// Still good: check again at this instant.
+    Good(Instant),
+    /// id6 refused it: the connections end.
+    Dead(TokenRejection),
+}
+
+/// One connection's hold on a token's life. Dropping the last one forgets the token.
+pub(crate) struct Watcher {
+    lives: Arc<Lives>,
+    key: TokenKey,
+    id: u64,
+    ending: watch::Receiver<Ending>,
+}
+
+impl std::fmt::Debug for Watcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watcher")
+            .field("ended", &*self.ending.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Lives {
+    /// A watcher on `key`'s life; the token is checked first at `first_check`. Returns
+    /// whether the caller must start the driver (none runs).
+    pub(crate) fn watch(
+        self: &Arc<Self>,
+        key: TokenKey,
+        token: impl FnOnce() -> UserToken,
+        user_id: u64,
+        first_check: Instant,
+    ) -> (Watcher, bool) {
+        let mut state = lock(&self.state);
+        let state = &mut *state;
+        let life = state.by_key.entry(key).or_insert_with(|| {
+            state.queue.push(Reverse((first_check, key)));
+            Life {
+                ending: watch::Sender::new(None),
+                token: token(),
+                user_id,
+                due: Some(first_check),
+                id: self.ids.fetch_add(1, Ordering::Relaxed),
+            }
+        });
+        let watcher = Watcher {
+            lives: self.clone(),
+            key,
+            id: life.id,
+            ending: life.ending.subscribe(),
+        };
+        let start = !std::mem::replace(&mut state.driving, true);
+        if !start {
+            self.wake.notify_one();
+        }
+        (watcher, start)
+    }
+
+    /// An eviction: a token evicted by itself is dead to the app (a sign-out, an
+    /// invalidation, a 401 on a typed call), and its connections end; a user's or every
+    /// token is asked about again now (a `disconnect` ends them through id6's answer, a
+    /// profile change, which evicts the user's tokens too, does not).
+    pub(crate) fn evicted(&self, scope: Scope) {
+        let now = Instant::now();
+        let mut guard = lock(&self.state);
+        let state = &mut *guard;
+        if let Scope::Token(key) = scope {
+            if let Some(life) = state.by_key.remove(&key) {
+                life.ending.send_replace(Some(TokenRejection::TokenRevoked));
+            }
+            return;
+        }
+        let mut any = false;
+        for (key, life) in &mut state.by_key {
+            // A check running now may have started before the eviction: one more after it.
+            if matches!(scope, Scope::All) || matches!(scope, Scope::User(id) if id == life.user_id)
+            {
+                life.due = Some(now);
+                state.queue.push(Reverse((now, *key)));
+                any = true;
+            }
+        }
+        drop(guard);
+        if any {
+            self.wake.notify_one();
+        }
+    }
+
+    /// The tokens due at `now`, to recheck (each is marked as being checked), and when the
+    /// next one is due. `Err(())` when nothing is watched any more: the driver stops (and
+    /// the next watcher starts another).
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn take_due(
+        &self,
+        now: Instant,
+    ) -> Result<(Vec<(TokenKey, UserToken)>, Option<Instant>), ()> {
+        let mut state = lock(&self.state);
+        let state = &mut *state;
+        if state.by_key.is_empty() {
+            state.driving = false;
+            state.queue.clear();
+            return Err(());
+        }
+        let mut due = Vec::new();
+        while let Some(Reverse((at, key))) = state.queue.peek().copied() {
+            let Some(life) = state.by_key.get_mut(&key) else {
+                state.queue.pop();
+                continue;
+            };
+            if life.due != Some(at) {
+                // Superseded (rescheduled, or its check is running).
+                state.queue.pop();
+                continue;
+            }
+            if at > now {
+                return Ok((due, Some(at)));
+            }
+            state.queue.pop();
+            life.due = None;
+            due.push((key, life.token.clone()));
+        }
+        Ok((due, None))
+    }
+
+    /// Records what a recheck of `key` found.
+    pub(crate) fn settle(&self, key: TokenKey, checked: Checked) {
+        let mut guard = lock(&self.state);
+        let state = &mut *guard;
+        let Some(life) = state.by_key.get_mut(&key) else {
+            return;
+        };
+        match checked {
+            Checked::Dead(why) => {
+                life.ending.send_replace(Some(why));
+                state.by_key.remove(&key);
+            }
+            // An eviction while the check ran made it due already: keep that.
+            Checked::Good(_) if life.due.is_some() => {}
+            Checked::Good(at) => {
+                life.due = Some(at);
+                state.queue.push(Reverse((at, key)));
+                drop(guard);
+                self.wake.notify_one();
+            }
+        }
+    }
+
+    /// Wakes when a token becomes due earlier than planned.
+    pub(crate) async fn woken(&self) {
+        self.wake.notified().await;
+    }
+
+    /// Tokens watched now (for tests and the bench).
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        lock(&self.state).by_key.len()
+    }
+}
+
+impl Watcher {
+    /// Resolves when the token's life ends, with why.
+    pub(crate) fn ended(&self) -> impl std::future::Future<Output = TokenRejection> + Send {
+        let mut ending = self.ending.clone();
+        async move {
+            let ended = ending.wait_for(Option::is_some).await.map(|ending| *ending);
+            match ended {
+                Ok(ending) => ending.unwrap_or(TokenRejection::TokenRevoked),
+                // The life was dropped without an ending: the resolver is gone, and with it
+                // every way to tell. Never resolve.
+                Err(_) => std::future::pending().await,
+            }
+        }
+    }
+
+    /// Why the token's life ended, if it has.
+    pub(crate) fn ending(&self) -> Ending {
+        *self.ending.borrow()
+    }
+}
+
+impl Clone for Watcher {
+    fn clone(&self) -> Self {
+        Watcher {
+            lives: self.lives.clone(),
+            key: self.key,
+            id: self.id,
+            ending: self.ending.clone(),
+        }
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        let mut state = lock(&self.lives.state);
+        let last = state
+            .by_key
+            .get(&self.key)
+            .is_some_and(|life| life.id == self.id && life.ending.receiver_count() <= 1);
+        if last {
+            state.by_key.remove(&self.key);
+            drop(state);
+            // The driver stops when nothing is watched.
+            self.lives.wake.notify_one();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn token(n: u8) -> (TokenKey, UserToken) {
+        let text = format!("token-{n}");
+        (TokenKey::of(&text), UserToken::from_found(&text))
+    }
+
+    #[tokio::test]
+    async fn one_life_per_token_and_gone_with_its_last_watcher() {
+        let lives = Arc::new(Lives::default());
+        let (key, t) = token(1);
+        let later = Instant::now() + Duration::from_secs(60);
+        let (a, start) = lives.watch(key, || t.clone(), 7, later);
+        assert!(start, "the first watcher starts the driver");
+        let (b, start) = lives.watch(key, || unreachable!("one token per life"), 7, later);
+        assert!(!start);
+        let c = b.clone();
+        assert_eq!(lives.len(), 1);
+        drop(a);
+        drop(b);
+        assert_eq!(lives.len(), 1, "one watcher left");
+        drop(c);
+        assert_eq!(lives.len(), 0, "the last watcher takes the token with it");
+        assert!(lives.take_due(Instant::now()).is_err(), "the driver stops");
+    }
+
+    #[tokio::test]
+    async fn an_eviction_makes_its_tokens_due_and_a_refusal_ends_them() {
+        let lives = Arc::new(Lives::default());
+        let (k1, t1) = token(1);
+        let (k2, t2) = token(2);
+        let later = Instant::now() + Duration::from_secs(60);
+        let (w1, _) = lives.watch(k1, || t1, 7, later);
+        let (w2, _) = lives.watch(k2, || t2, 8, later);
+        let (due, next) = lives.take_due(Instant::now()).unwrap();
+        assert!(due.is_empty());
+        assert_eq!(next, Some(later));
+
+        lives.evicted(Scope::User(7));
+        let (due, _) = lives.take_due(Instant::now()).unwrap();
+        assert_eq!(due.iter().map(|(k, _)| *k).collect::<Vec<_>>(), [k1]);
+        lives.settle(k1, Checked::Dead(TokenRejection::UserNotFound));
+        assert_eq!(w1.ended().await, TokenRejection::UserNotFound);
+        assert_eq!(w1.ending(), Some(TokenRejection::UserNotFound));
+        assert_eq!(w2.ending(), None, "another user's token lives on");
+
+        // A good recheck plans the next one.
+        lives.evicted(Scope::All);
+        let (due, _) = lives.take_due(Instant::now()).unwrap();
+        assert_eq!(due.len(), 1);
+        let again = Instant::now() + Duration::from_secs(5);
+        lives.settle(k2, Checked::Good(again));
+        let (due, next) = lives.take_due(Instant::now()).unwrap();
+        assert!(due.is_empty());
+        assert_eq!(next, Some(again));
+    }
+
+    #[tokio::test]
+    async fn a_token_evicted_by_itself_ends_at_once() {
+        let lives = Arc::new(Lives::default());
+        let (key, t) = token(1);
+        let (w, _) = lives.watch(key, || t, 7, Instant::now() + Duration::from_secs(60));
+        lives.evicted(Scope::Token(key));
+        assert_eq!(w.ending(), Some(TokenRejection::TokenRevoked));
+        assert_eq!(lives.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_eviction_during_a_check_asks_again_after_it() {
+        let lives = Arc::new(Lives::default());
+        let (key, t) = token(1);
+        let (_w, _) = lives.watch(key, || t, 7, Instant::now());
+        let (due, _) = lives.take_due(Instant::now()).unwrap();
+        assert_eq!(due.len(), 1);
+        lives.evicted(Scope::User(7));
+        lives.settle(key, Checked::Good(Instant::now() + Duration::from_secs(60)));
+        let (due, _) = lives.take_due(Instant::now()).unwrap();
+        assert_eq!(
+            due.len(),
+            1,
+            "the check that raced the eviction does not count"
+        );
+    }
+}

@@ -1,0 +1,145 @@
+//! Connections that end when their token dies: [`Session`].
+//!
+//! A WebSocket, an SSE stream or a gRPC server stream is checked once, when it opens; after
+//! a sign-out it would stay open for as long as it likes. A [`Session`] hands the connection
+//! the token's life instead: it ends when the token is evicted by a sign-out, a
+//! `disconnect`, an invalidation (here or, through Redis, on another instance) and id6
+//! confirms the token is dead, or when id6 refuses it at a recheck. Open connections are
+//! rechecked through the cache once per TTL, one check per token however many connections
+//! share it; a watching connection costs bytes, not a task or a timer.
+//!
+//! The helpers end a connection as its protocol expects: a WebSocket closes with code 1008
+//! and id6's reason ([`Session::websocket`], feature `ws`), an SSE stream sends
+//! `event: revoked` and ends ([`Session::sse`], feature `axum`), a gRPC server stream ends
+//! with `unauthenticated` ([`Session::grpc_stream`], feature `tonic`); any other stream
+//! ends through [`Session::until_ended`].
+
+#[cfg(feature = "axum")]
+mod axum;
+#[cfg(feature = "ws")]
+pub use self::axum::LiveSocket;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures_util::future::BoxFuture;
+use futures_util::{FutureExt, Stream};
+use http::{Extensions, HeaderMap};
+
+use crate::resolve::{Resolver, Watcher};
+use crate::user::{Authentication, TokenRejection, User};
+
+/// What the layer leaves in a signed-in request, for [`Session::of`]: the resolver that
+/// watches tokens.
+#[derive(Clone)]
+pub(crate) struct Lifeline(pub(crate) Resolver);
+
+/// A signed-in caller whose connection outlives its request: the user, and a watch on the
+/// life of the token that signed the request in. Cheap to clone; the token is forgotten
+/// when the last clone of every session on it is dropped.
+#[derive(Clone, Debug)]
+pub struct Session {
+    user: Arc<User>,
+    watcher: Arc<Watcher>,
+}
+
+impl Session {
+    /// The session of a request that passed the [`Id6Layer`](crate::layer::Id6Layer):
+    /// `None` unless id6 said who is calling.
+    pub fn of(headers: &HeaderMap, extensions: &Extensions) -> Option<Session> {
+        let user = extensions.get::<Authentication>()?.user_arc()?.clone();
+        let Lifeline(resolver) = extensions.get::<Lifeline>()?;
+        let watcher = resolver.watch(headers, user.id)?;
+        Some(Session {
+            user,
+            watcher: Arc::new(watcher),
+        })
+    }
+
+    /// Who is calling.
+    pub fn user(&self) -> &Arc<User> {
+        &self.user
+    }
+
+    /// Resolves when the token stops being good, with id6's reason (`TokenRevoked` after a
+    /// sign-out or a `disconnect`). Never resolves while the token lives.
+    pub fn ended(&self) -> impl Future<Output = TokenRejection> + Send + 'static {
+        let watcher = self.watcher.clone();
+        async move { watcher.ended().await }
+    }
+
+    /// Why the token stopped being good, if it has.
+    pub fn is_ended(&self) -> Option<TokenRejection> {
+        self.watcher.ending()
+    }
+
+    /// `stream` until the token dies; then `last` (given id6's reason) as its final item,
+    /// if any, and the end.
+    pub fn until_ended<S, F>(
+        &self,
+        stream: S,
+        last: F,
+    ) -> impl Stream<Item = S::Item> + Send + 'static
+    where
+        S: Stream + Send + 'static,
+        F: FnOnce(TokenRejection) -> Option<S::Item> + Send + 'static,
+    {
+        UntilEnded {
+            stream: Box::pin(stream),
+            ended: Some(self.ended().boxed()),
+            last: Some(last),
+        }
+    }
+
+    /// A gRPC server stream that ends with `unauthenticated` (id6's reason as the message)
+    /// when the token dies.
+    #[cfg(feature = "tonic")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tonic")))]
+    pub fn grpc_stream<S, T>(
+        &self,
+        stream: S,
+    ) -> impl Stream<Item = Result<T, tonic::Status>> + Send + 'static
+    where
+        S: Stream<Item = Result<T, tonic::Status>> + Send + 'static,
+    {
+        self.until_ended(stream, |why| {
+            Some(Err(tonic::Status::unauthenticated(why.error_code())))
+        })
+    }
+}
+
+struct UntilEnded<S: Stream, F> {
+    stream: Pin<Box<S>>,
+    /// `None` once the token died (the stream is over).
+    ended: Option<BoxFuture<'static, TokenRejection>>,
+    last: Option<F>,
+}
+
+impl<S: Stream, F> Unpin for UntilEnded<S, F> {}
+
+impl<S, F> Stream for UntilEnded<S, F>
+where
+    S: Stream,
+    F: FnOnce(TokenRejection) -> Option<S::Item>,
+{
+    type Item = S::Item;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
+        let this = &mut *self;
+        let Some(ended) = &mut this.ended else {
+            return Poll::Ready(None);
+        };
+        if let Poll::Ready(why) = ended.poll_unpin(cx) {
+            this.ended = None;
+            tracing::debug!(reason = why.error_code(), "token died; ending its stream");
+            return Poll::Ready(this.last.take().and_then(|last| last(why)));
+        }
+        let next = this.stream.as_mut().poll_next(cx);
+        if let Poll::Ready(None) = next {
+            this.ended = None;
+        }
+        next
+    }
+}

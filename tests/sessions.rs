@@ -1,0 +1,182 @@
+//! Sessions that end: a connection's hold on its token ends on sign-out, `disconnect` and
+//! id6's refusal at a recheck, and open connections cost id6 one call per token per TTL.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use http::header::COOKIE;
+use http::{HeaderMap, Request, Response};
+use id6_tower::testing::MockId6;
+use id6_tower::{Id6, Profile, Session, TokenRejection, UserToken};
+use tower::{service_fn, Layer, ServiceExt};
+
+/// Well above what any of these takes on loopback (milliseconds), for a loaded machine.
+const PROMPTLY: Duration = Duration::from_secs(1);
+
+fn headers(token: &str) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(COOKIE, format!("auth={token}").parse().unwrap());
+    headers
+}
+
+/// What a handler behind the layer gets for a request carrying `token`.
+async fn session_for(id6: &Id6, token: Option<&str>) -> Option<Session> {
+    let handler = service_fn(|request: Request<()>| async move {
+        let session = Session::of(request.headers(), request.extensions());
+        Ok::<_, Infallible>(Response::new(session))
+    });
+    let mut request = Request::new(());
+    if let Some(token) = token {
+        *request.headers_mut() = headers(token);
+    }
+    let response = id6.layer().layer(handler).oneshot(request).await.unwrap();
+    response.into_body()
+}
+
+async fn setup(ttl: Duration) -> (MockId6, Id6, u64, String) {
+    let mock = MockId6::start().await.unwrap();
+    let alice = mock.add_user("Alice", "alice@example.com");
+    let token = mock.token_for(alice);
+    let id6 = Id6::builder(mock.url()).cache_ttl(ttl).build().unwrap();
+    (mock, id6, alice, token)
+}
+
+async fn ends_promptly(session: &Session) -> TokenRejection {
+    tokio::time::timeout(PROMPTLY, session.ended())
+        .await
+        .expect("the session ends within a second")
+}
+
+#[tokio::test]
+async fn only_a_signed_in_request_has_a_session() {
+    let (_mock, id6, alice, token) = setup(Duration::from_secs(60)).await;
+    let session = session_for(&id6, Some(&token)).await.expect("signed in");
+    assert_eq!(session.user().id, alice);
+    assert_eq!(session.is_ended(), None);
+    assert!(session_for(&id6, None).await.is_none(), "anonymous");
+    assert!(
+        session_for(&id6, Some("garbage")).await.is_none(),
+        "rejected"
+    );
+}
+
+#[tokio::test]
+async fn sign_out_ends_that_tokens_sessions_and_no_other() {
+    let (mock, id6, alice, laptop) = setup(Duration::from_secs(60)).await;
+    let phone = mock.token_issued_at(alice, now_ms() - 60_000);
+    let on_laptop = session_for(&id6, Some(&laptop)).await.unwrap();
+    let also_on_laptop = session_for(&id6, Some(&laptop)).await.unwrap();
+    let on_phone = session_for(&id6, Some(&phone)).await.unwrap();
+
+    id6.sign_out(&headers(&laptop)).await.unwrap();
+    assert_eq!(
+        ends_promptly(&on_laptop).await,
+        TokenRejection::TokenRevoked
+    );
+    assert_eq!(
+        ends_promptly(&also_on_laptop).await,
+        TokenRejection::TokenRevoked
+    );
+    assert_eq!(on_phone.is_ended(), None, "the phone did not sign out");
+}
+
+#[tokio::test]
+async fn disconnect_from_another_token_ends_every_session_of_the_user() {
+    let (mock, id6, alice, laptop) = setup(Duration::from_secs(60)).await;
+    let phone = mock.token_issued_at(alice, now_ms() - 60_000);
+    let on_laptop = session_for(&id6, Some(&laptop)).await.unwrap();
+    let bob = mock.add_user("Bob", "bob@example.com");
+    let bobs = session_for(&id6, Some(&mock.token_for(bob))).await.unwrap();
+
+    id6.disconnect(&UserToken::new(&phone).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        ends_promptly(&on_laptop).await,
+        TokenRejection::TokenRevoked
+    );
+    assert_eq!(bobs.is_ended(), None, "another user");
+}
+
+#[tokio::test]
+async fn a_profile_change_keeps_the_session_after_asking_id6() {
+    let (mock, id6, _alice, token) = setup(Duration::from_secs(60)).await;
+    let session = session_for(&id6, Some(&token)).await.unwrap();
+    let calls = mock.user_calls();
+    id6.update_profile(&headers(&token), &Profile::new("Alice Liddell"))
+        .await
+        .unwrap();
+    // The eviction makes the token due: id6 is asked once, and vouches for it.
+    for _ in 0..200 {
+        if mock.user_calls() > calls {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(mock.user_calls(), calls + 1, "one recheck");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(session.is_ended(), None);
+}
+
+#[tokio::test]
+async fn a_token_revoked_in_id6_alone_ends_at_its_recheck() {
+    let ttl = Duration::from_millis(400);
+    let (mock, id6, alice, token) = setup(ttl).await;
+    let session = session_for(&id6, Some(&token)).await.unwrap();
+    // Not through the app: only the recheck at the end of the TTL can tell.
+    mock.revoke_tokens(alice);
+    let why = tokio::time::timeout(ttl * 3 / 2 + PROMPTLY, session.ended())
+        .await
+        .expect("ended within a TTL and a half (and a margin for a loaded machine)");
+    assert_eq!(why, TokenRejection::TokenRevoked);
+}
+
+#[tokio::test]
+async fn thirty_sessions_of_a_token_cost_one_call_per_ttl() {
+    let ttl = Duration::from_millis(200);
+    let (mock, id6, _alice, token) = setup(ttl).await;
+    let mut sessions = Vec::new();
+    for _ in 0..30 {
+        sessions.push(session_for(&id6, Some(&token)).await.unwrap());
+    }
+    let before = mock.user_calls_for(&token);
+    tokio::time::sleep(ttl * 3 + ttl / 2).await;
+    let rechecks = mock.user_calls_for(&token) - before;
+    assert!(
+        (2..=5).contains(&rechecks),
+        "30 sessions over 3 TTLs: {rechecks} calls"
+    );
+    assert!(sessions.iter().all(|s| s.is_ended().is_none()));
+
+    // Dropped, the sessions stop costing anything.
+    drop(sessions);
+    tokio::time::sleep(ttl / 2).await;
+    let after_drop = mock.user_calls_for(&token);
+    tokio::time::sleep(ttl * 2).await;
+    assert_eq!(mock.user_calls_for(&token), after_drop);
+}
+
+#[tokio::test]
+async fn a_stream_ends_with_its_last_item_when_the_token_dies() {
+    use futures_util::StreamExt;
+    let (_mock, id6, _alice, token) = setup(Duration::from_secs(60)).await;
+    let session = session_for(&id6, Some(&token)).await.unwrap();
+    let ticks = futures_util::stream::repeat("tick").then(|tick| async move {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        tick.to_owned()
+    });
+    let mut stream = Box::pin(session.until_ended(ticks, |why| Some(why.error_code().to_owned())));
+    assert_eq!(stream.next().await.as_deref(), Some("tick"));
+    id6.sign_out(&headers(&token)).await.unwrap();
+    let rest: Vec<String> = tokio::time::timeout(PROMPTLY, stream.collect())
+        .await
+        .unwrap();
+    assert_eq!(rest.last().map(String::as_str), Some("token_revoked"));
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}

@@ -35,6 +35,13 @@
 //! - every write (`POST /me/profile`, `/me/picture`, `/logout`, `/logout-everywhere`) is behind
 //!   `id6.csrf()`: a cross-site one carrying the cookie → 403 `csrf_rejected` (the app's own
 //!   origin and `ID6_TRUSTED_ORIGINS` are trusted)
+//! - `GET /ws` (a WebSocket, signed-in users only: 401 otherwise) → first `signed in as
+//!   <name>`, then an echo of every message; closed with 1008 and id6's reason
+//!   (`token_revoked`) when the token dies (sign-out, `/logout-everywhere`, revoked on id6)
+//! - `GET /events` (SSE, signed-in users only) → `data: tick <n>` each second; `event:
+//!   revoked` (`data: token_revoked`) and the end when the token dies
+//! - `/app`'s page shows a live line fed by `/ws`: "Live: signed in as <name>", then "Live:
+//!   signed out (<reason>)" when the socket is closed
 //! - the handlers that call id6 with the user's token hand it the request's `Parts`, so a
 //!   token the cache does not know is charged to the caller's miss budget, as the layer's
 //!   misses are: a flood of forged cookies through `/logout` or `/me/picture` costs id6 no
@@ -44,14 +51,17 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::body::Bytes;
+use axum::extract::ws::{Message, WebSocketUpgrade};
 use axum::extract::{FromRef, Multipart, State};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use futures_util::Stream;
 use id6_tower::testing::MockId6;
-use id6_tower::{CurrentUser, Id6, Id6Builder, PictureUpload, Profile, RequireUser, User};
+use id6_tower::{CurrentUser, Id6, Id6Builder, PictureUpload, Profile, RequireUser, Session, User};
 
 /// What the handlers share: the id6 handle, where browsers sign in, and who is an admin.
 #[derive(Clone)]
@@ -165,12 +175,57 @@ async fn logout(State(id6): State<Id6>, parts: Parts) -> Result<Response, id6_to
     })
 }
 
+/// A WebSocket for signed-in users: a greeting, then an echo, until the client leaves or
+/// the token dies (then closed with 1008 and id6's reason).
+async fn ws(session: Session, upgrade: WebSocketUpgrade) -> Response {
+    upgrade.on_upgrade(move |socket| async move {
+        let greeting = format!("signed in as {}", session.user().name);
+        let mut socket = session.websocket(socket);
+        if socket.send(Message::Text(greeting.into())).await.is_err() {
+            return;
+        }
+        while let Some(Ok(message)) = socket.recv().await {
+            let echo = matches!(message, Message::Text(_) | Message::Binary(_));
+            if echo && socket.send(message).await.is_err() {
+                break;
+            }
+        }
+    })
+}
+
+/// Server-sent ticks for signed-in users, until the token dies (`event: revoked`).
+async fn events(
+    session: Session,
+) -> Sse<impl Stream<Item = Result<Event, std::convert::Infallible>>> {
+    let ticks = futures_util::stream::unfold(0u64, |n| async move {
+        if n > 0 {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+        Some((Ok(Event::default().data(format!("tick {n}"))), n + 1))
+    });
+    Sse::new(session.sse(ticks)).keep_alive(KeepAlive::default())
+}
+
+/// The page's live line: fed by `/ws`, it says when the session ends.
+const LIVE_SCRIPT: &str = r#"<p id="live">Live: connecting</p>
+<script>
+(() => {
+  const live = document.getElementById("live");
+  const socket = new WebSocket(location.origin.replace(/^http/, "ws") + "/ws");
+  socket.onmessage = (event) => { if (!live.dataset.ended) live.textContent = "Live: " + event.data; };
+  socket.onclose = (event) => {
+    live.dataset.ended = "1";
+    live.textContent = "Live: signed out (" + (event.reason || "connection closed") + ")";
+  };
+})();
+</script>"#;
+
 /// The browser page: who is signed in, and a way in or out. Plain HTML, no build step.
 async fn page(State(state): State<AppState>, CurrentUser(user): CurrentUser) -> Html<String> {
     let body = match user {
         Some(user) => format!(
             "<h1 id=\"status\">Signed in as {}</h1>\n\
-             <form method=\"post\" action=\"/logout\"><button id=\"sign-out\" type=\"submit\">Sign out</button></form>",
+             <form method=\"post\" action=\"/logout\"><button id=\"sign-out\" type=\"submit\">Sign out</button></form>\n{LIVE_SCRIPT}",
             escape(&user.name)
         ),
         None => {
@@ -230,6 +285,8 @@ pub fn app(state: AppState) -> Router {
         .route("/app", get(page))
         .route("/me", get(me))
         .route("/me/picture", get(picture))
+        .route("/ws", get(ws))
+        .route("/events", get(events))
         .route("/account", get(account).route_layer(id6.require_user()))
         .route(
             "/admin",

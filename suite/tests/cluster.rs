@@ -757,3 +757,47 @@ async fn a_shared_entry_from_a_clock_ahead_or_oversized_is_not_trusted() {
     assert_eq!(found.user().map(|u| u.name.as_str()), Some("Shared Alice"));
     assert_eq!(mock.user_calls_for(&third), 0);
 }
+
+/// A connection open on B ends when A signs its token out: the eviction broadcast reaches B's
+/// open sessions as it reaches B's cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_out_on_one_instance_ends_a_session_open_on_another() {
+    let Some(redis) = redis_or_skip().await else {
+        return;
+    };
+    let mock = MockId6::start().await.unwrap();
+    let prefix = format!("id6-test-session-{}:", std::process::id());
+    let alice = mock.add_user("Alice", "a@example.com");
+    let token = mock.token_issued_at(alice, common::now_ms() - 10);
+    let apps = apps(&mock, &redis, &prefix, 2).await;
+
+    // A handler on B holds a session on the token (as a WebSocket handler would).
+    let handler = tower::service_fn(|request: http::Request<()>| async move {
+        let session = id6_tower::Session::of(request.headers(), request.extensions());
+        Ok::<_, std::convert::Infallible>(http::Response::new(session))
+    });
+    let request = http::Request::builder()
+        .header("cookie", format!("auth={token}"))
+        .body(())
+        .unwrap();
+    let response =
+        tower::ServiceExt::oneshot(tower::Layer::layer(&apps[1].id6.layer(), handler), request)
+            .await
+            .unwrap();
+    let session = response.into_body().expect("signed in on B");
+
+    let since = Instant::now();
+    apps[0]
+        .id6
+        .sign_out(&UserToken::new(&token).unwrap())
+        .await
+        .unwrap();
+    let why = tokio::time::timeout(Duration::from_secs(1), session.ended())
+        .await
+        .expect("B's session ends within a second of A's sign-out");
+    assert_eq!(why, id6_tower::TokenRejection::TokenRevoked);
+    eprintln!(
+        "session on B ended {:?} after A's sign-out",
+        since.elapsed()
+    );
+}

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use id6_tower::grpc::RequireUserLayer;
 use id6_tower::testing::MockId6;
-use id6_tower::{Id6, TokenLocation};
+use id6_tower::{Id6, TokenLocation, UserToken};
 use tonic::transport::Server;
 use tonic::Code;
 use tower::Layer;
@@ -186,4 +186,38 @@ async fn concurrent_grpc_calls_with_one_cold_token_make_one_id6_call() {
     }
     assert_eq!(mock.user_calls(), 1);
     assert_eq!(handle.stats().coalesced, 49);
+}
+
+#[tokio::test]
+async fn a_server_stream_ends_with_unauthenticated_after_sign_out() {
+    let mock = MockId6::start().await.unwrap();
+    let alice = mock.add_user("Alice", "alice@example.com");
+    let token = mock.token_for(alice);
+    let id6 = id6(&mock, &[TokenLocation::Cookie]);
+    let url = serve(&id6, false).await;
+
+    let mut client = WhoAmIClient::connect(url).await.unwrap();
+    let mut request = tonic::Request::new(GetRequest {});
+    let cookie = format!("auth={token}").parse().unwrap();
+    request.metadata_mut().insert("cookie", cookie);
+    let mut stream = client.watch(request).await.unwrap().into_inner();
+    let first = stream.message().await.unwrap().expect("an identity");
+    assert_eq!(first.name, "Alice");
+
+    id6.sign_out(&UserToken::new(&token).unwrap())
+        .await
+        .unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(1), async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the stream ends within a second");
+    let status = ended.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert_eq!(status.message(), "token_revoked");
 }

@@ -6,7 +6,11 @@
 //! package whoami;
 //! message GetRequest {}
 //! message Identity { uint64 id = 1; string name = 2; bool signed_in = 3; }
-//! service WhoAmI { rpc Get(GetRequest) returns (Identity); }
+//! service WhoAmI {
+//!   rpc Get(GetRequest) returns (Identity);
+//!   // The caller's identity every 100 ms, until their token dies (then `unauthenticated`).
+//!   rpc Watch(GetRequest) returns (stream Identity);
+//! }
 //! ```
 #![allow(dead_code)] // the example and the tests each use their own part
 
@@ -16,6 +20,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use futures_util::Stream;
 use tonic::{Request, Response, Status};
 
 /// `GetRequest {}`.
@@ -35,9 +40,19 @@ pub struct Identity {
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-/// The service's one method.
+/// A server stream of identities.
+pub type Identities = Pin<Box<dyn Stream<Item = Result<Identity, Status>> + Send>>;
+
+/// The service's methods.
 pub trait WhoAmI: Send + Sync + 'static {
     fn get(&self, request: Request<GetRequest>) -> BoxFuture<Result<Response<Identity>, Status>>;
+
+    fn watch(
+        &self,
+        _request: Request<GetRequest>,
+    ) -> BoxFuture<Result<Response<Identities>, Status>> {
+        Box::pin(async { Err(Status::unimplemented("no watching here")) })
+    }
 }
 
 /// The server side, as tonic-build writes it.
@@ -76,6 +91,18 @@ impl<T: WhoAmI> tonic::server::UnaryService<GetRequest> for GetSvc<T> {
     }
 }
 
+struct WatchSvc<T>(Arc<T>);
+
+impl<T: WhoAmI> tonic::server::ServerStreamingService<GetRequest> for WatchSvc<T> {
+    type Response = Identity;
+    type ResponseStream = Identities;
+    type Future = BoxFuture<Result<Response<Identities>, Status>>;
+
+    fn call(&mut self, request: Request<GetRequest>) -> Self::Future {
+        self.0.watch(request)
+    }
+}
+
 impl<T, B> tower::Service<http::Request<B>> for WhoAmIServer<T>
 where
     T: WhoAmI,
@@ -96,6 +123,10 @@ where
             "/whoami.WhoAmI/Get" => Box::pin(async move {
                 let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::default());
                 Ok(grpc.unary(GetSvc(inner), request).await)
+            }),
+            "/whoami.WhoAmI/Watch" => Box::pin(async move {
+                let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::default());
+                Ok(grpc.server_streaming(WatchSvc(inner), request).await)
             }),
             _ => Box::pin(async { Ok(Status::unimplemented("no such method").into_http()) }),
         }
@@ -132,6 +163,22 @@ impl WhoAmIClient {
     }
 }
 
+impl WhoAmIClient {
+    pub async fn watch(
+        &mut self,
+        request: Request<GetRequest>,
+    ) -> Result<Response<tonic::codec::Streaming<Identity>>, Status> {
+        self.inner
+            .ready()
+            .await
+            .map_err(|e| Status::unknown(format!("service not ready: {e}")))?;
+        let path = http::uri::PathAndQuery::from_static("/whoami.WhoAmI/Watch");
+        self.inner
+            .server_streaming(request, path, tonic_prost::ProstCodec::default())
+            .await
+    }
+}
+
 /// The implementation the example and the tests serve: the caller's identity, or the
 /// error `require_user` gives.
 pub struct Service;
@@ -144,6 +191,30 @@ impl WhoAmI for Service {
                 name: user.name.clone(),
                 signed_in: true,
             })
+        });
+        Box::pin(async move { answer })
+    }
+
+    /// The caller's identity every 100 ms, for as long as their token lives: the stream
+    /// ends with `unauthenticated` (id6's reason) after a sign-out.
+    fn watch(
+        &self,
+        request: Request<GetRequest>,
+    ) -> BoxFuture<Result<Response<Identities>, Status>> {
+        let answer = id6_tower::grpc::require_user(&request).and_then(|user| {
+            let session = id6_tower::Session::of(request.metadata().as_ref(), request.extensions())
+                .ok_or_else(|| Status::internal("no session for a signed-in call"))?;
+            let identity = Identity {
+                id: user.id,
+                name: user.name.clone(),
+                signed_in: true,
+            };
+            let ticks = futures_util::stream::unfold(identity, |identity| async move {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                Some((Ok(identity.clone()), identity))
+            });
+            let stream: Identities = Box::pin(session.grpc_stream(ticks));
+            Ok(Response::new(stream))
         });
         Box::pin(async move { answer })
     }

@@ -92,8 +92,9 @@ impl Lives {
     ) -> (Watcher, bool) {
         let mut state = lock(&self.state);
         let state = &mut *state;
+        let mut new = false;
         let life = state.by_key.entry(key).or_insert_with(|| {
-            state.queue.push(Reverse((first_check, key)));
+            new = true;
             Life {
                 ending: watch::Sender::new(None),
                 token: token(),
@@ -108,6 +109,9 @@ impl Lives {
             id: life.id,
             ending: life.ending.subscribe(),
         };
+        if new {
+            state.schedule(first_check, key);
+        }
         let start = !std::mem::replace(&mut state.driving, true);
         if !start {
             self.wake.notify_one();
@@ -124,8 +128,9 @@ impl Lives {
         let mut guard = lock(&self.state);
         let state = &mut *guard;
         if let Scope::Token(key) = scope {
-            if let Some(life) = state.by_key.remove(&key) {
+            if let Some(life) = state.by_key.get(&key) {
                 life.ending.send_replace(Some(TokenRejection::TokenRevoked));
+                state.forget(&key);
             }
             return;
         }
@@ -191,13 +196,13 @@ impl Lives {
         match checked {
             Checked::Dead(why) => {
                 life.ending.send_replace(Some(why));
-                state.by_key.remove(&key);
+                state.forget(&key);
             }
             // An eviction while the check ran made it due already: keep that.
             Checked::Good(_) if life.due.is_some() => {}
             Checked::Good(at) => {
                 life.due = Some(at);
-                state.queue.push(Reverse((at, key)));
+                state.schedule(at, key);
                 drop(guard);
                 self.wake.notify_one();
             }
@@ -213,6 +218,36 @@ impl Lives {
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         lock(&self.state).by_key.len()
+    }
+}
+
+impl State {
+    /// Plans `key`'s next check at `at`. Superseded plans stay in the queue until popped;
+    /// when they outnumber the live ones, the queue is rebuilt, so that tokens watched
+    /// and forgotten over and over cost no memory.
+    fn schedule(&mut self, at: Instant, key: TokenKey) {
+        self.queue.push(Reverse((at, key)));
+        if self.queue.len() > 2 * self.by_key.len() + 64 {
+            self.rebuild_queue();
+        }
+    }
+
+    fn rebuild_queue(&mut self) {
+        let plans = self
+            .by_key
+            .iter()
+            .filter_map(|(key, life)| Some(Reverse((life.due?, *key))));
+        self.queue = plans.collect();
+    }
+
+    /// Forgets a token; the map gives memory back when it is mostly empty (every
+    /// connection closed returns what they took).
+    fn forget(&mut self, key: &TokenKey) {
+        self.by_key.remove(key);
+        if self.by_key.capacity() > 4 * self.by_key.len() + 64 {
+            self.by_key.shrink_to(2 * self.by_key.len());
+            self.rebuild_queue();
+        }
     }
 }
 
@@ -256,7 +291,7 @@ impl Drop for Watcher {
             .get(&self.key)
             .is_some_and(|life| life.id == self.id && life.ending.receiver_count() <= 1);
         if last {
-            state.by_key.remove(&self.key);
+            state.forget(&self.key);
             drop(state);
             // The driver stops when nothing is watched.
             self.lives.wake.notify_one();

@@ -144,14 +144,14 @@ async fn a_browser_signs_in_and_out() {
             std::fs::write(&path, png).expect("screenshot saved");
         }
     };
-    // The page's `#status` once it reads `want`: clicks that navigate return before the
+    // The page's element `id` once it reads `want`: clicks that navigate return before the
     // next page is there, so wait for it (WebDriver-style, bounded), then compare.
-    let status = |want: &'static str| {
+    let text_of = |id: &'static str, want: &'static str| {
         let browser = browser.clone();
         async move {
             let mut seen = String::new();
             for _ in 0..100 {
-                if let Ok(element) = browser.find(Locator::Id("status")).await {
+                if let Ok(element) = browser.find(Locator::Id(id)).await {
                     seen = element.text().await.unwrap_or_default();
                     if seen == want {
                         break;
@@ -162,6 +162,7 @@ async fn a_browser_signs_in_and_out() {
             seen
         }
     };
+    let status = |want: &'static str| text_of("status", want);
 
     // 1. Anonymous.
     browser.goto(&format!("{app_url}/app")).await.unwrap();
@@ -212,6 +213,30 @@ async fn a_browser_signs_in_and_out() {
         .await
         .expect("the auth cookie");
     assert_eq!(cookie.http_only(), Some(true));
+
+    // 3b. The page's live line, fed by `/ws`; signed out elsewhere (another tab, a script
+    // with the same cookie), the socket is closed and the line says so within 2 s (50 ms
+    // polls, 100 of them at most: the bound is the helper's).
+    assert_eq!(
+        text_of("live", "Live: signed in as Alice").await,
+        "Live: signed in as Alice"
+    );
+    let elsewhere = reqwest::Client::new()
+        .post(format!("{app_url}/logout"))
+        .header("cookie", format!("auth={}", cookie.value()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(elsewhere.status(), 204);
+    let since = std::time::Instant::now();
+    let signed_out = "Live: signed out (token_revoked)";
+    assert_eq!(text_of("live", signed_out).await, signed_out);
+    assert!(
+        since.elapsed() < Duration::from_secs(2),
+        "the live line turned after {:?}",
+        since.elapsed()
+    );
+    shot("3b-live-signed-out-elsewhere.png").await;
 
     // 4. Sign out: anonymous again, and the browser no longer holds the cookie.
     browser

@@ -5,9 +5,10 @@
 //! the token's channel (bytes, no task, no timer). One driver task per resolver, alive only
 //! while some token is watched, wakes at the earliest check due and hands the due tokens to
 //! the resolver, which rechecks them through the cache (so a recheck costs what one request
-//! does, and joins a request's call in flight). An eviction makes the tokens it covers due at
-//! once: whether a token is dead is id6's word (`token_revoked` after a sign-out), while a
-//! profile change, which evicts too, leaves the connection open.
+//! does, and joins a request's call in flight). A token evicted by itself (a sign-out, an
+//! invalidation, a 401 on a typed call) ends at once; a user's or every token is made due at
+//! once, and id6's answer decides: a `disconnect` ends them, a profile change (which evicts
+//! the user's tokens too) leaves the connections open.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};

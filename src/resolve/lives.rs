@@ -110,12 +110,13 @@ impl Lives {
             id: life.id,
             ending: life.ending.subscribe(),
         };
+        let start = !std::mem::replace(&mut state.driving, true);
         if new {
             state.schedule(first_check, key);
-        }
-        let start = !std::mem::replace(&mut state.driving, true);
-        if !start {
-            self.wake.notify_one();
+            // The running driver may plan to sleep past this token's first check.
+            if !start {
+                self.wake.notify_one();
+            }
         }
         (watcher, start)
     }

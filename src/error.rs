@@ -7,9 +7,16 @@ use std::time::{Duration, SystemTime};
 
 use http::StatusCode;
 
-use crate::config::Setting;
-
 type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// A setting as people meet it: the builder's setter, and the environment variable that
+/// sets it too (empty for a setter without one). Config errors name both, so whichever way
+/// it was set, the fix is findable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Setting {
+    pub(crate) setter: &'static str,
+    pub(crate) var: &'static str,
+}
 
 /// An error from id6-tower: a bad setting, or id6 that could not give an answer.
 ///
@@ -412,7 +419,13 @@ mod tests {
 
     #[test]
     fn predicates_follow_the_kind() {
-        let e = Error::config(crate::config::setting::CACHE_TTL, "must be more than zero");
+        let e = Error::config(
+            Setting {
+                setter: "cache_ttl",
+                var: "ID6_CACHE_TTL",
+            },
+            "must be more than zero",
+        );
         assert!(e.is_config() && !e.is_unavailable());
         assert_eq!(e.setting(), Some("cache_ttl"));
         assert_eq!(e.variable(), Some("ID6_CACHE_TTL"));

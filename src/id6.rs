@@ -8,11 +8,11 @@ use std::sync::Arc;
 use http::{HeaderMap, HeaderValue};
 
 use crate::client::Client;
-use crate::config::HttpSettings;
-use crate::config::{Id6Builder, Settings};
+use crate::config::{HttpSettings, Id6Builder, Settings};
 use crate::error::Error;
 use crate::guard::{AnyUser, CsrfCheck, CsrfLayer, GuardLayer, RequireUserLayer, UserCheck};
 use crate::layer::Id6Layer;
+use crate::rejection::{AuthRejection, RejectionHook};
 use crate::resolve::{self, Resolver};
 use crate::telemetry::{Stats, Telemetry};
 use crate::token::UserToken;
@@ -43,6 +43,8 @@ struct Inner {
     telemetry: Arc<Telemetry>,
     /// For the layer and the guards: what they answer with.
     http: HttpSettings,
+    /// The app's own answer to every rejection, when it has one.
+    rejection_hook: Option<RejectionHook>,
     /// For the typed calls.
     max_picture_bytes: u64,
 }
@@ -70,8 +72,11 @@ impl Id6 {
             resolver,
             redis,
             http,
+            rejection_hook,
             max_picture_bytes,
         } = settings;
+        let rejection_hook = rejection_hook
+            .map(|hook| RejectionHook::new(move |rejection: &AuthRejection| (hook.0)(rejection)));
         let telemetry = Arc::new(Telemetry::new());
         let client = Arc::new(Client::new(client, telemetry.clone())?);
         let second_level = resolve::connect(redis)?;
@@ -82,6 +87,7 @@ impl Id6 {
                 client,
                 telemetry,
                 http,
+                rejection_hook,
                 max_picture_bytes,
             }),
         })
@@ -252,9 +258,28 @@ impl Id6 {
         &self.inner.http
     }
 
+    /// The app's own answer to every rejection, when the builder was given one.
+    pub(crate) fn rejection_hook(&self) -> Option<&RejectionHook> {
+        self.inner.rejection_hook.as_ref()
+    }
+
     #[cfg(feature = "pictures")]
     pub(crate) fn max_picture_bytes(&self) -> u64 {
         self.inner.max_picture_bytes
+    }
+}
+
+impl Id6Builder {
+    /// Checks every setting and builds the handle. Never contacts id6.
+    ///
+    /// # Errors
+    ///
+    /// A config [`Error`] naming the first unusable setting, by its setter and its
+    /// environment variable: a URL that is not `http(s)`, a zero or out-of-range duration
+    /// or count, an empty or invalid cookie name, or an environment variable that could not
+    /// be read.
+    pub fn build(self) -> Result<Id6, Error> {
+        Id6::from_settings(self.validate()?)
     }
 }
 

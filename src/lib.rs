@@ -112,7 +112,7 @@ pub mod future {
 }
 
 pub use admission::Health;
-pub use api::Profile;
+pub use api::{Profile, TokenSource};
 pub use config::{Id6Builder, MissLimit, OnUnavailable};
 pub use error::Error;
 #[cfg(feature = "axum")]
@@ -125,5 +125,5 @@ pub use layer::{Id6Layer, Id6Service};
 pub use pictures::{PictureDownload, PictureUpload};
 pub use rejection::AuthRejection;
 pub use telemetry::Stats;
-pub use token::{TokenLocation, TokenSource, UserToken};
+pub use token::{TokenLocation, UserToken};
 pub use user::{Authentication, TokenRejection, User};

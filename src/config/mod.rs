@@ -1265,4 +1265,79 @@ mod tests {
             Id6Builder::new("https://id6.example.com/api").http_client(reqwest::Client::new());
         assert!(own.validate().unwrap().client.http.is_some());
     }
+
+    /// The README's configuration table is the rows' public face: every variable and default
+    /// of the table is in it, and it names no setter or variable the table lacks.
+    #[test]
+    fn the_readme_table_and_the_rows_agree() {
+        let readme = include_str!("../../README.md");
+        let section = readme.split("\n## Configuration\n").nth(1).unwrap();
+        let lines: Vec<&str> = section
+            .lines()
+            .skip_while(|line| !line.starts_with("| builder"))
+            .skip(2)
+            .take_while(|line| line.starts_with('|'))
+            .collect();
+        assert!(lines.len() > 20, "the table was not found");
+        let cells = |line: &str| -> Vec<String> {
+            line.trim_matches('|')
+                .split(" | ")
+                .map(|c| c.trim().to_owned())
+                .collect()
+        };
+        for &(setting, shown) in setting::ALL {
+            if shown.is_empty() {
+                continue; // Not in the table (`http_client`).
+            }
+            let wanted = if setting.var.is_empty() {
+                format!("`.{}(", setting.setter)
+            } else {
+                format!("`{}`", setting.var)
+            };
+            let column = usize::from(!setting.var.is_empty());
+            let line = lines
+                .iter()
+                .find(|line| cells(line)[column].contains(&wanted))
+                .unwrap_or_else(|| panic!("{wanted} is not in the README's table"));
+            let row = cells(line);
+            let setter = match setting.setter {
+                "url" => "Id6::builder(url)".to_owned(),
+                setter => format!(".{setter}("),
+            };
+            assert!(
+                row[0].contains(&setter),
+                "{wanted}: the README names the setter {}",
+                row[0]
+            );
+            assert!(
+                row[2].contains(shown),
+                "{wanted}: the README's default is {}, the row's {shown}",
+                row[2]
+            );
+        }
+        for line in &lines {
+            let row = cells(line);
+            for var in row[1].split('`').filter(|word| word.starts_with("ID6_")) {
+                assert!(
+                    setting::ALL.iter().any(|(s, _)| s.var == var),
+                    "the README's {var} is no row"
+                );
+            }
+            let setter = row[0]
+                .trim_start_matches('`')
+                .trim_start_matches("Id6::builder(")
+                .trim_start_matches('.');
+            let setter = setter.split(['(', '`']).next().unwrap();
+            let setter = if setter == "url)" || setter.is_empty() {
+                "url"
+            } else {
+                setter
+            };
+            assert!(
+                setting::ALL.iter().any(|(s, _)| s.setter == setter),
+                "the README's {} is no row",
+                row[0]
+            );
+        }
+    }
 }

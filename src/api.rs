@@ -27,12 +27,12 @@ use http::{HeaderMap, Method};
 use serde::Serialize;
 use serde_json::json;
 
+use crate::error::TokenRejection;
 use crate::error::{Error, Kind};
 use crate::id6::Id6;
 use crate::resolve::{Payer, Scope};
 use crate::token::UserToken;
 use crate::user::Authentication;
-use crate::user::TokenRejection;
 use crate::user::User;
 
 /// A whole profile for [`Id6::update_profile`]: id6 replaces the previous one, so a `None`

@@ -114,7 +114,7 @@ pub mod future {
 pub use admission::Health;
 pub use api::{Profile, TokenSource};
 pub use config::{Id6Builder, MissLimit, OnUnavailable};
-pub use error::Error;
+pub use error::{Error, TokenRejection};
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub use extract::{CurrentUser, RequireUser};
@@ -126,4 +126,4 @@ pub use pictures::{PictureDownload, PictureUpload};
 pub use rejection::AuthRejection;
 pub use telemetry::Stats;
 pub use token::{TokenLocation, UserToken};
-pub use user::{Authentication, TokenRejection, User};
+pub use user::{Authentication, User};

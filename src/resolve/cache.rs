@@ -320,7 +320,7 @@ mod tests {
     use super::super::marks::MAX_MARKS;
     use super::*;
     use crate::config::Id6Builder;
-    use crate::user::TokenRejection;
+    use crate::error::TokenRejection;
     use crate::user::User;
     use std::sync::atomic::{AtomicUsize, Ordering};
 

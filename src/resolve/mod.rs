@@ -46,12 +46,12 @@ pub(crate) use second_level::{connect, EvictionSink, SecondLevel};
 
 use crate::client::Client;
 use crate::config::ResolverSettings;
+use crate::error::TokenRejection;
 use crate::error::{Error, Kind};
 use crate::jwt::Screen;
 use crate::telemetry::{LookupOutcome, Refresh, Telemetry};
 use crate::token::{self, Found, TokenFinder, TokenKey, TokenLocation, UserToken};
 use crate::user::Authentication;
-use crate::user::TokenRejection;
 
 /// What an eviction covers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

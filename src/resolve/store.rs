@@ -9,8 +9,9 @@ use moka::sync::Cache;
 
 use crate::clock::Clock;
 use crate::config::{OnUnavailable, ResolverSettings};
+use crate::error::TokenRejection;
 use crate::token::TokenKey;
-use crate::user::{Authentication, TokenRejection, User};
+use crate::user::{Authentication, User};
 
 /// Keys are SHA-256 outputs: foldhash (seeded per process) is enough to spread them and
 /// cheaper than moka's default SipHash.

@@ -8,11 +8,10 @@ use std::sync::Arc;
 use http::{HeaderMap, HeaderValue};
 
 use crate::client::Client;
-use crate::config::{HttpSettings, Id6Builder, Settings};
+use crate::config::{HttpSettings, Id6Builder, RedisSettings, Settings};
 use crate::error::Error;
-use crate::layer::Id6Layer;
 use crate::rejection::{AuthRejection, RejectionHook};
-use crate::resolve::{self, Resolver};
+use crate::resolve::{Resolver, SecondLevel};
 use crate::telemetry::{Stats, Telemetry};
 use crate::token::UserToken;
 use crate::user::Authentication;
@@ -77,7 +76,7 @@ impl Id6 {
             .map(|hook| RejectionHook::new(move |rejection: &AuthRejection| (hook.0)(rejection)));
         let telemetry = Arc::new(Telemetry::new());
         let client = Arc::new(Client::new(client, telemetry.clone())?);
-        let second_level = resolve::connect(redis)?;
+        let second_level = second_level(redis)?;
         let resolver = Resolver::new(resolver, client.clone(), second_level, telemetry.clone());
         Ok(Id6 {
             inner: Arc::new(Inner {
@@ -89,31 +88,6 @@ impl Id6 {
                 max_picture_bytes,
             }),
         })
-    }
-
-    /// The tower layer that puts an [`Authentication`] into every request.
-    pub fn layer(&self) -> Id6Layer {
-        Id6Layer::new(self.clone())
-    }
-
-    /// A layer for sensitive routes (payments, password changes): like
-    /// [`layer`](Self::layer), but a cached user confirmed by id6 longer ago than `max_age`
-    /// is asked about again first, coalesced like any miss, so that a revocation on id6 is
-    /// seen within `max_age` there.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use axum::{routing::post, Router};
-    ///
-    /// # fn app(id6: id6_tower::Id6) -> Router {
-    /// Router::new()
-    ///     .route("/pay", post(|| async { "paid" }))
-    ///     .route_layer(id6.layer_with_max_age(Duration::from_secs(30)))
-    ///     .layer(id6.layer())
-    /// # }
-    /// ```
-    pub fn layer_with_max_age(&self, max_age: std::time::Duration) -> Id6Layer {
-        Id6Layer::with_max_age(self.clone(), max_age)
     }
 
     /// Who the request with these headers is, through the cache: the layer's own resolution,
@@ -193,6 +167,27 @@ impl Id6 {
     #[cfg(feature = "pictures")]
     pub(crate) fn max_picture_bytes(&self) -> u64 {
         self.inner.max_picture_bytes
+    }
+}
+
+/// The second level `settings` ask for, if any.
+///
+/// # Errors
+///
+/// A Redis URL that does not parse, or one given without the `redis` feature compiled in.
+fn second_level(settings: Option<RedisSettings>) -> Result<Option<Arc<dyn SecondLevel>>, Error> {
+    let Some(settings) = settings else {
+        return Ok(None);
+    };
+    #[cfg(feature = "redis")]
+    return Ok(Some(Arc::new(crate::redis::Redis::new(settings)?)));
+    #[cfg(not(feature = "redis"))]
+    {
+        drop(settings);
+        Err(Error::config(
+            crate::config::setting::REDIS_URL,
+            "needs the `redis` feature of id6-tower",
+        ))
     }
 }
 

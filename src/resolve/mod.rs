@@ -42,7 +42,7 @@ use cache::AuthCache;
 pub(crate) use cache::{Fetched, Pending};
 use caller::Caller;
 use caller::CallerFinder;
-pub(crate) use second_level::{connect, EvictionSink, SecondLevel};
+pub(crate) use second_level::{EvictionSink, SecondLevel};
 
 use crate::client::Client;
 use crate::config::ResolverSettings;

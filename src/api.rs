@@ -16,9 +16,8 @@
 //! Every call passes the door a miss passes, so that no route to id6 is cheaper for a
 //! stranger than the layer: a token that cannot be id6's (its shape; with the JWT secret,
 //! its signature and age) is refused without a call, and so is one id6 refused a moment ago
-//! (the negative cache); a token the cache does not know costs a call of the caller's
-//! [`miss_limit`](crate::Id6Builder::miss_limit), charged when the call starts; one it
-//! knows as a user costs nothing. Give the calls the request (or its `Parts`) rather than
+//! (the negative cache); a token the cache does not know costs a call of the caller's miss
+//! budget, charged when the call starts; one it knows as a user costs nothing. Give the calls the request (or its `Parts`) rather than
 //! its headers, so that the caller is found as the layer finds it; calls that cannot tell
 //! their caller share one budget.
 

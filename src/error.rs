@@ -162,7 +162,7 @@ impl Error {
     }
 
     /// The rejected setting, by the name of its [`Id6Builder`](crate::Id6Builder) setter
-    /// (`"url"`, `"cache_ttl"`...), for a config error.
+    /// (`"url"`...), for a config error.
     pub fn setting(&self) -> Option<&'static str> {
         match self.inner.kind {
             Kind::Config { setting, .. } => Some(setting.setter),
@@ -170,8 +170,8 @@ impl Error {
         }
     }
 
-    /// The rejected setting, by the name of its environment variable (`"ID6_URL"`,
-    /// `"ID6_CACHE_TTL"`...), for a config error.
+    /// The rejected setting, by the name of its environment variable (`"ID6_URL"`...),
+    /// for a config error.
     pub fn variable(&self) -> Option<&'static str> {
         match self.inner.kind {
             Kind::Config { setting, .. } => Some(setting.var),
@@ -288,9 +288,8 @@ impl Error {
         )
     }
 
-    /// id6 was not called because this caller's tokens already cost their
-    /// [`miss_limit`](crate::Id6Builder::miss_limit) of calls; see
-    /// [`retry_after`](Self::retry_after).
+    /// id6 was not called because this caller's tokens already cost their miss budget of
+    /// calls; see [`retry_after`](Self::retry_after).
     pub fn is_over_budget(&self) -> bool {
         matches!(self.inner.kind, Kind::OverBudget { .. })
     }
@@ -474,17 +473,17 @@ mod tests {
     fn predicates_follow_the_kind() {
         let e = Error::config(
             Setting {
-                setter: "cache_ttl",
-                var: "ID6_CACHE_TTL",
+                setter: "url",
+                var: "ID6_URL",
             },
-            "must be more than zero",
+            "is not set",
         );
         assert!(e.is_config() && !e.is_unavailable());
-        assert_eq!(e.setting(), Some("cache_ttl"));
-        assert_eq!(e.variable(), Some("ID6_CACHE_TTL"));
+        assert_eq!(e.setting(), Some("url"));
+        assert_eq!(e.variable(), Some("ID6_URL"));
         assert_eq!(
             e.to_string(),
-            "invalid id6 setting `cache_ttl` (ID6_CACHE_TTL): must be more than zero"
+            "invalid id6 setting `url` (ID6_URL): is not set"
         );
 
         let reset = SystemTime::now() + Duration::from_secs(30);

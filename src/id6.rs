@@ -92,7 +92,7 @@ impl Id6 {
 
     /// Who the request with these headers is, through the cache: the layer's own resolution,
     /// for code that does not run behind it. Without the request's connection, its misses
-    /// are not charged to any caller's [`miss_limit`](Id6Builder::miss_limit).
+    /// are not charged to any caller's miss budget.
     ///
     /// ```
     /// # async fn run(id6: id6_tower::Id6, request: http::Request<()>) {

@@ -16,7 +16,7 @@
 //! ```no_run
 //! use axum::{routing::get, Json, Router};
 //! use id6_tower::{CurrentUser, Id6, RequireUser, User};
-//! use std::{sync::Arc, time::Duration};
+//! use std::sync::Arc;
 //!
 //! async fn home(CurrentUser(user): CurrentUser) -> String {
 //!     match user {
@@ -30,11 +30,9 @@
 //! }
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! let id6 = Id6::builder("http://127.0.0.1:8000/api") // id6's API, `/api` behind its proxy
-//!     .cache_ttl(Duration::from_secs(60))
-//!     .negative_ttl(Duration::from_secs(5))
-//!     .timeout(Duration::from_secs(3))
-//!     .build()?;
+//! // id6's API, `/api` behind its proxy. Every setting has its setter and its variable
+//! // (`Id6::from_env()`): the README's configuration table lists them.
+//! let id6 = Id6::builder("http://127.0.0.1:8000/api").build()?;
 //!
 //! let app = Router::new()
 //!     .route("/", get(home))
@@ -53,7 +51,7 @@
 //! |---|---|---|---|---|
 //! | no `auth` cookie | `Anonymous` | `None` | 401 `not_authenticated` | id6 not asked |
 //! | a malformed cookie (refused locally, as id6 would) | `Rejected(InvalidToken)` | `None` | 401 `invalid_token` | id6 not asked |
-//! | 200 with a user | `Authenticated(Arc<User>)` | `Some(user)` | the user | `ID6_CACHE_TTL` (60 s) |
+//! | 200 with a user | `Authenticated(Arc<User>)` | `Some(user)` | the user | the cache TTL (60 s) |
 //! | 401 `invalid_token`, `token_expired`, `token_revoked`, `user_not_found` | `Rejected(..)`, id6's reason | `None` | 401 with id6's `errorCode` | `ID6_NEGATIVE_TTL` (5 s), reason included |
 //! | down, timeout, 5xx, 429, not JSON, over 64 KiB, caller over its miss budget | `Unavailable(Error)` | 503 + `Retry-After` | 503 + `Retry-After` | never |
 //!

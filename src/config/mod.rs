@@ -416,7 +416,7 @@ settings! {
     /// call: the secret stops forgeries outright, this budget only limits the damage.
     MISS_LIMIT = "miss_limit", "ID6_MISS_LIMIT", default "`30/1m`";
     miss_limit: Option<MissLimit> = Some(MissLimit::new(30, Duration::from_secs(60))),
-        read read::miss_limit;
+        read read::calls_per_window;
     check -> Option<MissLimit> = miss_limit;
     set { miss_limit(limit: impl Into<Option<MissLimit>>) => limit.into() }
 

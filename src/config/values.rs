@@ -502,7 +502,7 @@ pub(super) mod read {
     }
 
     /// `off`, or `<calls>/<window>` (e.g. `30/1m`).
-    pub(in crate::config) fn miss_limit(value: &str) -> Result<Option<MissLimit>, String> {
+    pub(in crate::config) fn calls_per_window(value: &str) -> Result<Option<MissLimit>, String> {
         let trimmed = value.trim();
         if trimmed.eq_ignore_ascii_case("off") {
             return Ok(None);

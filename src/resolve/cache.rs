@@ -410,7 +410,7 @@ mod tests {
         let cache = cache();
         let key = TokenKey::of("k");
         cache.fill(key, &user(1), cache.generation());
-        // Past `refresh_after` (45 s of the default 60 s TTL).
+        // Past the refresh age (45 s of the default 60 s TTL).
         cache.entries.clock.advance(Duration::from_secs(46));
         // A load that finds the entry (a request that raced the miss) claims nothing...
         let found = cache.load(key, None, || Payer::Nobody, |_| async { user(1) });

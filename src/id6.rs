@@ -207,15 +207,10 @@ impl Id6Builder {
 
 impl fmt::Debug for Id6 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let client = self.inner.client.settings();
-        let resolver = self.inner.resolver.settings();
+        // The parts' settings, whose `Debug` never shows a secret.
         f.debug_struct("Id6")
-            .field("user_url", &client.user_url)
-            .field("cookie_name", &client.cookie_name)
-            .field("cache_ttl", &resolver.cache_ttl)
-            .field("negative_ttl", &resolver.negative_ttl)
-            .field("max_capacity", &resolver.max_capacity)
-            .field("timeout", &client.timeout)
+            .field("client", self.inner.client.settings())
+            .field("resolver", self.inner.resolver.settings())
             .field("max_picture_bytes", &self.inner.max_picture_bytes)
             .finish_non_exhaustive()
     }

@@ -740,7 +740,7 @@ pub(crate) struct Settings {
 }
 
 /// Where and how to call id6.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct ClientSettings {
     /// id6's API base, ending in `/`, to join endpoint paths onto.
     pub(crate) base_url: Endpoint,
@@ -762,6 +762,26 @@ pub(crate) struct ClientSettings {
     pub(crate) http: Option<reqwest::Client>,
     /// The handle's clock (the breaker's reopening), shared with the resolver.
     pub(crate) clock: Clock,
+}
+
+impl fmt::Debug for ClientSettings {
+    /// Every value but the user's own client (whose `Debug` is reqwest's to decide) and the
+    /// clock.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientSettings")
+            .field("base_url", &self.base_url)
+            .field("user_url", &self.user_url)
+            .field("authorization", &self.authorization)
+            .field("cookie_name", &self.cookie_name)
+            .field("timeout", &self.timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("max_concurrent_calls", &self.max_concurrent_calls)
+            .field("queue_timeout", &self.queue_timeout)
+            .field("max_backoff", &self.max_backoff)
+            .field("own_client", &self.http.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// How a request's token is found, screened, cached and answered for when id6 cannot be:

@@ -266,9 +266,9 @@ impl fmt::Debug for CallerKey {
 /// The app's own answer to every rejection, as the user gave it; the handle carries it to
 /// the extractors and guards.
 #[derive(Clone)]
-pub(crate) struct OnRejection(
-    pub(crate) Arc<dyn Fn(&AuthRejection) -> http::Response<String> + Send + Sync>,
-);
+pub(crate) struct OnRejection(pub(crate) Arc<HookFn>);
+
+type HookFn = dyn Fn(&AuthRejection) -> http::Response<String> + Send + Sync;
 
 impl fmt::Debug for OnRejection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

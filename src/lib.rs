@@ -51,8 +51,8 @@
 //! |---|---|---|---|---|
 //! | no `auth` cookie | `Anonymous` | `None` | 401 `not_authenticated` | id6 not asked |
 //! | a malformed cookie (refused locally, as id6 would) | `Rejected(InvalidToken)` | `None` | 401 `invalid_token` | id6 not asked |
-//! | 200 with a user | `Authenticated(Arc<User>)` | `Some(user)` | the user | the cache TTL (60 s) |
-//! | 401 `invalid_token`, `token_expired`, `token_revoked`, `user_not_found` | `Rejected(..)`, id6's reason | `None` | 401 with id6's `errorCode` | the negative TTL (5 s), reason included |
+//! | 200 with a user | `Authenticated(Arc<User>)` | `Some(user)` | the user | `ID6_CACHE_TTL` (60 s) |
+//! | 401 `invalid_token`, `token_expired`, `token_revoked`, `user_not_found` | `Rejected(..)`, id6's reason | `None` | 401 with id6's `errorCode` | `ID6_NEGATIVE_TTL` (5 s), reason included |
 //! | down, timeout, 5xx, 429, not JSON, over 64 KiB, caller over its miss budget | `Unavailable(Error)` | 503 + `Retry-After` | 503 + `Retry-After` | never |
 //!
 //! A rejected token is answered in id6's own words, from a miss and from the negative cache

@@ -271,6 +271,11 @@ impl AuthCache {
         self.entries.users.get(key).map(|cached| cached.user.id)
     }
 
+    /// Whether an answer given this long ago may still be served as a user's.
+    pub(crate) fn within_ttl(&self, age: Duration) -> bool {
+        self.entries.within_ttl(age)
+    }
+
     /// Number of cached verdicts.
     pub(crate) fn entry_count(&self) -> u64 {
         self.entries.entry_count()

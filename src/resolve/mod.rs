@@ -298,7 +298,7 @@ impl Resolver {
                 // An age past the TTL is no answer to keep; an unknown age (an earlier
                 // version's entry) is good for a plain miss only, as it always was.
                 let usable = match (age, younger_than) {
-                    (Some(age), _) if age >= self.inner.settings.cache_ttl => false,
+                    (Some(age), _) if !self.inner.local.within_ttl(age) => false,
                     (Some(age), Some(limit)) => age <= limit,
                     (None, Some(_)) => false,
                     (_, None) => true,

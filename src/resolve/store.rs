@@ -67,6 +67,11 @@ impl Entries {
         }
     }
 
+    /// Whether an answer given this long ago may still be served as a user's.
+    pub(super) fn within_ttl(&self, age: Duration) -> bool {
+        age < self.cache_ttl
+    }
+
     /// How long ago `then` was, by the handle's clock.
     pub(super) fn since(&self, then: Instant) -> Duration {
         self.clock.now().saturating_duration_since(then)

@@ -16,23 +16,22 @@
 //! Every call passes the door a miss passes, so that no route to id6 is cheaper for a
 //! stranger than the layer: a token that cannot be id6's (its shape; with the JWT secret,
 //! its signature and age) is refused without a call, and so is one id6 refused a moment ago
-//! (the negative cache); a token the cache does not know costs a call of the caller's
-//! [`miss_limit`](crate::Id6Builder::miss_limit), charged when the call starts; one it
-//! knows as a user costs nothing. Give the calls the request (or its `Parts`) rather than
+//! (the negative cache); a token the cache does not know costs a call of the caller's miss
+//! budget, charged when the call starts; one it knows as a user costs nothing. Give the calls the request (or its `Parts`) rather than
 //! its headers, so that the caller is found as the layer finds it; calls that cannot tell
 //! their caller share one budget.
 
 use http::header::CONTENT_TYPE;
-use http::Method;
+use http::{HeaderMap, Method};
 use serde::Serialize;
 use serde_json::json;
 
+use crate::error::TokenRejection;
 use crate::error::{Error, Kind};
 use crate::id6::Id6;
 use crate::resolve::{Payer, Scope};
-use crate::token::{TokenSource, UserToken};
+use crate::token::UserToken;
 use crate::user::Authentication;
-use crate::user::TokenRejection;
 use crate::user::User;
 
 /// A whole profile for [`Id6::update_profile`]: id6 replaces the previous one, so a `None`
@@ -205,7 +204,9 @@ impl Id6 {
     /// The token in `from`, let through the typed calls' door (see the module docs), and
     /// who pays for its call.
     fn admitted(&self, from: &(impl TokenSource + ?Sized)) -> Result<(UserToken, Payer), Error> {
-        self.resolver().admit_call(from, from.user_token(self))
+        let (headers, extensions) = caller_parts(from);
+        self.resolver()
+            .admit_call(headers, extensions, from.user_token(self))
     }
 
     /// The token's user, for the evictions that follow a change: cached, or read from the
@@ -355,6 +356,120 @@ impl Id6 {
     /// Forgets everything cached. With Redis, everywhere, in the background.
     pub fn clear(&self) {
         self.resolver().evict_in_background(Scope::All);
+    }
+}
+
+mod sealed {
+    /// Keeps [`TokenSource`](super::TokenSource) implemented by this crate only, and carries
+    /// what the crate reads besides the token (private: not callable outside the crate).
+    pub trait Sealed {
+        /// The request's headers and extensions, when the source is a request: where its
+        /// caller is found, to charge a typed call about an unknown token to.
+        fn request_parts(&self) -> Option<(&http::HeaderMap, &http::Extensions)> {
+            None
+        }
+
+        /// The headers alone, when the source has no extensions.
+        fn request_headers(&self) -> Option<&http::HeaderMap> {
+            self.request_parts().map(|(headers, _)| headers)
+        }
+    }
+}
+
+/// Where a typed call's caller is found: the request's headers and extensions, when the
+/// source carries them.
+pub(crate) fn caller_parts<T: TokenSource + ?Sized>(
+    from: &T,
+) -> (Option<&HeaderMap>, Option<&http::Extensions>) {
+    match from.request_parts() {
+        Some((headers, extensions)) => (Some(headers), Some(extensions)),
+        None => (from.request_headers(), None),
+    }
+}
+
+/// Where a typed call of [`Id6`] finds the end user's token: a request, its
+/// parts, its headers, or a [`UserToken`] already in hand.
+///
+/// Sealed (as reqwest's `IntoUrl`): pass any of these types; the trait cannot be implemented
+/// outside the crate, so that methods can be added to it without a breaking change.
+///
+/// ```
+/// use id6_tower::{Id6, TokenSource, UserToken};
+///
+/// # fn run() -> Result<(), id6_tower::Error> {
+/// let id6 = Id6::builder("http://127.0.0.1:8000/api").build()?;
+/// let mut headers = http::HeaderMap::new();
+/// headers.insert("cookie", "theme=dark; auth=abc.def.ghi".parse().unwrap());
+/// // Found as the layer finds it: from headers, a request, its parts, or a token in hand.
+/// assert_eq!(headers.user_token(&id6).unwrap().expose(), "abc.def.ghi");
+/// let request = http::Request::builder().header("cookie", "auth=xyz").body(()).unwrap();
+/// assert_eq!(request.user_token(&id6).unwrap().expose(), "xyz");
+/// assert!(UserToken::new("xyz").unwrap().user_token(&id6).is_some());
+/// # Ok(())
+/// # }
+/// ```
+pub trait TokenSource: sealed::Sealed {
+    /// The token, found as the layer of `id6` finds it.
+    fn user_token(&self, id6: &Id6) -> Option<UserToken>;
+}
+
+impl sealed::Sealed for UserToken {}
+
+impl TokenSource for UserToken {
+    fn user_token(&self, _id6: &Id6) -> Option<UserToken> {
+        Some(self.clone())
+    }
+}
+
+impl sealed::Sealed for HeaderMap {
+    fn request_headers(&self) -> Option<&HeaderMap> {
+        Some(self)
+    }
+}
+
+impl TokenSource for HeaderMap {
+    fn user_token(&self, id6: &Id6) -> Option<UserToken> {
+        id6.token_from(self)
+    }
+}
+
+impl<B> sealed::Sealed for http::Request<B> {
+    fn request_parts(&self) -> Option<(&HeaderMap, &http::Extensions)> {
+        Some((self.headers(), self.extensions()))
+    }
+}
+
+impl<B> TokenSource for http::Request<B> {
+    fn user_token(&self, id6: &Id6) -> Option<UserToken> {
+        id6.token_from(self.headers())
+    }
+}
+
+impl sealed::Sealed for http::request::Parts {
+    fn request_parts(&self) -> Option<(&HeaderMap, &http::Extensions)> {
+        Some((&self.headers, &self.extensions))
+    }
+}
+
+impl TokenSource for http::request::Parts {
+    fn user_token(&self, id6: &Id6) -> Option<UserToken> {
+        id6.token_from(&self.headers)
+    }
+}
+
+impl<T: TokenSource + ?Sized> sealed::Sealed for &T {
+    fn request_parts(&self) -> Option<(&HeaderMap, &http::Extensions)> {
+        (**self).request_parts()
+    }
+
+    fn request_headers(&self) -> Option<&HeaderMap> {
+        (**self).request_headers()
+    }
+}
+
+impl<T: TokenSource + ?Sized> TokenSource for &T {
+    fn user_token(&self, id6: &Id6) -> Option<UserToken> {
+        (**self).user_token(id6)
     }
 }
 

@@ -11,10 +11,11 @@ use serde::Deserialize;
 
 use crate::admission::{Admission, Health, RateWindow};
 use crate::config::{join, Authorization, ClientSettings};
+use crate::error::TokenRejection;
 use crate::error::{ApiError, Error, Kind};
 use crate::telemetry::{Telemetry, Upstream};
 use crate::token::UserToken;
-use crate::user::{Authentication, TokenRejection, User};
+use crate::user::{Authentication, User};
 
 /// The HTTP side of the handle: one pooled reqwest client and where to send what.
 #[derive(Debug)]

@@ -7,9 +7,16 @@ use std::time::{Duration, SystemTime};
 
 use http::StatusCode;
 
-use crate::config::Setting;
-
 type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// A setting as people meet it: the builder's setter, and the environment variable that
+/// sets it too (empty for a setter without one). Config errors name both, so whichever way
+/// it was set, the fix is findable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Setting {
+    pub(crate) setter: &'static str,
+    pub(crate) var: &'static str,
+}
 
 /// An error from id6-tower: a bad setting, or id6 that could not give an answer.
 ///
@@ -88,7 +95,7 @@ pub(crate) enum Kind {
     NoToken,
     /// A typed call's token was refused without calling id6: it cannot be an id6 token (its
     /// shape, or the JWT secret), or id6 refused it a moment ago (the negative cache).
-    Refused(crate::user::TokenRejection),
+    Refused(TokenRejection),
     /// id6 refused a typed call with its error JSON (401, 400, 404...).
     Api(Box<ApiError>),
     /// A typed call's input was refused before anything was sent.
@@ -155,7 +162,7 @@ impl Error {
     }
 
     /// The rejected setting, by the name of its [`Id6Builder`](crate::Id6Builder) setter
-    /// (`"url"`, `"cache_ttl"`...), for a config error.
+    /// (`"url"`...), for a config error.
     pub fn setting(&self) -> Option<&'static str> {
         match self.inner.kind {
             Kind::Config { setting, .. } => Some(setting.setter),
@@ -163,8 +170,8 @@ impl Error {
         }
     }
 
-    /// The rejected setting, by the name of its environment variable (`"ID6_URL"`,
-    /// `"ID6_CACHE_TTL"`...), for a config error.
+    /// The rejected setting, by the name of its environment variable (`"ID6_URL"`...),
+    /// for a config error.
     pub fn variable(&self) -> Option<&'static str> {
         match self.inner.kind {
             Kind::Config { setting, .. } => Some(setting.var),
@@ -281,9 +288,8 @@ impl Error {
         )
     }
 
-    /// id6 was not called because this caller's tokens already cost their
-    /// [`miss_limit`](crate::Id6Builder::miss_limit) of calls; see
-    /// [`retry_after`](Self::retry_after).
+    /// id6 was not called because this caller's tokens already cost their miss budget of
+    /// calls; see [`retry_after`](Self::retry_after).
     pub fn is_over_budget(&self) -> bool {
         matches!(self.inner.kind, Kind::OverBudget { .. })
     }
@@ -399,6 +405,59 @@ impl StdError for Error {
     }
 }
 
+/// Why a token was refused, in id6's words: its `errorCode` and message for a bad token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TokenRejection {
+    /// `invalid_token`: not a token id6 issued (garbage, a wrong signature), or one id6
+    /// refused for a reason it did not name.
+    InvalidToken,
+    /// `token_expired`: past id6's token lifetime.
+    TokenExpired,
+    /// `token_revoked`: issued before its user signed out everywhere.
+    TokenRevoked,
+    /// `user_not_found`: its user no longer exists.
+    UserNotFound,
+}
+
+impl TokenRejection {
+    /// id6's `errorCode`.
+    pub fn error_code(self) -> &'static str {
+        match self {
+            TokenRejection::InvalidToken => "invalid_token",
+            TokenRejection::TokenExpired => "token_expired",
+            TokenRejection::TokenRevoked => "token_revoked",
+            TokenRejection::UserNotFound => "user_not_found",
+        }
+    }
+
+    /// id6's message.
+    pub fn message(self) -> &'static str {
+        match self {
+            TokenRejection::InvalidToken => "Invalid token",
+            TokenRejection::TokenExpired => "Token expired",
+            TokenRejection::TokenRevoked => "Token revoked",
+            TokenRejection::UserNotFound => "User not found",
+        }
+    }
+
+    /// From id6's `errorCode`; one it does not document reads as `invalid_token`.
+    pub(crate) fn from_code(code: Option<&str>) -> Self {
+        match code {
+            Some("token_expired") => TokenRejection::TokenExpired,
+            Some("token_revoked") => TokenRejection::TokenRevoked,
+            Some("user_not_found") => TokenRejection::UserNotFound,
+            _ => TokenRejection::InvalidToken,
+        }
+    }
+}
+
+impl std::fmt::Display for TokenRejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.error_code())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -412,13 +471,19 @@ mod tests {
 
     #[test]
     fn predicates_follow_the_kind() {
-        let e = Error::config(crate::config::setting::CACHE_TTL, "must be more than zero");
+        let e = Error::config(
+            Setting {
+                setter: "url",
+                var: "ID6_URL",
+            },
+            "is not set",
+        );
         assert!(e.is_config() && !e.is_unavailable());
-        assert_eq!(e.setting(), Some("cache_ttl"));
-        assert_eq!(e.variable(), Some("ID6_CACHE_TTL"));
+        assert_eq!(e.setting(), Some("url"));
+        assert_eq!(e.variable(), Some("ID6_URL"));
         assert_eq!(
             e.to_string(),
-            "invalid id6 setting `cache_ttl` (ID6_CACHE_TTL): must be more than zero"
+            "invalid id6 setting `url` (ID6_URL): is not set"
         );
 
         let reset = SystemTime::now() + Duration::from_secs(30);

@@ -190,8 +190,8 @@ mod tests {
 
     use super::*;
     use crate::error::Kind;
+    use crate::error::TokenRejection;
     use crate::rejection::BearerAccepted;
-    use crate::user::TokenRejection;
 
     fn parts_with(verdict: Option<Authentication>) -> Parts {
         let mut request = http::Request::builder().uri("/me?x=1").body(()).unwrap();

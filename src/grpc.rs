@@ -33,8 +33,8 @@ use tonic::Status;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::error::TokenRejection;
 use crate::user::Authentication;
-use crate::user::TokenRejection;
 use crate::user::User;
 
 /// The caller, if signed in; `UNAVAILABLE` when id6 could not be asked.

@@ -18,6 +18,7 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response};
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::config::Origin;
 use crate::id6::Id6;
 use crate::rejection::{sign_in_redirect, AuthRejection};
 use crate::token::TokenLocation;
@@ -161,9 +162,7 @@ impl<F: Condition> Check for UserCheck<F> {
         let mut response = match settings.login_url.as_ref() {
             // A browser is sent to sign in; never anywhere but the configured page.
             Some(login) if anonymous && wants_html(request.headers()) => sign_in_redirect(login),
-            _ => rejection
-                .with_hook(settings.rejection_hook.as_ref())
-                .into_http(),
+            _ => rejection.with_hook(id6.rejection_hook()).into_http(),
         };
         if settings.login_url.is_some() && anonymous {
             // The answer depends on `Accept`: caches must not give a browser the API's.
@@ -187,7 +186,7 @@ impl Check for CsrfCheck {
             return None;
         }
         let rejection = AuthRejection::csrf(request.uri(), request.extensions())
-            .with_hook(id6.http_settings().rejection_hook.as_ref());
+            .with_hook(id6.rejection_hook());
         Some(rejection.into_http())
     }
 }
@@ -217,7 +216,7 @@ fn is_cross_site_write<B>(id6: &Id6, request: &Request<B>) -> bool {
         return false;
     }
     let headers = request.headers();
-    let finder = &id6.resolver().settings().finder;
+    let finder = id6.resolver().finder();
     if !matches!(finder.find_raw(headers), Some((_, TokenLocation::Cookie))) {
         return false;
     }
@@ -272,87 +271,84 @@ fn is_safe(method: &Method) -> bool {
     )
 }
 
-/// A web origin, normalised: lowercase scheme and host, default port left out.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Origin {
-    scheme: String,
-    /// `host[:port]`, the port only when not the scheme's default.
-    authority: String,
-}
-
-impl Origin {
-    /// `scheme://host[:port]` and nothing else (no path, userinfo, query); `None` otherwise.
-    pub(crate) fn parse(text: &str) -> Option<Self> {
-        let (scheme, rest) = text.trim().split_once("://")?;
-        let scheme = scheme.to_ascii_lowercase();
-        let default_port = match scheme.as_str() {
-            "http" => "80",
-            "https" => "443",
-            _ => return None,
-        };
-        if rest.is_empty() || rest.contains(['/', '?', '#', '@', ' ']) {
-            return None;
-        }
-        let authority = rest.to_ascii_lowercase();
-        let authority = match authority.rsplit_once(':') {
-            // Not the inside of an IPv6 literal: a port.
-            Some((host, port)) if !port.contains(']') => {
-                if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
-                    return None;
-                }
-                if port == default_port {
-                    host.to_owned()
-                } else {
-                    authority.clone()
-                }
-            }
-            _ => authority,
-        };
-        Some(Origin { scheme, authority })
+/// The guards, built from the handle (their constructors stand here so that the handle
+/// need not know them).
+impl Id6 {
+    /// A guard for whole routes (inside [`layer`](Self::layer)): signed-in users pass;
+    /// anonymous callers get 401 with id6's error JSON (its own `errorCode` for a rejected
+    /// token), or, when a [`login_url`](crate::Id6Builder::login_url) is set and the caller is a
+    /// browser (`Accept: text/html`), a `303` to that page and nowhere else; 503 while id6
+    /// cannot be asked. Works in any tower stack whose response body is `From<String>`.
+    ///
+    /// ```
+    /// use axum::{routing::get, Router};
+    /// use id6_tower::RequireUser;
+    ///
+    /// # fn app(id6: id6_tower::Id6) -> Router {
+    /// Router::new()
+    ///     .route("/account", get(|RequireUser(user): RequireUser| async move {
+    ///         format!("Account of {}", user.name)
+    ///     }))
+    ///     .route_layer(id6.require_user())
+    ///     .layer(id6.layer())
+    /// # }
+    /// ```
+    pub fn require_user(&self) -> RequireUserLayer {
+        GuardLayer::new(self.clone(), UserCheck(AnyUser))
     }
 
-    /// Whether `host` (a `Host` header) names this origin's host and port. The scheme is not
-    /// in `Host`: behind a TLS terminator, `https://app` and a `Host: app` are the same site.
-    fn has_authority(&self, host: &str) -> bool {
-        let host = host.trim().to_ascii_lowercase();
-        let host = host
-            .strip_suffix(":80")
-            .filter(|_| self.scheme == "http")
-            .or_else(|| host.strip_suffix(":443").filter(|_| self.scheme == "https"))
-            .unwrap_or(&host);
-        host == self.authority
+    /// A guard with a condition: id6 has no roles, so the app decides by user (a list of
+    /// ids or emails, a domain). Signed-in users who do not qualify get `403` with id6's
+    /// error shape and `errorCode: "forbidden"`; the others are answered as by
+    /// [`require_user`](Self::require_user).
+    ///
+    /// ```
+    /// use axum::{routing::get, Router};
+    ///
+    /// # fn app(id6: id6_tower::Id6) -> Router {
+    /// let admins = ["alice@example.com".to_owned()];
+    /// Router::new()
+    ///     .route("/admin", get(|| async { "admin" }))
+    ///     .route_layer(id6.require_user_where(move |user| {
+    ///         user.email.as_ref().is_some_and(|email| admins.contains(email))
+    ///     }))
+    ///     .layer(id6.layer())
+    /// # }
+    /// ```
+    pub fn require_user_where<F>(&self, condition: F) -> RequireUserLayer<F>
+    where
+        F: Fn(&User) -> bool + Clone + Send + Sync + 'static,
+    {
+        GuardLayer::new(self.clone(), UserCheck(condition))
+    }
+
+    /// CSRF protection for routes that write (inside or outside [`layer`](Self::layer)):
+    /// a `POST`, `PUT`, `PATCH` or `DELETE` whose token came from the cookie is refused with
+    /// `403` (`errorCode: "csrf_rejected"`) when `Sec-Fetch-Site` says `cross-site`, or when
+    /// `Origin` is neither the request's own (by `Host`) nor one of the
+    /// [`trusted_origins`](crate::Id6Builder::trusted_origins), or `null` without Fetch Metadata
+    /// saying `same-origin`; without `Origin`, when `Referer` names another site. Requests
+    /// without any of these headers (not a browser), bearer tokens and safe methods pass
+    /// (OWASP's Fetch Metadata and Origin checks).
+    ///
+    /// ```
+    /// use axum::{routing::post, Router};
+    ///
+    /// # fn app(id6: id6_tower::Id6) -> Router {
+    /// Router::new()
+    ///     .route("/logout", post(|| async { "bye" }))
+    ///     .route_layer(id6.csrf())
+    ///     .layer(id6.layer())
+    /// # }
+    /// ```
+    pub fn csrf(&self) -> CsrfLayer {
+        GuardLayer::new(self.clone(), CsrfCheck)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn origins_are_normalised_and_strict() {
-        let o = |t: &str| Origin::parse(t);
-        assert_eq!(o("HTTPS://App.Example:443"), o("https://app.example"));
-        assert_ne!(o("https://app.example:8443"), o("https://app.example"));
-        assert_ne!(o("http://app.example"), o("https://app.example"));
-        for bad in [
-            "null",
-            "app.example",
-            "ftp://app.example",
-            "https://app.example/",
-            "https://u@app.example",
-            "https://app.example:x",
-            "https://",
-        ] {
-            assert_eq!(o(bad), None, "{bad}");
-        }
-        let origin = o("https://app.example").unwrap();
-        assert!(origin.has_authority("app.example"));
-        assert!(origin.has_authority("APP.example:443"));
-        assert!(!origin.has_authority("app.example:8443"));
-        assert!(!origin.has_authority("evil.example"));
-        let v6 = o("http://[::1]:3000").unwrap();
-        assert!(v6.has_authority("[::1]:3000"));
-    }
 
     #[test]
     fn csrf_knows_the_own_origin_by_host_or_by_authority() {

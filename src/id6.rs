@@ -8,16 +8,13 @@ use std::sync::Arc;
 use http::{HeaderMap, HeaderValue};
 
 use crate::client::Client;
-use crate::config::HttpSettings;
-use crate::config::{Id6Builder, Settings};
+use crate::config::{HttpSettings, Id6Builder, RedisSettings, Settings};
 use crate::error::Error;
-use crate::guard::{AnyUser, CsrfCheck, CsrfLayer, GuardLayer, RequireUserLayer, UserCheck};
-use crate::layer::Id6Layer;
-use crate::resolve::{self, Resolver};
+use crate::rejection::{AuthRejection, RejectionHook};
+use crate::resolve::{Resolver, SecondLevel};
 use crate::telemetry::{Stats, Telemetry};
 use crate::token::UserToken;
 use crate::user::Authentication;
-use crate::user::User;
 
 /// The handle to one id6 deployment: its HTTP client and the cache of its answers.
 ///
@@ -43,6 +40,8 @@ struct Inner {
     telemetry: Arc<Telemetry>,
     /// For the layer and the guards: what they answer with.
     http: HttpSettings,
+    /// The app's own answer to every rejection, when it has one.
+    rejection_hook: Option<RejectionHook>,
     /// For the typed calls.
     max_picture_bytes: u64,
 }
@@ -70,11 +69,14 @@ impl Id6 {
             resolver,
             redis,
             http,
+            rejection_hook,
             max_picture_bytes,
         } = settings;
+        let rejection_hook = rejection_hook
+            .map(|hook| RejectionHook::new(move |rejection: &AuthRejection| (hook.0)(rejection)));
         let telemetry = Arc::new(Telemetry::new());
         let client = Arc::new(Client::new(client, telemetry.clone())?);
-        let second_level = resolve::connect(redis)?;
+        let second_level = second_level(redis)?;
         let resolver = Resolver::new(resolver, client.clone(), second_level, telemetry.clone());
         Ok(Id6 {
             inner: Arc::new(Inner {
@@ -82,110 +84,15 @@ impl Id6 {
                 client,
                 telemetry,
                 http,
+                rejection_hook,
                 max_picture_bytes,
             }),
         })
     }
 
-    /// The tower layer that puts an [`Authentication`] into every request.
-    pub fn layer(&self) -> Id6Layer {
-        Id6Layer::new(self.clone())
-    }
-
-    /// A guard for whole routes (inside [`layer`](Self::layer)): signed-in users pass;
-    /// anonymous callers get 401 with id6's error JSON (its own `errorCode` for a rejected
-    /// token), or, when a [`login_url`](Id6Builder::login_url) is set and the caller is a
-    /// browser (`Accept: text/html`), a `303` to that page and nowhere else; 503 while id6
-    /// cannot be asked. Works in any tower stack whose response body is `From<String>`.
-    ///
-    /// ```
-    /// use axum::{routing::get, Router};
-    /// use id6_tower::RequireUser;
-    ///
-    /// # fn app(id6: id6_tower::Id6) -> Router {
-    /// Router::new()
-    ///     .route("/account", get(|RequireUser(user): RequireUser| async move {
-    ///         format!("Account of {}", user.name)
-    ///     }))
-    ///     .route_layer(id6.require_user())
-    ///     .layer(id6.layer())
-    /// # }
-    /// ```
-    pub fn require_user(&self) -> RequireUserLayer {
-        GuardLayer::new(self.clone(), UserCheck(AnyUser))
-    }
-
-    /// A guard with a condition: id6 has no roles, so the app decides by user (a list of
-    /// ids or emails, a domain). Signed-in users who do not qualify get `403` with id6's
-    /// error shape and `errorCode: "forbidden"`; the others are answered as by
-    /// [`require_user`](Self::require_user).
-    ///
-    /// ```
-    /// use axum::{routing::get, Router};
-    ///
-    /// # fn app(id6: id6_tower::Id6) -> Router {
-    /// let admins = ["alice@example.com".to_owned()];
-    /// Router::new()
-    ///     .route("/admin", get(|| async { "admin" }))
-    ///     .route_layer(id6.require_user_where(move |user| {
-    ///         user.email.as_ref().is_some_and(|email| admins.contains(email))
-    ///     }))
-    ///     .layer(id6.layer())
-    /// # }
-    /// ```
-    pub fn require_user_where<F>(&self, condition: F) -> RequireUserLayer<F>
-    where
-        F: Fn(&User) -> bool + Clone + Send + Sync + 'static,
-    {
-        GuardLayer::new(self.clone(), UserCheck(condition))
-    }
-
-    /// CSRF protection for routes that write (inside or outside [`layer`](Self::layer)):
-    /// a `POST`, `PUT`, `PATCH` or `DELETE` whose token came from the cookie is refused with
-    /// `403` (`errorCode: "csrf_rejected"`) when `Sec-Fetch-Site` says `cross-site`, or when
-    /// `Origin` is neither the request's own (by `Host`) nor one of the
-    /// [`trusted_origins`](Id6Builder::trusted_origins), or `null` without Fetch Metadata
-    /// saying `same-origin`; without `Origin`, when `Referer` names another site. Requests
-    /// without any of these headers (not a browser), bearer tokens and safe methods pass
-    /// (OWASP's Fetch Metadata and Origin checks).
-    ///
-    /// ```
-    /// use axum::{routing::post, Router};
-    ///
-    /// # fn app(id6: id6_tower::Id6) -> Router {
-    /// Router::new()
-    ///     .route("/logout", post(|| async { "bye" }))
-    ///     .route_layer(id6.csrf())
-    ///     .layer(id6.layer())
-    /// # }
-    /// ```
-    pub fn csrf(&self) -> CsrfLayer {
-        GuardLayer::new(self.clone(), CsrfCheck)
-    }
-
-    /// A layer for sensitive routes (payments, password changes): like
-    /// [`layer`](Self::layer), but a cached user confirmed by id6 longer ago than `max_age`
-    /// is asked about again first, coalesced like any miss, so that a revocation on id6 is
-    /// seen within `max_age` there.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use axum::{routing::post, Router};
-    ///
-    /// # fn app(id6: id6_tower::Id6) -> Router {
-    /// Router::new()
-    ///     .route("/pay", post(|| async { "paid" }))
-    ///     .route_layer(id6.layer_with_max_age(Duration::from_secs(30)))
-    ///     .layer(id6.layer())
-    /// # }
-    /// ```
-    pub fn layer_with_max_age(&self, max_age: std::time::Duration) -> Id6Layer {
-        Id6Layer::with_max_age(self.clone(), max_age)
-    }
-
     /// Who the request with these headers is, through the cache: the layer's own resolution,
     /// for code that does not run behind it. Without the request's connection, its misses
-    /// are not charged to any caller's [`miss_limit`](Id6Builder::miss_limit).
+    /// are not charged to any caller's miss budget.
     ///
     /// ```
     /// # async fn run(id6: id6_tower::Id6, request: http::Request<()>) {
@@ -252,23 +159,58 @@ impl Id6 {
         &self.inner.http
     }
 
+    /// The app's own answer to every rejection, when the builder was given one.
+    pub(crate) fn rejection_hook(&self) -> Option<&RejectionHook> {
+        self.inner.rejection_hook.as_ref()
+    }
+
     #[cfg(feature = "pictures")]
     pub(crate) fn max_picture_bytes(&self) -> u64 {
         self.inner.max_picture_bytes
     }
 }
 
+/// The second level `settings` ask for, if any.
+///
+/// # Errors
+///
+/// A Redis URL that does not parse, or one given without the `redis` feature compiled in.
+fn second_level(settings: Option<RedisSettings>) -> Result<Option<Arc<dyn SecondLevel>>, Error> {
+    let Some(settings) = settings else {
+        return Ok(None);
+    };
+    #[cfg(feature = "redis")]
+    return Ok(Some(Arc::new(crate::redis::Redis::new(settings)?)));
+    #[cfg(not(feature = "redis"))]
+    {
+        drop(settings);
+        Err(Error::config(
+            crate::config::setting::REDIS_URL,
+            "needs the `redis` feature of id6-tower",
+        ))
+    }
+}
+
+impl Id6Builder {
+    /// Checks every setting and builds the handle. Never contacts id6.
+    ///
+    /// # Errors
+    ///
+    /// A config [`Error`] naming the first unusable setting, by its setter and its
+    /// environment variable: a URL that is not `http(s)`, a zero or out-of-range duration
+    /// or count, an empty or invalid cookie name, or an environment variable that could not
+    /// be read.
+    pub fn build(self) -> Result<Id6, Error> {
+        Id6::from_settings(self.validate()?)
+    }
+}
+
 impl fmt::Debug for Id6 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let client = self.inner.client.settings();
-        let resolver = self.inner.resolver.settings();
+        // The parts' settings, whose `Debug` never shows a secret.
         f.debug_struct("Id6")
-            .field("user_url", &client.user_url)
-            .field("cookie_name", &client.cookie_name)
-            .field("cache_ttl", &resolver.cache_ttl)
-            .field("negative_ttl", &resolver.negative_ttl)
-            .field("max_capacity", &resolver.max_capacity)
-            .field("timeout", &client.timeout)
+            .field("client", self.inner.client.settings())
+            .field("resolver", self.inner.resolver.settings())
             .field("max_picture_bytes", &self.inner.max_picture_bytes)
             .finish_non_exhaustive()
     }

@@ -53,10 +53,10 @@ pub(crate) enum Refusal {
 
 impl Refusal {
     /// What id6 answers for such a token.
-    pub(crate) fn as_rejection(self) -> crate::user::TokenRejection {
+    pub(crate) fn as_rejection(self) -> crate::error::TokenRejection {
         match self {
-            Refusal::Expired => crate::user::TokenRejection::TokenExpired,
-            _ => crate::user::TokenRejection::InvalidToken,
+            Refusal::Expired => crate::error::TokenRejection::TokenExpired,
+            _ => crate::error::TokenRejection::InvalidToken,
         }
     }
 

@@ -16,7 +16,7 @@
 //! ```no_run
 //! use axum::{routing::get, Json, Router};
 //! use id6_tower::{CurrentUser, Id6, RequireUser, User};
-//! use std::{sync::Arc, time::Duration};
+//! use std::sync::Arc;
 //!
 //! async fn home(CurrentUser(user): CurrentUser) -> String {
 //!     match user {
@@ -30,11 +30,9 @@
 //! }
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! let id6 = Id6::builder("http://127.0.0.1:8000/api") // id6's API, `/api` behind its proxy
-//!     .cache_ttl(Duration::from_secs(60))
-//!     .negative_ttl(Duration::from_secs(5))
-//!     .timeout(Duration::from_secs(3))
-//!     .build()?;
+//! // id6's API, `/api` behind its proxy. Every setting has its setter and its variable
+//! // (`Id6::from_env()`): the README's configuration table lists them.
+//! let id6 = Id6::builder("http://127.0.0.1:8000/api").build()?;
 //!
 //! let app = Router::new()
 //!     .route("/", get(home))
@@ -114,9 +112,9 @@ pub mod future {
 }
 
 pub use admission::Health;
-pub use api::Profile;
+pub use api::{Profile, TokenSource};
 pub use config::{Id6Builder, MissLimit, OnUnavailable};
-pub use error::Error;
+pub use error::{Error, TokenRejection};
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub use extract::{CurrentUser, RequireUser};
@@ -131,5 +129,5 @@ pub use rejection::AuthRejection;
 pub use session::LiveSocket;
 pub use session::Session;
 pub use telemetry::Stats;
-pub use token::{TokenLocation, TokenSource, UserToken};
-pub use user::{Authentication, TokenRejection, User};
+pub use token::{TokenLocation, UserToken};
+pub use user::{Authentication, User};

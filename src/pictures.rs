@@ -10,10 +10,10 @@ use http::Method;
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::api::TokenSource;
 use crate::client::read_capped;
 use crate::error::{Error, Kind};
 use crate::id6::Id6;
-use crate::token::TokenSource;
 
 /// A picture for [`Id6::update_picture`]: a file name ending in `.png`, `.jpg` or `.jpeg`
 /// (what id6 checks) and the bytes, in memory or streamed from a file.

@@ -34,9 +34,10 @@ use futures_util::future::{BoxFuture, FutureExt};
 
 use crate::clock::now_ms;
 use crate::config::RedisSettings;
+use crate::error::TokenRejection;
 use crate::resolve::{EvictionSink, Scope, SecondLevel};
 use crate::token::TokenKey;
-use crate::user::{Authentication, TokenRejection, User};
+use crate::user::{Authentication, User};
 
 /// Atomic store of a user, refused when the user's tokens were revoked since the load began.
 /// KEYS: the entry, the user's revocation mark, the user's set of entries. ARGV: the value,

@@ -14,8 +14,8 @@ use http::header::{CONTENT_TYPE, LOCATION, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{Extensions, HeaderValue, Response, StatusCode, Uri};
 
 use crate::error::Error;
+use crate::error::TokenRejection;
 use crate::user::Authentication;
-use crate::user::TokenRejection;
 
 /// Retry-After when id6 gave no wait of its own.
 pub(crate) const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(5);

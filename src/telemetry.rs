@@ -37,11 +37,11 @@ pub struct Stats {
     pub negative_hits: u64,
     /// Cache misses (each then starts or joins an id6 call, unless over budget).
     pub misses: u64,
-    /// Misses refused because their caller's [`miss_limit`](crate::Id6Builder::miss_limit)
-    /// was spent: id6 not asked, the request resolved as unavailable.
+    /// Misses refused because their caller's miss budget was spent: id6 not asked, the
+    /// request resolved as unavailable.
     pub over_budget: u64,
-    /// Background refreshes of cached users started ahead of their expiry
-    /// ([`refresh_after`](crate::Id6Builder::refresh_after)).
+    /// Background refreshes of cached users started ahead of their expiry (past the refresh
+    /// age).
     pub refreshes: u64,
     /// Refreshes not made because id6's remaining rate limit was under its reserve (or the
     /// breaker was open).

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::error::Error;
+use crate::error::{Error, TokenRejection};
 
 /// A signed-in id6 user, as `GET /user` answers it.
 ///
@@ -150,59 +150,6 @@ impl Authentication {
             Authentication::Unavailable(error) => Some(error),
             _ => None,
         }
-    }
-}
-
-/// Why a token was refused, in id6's words: its `errorCode` and message for a bad token.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum TokenRejection {
-    /// `invalid_token`: not a token id6 issued (garbage, a wrong signature), or one id6
-    /// refused for a reason it did not name.
-    InvalidToken,
-    /// `token_expired`: past id6's token lifetime.
-    TokenExpired,
-    /// `token_revoked`: issued before its user signed out everywhere.
-    TokenRevoked,
-    /// `user_not_found`: its user no longer exists.
-    UserNotFound,
-}
-
-impl TokenRejection {
-    /// id6's `errorCode`.
-    pub fn error_code(self) -> &'static str {
-        match self {
-            TokenRejection::InvalidToken => "invalid_token",
-            TokenRejection::TokenExpired => "token_expired",
-            TokenRejection::TokenRevoked => "token_revoked",
-            TokenRejection::UserNotFound => "user_not_found",
-        }
-    }
-
-    /// id6's message.
-    pub fn message(self) -> &'static str {
-        match self {
-            TokenRejection::InvalidToken => "Invalid token",
-            TokenRejection::TokenExpired => "Token expired",
-            TokenRejection::TokenRevoked => "Token revoked",
-            TokenRejection::UserNotFound => "User not found",
-        }
-    }
-
-    /// From id6's `errorCode`; one it does not document reads as `invalid_token`.
-    pub(crate) fn from_code(code: Option<&str>) -> Self {
-        match code {
-            Some("token_expired") => TokenRejection::TokenExpired,
-            Some("token_revoked") => TokenRejection::TokenRevoked,
-            Some("user_not_found") => TokenRejection::UserNotFound,
-            _ => TokenRejection::InvalidToken,
-        }
-    }
-}
-
-impl std::fmt::Display for TokenRejection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.error_code())
     }
 }
 

@@ -1,130 +1,746 @@
-//! The builder and the validated settings it produces.
+//! The builder and the validated settings it produces: plain data, at the bottom of the
+//! house. The handle ([`crate::Id6`]) builds its runtime parts from [`Settings`].
 //!
-//! Every value a person or an environment can type reaches the crate through here, and
-//! `validate` range-checks each one: no value accepted here can make a library panic later
-//! (moka's TTL limit, `Instant` overflow, the semaphore's permit limit).
+//! Every setting is one row of the `settings!` table below: its setter and doc, its
+//! environment variable and how it reads, its default (and the default as the README's
+//! configuration table shows it), and the check of its accepted range. The setter, the
+//! reading of the environment and the validation all follow from the rows. No value accepted
+//! here can make a library panic later (moka's TTL limit, `Instant` overflow, the
+//! semaphore's permit limit).
 
-mod builder;
-mod env;
+mod values;
 
-use std::borrow::Cow;
+use std::ffi::OsString;
 use std::fmt;
-use std::ops::Deref;
 use std::time::Duration;
 
 use http::HeaderValue;
 use reqwest::Url;
 
 use crate::clock::Clock;
-use crate::error::Error;
-use crate::guard::Origin;
-use crate::jwt::Screen;
-use crate::rejection::RejectionHook;
-use crate::resolve::CallerFinder;
-use crate::token::TokenFinder;
+use crate::error::{Error, Setting};
+use crate::rejection::AuthRejection;
+use crate::token::TokenLocation;
+use values::{
+    base_url, between, count, is_cookie_name_byte, limits, quoted, read, Env, RawUrl, DAY, TLS,
+};
 
-pub use builder::Id6Builder;
+pub(crate) use values::{join, Authorization, CallerKey, Endpoint, OnRejection, Origin, Secret};
+pub use values::{MissLimit, OnUnavailable};
 
-/// A setting as people meet it: the builder's setter, and the environment variable that
-/// sets it too. Config errors name both, so whichever way it was set, the fix is findable.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Setting {
-    pub(crate) setter: &'static str,
-    pub(crate) var: &'static str,
-}
-
-macro_rules! settings {
-    ($($name:ident = $setter:literal, $var:literal;)*) => {
-        /// Every setting of [`Id6Builder`], by name.
-        pub(crate) mod setting {
-            use super::Setting;
-            // Some exist only with a feature (`redis`).
-            $(#[allow(dead_code)]
-            pub(crate) const $name: Setting = Setting { setter: $setter, var: $var };)*
-            /// All of them, for the tests that walk every setting.
-            #[cfg(test)]
-            pub(crate) const ALL: &[Setting] = &[$($name),*];
+/// A setter, from a row: none, one that stores what `=>` says, or one written out.
+macro_rules! setter {
+    ([$($doc:literal)*] $field:ident) => {};
+    ([$($doc:literal)*] $field:ident fn $($fn:tt)+) => {
+        $(#[doc = $doc])*
+        pub fn $($fn)+
+    };
+    (
+        [$($doc:literal)*] $field:ident
+        $name:ident $(<$($g:ident),+>)? ($($arg:ident: $aty:ty),*) $(where [$($wc:tt)+])?
+        => $store:expr
+    ) => {
+        $(#[doc = $doc])*
+        pub fn $name $(<$($g),+>)? (mut self, $($arg: $aty),*) -> Self $(where $($wc)+)? {
+            self.$field = $store;
+            self
         }
     };
 }
 
+/// The table of settings: one row each, from which the builder's fields and setters, the
+/// reading of the environment and the checks of `build` follow.
+///
+/// A row: its doc (the setter's); `NAME = "setter", "ID6_VAR", default "<as the README
+/// shows it>"` (the variable is empty for a setter the environment cannot set); the field,
+/// its default and, with `read`, how the variable's text becomes it; `check`, what `build`
+/// makes of it (a value out of range is an error naming the setter and the variable); and
+/// `set`, the setter.
+macro_rules! settings {
+    ($(
+        $(#[doc = $doc:literal])*
+        $konst:ident = $setter:literal, $var:literal, default $shown:literal;
+        $field:ident: $ty:ty = $default:expr $(, read $parse:expr)?;
+        check -> $out:ty = $check:expr;
+        set { $($set:tt)* }
+    )*) => {
+        /// Every setting, as config errors name it.
+        pub(crate) mod setting {
+            use crate::error::Setting;
+            $(
+                #[allow(dead_code)] // Some are named only with a feature (`redis`).
+                pub(crate) const $konst: Setting = Setting { setter: $setter, var: $var };
+            )*
+            /// Every row, with its default as the README's configuration table shows it.
+            #[cfg(test)]
+            pub(crate) const ALL: &[(Setting, &str)] = &[$(($konst, $shown)),*];
+        }
+
+        /// Builds an [`Id6`](crate::Id6) handle. Infallible until
+        /// [`build`](Self::build), which reports the first unusable setting by name. Every
+        /// setter has its environment variable (see [`from_env`](Self::from_env)) but
+        /// [`http_client`](Self::http_client), [`caller_key`](Self::caller_key) and
+        /// [`on_rejection`](Self::on_rejection).
+        ///
+        /// ```
+        /// use std::time::Duration;
+        ///
+        /// let id6 = id6_tower::Id6::builder("http://127.0.0.1:8000/api")
+        ///     .cache_ttl(Duration::from_secs(60))
+        ///     .negative_ttl(Duration::from_secs(5))
+        ///     .max_capacity(100_000)
+        ///     .timeout(Duration::from_secs(3))
+        ///     .build()?;
+        /// # Ok::<(), id6_tower::Error>(())
+        /// ```
+        #[must_use = "a builder does nothing until `build` is called"]
+        #[derive(Debug, Clone)]
+        pub struct Id6Builder {
+            $($field: $ty,)*
+            /// The first setting the environment gave that could not even be read.
+            deferred: Option<Error>,
+        }
+
+        impl Id6Builder {
+            $(setter!([$($doc)*] $field $($set)*);)*
+
+            /// Every setting at its default.
+            fn defaults() -> Self {
+                Id6Builder {
+                    $($field: $default,)*
+                    deferred: None,
+                }
+            }
+
+            /// Every variable the environment sets, read into its field.
+            fn read_env<F: Fn(&str) -> Option<OsString>>(&mut self, env: &mut Env<F>) {
+                $($(
+                    if let Some(value) = env.read(setting::$konst, $parse) {
+                        self.$field = value;
+                    }
+                )?)*
+            }
+
+            /// Every row checked, in the table's order: the first unusable value is the
+            /// error.
+            fn check(mut self) -> Result<Checked, Error> {
+                if let Some(error) = self.deferred.take() {
+                    return Err(error);
+                }
+                let b = &self;
+                Ok(Checked {
+                    $($field: checked(b, setting::$konst, $check)?,)*
+                })
+            }
+        }
+
+        /// Each row's value as its check made it.
+        #[allow(dead_code)] // The authorization secret is checked with its URL's row.
+        struct Checked {
+            $($field: $out,)*
+        }
+    };
+}
+
+/// Runs a row's check (a closure, so that the table needs no types for it).
+fn checked<T>(
+    builder: &Id6Builder,
+    setting: Setting,
+    check: impl FnOnce(&Id6Builder, Setting) -> Result<T, Error>,
+) -> Result<T, Error> {
+    check(builder, setting)
+}
+
 settings! {
-    URL = "url", "ID6_URL";
-    COOKIE_NAME = "cookie_name", "ID6_COOKIE_NAME";
-    CACHE_TTL = "cache_ttl", "ID6_CACHE_TTL";
-    NEGATIVE_TTL = "negative_ttl", "ID6_NEGATIVE_TTL";
-    MAX_CAPACITY = "max_capacity", "ID6_CACHE_CAPACITY";
-    TIMEOUT = "timeout", "ID6_TIMEOUT";
-    CONNECT_TIMEOUT = "connect_timeout", "ID6_CONNECT_TIMEOUT";
-    QUEUE_TIMEOUT = "queue_timeout", "ID6_QUEUE_TIMEOUT";
-    MAX_BACKOFF = "max_backoff", "ID6_MAX_BACKOFF";
-    MAX_BODY_BYTES = "max_body_bytes", "ID6_MAX_BODY_BYTES";
-    MAX_PICTURE_BYTES = "max_picture_bytes", "ID6_MAX_PICTURE_BYTES";
-    TOKEN_LOCATIONS = "token_locations", "ID6_TOKEN_SOURCES";
-    JWT_SECRET = "jwt_secret", "ID6_JWT_SECRET";
-    TOKEN_LIFETIME = "token_lifetime", "ID6_TOKEN_LIFETIME";
-    ON_UNAVAILABLE = "on_unavailable", "ID6_ON_UNAVAILABLE";
-    MAX_CONCURRENT_CALLS = "max_concurrent_calls", "ID6_MAX_CONCURRENT_CALLS";
-    AUTHORIZATION_URL = "authorization", "ID6_AUTHORIZATION_URL";
-    AUTHORIZATION_SECRET = "authorization", "ID6_AUTHORIZATION_SECRET";
-    CLEAR_DEAD_COOKIE = "clear_dead_cookie", "ID6_CLEAR_DEAD_COOKIE";
-    DEAD_COOKIE_ATTRIBUTES = "dead_cookie_attributes", "ID6_DEAD_COOKIE_ATTRIBUTES";
-    REDIS_URL = "redis", "ID6_REDIS_URL";
-    REDIS_PREFIX = "redis_prefix", "ID6_REDIS_PREFIX";
-    REDIS_TIMEOUT = "redis_timeout", "ID6_REDIS_TIMEOUT";
-    MISS_LIMIT = "miss_limit", "ID6_MISS_LIMIT";
-    TRUSTED_PROXIES = "trusted_proxies", "ID6_TRUSTED_PROXIES";
-    REFRESH_AFTER = "refresh_after", "ID6_REFRESH_AFTER";
-    LOGIN_URL = "login_url", "ID6_LOGIN_URL";
-    TRUSTED_ORIGINS = "trusted_origins", "ID6_TRUSTED_ORIGINS";
+    /// id6's API base, with `/api` behind id6's proxy: [`Id6::builder`](crate::Id6::builder).
+    URL = "url", "ID6_URL", default "required";
+    url: RawUrl = RawUrl(String::new());
+    check -> Url = |b, s| base_url(s, &b.url.0, TLS || b.http_client.is_some());
+    set {}
+
+    /// Name of id6's cookie, read from requests and forwarded to id6 (default `auth`).
+    COOKIE_NAME = "cookie_name", "ID6_COOKIE_NAME", default "`auth`";
+    cookie_name: String = "auth".to_owned(), read read::text;
+    check -> Box<str> = |b, s| {
+        let name = &b.cookie_name;
+        let valid = !name.is_empty()
+            && name.len() <= limits::TEXT_BYTES
+            && name.bytes().all(is_cookie_name_byte);
+        if !valid {
+            return Err(Error::config(
+                s,
+                "must be a cookie name of at most 1024 letters, digits, `-`, `_` or `.`",
+            ));
+        }
+        Ok(name.clone().into_boxed_str())
+    };
+    set { cookie_name(name: impl Into<String>) => name.into() }
+
+    /// How long an id6 answer naming a user is served from the cache (default 60 s, at most
+    /// 365 days).
+    CACHE_TTL = "cache_ttl", "ID6_CACHE_TTL", default "`60s`";
+    cache_ttl: Duration = Duration::from_secs(60), read read::duration;
+    check -> Duration = |b, s| between(s, b.cache_ttl, Duration::ZERO, limits::TTL);
+    set { cache_ttl(ttl: Duration) => ttl }
+
+    /// How long a token id6 rejected is remembered as anonymous (default 5 s, at most 365
+    /// days).
+    NEGATIVE_TTL = "negative_ttl", "ID6_NEGATIVE_TTL", default "`5s`";
+    negative_ttl: Duration = Duration::from_secs(5), read read::duration;
+    check -> Duration = |b, s| between(s, b.negative_ttl, Duration::ZERO, limits::TTL);
+    set { negative_ttl(ttl: Duration) => ttl }
+
+    /// How many tokens the cache holds at most (default 100 000, at most 10⁸), for users
+    /// and for rejected tokens each.
+    MAX_CAPACITY = "max_capacity", "ID6_CACHE_CAPACITY", default "`100000`";
+    max_capacity: u64 = 100_000, read read::number;
+    check -> u64 = |b, s| count(s, b.max_capacity, limits::CAPACITY);
+    set { max_capacity(entries: u64) => entries }
+
+    /// Bound on one whole call to id6, from connecting to the last byte (default 3 s, at
+    /// most 5 minutes).
+    TIMEOUT = "timeout", "ID6_TIMEOUT", default "`3s`";
+    timeout: Duration = Duration::from_secs(3), read read::duration;
+    check -> Duration = |b, s| between(s, b.timeout, Duration::ZERO, limits::WAIT);
+    set { timeout(timeout: Duration) => timeout }
+
+    /// Bound on connecting to id6 (default: the [`timeout`](Self::timeout)).
+    CONNECT_TIMEOUT = "connect_timeout", "ID6_CONNECT_TIMEOUT", default "the `timeout`";
+    connect_timeout: Option<Duration> = None, read |v| read::duration(v).map(Some);
+    check -> Duration = |b, s| {
+        between(s, b.connect_timeout.unwrap_or(b.timeout), Duration::ZERO, limits::WAIT)
+    };
+    set { connect_timeout(timeout: Duration) => Some(timeout) }
+
+    /// How long a miss may wait for a free id6 call (default: the [`timeout`](Self::timeout)).
+    QUEUE_TIMEOUT = "queue_timeout", "ID6_QUEUE_TIMEOUT", default "the `timeout`";
+    queue_timeout: Option<Duration> = None, read |v| read::duration(v).map(Some);
+    check -> Duration = |b, s| {
+        between(s, b.queue_timeout.unwrap_or(b.timeout), Duration::ZERO, limits::WAIT)
+    };
+    set { queue_timeout(timeout: Duration) => Some(timeout) }
+
+    /// The longest id6 goes uncalled after a 429 or repeated connection failures (default
+    /// 60 s, id6's own window; between 1 s and 1 h). A `429` asking for a longer wait (a
+    /// proxy's reset in milliseconds, a far-future date) is held to it, and so is the
+    /// `Retry-After` that callers are given.
+    MAX_BACKOFF = "max_backoff", "ID6_MAX_BACKOFF", default "`60s`";
+    max_backoff: Duration = Duration::from_secs(60), read read::duration;
+    check -> Duration = |b, s| between(s, b.max_backoff, limits::BACKOFF_MIN, limits::BACKOFF);
+    set { max_backoff(max: Duration) => max }
+
+    /// Cap on the bytes read from one id6 answer (default 64 KiB, at most 16 MiB); longer
+    /// is unavailable. Values read back from Redis are capped alike.
+    MAX_BODY_BYTES = "max_body_bytes", "ID6_MAX_BODY_BYTES", default "`65536`";
+    max_body_bytes: usize = 64 * 1024, read read::number;
+    check -> usize = |b, s| count(s, b.max_body_bytes, limits::BODY_BYTES);
+    set { max_body_bytes(bytes: usize) => bytes }
+
+    /// Where requests carry the token, in the order to look (default: the cookie only).
+    /// Add [`TokenLocation::Bearer`] for `Authorization: Bearer` / gRPC `authorization`
+    /// metadata (401s then carry a `WWW-Authenticate: Bearer` challenge). Wherever found,
+    /// id6 receives the token as its cookie. In the environment: `cookie`, `bearer` or
+    /// both, comma-separated, in order.
+    TOKEN_LOCATIONS = "token_locations", "ID6_TOKEN_SOURCES", default "`cookie`";
+    token_locations: Vec<TokenLocation> = vec![TokenLocation::Cookie],
+        read read::token_locations;
+    check -> Box<[TokenLocation]> = |b, s| {
+        let mut locations = Vec::new();
+        for location in &b.token_locations {
+            if locations.contains(location) {
+                return Err(Error::config(s, "lists a place twice"));
+            }
+            locations.push(*location);
+        }
+        if locations.is_empty() {
+            return Err(Error::config(s, "must name at least one place"));
+        }
+        Ok(locations.into_boxed_slice())
+    };
+    set {
+        token_locations(locations: impl IntoIterator<Item = TokenLocation>)
+            => locations.into_iter().collect()
+    }
+
+    /// Share id6's answers between instances through Redis, and broadcast every eviction to
+    /// them (feature `redis`). See the crate README, "Running several instances". Starting
+    /// never needs Redis to be up. Without the feature, `build()` refuses a Redis URL,
+    /// saying which feature to enable.
+    REDIS_URL = "redis", "ID6_REDIS_URL", default "off";
+    redis: Option<Secret> = None, read |v| Ok(Some(Secret(v.to_owned())));
+    check -> Option<String> = |b, _| Ok(b.redis.as_ref().map(|Secret(url)| url.clone()));
+    set { redis(url: impl Into<String>) => Some(Secret(url.into())) }
+
+    /// Prefix of every Redis key and of the invalidation channel (default `id6:`; at most
+    /// 1024 bytes, and no glob character: one would widen `clear`'s `SCAN` to other keys).
+    REDIS_PREFIX = "redis_prefix", "ID6_REDIS_PREFIX", default "`id6:`";
+    redis_prefix: String = "id6:".to_owned(), read read::text;
+    check -> String = |b, s| {
+        let prefix = &b.redis_prefix;
+        let globless = !prefix.contains(['*', '?', '[', ']', '\\']);
+        if b.redis.is_some() && (prefix.len() > limits::TEXT_BYTES || !globless) {
+            return Err(Error::config(
+                s,
+                "must be at most 1024 bytes, without `*`, `?`, `[`, `]` or `\\`",
+            ));
+        }
+        Ok(prefix.clone())
+    };
+    set { redis_prefix(prefix: impl Into<String>) => prefix.into() }
+
+    /// Bound on one Redis operation (default 100 ms, at most 5 minutes); past it, the layer
+    /// carries on without.
+    REDIS_TIMEOUT = "redis_timeout", "ID6_REDIS_TIMEOUT", default "`100ms`";
+    redis_timeout: Duration = Duration::from_millis(100), read read::duration;
+    check -> Duration = |b, s| match b.redis {
+        Some(_) => between(s, b.redis_timeout, Duration::ZERO, limits::WAIT),
+        None => Ok(b.redis_timeout),
+    };
+    set { redis_timeout(timeout: Duration) => timeout }
+
+    /// What a request gets when id6 cannot be asked (default [`OnUnavailable::Reject`]; a
+    /// stale window of at most 365 days). In the environment: `reject`, `anonymous` or
+    /// `stale:<duration>`.
+    ON_UNAVAILABLE = "on_unavailable", "ID6_ON_UNAVAILABLE", default "`reject`";
+    on_unavailable: OnUnavailable = OnUnavailable::Reject, read read::on_unavailable;
+    check -> OnUnavailable = |b, s| {
+        if let OnUnavailable::Stale(grace) = b.on_unavailable {
+            between(s, grace, Duration::ZERO, limits::TTL)?;
+        }
+        Ok(b.on_unavailable)
+    };
+    set { on_unavailable(policy: OnUnavailable) => policy }
+
+    /// Cap on id6 calls in flight at once (default 32, at most 10 000); beyond it, misses
+    /// wait up to [`queue_timeout`](Self::queue_timeout), then resolve as id6 unavailable.
+    MAX_CONCURRENT_CALLS = "max_concurrent_calls", "ID6_MAX_CONCURRENT_CALLS", default "`32`";
+    max_concurrent_calls: usize = 32, read read::number;
+    check -> usize = |b, s| count(s, b.max_concurrent_calls, limits::CONCURRENT_CALLS);
+    set { max_concurrent_calls(calls: usize) => calls }
+
+    /// id6's JWT secret, to verify tokens' signature and age locally (feature `jwt`): a
+    /// forged or expired token is then anonymous without an id6 call (id6 is still asked
+    /// about the others, for revocation). Without it, only the shape of a token is checked
+    /// locally, and any well-formed forgery costs an id6 call.
+    JWT_SECRET = "jwt_secret", "ID6_JWT_SECRET", default "none";
+    jwt_secret: Option<Secret> = None, read |v| Ok(Some(Secret(v.to_owned())));
+    check -> Option<Secret> = |b, s| match &b.jwt_secret {
+        Some(Secret(secret)) if secret.is_empty() => Err(Error::config(s, "must not be empty")),
+        Some(_) if !cfg!(feature = "jwt") => Err(Error::config(
+            s,
+            "needs the `jwt` feature of id6-tower (local HS256 verification)",
+        )),
+        secret => Ok(secret.clone()),
+    };
+    set { jwt_secret(secret: impl Into<String>) => Some(Secret(secret.into())) }
+
+    /// How long after `issuedAt` id6 considers a token expired (default 30 days, as id6;
+    /// at most 100 years); used with [`jwt_secret`](Self::jwt_secret).
+    TOKEN_LIFETIME = "token_lifetime", "ID6_TOKEN_LIFETIME", default "`30d`";
+    token_lifetime: Duration = Duration::from_secs(30 * DAY.as_secs()), read read::duration;
+    check -> Duration = |b, s| between(s, b.token_lifetime, Duration::ZERO, limits::TOKEN_LIFETIME);
+    set { token_lifetime(lifetime: Duration) => lifetime }
+
+    /// Resolve tokens through id6's private authorization server, `POST {url}/authorize`
+    /// with `secret`, instead of the public `GET /user`. The typed calls still use the public
+    /// API. A 401 from it means the secret is wrong: logged as an error, requests get 503.
+    AUTHORIZATION_URL = "authorization", "ID6_AUTHORIZATION_URL", default "off";
+    authorization_url: Option<RawUrl> = None, read |v| Ok(Some(RawUrl(v.to_owned())));
+    check -> Option<Authorization> = authorization;
+    set {
+        fn authorization(mut self, url: impl Into<String>, secret: impl Into<String>) -> Self {
+            self.authorization_url = Some(RawUrl(url.into()));
+            self.authorization_secret = Some(Secret(secret.into()));
+            self
+        }
+    }
+
+    /// The shared secret of the authorization server: non-empty visible ASCII, checked with
+    /// its URL's row.
+    AUTHORIZATION_SECRET = "authorization", "ID6_AUTHORIZATION_SECRET", default "off";
+    authorization_secret: Option<Secret> = None, read |v| Ok(Some(Secret(v.to_owned())));
+    check -> () = |_, _| Ok(());
+    set {}
+
+    /// When id6 says a request's token is dead (invalid, expired, revoked), append
+    /// `Set-Cookie: <cookie_name>=; Max-Age=0; Path=/; HttpOnly` to the response, as id6 does,
+    /// so the browser stops sending it (default off).
+    CLEAR_DEAD_COOKIE = "clear_dead_cookie", "ID6_CLEAR_DEAD_COOKIE", default "off";
+    clear_dead_cookie: bool = false, read read::switch;
+    check -> bool = |b, _| Ok(b.clear_dead_cookie);
+    set { clear_dead_cookie(enabled: bool) => enabled }
+
+    /// The attributes of that clearing cookie (default `Max-Age=0; Path=/; HttpOnly`; at
+    /// most 1024 bytes of visible ASCII): match the `Path`, `Domain`, `Secure`, `SameSite`
+    /// id6 sets the cookie with.
+    DEAD_COOKIE_ATTRIBUTES = "dead_cookie_attributes", "ID6_DEAD_COOKIE_ATTRIBUTES",
+        default "`Max-Age=0; Path=/; HttpOnly`";
+    dead_cookie_attributes: String = "Max-Age=0; Path=/; HttpOnly".to_owned(), read read::text;
+    check -> Option<HeaderValue> = |b, s| {
+        if !b.clear_dead_cookie {
+            return Ok(None);
+        }
+        let attributes = b.dead_cookie_attributes.trim();
+        HeaderValue::try_from(format!("{}=; {attributes}", b.cookie_name))
+            .ok()
+            .filter(|_| attributes.len() <= limits::TEXT_BYTES)
+            .map(Some)
+            .ok_or_else(|| Error::config(s, "must be at most 1024 bytes of visible ASCII"))
+    };
+    set { dead_cookie_attributes(attributes: impl Into<String>) => attributes.into() }
+
+    /// Cap on a picture given to [`Id6::update_picture`](crate::Id6::update_picture),
+    /// checked before sending, and on one read whole by `PictureDownload::bytes` (default
+    /// 10 MiB, at most 1 GiB).
+    MAX_PICTURE_BYTES = "max_picture_bytes", "ID6_MAX_PICTURE_BYTES", default "10 MiB";
+    max_picture_bytes: u64 = 10 * 1024 * 1024, read read::number;
+    check -> u64 = |b, s| count(s, b.max_picture_bytes, limits::PICTURE_BYTES);
+    set { max_picture_bytes(bytes: u64) => bytes }
+
+    /// A budget of id6 calls for tokens the cache does not know, per caller (default 30 at
+    /// once, then one every 2 s, so up to 59 in a minute that starts with a full budget:
+    /// under a third of id6's default 100 for the whole app, far above what a browser
+    /// needs; `None` turns it off; in the environment `30/1m` or `off`). Over it, the
+    /// request resolves as id6 unavailable (503 with `Retry-After`, or per
+    /// [`on_unavailable`](Self::on_unavailable)) and id6 is not called. Cache hits, and
+    /// requests joining a call already in flight, spend nothing.
+    ///
+    /// A caller is its address: axum's `ConnectInfo<SocketAddr>` (serve with
+    /// `into_make_service_with_connect_info`), tonic's `TcpConnectInfo`, or a `SocketAddr`
+    /// in the request's extensions (a bare hyper server inserts its peer's); behind proxies
+    /// see [`trusted_proxies`](Self::trusted_proxies), or name callers your way with
+    /// [`caller_key`](Self::caller_key). IPv6 addresses count per /64. A request whose
+    /// caller is unknown is not budgeted (a warning says so, once).
+    ///
+    /// Without a [`jwt_secret`](Self::jwt_secret) any well-formed forgery costs an id6
+    /// call: the secret stops forgeries outright, this budget only limits the damage.
+    MISS_LIMIT = "miss_limit", "ID6_MISS_LIMIT", default "`30/1m`";
+    miss_limit: Option<MissLimit> = Some(MissLimit::new(30, Duration::from_secs(60))),
+        read read::calls_per_window;
+    check -> Option<MissLimit> = miss_limit;
+    set { miss_limit(limit: impl Into<Option<MissLimit>>) => limit.into() }
+
+    /// How many proxies in front of the app append to `X-Forwarded-For` (default 0: the
+    /// connection's address is the caller; at most 16). With `n`, the caller is the `n`-th
+    /// address from the right, the one the outermost trusted proxy saw: entries further
+    /// left are whatever the client wrote, never trusted. Only `X-Forwarded-For` is read,
+    /// never `Forwarded` (a client could send whichever header its proxies do not write);
+    /// behind proxies that write `Forwarded` only, name callers with
+    /// [`caller_key`](Self::caller_key).
+    TRUSTED_PROXIES = "trusted_proxies", "ID6_TRUSTED_PROXIES", default "`0`";
+    trusted_proxies: usize = 0, read read::number;
+    check -> usize = |b, s| {
+        if b.trusted_proxies > limits::PROXY_HOPS {
+            return Err(Error::config(
+                s,
+                format!("{} is more than {}", b.trusted_proxies, limits::PROXY_HOPS),
+            ));
+        }
+        Ok(b.trusted_proxies)
+    };
+    set { trusted_proxies(hops: usize) => hops }
+
+    /// Names the caller of a request for the [`miss_limit`](Self::miss_limit) your own way
+    /// (an API key's owner, a header your edge sets and strips from clients), from its
+    /// headers and extensions; `None` falls back to the address. The first 64 characters of
+    /// a name are its key.
+    CALLER_KEY = "caller_key", "", default "the caller's address";
+    caller_key: Option<CallerKey> = None;
+    check -> Option<CallerKey> = |b, _| Ok(b.caller_key.clone());
+    set {
+        caller_key<F>(key: F)
+            where [F: Fn(&http::HeaderMap, &http::Extensions) -> Option<String> + Send + Sync + 'static]
+            => Some(CallerKey::new(key))
+    }
+
+    /// Once a cached user is older than this, the next request is served from the cache at
+    /// once and one background call to id6 renews the entry (default: three quarters of the
+    /// [`cache_ttl`](Self::cache_ttl); `None` turns it off, as `off` does in the
+    /// environment; must be shorter than the TTL). So a user who keeps clicking never
+    /// waits on id6 after the first request. The refresh joins any call already in flight
+    /// for the token, goes through the breaker and the call cap, pauses while id6's
+    /// remaining rate limit is under a tenth, evicts a token id6 now rejects, and never puts
+    /// back a user evicted meanwhile.
+    REFRESH_AFTER = "refresh_after", "ID6_REFRESH_AFTER", default "¾ of `cache_ttl`";
+    refresh_after: Option<Option<Duration>> = None, read |v| read::duration_or_off(v).map(Some);
+    check -> Option<Duration> = |b, s| match b.refresh_after {
+        None => Ok(Some(b.cache_ttl / 4 * 3).filter(|after| !after.is_zero())),
+        Some(None) => Ok(None),
+        Some(Some(after)) if after >= b.cache_ttl => Err(Error::config(
+            s,
+            format!(
+                "{} is not shorter than the cache TTL ({}); use `off` to disable",
+                humantime::format_duration(after),
+                humantime::format_duration(b.cache_ttl)
+            ),
+        )),
+        Some(Some(after)) => between(s, after, Duration::ZERO, limits::TTL).map(Some),
+    };
+    set { refresh_after(after: impl Into<Option<Duration>>) => Some(after.into()) }
+
+    /// id6's sign-in page, where [`Id6::require_user`](crate::Id6::require_user) sends a
+    /// browser that is not signed in (`303`): an absolute `http(s)` URL without user name or
+    /// password, at most 2048 bytes, used verbatim, so bake the way back into it if id6
+    /// should return there (`…/login?redirect=https://app/account`). Nothing from the
+    /// request ever changes where the redirect points. Unset, guards answer 401 to
+    /// browsers too.
+    LOGIN_URL = "login_url", "ID6_LOGIN_URL", default "none";
+    login_url: Option<String> = None, read |v| Ok(Some(v.to_owned()));
+    check -> Option<HeaderValue> = |b, s| match &b.login_url {
+        None => Ok(None),
+        Some(url) => Url::parse(url.trim())
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https") && u.has_host())
+            .filter(|u| u.username().is_empty() && u.password().is_none())
+            .filter(|u| u.as_str().len() <= limits::TEXT_BYTES * 2)
+            .and_then(|u| HeaderValue::try_from(u.as_str()).ok())
+            .map(Some)
+            .ok_or_else(|| {
+                Error::config(
+                    s,
+                    "must be an absolute http(s) URL without user name or password, \
+                     at most 2048 bytes",
+                )
+            }),
+    };
+    set { login_url(url: impl Into<String>) => Some(url.into()) }
+
+    /// Origins (`scheme://host[:port]`) whose writes carrying the cookie pass
+    /// [`Id6::csrf`](crate::Id6::csrf) besides the request's own (comma-separated in the
+    /// environment): a front end on another host of yours, say.
+    TRUSTED_ORIGINS = "trusted_origins", "ID6_TRUSTED_ORIGINS", default "none";
+    trusted_origins: Vec<String> = Vec::new(), read read::list;
+    check -> Box<[Origin]> = |b, s| {
+        let parse = |origin: &String| {
+            Origin::parse(origin).ok_or_else(|| {
+                Error::config(
+                    s,
+                    format!(
+                        "{} is not an origin like `https://app.example` or \
+                         `http://localhost:3000`",
+                        quoted(origin)
+                    ),
+                )
+            })
+        };
+        b.trusted_origins.iter().map(parse).collect()
+    };
+    set {
+        trusted_origins<I>(origins: I) where [I: IntoIterator, I::Item: Into<String>]
+            => origins.into_iter().map(Into::into).collect()
+    }
+
+    /// Answers every rejection of the app your way — the extractors', the guards' and the
+    /// CSRF check's — in one place: `hook` gets the [`AuthRejection`] (status, id6's code,
+    /// message, path, `Retry-After`) and returns the response, whose `String` body becomes
+    /// the service's body. [`AuthRejection::default_response`] is the crate's own answer.
+    /// (A guard's `303` to the [`login_url`](Self::login_url) is no rejection: not passed
+    /// here.)
+    ///
+    /// ```
+    /// use id6_tower::{AuthRejection, Id6};
+    ///
+    /// let id6 = Id6::builder("http://127.0.0.1:8000/api")
+    ///     .on_rejection(|rejection: &AuthRejection| {
+    ///         let mut response = rejection.default_response();
+    ///         *response.body_mut() = format!("{}: {}", rejection.status(), rejection.message());
+    ///         response
+    ///             .headers_mut()
+    ///             .insert("content-type", "text/plain".parse().unwrap());
+    ///         response
+    ///     })
+    ///     .build()?;
+    /// # Ok::<(), id6_tower::Error>(())
+    /// ```
+    ON_REJECTION = "on_rejection", "", default "id6's error JSON";
+    on_rejection: Option<OnRejection> = None;
+    check -> Option<OnRejection> = |b, _| Ok(b.on_rejection.clone());
+    set {
+        on_rejection<F>(hook: F)
+            where [F: Fn(&AuthRejection) -> http::Response<String> + Send + Sync + 'static]
+            => Some(OnRejection(std::sync::Arc::new(hook)))
+    }
+
+    /// Calls id6 through your own `reqwest::Client` (your roots, proxy, pool, or TLS stack)
+    /// instead of one built here. [`timeout`](Self::timeout) still bounds every call; the
+    /// connect timeout and redirect policy are your client's (id6 never redirects its API:
+    /// `reqwest::redirect::Policy::none()` is advised). With it, an `https` id6 URL needs no
+    /// TLS feature of this crate.
+    HTTP_CLIENT = "http_client", "", default "";
+    http_client: Option<reqwest::Client> = None;
+    check -> Option<reqwest::Client> = |b, _| Ok(b.http_client.clone());
+    set { http_client(client: reqwest::Client) => Some(client) }
 }
 
-const DAY: Duration = Duration::from_secs(24 * 3600);
-
-/// The accepted range of each bounded setting. Upper bounds sit far above any sensible
-/// value and far below what would overflow a clock or a library's own limit.
-mod limits {
-    use super::DAY;
-    use std::time::Duration;
-
-    /// A cached answer outliving a year is a revocation never seen (moka's limit: 1000 y).
-    pub(super) const TTL: Duration = Duration::from_secs(365 * DAY.as_secs());
-    /// A wait on id6, a call slot or Redis: Envoy and nginx bound theirs in seconds.
-    pub(super) const WAIT: Duration = Duration::from_secs(300);
-    /// id6's own rate-limit window is 60 s; an hour is the longest pause worth honouring.
-    pub(super) const BACKOFF_MIN: Duration = Duration::from_secs(1);
-    pub(super) const BACKOFF: Duration = Duration::from_secs(3600);
-    /// id6's tokens live 30 days by default; a century keeps every expiry representable.
-    pub(super) const TOKEN_LIFETIME: Duration = Duration::from_secs(36_500 * DAY.as_secs());
-    pub(super) const CONCURRENT_CALLS: usize = 10_000;
-    pub(super) const CAPACITY: u64 = 100_000_000;
-    /// A user is a few hundred bytes.
-    pub(super) const BODY_BYTES: usize = 16 * 1024 * 1024;
-    pub(super) const PICTURE_BYTES: u64 = 1024 * 1024 * 1024;
-    /// Names, prefixes and cookie attributes: a header's worth at most.
-    pub(super) const TEXT_BYTES: usize = 1024;
-    /// A miss budget's calls per window: far above id6's own 100 per minute.
-    pub(super) const MISS_CALLS: u32 = 1_000_000;
-    /// A miss budget's window: id6's is a minute; a day is the longest worth counting.
-    pub(super) const MISS_WINDOW: Duration = DAY;
-    /// Proxies in front of the app whose `X-Forwarded-For` entries are trusted.
-    pub(super) const PROXY_HOPS: usize = 16;
+/// Both halves of the authorization server's settings, or neither.
+fn authorization(b: &Id6Builder, s: Setting) -> Result<Option<Authorization>, Error> {
+    let secret_setting = setting::AUTHORIZATION_SECRET;
+    match (&b.authorization_url, &b.authorization_secret) {
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(Error::config(
+            secret_setting,
+            "is needed with ID6_AUTHORIZATION_URL",
+        )),
+        (None, Some(_)) => Err(Error::config(s, "is needed with ID6_AUTHORIZATION_SECRET")),
+        (Some(url), Some(Secret(secret))) => {
+            let base = base_url(s, &url.0, TLS || b.http_client.is_some())?;
+            let url = Endpoint(join(&base, "authorize"));
+            let mut secret = HeaderValue::try_from(secret.as_str())
+                .ok()
+                .filter(|secret| !secret.is_empty())
+                .ok_or_else(|| Error::config(secret_setting, "must be non-empty visible ASCII"))?;
+            secret.set_sensitive(true);
+            Ok(Some(Authorization { url, secret }))
+        }
+    }
 }
 
-/// What [`Id6Builder::build`] checked, handed out part by part: each part of the handle
-/// receives its own settings and nothing else.
+/// 1 to 10⁶ calls over a window of up to a day, at most one per millisecond.
+fn miss_limit(b: &Id6Builder, s: Setting) -> Result<Option<MissLimit>, Error> {
+    let Some(limit) = b.miss_limit else {
+        return Ok(None);
+    };
+    let calls = count(s, limit.calls(), limits::MISS_CALLS)?;
+    let window = between(s, limit.window(), Duration::ZERO, limits::MISS_WINDOW)?;
+    // governor counts in whole periods of `window / calls`.
+    if window < Duration::from_millis(1) * calls {
+        return Err(Error::config(
+            s,
+            "allows more than one call per millisecond: a longer window, or `off`",
+        ));
+    }
+    Ok(Some(limit))
+}
+
+impl Id6Builder {
+    pub(crate) fn new(url: impl Into<String>) -> Self {
+        let mut builder = Self::defaults();
+        builder.url = RawUrl(url.into());
+        builder
+    }
+
+    /// A builder from the environment: every setter but [`http_client`](Self::http_client),
+    /// [`caller_key`](Self::caller_key) and [`on_rejection`](Self::on_rejection) has its
+    /// variable, `ID6_URL` (required) for the URL, `ID6_CACHE_TTL` for
+    /// [`cache_ttl`](Self::cache_ttl) and so on: the README's configuration table lists
+    /// them all, with their defaults and accepted values.
+    ///
+    /// Durations read like `60s`, `1500ms` or `5m`. A missing, unreadable (not UTF-8) or
+    /// out-of-range variable is reported by [`build`](Self::build), naming the variable.
+    /// Setters called afterwards override what the environment said.
+    pub fn from_env() -> Self {
+        Self::from_lookup(|name| std::env::var_os(name), None)
+    }
+
+    /// [`from_env`](Self::from_env), with `url` when `ID6_URL` is unset: a development
+    /// default (say, an embedded `MockId6`) that still honours every other variable.
+    pub fn from_env_or(url: impl Into<String>) -> Self {
+        Self::from_lookup(|name| std::env::var_os(name), Some(url.into()))
+    }
+
+    /// [`from_env`](Self::from_env) over any lookup, so tests need not touch the process
+    /// environment.
+    pub(crate) fn from_lookup(
+        lookup: impl Fn(&str) -> Option<OsString>,
+        default_url: Option<String>,
+    ) -> Self {
+        let mut env = Env {
+            lookup,
+            first_error: None,
+        };
+        let mut builder = Id6Builder::defaults();
+        match (env.text(setting::URL), default_url) {
+            (Some(url), _) | (None, Some(url)) => builder.url = RawUrl(url),
+            (None, None) if env.first_error.is_none() => env.fail(setting::URL, "is not set"),
+            (None, None) => {}
+        }
+        builder.read_env(&mut env);
+        builder.deferred = env.first_error;
+        builder
+    }
+
+    /// Every setting checked, handed out part by part as plain data.
+    pub(crate) fn validate(self) -> Result<Settings, Error> {
+        let c = self.check()?;
+        let redis = c.redis.map(|url| RedisSettings {
+            url,
+            prefix: c.redis_prefix,
+            timeout: c.redis_timeout,
+            positive_ttl: c.cache_ttl,
+            negative_ttl: c.negative_ttl,
+            max_value_bytes: c.max_body_bytes,
+        });
+        let http = HttpSettings {
+            dead_cookie: c.dead_cookie_attributes,
+            login_url: c.login_url,
+            trusted_origins: c.trusted_origins,
+            bearer: c.token_locations.contains(&TokenLocation::Bearer),
+        };
+        // One clock for the cache and the breaker, so a test moves both.
+        let clock = Clock::default();
+        let resolver = ResolverSettings {
+            cookie_name: c.cookie_name.clone(),
+            token_locations: c.token_locations,
+            jwt_secret: c.jwt_secret,
+            token_lifetime: c.token_lifetime,
+            cache_ttl: c.cache_ttl,
+            negative_ttl: c.negative_ttl,
+            max_capacity: c.max_capacity,
+            on_unavailable: c.on_unavailable,
+            // An invalidation mark must outlive any load that started before it: a wait for a
+            // call slot, the call, and with Redis up to four operations (get, revocation
+            // check and eviction, store).
+            mark_lifetime: c.timeout * 2
+                + c.queue_timeout
+                + redis.as_ref().map_or(Duration::ZERO, |r| r.timeout * 4)
+                + Duration::from_secs(1),
+            refresh_after: c.refresh_after,
+            miss_limit: c.miss_limit,
+            trusted_proxies: c.trusted_proxies,
+            caller_key: c.caller_key,
+            clock: clock.clone(),
+        };
+        let client = ClientSettings {
+            user_url: Endpoint(join(&c.url, "user")),
+            base_url: Endpoint(c.url),
+            authorization: c.authorization_url,
+            cookie_name: c.cookie_name,
+            timeout: c.timeout,
+            connect_timeout: c.connect_timeout,
+            max_body_bytes: c.max_body_bytes,
+            max_concurrent_calls: c.max_concurrent_calls,
+            queue_timeout: c.queue_timeout,
+            max_backoff: c.max_backoff,
+            http: c.http_client,
+            clock,
+        };
+        Ok(Settings {
+            client,
+            resolver,
+            redis,
+            http,
+            rejection_hook: c.on_rejection,
+            max_picture_bytes: c.max_picture_bytes,
+        })
+    }
+}
+
+/// What the builder checked, handed out part by part: each part of the handle receives its
+/// own settings and nothing else.
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
     pub(crate) client: ClientSettings,
     pub(crate) resolver: ResolverSettings,
     pub(crate) redis: Option<RedisSettings>,
     pub(crate) http: HttpSettings,
+    /// The app's own answer to every rejection.
+    pub(crate) rejection_hook: Option<OnRejection>,
     /// For the typed calls: the cap on a picture, up or down.
     pub(crate) max_picture_bytes: u64,
 }
 
 /// Where and how to call id6.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct ClientSettings {
     /// id6's API base, ending in `/`, to join endpoint paths onto.
     pub(crate) base_url: Endpoint,
@@ -148,13 +764,37 @@ pub(crate) struct ClientSettings {
     pub(crate) clock: Clock,
 }
 
-/// How a request's token is found, screened, cached and answered for when id6 cannot be.
+impl fmt::Debug for ClientSettings {
+    /// Every value but the user's own client (whose `Debug` is reqwest's to decide) and the
+    /// clock.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientSettings")
+            .field("base_url", &self.base_url)
+            .field("user_url", &self.user_url)
+            .field("authorization", &self.authorization)
+            .field("cookie_name", &self.cookie_name)
+            .field("timeout", &self.timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("max_concurrent_calls", &self.max_concurrent_calls)
+            .field("queue_timeout", &self.queue_timeout)
+            .field("max_backoff", &self.max_backoff)
+            .field("own_client", &self.http.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a request's token is found, screened, cached and answered for when id6 cannot be:
+/// the resolver builds its token finder, screen and caller finder from these.
 #[derive(Debug, Clone)]
 pub(crate) struct ResolverSettings {
+    /// The cookie that carries the token.
+    pub(crate) cookie_name: Box<str>,
     /// Where to look for the token, in order.
-    pub(crate) finder: TokenFinder,
-    /// The local screen every token passes before it costs an id6 call.
-    pub(crate) screen: Screen,
+    pub(crate) token_locations: Box<[TokenLocation]>,
+    /// id6's secret, to verify tokens locally (never printed).
+    pub(crate) jwt_secret: Option<Secret>,
+    pub(crate) token_lifetime: Duration,
     pub(crate) cache_ttl: Duration,
     pub(crate) negative_ttl: Duration,
     pub(crate) max_capacity: u64,
@@ -164,9 +804,10 @@ pub(crate) struct ResolverSettings {
     /// Past this age, a cached user is served and refreshed in the background.
     pub(crate) refresh_after: Option<Duration>,
     /// The per-caller budget of id6 calls for unknown tokens, and how callers are told
-    /// apart.
+    /// apart: the address behind this many proxies, or the user's key.
     pub(crate) miss_limit: Option<MissLimit>,
-    pub(crate) callers: CallerFinder,
+    pub(crate) trusted_proxies: usize,
+    pub(crate) caller_key: Option<CallerKey>,
     /// The handle's clock (expiry), shared with the client.
     pub(crate) clock: Clock,
 }
@@ -180,8 +821,6 @@ pub(crate) struct HttpSettings {
     pub(crate) login_url: Option<HeaderValue>,
     /// Origins besides the request's own whose cookie-carrying writes pass the CSRF check.
     pub(crate) trusted_origins: Box<[Origin]>,
-    /// The app's own answer to every rejection.
-    pub(crate) rejection_hook: Option<RejectionHook>,
     /// Bearer tokens are accepted: 401s carry a `WWW-Authenticate: Bearer` challenge.
     pub(crate) bearer: bool,
 }
@@ -213,248 +852,9 @@ impl fmt::Debug for RedisSettings {
     }
 }
 
-/// An id6 URL whose `Debug` and `Display` never show a user name or password it carries.
-#[derive(Clone)]
-pub(crate) struct Endpoint(Url);
-
-impl Endpoint {
-    pub(crate) fn to_url(&self) -> Url {
-        self.0.clone()
-    }
-}
-
-impl Deref for Endpoint {
-    type Target = Url;
-    fn deref(&self) -> &Url {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Endpoint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&redact_userinfo(self.0.as_str()), f)
-    }
-}
-
-impl fmt::Display for Endpoint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&redact_userinfo(self.0.as_str()))
-    }
-}
-
-/// `scheme://***@host/..` for a URL (parsable or not) that carries userinfo; as is otherwise.
-pub(crate) fn redact_userinfo(url: &str) -> Cow<'_, str> {
-    let authority_start = url.find("://").map_or(0, |i| i + 3);
-    let rest = &url[authority_start..];
-    let userinfo_end = match Url::parse(url.trim()).ok().filter(Url::has_host) {
-        // A URL that parses says whether it has userinfo; it ends before the host.
-        Some(parsed) if parsed.username().is_empty() && parsed.password().is_none() => None,
-        Some(_) => rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())].rfind('@'),
-        // One that does not (a password with an unencoded `/`, `?` or `#`, say): everything
-        // up to the last `@` may be userinfo. Hiding a host too beats showing a password.
-        None => rest.rfind('@'),
-    };
-    match userinfo_end {
-        Some(at) => Cow::Owned(format!("{}***{}", &url[..authority_start], &rest[at..])),
-        None => Cow::Borrowed(url),
-    }
-}
-
-/// `{authz}/authorize` and the shared secret sent raw in `Authorization`.
-#[derive(Clone)]
-pub(crate) struct Authorization {
-    pub(crate) url: Endpoint,
-    /// Marked sensitive; never printed.
-    pub(crate) secret: HeaderValue,
-}
-
-impl fmt::Debug for Authorization {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Authorization")
-            .field("url", &self.url)
-            .field("secret", &"<redacted>")
-            .finish()
-    }
-}
-
-/// What a request gets when id6 cannot be asked (down, slow, rate limiting, circuit open).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum OnUnavailable {
-    /// The identity is unknown: the extractors answer 503 with `Retry-After` (default).
-    Reject,
-    /// Treat the caller as signed out.
-    Anonymous,
-    /// Serve the last answer id6 gave for that token for up to this long after its TTL ran
-    /// out, only while id6 is unavailable (stale-if-error, RFC 5861); otherwise reject.
-    Stale(Duration),
-}
-
-impl OnUnavailable {
-    /// `reject`, `anonymous` or `stale:<duration>` (e.g. `stale:10m`).
-    fn parse(value: &str) -> Option<Self> {
-        match value.trim() {
-            "reject" => Some(OnUnavailable::Reject),
-            "anonymous" => Some(OnUnavailable::Anonymous),
-            other => {
-                let grace = humantime::parse_duration(other.strip_prefix("stale:")?.trim()).ok()?;
-                Some(OnUnavailable::Stale(grace))
-            }
-        }
-    }
-}
-
-/// How many id6 calls one caller's unknown tokens may cost, at once and per window
-/// ([`Id6Builder::miss_limit`]): a flood of forged tokens from one address spends at most
-/// this much of id6's rate limit, and the other callers keep the rest.
-///
-/// ```
-/// use std::time::Duration;
-/// use id6_tower::MissLimit;
-///
-/// let limit = MissLimit::new(30, Duration::from_secs(60)); // `ID6_MISS_LIMIT=30/1m`
-/// assert_eq!(limit.calls(), 30);
-/// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct MissLimit {
-    calls: u32,
-    window: Duration,
-}
-
-impl MissLimit {
-    /// `calls` id6 calls for one caller, all of them usable at once, given back at `calls`
-    /// per `window` (one every `window / calls`): a caller that starts with its whole
-    /// budget gets up to `2 × calls − 1` in its first window, `calls` per window after that
-    /// (`build` checks: 1 to 10⁶ calls, a window up to a day).
-    pub const fn new(calls: u32, window: Duration) -> Self {
-        MissLimit { calls, window }
-    }
-
-    /// The calls allowed per window.
-    pub const fn calls(&self) -> u32 {
-        self.calls
-    }
-
-    /// The window.
-    pub const fn window(&self) -> Duration {
-        self.window
-    }
-
-    /// `off`, or `<calls>/<window>` (e.g. `30/1m`); `None` when it is neither.
-    fn parse(value: &str) -> Option<Option<Self>> {
-        let value = value.trim();
-        if value.eq_ignore_ascii_case("off") {
-            return Some(None);
-        }
-        let (calls, window) = value.split_once('/')?;
-        let calls = calls.trim().parse().ok()?;
-        let window = humantime::parse_duration(window.trim()).ok()?;
-        Some(Some(MissLimit::new(calls, window)))
-    }
-}
-
-/// A typed value as an error message quotes it: at most 64 characters, so that a pasted
-/// blob does not become a log line of its own.
-fn quoted(value: &str) -> String {
-    match value.char_indices().nth(64) {
-        Some((end, _)) => format!("`{}…`", &value[..end]),
-        None => format!("`{value}`"),
-    }
-}
-
-/// `value` when `min < value <= max` (a zero is never a usable wait or TTL).
-fn between(
-    setting: Setting,
-    value: Duration,
-    min: Duration,
-    max: Duration,
-) -> Result<Duration, Error> {
-    if value.is_zero() {
-        return Err(Error::config(setting, "must be more than zero"));
-    }
-    if value < min || value > max {
-        return Err(Error::config(
-            setting,
-            format!(
-                "{} is out of range: between {} and {}",
-                humantime::format_duration(value),
-                human(min.max(Duration::from_millis(1))),
-                human(max)
-            ),
-        ));
-    }
-    Ok(value)
-}
-
-/// A limit as people write it (`365d`, not humantime's `11months 30days 3h 50m 24s`).
-fn human(limit: Duration) -> String {
-    let secs = limit.as_secs();
-    match secs {
-        _ if limit.subsec_nanos() != 0 || secs == 0 => {
-            humantime::format_duration(limit).to_string()
-        }
-        _ if secs.is_multiple_of(DAY.as_secs()) => format!("{}d", secs / DAY.as_secs()),
-        _ if secs.is_multiple_of(3600) => format!("{}h", secs / 3600),
-        _ if secs.is_multiple_of(60) => format!("{}m", secs / 60),
-        _ => format!("{secs}s"),
-    }
-}
-
-/// `value` when `1 <= value <= max`.
-fn count<T: PartialOrd + From<u8> + fmt::Display + Copy>(
-    setting: Setting,
-    value: T,
-    max: T,
-) -> Result<T, Error> {
-    if value < T::from(1) {
-        return Err(Error::config(setting, "must be more than zero"));
-    }
-    if value > max {
-        return Err(Error::config(
-            setting,
-            format!("{value} is more than {max}"),
-        ));
-    }
-    Ok(value)
-}
-
-/// An id6 base URL, which may carry a path such as `/api`, normalised to end in `/`.
-fn base_url(setting: Setting, base: &str) -> Result<Url, Error> {
-    let shown = quoted(&redact_userinfo(base));
-    let mut url = Url::parse(base.trim())
-        .map_err(|e| Error::config(setting, format!("{shown} is not a URL: {e}")))?;
-    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-        return Err(Error::config(
-            setting,
-            format!("{shown} is not an http(s) URL"),
-        ));
-    }
-    if url.query().is_some() || url.fragment().is_some() {
-        return Err(Error::config(
-            setting,
-            "must not have a query or a fragment",
-        ));
-    }
-    let path = format!("{}/", url.path().trim_end_matches('/'));
-    url.set_path(&path);
-    Ok(url)
-}
-
-/// `{base}{path}`; `base` ends in `/` and `path` is a fixed relative path of id6's API.
-pub(crate) fn join(base: &Url, path: &str) -> Url {
-    let mut url = base.clone();
-    let joined = format!("{}{path}", base.path());
-    url.set_path(&joined);
-    url
-}
-
-/// RFC 6265 cookie-name characters, minus the separators a config would only get wrong.
-fn is_cookie_name_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')
-}
-
 #[cfg(test)]
 mod tests {
+    use super::values::redact_userinfo;
     use super::*;
     use crate::id6::Id6;
     use crate::token::TokenLocation;
@@ -489,7 +889,7 @@ mod tests {
             ("http://localhost:3001/", "http://localhost:3001/user"),
         ];
         for (base, want) in cases {
-            let user = join(&base_url(setting::URL, base).unwrap(), "user");
+            let user = join(&base_url(setting::URL, base, true).unwrap(), "user");
             assert_eq!(user.as_str(), want, "{base}");
         }
     }
@@ -692,7 +1092,7 @@ mod tests {
             ("negative duration", "-5s".into()),
             ("non-UTF-8", OsString::from_vec(vec![b'6', 0xff, b's'])),
         ];
-        for &setting in setting::ALL {
+        for &(setting, _) in setting::ALL.iter().filter(|(s, _)| !s.var.is_empty()) {
             for (what, value) in &values {
                 let mut vars = companions(setting);
                 vars.push((setting.var, value.clone()));
@@ -795,7 +1195,10 @@ mod tests {
     #[test]
     fn budget_and_refresh_settings_read_as_documented() {
         let s = env(&[("ID6_URL", "http://h")]).validate().unwrap().resolver;
-        assert_eq!(s.miss_limit, Some(Id6Builder::DEFAULT_MISS_LIMIT));
+        assert_eq!(
+            s.miss_limit,
+            Some(MissLimit::new(30, Duration::from_secs(60)))
+        );
         assert_eq!(
             s.refresh_after,
             Some(Duration::from_secs(45)),
@@ -870,16 +1273,91 @@ mod tests {
     #[test]
     fn https_without_tls_names_the_features() {
         let url = reqwest::Url::parse("https://id6.example.com/api/").unwrap();
-        let err = builder::https_possible(setting::URL, &url, false).unwrap_err();
+        let err = values::https_possible(setting::URL, &url, false).unwrap_err();
         assert_eq!(err.variable(), Some("ID6_URL"));
         assert!(err.to_string().contains("`rustls`"), "{err}");
         assert!(err.to_string().contains("`native-tls`"), "{err}");
-        assert!(builder::https_possible(setting::URL, &url, true).is_ok());
+        assert!(values::https_possible(setting::URL, &url, true).is_ok());
         let plain = reqwest::Url::parse("http://10.0.0.2:3001/").unwrap();
-        assert!(builder::https_possible(setting::URL, &plain, false).is_ok());
+        assert!(values::https_possible(setting::URL, &plain, false).is_ok());
         // Your own client speaks whatever TLS your build has.
         let own =
             Id6Builder::new("https://id6.example.com/api").http_client(reqwest::Client::new());
         assert!(own.validate().unwrap().client.http.is_some());
+    }
+
+    /// The README's configuration table is the rows' public face: every variable and default
+    /// of the table is in it, and it names no setter or variable the table lacks.
+    #[test]
+    fn the_readme_table_and_the_rows_agree() {
+        let readme = include_str!("../../README.md");
+        let section = readme.split("\n## Configuration\n").nth(1).unwrap();
+        let lines: Vec<&str> = section
+            .lines()
+            .skip_while(|line| !line.starts_with("| builder"))
+            .skip(2)
+            .take_while(|line| line.starts_with('|'))
+            .collect();
+        assert!(lines.len() > 20, "the table was not found");
+        let cells = |line: &str| -> Vec<String> {
+            line.trim_matches('|')
+                .split(" | ")
+                .map(|c| c.trim().to_owned())
+                .collect()
+        };
+        for &(setting, shown) in setting::ALL {
+            if shown.is_empty() {
+                continue; // Not in the table (`http_client`).
+            }
+            let wanted = if setting.var.is_empty() {
+                format!("`.{}(", setting.setter)
+            } else {
+                format!("`{}`", setting.var)
+            };
+            let column = usize::from(!setting.var.is_empty());
+            let line = lines
+                .iter()
+                .find(|line| cells(line)[column].contains(&wanted))
+                .unwrap_or_else(|| panic!("{wanted} is not in the README's table"));
+            let row = cells(line);
+            let setter = match setting.setter {
+                "url" => "Id6::builder(url)".to_owned(),
+                setter => format!(".{setter}("),
+            };
+            assert!(
+                row[0].contains(&setter),
+                "{wanted}: the README names the setter {}",
+                row[0]
+            );
+            assert!(
+                row[2].contains(shown),
+                "{wanted}: the README's default is {}, the row's {shown}",
+                row[2]
+            );
+        }
+        for line in &lines {
+            let row = cells(line);
+            for var in row[1].split('`').filter(|word| word.starts_with("ID6_")) {
+                assert!(
+                    setting::ALL.iter().any(|(s, _)| s.var == var),
+                    "the README's {var} is no row"
+                );
+            }
+            let setter = row[0]
+                .trim_start_matches('`')
+                .trim_start_matches("Id6::builder(")
+                .trim_start_matches('.');
+            let setter = setter.split(['(', '`']).next().unwrap();
+            let setter = if setter == "url)" || setter.is_empty() {
+                "url"
+            } else {
+                setter
+            };
+            assert!(
+                setting::ALL.iter().any(|(s, _)| s.setter == setter),
+                "the README's {} is no row",
+                row[0]
+            );
+        }
     }
 }

@@ -64,3 +64,32 @@ impl<S> Layer<S> for Id6Layer {
         }
     }
 }
+
+/// The layer, built from the handle (its constructors stand here so that the handle need
+/// not know the layer).
+impl Id6 {
+    /// The tower layer that puts an [`Authentication`](crate::Authentication) into every request.
+    pub fn layer(&self) -> Id6Layer {
+        Id6Layer::new(self.clone())
+    }
+
+    /// A layer for sensitive routes (payments, password changes): like
+    /// [`layer`](Self::layer), but a cached user confirmed by id6 longer ago than `max_age`
+    /// is asked about again first, coalesced like any miss, so that a revocation on id6 is
+    /// seen within `max_age` there.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use axum::{routing::post, Router};
+    ///
+    /// # fn app(id6: id6_tower::Id6) -> Router {
+    /// Router::new()
+    ///     .route("/pay", post(|| async { "paid" }))
+    ///     .route_layer(id6.layer_with_max_age(Duration::from_secs(30)))
+    ///     .layer(id6.layer())
+    /// # }
+    /// ```
+    pub fn layer_with_max_age(&self, max_age: std::time::Duration) -> Id6Layer {
+        Id6Layer::with_max_age(self.clone(), max_age)
+    }
+}

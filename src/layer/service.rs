@@ -89,7 +89,7 @@ where
         if http.bearer {
             request.extensions_mut().insert(BearerAccepted);
         }
-        if let Some(hook) = &http.rejection_hook {
+        if let Some(hook) = self.id6.rejection_hook() {
             request.extensions_mut().insert(hook.clone());
         }
         let lookup =

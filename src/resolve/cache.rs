@@ -281,6 +281,16 @@ impl AuthCache {
         self.entries.users.get(key).map(|cached| cached.user.id)
     }
 
+    /// Whether an answer given this long ago may still be served as a user's.
+    pub(crate) fn within_ttl(&self, age: Duration) -> bool {
+        self.entries.within_ttl(age)
+    }
+
+    /// How long a user's answer is served.
+    pub(crate) fn user_ttl(&self) -> Duration {
+        self.entries.user_ttl()
+    }
+
     /// Number of cached verdicts.
     pub(crate) fn entry_count(&self) -> u64 {
         self.entries.entry_count()
@@ -330,7 +340,7 @@ mod tests {
     use super::super::marks::MAX_MARKS;
     use super::*;
     use crate::config::Id6Builder;
-    use crate::user::TokenRejection;
+    use crate::error::TokenRejection;
     use crate::user::User;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -420,7 +430,7 @@ mod tests {
         let cache = cache();
         let key = TokenKey::of("k");
         cache.fill(key, &user(1), cache.generation());
-        // Past `refresh_after` (45 s of the default 60 s TTL).
+        // Past the refresh age (45 s of the default 60 s TTL).
         cache.entries.clock.advance(Duration::from_secs(46));
         // A load that finds the entry (a request that raced the miss) claims nothing...
         let found = cache.load(key, None, || Payer::Nobody, |_| async { user(1) });

@@ -1,11 +1,11 @@
 //! Who is calling, for the miss budget: the connection's address (through trusted proxies),
 //! or the user's own key.
 
-use std::fmt;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
-use std::sync::Arc;
 
 use http::{Extensions, HeaderMap};
+
+use crate::config::CallerKey;
 
 /// One caller, as the miss budget counts them.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -19,26 +19,6 @@ pub(crate) enum Caller {
 
 /// Characters of a caller's name kept as its key.
 const MAX_NAME: usize = 64;
-
-type KeyFn = dyn Fn(&HeaderMap, &Extensions) -> Option<String> + Send + Sync;
-
-/// The user's function naming a request's caller.
-#[derive(Clone)]
-pub(crate) struct CallerKey(Arc<KeyFn>);
-
-impl CallerKey {
-    pub(crate) fn new(
-        key: impl Fn(&HeaderMap, &Extensions) -> Option<String> + Send + Sync + 'static,
-    ) -> Self {
-        CallerKey(Arc::new(key))
-    }
-}
-
-impl fmt::Debug for CallerKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("CallerKey(..)")
-    }
-}
 
 /// Finds a request's caller.
 #[derive(Clone, Debug)]
@@ -59,7 +39,7 @@ impl CallerFinder {
     /// the outermost trusted proxy saw (or the connection's).
     pub(crate) fn find(&self, headers: &HeaderMap, extensions: &Extensions) -> Option<Caller> {
         if let Some(key) = &self.key {
-            if let Some(name) = (key.0)(headers, extensions) {
+            if let Some(name) = key.name(headers, extensions) {
                 // A key is kept for a window: bounded, whatever a client put in it.
                 let name: String = name.chars().take(MAX_NAME).collect();
                 return Some(Caller::Named(name.into()));

@@ -19,9 +19,9 @@ use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
 use super::Scope;
+use crate::error::TokenRejection;
 use crate::lock::lock;
 use crate::token::{TokenKey, UserToken};
-use crate::user::TokenRejection;
 
 /// How a token's life stands: `None` while it is good, then why it ended.
 pub(crate) type Ending = Option<TokenRejection>;

@@ -43,18 +43,19 @@ use budget::MissBudget;
 use cache::AuthCache;
 pub(crate) use cache::{Fetched, Pending};
 use caller::Caller;
-pub(crate) use caller::{CallerFinder, CallerKey};
+use caller::CallerFinder;
 use lives::Checked;
 pub(crate) use lives::Watcher;
-pub(crate) use second_level::{connect, EvictionSink, SecondLevel};
+pub(crate) use second_level::{EvictionSink, SecondLevel};
 
 use crate::client::Client;
 use crate::config::ResolverSettings;
+use crate::error::TokenRejection;
 use crate::error::{Error, Kind};
+use crate::jwt::Screen;
 use crate::telemetry::{LookupOutcome, Refresh, Telemetry};
-use crate::token::{self, Found, TokenKey, TokenLocation, TokenSource, UserToken};
+use crate::token::{self, Found, TokenFinder, TokenKey, TokenLocation, UserToken};
 use crate::user::Authentication;
-use crate::user::TokenRejection;
 
 /// A watched token is rechecked this long after its cached answer expires, so that the
 /// recheck finds it expired (the timer and the handle's clock need not agree to the tick).
@@ -117,6 +118,12 @@ pub(crate) struct Resolver {
 #[derive(Debug)]
 struct Inner {
     settings: ResolverSettings,
+    /// Where the token is, in the configured places.
+    finder: TokenFinder,
+    /// The local screen every token passes before it costs an id6 call.
+    screen: Screen,
+    /// Who is calling, for the miss budget.
+    callers: CallerFinder,
     local: AuthCache,
     second: Option<Arc<dyn SecondLevel>>,
     client: Arc<Client>,
@@ -135,6 +142,15 @@ impl Resolver {
             inner: Arc::new(Inner {
                 local: AuthCache::new(&settings, telemetry.clone()),
                 budget: settings.miss_limit.and_then(MissBudget::new),
+                finder: TokenFinder::new(&settings.cookie_name, &settings.token_locations),
+                screen: Screen::new(
+                    settings
+                        .jwt_secret
+                        .as_ref()
+                        .map(|secret| secret.0.as_bytes()),
+                    settings.token_lifetime,
+                ),
+                callers: CallerFinder::new(settings.trusted_proxies, settings.caller_key.clone()),
                 settings,
                 second,
                 client,
@@ -151,10 +167,15 @@ impl Resolver {
         &self.inner.settings
     }
 
+    /// Where this resolver looks for the token.
+    pub(crate) fn finder(&self) -> &TokenFinder {
+        &self.inner.finder
+    }
+
     /// The end user's token in these headers, found as the layer finds it; `None` when there
     /// is none or it cannot be an id6 token.
     pub(crate) fn token_from(&self, headers: &HeaderMap) -> Option<UserToken> {
-        match self.inner.settings.finder.find(headers) {
+        match self.inner.finder.find(headers) {
             Found::Token(token) => Some(UserToken::from_found(token)),
             Found::None | Found::Malformed => None,
         }
@@ -181,7 +202,7 @@ impl Resolver {
         max_age: Option<Duration>,
     ) -> Lookup {
         let inner = &*self.inner;
-        let Some((raw, location)) = inner.settings.finder.find_raw(headers) else {
+        let Some((raw, location)) = inner.finder.find_raw(headers) else {
             inner.telemetry.lookup(LookupOutcome::NoToken);
             return Lookup::NoToken;
         };
@@ -219,7 +240,7 @@ impl Resolver {
         let Found::Token(token) = token::check(raw) else {
             return refuse("not cookie-octets", TokenRejection::InvalidToken);
         };
-        if let Err(refusal) = inner.settings.screen.check(token) {
+        if let Err(refusal) = inner.screen.check(token) {
             return refuse(refusal.as_str(), refusal.as_rejection());
         }
         inner.telemetry.lookup(LookupOutcome::Miss);
@@ -228,9 +249,7 @@ impl Resolver {
         let this = self.clone();
         // Found only for a token the cache does not know (it may run the app's `caller_key`).
         let payer = || match (&inner.budget, extensions) {
-            (Some(_), Some(extensions)) => {
-                Payer::Request(inner.settings.callers.find(headers, extensions))
-            }
+            (Some(_), Some(extensions)) => Payer::Request(inner.callers.find(headers, extensions)),
             _ => Payer::Nobody,
         };
         let pending = inner.local.load(key, max_age, payer, move |payer| {
@@ -287,7 +306,7 @@ impl Resolver {
                 // An age past the TTL is no answer to keep; an unknown age (an earlier
                 // version's entry) is good for a plain miss only, as it always was.
                 let usable = match (age, younger_than) {
-                    (Some(age), _) if age >= self.inner.settings.cache_ttl => false,
+                    (Some(age), _) if !self.inner.local.within_ttl(age) => false,
                     (Some(age), Some(limit)) => age <= limit,
                     (None, Some(_)) => false,
                     (_, None) => true,
@@ -338,22 +357,22 @@ impl Resolver {
     /// The door a typed call passes before carrying a token to id6, as a miss does: the
     /// token `from` holds, screened (shape, JWT secret); one id6 refused a moment ago is
     /// refused again from the cache; one the cache does not know is paid for by the
-    /// request's caller (found in `from` when it is a request or its parts), one it knows
-    /// as a user by nobody.
+    /// request's caller (found in its `headers` and `extensions`, when the call has them),
+    /// one it knows as a user by nobody.
     ///
     /// # Errors
     ///
     /// No token (`not_authenticated`), or a local refusal in id6's words.
-    pub(crate) fn admit_call<T: TokenSource + ?Sized>(
+    pub(crate) fn admit_call(
         &self,
-        from: &T,
+        headers: Option<&HeaderMap>,
+        extensions: Option<&http::Extensions>,
         token: Option<UserToken>,
     ) -> Result<(UserToken, Payer), Error> {
         let inner = &*self.inner;
-        let (headers, extensions) = token::caller_parts(from);
         let Some(token) = token else {
             // A value where the token would be, that no id6 token can be.
-            let present = headers.is_some_and(|h| inner.settings.finder.find_raw(h).is_some());
+            let present = headers.is_some_and(|h| inner.finder.find_raw(h).is_some());
             return Err(Error::new(if present {
                 Kind::Refused(TokenRejection::InvalidToken)
             } else {
@@ -372,7 +391,7 @@ impl Resolver {
             }
             _ => {}
         }
-        if let Err(refusal) = inner.settings.screen.check(token.expose()) {
+        if let Err(refusal) = inner.screen.check(token.expose()) {
             tracing::debug!(
                 why = refusal.as_str(),
                 "typed call refused locally; id6 not called"
@@ -383,10 +402,7 @@ impl Resolver {
             (None, _) => None,
             (Some(_), Some(headers)) => {
                 let none = http::Extensions::new();
-                inner
-                    .settings
-                    .callers
-                    .find(headers, extensions.unwrap_or(&none))
+                inner.callers.find(headers, extensions.unwrap_or(&none))
             }
             (Some(_), None) => None,
         };
@@ -396,7 +412,7 @@ impl Resolver {
     /// A watcher on the life of the token in `headers`, which id6 said is `user_id`'s: for a
     /// connection that outlives its request. `None` without a token.
     pub(crate) fn watch(&self, headers: &HeaderMap, user_id: u64) -> Option<Watcher> {
-        let Found::Token(token) = self.inner.settings.finder.find(headers) else {
+        let Found::Token(token) = self.inner.finder.find(headers) else {
             return None;
         };
         let key = TokenKey::of(token);
@@ -455,7 +471,7 @@ impl Resolver {
     /// ends a connection; while id6 cannot answer, the connection stays and the token is
     /// asked about again sooner.
     async fn recheck(&self, key: TokenKey, token: UserToken) -> Checked {
-        let ttl = self.inner.settings.cache_ttl;
+        let ttl = self.inner.local.user_ttl();
         let retry = || tokio::time::Instant::now() + (ttl / 2).max(RECHECK_SLACK);
         if let Some(hit) = self.inner.local.peek(&key) {
             let now = tokio::time::Instant::now();

@@ -1,6 +1,6 @@
 //! The optional tier between the local caches and id6, shared by every instance: a small
 //! trait, so that the resolver does not know it is Redis (tower-sessions' caching store over
-//! a backing store is the model). [`connect`] is the one place that builds it.
+//! a backing store is the model). The handle (`id6.rs`) is the one place that builds it.
 
 use std::fmt;
 use std::sync::Arc;
@@ -9,8 +9,6 @@ use std::time::{Duration, Instant};
 use futures_util::future::BoxFuture;
 
 use super::Scope;
-use crate::config::RedisSettings;
-use crate::error::Error;
 use crate::token::TokenKey;
 use crate::user::Authentication;
 
@@ -54,27 +52,4 @@ pub(crate) trait EvictionSink: Send + Sync + 'static {
 
     /// Whether anything is held locally: what a late first subscription must clear.
     fn holds_any(&self) -> bool;
-}
-
-/// The second level `settings` ask for, if any.
-///
-/// # Errors
-///
-/// A Redis URL that does not parse, or one given without the `redis` feature compiled in.
-pub(crate) fn connect(
-    settings: Option<RedisSettings>,
-) -> Result<Option<Arc<dyn SecondLevel>>, Error> {
-    let Some(settings) = settings else {
-        return Ok(None);
-    };
-    #[cfg(feature = "redis")]
-    return Ok(Some(Arc::new(crate::redis::Redis::new(settings)?)));
-    #[cfg(not(feature = "redis"))]
-    {
-        drop(settings);
-        Err(Error::config(
-            crate::config::setting::REDIS_URL,
-            "needs the `redis` feature of id6-tower",
-        ))
-    }
 }

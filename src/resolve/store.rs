@@ -9,8 +9,9 @@ use moka::sync::Cache;
 
 use crate::clock::Clock;
 use crate::config::{OnUnavailable, ResolverSettings};
+use crate::error::TokenRejection;
 use crate::token::TokenKey;
-use crate::user::{Authentication, TokenRejection, User};
+use crate::user::{Authentication, User};
 
 /// Keys are SHA-256 outputs: foldhash (seeded per process) is enough to spread them and
 /// cheaper than moka's default SipHash.
@@ -64,6 +65,16 @@ impl Entries {
             refresh_after: settings.refresh_after,
             clock: settings.clock.clone(),
         }
+    }
+
+    /// Whether an answer given this long ago may still be served as a user's.
+    pub(super) fn within_ttl(&self, age: Duration) -> bool {
+        age < self.cache_ttl
+    }
+
+    /// How long a user's answer is served.
+    pub(super) fn user_ttl(&self) -> Duration {
+        self.cache_ttl
     }
 
     /// How long ago `then` was, by the handle's clock.

@@ -61,7 +61,7 @@ mod ws {
     use futures_util::FutureExt;
 
     use super::Session;
-    use crate::user::TokenRejection;
+    use crate::error::TokenRejection;
 
     impl Session {
         /// `socket`, closed with code 1008 (policy violation) and id6's reason

@@ -28,8 +28,9 @@ use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, Stream};
 use http::{Extensions, HeaderMap};
 
+use crate::error::TokenRejection;
 use crate::resolve::{Resolver, Watcher};
-use crate::user::{Authentication, TokenRejection, User};
+use crate::user::{Authentication, User};
 
 /// What the layer leaves in a signed-in request, for [`Session::of`]: the resolver that
 /// watches tokens.

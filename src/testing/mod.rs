@@ -58,7 +58,7 @@ pub use state::{Fault, RecordedRequest};
 /// let mock = MockId6::start().await?;
 /// let alice = mock.add_user("Alice", "alice@example.com");
 /// let token = UserToken::new(&mock.token_for(alice)).unwrap();
-/// let id6 = Id6::builder(mock.url()).cache_ttl(Duration::from_secs(60)).build()?;
+/// let id6 = Id6::builder(mock.url()).build()?; // answers cached for 60 s
 /// let mut headers = http::HeaderMap::new();
 /// headers.insert("cookie", format!("auth={}", token.expose()).parse()?);
 /// id6.authenticate(&headers).await;

@@ -52,7 +52,7 @@ async fn only_a_signed_in_request_has_a_session() {
     let (_mock, id6, alice, token) = setup(Duration::from_secs(60)).await;
     let session = session_for(&id6, Some(&token)).await.expect("signed in");
     assert_eq!(session.user().id, alice);
-    assert_eq!(session.is_ended(), None);
+    assert_eq!(session.end_reason(), None);
     assert!(session_for(&id6, None).await.is_none(), "anonymous");
     assert!(
         session_for(&id6, Some("garbage")).await.is_none(),
@@ -77,7 +77,7 @@ async fn sign_out_ends_that_tokens_sessions_and_no_other() {
         ends_promptly(&also_on_laptop).await,
         TokenRejection::TokenRevoked
     );
-    assert_eq!(on_phone.is_ended(), None, "the phone did not sign out");
+    assert_eq!(on_phone.end_reason(), None, "the phone did not sign out");
 }
 
 #[tokio::test]
@@ -95,7 +95,7 @@ async fn disconnect_from_another_token_ends_every_session_of_the_user() {
         ends_promptly(&on_laptop).await,
         TokenRejection::TokenRevoked
     );
-    assert_eq!(bobs.is_ended(), None, "another user");
+    assert_eq!(bobs.end_reason(), None, "another user");
 }
 
 #[tokio::test]
@@ -115,7 +115,7 @@ async fn a_profile_change_keeps_the_session_after_asking_id6() {
     }
     assert_eq!(mock.user_calls(), calls + 1, "one recheck");
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(session.is_ended(), None);
+    assert_eq!(session.end_reason(), None);
 }
 
 #[tokio::test]
@@ -146,7 +146,7 @@ async fn thirty_sessions_of_a_token_cost_one_call_per_ttl() {
         (2..=5).contains(&rechecks),
         "30 sessions over 3 TTLs: {rechecks} calls"
     );
-    assert!(sessions.iter().all(|s| s.is_ended().is_none()));
+    assert!(sessions.iter().all(|s| s.end_reason().is_none()));
 
     // Dropped, the sessions stop costing anything.
     drop(sessions);
@@ -179,4 +179,26 @@ fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64
+}
+
+#[tokio::test]
+async fn a_sign_out_between_the_verdict_and_the_session_still_ends_it() {
+    let (_mock, id6, _alice, token) = setup(Duration::from_secs(60)).await;
+    let signer = id6.clone();
+    let handler = service_fn(move |request: Request<()>| {
+        let signer = signer.clone();
+        async move {
+            // Signed out after the layer's verdict, before the handler takes its session.
+            signer.sign_out(request.headers()).await.unwrap();
+            let session = Session::of(request.headers(), request.extensions());
+            Ok::<_, Infallible>(Response::new(session))
+        }
+    });
+    let mut request = Request::new(());
+    *request.headers_mut() = headers(&token);
+    let response = id6.layer().layer(handler).oneshot(request).await.unwrap();
+    let session = response
+        .into_body()
+        .expect("signed in when the layer looked");
+    assert_eq!(ends_promptly(&session).await, TokenRejection::TokenRevoked);
 }

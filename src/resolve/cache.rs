@@ -161,6 +161,16 @@ impl AuthCache {
         self.entries.lookup(key, None, false)
     }
 
+    /// What was evicted of `key` (or of its user, or everything) since `generation`.
+    pub(crate) fn evicted_since(
+        &self,
+        key: &TokenKey,
+        user_id: u64,
+        generation: u64,
+    ) -> Option<Scope> {
+        self.shared.marks.evicted_since(key, user_id, generation)
+    }
+
     /// The tokens open connections watch.
     pub(crate) fn lives(&self) -> &Arc<Lives> {
         &self.shared.lives

@@ -9,6 +9,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::store::Entries;
+use super::Scope;
 use crate::lock::lock;
 use crate::token::TokenKey;
 use crate::user::Authentication;
@@ -200,6 +201,35 @@ impl Marks {
     }
 
     /// Forgets one token's verdict; a load of it already in flight will not store its answer.
+    /// The widest eviction since `generation` covering `key` (owned by `user_id`): `All`
+    /// for a clear, `Token`, or `User`.
+    pub(super) fn evicted_since(
+        &self,
+        key: &TokenKey,
+        user_id: u64,
+        generation: u64,
+    ) -> Option<Scope> {
+        if self.generation() == generation {
+            return None;
+        }
+        let coherence = lock(&self.coherence);
+        let since = |mark: Option<&(u64, Instant)>| mark.is_some_and(|(at, _)| *at > generation);
+        if coherence.cleared_at > generation {
+            Some(Scope::All)
+        } else if since(coherence.tokens.get(key)) {
+            Some(Scope::Token(*key))
+        } else if since(
+            coherence
+                .users
+                .get(&user_id)
+                .and_then(|u| u.invalidated.as_ref()),
+        ) {
+            Some(Scope::User(user_id))
+        } else {
+            None
+        }
+    }
+
     pub(super) fn invalidate_token(&self, entries: &Entries, key: &TokenKey) {
         let mut coherence = lock(&self.coherence);
         let generation = self.bump();

@@ -409,9 +409,16 @@ impl Resolver {
         Ok((token, Payer::TypedCall(caller)))
     }
 
-    /// A watcher on the life of the token in `headers`, which id6 said is `user_id`'s: for a
-    /// connection that outlives its request. `None` without a token.
-    pub(crate) fn watch(&self, headers: &HeaderMap, user_id: u64) -> Option<Watcher> {
+    /// A watcher on the life of the token in `headers`, which id6 said is `user_id`'s when
+    /// the cache stood at `generation`: for a connection that outlives its request. `None`
+    /// without a token. An eviction since that answer counts as if the watch had been
+    /// there: a sign-out between the verdict and the handler still ends the connection.
+    pub(crate) fn watch(
+        &self,
+        headers: &HeaderMap,
+        user_id: u64,
+        generation: u64,
+    ) -> Option<Watcher> {
         let Found::Token(token) = self.inner.finder.find(headers) else {
             return None;
         };
@@ -420,25 +427,40 @@ impl Resolver {
         let fresh_for = local.peek(&key).map_or(Duration::ZERO, |hit| hit.fresh_for);
         let first_check = tokio::time::Instant::now() + fresh_for + RECHECK_SLACK;
         let token = || UserToken::from_found(token);
-        let (watcher, start) = local.lives().watch(key, token, user_id, first_check);
-        if start {
-            self.drive_lives();
+        let lives = local.lives();
+        let (watcher, driver) = lives.watch(key, token, user_id, first_check);
+        if let Some(driver) = driver {
+            self.drive_lives(driver);
+        }
+        if let Some(missed) = local.evicted_since(&key, user_id, generation) {
+            lives.evicted(missed);
         }
         Some(watcher)
     }
 
-    /// The one task that rechecks watched tokens when they are due, while any is watched.
-    /// It holds the resolver weakly: a dropped handle ends it.
-    fn drive_lives(&self) {
+    /// Driver `driver`: the one task that rechecks watched tokens when they are due, while
+    /// any is watched. It holds the resolver weakly: a dropped handle ends it; so does its
+    /// runtime's shutdown, after which the next watcher starts another.
+    fn drive_lives(&self, driver: u64) {
         let lives = self.inner.local.lives().clone();
         let resolver = Arc::downgrade(&self.inner);
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             tracing::warn!("no tokio runtime: watched tokens are not rechecked");
+            lives.driver_ended(driver);
             return;
         };
+        /// Tells the registry when the task ends, however it ends.
+        struct Ended(Arc<lives::Lives>, u64);
+        impl Drop for Ended {
+            fn drop(&mut self) {
+                self.0.driver_ended(self.1);
+            }
+        }
         runtime.spawn(async move {
+            let _ended = Ended(lives.clone(), driver);
             loop {
-                let Ok((due, next)) = lives.take_due(tokio::time::Instant::now()) else {
+                let now = tokio::time::Instant::now();
+                let Ok((due, next)) = lives.take_due(now, driver) else {
                     return;
                 };
                 if !due.is_empty() {
@@ -446,11 +468,11 @@ impl Resolver {
                         return;
                     };
                     let this = Resolver { inner };
-                    for (key, token) in due {
+                    for due in due {
                         let this = this.clone();
                         tokio::spawn(async move {
-                            let checked = this.recheck(key, token).await;
-                            this.inner.local.lives().settle(key, checked);
+                            let checked = this.recheck(due.key, due.token).await;
+                            this.inner.local.lives().settle(due.key, due.life, checked);
                         });
                     }
                 }
@@ -470,6 +492,10 @@ impl Resolver {
     /// id6's, through the cache (joining a request's call in flight). Only id6's refusal
     /// ends a connection; while id6 cannot answer, the connection stays and the token is
     /// asked about again sooner.
+    ///
+    /// The next check comes when the cached answer expires, and never sooner than an eighth
+    /// of the TTL: the timer is tokio's and the cache's clock the handle's, and a test that
+    /// pauses or skews one of them must not make the driver spin.
     async fn recheck(&self, key: TokenKey, token: UserToken) -> Checked {
         let ttl = self.inner.local.user_ttl();
         let retry = || tokio::time::Instant::now() + (ttl / 2).max(RECHECK_SLACK);
@@ -477,7 +503,7 @@ impl Resolver {
             let now = tokio::time::Instant::now();
             return match hit.verdict {
                 Authentication::Authenticated(_) => {
-                    Checked::Good(now + hit.fresh_for + RECHECK_SLACK)
+                    Checked::Good(now + hit.fresh_for.max(ttl / 8) + RECHECK_SLACK)
                 }
                 Authentication::Rejected(why) => Checked::Dead(why),
                 _ => Checked::Good(retry()),
@@ -551,6 +577,11 @@ impl Resolver {
     ) {
         self.inner.local.fill(key, verdict, started.generation);
         self.share(key, verdict, started).await;
+    }
+
+    /// The cache's generation now (bumped by every eviction), for [`watch`](Self::watch).
+    pub(crate) fn generation(&self) -> u64 {
+        self.inner.local.generation()
     }
 
     /// The user a cached token belongs to.

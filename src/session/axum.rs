@@ -90,6 +90,7 @@ mod ws {
             LiveSocket {
                 socket,
                 ended: Some(self.ended().boxed()),
+                closing: None,
             }
         }
     }
@@ -98,8 +99,11 @@ mod ws {
     #[cfg_attr(docsrs, doc(cfg(feature = "ws")))]
     pub struct LiveSocket {
         socket: WebSocket,
-        /// `None` once the token died and the close frame went out.
+        /// `None` once the token died.
         ended: Option<BoxFuture<'static, TokenRejection>>,
+        /// The close frame to send, until it is sent: a `recv` dropped mid-close (in a
+        /// `select!`) leaves it for the next call.
+        closing: Option<CloseFrame>,
     }
 
     impl std::fmt::Debug for LiveSocket {
@@ -113,7 +117,11 @@ mod ws {
     impl LiveSocket {
         /// The next message, as [`WebSocket::recv`]; `None` when the client left, or when the
         /// token died (the socket was closed with 1008 and id6's reason).
+        ///
+        /// Cancel-safe: a `recv` dropped in a `select!` loses no message, and a close it
+        /// had begun is finished by the next call.
         pub async fn recv(&mut self) -> Option<Result<Message, axum::Error>> {
+            self.finish_close().await;
             let ended = self.ended.as_mut()?;
             let why = {
                 let received = std::pin::pin!(self.socket.recv());
@@ -122,15 +130,18 @@ mod ws {
                     futures_util::future::Either::Right((why, _)) => why,
                 }
             };
-            self.close(why).await;
+            self.begin_close(why);
+            self.finish_close().await;
             None
         }
 
-        /// Sends `message`, as [`WebSocket::send`]; an error once the token died.
+        /// Sends `message`, as [`WebSocket::send`]; an error once the token died (the
+        /// socket is closed then).
         pub async fn send(&mut self, message: Message) -> Result<(), axum::Error> {
             if let Some(why) = self.ended.as_mut().and_then(|ended| ended.now_or_never()) {
-                self.close(why).await;
+                self.begin_close(why);
             }
+            self.finish_close().await;
             if self.ended.is_none() {
                 return Err(axum::Error::new(SessionEnded));
             }
@@ -142,18 +153,24 @@ mod ws {
             self.socket
         }
 
-        async fn close(&mut self, why: TokenRejection) {
+        fn begin_close(&mut self, why: TokenRejection) {
             self.ended = None;
             tracing::debug!(
                 reason = why.error_code(),
                 "token died; closing its WebSocket"
             );
-            let frame = CloseFrame {
+            self.closing = Some(CloseFrame {
                 code: close_code::POLICY,
                 reason: why.error_code().into(),
-            };
-            // The client may be gone already: nothing left to tell it.
-            let _ = self.socket.send(Message::Close(Some(frame))).await;
+            });
+        }
+
+        async fn finish_close(&mut self) {
+            if let Some(frame) = self.closing.clone() {
+                // The client may be gone already: nothing left to tell it.
+                let _ = self.socket.send(Message::Close(Some(frame))).await;
+                self.closing = None;
+            }
         }
     }
 

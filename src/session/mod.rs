@@ -33,9 +33,23 @@ use crate::resolve::{Resolver, Watcher};
 use crate::user::{Authentication, User};
 
 /// What the layer leaves in a signed-in request, for [`Session::of`]: the resolver that
-/// watches tokens.
+/// watches tokens, and where the cache stood when it answered (an eviction since then ends
+/// the session as if it had been watched already).
 #[derive(Clone)]
-pub(crate) struct Lifeline(pub(crate) Resolver);
+pub(crate) struct Lifeline {
+    resolver: Resolver,
+    generation: u64,
+}
+
+impl Lifeline {
+    /// For a verdict `resolver` gave just now.
+    pub(crate) fn new(resolver: &Resolver) -> Self {
+        Lifeline {
+            generation: resolver.generation(),
+            resolver: resolver.clone(),
+        }
+    }
+}
 
 /// A signed-in caller whose connection outlives its request: the user, and a watch on the
 /// life of the token that signed the request in. Cheap to clone; the token is forgotten
@@ -51,8 +65,10 @@ impl Session {
     /// `None` unless id6 said who is calling.
     pub fn of(headers: &HeaderMap, extensions: &Extensions) -> Option<Session> {
         let user = extensions.get::<Authentication>()?.user_arc()?.clone();
-        let Lifeline(resolver) = extensions.get::<Lifeline>()?;
-        let watcher = resolver.watch(headers, user.id)?;
+        let lifeline = extensions.get::<Lifeline>()?;
+        let watcher = lifeline
+            .resolver
+            .watch(headers, user.id, lifeline.generation)?;
         Some(Session {
             user,
             watcher: Arc::new(watcher),
@@ -72,7 +88,7 @@ impl Session {
     }
 
     /// Why the token stopped being good, if it has.
-    pub fn is_ended(&self) -> Option<TokenRejection> {
+    pub fn end_reason(&self) -> Option<TokenRejection> {
         self.watcher.ending()
     }
 

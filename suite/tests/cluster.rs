@@ -706,8 +706,11 @@ async fn a_shared_entry_from_a_clock_ahead_or_oversized_is_not_trusted() {
     };
 
     // Stamped by a clock far ahead: "age 0" to a version that trusted it.
-    // Three tokens of Alice's, told apart by when they were issued.
-    let token = mock.token_issued_at(alice, common::now_ms() - 10);
+    // Three tokens of Alice's, told apart by when they were issued: from one reading of
+    // the clock (read three times, two of them could name the same millisecond and be one
+    // token, cached already: seen failing one run in two on a busy machine).
+    let issued = common::now_ms();
+    let token = mock.token_issued_at(alice, issued - 10);
     let ahead = serde_json::json!({"user_at": {"user": user("Stale Alice"), "at": u64::MAX}});
     redis.set(
         &entry_of(&prefix, &token),
@@ -734,7 +737,7 @@ async fn a_shared_entry_from_a_clock_ahead_or_oversized_is_not_trusted() {
     assert_eq!(mock.user_calls_for(&token), 1);
 
     // Over the cap (id6's own body cap, 64 KiB by default): not read, id6 asked instead.
-    let other = mock.token_issued_at(alice, common::now_ms() - 20);
+    let other = mock.token_issued_at(alice, issued - 20);
     let huge = serde_json::json!({"user_for": {"user": user(&"A".repeat(200_000)), "ttl": 60_000}});
     redis.set(
         &entry_of(&prefix, &other),
@@ -746,7 +749,7 @@ async fn a_shared_entry_from_a_clock_ahead_or_oversized_is_not_trusted() {
     assert_eq!(mock.user_calls_for(&other), 1);
 
     // Under the cap and of a known age, a shared entry is used as before: no id6 call.
-    let third = mock.token_issued_at(alice, common::now_ms() - 30);
+    let third = mock.token_issued_at(alice, issued - 30);
     let shared = serde_json::json!({"user_for": {"user": user("Shared Alice"), "ttl": 60_000}});
     redis.set(
         &entry_of(&prefix, &third),

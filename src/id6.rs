@@ -11,13 +11,11 @@ use crate::client::Client;
 use crate::config::HttpSettings;
 use crate::config::{Id6Builder, Settings};
 use crate::error::Error;
-use crate::guard::{AnyUser, CsrfCheck, CsrfLayer, GuardLayer, RequireUserLayer, UserCheck};
 use crate::layer::Id6Layer;
 use crate::resolve::{self, Resolver};
 use crate::telemetry::{Stats, Telemetry};
 use crate::token::UserToken;
 use crate::user::Authentication;
-use crate::user::User;
 
 /// The handle to one id6 deployment: its HTTP client and the cache of its answers.
 ///
@@ -90,77 +88,6 @@ impl Id6 {
     /// The tower layer that puts an [`Authentication`] into every request.
     pub fn layer(&self) -> Id6Layer {
         Id6Layer::new(self.clone())
-    }
-
-    /// A guard for whole routes (inside [`layer`](Self::layer)): signed-in users pass;
-    /// anonymous callers get 401 with id6's error JSON (its own `errorCode` for a rejected
-    /// token), or, when a [`login_url`](Id6Builder::login_url) is set and the caller is a
-    /// browser (`Accept: text/html`), a `303` to that page and nowhere else; 503 while id6
-    /// cannot be asked. Works in any tower stack whose response body is `From<String>`.
-    ///
-    /// ```
-    /// use axum::{routing::get, Router};
-    /// use id6_tower::RequireUser;
-    ///
-    /// # fn app(id6: id6_tower::Id6) -> Router {
-    /// Router::new()
-    ///     .route("/account", get(|RequireUser(user): RequireUser| async move {
-    ///         format!("Account of {}", user.name)
-    ///     }))
-    ///     .route_layer(id6.require_user())
-    ///     .layer(id6.layer())
-    /// # }
-    /// ```
-    pub fn require_user(&self) -> RequireUserLayer {
-        GuardLayer::new(self.clone(), UserCheck(AnyUser))
-    }
-
-    /// A guard with a condition: id6 has no roles, so the app decides by user (a list of
-    /// ids or emails, a domain). Signed-in users who do not qualify get `403` with id6's
-    /// error shape and `errorCode: "forbidden"`; the others are answered as by
-    /// [`require_user`](Self::require_user).
-    ///
-    /// ```
-    /// use axum::{routing::get, Router};
-    ///
-    /// # fn app(id6: id6_tower::Id6) -> Router {
-    /// let admins = ["alice@example.com".to_owned()];
-    /// Router::new()
-    ///     .route("/admin", get(|| async { "admin" }))
-    ///     .route_layer(id6.require_user_where(move |user| {
-    ///         user.email.as_ref().is_some_and(|email| admins.contains(email))
-    ///     }))
-    ///     .layer(id6.layer())
-    /// # }
-    /// ```
-    pub fn require_user_where<F>(&self, condition: F) -> RequireUserLayer<F>
-    where
-        F: Fn(&User) -> bool + Clone + Send + Sync + 'static,
-    {
-        GuardLayer::new(self.clone(), UserCheck(condition))
-    }
-
-    /// CSRF protection for routes that write (inside or outside [`layer`](Self::layer)):
-    /// a `POST`, `PUT`, `PATCH` or `DELETE` whose token came from the cookie is refused with
-    /// `403` (`errorCode: "csrf_rejected"`) when `Sec-Fetch-Site` says `cross-site`, or when
-    /// `Origin` is neither the request's own (by `Host`) nor one of the
-    /// [`trusted_origins`](Id6Builder::trusted_origins), or `null` without Fetch Metadata
-    /// saying `same-origin`; without `Origin`, when `Referer` names another site. Requests
-    /// without any of these headers (not a browser), bearer tokens and safe methods pass
-    /// (OWASP's Fetch Metadata and Origin checks).
-    ///
-    /// ```
-    /// use axum::{routing::post, Router};
-    ///
-    /// # fn app(id6: id6_tower::Id6) -> Router {
-    /// Router::new()
-    ///     .route("/logout", post(|| async { "bye" }))
-    ///     .route_layer(id6.csrf())
-    ///     .layer(id6.layer())
-    /// # }
-    /// ```
-    pub fn csrf(&self) -> CsrfLayer {
-        GuardLayer::new(self.clone(), CsrfCheck)
     }
 
     /// A layer for sensitive routes (payments, password changes): like

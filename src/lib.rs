@@ -81,6 +81,7 @@ mod api;
 mod client;
 mod clock;
 mod config;
+mod csrf;
 mod error;
 #[cfg(feature = "axum")]
 mod extract;
@@ -92,6 +93,7 @@ mod id6;
 mod jwt;
 mod layer;
 mod lock;
+mod outcome;
 #[cfg(feature = "pictures")]
 mod pictures;
 #[cfg(feature = "redis")]

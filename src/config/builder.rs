@@ -12,7 +12,7 @@ use super::{
     ResolverSettings, Setting, Settings,
 };
 use crate::clock::Clock;
-use crate::guard::Origin;
+use crate::csrf::Origin;
 use crate::jwt::Screen;
 use crate::rejection::{AuthRejection, RejectionHook};
 use crate::resolve::{CallerFinder, CallerKey};

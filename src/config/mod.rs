@@ -16,8 +16,8 @@ use http::HeaderValue;
 use reqwest::Url;
 
 use crate::clock::Clock;
+use crate::csrf::Origin;
 use crate::error::Error;
-use crate::guard::Origin;
 use crate::jwt::Screen;
 use crate::rejection::RejectionHook;
 use crate::resolve::CallerFinder;

@@ -122,11 +122,14 @@ pub struct GuardLayer<A = Http> {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Http;
 
+/// A condition on the signed-in user ([`Id6::require_user_where`]).
+type Condition = Arc<dyn Fn(&User) -> bool + Send + Sync>;
+
 /// What a guard checks.
 #[derive(Clone)]
 pub(crate) enum Check {
     /// A signed-in user who meets the condition, if any.
-    User(Option<Arc<dyn Fn(&User) -> bool + Send + Sync>>),
+    User(Option<Condition>),
     /// Not a cross-site write carrying the cookie.
     Csrf,
 }

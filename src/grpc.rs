@@ -89,7 +89,7 @@ fn status(refusal: Refusal<'_>) -> Status {
         Refusal::NotAuthenticated | Refusal::DeadToken(_) => {
             Status::unauthenticated(refusal.message())
         }
-        Refusal::Forbidden | Refusal::CrossSite => Status::permission_denied(refusal.message()),
+        Refusal::Forbidden | Refusal::CsrfRejected => Status::permission_denied(refusal.message()),
         Refusal::Id6Unavailable(_) => Status::unavailable(UNAVAILABLE),
         Refusal::MissingLayer => {
             tracing::error!("id6-tower: no Authentication in the request extensions; add `.layer(id6.layer())` to the tonic Server");

@@ -149,14 +149,15 @@ impl Check {
             Check::Csrf => {
                 let finder = &id6.resolver().settings().finder;
                 let trusted = &id6.http_settings().trusted_origins;
-                is_cross_site_write(finder, trusted, request).then_some(Refusal::CrossSite)
+                is_cross_site_write(finder, trusted, request).then_some(Refusal::CsrfRejected)
             }
         }
     }
 }
 
 impl<A> GuardLayer<A> {
-    /// The same guard, answering another way.
+    /// The same guard, answering another way (gRPC's, in `grpc`).
+    #[cfg(feature = "tonic")]
     pub(crate) fn answering<B>(self) -> GuardLayer<B> {
         GuardLayer {
             id6: self.id6,

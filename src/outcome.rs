@@ -15,6 +15,9 @@ pub(crate) enum Need {
     /// A signed-in user, or a refusal.
     User,
     /// The user if there is one: anonymous callers (no token, a dead one) pass with none.
+    // Asked by the extractors and the gRPC helpers, which their features gate; the guards
+    // always need a user.
+    #[cfg_attr(not(any(feature = "axum", feature = "tonic")), allow(dead_code))]
     MaybeUser,
 }
 
@@ -28,7 +31,7 @@ pub(crate) enum Refusal<'a> {
     /// A user the route's condition refused (guards only).
     Forbidden,
     /// A cross-site write carrying the cookie (the CSRF guard only).
-    CrossSite,
+    CsrfRejected,
     /// id6 could not be asked; the cause is for the logs.
     Id6Unavailable(&'a Error),
     /// No [`Authentication`] in the request: the layer is missing.
@@ -66,7 +69,7 @@ impl Refusal<'_> {
     pub(crate) fn status(self) -> StatusCode {
         match self {
             Refusal::NotAuthenticated | Refusal::DeadToken(_) => StatusCode::UNAUTHORIZED,
-            Refusal::Forbidden | Refusal::CrossSite => StatusCode::FORBIDDEN,
+            Refusal::Forbidden | Refusal::CsrfRejected => StatusCode::FORBIDDEN,
             Refusal::Id6Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Refusal::MissingLayer => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -78,7 +81,7 @@ impl Refusal<'_> {
             Refusal::NotAuthenticated => "not_authenticated",
             Refusal::DeadToken(why) => why.error_code(),
             Refusal::Forbidden => "forbidden",
-            Refusal::CrossSite => "csrf_rejected",
+            Refusal::CsrfRejected => "csrf_rejected",
             Refusal::Id6Unavailable(_) => "id6_unavailable",
             Refusal::MissingLayer => "id6_layer_missing",
         }
@@ -90,7 +93,7 @@ impl Refusal<'_> {
             Refusal::NotAuthenticated => "You are not authenticated",
             Refusal::DeadToken(why) => why.message(),
             Refusal::Forbidden => "You are not allowed to access this resource",
-            Refusal::CrossSite => "Cross-site request refused",
+            Refusal::CsrfRejected => "Cross-site request refused",
             Refusal::Id6Unavailable(_) => UNAVAILABLE,
             Refusal::MissingLayer => "Internal error",
         }

@@ -4,7 +4,9 @@
 //! headers. Bodies never carry internal detail (that goes to the logs); every rejection is
 //! logged at debug on the `id6_tower::rejection` target, as axum logs its own.
 //!
-//! One place changes them all: [`Id6Builder::on_rejection`](crate::Id6Builder::on_rejection).
+//! What is refused is decided once, by the crate's one answer (the same for the gRPC
+//! helpers); this module gives it its HTTP form. One place changes them all:
+//! [`Id6Builder::on_rejection`](crate::Id6Builder::on_rejection).
 
 use std::fmt;
 use std::sync::Arc;
@@ -209,7 +211,7 @@ impl AuthRejection {
             }
             Refusal::DeadToken(reason) => AuthRejection::DeadToken(DeadToken { common, reason }),
             Refusal::Forbidden => AuthRejection::Forbidden(Forbidden { common }),
-            Refusal::CrossSite => AuthRejection::CsrfRejected(CsrfRejected { common }),
+            Refusal::CsrfRejected => AuthRejection::CsrfRejected(CsrfRejected { common }),
             Refusal::Id6Unavailable(error) => AuthRejection::Id6Unavailable(Id6Unavailable {
                 common,
                 retry_after: error
@@ -231,7 +233,7 @@ impl AuthRejection {
             AuthRejection::NotAuthenticated(_) => Refusal::NotAuthenticated,
             AuthRejection::DeadToken(r) => Refusal::DeadToken(r.reason),
             AuthRejection::Forbidden(_) => Refusal::Forbidden,
-            AuthRejection::CsrfRejected(_) => Refusal::CrossSite,
+            AuthRejection::CsrfRejected(_) => Refusal::CsrfRejected,
             AuthRejection::Id6Unavailable(r) => Refusal::Id6Unavailable(&r.source),
             AuthRejection::MissingLayer(_) => Refusal::MissingLayer,
         }

@@ -70,7 +70,8 @@
 //! - `jwt` (default): local HS256 verification with id6's secret (`jwt_secret`).
 //! - `pictures` (default): `Id6::update_picture`, `Id6::picture`.
 //! - `metrics` (default): counters and a histogram through the `metrics` facade.
-//! - `tonic`: `grpc` helpers (`current_user`, `require_user`) and a guard layer.
+//! - `tonic`: `grpc` helpers (`current_user`, `require_user`), and guards that answer gRPC's
+//!   way (`id6.require_user().grpc()`).
 //! - `redis`: answers shared and evictions broadcast between instances through Redis.
 //! - `testing`: `testing::MockId6`, an id6 look-alike server on loopback for tests.
 

@@ -12,9 +12,8 @@ use http::request::Parts;
 use http::StatusCode;
 
 use crate::error::Error;
-use crate::rejection::{
-    self, error_body, json_response, AuthRejection, DEFAULT_RETRY_AFTER, UNAVAILABLE,
-};
+use crate::outcome::{self, Need, UNAVAILABLE};
+use crate::rejection::{self, error_body, json_response, AuthRejection, DEFAULT_RETRY_AFTER};
 use crate::user::Authentication;
 use crate::user::User;
 
@@ -61,26 +60,19 @@ impl Deref for RequireUser {
     }
 }
 
-/// The user the layer left in the request; `None` when anonymous; else the rejection (id6
-/// unavailable, or no layer).
-fn verdict(parts: &Parts) -> Result<Option<Arc<User>>, AuthRejection> {
-    match parts.extensions.get::<Authentication>() {
-        Some(Authentication::Authenticated(user)) => Ok(Some(user.clone())),
-        Some(verdict) if verdict.is_anonymous() => Ok(None),
-        _ => Err(rejection(parts)),
-    }
-}
-
-fn rejection(parts: &Parts) -> AuthRejection {
-    AuthRejection::for_verdict(&parts.uri, &parts.extensions)
-        .expect("a rejection is only asked for when there is no user")
+/// The one answer for the request, as far as the extractor needs a user; a refusal dressed
+/// as id6's error JSON.
+fn answer(parts: &Parts, need: Need) -> Result<Option<Arc<User>>, AuthRejection> {
+    outcome::answer(parts.extensions.get::<Authentication>(), need)
+        .map(Option::<&Arc<User>>::cloned)
+        .map_err(|refusal| AuthRejection::new(refusal, &parts.uri, &parts.extensions))
 }
 
 impl<S: Sync> FromRequestParts<S> for CurrentUser {
     type Rejection = AuthRejection;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        verdict(parts).map(CurrentUser)
+        answer(parts, Need::MaybeUser).map(CurrentUser)
     }
 }
 
@@ -88,11 +80,9 @@ impl<S: Sync> FromRequestParts<S> for RequireUser {
     type Rejection = AuthRejection;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        match parts.extensions.get::<Authentication>() {
-            Some(Authentication::Authenticated(user)) => Ok(RequireUser(user.clone())),
-            // No token, a rejected one (with id6's code), unavailable, no layer.
-            _ => Err(rejection(parts)),
-        }
+        outcome::required(parts.extensions.get::<Authentication>())
+            .map(|user| RequireUser(user.clone()))
+            .map_err(|refusal| AuthRejection::new(refusal, &parts.uri, &parts.extensions))
     }
 }
 
@@ -103,7 +93,7 @@ impl<S: Sync> OptionalFromRequestParts<S> for RequireUser {
         parts: &mut Parts,
         _state: &S,
     ) -> Result<Option<Self>, Self::Rejection> {
-        Ok(verdict(parts)?.map(RequireUser))
+        Ok(answer(parts, Need::MaybeUser)?.map(RequireUser))
     }
 }
 
@@ -125,10 +115,10 @@ macro_rules! into_response_via_auth_rejection {
 
 into_response_via_auth_rejection!(
     NotAuthenticated,
-    TokenRejected,
+    DeadToken,
     Forbidden,
     CsrfRejected,
-    Unavailable,
+    Id6Unavailable,
     MissingLayer
 );
 
@@ -230,7 +220,7 @@ mod tests {
 
         let revoked = Some(Authentication::Rejected(TokenRejection::TokenRevoked));
         let rejection = require(revoked.clone()).await.unwrap_err();
-        let AuthRejection::TokenRejected(ref rejected) = rejection else {
+        let AuthRejection::DeadToken(ref rejected) = rejection else {
             panic!("{rejection:?}");
         };
         assert_eq!(rejected.reason(), TokenRejection::TokenRevoked);
@@ -244,7 +234,7 @@ mod tests {
             current(down.clone()).await.unwrap_err(),
             optional(down).await.unwrap_err(),
         ] {
-            assert!(matches!(rejection, AuthRejection::Unavailable(_)));
+            assert!(matches!(rejection, AuthRejection::Id6Unavailable(_)));
             assert_eq!(rejection.retry_after(), Some(DEFAULT_RETRY_AFTER));
             // The cause is for logs, never the body.
             assert!(
@@ -305,7 +295,7 @@ mod tests {
         assert!((42..=43).contains(&secs), "{secs}");
         let body = axum_body(response).await;
         assert_eq!(body["errorCode"], "id6_unavailable");
-        assert_eq!(body["message"], crate::rejection::UNAVAILABLE);
+        assert_eq!(body["message"], UNAVAILABLE);
     }
 
     #[tokio::test]
@@ -313,8 +303,9 @@ mod tests {
         let challenge = |verdict: Authentication| {
             let mut parts = parts_with(Some(verdict));
             parts.extensions.insert(BearerAccepted);
-            let rejection = AuthRejection::for_verdict(&parts.uri, &parts.extensions).unwrap();
-            let response = rejection.into_response();
+            let refusal = outcome::required(parts.extensions.get()).unwrap_err();
+            let response =
+                AuthRejection::new(refusal, &parts.uri, &parts.extensions).into_response();
             response.headers()[WWW_AUTHENTICATE]
                 .to_str()
                 .unwrap()

@@ -3,8 +3,9 @@
 //! The same [`Id6Layer`](crate::Id6Layer) wraps a tonic server:
 //! `Server::builder().layer(id6.layer())`. tonic carries the request extensions into
 //! `tonic::Request`, so a method reads the caller with [`current_user`] or [`require_user`].
-//! [`RequireUserLayer`] rejects every call of the services it wraps unless the caller is
-//! signed in, with a proper gRPC trailers-only error.
+//! A guard answering gRPC's way, [`id6.require_user().grpc()`](GuardLayer::grpc), rejects
+//! every call of the services it wraps unless the caller is signed in, with a proper gRPC
+//! trailers-only error.
 //!
 //! | [`Authentication`] | [`require_user`] / guard | [`current_user`] |
 //! |---|---|---|
@@ -22,20 +23,16 @@
 //! }
 //! ```
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::{Extensions, Request, Response};
-use pin_project_lite::pin_project;
+use http::{Request, Response};
 use tonic::Status;
-use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::error::TokenRejection;
-use crate::user::Authentication;
-use crate::user::User;
+use crate::guard::{Guard, GuardFuture, GuardLayer, Http};
+use crate::outcome::{self, Need, Refusal, UNAVAILABLE};
+use crate::user::{Authentication, User};
 
 /// The caller, if signed in; `UNAVAILABLE` when id6 could not be asked.
 ///
@@ -52,7 +49,12 @@ use crate::user::User;
 /// assert!(grpc::current_user(&request).unwrap().is_none());
 /// ```
 pub fn current_user<T>(request: &tonic::Request<T>) -> Result<Option<Arc<User>>, Status> {
-    verdict(request.extensions()).map(Result::ok)
+    outcome::answer(
+        request.extensions().get::<Authentication>(),
+        Need::MaybeUser,
+    )
+    .map(Option::<&Arc<User>>::cloned)
+    .map_err(status)
 }
 
 /// The signed-in caller.
@@ -74,79 +76,61 @@ pub fn current_user<T>(request: &tonic::Request<T>) -> Result<Option<Arc<User>>,
 /// assert_eq!(grpc::require_user(&bare).unwrap_err().code(), tonic::Code::Internal);
 /// ```
 pub fn require_user<T>(request: &tonic::Request<T>) -> Result<Arc<User>, Status> {
-    required(request.extensions())
+    outcome::required(request.extensions().get::<Authentication>())
+        .cloned()
+        .map_err(status)
 }
 
-/// The user, or why there is none (`None`: no token at all).
-fn verdict(extensions: &Extensions) -> Result<Result<Arc<User>, Option<TokenRejection>>, Status> {
-    match extensions.get::<Authentication>() {
-        Some(Authentication::Authenticated(user)) => Ok(Ok(user.clone())),
-        Some(Authentication::Anonymous) => Ok(Err(None)),
-        Some(Authentication::Rejected(why)) => Ok(Err(Some(*why))),
-        // The detail is for the logs (the layer logged it), not for the caller.
-        Some(Authentication::Unavailable(_)) => Err(Status::unavailable(UNAVAILABLE)),
-        None => {
+/// The crate's one answer to a refusal, as a gRPC status: id6's words for a refused token,
+/// no detail for an unavailable id6 (the layer logged it), a loud `INTERNAL` for a missing
+/// layer.
+fn status(refusal: Refusal<'_>) -> Status {
+    match refusal {
+        Refusal::NotAuthenticated | Refusal::DeadToken(_) => {
+            Status::unauthenticated(refusal.message())
+        }
+        Refusal::Forbidden | Refusal::CsrfRejected => Status::permission_denied(refusal.message()),
+        Refusal::Id6Unavailable(_) => Status::unavailable(UNAVAILABLE),
+        Refusal::MissingLayer => {
             tracing::error!("id6-tower: no Authentication in the request extensions; add `.layer(id6.layer())` to the tonic Server");
-            Err(Status::internal(
+            Status::internal(
                 "id6-tower: the id6 layer is missing: Server::builder().layer(id6.layer())",
-            ))
+            )
         }
     }
 }
 
-fn required(extensions: &Extensions) -> Result<Arc<User>, Status> {
-    verdict(extensions)?.map_err(|why| {
-        // id6's words for a refused token, as its HTTP API gives them.
-        Status::unauthenticated(why.map_or("You are not authenticated", TokenRejection::message))
-    })
-}
-
-const UNAVAILABLE: &str = "The authentication service is unavailable, retry later";
-
-/// Rejects every call of the wrapped services unless the caller is signed in; goes inside
-/// the [`Id6Layer`](crate::Id6Layer).
-///
-/// ```
-/// use id6_tower::grpc::RequireUserLayer;
-/// use tower::Layer;
-///
-/// fn guard<S>(service: S) -> id6_tower::grpc::RequireUserService<S> {
-///     // Then: Server::builder().layer(id6.layer()).add_service(guard(service)); the guarded
-///     // service keeps its gRPC name.
-///     RequireUserLayer::new().layer(service)
-/// }
-/// ```
-#[must_use]
+/// How a [`GuardLayer`] answers a refusal to a gRPC client: a trailers-only error (HTTP 200
+/// with `grpc-status`), `UNAUTHENTICATED` (16), `PERMISSION_DENIED` (7), `UNAVAILABLE` (14)
+/// or `INTERNAL` (13). Made by [`GuardLayer::grpc`].
 #[derive(Clone, Copy, Debug, Default)]
-pub struct RequireUserLayer;
+pub struct Grpc;
 
-impl RequireUserLayer {
-    /// The guard.
-    pub fn new() -> Self {
-        RequireUserLayer
+impl GuardLayer<Http> {
+    /// The same guard, answering gRPC's way: it rejects every call of the services it wraps
+    /// with a trailers-only gRPC error, never an HTTP 401 (feature `tonic`). The guarded
+    /// service keeps its gRPC name; the guard goes inside the [`Id6Layer`](crate::Id6Layer).
+    ///
+    /// ```
+    /// use id6_tower::guard::Guard;
+    /// use id6_tower::grpc::Grpc;
+    /// use tower::Layer;
+    ///
+    /// fn guard<S>(id6: &id6_tower::Id6, service: S) -> Guard<S, Grpc> {
+    ///     // Then: Server::builder().layer(id6.layer()).add_service(guard(&id6, service)).
+    ///     id6.require_user().grpc().layer(service)
+    /// }
+    /// ```
+    pub fn grpc(self) -> GuardLayer<Grpc> {
+        self.answering()
     }
 }
 
-impl<S> Layer<S> for RequireUserLayer {
-    type Service = RequireUserService<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        RequireUserService { inner }
-    }
-}
-
-/// The service of [`RequireUserLayer`].
-#[must_use]
-#[derive(Clone, Debug)]
-pub struct RequireUserService<S> {
-    inner: S,
-}
-
-impl<S: tonic::server::NamedService> tonic::server::NamedService for RequireUserService<S> {
+impl<S: tonic::server::NamedService> tonic::server::NamedService for Guard<S, Grpc> {
     const NAME: &'static str = S::NAME;
 }
 
-impl<S, B, ResBody> Service<Request<B>> for RequireUserService<S>
+impl<S, B, ResBody> Service<Request<B>> for Guard<S, Grpc>
 where
     S: Service<Request<B>, Response = Response<ResBody>>,
     ResBody: Default,
@@ -156,64 +140,12 @@ where
     type Future = GuardFuture<S::Future, ResBody>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+        self.poll_inner(cx)
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        match required(request.extensions()) {
-            Ok(_) => GuardFuture {
-                state: GuardState::Called {
-                    future: self.inner.call(request),
-                },
-            },
-            // A trailers-only answer: HTTP 200 with `grpc-status` in the headers.
-            Err(status) => GuardFuture {
-                state: GuardState::Rejected {
-                    response: Some(status.into_http()),
-                },
-            },
-        }
-    }
-}
-
-pin_project! {
-    /// The future of [`RequireUserService`].
-    pub struct GuardFuture<F, ResBody> {
-        #[pin]
-        state: GuardState<F, ResBody>,
-    }
-}
-
-pin_project! {
-    #[project = GuardProj]
-    enum GuardState<F, ResBody> {
-        // The caller is signed in: the inner call.
-        Called { #[pin] future: F },
-        // The caller is not: the gRPC error, ready (taken once).
-        Rejected { response: Option<Response<ResBody>> },
-    }
-}
-
-impl<F, ResBody> std::fmt::Debug for GuardFuture<F, ResBody> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GuardFuture").finish_non_exhaustive()
-    }
-}
-
-impl<F, ResBody, E> Future for GuardFuture<F, ResBody>
-where
-    F: Future<Output = Result<Response<ResBody>, E>>,
-{
-    type Output = Result<Response<ResBody>, E>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().state.project() {
-            GuardProj::Called { future } => future.poll(cx),
-            GuardProj::Rejected { response } => match response.take() {
-                Some(response) => Poll::Ready(Ok(response)),
-                None => Poll::Pending,
-            },
-        }
+        // A trailers-only answer: HTTP 200 with `grpc-status` in the headers.
+        self.guard(request, |_, refusal, _| status(refusal).into_http())
     }
 }
 
@@ -234,11 +166,14 @@ mod tests {
     /// The guard answers as gRPC does: HTTP 200, `grpc-status` in the headers, no body.
     #[tokio::test]
     async fn the_guard_answers_trailers_only() {
-        use tower_service::Service as _;
+        use tower_layer::Layer as _;
         let inner = tower::service_fn(|_: Request<()>| async {
             Ok::<_, std::convert::Infallible>(Response::new(String::from("called")))
         });
-        let mut guard = RequireUserLayer::new().layer(inner);
+        let id6 = crate::id6::Id6::builder("http://127.0.0.1:9")
+            .build()
+            .unwrap();
+        let mut guard = id6.require_user().grpc().layer(inner);
         let with = |verdict: Option<Authentication>| {
             let mut request = Request::new(());
             if let Some(v) = verdict {

@@ -69,7 +69,8 @@
 //! - `pictures` (default): `Id6::update_picture`, `Id6::picture`.
 //! - `metrics` (default): counters and a histogram through the `metrics` facade.
 //! - `ws`: `Session::websocket`, a WebSocket that closes when its token dies (axum's `ws`).
-//! - `tonic`: `grpc` helpers (`current_user`, `require_user`) and a guard layer.
+//! - `tonic`: `grpc` helpers (`current_user`, `require_user`), and guards that answer gRPC's
+//!   way (`id6.require_user().grpc()`).
 //! - `redis`: answers shared and evictions broadcast between instances through Redis.
 //! - `testing`: `testing::MockId6`, an id6 look-alike server on loopback for tests.
 
@@ -80,6 +81,7 @@ mod api;
 mod client;
 mod clock;
 mod config;
+mod csrf;
 mod error;
 #[cfg(feature = "axum")]
 mod extract;
@@ -91,6 +93,7 @@ mod id6;
 mod jwt;
 mod layer;
 mod lock;
+mod outcome;
 #[cfg(feature = "pictures")]
 mod pictures;
 #[cfg(feature = "redis")]

@@ -4,7 +4,9 @@
 //! headers. Bodies never carry internal detail (that goes to the logs); every rejection is
 //! logged at debug on the `id6_tower::rejection` target, as axum logs its own.
 //!
-//! One place changes them all: [`Id6Builder::on_rejection`](crate::Id6Builder::on_rejection).
+//! What is refused is decided once, by the crate's one answer (the same for the gRPC
+//! helpers); this module gives it its HTTP form. One place changes them all:
+//! [`Id6Builder::on_rejection`](crate::Id6Builder::on_rejection).
 
 use std::fmt;
 use std::sync::Arc;
@@ -15,7 +17,7 @@ use http::{Extensions, HeaderValue, Response, StatusCode, Uri};
 
 use crate::error::Error;
 use crate::error::TokenRejection;
-use crate::user::Authentication;
+use crate::outcome::Refusal;
 
 /// Retry-After when id6 gave no wait of its own.
 pub(crate) const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(5);
@@ -23,8 +25,6 @@ pub(crate) const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(5);
 pub(crate) const MISSING_LAYER: &str = "id6-tower: no Authentication in the request extensions; \
      wrap this router or service with `id6.layer()` (e.g. `Router::layer(id6.layer())`) \
      so that the extractors and guards can work";
-
-pub(crate) const UNAVAILABLE: &str = "The authentication service is unavailable, retry later";
 
 type HookFn = dyn Fn(&AuthRejection) -> Response<String> + Send + Sync;
 
@@ -108,24 +108,24 @@ define_rejection! {
     MissingLayer
 }
 
-/// 401 with id6's own `errorCode` for the token: `invalid_token`, `token_expired`,
-/// `token_revoked` or `user_not_found`.
+/// 401 with id6's own `errorCode` for a dead token: `invalid_token`, `token_expired`,
+/// `token_revoked` or `user_not_found` (the [`TokenRejection`]).
 #[derive(Clone, Debug)]
-pub struct TokenRejected {
+pub struct DeadToken {
     common: Common,
     reason: TokenRejection,
 }
 
-impl TokenRejected {
+impl DeadToken {
     /// id6's reason.
     pub fn reason(&self) -> TokenRejection {
         self.reason
     }
 }
 
-impl From<TokenRejected> for AuthRejection {
-    fn from(rejection: TokenRejected) -> Self {
-        AuthRejection::TokenRejected(rejection)
+impl From<DeadToken> for AuthRejection {
+    fn from(rejection: DeadToken) -> Self {
+        AuthRejection::DeadToken(rejection)
     }
 }
 
@@ -133,13 +133,13 @@ impl From<TokenRejected> for AuthRejection {
 /// limiting, the caller over its miss budget). The cause is [`error`](Self::error), for
 /// logs; the body never shows it.
 #[derive(Clone, Debug)]
-pub struct Unavailable {
+pub struct Id6Unavailable {
     common: Common,
     retry_after: Duration,
     source: Error,
 }
 
-impl Unavailable {
+impl Id6Unavailable {
     /// How long the client is asked to wait.
     pub fn retry_after(&self) -> Duration {
         self.retry_after
@@ -151,9 +151,9 @@ impl Unavailable {
     }
 }
 
-impl From<Unavailable> for AuthRejection {
-    fn from(rejection: Unavailable) -> Self {
-        AuthRejection::Unavailable(rejection)
+impl From<Id6Unavailable> for AuthRejection {
+    fn from(rejection: Id6Unavailable) -> Self {
+        AuthRejection::Id6Unavailable(rejection)
     }
 }
 
@@ -173,7 +173,7 @@ impl From<Unavailable> for AuthRejection {
 ///     match user {
 ///         Ok(RequireUser(user)) => format!("Hello, {}!", user.name).into_response(),
 ///         // No token, or a dead one: your own answer instead of id6's 401 JSON.
-///         Err(AuthRejection::NotAuthenticated(_) | AuthRejection::TokenRejected(_)) => {
+///         Err(AuthRejection::NotAuthenticated(_) | AuthRejection::DeadToken(_)) => {
 ///             (http::StatusCode::UNAUTHORIZED, "please sign in").into_response()
 ///         }
 ///         // id6 unavailable (503 with Retry-After), no layer (500)...: as they are.
@@ -189,29 +189,30 @@ pub enum AuthRejection {
     /// No token: 401 `not_authenticated`.
     NotAuthenticated(NotAuthenticated),
     /// A token id6 (or the local screen) refused: 401 with id6's `errorCode`.
-    TokenRejected(TokenRejected),
+    DeadToken(DeadToken),
     /// A user the route's condition refused: 403 `forbidden`.
     Forbidden(Forbidden),
     /// A cross-site write carrying the cookie: 403 `csrf_rejected`.
     CsrfRejected(CsrfRejected),
     /// id6 could not be asked: 503 `id6_unavailable`, with `Retry-After`.
-    Unavailable(Unavailable),
+    Id6Unavailable(Id6Unavailable),
     /// The layer is missing: 500 `id6_layer_missing`.
     MissingLayer(MissingLayer),
 }
 
 impl AuthRejection {
-    /// The rejection for a request whose verdict is not a user (or is missing); `None` for
-    /// a user.
-    pub(crate) fn for_verdict(uri: &Uri, extensions: &Extensions) -> Option<Self> {
+    /// The refusal, dressed for HTTP: with the request's path, whether bearer tokens are
+    /// accepted and the app's hook. A missing layer is a wiring bug, logged as an error.
+    pub(crate) fn new(refusal: Refusal<'_>, uri: &Uri, extensions: &Extensions) -> Self {
         let common = Common::of(uri, extensions);
-        Some(match extensions.get::<Authentication>() {
-            Some(Authentication::Authenticated(_)) => return None,
-            Some(Authentication::Rejected(reason)) => AuthRejection::TokenRejected(TokenRejected {
-                common,
-                reason: *reason,
-            }),
-            Some(Authentication::Unavailable(error)) => AuthRejection::Unavailable(Unavailable {
+        match refusal {
+            Refusal::NotAuthenticated => {
+                AuthRejection::NotAuthenticated(NotAuthenticated { common })
+            }
+            Refusal::DeadToken(reason) => AuthRejection::DeadToken(DeadToken { common, reason }),
+            Refusal::Forbidden => AuthRejection::Forbidden(Forbidden { common }),
+            Refusal::CsrfRejected => AuthRejection::CsrfRejected(CsrfRejected { common }),
+            Refusal::Id6Unavailable(error) => AuthRejection::Id6Unavailable(Id6Unavailable {
                 common,
                 retry_after: error
                     .retry_after()
@@ -219,34 +220,23 @@ impl AuthRejection {
                     .max(Duration::from_secs(1)),
                 source: error.clone(),
             }),
-            None => {
+            Refusal::MissingLayer => {
                 tracing::error!(path = uri.path(), "{}", MISSING_LAYER);
                 AuthRejection::MissingLayer(MissingLayer { common })
             }
-            // Anonymous, and any verdict a later version adds.
-            Some(_) => AuthRejection::NotAuthenticated(NotAuthenticated { common }),
-        })
+        }
     }
 
-    /// A signed-in request the layer did not mark (an `Authentication` put there by hand).
-    #[cfg(feature = "axum")]
-    pub(crate) fn missing_layer(uri: &Uri, extensions: &Extensions) -> Self {
-        tracing::error!(path = uri.path(), "{}", MISSING_LAYER);
-        AuthRejection::MissingLayer(MissingLayer {
-            common: Common::of(uri, extensions),
-        })
-    }
-
-    pub(crate) fn forbidden(uri: &Uri, extensions: &Extensions) -> Self {
-        AuthRejection::Forbidden(Forbidden {
-            common: Common::of(uri, extensions),
-        })
-    }
-
-    pub(crate) fn csrf(uri: &Uri, extensions: &Extensions) -> Self {
-        AuthRejection::CsrfRejected(CsrfRejected {
-            common: Common::of(uri, extensions),
-        })
+    /// What it refuses, as the one answer names it.
+    fn refusal(&self) -> Refusal<'_> {
+        match self {
+            AuthRejection::NotAuthenticated(_) => Refusal::NotAuthenticated,
+            AuthRejection::DeadToken(r) => Refusal::DeadToken(r.reason),
+            AuthRejection::Forbidden(_) => Refusal::Forbidden,
+            AuthRejection::CsrfRejected(_) => Refusal::CsrfRejected,
+            AuthRejection::Id6Unavailable(r) => Refusal::Id6Unavailable(&r.source),
+            AuthRejection::MissingLayer(_) => Refusal::MissingLayer,
+        }
     }
 
     pub(crate) fn with_hook(mut self, hook: Option<&RejectionHook>) -> Self {
@@ -259,10 +249,10 @@ impl AuthRejection {
     fn common(&self) -> &Common {
         match self {
             AuthRejection::NotAuthenticated(r) => &r.common,
-            AuthRejection::TokenRejected(r) => &r.common,
+            AuthRejection::DeadToken(r) => &r.common,
             AuthRejection::Forbidden(r) => &r.common,
             AuthRejection::CsrfRejected(r) => &r.common,
-            AuthRejection::Unavailable(r) => &r.common,
+            AuthRejection::Id6Unavailable(r) => &r.common,
             AuthRejection::MissingLayer(r) => &r.common,
         }
     }
@@ -270,48 +260,27 @@ impl AuthRejection {
     fn common_mut(&mut self) -> &mut Common {
         match self {
             AuthRejection::NotAuthenticated(r) => &mut r.common,
-            AuthRejection::TokenRejected(r) => &mut r.common,
+            AuthRejection::DeadToken(r) => &mut r.common,
             AuthRejection::Forbidden(r) => &mut r.common,
             AuthRejection::CsrfRejected(r) => &mut r.common,
-            AuthRejection::Unavailable(r) => &mut r.common,
+            AuthRejection::Id6Unavailable(r) => &mut r.common,
             AuthRejection::MissingLayer(r) => &mut r.common,
         }
     }
 
     /// The status it answers with.
     pub fn status(&self) -> StatusCode {
-        match self {
-            AuthRejection::NotAuthenticated(_) | AuthRejection::TokenRejected(_) => {
-                StatusCode::UNAUTHORIZED
-            }
-            AuthRejection::Forbidden(_) | AuthRejection::CsrfRejected(_) => StatusCode::FORBIDDEN,
-            AuthRejection::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            AuthRejection::MissingLayer(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
+        self.refusal().status()
     }
 
     /// The `errorCode` of its body: id6's own for a rejected token.
     pub fn error_code(&self) -> &'static str {
-        match self {
-            AuthRejection::NotAuthenticated(_) => "not_authenticated",
-            AuthRejection::TokenRejected(r) => r.reason.error_code(),
-            AuthRejection::Forbidden(_) => "forbidden",
-            AuthRejection::CsrfRejected(_) => "csrf_rejected",
-            AuthRejection::Unavailable(_) => "id6_unavailable",
-            AuthRejection::MissingLayer(_) => "id6_layer_missing",
-        }
+        self.refusal().error_code()
     }
 
     /// The `message` of its body.
     pub fn message(&self) -> &'static str {
-        match self {
-            AuthRejection::NotAuthenticated(_) => "You are not authenticated",
-            AuthRejection::TokenRejected(r) => r.reason.message(),
-            AuthRejection::Forbidden(_) => "You are not allowed to access this resource",
-            AuthRejection::CsrfRejected(_) => "Cross-site request refused",
-            AuthRejection::Unavailable(_) => UNAVAILABLE,
-            AuthRejection::MissingLayer(_) => "Internal error",
-        }
+        self.refusal().message()
     }
 
     /// The path of the refused request, as the body names it.
@@ -322,7 +291,7 @@ impl AuthRejection {
     /// How long a 503 asks the client to wait (`Retry-After`); `None` for the others.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            AuthRejection::Unavailable(r) => Some(r.retry_after),
+            AuthRejection::Id6Unavailable(r) => Some(r.retry_after),
             _ => None,
         }
     }
@@ -346,7 +315,7 @@ impl AuthRejection {
         let mut response = json_response(self.status(), self.body_text(), self.retry_after());
         if self.common().bearer && self.status() == StatusCode::UNAUTHORIZED {
             let challenge = match self {
-                AuthRejection::TokenRejected(_) => "Bearer realm=\"id6\", error=\"invalid_token\"",
+                AuthRejection::DeadToken(_) => "Bearer realm=\"id6\", error=\"invalid_token\"",
                 _ => "Bearer realm=\"id6\"",
             };
             response
@@ -376,7 +345,7 @@ impl AuthRejection {
 
     fn unavailable_source(&self) -> Option<&Error> {
         match self {
-            AuthRejection::Unavailable(r) => Some(&r.source),
+            AuthRejection::Id6Unavailable(r) => Some(&r.source),
             _ => None,
         }
     }

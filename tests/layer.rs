@@ -153,5 +153,12 @@ fn futures_are_send() {
     assert_send(&future);
     fn is_future<F: Future>(_: &F) {}
     is_future(&future);
+    // The guards: one layer type, its service and its own future.
+    assert_send_sync_clone::<id6_tower::guard::GuardLayer>();
+    assert_send_sync_clone::<id6_tower::guard::Guard<axum::Router>>();
+    let mut guarded = id6.require_user().layer(axum::Router::new());
+    let future = Service::call(&mut guarded, http::Request::new(axum::body::Body::empty()));
+    assert_send(&future);
+    is_future(&future);
     assert_send(&MockId6::start());
 }

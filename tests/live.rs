@@ -136,6 +136,28 @@ async fn a_signed_in_upgrade_is_served_and_an_anonymous_one_refused() {
 }
 
 #[tokio::test]
+async fn a_cross_site_upgrade_carrying_the_cookie_is_refused() {
+    let app = start(Duration::from_secs(60)).await;
+    let own = app.base.clone();
+    assert_eq!(
+        app.socket(Some(&app.cookie), Some("https://evil.example"))
+            .await
+            .err(),
+        Some(403),
+        "cross-site WebSocket hijacking"
+    );
+    assert!(
+        app.socket(Some(&app.cookie), Some(&own)).await.is_ok(),
+        "own origin"
+    );
+    assert_eq!(
+        app.socket(None, Some("https://evil.example")).await.err(),
+        Some(401),
+        "no cookie: nothing to hijack, just anonymous"
+    );
+}
+
+#[tokio::test]
 async fn logout_everywhere_from_another_token_closes_the_socket() {
     let app = start(Duration::from_secs(60)).await;
     let mut socket = app.socket(Some(&app.cookie), None).await.unwrap();

@@ -110,7 +110,7 @@ where
                     .then(|| self.id6.dead_cookie().cloned())
                     .flatten();
                 if verdict.user_arc().is_some() {
-                    let lifeline = Lifeline::new(self.id6.resolver());
+                    let lifeline = Lifeline::new(&self.id6);
                     request.extensions_mut().insert(lifeline);
                 }
                 request.extensions_mut().insert(verdict);
@@ -125,7 +125,7 @@ where
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);
                 let dead_cookie = self.id6.dead_cookie().filter(|_| from_cookie).cloned();
-                let lifeline = Lifeline::new(self.id6.resolver());
+                let lifeline = Lifeline::new(&self.id6);
                 ResponseFuture::resolving(pending, inner, request, dead_cookie, lifeline)
             }
         }

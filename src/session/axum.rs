@@ -6,20 +6,26 @@ use axum_core::extract::FromRequestParts;
 use futures_util::Stream;
 use http::request::Parts;
 
-use super::Session;
+use super::{Lifeline, Session};
+use crate::outcome::{self, Refusal};
 use crate::rejection::AuthRejection;
 
 /// The signed-in caller (401 otherwise, as [`RequireUser`](crate::extract::RequireUser)), for
-/// a handler whose connection outlives the request.
+/// a handler whose connection outlives the request. A WebSocket handshake whose cookie came
+/// from another site (neither the request's own origin nor a trusted one) is refused with
+/// 403 `csrf_rejected`: cross-site WebSocket hijacking.
 impl<S: Sync> FromRequestParts<S> for Session {
     type Rejection = AuthRejection;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        if let Some(refusal) = AuthRejection::for_verdict(&parts.uri, &parts.extensions) {
-            return Err(refusal);
+        let refuse = |refusal| AuthRejection::new(refusal, &parts.uri, &parts.extensions);
+        outcome::required(parts.extensions.get()).map_err(refuse)?;
+        let lifeline = parts.extensions.get::<Lifeline>();
+        let lifeline = lifeline.ok_or_else(|| refuse(Refusal::MissingLayer))?;
+        if lifeline.is_cross_site(parts) {
+            return Err(refuse(Refusal::CsrfRejected));
         }
-        Session::of(&parts.headers, &parts.extensions)
-            .ok_or_else(|| AuthRejection::missing_layer(&parts.uri, &parts.extensions))
+        Session::of(&parts.headers, &parts.extensions).ok_or_else(|| refuse(Refusal::MissingLayer))
     }
 }
 

@@ -29,7 +29,8 @@ use futures_util::{FutureExt, Stream};
 use http::{Extensions, HeaderMap};
 
 use crate::error::TokenRejection;
-use crate::resolve::{Resolver, Watcher};
+use crate::id6::Id6;
+use crate::resolve::Watcher;
 use crate::user::{Authentication, User};
 
 /// What the layer leaves in a signed-in request, for [`Session::of`]: the resolver that
@@ -37,16 +38,29 @@ use crate::user::{Authentication, User};
 /// the session as if it had been watched already).
 #[derive(Clone)]
 pub(crate) struct Lifeline {
-    resolver: Resolver,
+    id6: Id6,
     generation: u64,
 }
 
 impl Lifeline {
-    /// For a verdict `resolver` gave just now.
-    pub(crate) fn new(resolver: &Resolver) -> Self {
+    /// A WebSocket handshake (or a write) whose cookie came from another site.
+    #[cfg(feature = "axum")]
+    fn is_cross_site(&self, parts: &http::request::Parts) -> bool {
+        let settings = self.id6.http_settings();
+        crate::csrf::is_cross_site(
+            self.id6.resolver().finder(),
+            &settings.trusted_origins,
+            &parts.method,
+            &parts.uri,
+            &parts.headers,
+        )
+    }
+
+    /// For a verdict `id6` gave just now.
+    pub(crate) fn new(id6: &Id6) -> Self {
         Lifeline {
-            generation: resolver.generation(),
-            resolver: resolver.clone(),
+            generation: id6.resolver().generation(),
+            id6: id6.clone(),
         }
     }
 }
@@ -66,9 +80,8 @@ impl Session {
     pub fn of(headers: &HeaderMap, extensions: &Extensions) -> Option<Session> {
         let user = extensions.get::<Authentication>()?.user_arc()?.clone();
         let lifeline = extensions.get::<Lifeline>()?;
-        let watcher = lifeline
-            .resolver
-            .watch(headers, user.id, lifeline.generation)?;
+        let resolver = lifeline.id6.resolver();
+        let watcher = resolver.watch(headers, user.id, lifeline.generation)?;
         Some(Session {
             user,
             watcher: Arc::new(watcher),

@@ -5,7 +5,6 @@ mod whoami;
 
 use std::time::Duration;
 
-use id6_tower::grpc::RequireUserLayer;
 use id6_tower::testing::MockId6;
 use id6_tower::{Id6, TokenLocation, UserToken};
 use tonic::transport::Server;
@@ -14,14 +13,18 @@ use tower::Layer;
 use whoami::{GetRequest, Identity, WhoAmIClient, WhoAmIServer};
 
 /// Serves `whoami` behind `id6.layer()`: the strict service, or the lenient one guarded by
-/// `RequireUserLayer`.
+/// `id6.require_user().grpc()`.
 async fn serve(id6: &Id6, guarded: bool) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let mut server = Server::builder().layer(id6.layer());
     let router = if guarded {
-        server.add_service(RequireUserLayer::new().layer(WhoAmIServer::new(whoami::Lenient)))
+        server.add_service(
+            id6.require_user()
+                .grpc()
+                .layer(WhoAmIServer::new(whoami::Lenient)),
+        )
     } else {
         server.add_service(WhoAmIServer::new(whoami::Service))
     };

@@ -210,11 +210,6 @@ impl Error {
         }
     }
 
-    /// The user has no picture (id6's 404 `picture_not_set`).
-    pub fn is_picture_not_set(&self) -> bool {
-        self.error_code() == Some("picture_not_set")
-    }
-
     /// id6's authorization server refused our shared secret: fix the configuration.
     pub fn is_secret_rejected(&self) -> bool {
         matches!(self.inner.kind, Kind::SecretRejected)

@@ -32,6 +32,7 @@ use tower_service::Service;
 
 use crate::guard::{Guard, GuardFuture, GuardLayer, Http};
 use crate::outcome::{self, Need, Refusal, UNAVAILABLE};
+use crate::session::Session;
 use crate::user::{Authentication, User};
 
 /// The caller, if signed in; `UNAVAILABLE` when id6 could not be asked.
@@ -79,6 +80,18 @@ pub fn require_user<T>(request: &tonic::Request<T>) -> Result<Arc<User>, Status>
     outcome::required(request.extensions().get::<Authentication>())
         .cloned()
         .map_err(status)
+}
+
+/// The signed-in caller's [`Session`], for a server stream that ends when their token dies
+/// ([`Session::grpc_stream`]).
+///
+/// # Errors
+///
+/// As [`require_user`].
+pub fn session<T>(request: &tonic::Request<T>) -> Result<Session, Status> {
+    require_user(request)?;
+    Session::of(request.metadata().as_ref(), request.extensions())
+        .ok_or_else(|| status(Refusal::MissingLayer))
 }
 
 /// The crate's one answer to a refusal, as a gRPC status: id6's words for a refused token,

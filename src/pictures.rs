@@ -197,7 +197,7 @@ impl Id6 {
     ///
     /// # Errors
     ///
-    /// [`is_picture_not_set`](Error::is_picture_not_set) when the user has none;
+    /// id6's 404 `picture_not_set` ([`error_code`](Error::error_code)) when the user has none;
     /// unauthenticated, or unavailable.
     #[cfg_attr(docsrs, doc(cfg(feature = "pictures")))]
     pub async fn picture(

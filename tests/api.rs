@@ -107,7 +107,8 @@ async fn pictures_go_up_and_come_down() {
     let (s, alice, token) = alice_cached().await;
     let h = headers(&token);
     let err = s.id6.picture(&h).await.unwrap_err();
-    assert!(err.is_picture_not_set() && !err.is_unavailable(), "{err}");
+    assert_eq!(err.error_code(), Some("picture_not_set"), "{err}");
+    assert!(!err.is_unavailable(), "{err}");
     assert_eq!(err.status(), Some(http::StatusCode::NOT_FOUND));
 
     let png = b"\x89PNG\r\n\x1a\n fake image bytes".to_vec();

@@ -201,9 +201,8 @@ impl WhoAmI for Service {
         &self,
         request: Request<GetRequest>,
     ) -> BoxFuture<Result<Response<Identities>, Status>> {
-        let answer = id6_tower::grpc::require_user(&request).and_then(|user| {
-            let session = id6_tower::Session::of(request.metadata().as_ref(), request.extensions())
-                .ok_or_else(|| Status::internal("no session for a signed-in call"))?;
+        let answer = id6_tower::grpc::session(&request).map(|session| {
+            let user = session.user();
             let identity = Identity {
                 id: user.id,
                 name: user.name.clone(),
@@ -214,7 +213,7 @@ impl WhoAmI for Service {
                 Some((Ok(identity.clone()), identity))
             });
             let stream: Identities = Box::pin(session.grpc_stream(ticks));
-            Ok(Response::new(stream))
+            Response::new(stream)
         });
         Box::pin(async move { answer })
     }

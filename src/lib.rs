@@ -76,6 +76,21 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+// The house, top down: each module imports only modules below it (no circle, no import
+// running back up; `farm-studio look` checks).
+//
+//   layer/  grpc  pictures          what wraps a service; typed picture calls
+//   api  guard  session/  testing/  typed calls, route guards, connections that end, the mock
+//   id6                             the handle: checked settings in, its parts out
+//   redis                           the optional second level
+//   resolve/                        one owner of a request's resolution: store, loads in
+//                                   flight, marks, lives, failure policy, miss budget
+//   client  csrf                    calls to id6; the cross-site check
+//   config/  extract                settings as rows (plain data); axum extractors
+//   rejection  outcome  token       the one answer and its HTTP dress; finding the token
+//   jwt  admission  user            the local screen; call cap and breaker; who is calling
+//   error  clock  telemetry  lock   the ground floor
+
 mod admission;
 mod api;
 mod client;

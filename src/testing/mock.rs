@@ -37,7 +37,6 @@ pub struct MockId6Builder {
     token_lifetime: Duration,
     rate_limit: Option<(u32, Duration)>,
     redirect_origins: Vec<String>,
-    cookie_attributes: String,
 }
 
 impl Default for MockId6Builder {
@@ -48,7 +47,6 @@ impl Default for MockId6Builder {
             token_lifetime: Duration::from_secs(30 * 24 * 3600),
             rate_limit: None,
             redirect_origins: Vec::new(),
-            cookie_attributes: String::new(),
         }
     }
 }
@@ -80,19 +78,6 @@ impl MockId6Builder {
         self
     }
 
-    /// Adds `; Secure` to the `auth` cookie set at login (id6 does, by config).
-    pub fn secure_cookie(mut self) -> Self {
-        self.cookie_attributes.push_str("; Secure");
-        self
-    }
-
-    /// Adds `; SameSite=<value>` to the `auth` cookie set at login (`Lax`, `Strict`, `None`).
-    pub fn same_site(mut self, value: &str) -> Self {
-        self.cookie_attributes.push_str("; SameSite=");
-        self.cookie_attributes.push_str(value);
-        self
-    }
-
     /// Binds two ports on `127.0.0.1` (authentication and authorization servers) and starts
     /// serving on the current tokio runtime.
     ///
@@ -115,7 +100,6 @@ impl MockId6Builder {
             in_flight: AtomicU64::new(0),
             max_in_flight: AtomicU64::new(0),
             redirect_origins: Mutex::new(self.redirect_origins),
-            cookie_attributes: self.cookie_attributes,
         });
         let public = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
         let private = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
@@ -208,11 +192,6 @@ impl MockId6 {
     /// (the authentication server, as reached directly rather than behind `/api`).
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
-    }
-
-    /// The address of the authentication server.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
     }
 
     /// The authorization server's base URL, for
@@ -386,11 +365,6 @@ impl MockId6 {
     /// The most requests it was handling at once so far.
     pub fn max_concurrent_requests(&self) -> u64 {
         self.state.max_in_flight.load(Ordering::SeqCst)
-    }
-
-    /// Forgets the requests received so far.
-    pub fn reset_counters(&self) {
-        lock(&self.state.requests).clear();
     }
 
     /// Stops both servers and closes their ports and every open connection; afterwards

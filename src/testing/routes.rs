@@ -379,10 +379,8 @@ async fn sign_in(
         );
     }
     let token = state.token(form.user_id, now_ms());
-    let cookie = format!(
-        "auth={token}; Max-Age=2592000; Path=/; HttpOnly{}",
-        state.cookie_attributes
-    );
+    // As id6 sets it by default: no `Secure`, no `SameSite`.
+    let cookie = format!("auth={token}; Max-Age=2592000; Path=/; HttpOnly");
     let mut response = Response::new(Body::empty());
     *response.status_mut() = StatusCode::SEE_OTHER;
     let headers = response.headers_mut();

@@ -91,8 +91,6 @@ pub(super) struct State {
     /// Origins `POST /auth/login` may redirect to (anything else is refused: no open
     /// redirect).
     pub(super) redirect_origins: Mutex<Vec<String>>,
-    /// Attributes added to the `auth` cookie set at login (`Secure`, `SameSite=...`).
-    pub(super) cookie_attributes: String,
     /// Requests being handled now, and the most at once so far.
     pub(super) in_flight: AtomicU64,
     pub(super) max_in_flight: AtomicU64,

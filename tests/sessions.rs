@@ -202,3 +202,22 @@ async fn a_sign_out_between_the_verdict_and_the_session_still_ends_it() {
         .expect("signed in when the layer looked");
     assert_eq!(ends_promptly(&session).await, TokenRejection::TokenRevoked);
 }
+
+#[tokio::test]
+async fn an_open_session_keeps_its_tokens_answer_warm() {
+    let ttl = Duration::from_millis(300);
+    let (_mock, id6, _alice, token) = setup(ttl).await;
+    let session = session_for(&id6, Some(&token)).await.unwrap();
+    tokio::time::sleep(ttl * 2).await;
+    // Refreshed ahead of expiry by the session's rechecks: the user's next request is a hit.
+    let misses = id6.stats().misses;
+    let again = session_for(&id6, Some(&token))
+        .await
+        .expect("still signed in");
+    assert_eq!(
+        id6.stats().misses,
+        misses,
+        "the cache went cold under an open session"
+    );
+    drop((session, again));
+}

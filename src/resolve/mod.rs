@@ -57,9 +57,10 @@ use crate::telemetry::{LookupOutcome, Refresh, Telemetry};
 use crate::token::{self, Found, TokenFinder, TokenKey, TokenLocation, UserToken};
 use crate::user::Authentication;
 
-/// A watched token is rechecked this long after its cached answer expires, so that the
-/// recheck finds it expired (the timer and the handle's clock need not agree to the tick).
-const RECHECK_SLACK: Duration = Duration::from_millis(5);
+/// A watched token is rechecked when this part of its cached answer's TTL is left
+/// (refresh-ahead): the cache never goes cold for a user with an open connection, and a
+/// token revoked on id6 alone is seen within a TTL of id6's last answer.
+const AHEAD_OF_EXPIRY: u32 = 10;
 
 /// What an eviction covers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -425,7 +426,8 @@ impl Resolver {
         let key = TokenKey::of(token);
         let local = &self.inner.local;
         let fresh_for = local.peek(&key).map_or(Duration::ZERO, |hit| hit.fresh_for);
-        let first_check = tokio::time::Instant::now() + fresh_for + RECHECK_SLACK;
+        let ahead = local.user_ttl() / AHEAD_OF_EXPIRY;
+        let first_check = tokio::time::Instant::now() + fresh_for.saturating_sub(ahead);
         let token = || UserToken::from_found(token);
         let lives = local.lives();
         let (watcher, driver) = lives.watch(key, token, user_id, first_check);
@@ -488,44 +490,50 @@ impl Resolver {
         });
     }
 
-    /// Whether a watched token is still good: the cache's answer while it has one, else
-    /// id6's, through the cache (joining a request's call in flight). Only id6's refusal
-    /// ends a connection; while id6 cannot answer, the connection stays and the token is
-    /// asked about again sooner.
-    ///
-    /// The next check comes when the cached answer expires, and never sooner than an eighth
-    /// of the TTL: the timer is tokio's and the cache's clock the handle's, and a test that
-    /// pauses or skews one of them must not make the driver spin.
+    /// Whether a watched token is still good: the cache's answer while it has a young one,
+    /// else id6's, through the cache (joining a request's call in flight), a tenth of the
+    /// TTL before the cached answer expires. Only id6's refusal ends a connection; while id6
+    /// cannot answer, the connection stays and the token is asked about again sooner.
     async fn recheck(&self, key: TokenKey, token: UserToken) -> Checked {
         let ttl = self.inner.local.user_ttl();
-        let retry = || tokio::time::Instant::now() + (ttl / 2).max(RECHECK_SLACK);
-        if let Some(hit) = self.inner.local.peek(&key) {
-            let now = tokio::time::Instant::now();
-            return match hit.verdict {
-                Authentication::Authenticated(_) => {
-                    Checked::Good(now + hit.fresh_for.max(ttl / 8) + RECHECK_SLACK)
-                }
-                Authentication::Rejected(why) => Checked::Dead(why),
-                _ => Checked::Good(retry()),
-            };
+        let ahead = ttl / AHEAD_OF_EXPIRY;
+        // The next check: before the answer expires, and never sooner than an eighth of the
+        // TTL (so that a skewed or paused clock cannot make the driver spin).
+        let next = |fresh_for: Duration| {
+            tokio::time::Instant::now() + fresh_for.saturating_sub(ahead).max(ttl / 8)
+        };
+        let local = &self.inner.local;
+        match local.peek(&key).map(|hit| (hit.verdict, hit.fresh_for)) {
+            Some((Authentication::Rejected(why), _)) => return Checked::Dead(why),
+            // Refreshed since (by a request, or another instance): nothing to ask.
+            Some((Authentication::Authenticated(_), fresh_for)) if fresh_for > ahead => {
+                return Checked::Good(next(fresh_for));
+            }
+            _ => {}
         }
+        // An answer younger than the refresh point counts; else id6 is asked (or the call in
+        // flight joined), and its answer refills the cache for the user's requests too.
+        let younger_than = Some(ttl - ahead);
         let this = self.clone();
-        let pending = self.inner.local.load(
+        let pending = local.load(
             key,
-            None,
+            younger_than,
             || Payer::Nobody,
             move |payer| {
                 let span = tracing::debug_span!("id6.recheck");
-                async move { this.ask(key, &token, None, payer).await }.instrument(span)
+                async move { this.ask(key, &token, younger_than, payer).await }.instrument(span)
             },
         );
         let answer = pending.await;
         match answer.verdict {
             Authentication::Rejected(why) => Checked::Dead(why),
             Authentication::Authenticated(_) if !answer.by_policy => {
-                Checked::Good(tokio::time::Instant::now() + ttl + RECHECK_SLACK)
+                // A second level's answer may be older than id6's own would be.
+                let fresh_for = local.peek(&key).map_or(ttl, |hit| hit.fresh_for);
+                Checked::Good(next(fresh_for))
             }
-            _ => Checked::Good(retry()),
+            // id6 could not answer: the connection stays, and the token is asked about again.
+            _ => Checked::Good(tokio::time::Instant::now() + ttl / 2),
         }
     }
 

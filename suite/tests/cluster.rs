@@ -3,6 +3,10 @@
 #[path = "../../tests/common/mod.rs"]
 mod common;
 
+#[allow(dead_code, unreachable_pub)]
+#[path = "../../examples/axum.rs"]
+mod example;
+
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -761,46 +765,59 @@ async fn a_shared_entry_from_a_clock_ahead_or_oversized_is_not_trusted() {
     assert_eq!(mock.user_calls_for(&third), 0);
 }
 
-/// A connection open on B ends when A signs its token out: the eviction broadcast reaches B's
-/// open sessions as it reaches B's cache.
+/// A WebSocket open on B (the axum example's `/ws`) is closed when A signs its token out:
+/// the eviction broadcast reaches B's open connections as it reaches B's cache.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sign_out_on_one_instance_ends_a_session_open_on_another() {
+async fn sign_out_on_one_instance_closes_a_socket_open_on_another() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    use tokio_tungstenite::tungstenite::Message;
+
     let Some(redis) = redis_or_skip().await else {
         return;
     };
     let mock = MockId6::start().await.unwrap();
-    let prefix = format!("id6-test-session-{}:", std::process::id());
+    let prefix = format!("id6-test-socket-{}:", std::process::id());
     let alice = mock.add_user("Alice", "a@example.com");
     let token = mock.token_issued_at(alice, common::now_ms() - 10);
-    let apps = apps(&mock, &redis, &prefix, 2).await;
+    let a = instance(&mock, &redis, &prefix).await;
+    let b = instance(&mock, &redis, &prefix).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let b_url = format!("ws://{}/ws", listener.local_addr().unwrap());
+    let state = example::AppState {
+        id6: b.clone(),
+        login_url: None,
+        public_url: "http://127.0.0.1".to_owned(),
+        admin_emails: std::sync::Arc::from(Vec::new()),
+    };
+    tokio::spawn(async move { axum::serve(listener, example::app(state)).await });
+    redis.until_subscribed(2).await;
 
-    // A handler on B holds a session on the token (as a WebSocket handler would).
-    let handler = tower::service_fn(|request: http::Request<()>| async move {
-        let session = id6_tower::Session::of(request.headers(), request.extensions());
-        Ok::<_, std::convert::Infallible>(http::Response::new(session))
-    });
-    let request = http::Request::builder()
-        .header("cookie", format!("auth={token}"))
-        .body(())
-        .unwrap();
-    let response =
-        tower::ServiceExt::oneshot(tower::Layer::layer(&apps[1].id6.layer(), handler), request)
-            .await
-            .unwrap();
-    let session = response.into_body().expect("signed in on B");
+    let mut request = b_url.into_client_request().unwrap();
+    let cookie = format!("auth={token}").parse().unwrap();
+    request.headers_mut().insert("cookie", cookie);
+    let (mut socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let greeting = socket.next().await.unwrap().unwrap();
+    assert_eq!(greeting, Message::Text("signed in as Alice".into()));
 
     let since = Instant::now();
-    apps[0]
-        .id6
-        .sign_out(&UserToken::new(&token).unwrap())
-        .await
-        .unwrap();
-    let why = tokio::time::timeout(Duration::from_secs(1), session.ended())
-        .await
-        .expect("B's session ends within a second of A's sign-out");
-    assert_eq!(why, id6_tower::TokenRejection::TokenRevoked);
+    a.sign_out(&UserToken::new(&token).unwrap()).await.unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(1), async {
+        loop {
+            match socket.next().await {
+                Some(Ok(Message::Close(Some(frame)))) => return frame,
+                Some(Ok(_)) => {}
+                other => panic!("no close frame: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("B's socket closed within a second of A's sign-out");
+    assert_eq!(closed.code, CloseCode::Policy);
+    assert_eq!(closed.reason.as_str(), "token_revoked");
     eprintln!(
-        "session on B ended {:?} after A's sign-out",
+        "socket on B closed {:?} after A's sign-out",
         since.elapsed()
     );
 }

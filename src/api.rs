@@ -238,8 +238,9 @@ impl Id6 {
             Err(error) => {
                 if error.is_unauthenticated() {
                     let key = token.key();
-                    resolver.evict(Scope::Token(key)).await;
                     let refused = TokenRejection::from_code(error.error_code());
+                    resolver.end_watched(&key, refused);
+                    resolver.evict(Scope::Token(key)).await;
                     let started = resolver.load_start();
                     resolver
                         .remember(key, &Authentication::Rejected(refused), started)

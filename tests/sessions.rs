@@ -221,3 +221,13 @@ async fn an_open_session_keeps_its_tokens_answer_warm() {
     );
     drop((session, again));
 }
+
+#[tokio::test]
+async fn a_typed_call_id6_refuses_ends_the_session_in_id6s_words() {
+    let (mock, id6, alice, token) = setup(Duration::from_secs(60)).await;
+    let session = session_for(&id6, Some(&token)).await.unwrap();
+    mock.remove_user(alice);
+    let refused = id6.user(&headers(&token)).await.unwrap_err();
+    assert_eq!(refused.error_code(), Some("user_not_found"));
+    assert_eq!(ends_promptly(&session).await, TokenRejection::UserNotFound);
+}

@@ -154,10 +154,7 @@ impl Lives {
         let mut guard = lock(&self.state);
         let state = &mut *guard;
         if let Scope::Token(key) = scope {
-            if let Some(life) = state.by_key.get(&key) {
-                life.ending.send_replace(Some(TokenRejection::TokenRevoked));
-                state.forget(&key);
-            }
+            state.end(&key, TokenRejection::TokenRevoked);
             return;
         }
         let mut any = false;
@@ -178,6 +175,11 @@ impl Lives {
         if any {
             self.wake.notify_one();
         }
+    }
+
+    /// Ends `key`'s connections for id6's reason `why` (a typed call it refused).
+    pub(crate) fn end(&self, key: &TokenKey, why: TokenRejection) {
+        lock(&self.state).end(key, why);
     }
 
     /// The tokens due at `now`, to recheck (each is marked as being checked), and when the
@@ -273,6 +275,14 @@ fn spread(key: &TokenKey) -> std::time::Duration {
 }
 
 impl State {
+    /// Tells `key`'s watchers why its life ended, and forgets it.
+    fn end(&mut self, key: &TokenKey, why: TokenRejection) {
+        if let Some(life) = self.by_key.get(key) {
+            life.ending.send_replace(Some(why));
+            self.forget(key);
+        }
+    }
+
     /// Plans `key`'s next check at `at`. Superseded plans stay in the queue until popped;
     /// when they outnumber the live ones, the queue is rebuilt, so that tokens watched
     /// and forgotten over and over cost no memory.

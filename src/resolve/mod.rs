@@ -587,6 +587,12 @@ impl Resolver {
         self.share(key, verdict, started).await;
     }
 
+    /// Ends the connections watching `key` with id6's reason: a typed call it refused
+    /// knows the reason, which the eviction that follows does not carry.
+    pub(crate) fn end_watched(&self, key: &TokenKey, why: TokenRejection) {
+        self.inner.local.lives().end(key, why);
+    }
+
     /// The cache's generation now (bumped by every eviction), for [`watch`](Self::watch).
     pub(crate) fn generation(&self) -> u64 {
         self.inner.local.generation()

@@ -205,10 +205,11 @@ async fn a_sign_out_between_the_verdict_and_the_session_still_ends_it() {
 
 #[tokio::test]
 async fn an_open_session_keeps_its_tokens_answer_warm() {
-    let ttl = Duration::from_millis(300);
+    let ttl = Duration::from_secs(1);
     let (_mock, id6, _alice, token) = setup(ttl).await;
     let session = session_for(&id6, Some(&token)).await.unwrap();
-    tokio::time::sleep(ttl * 2).await;
+    // Past the first answer's expiry; the recheck, due at 0.9 TTL, has 0.3 TTL to finish.
+    tokio::time::sleep(ttl * 6 / 5).await;
     // Refreshed ahead of expiry by the session's rechecks: the user's next request is a hit.
     let misses = id6.stats().misses;
     let again = session_for(&id6, Some(&token))

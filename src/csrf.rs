@@ -9,8 +9,8 @@ use http::{HeaderMap, Method, Request, Uri};
 use crate::config::Origin;
 use crate::token::{TokenFinder, TokenLocation};
 
-/// OWASP's Fetch Metadata and Origin checks, for unsafe methods whose token is the
-/// cookie's (the one a browser attaches on its own). Refused: `Sec-Fetch-Site: cross-site`;
+/// OWASP's Fetch Metadata and Origin checks, for unsafe methods and WebSocket handshakes
+/// whose token is the cookie's (the one a browser attaches on its own). Refused: `Sec-Fetch-Site: cross-site`;
 /// an `Origin` neither the request's own (by `Host`) nor trusted; `Origin: null` unless
 /// Fetch Metadata says same-origin (a page of ours with `Referrer-Policy: no-referrer`);
 /// without `Origin`, a `Referer` of another site. A trusted origin passes even cross-site.

@@ -174,7 +174,8 @@ impl Error {
     /// for a config error.
     pub fn variable(&self) -> Option<&'static str> {
         match self.inner.kind {
-            Kind::Config { setting, .. } => Some(setting.var),
+            // A setting only code can set has no variable.
+            Kind::Config { setting, .. } => Some(setting.var).filter(|var| !var.is_empty()),
             _ => None,
         }
     }
@@ -324,6 +325,9 @@ impl Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.inner.kind {
+            Kind::Config { setting, reason } if setting.var.is_empty() => {
+                write!(f, "invalid id6 setting `{}`: {}", setting.setter, reason)
+            }
             Kind::Config { setting, reason } => write!(
                 f,
                 "invalid id6 setting `{}` ({}): {}",

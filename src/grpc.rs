@@ -10,9 +10,15 @@
 //! | [`Authentication`] | [`require_user`] / guard | [`current_user`] |
 //! |---|---|---|
 //! | `Authenticated` | the user | `Some(user)` |
+//! | `Authenticated`, refused by `require_user_where(..).grpc()` | `PERMISSION_DENIED` (7) | — |
 //! | `Anonymous` | `UNAUTHENTICATED` (16) | `None` |
+//! | `Rejected` (id6 refused the token) | `UNAUTHENTICATED` (16), id6's words (`Token revoked`...) | `None` |
 //! | `Unavailable` | `UNAVAILABLE` (14) | `UNAVAILABLE` (14) |
 //! | missing layer | `INTERNAL` (13) | `INTERNAL` (13) |
+//!
+//! `csrf().grpc()` answers `PERMISSION_DENIED` (7) too. For a server stream that ends when the
+//! caller's token dies, take the caller's [`session`] and wrap the stream in
+//! [`Session::grpc_stream`].
 //!
 //! ```
 //! use id6_tower::grpc::require_user;
@@ -134,6 +140,7 @@ impl GuardLayer<Http> {
     ///     id6.require_user().grpc().layer(service)
     /// }
     /// ```
+    #[cfg_attr(docsrs, doc(cfg(feature = "tonic")))]
     pub fn grpc(self) -> GuardLayer<Grpc> {
         self.answering()
     }

@@ -87,7 +87,9 @@ impl Id6 {
     /// `Origin` is neither the request's own (by `Host`) nor one of the
     /// [`trusted_origins`](crate::Id6Builder::trusted_origins), or `null` without Fetch
     /// Metadata saying `same-origin`; without `Origin`, when `Referer` names another site.
-    /// Requests without any of these headers (not a browser), bearer tokens and safe methods
+    /// A WebSocket handshake (`GET` with `Upgrade: websocket`) is checked as a write: it
+    /// opens a channel that acts for the user (cross-site WebSocket hijacking). Requests
+    /// without any of these headers (not a browser), bearer tokens and other safe requests
     /// pass (OWASP's Fetch Metadata and Origin checks).
     ///
     /// ```

@@ -63,21 +63,22 @@
 //!
 //! ## Features
 //!
-//! - `axum` (default): the extractors, on `axum-core`.
+//! - `axum` (default): the extractors (`CurrentUser`, `RequireUser`, `Session`) and
+//!   `Session::sse`, on `axum-core`.
 //! - `rustls` (default): HTTPS to id6 through rustls; `native-tls` instead: the platform's.
 //! - `jwt` (default): local HS256 verification with id6's secret (`jwt_secret`).
 //! - `pictures` (default): `Id6::update_picture`, `Id6::picture`.
 //! - `metrics` (default): counters and a histogram through the `metrics` facade.
 //! - `ws`: `Session::websocket`, a WebSocket that closes when its token dies (axum's `ws`).
-//! - `tonic`: `grpc` helpers (`current_user`, `require_user`), and guards that answer gRPC's
-//!   way (`id6.require_user().grpc()`).
+//! - `tonic`: `grpc` helpers (`current_user`, `require_user`, `session` with
+//!   `Session::grpc_stream`), and guards that answer gRPC's way (`id6.require_user().grpc()`).
 //! - `redis`: answers shared and evictions broadcast between instances through Redis.
 //! - `testing`: `testing::MockId6`, an id6 look-alike server on loopback for tests.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 // The house, top down: each module imports only modules below it (no circle, no import
-// running back up; `farm-studio look` checks).
+// running back up).
 //
 //   layer/  grpc  pictures          what wraps a service; typed picture calls
 //   api  guard  session/  testing/  typed calls, route guards, connections that end, the mock

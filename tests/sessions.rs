@@ -232,3 +232,39 @@ async fn a_typed_call_id6_refuses_ends_the_session_in_id6s_words() {
     assert_eq!(refused.error_code(), Some("user_not_found"));
     assert_eq!(ends_promptly(&session).await, TokenRejection::UserNotFound);
 }
+
+#[tokio::test]
+async fn an_optional_session_is_none_for_an_anonymous_caller() {
+    use axum::routing::get;
+    let (_mock, id6, _alice, token) = setup(Duration::from_secs(60)).await;
+    let app = axum::Router::new()
+        .route(
+            "/",
+            get(|session: Option<Session>| async move {
+                session.map_or("anonymous".to_owned(), |s| s.user().name.clone())
+            }),
+        )
+        .layer(id6.layer());
+    let body = |request: Request<axum::body::Body>| {
+        let app = app.clone();
+        async move {
+            let response = app.oneshot(request).await.unwrap();
+            let bytes = axum::body::to_bytes(response.into_body(), 1024)
+                .await
+                .unwrap();
+            String::from_utf8(bytes.to_vec()).unwrap()
+        }
+    };
+    let anonymous = Request::get("/").body(axum::body::Body::empty()).unwrap();
+    assert_eq!(body(anonymous).await, "anonymous");
+    let dead = Request::get("/")
+        .header(COOKIE, "auth=garbage")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    assert_eq!(body(dead).await, "anonymous");
+    let alice = Request::get("/")
+        .header(COOKIE, format!("auth={token}"))
+        .body(axum::body::Body::empty())
+        .unwrap();
+    assert_eq!(body(alice).await, "Alice");
+}

@@ -30,21 +30,39 @@ pub use values::{MissLimit, OnUnavailable};
 
 /// A setter, from a row: none, one that stores what `=>` says, or one written out.
 macro_rules! setter {
-    ([$($doc:literal)*] $field:ident) => {};
-    ([$($doc:literal)*] $field:ident fn $($fn:tt)+) => {
+    ([$($doc:literal)*] [$($env:tt)*] $field:ident) => {};
+    ([$($doc:literal)*] [$($env:tt)*] $field:ident fn $($fn:tt)+) => {
         $(#[doc = $doc])*
+        #[doc = ""]
+        #[doc = $($env)*]
         pub fn $($fn)+
     };
     (
-        [$($doc:literal)*] $field:ident
+        [$($doc:literal)*] [$($env:tt)*] $field:ident
         $name:ident $(<$($g:ident),+>)? ($($arg:ident: $aty:ty),*) $(where [$($wc:tt)+])?
         => $store:expr
     ) => {
         $(#[doc = $doc])*
+        #[doc = ""]
+        #[doc = $($env)*]
         pub fn $name $(<$($g),+>)? (mut self, $($arg: $aty),*) -> Self $(where $($wc)+)? {
             self.$field = $store;
             self
         }
+    };
+}
+
+/// The line every setter's doc ends with: its default, and the environment variable that
+/// sets it too (docs.rs shows no README).
+macro_rules! env_doc {
+    ("", "") => {
+        ""
+    };
+    ("", $shown:literal) => {
+        concat!("Default: ", $shown, ".")
+    };
+    ($var:literal, $shown:literal) => {
+        concat!("Default: ", $shown, ". Environment variable: `", $var, "`.")
     };
 }
 
@@ -59,7 +77,7 @@ macro_rules! setter {
 macro_rules! settings {
     ($(
         $(#[doc = $doc:literal])*
-        $konst:ident = $setter:literal, $var:literal, default $shown:literal;
+        $konst:ident = $setter:literal, $var:tt, default $shown:tt;
         $field:ident: $ty:ty = $default:expr $(, read $parse:expr)?;
         check -> $out:ty = $check:expr;
         set { $($set:tt)* }
@@ -102,7 +120,7 @@ macro_rules! settings {
         }
 
         impl Id6Builder {
-            $(setter!([$($doc)*] $field $($set)*);)*
+            $(setter!([$($doc)*] [env_doc!($var, $shown)] $field $($set)*);)*
 
             /// Every setting at its default.
             fn defaults() -> Self {

@@ -2,12 +2,12 @@
 //! WebSocket helper.
 
 use axum::response::sse::Event;
-use axum_core::extract::FromRequestParts;
+use axum_core::extract::{FromRequestParts, OptionalFromRequestParts};
 use futures_util::Stream;
 use http::request::Parts;
 
 use super::{Lifeline, Session};
-use crate::outcome::{self, Refusal};
+use crate::outcome::{self, Need, Refusal};
 use crate::rejection::AuthRejection;
 
 /// The signed-in caller (401 otherwise, as [`RequireUser`](crate::extract::RequireUser)), for
@@ -26,6 +26,27 @@ impl<S: Sync> FromRequestParts<S> for Session {
             return Err(refuse(Refusal::CsrfRejected));
         }
         Session::of(&parts.headers, &parts.extensions).ok_or_else(|| refuse(Refusal::MissingLayer))
+    }
+}
+
+/// `None` for an anonymous caller (no token, a dead one); the other refusals as `Session`'s.
+impl<S: Sync> OptionalFromRequestParts<S> for Session {
+    type Rejection = AuthRejection;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &S,
+    ) -> Result<Option<Self>, Self::Rejection> {
+        let refuse = |refusal| AuthRejection::new(refusal, &parts.uri, &parts.extensions);
+        if outcome::answer(parts.extensions.get(), Need::MaybeUser)
+            .map_err(refuse)?
+            .is_none()
+        {
+            return Ok(None);
+        }
+        <Session as FromRequestParts<S>>::from_request_parts(parts, state)
+            .await
+            .map(Some)
     }
 }
 

@@ -68,6 +68,26 @@ impl Lifeline {
 /// A signed-in caller whose connection outlives its request: the user, and a watch on the
 /// life of the token that signed the request in. Cheap to clone; the token is forgotten
 /// when the last clone of every session on it is dropped.
+///
+/// An axum extractor (feature `axum`): 401 for an anonymous caller, as
+/// [`RequireUser`](crate::extract::RequireUser); `Option<Session>` gives `None` instead; a
+/// WebSocket handshake carrying the cookie from another site gets 403 `csrf_rejected`.
+/// Elsewhere, [`Session::of`] (any tower stack) or `grpc::session` (tonic).
+///
+/// ```
+/// use axum::response::sse::{Event, Sse};
+/// use futures_util::stream::{self, Stream, StreamExt};
+/// use id6_tower::Session;
+/// use std::convert::Infallible;
+///
+/// // Ticks for as long as the caller's token lives; `event: revoked` and the end after.
+/// async fn ticks(session: Session) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+///     let ticks = stream::repeat_with(|| Ok(Event::default().data("tick")))
+///         .then(|tick| async { tokio::time::sleep(std::time::Duration::from_secs(1)).await; tick });
+///     Sse::new(session.sse(ticks))
+/// }
+/// # let _ = axum::Router::<()>::new().route("/ticks", axum::routing::get(ticks));
+/// ```
 #[derive(Clone, Debug)]
 pub struct Session {
     user: Arc<User>,
@@ -76,7 +96,9 @@ pub struct Session {
 
 impl Session {
     /// The session of a request that passed the [`Id6Layer`](crate::layer::Id6Layer):
-    /// `None` unless id6 said who is calling.
+    /// `None` unless id6 said who is calling. It checks no origin: serve WebSocket routes
+    /// behind [`Id6::csrf`](crate::id6::Id6::csrf), which refuses a cross-site handshake
+    /// carrying the cookie (the axum extractor does both).
     pub fn of(headers: &HeaderMap, extensions: &Extensions) -> Option<Session> {
         let user = extensions.get::<Authentication>()?.user_arc()?.clone();
         let lifeline = extensions.get::<Lifeline>()?;
@@ -123,8 +145,8 @@ impl Session {
         }
     }
 
-    /// A gRPC server stream that ends with `unauthenticated` (id6's reason as the message)
-    /// when the token dies.
+    /// A gRPC server stream that ends with `unauthenticated` when the token dies, with the
+    /// message `grpc::require_user` gives for such a token (`Token revoked`...).
     #[cfg(feature = "tonic")]
     #[cfg_attr(docsrs, doc(cfg(feature = "tonic")))]
     pub fn grpc_stream<S, T>(
@@ -135,7 +157,7 @@ impl Session {
         S: Stream<Item = Result<T, tonic::Status>> + Send + 'static,
     {
         self.until_ended(stream, |why| {
-            Some(Err(tonic::Status::unauthenticated(why.error_code())))
+            Some(Err(tonic::Status::unauthenticated(why.message())))
         })
     }
 }

@@ -228,3 +228,64 @@ async fn a_server_stream_ends_with_unauthenticated_after_sign_out() {
         id6_tower::TokenRejection::TokenRevoked.message()
     );
 }
+
+#[tokio::test]
+async fn a_condition_or_csrf_guard_answers_permission_denied() {
+    let mock = MockId6::start().await.unwrap();
+    let alice = mock.add_user("Alice", "alice@example.com");
+    let bob = mock.add_user("Bob", "bob@example.com");
+    let handle = id6(&mock, &[TokenLocation::Cookie]);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let only_alice = handle
+        .require_user_where(|user: &id6_tower::User| user.name == "Alice")
+        .grpc();
+    tokio::spawn(
+        Server::builder()
+            .layer(handle.layer())
+            .add_service(only_alice.layer(WhoAmIServer::new(whoami::Lenient)))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let url = format!("http://{addr}");
+    let alice = mock.token_for(alice);
+    assert_eq!(
+        call(&url, Carry::Cookie(&alice)).await.unwrap().name,
+        "Alice"
+    );
+    let status = call(&url, Carry::Cookie(&mock.token_for(bob)))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+
+    // A gRPC call is a POST: from a browser page of another site, with the cookie, refused.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        Server::builder()
+            .layer(handle.layer())
+            .add_service(
+                handle
+                    .csrf()
+                    .grpc()
+                    .layer(WhoAmIServer::new(whoami::Lenient)),
+            )
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let mut client = WhoAmIClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let mut request = tonic::Request::new(GetRequest {});
+    let metadata = request.metadata_mut();
+    metadata.insert("cookie", format!("auth={alice}").parse().unwrap());
+    metadata.insert("origin", "https://evil.example".parse().unwrap());
+    let status = client.get(request).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    let mut request = tonic::Request::new(GetRequest {});
+    request
+        .metadata_mut()
+        .insert("cookie", format!("auth={alice}").parse().unwrap());
+    assert_eq!(
+        client.get(request).await.unwrap().into_inner().name,
+        "Alice"
+    );
+}

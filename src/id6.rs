@@ -10,7 +10,7 @@ use http::{HeaderMap, HeaderValue};
 use crate::client::Client;
 use crate::config::{HttpSettings, Id6Builder, RedisSettings, Settings};
 use crate::error::Error;
-use crate::rejection::{AuthRejection, RejectionHook};
+use crate::rejection::RejectionHook;
 use crate::resolve::{Resolver, SecondLevel};
 use crate::telemetry::{Stats, Telemetry};
 use crate::token::UserToken;
@@ -72,8 +72,6 @@ impl Id6 {
             rejection_hook,
             max_picture_bytes,
         } = settings;
-        let rejection_hook = rejection_hook
-            .map(|hook| RejectionHook::new(move |rejection: &AuthRejection| (hook.0)(rejection)));
         let telemetry = Arc::new(Telemetry::new());
         let client = Arc::new(Client::new(client, telemetry.clone())?);
         let second_level = second_level(redis)?;

@@ -19,13 +19,13 @@ use reqwest::Url;
 
 use crate::clock::Clock;
 use crate::error::{Error, Setting};
-use crate::rejection::AuthRejection;
+use crate::rejection::{AuthRejection, RejectionHook};
 use crate::token::TokenLocation;
 use values::{
     base_url, between, count, is_cookie_name_byte, limits, quoted, read, Env, RawUrl, DAY, TLS,
 };
 
-pub(crate) use values::{join, Authorization, CallerKey, Endpoint, OnRejection, Origin, Secret};
+pub(crate) use values::{join, Authorization, CallerKey, Endpoint, Origin, Secret};
 pub use values::{MissLimit, OnUnavailable};
 
 /// A setter, from a row: none, one that stores what `=>` says, or one written out.
@@ -140,7 +140,9 @@ macro_rules! settings {
             }
 
             /// Every row checked, in the table's order: the first unusable value is the
-            /// error.
+            /// error. A row whose check reads another row's value (`connect_timeout` and
+            /// `queue_timeout` read `timeout`, `refresh_after` reads `cache_ttl`, the dead
+            /// cookie reads `cookie_name`) stands below it: keep that order when moving rows.
             fn check(mut self) -> Result<Checked, Error> {
                 if let Some(error) = self.deferred.take() {
                     return Err(error);
@@ -571,12 +573,12 @@ settings! {
     /// # Ok::<(), id6_tower::Error>(())
     /// ```
     ON_REJECTION = "on_rejection", "", default "id6's error JSON";
-    on_rejection: Option<OnRejection> = None;
-    check -> Option<OnRejection> = |b, _| Ok(b.on_rejection.clone());
+    on_rejection: Option<RejectionHook> = None;
+    check -> Option<RejectionHook> = |b, _| Ok(b.on_rejection.clone());
     set {
         on_rejection<F>(hook: F)
             where [F: Fn(&AuthRejection) -> http::Response<String> + Send + Sync + 'static]
-            => Some(OnRejection(std::sync::Arc::new(hook)))
+            => Some(RejectionHook::new(hook))
     }
 
     /// Calls id6 through your own `reqwest::Client` (your roots, proxy, pool, or TLS stack)
@@ -752,7 +754,7 @@ pub(crate) struct Settings {
     pub(crate) redis: Option<RedisSettings>,
     pub(crate) http: HttpSettings,
     /// The app's own answer to every rejection.
-    pub(crate) rejection_hook: Option<OnRejection>,
+    pub(crate) rejection_hook: Option<RejectionHook>,
     /// For the typed calls: the cap on a picture, up or down.
     pub(crate) max_picture_bytes: u64,
 }

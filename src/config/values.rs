@@ -13,7 +13,6 @@ use http::{Extensions, HeaderMap, HeaderValue};
 use reqwest::Url;
 
 use crate::error::{Error, Setting};
-use crate::rejection::AuthRejection;
 use crate::token::TokenLocation;
 
 pub(super) const DAY: Duration = Duration::from_secs(24 * 3600);
@@ -260,19 +259,6 @@ impl CallerKey {
 impl fmt::Debug for CallerKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("CallerKey(..)")
-    }
-}
-
-/// The app's own answer to every rejection, as the user gave it; the handle carries it to
-/// the extractors and guards.
-#[derive(Clone)]
-pub(crate) struct OnRejection(pub(crate) Arc<HookFn>);
-
-type HookFn = dyn Fn(&AuthRejection) -> http::Response<String> + Send + Sync;
-
-impl fmt::Debug for OnRejection {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("OnRejection(..)")
     }
 }
 

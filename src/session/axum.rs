@@ -123,6 +123,10 @@ mod ws {
     }
 
     /// A WebSocket that closes itself when its [`Session`]'s token dies.
+    ///
+    /// For a reader and a writer in two tasks, take [`into_inner`](Self::into_inner), split
+    /// the socket, and have each task `select!` on [`Session::ended`]; the one that sees it
+    /// sends the close frame (1008 and `why.error_code()`).
     #[cfg_attr(docsrs, doc(cfg(feature = "ws")))]
     pub struct LiveSocket {
         socket: WebSocket,

@@ -11,7 +11,7 @@
 //! the user's tokens too) leaves the connections open.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BTreeSet, BinaryHeap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -38,6 +38,9 @@ pub(crate) struct Lives {
 #[derive(Default)]
 struct State {
     by_key: HashMap<TokenKey, Life>,
+    /// Each user's watched tokens, for a user's eviction (a set of pairs: a few dozen bytes
+    /// a token, where a map of vectors would take a hundred more).
+    by_user: BTreeSet<(u64, TokenKey)>,
     /// When each token is next checked; entries whose time no longer matches their life's
     /// are skipped (cheaper than removing from the middle of a heap).
     queue: BinaryHeap<Reverse<(Instant, TokenKey)>>,
@@ -136,6 +139,7 @@ impl Lives {
             }
         };
         if new {
+            state.by_user.insert((user_id, key));
             state.schedule(first_check, key);
             // The running driver may plan to sleep past this token's first check.
             if start.is_none() {
@@ -157,20 +161,28 @@ impl Lives {
             state.end(&key, TokenRejection::TokenRevoked);
             return;
         }
-        let mut any = false;
-        for (key, life) in &mut state.by_key {
-            // A check running now may have started before the eviction: one more after it.
-            let due = match scope {
-                Scope::User(id) if id == life.user_id => now,
-                Scope::All => now + spread(key),
-                _ => continue,
-            };
-            life.due = Some(due);
-            any = true;
-        }
-        if any {
-            state.rebuild_queue();
-        }
+        // A check running now may have started before the eviction: one more after it.
+        let any = match scope {
+            Scope::User(user_id) => {
+                let users = (user_id, TokenKey([0; 32]))..=(user_id, TokenKey([u8::MAX; 32]));
+                let keys: Vec<TokenKey> = state.by_user.range(users).map(|(_, k)| *k).collect();
+                for key in &keys {
+                    if let Some(life) = state.by_key.get_mut(key) {
+                        life.due = Some(now);
+                        state.schedule(now, *key);
+                    }
+                }
+                !keys.is_empty()
+            }
+            Scope::All => {
+                for (key, life) in &mut state.by_key {
+                    life.due = Some(now + spread(key));
+                }
+                state.rebuild_queue();
+                !state.by_key.is_empty()
+            }
+            Scope::Token(_) => false,
+        };
         drop(guard);
         if any {
             self.wake.notify_one();
@@ -304,7 +316,10 @@ impl State {
     /// Forgets a token; the map gives memory back when it is mostly empty (every
     /// connection closed returns what they took).
     fn forget(&mut self, key: &TokenKey) {
-        self.by_key.remove(key);
+        let Some(life) = self.by_key.remove(key) else {
+            return;
+        };
+        self.by_user.remove(&(life.user_id, *key));
         if self.by_key.capacity() > 4 * self.by_key.len() + 64 {
             self.by_key.shrink_to(2 * self.by_key.len());
             self.rebuild_queue();

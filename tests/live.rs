@@ -256,3 +256,51 @@ async fn thirty_sockets_of_one_token_over_three_ttls_cost_at_most_five_calls() {
         assert_eq!(next_text(socket).await.as_deref(), Some("still here"));
     }
 }
+
+/// A socket split into a reader and a writer task (axum's usual shape): the token's death
+/// wakes the waiting reader, which closes it with 1008; the writer is refused afterwards.
+#[tokio::test]
+async fn a_split_socket_closes_when_the_token_dies() {
+    use axum::extract::ws::{Message as AxumMessage, WebSocketUpgrade};
+    use id6_tower::Session;
+
+    async fn ticks(session: Session, upgrade: WebSocketUpgrade) -> axum::response::Response {
+        upgrade.on_upgrade(move |socket| async move {
+            let (mut writer, mut reader) = session.websocket(socket).split();
+            let (read_all, reading_done) = tokio::sync::oneshot::channel::<()>();
+            // The writer says hello, then idles: only the reader is waiting when the token
+            // dies, and it must be the one woken. Afterwards the writer is refused.
+            let writing = tokio::spawn(async move {
+                writer.send(AxumMessage::Text("tick".into())).await.unwrap();
+                let _ = reading_done.await;
+                assert!(writer.send(AxumMessage::Text("late".into())).await.is_err());
+            });
+            while let Some(Ok(_)) = reader.next().await {}
+            let _ = read_all.send(());
+            writing.await.unwrap();
+        })
+    }
+
+    let mock = MockId6::start().await.unwrap();
+    let alice = mock.add_user("Alice", "alice@example.com");
+    let token = mock.token_for(alice);
+    let id6 = Id6::builder(mock.url()).build().unwrap();
+    let app = axum::Router::new()
+        .route("/ticks", axum::routing::get(ticks))
+        .layer(id6.layer());
+    let base = common::serve(app).await;
+    let mut request = format!("{}/ticks", base.replacen("http", "ws", 1))
+        .into_client_request()
+        .unwrap();
+    let cookie = format!("auth={token}").parse().unwrap();
+    request.headers_mut().insert("cookie", cookie);
+    let (mut socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    assert_eq!(next_text(&mut socket).await.as_deref(), Some("tick"));
+
+    id6.sign_out(&id6_tower::UserToken::new(&token).unwrap())
+        .await
+        .unwrap();
+    let (code, reason) = closed(&mut socket).await;
+    assert_eq!(code, CloseCode::Policy);
+    assert_eq!(reason, "token_revoked");
+}

@@ -83,9 +83,12 @@ pub use ws::LiveSocket;
 
 #[cfg(feature = "ws")]
 mod ws {
+    use std::pin::Pin;
+    use std::task::{ready, Context, Poll};
+
     use axum::extract::ws::{close_code, CloseFrame, Message, WebSocket};
     use futures_util::future::BoxFuture;
-    use futures_util::FutureExt;
+    use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 
     use super::Session;
     use crate::error::TokenRejection;
@@ -117,24 +120,30 @@ mod ws {
             LiveSocket {
                 socket,
                 ended: Some(self.ended().boxed()),
+                session: self.clone(),
                 closing: None,
+                flushing: false,
             }
         }
     }
 
-    /// A WebSocket that closes itself when its [`Session`]'s token dies.
-    ///
-    /// For a reader and a writer in two tasks, take [`into_inner`](Self::into_inner), split
-    /// the socket, and have each task `select!` on [`Session::ended`]; the one that sees it
-    /// sends the close frame (1008 and `why.error_code()`).
+    /// A WebSocket that closes itself when its [`Session`]'s token dies: a `Stream` of
+    /// messages and a `Sink` for them, as axum's [`WebSocket`] (so `split` gives a reader and
+    /// a writer for two tasks; whichever polls first after the token died sends the close
+    /// frame, 1008 and id6's reason).
     #[cfg_attr(docsrs, doc(cfg(feature = "ws")))]
     pub struct LiveSocket {
         socket: WebSocket,
-        /// `None` once the token died.
+        /// `None` once the token died. Polled by the reading side only: a future wakes
+        /// the last task that polled it, and the reader is the one waiting.
         ended: Option<BoxFuture<'static, TokenRejection>>,
-        /// The close frame to send, until it is sent: a `recv` dropped mid-close (in a
-        /// `select!`) leaves it for the next call.
+        /// For the writing side, which looks without waiting.
+        session: Session,
+        /// The close frame to send, until it is handed to the socket: a `recv` dropped
+        /// mid-close (in a `select!`) leaves it for the next poll.
         closing: Option<CloseFrame>,
+        /// The close frame was handed over; flushing it is left.
+        flushing: bool,
     }
 
     impl std::fmt::Debug for LiveSocket {
@@ -152,36 +161,40 @@ mod ws {
         /// Cancel-safe: a `recv` dropped in a `select!` loses no message, and a close it
         /// had begun is finished by the next call.
         pub async fn recv(&mut self) -> Option<Result<Message, axum::Error>> {
-            self.finish_close().await;
-            let ended = self.ended.as_mut()?;
-            let why = {
-                let received = std::pin::pin!(self.socket.recv());
-                match futures_util::future::select(received, ended).await {
-                    futures_util::future::Either::Left((message, _)) => return message,
-                    futures_util::future::Either::Right((why, _)) => why,
-                }
-            };
-            self.begin_close(why);
-            self.finish_close().await;
-            None
+            self.next().await
         }
 
         /// Sends `message`, as [`WebSocket::send`]; an error once the token died (the
         /// socket is closed then).
         pub async fn send(&mut self, message: Message) -> Result<(), axum::Error> {
-            if let Some(why) = self.ended.as_mut().and_then(|ended| ended.now_or_never()) {
-                self.begin_close(why);
-            }
-            self.finish_close().await;
-            if self.ended.is_none() {
-                return Err(axum::Error::new(SessionEnded));
-            }
-            self.socket.send(message).await
+            SinkExt::send(self, message).await
         }
 
         /// The socket itself, no longer watched.
         pub fn into_inner(self) -> WebSocket {
             self.socket
+        }
+
+        /// Whether the token died, for the reading side (polling its end, so that a wake-up
+        /// is registered).
+        fn poll_ended(&mut self, cx: &mut Context<'_>) -> bool {
+            if let Some(ended) = &mut self.ended {
+                if let Poll::Ready(why) = ended.poll_unpin(cx) {
+                    self.begin_close(why);
+                }
+            }
+            self.ended.is_none()
+        }
+
+        /// Whether the token died, for the writing side (a look, no wake-up taken from the
+        /// reader).
+        fn looks_ended(&mut self) -> bool {
+            if self.ended.is_some() {
+                if let Some(why) = self.session.end_reason() {
+                    self.begin_close(why);
+                }
+            }
+            self.ended.is_none()
         }
 
         fn begin_close(&mut self, why: TokenRejection) {
@@ -196,12 +209,72 @@ mod ws {
             });
         }
 
-        async fn finish_close(&mut self) {
-            if let Some(frame) = self.closing.clone() {
-                // The client may be gone already: nothing left to tell it.
-                let _ = self.socket.send(Message::Close(Some(frame))).await;
-                self.closing = None;
+        /// Sends the close frame, if one is due. The client may be gone already: nothing
+        /// left to tell it then, and no error to report.
+        fn poll_close_frame(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+            if self.closing.is_some() {
+                if ready!(self.socket.poll_ready_unpin(cx)).is_err() {
+                    self.closing = None;
+                    return Poll::Ready(());
+                }
+                if let Some(frame) = self.closing.take() {
+                    self.flushing = self
+                        .socket
+                        .start_send_unpin(Message::Close(Some(frame)))
+                        .is_ok();
+                }
             }
+            if self.flushing {
+                let _ = ready!(self.socket.poll_flush_unpin(cx));
+                self.flushing = false;
+            }
+            Poll::Ready(())
+        }
+    }
+
+    impl Stream for LiveSocket {
+        type Item = Result<Message, axum::Error>;
+
+        fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            let this = self.get_mut();
+            if this.poll_ended(cx) {
+                ready!(this.poll_close_frame(cx));
+                return Poll::Ready(None);
+            }
+            this.socket.poll_next_unpin(cx)
+        }
+    }
+
+    impl Sink<Message> for LiveSocket {
+        type Error = axum::Error;
+
+        fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            let this = self.get_mut();
+            if this.looks_ended() {
+                ready!(this.poll_close_frame(cx));
+                return Poll::Ready(Err(axum::Error::new(SessionEnded)));
+            }
+            this.socket.poll_ready_unpin(cx)
+        }
+
+        fn start_send(self: Pin<&mut Self>, message: Message) -> Result<(), Self::Error> {
+            let this = self.get_mut();
+            if this.ended.is_none() {
+                return Err(axum::Error::new(SessionEnded));
+            }
+            this.socket.start_send_unpin(message)
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            let this = self.get_mut();
+            ready!(this.poll_close_frame(cx));
+            this.socket.poll_flush_unpin(cx)
+        }
+
+        fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            let this = self.get_mut();
+            ready!(this.poll_close_frame(cx));
+            this.socket.poll_close_unpin(cx)
         }
     }
 

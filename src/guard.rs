@@ -26,7 +26,6 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::csrf::is_cross_site_write;
 use crate::id6::Id6;
 use crate::outcome::{self, Refusal};
 use crate::rejection::{sign_in_redirect, AuthRejection};
@@ -148,11 +147,9 @@ impl Check {
                     .then_some(Refusal::Forbidden),
                 Err(refusal) => Some(refusal),
             },
-            Check::Csrf => {
-                let finder = id6.resolver().finder();
-                let trusted = &id6.http_settings().trusted_origins;
-                is_cross_site_write(finder, trusted, request).then_some(Refusal::CsrfRejected)
-            }
+            Check::Csrf => id6
+                .is_cross_site(request.method(), request.uri(), request.headers())
+                .then_some(Refusal::CsrfRejected),
         }
     }
 }

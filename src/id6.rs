@@ -5,10 +5,11 @@
 use std::fmt;
 use std::sync::Arc;
 
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderValue, Method, Uri};
 
 use crate::client::Client;
 use crate::config::{HttpSettings, Id6Builder, RedisSettings, Settings};
+use crate::csrf;
 use crate::error::Error;
 use crate::rejection::RejectionHook;
 use crate::resolve::{Resolver, SecondLevel};
@@ -153,6 +154,14 @@ impl Id6 {
     }
 
     /// What the layer and the guards answer with.
+    /// Whether a request that writes (or opens a WebSocket) with the cookie's token came
+    /// from another site than its own or a trusted one: the CSRF guard's and the `Session`
+    /// extractor's one check.
+    pub(crate) fn is_cross_site(&self, method: &Method, uri: &Uri, headers: &HeaderMap) -> bool {
+        let trusted = &self.http_settings().trusted_origins;
+        csrf::is_cross_site(self.resolver().finder(), trusted, method, uri, headers)
+    }
+
     pub(crate) fn http_settings(&self) -> &HttpSettings {
         &self.inner.http
     }

@@ -22,7 +22,10 @@ impl<S: Sync> FromRequestParts<S> for Session {
         outcome::required(parts.extensions.get()).map_err(refuse)?;
         let lifeline = parts.extensions.get::<Lifeline>();
         let lifeline = lifeline.ok_or_else(|| refuse(Refusal::MissingLayer))?;
-        if lifeline.is_cross_site(parts) {
+        if lifeline
+            .id6
+            .is_cross_site(&parts.method, &parts.uri, &parts.headers)
+        {
             return Err(refuse(Refusal::CsrfRejected));
         }
         Session::of(&parts.headers, &parts.extensions).ok_or_else(|| refuse(Refusal::MissingLayer))

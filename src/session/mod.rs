@@ -43,19 +43,6 @@ pub(crate) struct Lifeline {
 }
 
 impl Lifeline {
-    /// A WebSocket handshake (or a write) whose cookie came from another site.
-    #[cfg(feature = "axum")]
-    fn is_cross_site(&self, parts: &http::request::Parts) -> bool {
-        let settings = self.id6.http_settings();
-        crate::csrf::is_cross_site(
-            self.id6.resolver().finder(),
-            &settings.trusted_origins,
-            &parts.method,
-            &parts.uri,
-            &parts.headers,
-        )
-    }
-
     /// For a verdict `id6` gave just now.
     pub(crate) fn new(id6: &Id6) -> Self {
         Lifeline {

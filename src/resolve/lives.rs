@@ -244,10 +244,7 @@ impl Lives {
             return;
         };
         match checked {
-            Checked::Dead(why) => {
-                life.ending.send_replace(Some(why));
-                state.forget(&key);
-            }
+            Checked::Dead(why) => state.end(&key, why),
             // An eviction while the check ran made it due already: keep that.
             Checked::Good(_) if life.due.is_some() => {}
             Checked::Good(at) => {
@@ -348,21 +345,6 @@ impl Watcher {
     }
 }
 
-impl Clone for Watcher {
-    fn clone(&self) -> Self {
-        let mut state = lock(&self.lives.state);
-        if let Some(life) = state.by_key.get_mut(&self.key).filter(|l| l.id == self.id) {
-            life.watchers += 1;
-        }
-        Watcher {
-            lives: self.lives.clone(),
-            key: self.key,
-            id: self.id,
-            ending: self.ending.clone(),
-        }
-    }
-}
-
 impl Drop for Watcher {
     fn drop(&mut self) {
         let mut state = lock(&self.lives.state);
@@ -398,7 +380,7 @@ mod tests {
         let driver = start.expect("the first watcher starts the driver");
         let (b, start) = lives.watch(key, || unreachable!("one token per life"), 7, later);
         assert!(start.is_none());
-        let c = b.clone();
+        let (c, _) = lives.watch(key, || unreachable!("one token per life"), 7, later);
         assert_eq!(lives.len(), 1);
         drop(a);
         drop(b);

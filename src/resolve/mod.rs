@@ -18,7 +18,8 @@
 //! The files, one concern each: `store` (moka tiers), `cache` (loads in flight), `marks`
 //! (evictions that loads in flight cannot undo), `policy` (what waiters get when id6 gave
 //! no verdict), `budget` and `caller` (who pays for a miss), `second_level` (Redis's seat),
-//! `lives` (the tokens open connections watch, rechecked once per TTL and told of evictions).
+//! `lives` (the tokens open connections watch, rechecked ahead of expiry and told of
+//! evictions).
 //!
 //! Evictions come in through one door, [`Resolver::evict`]: the local tiers at once (with the
 //! refill protection), then the second level and every other instance.

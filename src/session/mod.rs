@@ -2,11 +2,12 @@
 //!
 //! A WebSocket, an SSE stream or a gRPC server stream is checked once, when it opens; after
 //! a sign-out it would stay open for as long as it likes. A [`Session`] hands the connection
-//! the token's life instead: it ends when the token is evicted by a sign-out, a
-//! `disconnect`, an invalidation (here or, through Redis, on another instance) and id6
-//! confirms the token is dead, or when id6 refuses it at a recheck. Open connections are
-//! rechecked through the cache once per TTL, one check per token however many connections
-//! share it; a watching connection costs bytes, not a task or a timer.
+//! the token's life instead: it ends at once when the token alone is evicted (a sign-out,
+//! `invalidate_token`, a typed call id6 refused; here or, through Redis, on another
+//! instance), and when id6 refuses the token at a recheck: right after a user's eviction
+//! (`disconnect`), or a tenth of the TTL before its cached answer expires. One check per
+//! token however many connections share it, through the cache; a watching connection costs
+//! bytes, not a task or a timer.
 //!
 //! The helpers end a connection as its protocol expects: a WebSocket closes with code 1008
 //! and id6's reason ([`Session::websocket`], feature `ws`), an SSE stream sends
@@ -33,8 +34,8 @@ use crate::id6::Id6;
 use crate::resolve::Watcher;
 use crate::user::{Authentication, User};
 
-/// What the layer leaves in a signed-in request, for [`Session::of`]: the resolver that
-/// watches tokens, and where the cache stood when it answered (an eviction since then ends
+/// What the layer leaves in a signed-in request, for [`Session::of`]: the handle (whose
+/// resolver watches tokens), and where the cache stood when it answered (an eviction since then ends
 /// the session as if it had been watched already).
 #[derive(Clone)]
 pub(crate) struct Lifeline {

@@ -52,17 +52,14 @@ macro_rules! setter {
     };
 }
 
-/// The line every setter's doc ends with: its default, and the environment variable that
-/// sets it too (docs.rs shows no README).
+/// The line every setter's doc ends with: the environment variable that sets it too
+/// (docs.rs shows no README; the row's doc says the default).
 macro_rules! env_doc {
-    ("", "") => {
+    ("") => {
         ""
     };
-    ("", $shown:literal) => {
-        concat!("Default: ", $shown, ".")
-    };
-    ($var:literal, $shown:literal) => {
-        concat!("Default: ", $shown, ". Environment variable: `", $var, "`.")
+    ($var:literal) => {
+        concat!("Environment variable: `", $var, "`.")
     };
 }
 
@@ -77,7 +74,7 @@ macro_rules! env_doc {
 macro_rules! settings {
     ($(
         $(#[doc = $doc:literal])*
-        $konst:ident = $setter:literal, $var:tt, default $shown:tt;
+        $konst:ident = $setter:literal, $var:tt, default $shown:literal;
         $field:ident: $ty:ty = $default:expr $(, read $parse:expr)?;
         check -> $out:ty = $check:expr;
         set { $($set:tt)* }
@@ -120,7 +117,7 @@ macro_rules! settings {
         }
 
         impl Id6Builder {
-            $(setter!([$($doc)*] [env_doc!($var, $shown)] $field $($set)*);)*
+            $(setter!([$($doc)*] [env_doc!($var)] $field $($set)*);)*
 
             /// Every setting at its default.
             fn defaults() -> Self {

@@ -150,6 +150,19 @@ async fn tokens_stay_out_of_logs_errors_and_debug() {
     texts.push(("a user's Debug", format!("{verdict:?}")));
     texts.push(("the handle's Debug", format!("{:?}", s.id6)));
     texts.push(("the layer's Debug", format!("{:?}", s.id6.layer())));
+    // A session keeps the token for its rechecks: never in its Debug.
+    let handler = tower::service_fn(|request: http::Request<()>| async move {
+        let session = id6_tower::Session::of(request.headers(), request.extensions());
+        Ok::<_, std::convert::Infallible>(http::Response::new(session))
+    });
+    let mut request = http::Request::new(());
+    *request.headers_mut() = headers.clone();
+    let response =
+        tower::ServiceExt::oneshot(tower::Layer::layer(&s.id6.layer(), handler), request)
+            .await
+            .unwrap();
+    let session = response.into_body().expect("signed in");
+    texts.push(("a session's Debug", format!("{session:?}")));
 
     // A password in the id6 URLs: never in a Debug, an error or a log line.
     let with_password = |url: &str| url.replacen("://", "://user:S3CRET-URL-PASSWORD@", 1);

@@ -32,6 +32,8 @@ use tokio::sync::OnceCell;
 
 use futures_util::future::{BoxFuture, FutureExt};
 
+mod connect;
+
 use crate::clock::now_ms;
 use crate::config::RedisSettings;
 use crate::error::TokenRejection;
@@ -142,12 +144,7 @@ impl Redis {
     ///
     /// A URL that is not a Redis URL.
     pub(crate) fn new(settings: RedisSettings) -> Result<Self, crate::error::Error> {
-        let client = redis::Client::open(settings.url.as_str()).map_err(|e| {
-            crate::error::Error::config(
-                crate::config::setting::REDIS_URL,
-                format!("not a Redis URL: {e}"),
-            )
-        })?;
+        let client = connect::client(&settings)?;
         Ok(Redis {
             client,
             connection: OnceCell::new(),

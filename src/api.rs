@@ -243,7 +243,7 @@ impl Id6 {
                     resolver.evict(Scope::Token(key)).await;
                     let started = resolver.load_start();
                     resolver
-                        .remember(key, &Authentication::Rejected(refused), started)
+                        .remember(&token, &Authentication::Rejected(refused), started)
                         .await;
                 }
                 Err(error)
@@ -264,9 +264,7 @@ impl Id6 {
             Some(user) => {
                 let user = std::sync::Arc::new(user);
                 let verdict = Authentication::Authenticated(user.clone());
-                self.resolver()
-                    .remember(token.key(), &verdict, started)
-                    .await;
+                self.resolver().remember(&token, &verdict, started).await;
                 Ok(User::clone(&user))
             }
             None => Err(Error::new(Kind::NoToken)),

@@ -125,7 +125,12 @@ impl Id6 {
             .inner
             .telemetry
             .snapshot(self.inner.resolver.entry_count());
-        stats.redis_errors = self.inner.resolver.second_level_errors();
+        let shared = self.inner.resolver.second_level_counts();
+        stats.redis_errors = shared.errors;
+        stats.redis_unopened = shared.unopened;
+        stats.redis_evictions_given_up = shared.evictions_given_up;
+        stats.redis_resubscribed = shared.resubscribed;
+        stats.redis_reconnected = shared.reconnected;
         if let Some(window) = self.inner.client.rate_window() {
             stats.id6_rate_limit = Some(window.limit);
             stats.id6_rate_remaining = Some(window.remaining);

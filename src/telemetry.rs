@@ -60,6 +60,17 @@ pub struct Stats {
     pub entries: u64,
     /// Redis operations that failed or timed out (feature `redis`; 0 without Redis).
     pub redis_errors: u64,
+    /// Shared entries that did not open with the request's own token (written by someone
+    /// without it, or damaged): each a miss, never a user.
+    pub redis_unopened: u64,
+    /// Evictions given up while Redis did not answer (more were queued than the bound) for
+    /// one clear of every instance's cache, sent when Redis answers again.
+    pub redis_evictions_given_up: u64,
+    /// Redis subscriptions established again after one was cut or stopped answering pings
+    /// (each clears the local cache: broadcasts may have been missed).
+    pub redis_resubscribed: u64,
+    /// Redis command connections replaced after an operation timed out on them.
+    pub redis_reconnected: u64,
     /// id6's rate limit per window, as its last answer said (`X-RateLimit-Limit`).
     pub id6_rate_limit: Option<u64>,
     /// What was left of it then (`X-RateLimit-Remaining`).
@@ -228,6 +239,10 @@ impl Telemetry {
             evictions: self.eviction_count.load(Ordering::Relaxed),
             entries,
             redis_errors: 0,
+            redis_unopened: 0,
+            redis_evictions_given_up: 0,
+            redis_resubscribed: 0,
+            redis_reconnected: 0,
             id6_rate_limit: None,
             id6_rate_remaining: None,
         }

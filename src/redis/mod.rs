@@ -2,8 +2,10 @@
 //! every eviction broadcast to every instance over Redis pub/sub.
 //!
 //! - After a local (moka) miss, Redis is asked before id6; answers are stored there under
-//!   `{prefix}t:{sha256 hex}` (never the token) with their TTL as a Redis expiry. The hit
-//!   path never touches Redis. A value read back is capped like id6's bodies.
+//!   `{prefix}t:{sha256 hex}` (never the token) with their TTL as a Redis expiry, sealed
+//!   with a key derived from the token itself ([`seal`]): an entry that does not open with
+//!   the request's own token is a miss, so whoever writes to Redis cannot name a user. The
+//!   hit path never touches Redis. A value read back is capped like id6's bodies.
 //! - One clock: Redis's. An entry's age is its full TTL less what Redis has left of it
 //!   (`PTTL`); a revocation mark's age likewise. No instance's wall clock is stored or
 //!   compared, so an instance whose clock is off cannot make an answer look young.
@@ -11,34 +13,37 @@
 //!   on `{prefix}invalidate`; every instance evicts locally, with the same refill-race
 //!   protection as a local eviction. A user eviction first sets `{prefix}rev:{id}`: a store
 //!   from a load that began before it is refused atomically (Lua), so an answer in flight
-//!   during `disconnect` cannot poison the shared cache either.
+//!   during `disconnect` cannot poison the shared cache either. Evictions go through a
+//!   bounded queue ([`evictions`]), retried in order until Redis answers: a stall delays
+//!   them, never drops them.
 //! - An `/authorize` answer's `invalidateTokensAt` is handled once per value: `{prefix}seen:{id}`
 //!   keeps the highest one handled (id6's values compared with id6's, whatever its clock).
 //! - Pub/sub, not streams: invalidations are only useful live; an instance that was cut off
 //!   clears its local cache when it subscribes again instead of replaying a backlog. So a
 //!   revoked user is served by an instance that missed the broadcast for at most its local
-//!   TTL while cut off, and not at all once it is back.
+//!   TTL while cut off, and not at all once it is back. A cut that sends no FIN (a NAT, a
+//!   load balancer dropping an idle flow) is found by pings ([`subscriber`]).
 //! - Redis is optional at run time: every operation has a short timeout; failures are
 //!   counted, logged once per outage, and the layer carries on with moka and id6.
 
+mod connect;
+mod evictions;
+mod seal;
+mod subscriber;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
+use futures_util::future::{BoxFuture, FutureExt};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::AsyncCommands;
-use tokio::sync::OnceCell;
-
-use futures_util::future::{BoxFuture, FutureExt};
-
-mod connect;
 
 use crate::clock::now_ms;
 use crate::config::RedisSettings;
 use crate::error::TokenRejection;
-use crate::resolve::{EvictionSink, Scope, SecondLevel};
-use crate::token::TokenKey;
+use crate::resolve::{EvictionSink, Scope, SecondLevel, SharedCounts};
+use crate::token::{TokenKey, UserToken};
 use crate::user::{Authentication, User};
 
 /// Atomic store of a user, refused when the user's tokens were revoked since the load began.
@@ -81,35 +86,40 @@ return 1
 /// answer showing it revokes once more (harmless: one more miss per user per day).
 const SEEN_TTL: Duration = Duration::from_secs(24 * 3600);
 
-/// How long Redis is left alone after a failed operation.
+/// How long lookups leave Redis alone after a failed operation (evictions do not wait).
 const RETRY_AFTER_FAILURE_MS: u64 = 500;
 
+/// The longest pause between two tries of an eviction while Redis does not answer: the
+/// most an eviction waits past Redis's return.
+const MAX_EVICTION_PAUSE: Duration = Duration::from_millis(250);
+
+/// A shared verdict as sealed into Redis.
 #[derive(serde::Serialize, serde::Deserialize)]
 enum Stored {
-    /// Written by earlier versions, without when id6 said so: unknown age.
-    #[serde(rename = "user")]
-    User(User),
-    /// Written by earlier versions, stamped by their instance's clock: unknown age here.
-    #[serde(rename = "user_at")]
-    UserAt { user: User },
     /// A user, and the entry's whole lifetime in ms, counted from when the load that asked
-    /// id6 began: its age is that less Redis's `PTTL`. (An earlier version reading it finds
-    /// no verdict it knows, and asks id6.)
-    #[serde(rename = "user_for")]
-    UserFor { user: User, ttl: u64 },
-    /// Written by earlier versions, without id6's reason.
+    /// id6 began: its age is that less Redis's `PTTL`.
+    #[serde(rename = "user")]
+    User { user: User, ttl: u64 },
+    /// A rejected token and id6's `errorCode`.
     #[serde(rename = "rejected")]
-    Rejected,
-    /// A rejected token and id6's `errorCode`. (An earlier version reading it finds no
-    /// verdict it knows, and asks id6.)
-    #[serde(rename = "rejected_as")]
-    RejectedAs(String),
+    Rejected(String),
+}
+
+/// What the shared tier counted since start.
+#[derive(Default)]
+struct Counters {
+    errors: AtomicU64,
+    unopened: AtomicU64,
+    resubscribed: AtomicU64,
+    reconnected: AtomicU64,
 }
 
 /// The second level on Redis.
 pub(crate) struct Redis {
     client: redis::Client,
-    connection: OnceCell<ConnectionManager>,
+    /// The connection that carries commands: replaced when an operation times out on it
+    /// (a half-open flow answers nothing, and redis-rs reconnects only on errors).
+    connection: Mutex<Option<ConnectionManager>>,
     prefix: String,
     timeout: Duration,
     positive_ttl: Duration,
@@ -118,14 +128,17 @@ pub(crate) struct Redis {
     store_user: redis::Script,
     revoke_user: redis::Script,
     subscribed: AtomicBool,
-    /// Dropped with the handle: the subscriber task sees its receiver close and ends, so
-    /// nothing outlives the last `Id6` (tower's buffer worker does the same).
+    /// Evictions on their way to Redis, and whether the task that applies them runs.
+    evictions: Arc<evictions::Queue>,
+    delivering: AtomicBool,
+    /// Dropped with the handle: the subscriber and eviction tasks see their receivers close
+    /// and end, so nothing outlives the last `Id6` (tower's buffer worker does the same).
     stop: tokio::sync::watch::Sender<()>,
     down: AtomicBool,
-    /// While Redis is down, it is tried again only after this (ms since the epoch), so
+    /// While Redis is down, lookups try it again only after this (ms since the epoch), so
     /// that not every miss waits for the timeout.
     retry_at: AtomicU64,
-    errors: AtomicU64,
+    counters: Counters,
 }
 
 impl std::fmt::Debug for Redis {
@@ -147,7 +160,7 @@ impl Redis {
         let client = connect::client(&settings)?;
         Ok(Redis {
             client,
-            connection: OnceCell::new(),
+            connection: Mutex::new(None),
             prefix: settings.prefix,
             timeout: settings.timeout,
             positive_ttl: settings.positive_ttl,
@@ -156,10 +169,12 @@ impl Redis {
             store_user: redis::Script::new(STORE_USER),
             revoke_user: redis::Script::new(REVOKE_USER),
             subscribed: AtomicBool::new(false),
+            evictions: Arc::default(),
+            delivering: AtomicBool::new(false),
             stop: tokio::sync::watch::Sender::new(()),
             down: AtomicBool::new(false),
             retry_at: AtomicU64::new(0),
-            errors: AtomicU64::new(0),
+            counters: Counters::default(),
         })
     }
 
@@ -171,8 +186,22 @@ impl Redis {
         format!("{}invalidate", self.prefix)
     }
 
-    /// Runs one Redis operation within the timeout; a failure is counted and logged once
-    /// per outage, and reads as `None`.
+    /// The connection that carries commands (made on first use; never waits for Redis).
+    fn connection(&self) -> redis::RedisResult<ConnectionManager> {
+        let mut slot = crate::lock::lock(&self.connection);
+        if let Some(connection) = &*slot {
+            return Ok(connection.clone());
+        }
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout))
+            .set_number_of_retries(1);
+        let connection = ConnectionManager::new_lazy_with_config(self.client.clone(), config)?;
+        *slot = Some(connection.clone());
+        Ok(connection)
+    }
+
+    /// Runs one lookup's or store's Redis operation, unless Redis failed a moment ago.
     async fn run<T, F, Fut>(&self, what: &'static str, op: F) -> Option<T>
     where
         F: FnOnce(ConnectionManager) -> Fut,
@@ -181,20 +210,18 @@ impl Redis {
         if now_ms() < self.retry_at.load(Ordering::Relaxed) {
             return None;
         }
-        let attempt = async {
-            let connection = self
-                .connection
-                .get_or_try_init(|| async {
-                    let config = ConnectionManagerConfig::new()
-                        .set_connection_timeout(Some(self.timeout))
-                        .set_response_timeout(Some(self.timeout))
-                        .set_number_of_retries(1);
-                    ConnectionManager::new_lazy_with_config(self.client.clone(), config)
-                })
-                .await?
-                .clone();
-            op(connection).await
-        };
+        self.attempt(what, op).await
+    }
+
+    /// Runs one Redis operation within the timeout; a failure is counted and logged once
+    /// per outage, and reads as `None`. A timeout replaces the connection: the flow may be
+    /// dead without a FIN, where redis-rs would wait on it forever.
+    async fn attempt<T, F, Fut>(&self, what: &'static str, op: F) -> Option<T>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let attempt = async { op(self.connection()?).await };
         match tokio::time::timeout(self.timeout, attempt).await {
             Ok(Ok(value)) => {
                 if self.down.swap(false, Ordering::Relaxed) {
@@ -207,6 +234,13 @@ impl Redis {
                 None
             }
             Err(_) => {
+                if crate::lock::lock(&self.connection).take().is_some() {
+                    self.counters.reconnected.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(
+                        operation = what,
+                        "redis did not answer in time; its connection is replaced"
+                    );
+                }
                 self.failed(what, "timed out");
                 None
             }
@@ -214,7 +248,7 @@ impl Redis {
     }
 
     fn failed(&self, what: &'static str, why: &str) {
-        self.errors.fetch_add(1, Ordering::Relaxed);
+        self.counters.errors.fetch_add(1, Ordering::Relaxed);
         self.retry_at
             .store(now_ms() + RETRY_AFTER_FAILURE_MS, Ordering::Relaxed);
         if !self.down.swap(true, Ordering::Relaxed) {
@@ -226,60 +260,87 @@ impl Redis {
         }
     }
 
-    /// The shared verdict for `key`, if Redis has one (and answers in time), with its age
-    /// when known: the entry's lifetime less what Redis has left of it.
-    async fn get(&self, key: &TokenKey) -> Option<(Authentication, Option<Duration>)> {
+    /// Whether the connection that carries commands answers a `PING` in time (one that
+    /// does not is replaced, as any operation that times out).
+    async fn ping(&self) -> bool {
+        self.attempt("ping", |mut c| async move {
+            redis::cmd("PING").query_async::<()>(&mut c).await
+        })
+        .await
+        .is_some()
+    }
+
+    /// The shared verdict for `key`, if Redis has one that opens with `token` (and answers in
+    /// time), with its age: the entry's lifetime less what Redis has left of it.
+    async fn get(
+        &self,
+        key: &TokenKey,
+        token: &UserToken,
+    ) -> Option<(Authentication, Option<Duration>)> {
         let entry = self.entry(key);
+        let cap = self.max_value_bytes.saturating_add(seal::OVERHEAD);
         // One byte past the cap tells an oversized value from one that fits.
-        let last = isize::try_from(self.max_value_bytes).unwrap_or(isize::MAX);
+        let last = isize::try_from(cap).unwrap_or(isize::MAX);
+        let name = entry.clone();
         let (raw, left_ms): (Vec<u8>, i64) = self
             .run("get", |mut c| async move {
                 redis::pipe()
                     .atomic()
-                    .getrange(&entry, 0, last)
-                    .pttl(&entry)
+                    .getrange(&name, 0, last)
+                    .pttl(&name)
                     .query_async(&mut c)
                     .await
             })
             .await?;
-        if raw.len() > self.max_value_bytes {
-            tracing::debug!(
-                cap = self.max_value_bytes,
-                "a shared entry over the size cap: ignored"
-            );
+        if raw.is_empty() {
             return None;
         }
+        if raw.len() > cap {
+            tracing::debug!(cap, "a shared entry over the size cap: ignored");
+            return None;
+        }
+        let opened = seal::open(token.expose().as_bytes(), &entry, &raw)
+            .and_then(|plain| serde_json::from_slice::<Stored>(&plain).ok());
+        let Some(stored) = opened else {
+            // Not sealed with this token: written by someone without it, or damaged.
+            self.counters.unopened.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!("a shared entry that does not open with its token: a miss");
+            return None;
+        };
         // No expiry (-1) or none left: no known age.
         let left = u64::try_from(left_ms).ok().map(Duration::from_millis);
         let aged = |lifetime: Duration| left.and_then(|left| lifetime.checked_sub(left));
-        Some(match serde_json::from_slice(&raw).ok()? {
-            Stored::UserFor { user, ttl } => (
+        Some(match stored {
+            Stored::User { user, ttl } => (
                 Authentication::Authenticated(Arc::new(user)),
                 aged(Duration::from_millis(ttl)),
             ),
-            Stored::User(user) | Stored::UserAt { user } => {
-                (Authentication::Authenticated(Arc::new(user)), None)
-            }
             // A rejection kept no longer here than its TTL in Redis and locally together.
-            Stored::Rejected => (
-                Authentication::Rejected(TokenRejection::InvalidToken),
-                Some(aged(self.negative_ttl).unwrap_or_default()),
-            ),
-            Stored::RejectedAs(code) => (
+            Stored::Rejected(code) => (
                 Authentication::Rejected(TokenRejection::from_code(Some(&code))),
                 Some(aged(self.negative_ttl).unwrap_or_default()),
             ),
         })
     }
 
-    /// Shares an id6 verdict from a load that began at `started`.
-    async fn store(&self, key: &TokenKey, verdict: &Authentication, started: Instant) {
+    /// Shares an id6 verdict on `token` from a load that began at `started`, sealed with it.
+    async fn store(
+        &self,
+        key: &TokenKey,
+        token: &UserToken,
+        verdict: &Authentication,
+        started: Instant,
+    ) {
         if let Some(user) = verdict.user() {
             if let Some(revoked_at) = user.invalidate_tokens_at {
                 self.revoke_user(user.id, Some(revoked_at)).await;
             }
         }
         let entry = self.entry(key);
+        let seal = |stored: &Stored| {
+            let plain = serde_json::to_vec(stored).ok()?;
+            seal::seal(token.expose().as_bytes(), &entry, &plain)
+        };
         match verdict {
             Authentication::Authenticated(user) => {
                 let lifetime = millis(self.positive_ttl);
@@ -288,16 +349,16 @@ impl Redis {
                 let Some(left) = lifetime.checked_sub(began_ago).filter(|left| *left > 0) else {
                     return;
                 };
-                let stored = Stored::UserFor {
+                let stored = Stored::User {
                     user: User::clone(user),
                     ttl: lifetime,
                 };
-                let Ok(value) = serde_json::to_vec(&stored) else {
+                let Some(value) = seal(&stored) else {
                     return;
                 };
                 let mut invocation = self.store_user.prepare_invoke();
                 invocation
-                    .key(entry)
+                    .key(&entry)
                     .key(format!("{}rev:{}", self.prefix, user.id))
                     .key(format!("{}u:{}", self.prefix, user.id))
                     .arg(value)
@@ -313,8 +374,7 @@ impl Redis {
                     .await;
             }
             Authentication::Rejected(why) => {
-                let stored = Stored::RejectedAs(why.error_code().to_owned());
-                let Ok(value) = serde_json::to_vec(&stored) else {
+                let Some(value) = seal(&Stored::Rejected(why.error_code().to_owned())) else {
                     return;
                 };
                 let ttl = millis(self.negative_ttl);
@@ -328,8 +388,44 @@ impl Redis {
         }
     }
 
-    /// The second-level part of an eviction: shared entries deleted, every instance told.
-    async fn evict(&self, scope: Scope) {
+    /// Queues the second-level part of an eviction (in the order evictions are asked for)
+    /// and starts, once, the task that applies the queue. What is returned waits until the
+    /// eviction reached Redis, or for one operation's timeout at most: a caller is never
+    /// held by a stalled Redis, and the eviction stays queued.
+    fn evict(self: &Arc<Self>, scope: Scope) -> BoxFuture<'static, ()> {
+        let (done, applied) = tokio::sync::oneshot::channel();
+        self.evictions.push(scope, done);
+        self.start_delivering();
+        let timeout = self.timeout;
+        async move {
+            let _ = tokio::time::timeout(timeout, applied).await;
+        }
+        .boxed()
+    }
+
+    /// Starts, once, the task that applies queued evictions (needs a runtime: without one,
+    /// evictions wait in the queue for the first call that has one).
+    fn start_delivering(self: &Arc<Self>) {
+        if self.delivering.load(Ordering::Relaxed) || self.delivering.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.delivering.store(false, Ordering::SeqCst);
+            return;
+        };
+        let (shared, queue) = (Arc::downgrade(self), self.evictions.clone());
+        let mut stop = self.stop.subscribe();
+        runtime.spawn(async move {
+            let stopped = async move { while stop.changed().await.is_ok() {} };
+            tokio::select! {
+                () = stopped => tracing::debug!("id6 handle dropped; redis evictions end"),
+                () = deliver(shared, queue) => {}
+            }
+        });
+    }
+
+    /// Applies one eviction to Redis: whether Redis took it.
+    async fn apply(&self, scope: Scope) -> bool {
         match scope {
             Scope::Token(key) => self.invalidate_token(&key).await,
             Scope::User(user_id) => self.revoke_user(user_id, None).await,
@@ -338,24 +434,24 @@ impl Redis {
     }
 
     /// Deletes a token's shared entry and tells every instance.
-    async fn invalidate_token(&self, key: &TokenKey) {
+    async fn invalidate_token(&self, key: &TokenKey) -> bool {
         let (entry, channel, message) =
             (self.entry(key), self.channel(), format!("t:{}", hex(key)));
-        let _: Option<()> = self
-            .run("invalidate", |mut c| async move {
-                redis::pipe()
-                    .del(entry)
-                    .publish(channel, message)
-                    .query_async(&mut c)
-                    .await
-            })
-            .await;
+        self.attempt("invalidate", |mut c| async move {
+            redis::pipe()
+                .del(entry)
+                .publish(channel, message)
+                .query_async::<()>(&mut c)
+                .await
+        })
+        .await
+        .is_some()
     }
 
     /// Marks the user revoked (refusing in-flight stores), deletes its shared entries and
     /// tells every instance: an eviction of ours, or (`shown`) the `invalidateTokensAt` of an
     /// id6 answer, then only if no instance handled that revocation (or a later one) yet.
-    async fn revoke_user(&self, user_id: u64, shown: Option<u64>) {
+    async fn revoke_user(&self, user_id: u64, shown: Option<u64>) -> bool {
         let mut invocation = self.revoke_user.prepare_invoke();
         invocation
             .key(format!("{}rev:{user_id}", self.prefix))
@@ -367,27 +463,30 @@ impl Redis {
             .arg(self.channel())
             .arg(shown.map(|at| at.to_string()).unwrap_or_default())
             .arg(millis(SEEN_TTL));
-        let _: Option<i64> = self
-            .run("invalidate", |mut c| async move {
-                invocation.invoke_async(&mut c).await
-            })
-            .await;
+        self.attempt("invalidate", |mut c| async move {
+            invocation.invoke_async::<i64>(&mut c).await
+        })
+        .await
+        .is_some()
     }
 
-    /// Deletes every shared entry under the prefix and tells every instance.
-    async fn clear(&self) {
-        // Tell every instance first, in an operation of its own: the scan below may take
-        // longer than one operation's timeout on a big Redis, and must not hold the news back.
+    /// Tells every instance to clear, then deletes every shared entry under the prefix:
+    /// taken once the news is out (the scan may outlast one operation's timeout on a big
+    /// Redis; what it leaves expires, and no instance reads it past its TTL).
+    async fn clear(&self) -> bool {
         let channel = self.channel();
-        let _: Option<()> = self
-            .run(
-                "clear",
-                |mut c| async move { c.publish(channel, "*").await },
-            )
-            .await;
+        let told = self
+            .attempt("clear", |mut c| async move {
+                c.publish::<_, _, ()>(channel, "*").await
+            })
+            .await
+            .is_some();
+        if !told {
+            return false;
+        }
         let pattern = format!("{}t:*", self.prefix);
         let _: Option<()> = self
-            .run("clear", |mut c| async move {
+            .attempt("clear", |mut c| async move {
                 let keys: Vec<String> = {
                     let mut iter = c.scan_match::<_, String>(pattern).await?;
                     let mut keys = Vec::new();
@@ -407,6 +506,7 @@ impl Redis {
                 pipe.query_async(&mut c).await
             })
             .await;
+        true
     }
 
     /// Starts, once, the task that applies other instances' evictions to `local`.
@@ -426,58 +526,28 @@ impl Redis {
             let stopped = async move { while stop.changed().await.is_ok() {} };
             tokio::select! {
                 () = stopped => tracing::debug!("id6 handle dropped; redis subscriber ends"),
-                () = listen(shared, local) => {}
+                () = subscriber::listen(shared, local) => {}
             }
         });
     }
 }
 
-/// Applies other instances' evictions to `local`, reconnecting as needed, while the
-/// handle's `Shared` lives.
-async fn listen(shared: std::sync::Weak<Redis>, local: Arc<dyn EvictionSink>) {
-    let mut was_connected = false;
-    let mut backoff = Duration::from_millis(50);
+/// Applies queued evictions in order, each tried until Redis takes it, while the handle's
+/// tier lives.
+async fn deliver(shared: Weak<Redis>, queue: Arc<evictions::Queue>) {
     loop {
-        let Some(this) = shared.upgrade() else { return };
-        let (client, channel) = (this.client.clone(), this.channel());
-        drop(this);
-        let subscription = async {
-            let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.subscribe(&channel).await?;
-            Ok::<_, redis::RedisError>(pubsub)
-        };
-        // How long a subscription lasted; one that failed or ended at once is backed off
-        // the same way, rather than retried (and the cache cleared) in a tight loop.
-        let lasted = match tokio::time::timeout(Duration::from_secs(2), subscription).await {
-            Ok(Ok(pubsub)) => {
-                // Broadcasts may have been missed while cut off, or before a first
-                // subscription that came late (Redis down at start) while answers were cached.
-                if was_connected || local.holds_any() {
-                    tracing::info!("redis subscription (re)established; clearing the local cache");
-                    local.evict(Scope::All);
-                }
-                was_connected = true;
-                let subscribed_at = std::time::Instant::now();
-                let mut messages = pubsub.into_on_message();
-                while let Some(message) = messages.next().await {
-                    let Ok(payload) = message.get_payload::<String>() else {
-                        continue;
-                    };
-                    if let Some(scope) = parse(&payload) {
-                        // Applied locally only: not broadcast again.
-                        local.evict(scope);
-                    }
-                }
-                subscribed_at.elapsed()
+        let queued = queue.next().await;
+        let mut pause = Duration::from_millis(10);
+        loop {
+            let Some(this) = shared.upgrade() else { return };
+            if this.apply(queued.scope).await {
+                break;
             }
-            _ => Duration::ZERO,
-        };
-        if lasted < Duration::from_secs(2) {
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(2));
-        } else {
-            backoff = Duration::from_millis(50);
+            drop(this);
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(MAX_EVICTION_PAUSE);
         }
+        queued.applied();
     }
 }
 
@@ -485,29 +555,38 @@ impl SecondLevel for Redis {
     fn get<'a>(
         &'a self,
         key: &'a TokenKey,
+        token: &'a UserToken,
     ) -> BoxFuture<'a, Option<(Authentication, Option<Duration>)>> {
-        Redis::get(self, key).boxed()
+        Redis::get(self, key, token).boxed()
     }
 
     fn store<'a>(
         &'a self,
         key: &'a TokenKey,
+        token: &'a UserToken,
         verdict: &'a Authentication,
         started: Instant,
     ) -> BoxFuture<'a, ()> {
-        Redis::store(self, key, verdict, started).boxed()
+        Redis::store(self, key, token, verdict, started).boxed()
     }
 
     fn evict(self: Arc<Self>, scope: Scope) -> BoxFuture<'static, ()> {
-        async move { Redis::evict(&self, scope).await }.boxed()
+        Redis::evict(&self, scope)
     }
 
     fn subscribe(self: Arc<Self>, local: Arc<dyn EvictionSink>) {
         self.start_listening(local);
     }
 
-    fn errors(&self) -> u64 {
-        self.errors.load(Ordering::Relaxed)
+    fn counts(&self) -> SharedCounts {
+        let c = &self.counters;
+        SharedCounts {
+            errors: c.errors.load(Ordering::Relaxed),
+            unopened: c.unopened.load(Ordering::Relaxed),
+            evictions_given_up: self.evictions.given_up(),
+            resubscribed: c.resubscribed.load(Ordering::Relaxed),
+            reconnected: c.reconnected.load(Ordering::Relaxed),
+        }
     }
 }
 

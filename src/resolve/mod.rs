@@ -47,7 +47,7 @@ use caller::Caller;
 use caller::CallerFinder;
 use lives::Checked;
 pub(crate) use lives::Watcher;
-pub(crate) use second_level::{EvictionSink, SecondLevel};
+pub(crate) use second_level::{EvictionSink, SecondLevel, SharedCounts};
 
 use crate::client::Client;
 use crate::config::ResolverSettings;
@@ -304,7 +304,7 @@ impl Resolver {
         payer: Payer,
     ) -> Fetched {
         if let Some(second) = &self.inner.second {
-            if let Some((verdict, age)) = second.get(&key).await {
+            if let Some((verdict, age)) = second.get(&key, token).await {
                 // An age past the TTL is no answer to keep; an unknown age (an earlier
                 // version's entry) is good for a plain miss only, as it always was.
                 let usable = match (age, younger_than) {
@@ -325,14 +325,20 @@ impl Resolver {
             .client
             .authenticate(token, || self.charge(&payer))
             .await;
-        self.share(key, &verdict, started).await;
+        self.share(key, token, &verdict, started).await;
         verdict.into()
     }
 
     /// Stores an answer in the second level, unless an eviction (here, or broadcast by
     /// another instance) came while id6 was asked: the answer may predate it, and the second
     /// level refuses stale stores only per user (`rev:`), not per token or after a `clear`.
-    async fn share(&self, key: TokenKey, verdict: &Authentication, started: LoadStart) {
+    async fn share(
+        &self,
+        key: TokenKey,
+        token: &UserToken,
+        verdict: &Authentication,
+        started: LoadStart,
+    ) {
         let Some(second) = &self.inner.second else {
             return;
         };
@@ -340,7 +346,7 @@ impl Resolver {
             tracing::debug!("an eviction came while id6 was asked; not sharing its answer");
             return;
         }
-        second.store(&key, verdict, started.at).await;
+        second.store(&key, token, verdict, started.at).await;
     }
 
     /// Spends one call of `payer`'s miss budget, as the call to id6 starts.
@@ -580,12 +586,13 @@ impl Resolver {
     /// then in the second level; an eviction since `started` wins over it in both.
     pub(crate) async fn remember(
         &self,
-        key: TokenKey,
+        token: &UserToken,
         verdict: &Authentication,
         started: LoadStart,
     ) {
+        let key = token.key();
         self.inner.local.fill(key, verdict, started.generation);
-        self.share(key, verdict, started).await;
+        self.share(key, token, verdict, started).await;
     }
 
     /// Ends the connections watching `key` with id6's reason: a typed call it refused
@@ -609,12 +616,13 @@ impl Resolver {
         self.inner.local.entry_count()
     }
 
-    /// Second-level operations that failed since start (0 without one).
-    pub(crate) fn second_level_errors(&self) -> u64 {
+    /// What the second level counted since start (zeros without one).
+    pub(crate) fn second_level_counts(&self) -> SharedCounts {
         self.inner
             .second
             .as_ref()
-            .map_or(0, |second| second.errors())
+            .map(|second| second.counts())
+            .unwrap_or_default()
     }
 }
 

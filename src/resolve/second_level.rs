@@ -9,17 +9,18 @@ use std::time::{Duration, Instant};
 use futures_util::future::BoxFuture;
 
 use super::Scope;
-use crate::token::TokenKey;
+use crate::token::{TokenKey, UserToken};
 use crate::user::Authentication;
 
 /// A second-level cache: answers shared between instances, and evictions broadcast to them.
 pub(crate) trait SecondLevel: Send + Sync + fmt::Debug {
-    /// The shared verdict for `key`, if any (and if it answers in time), with how long ago
-    /// id6 gave it, when known (entries of earlier versions do not say). The age is the
-    /// tier's own, never a comparison of two instances' clocks.
+    /// The shared verdict for `token` (whose key is `key`), if any that `token` vouches for
+    /// (and if it answers in time), with how long ago id6 gave it, when known. The age is
+    /// the tier's own, never a comparison of two instances' clocks.
     fn get<'a>(
         &'a self,
         key: &'a TokenKey,
+        token: &'a UserToken,
     ) -> BoxFuture<'a, Option<(Authentication, Option<Duration>)>>;
 
     /// Shares an id6 verdict, unless an eviction since `started` (when the load that
@@ -28,19 +29,39 @@ pub(crate) trait SecondLevel: Send + Sync + fmt::Debug {
     fn store<'a>(
         &'a self,
         key: &'a TokenKey,
+        token: &'a UserToken,
         verdict: &'a Authentication,
         started: Instant,
     ) -> BoxFuture<'a, ()>;
 
-    /// Deletes what `scope` covers and tells every instance.
+    /// Deletes what `scope` covers and tells every instance: queued at once, in call order;
+    /// the future waits (boundedly) for it to be applied.
     fn evict(self: Arc<Self>, scope: Scope) -> BoxFuture<'static, ()>;
 
     /// Applies the other instances' evictions to `local` from now on (once; later calls do
     /// nothing), until the handle that owns this tier is dropped.
     fn subscribe(self: Arc<Self>, local: Arc<dyn EvictionSink>);
 
-    /// Operations that failed or timed out since start.
-    fn errors(&self) -> u64;
+    /// What the tier counted since start.
+    fn counts(&self) -> SharedCounts;
+}
+
+/// What a second level counted since start, for `Id6::stats`.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct SharedCounts {
+    /// Operations that failed or timed out.
+    pub(crate) errors: u64,
+    /// Shared entries that did not open with the request's token (forged, damaged, copied):
+    /// each a miss.
+    pub(crate) unopened: u64,
+    /// Evictions given up (the queue's bound reached while Redis did not answer) for one
+    /// clear of every instance's cache.
+    pub(crate) evictions_given_up: u64,
+    /// Subscriptions established again after one was cut or went silent (each clears the
+    /// local cache).
+    pub(crate) resubscribed: u64,
+    /// Command connections replaced after an operation timed out on them.
+    pub(crate) reconnected: u64,
 }
 
 /// All the second level sees of this instance's local tiers: where other instances'

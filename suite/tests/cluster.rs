@@ -54,6 +54,9 @@ impl Redis {
                 "",
                 "--appendonly",
                 "no",
+                // `DEBUG SLEEP`: a stalled Redis, on demand.
+                "--enable-debug-command",
+                "local",
             ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -83,16 +86,7 @@ impl Redis {
 
     /// Sends one command over a raw RESP exchange; the reader is at its reply.
     fn send(&self, args: &[&[u8]]) -> std::io::BufReader<std::net::TcpStream> {
-        use std::io::Write;
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        let mut command = format!("*{}\r\n", args.len()).into_bytes();
-        for arg in args {
-            command.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
-            command.extend_from_slice(arg);
-            command.extend_from_slice(b"\r\n");
-        }
-        stream.write_all(&command).unwrap();
-        std::io::BufReader::new(stream)
+        RedisPort(self.port).send(args)
     }
 
     /// `SET key value PX ms`, as another writer of the shared cache would.
@@ -109,6 +103,52 @@ impl Redis {
         .read_line(&mut reply)
         .unwrap();
         assert_eq!(reply.trim(), "+OK");
+    }
+
+    /// `GET key`, as another reader of the shared cache would (empty when there is none).
+    fn get(&self, key: &str) -> Vec<u8> {
+        use std::io::{BufRead, Read};
+        let mut reader = self.send(&[b"GET", key.as_bytes()]);
+        let mut header = String::new();
+        reader.read_line(&mut header).unwrap();
+        let Some(len) = header.trim().strip_prefix('$').and_then(|l| l.parse().ok()) else {
+            return Vec::new();
+        };
+        let mut body = vec![0; len];
+        reader.read_exact(&mut body).unwrap();
+        body
+    }
+
+    /// Freezes Redis for `seconds` (`DEBUG SLEEP`), from a thread of its own; joined, it
+    /// returns when Redis answers again.
+    fn stall(&self, seconds: &str) -> std::thread::JoinHandle<Instant> {
+        use std::io::BufRead;
+        let port = self.port;
+        let seconds = seconds.to_owned();
+        let handle = std::thread::spawn(move || {
+            let this = RedisPort(port);
+            let mut reply = String::new();
+            this.send(&[b"DEBUG", b"SLEEP", seconds.as_bytes()])
+                .read_line(&mut reply)
+                .unwrap();
+            assert_eq!(reply.trim(), "+OK");
+            Instant::now()
+        });
+        // Until Redis is asleep: a PING of ours goes unanswered.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            let mut probe = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+            probe
+                .set_read_timeout(Some(Duration::from_millis(50)))
+                .unwrap();
+            use std::io::{Read, Write};
+            probe.write_all(b"PING\r\n").unwrap();
+            let mut buf = [0; 16];
+            if probe.read(&mut buf).is_err() {
+                return handle;
+            }
+            assert!(Instant::now() < deadline, "redis never went to sleep");
+        }
     }
 
     /// `CLIENT LIST`, one line per connection but the asking one.
@@ -145,6 +185,25 @@ impl Redis {
             assert!(Instant::now() < deadline, "{n} subscribers never listened");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+}
+
+/// A Redis server's port, for raw commands from any thread.
+struct RedisPort(u16);
+
+impl RedisPort {
+    /// Sends one command over a raw RESP exchange; the reader is at its reply.
+    fn send(&self, args: &[&[u8]]) -> std::io::BufReader<std::net::TcpStream> {
+        use std::io::Write;
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.0)).unwrap();
+        let mut command = format!("*{}\r\n", args.len()).into_bytes();
+        for arg in args {
+            command.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+            command.extend_from_slice(arg);
+            command.extend_from_slice(b"\r\n");
+        }
+        stream.write_all(&command).unwrap();
+        std::io::BufReader::new(stream)
     }
 }
 
@@ -683,86 +742,107 @@ async fn a_revocation_dated_in_the_future_is_handled_once() {
     assert!(app.id6.stats().evictions <= 2, "{:?}", app.id6.stats());
 }
 
-/// Ages in Redis are Redis's own: an entry stamped by an instance whose clock runs ahead
-/// (here, as far ahead as can be) is of unknown age, good for a plain miss but never for a
-/// `max_age` route; and a value over the size cap is not read at all.
+/// Whoever can write to Redis, without a token, cannot name a user: a forged entry, another
+/// token's entry copied under this one's name, a truncated one and one over the size cap are
+/// each a miss (id6 asked, the right user served) and counted; never an error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_shared_entry_from_a_clock_ahead_or_oversized_is_not_trusted() {
-    use tower::ServiceExt;
+async fn a_shared_entry_not_sealed_by_its_token_is_a_miss() {
     let Some(redis) = redis_or_skip().await else {
         return;
     };
     let mock = MockId6::start().await.unwrap();
-    let prefix = format!("id6-test-skew-{}:", std::process::id());
-    let id6 = instance(&mock, &redis, &prefix).await;
-    let warm_up = mock.token_for(mock.add_user("Warm-up", "w@example.com"));
+    let prefix = format!("id6-test-sealed-{}:", std::process::id());
+    let (a, b) = (
+        instance(&mock, &redis, &prefix).await,
+        instance(&mock, &redis, &prefix).await,
+    );
     let headers = |token: &str| {
         let mut headers = http::HeaderMap::new();
         headers.insert("cookie", format!("auth={token}").parse().unwrap());
         headers
     };
-    id6.authenticate(&headers(&warm_up)).await;
-    let alice = mock.add_user("Alice", "a@example.com");
-    let user = |name: &str| {
-        let mut user = mock.user_json(alice).unwrap();
-        user["name"] = name.into();
-        user
+    let warm_up = mock.token_for(mock.add_user("Warm-up", "w@example.com"));
+    a.authenticate(&headers(&warm_up)).await;
+    b.authenticate(&headers(&warm_up)).await;
+    let alice = mock.add_user("Alice", "alice@example.com");
+    let admin = mock.add_user("Admin", "admin@example.com");
+    let issued = common::now_ms();
+    let (token, copied, truncated, huge) = (
+        mock.token_issued_at(alice, issued - 10),
+        mock.token_issued_at(alice, issued - 20),
+        mock.token_issued_at(alice, issued - 30),
+        mock.token_issued_at(alice, issued - 40),
+    );
+    let name = |token: &str| {
+        let (b, headers) = (b.clone(), headers(token));
+        async move {
+            b.authenticate(&headers)
+                .await
+                .user()
+                .and_then(|u| u.email.clone())
+        }
     };
 
-    // Stamped by a clock far ahead: "age 0" to a version that trusted it.
-    // Three tokens of Alice's, told apart by when they were issued: from one reading of
-    // the clock (read three times, two of them could name the same millisecond and be one
-    // token, cached already: seen failing one run in two on a busy machine).
-    let issued = common::now_ms();
-    let token = mock.token_issued_at(alice, issued - 10);
-    let ahead = serde_json::json!({"user_at": {"user": user("Stale Alice"), "at": u64::MAX}});
+    // Forged: the plain JSON an earlier version wrote, naming the admin.
+    let mut forged = mock.user_json(admin).unwrap();
+    forged["id"] = mock.user_json(alice).unwrap()["id"].clone();
+    let plain = serde_json::json!({"user": {"user": forged, "ttl": 60_000}});
     redis.set(
         &entry_of(&prefix, &token),
-        ahead.to_string().as_bytes(),
+        plain.to_string().as_bytes(),
         60_000,
     );
-    let route = axum::Router::new()
-        .route("/me", axum::routing::get(common::me))
-        .layer(id6.layer_with_max_age(Duration::from_secs(5)));
-    let request = http::Request::get("/me")
-        .header("cookie", format!("auth={token}"))
-        .body(axum::body::Body::empty())
-        .unwrap();
-    let answer = route.oneshot(request).await.unwrap();
-    assert_eq!(answer.status(), 200);
-    let body = axum::body::to_bytes(answer.into_body(), 1 << 20)
-        .await
-        .unwrap();
-    let me: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(name(&token).await.as_deref(), Some("alice@example.com"));
     assert_eq!(
-        me["name"], "Alice",
-        "a max_age route served an entry of no known age"
+        mock.user_calls_for(&token),
+        1,
+        "the forged entry was served"
     );
-    assert_eq!(mock.user_calls_for(&token), 1);
 
-    // Over the cap (id6's own body cap, 64 KiB by default): not read, id6 asked instead.
-    let other = mock.token_issued_at(alice, issued - 20);
-    let huge = serde_json::json!({"user_for": {"user": user(&"A".repeat(200_000)), "ttl": 60_000}});
+    // Copied: the admin's real, sealed entry put under Alice's token's name.
+    let admin_token = mock.token_for(admin);
+    assert!(a
+        .authenticate(&headers(&admin_token))
+        .await
+        .user()
+        .is_some());
+    let sealed = redis.get(&entry_of(&prefix, &admin_token));
+    assert!(!sealed.is_empty(), "A shared the admin's answer");
+    redis.set(&entry_of(&prefix, &copied), &sealed, 60_000);
+    assert_eq!(name(&copied).await.as_deref(), Some("alice@example.com"));
+    assert_eq!(
+        mock.user_calls_for(&copied),
+        1,
+        "another token's entry was served"
+    );
+
+    // Truncated: Alice's own entry, cut short.
+    assert!(a.authenticate(&headers(&truncated)).await.user().is_some());
+    let sealed = redis.get(&entry_of(&prefix, &truncated));
     redis.set(
-        &entry_of(&prefix, &other),
-        huge.to_string().as_bytes(),
+        &entry_of(&prefix, &truncated),
+        &sealed[..sealed.len() - 3],
         60_000,
     );
-    let found = id6.authenticate(&headers(&other)).await;
-    assert_eq!(found.user().map(|u| u.name.as_str()), Some("Alice"));
-    assert_eq!(mock.user_calls_for(&other), 1);
-
-    // Under the cap and of a known age, a shared entry is used as before: no id6 call.
-    let third = mock.token_issued_at(alice, issued - 30);
-    let shared = serde_json::json!({"user_for": {"user": user("Shared Alice"), "ttl": 60_000}});
-    redis.set(
-        &entry_of(&prefix, &third),
-        shared.to_string().as_bytes(),
-        59_000,
+    assert_eq!(name(&truncated).await.as_deref(), Some("alice@example.com"));
+    assert_eq!(
+        mock.user_calls_for(&truncated),
+        2,
+        "a damaged entry was served"
     );
-    let found = id6.authenticate(&headers(&third)).await;
-    assert_eq!(found.user().map(|u| u.name.as_str()), Some("Shared Alice"));
-    assert_eq!(mock.user_calls_for(&third), 0);
+    assert_eq!(b.stats().redis_unopened, 3, "{:?}", b.stats());
+
+    // Over the cap (id6's own body cap, 64 KiB by default): not read at all.
+    redis.set(&entry_of(&prefix, &huge), &vec![b'A'; 200_000], 60_000);
+    assert_eq!(name(&huge).await.as_deref(), Some("alice@example.com"));
+    assert_eq!(mock.user_calls_for(&huge), 1);
+
+    // A sealed entry of its own token is used as before: one id6 call for two instances.
+    let shared = mock.token_issued_at(alice, issued - 50);
+    assert!(a.authenticate(&headers(&shared)).await.user().is_some());
+    assert_eq!(name(&shared).await.as_deref(), Some("alice@example.com"));
+    assert_eq!(mock.user_calls_for(&shared), 1, "B asked id6 again");
+    assert_eq!(a.stats().redis_errors + b.stats().redis_errors, 0);
 }
 
 /// A WebSocket open on B (the axum example's `/ws`) is closed when A signs its token out:
@@ -820,4 +900,223 @@ async fn sign_out_on_one_instance_closes_a_socket_open_on_another() {
         "socket on B closed {:?} after A's sign-out",
         since.elapsed()
     );
+}
+
+/// A revocation made while Redis stalls (`DEBUG SLEEP`) reaches the other instances once it
+/// answers again; so does one made right after a lookup failed on the stall (which pauses
+/// lookups, never evictions).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_during_a_redis_stall_reaches_the_other_instances() {
+    let Some(redis) = redis_or_skip().await else {
+        return;
+    };
+    let mock = MockId6::start().await.unwrap();
+    let prefix = format!("id6-test-stall-{}:", std::process::id());
+    let alice = mock.add_user("Alice", "a@example.com");
+    let bob = mock.add_user("Bob", "b@example.com");
+    let (alice_token, bob_token) = (mock.token_for(alice), mock.token_for(bob));
+    let apps = apps(&mock, &redis, &prefix, 2).await;
+    for app in &apps {
+        assert_eq!(app.get("/", &alice_token).await.1, "Hello, Alice!");
+        assert_eq!(app.get("/", &bob_token).await.1, "Hello, Bob!");
+    }
+
+    // During the stall: A's sign-out of every Alice session returns (Redis's part waits).
+    let awake = redis.stall("1");
+    apps[0]
+        .id6
+        .disconnect(&UserToken::new(&alice_token).unwrap())
+        .await
+        .unwrap();
+    let back = awake.join().unwrap();
+    let took = apps[1]
+        .until_refused(
+            &alice_token,
+            back,
+            "B kept serving a token revoked during a stall",
+        )
+        .await;
+    println!("revoked during a stall: refused on B {took:?} after Redis's return");
+
+    // Right after a stall in which a lookup failed: that pauses lookups, not evictions.
+    let awake = redis.stall("1");
+    let carol = mock.token_for(mock.add_user("Carol", "c@example.com"));
+    assert_eq!(apps[0].get("/", &carol).await.1, "Hello, Carol!");
+    let back = awake.join().unwrap();
+    apps[0]
+        .id6
+        .disconnect(&UserToken::new(&bob_token).unwrap())
+        .await
+        .unwrap();
+    let took = apps[1]
+        .until_refused(
+            &bob_token,
+            back,
+            "B kept serving a token revoked after a stall",
+        )
+        .await;
+    println!("revoked right after a stall: refused on B {took:?} after Redis's return");
+    assert!(
+        apps[0].id6.stats().redis_errors > 0,
+        "the stall was counted"
+    );
+}
+
+/// More evictions than the queue holds while Redis stalls: they are given up for one clear,
+/// counted, and the clear reaches the other instances when Redis answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_eviction_queue_overflow_is_sent_as_one_clear() {
+    let Some(redis) = redis_or_skip().await else {
+        return;
+    };
+    let mock = MockId6::start().await.unwrap();
+    let prefix = format!("id6-test-overflow-{}:", std::process::id());
+    let alice = mock.add_user("Alice", "a@example.com");
+    let token = mock.token_for(alice);
+    let apps = apps(&mock, &redis, &prefix, 2).await;
+    assert_eq!(apps[1].get("/", &token).await.1, "Hello, Alice!");
+    let evictions = apps[1].id6.stats().evictions;
+
+    let awake = redis.stall("2");
+    // Users that exist nowhere: only the clear they are given up for can touch Alice.
+    for id in 1_000_000..1_002_000 {
+        apps[0].id6.invalidate_user(id);
+    }
+    awake.join().unwrap();
+    until_evicted(&apps[1].id6, evictions, "the clear").await;
+    let calls = mock.user_calls_for(&token);
+    assert_eq!(apps[1].get("/", &token).await.1, "Hello, Alice!");
+    assert_eq!(
+        mock.user_calls_for(&token),
+        calls + 1,
+        "B's cache was not cleared"
+    );
+    assert!(
+        apps[0].id6.stats().redis_evictions_given_up > 0,
+        "{:?}",
+        apps[0].id6.stats()
+    );
+}
+
+/// A TCP proxy on loopback in front of Redis that can go silent: the connections it carries
+/// stay open and carry nothing more (a NAT or a load balancer dropping an idle flow without
+/// a FIN); connections made after that are carried as usual.
+struct SilentProxy {
+    addr: std::net::SocketAddr,
+    silence: std::sync::Arc<std::sync::Mutex<Vec<std::sync::Arc<std::sync::atomic::AtomicBool>>>>,
+}
+
+impl SilentProxy {
+    async fn start(redis: &Redis) -> SilentProxy {
+        use std::sync::atomic::AtomicBool;
+        use std::sync::{Arc, Mutex};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let silence: Arc<Mutex<Vec<Arc<AtomicBool>>>> = Arc::default();
+        let port = redis.port;
+        let flows = silence.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+                    continue;
+                };
+                let silent = Arc::new(AtomicBool::new(false));
+                flows.lock().unwrap().push(silent.clone());
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                tokio::spawn(carry(client_read, server_write, silent.clone()));
+                tokio::spawn(carry(server_read, client_write, silent));
+            }
+        });
+        SilentProxy { addr, silence }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://{}", self.addr)
+    }
+
+    /// Every connection carried so far goes silent (and stays open).
+    fn silence(&self) {
+        for flow in self.silence.lock().unwrap().iter() {
+            flow.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+/// Copies bytes one way until the flow is silenced: then holds both ends open, forever.
+async fn carry(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    silent: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if silent.load(std::sync::atomic::Ordering::SeqCst) {
+            let _held = (from, to);
+            std::future::pending::<()>().await;
+            return;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// B reaches Redis through a proxy that goes silent: B notices its dead subscription (by
+/// pinging it), subscribes again on a new connection and clears its cache, so a revocation
+/// broadcast while it was deaf is not served past that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_subscription_is_noticed_and_replaced() {
+    let Some(redis) = redis_or_skip().await else {
+        return;
+    };
+    let mock = MockId6::start().await.unwrap();
+    let prefix = format!("id6-test-silent-{}:", std::process::id());
+    let proxy = SilentProxy::start(&redis).await;
+    let a = instance(&mock, &redis, &prefix).await;
+    let b = Id6::builder(mock.url())
+        .redis(proxy.url())
+        .redis_prefix(&prefix)
+        .redis_timeout(Duration::from_millis(100))
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let b_app = App {
+        base: common::serve(common::app(&b)).await,
+        id6: b.clone(),
+        http: common::http_client(),
+    };
+    let alice = mock.add_user("Alice", "a@example.com");
+    let token = mock.token_for(alice);
+    let mut headers = http::HeaderMap::new();
+    headers.insert("cookie", format!("auth={token}").parse().unwrap());
+    assert!(b.authenticate(&headers).await.user().is_some());
+    redis.until_subscribed(1).await;
+    assert!(a.authenticate(&headers).await.user().is_some());
+    redis.until_subscribed(2).await;
+
+    proxy.silence();
+    let since = Instant::now();
+    a.disconnect(&UserToken::new(&token).unwrap())
+        .await
+        .unwrap();
+    // The TTL is a minute: a refusal within 20 s came from the replaced subscription.
+    let deadline = since + Duration::from_secs(20);
+    while b_app.get("/me", &token).await.0 == 200 {
+        assert!(
+            Instant::now() < deadline,
+            "B never noticed its dead subscription"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!(
+        "a silent subscription noticed and replaced after {:?}",
+        since.elapsed()
+    );
+    assert!(b.stats().redis_resubscribed >= 1, "{:?}", b.stats());
 }

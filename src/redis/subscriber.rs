@@ -1,0 +1,105 @@
+//! The subscriber: other instances' evictions applied to this one's local tiers, over one
+//! pub/sub connection that is pinged, so that a dead flow is not taken for a quiet one.
+//!
+//! Why `PING` and not TCP keepalive: a flow cut by a NAT or a load balancer without a FIN is
+//! often still alive at the TCP level on our side's peer (a proxy's kernel answers keepalive
+//! probes while carrying nothing), and Linux's keepalive defaults wait two hours. A `PING`
+//! crosses every hop to Redis and back. Every [`PING_EVERY`], a pong due within
+//! [`PONG_WITHIN`]: a dead subscription is noticed within their sum (8 s). The same tick
+//! pings the connection that carries commands, which is replaced if it does not answer.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+
+use super::{parse, Redis};
+use crate::resolve::{EvictionSink, Scope};
+
+/// How often the subscription (and the command connection) is pinged.
+const PING_EVERY: Duration = Duration::from_secs(5);
+/// How long a pong may take: past it, the subscription is taken for dead. Longer than a
+/// Redis stall worth riding out (a slow fork, a `DEBUG SLEEP 1`).
+const PONG_WITHIN: Duration = Duration::from_secs(3);
+
+/// Applies other instances' evictions to `local`, reconnecting as needed, while the
+/// handle's tier lives.
+pub(super) async fn listen(shared: Weak<Redis>, local: Arc<dyn EvictionSink>) {
+    let mut was_connected = false;
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let Some(this) = shared.upgrade() else { return };
+        let (client, channel) = (this.client.clone(), this.channel());
+        drop(this);
+        let subscription = async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(&channel).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        // How long a subscription lasted; one that failed or ended at once is backed off
+        // the same way, rather than retried (and the cache cleared) in a tight loop.
+        let lasted = match tokio::time::timeout(Duration::from_secs(2), subscription).await {
+            Ok(Ok(pubsub)) => {
+                // Broadcasts may have been missed while cut off, or before a first
+                // subscription that came late (Redis down at start) while answers were cached.
+                if was_connected || local.holds_any() {
+                    tracing::info!("redis subscription (re)established; clearing the local cache");
+                    local.evict(Scope::All);
+                }
+                if was_connected {
+                    if let Some(this) = shared.upgrade() {
+                        this.counters.resubscribed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                was_connected = true;
+                let subscribed_at = std::time::Instant::now();
+                follow(pubsub, &shared, &*local).await;
+                subscribed_at.elapsed()
+            }
+            _ => Duration::ZERO,
+        };
+        if lasted < Duration::from_secs(2) {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        } else {
+            backoff = Duration::from_millis(50);
+        }
+    }
+}
+
+/// Applies the subscription's messages until it ends or stops answering pings.
+async fn follow(pubsub: redis::aio::PubSub, shared: &Weak<Redis>, local: &dyn EvictionSink) {
+    let (mut sink, mut messages) = pubsub.split();
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            message = messages.next() => {
+                let Some(message) = message else {
+                    tracing::info!("redis subscription closed; subscribing again");
+                    return;
+                };
+                let Ok(payload) = message.get_payload::<String>() else {
+                    continue;
+                };
+                if let Some(scope) = parse(&payload) {
+                    // Applied locally only: not broadcast again.
+                    local.evict(scope);
+                }
+            }
+            _ = ticks.tick() => {
+                let pong = tokio::time::timeout(PONG_WITHIN, sink.ping::<redis::Value>()).await;
+                if !matches!(pong, Ok(Ok(_))) {
+                    tracing::warn!(
+                        "redis subscription did not answer a PING within {PONG_WITHIN:?}; \
+                         subscribing again on a new connection"
+                    );
+                    return;
+                }
+                let Some(this) = shared.upgrade() else { return };
+                this.ping().await;
+            }
+        }
+    }
+}

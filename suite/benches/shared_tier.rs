@@ -1,0 +1,194 @@
+//! A miss served from the shared tier (feature `redis`), against the Redis round trip it
+//! makes, measured in the same run on a redis-server of the bench's own (loopback).
+//!
+//! ```text
+//! cargo bench -p id6-tower-suite --features redis --bench shared_tier
+//! ```
+//!
+//! - `redis/get_direct`: redis-rs alone, the pipeline a shared lookup sends (`GETRANGE` and
+//!   `PTTL`) for a sealed entry of the same size: the floor.
+//! - `redis/miss_from_redis`: `Id6::authenticate` on instance B for a token A shared, B's
+//!   local cache cold for it: the whole miss (key, lookup, the Redis round trip, opening the
+//!   seal, JSON, the local fill). Each token is shared by A before the timed loop.
+//! - `seal/open`: opening one sealed entry (HKDF of the token, ChaCha20-Poly1305) as
+//!   `src/redis/seal.rs` does, with the same crates and parameters: sealing's part of a miss.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, Criterion};
+use id6_tower::testing::MockId6;
+use id6_tower::Id6;
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn redis_server() -> (Server, u16) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap();
+    let child = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server on the PATH (apt-get install redis-server)");
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return (Server(child), port);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("redis-server did not listen");
+}
+
+fn headers(token: &str) -> http::HeaderMap {
+    let mut headers = http::HeaderMap::new();
+    headers.insert("cookie", format!("auth={token}").parse().unwrap());
+    headers
+}
+
+fn benches(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (_server, port) = redis_server();
+    let url = format!("redis://127.0.0.1:{port}");
+    let mock = rt.block_on(MockId6::start()).unwrap();
+    let instance = || {
+        Id6::builder(mock.url())
+            .redis(&url)
+            .cache_ttl(Duration::from_secs(3600))
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (instance(), instance());
+    let alice = mock.add_user("Alice", "alice@example.com");
+    // Distinct tokens, issued a moment ago (one millisecond apart, counting back).
+    let mut issued = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let mut fresh = || {
+        issued -= 1;
+        mock.token_issued_at(alice, issued)
+    };
+    // Connections open before anything is timed.
+    rt.block_on(async {
+        let warm = fresh();
+        a.authenticate(&headers(&warm)).await;
+        b.authenticate(&headers(&warm)).await;
+    });
+
+    let mut group = c.benchmark_group("redis");
+    group
+        .sample_size(20)
+        .measurement_time(Duration::from_secs(4));
+    let sample = fresh();
+    rt.block_on(a.authenticate(&headers(&sample)));
+    let entry = {
+        use sha2::Digest;
+        let hash = sha2::Sha256::digest(sample.as_bytes());
+        let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+        format!("id6:t:{hex}")
+    };
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut direct = rt
+        .block_on(client.get_multiplexed_async_connection())
+        .unwrap();
+    let size = rt.block_on(async {
+        let value: Vec<u8> = redis::cmd("GET")
+            .arg(&entry)
+            .query_async(&mut direct)
+            .await
+            .unwrap();
+        value.len()
+    });
+    assert!(size > 0, "A shared its answer");
+    group.bench_function("get_direct", |bench| {
+        bench.to_async(&rt).iter(|| {
+            let mut connection = direct.clone();
+            let entry = entry.clone();
+            async move {
+                let (value, left): (Vec<u8>, i64) = redis::pipe()
+                    .atomic()
+                    .getrange(&entry, 0, 65_600)
+                    .pttl(&entry)
+                    .query_async(&mut connection)
+                    .await
+                    .unwrap();
+                assert_eq!((value.len(), left > 0), (size, true));
+            }
+        })
+    });
+    group.bench_function("miss_from_redis", |bench| {
+        bench.iter_custom(|iters| {
+            let tokens: Vec<_> = (0..iters).map(|_| fresh()).collect();
+            rt.block_on(async {
+                for token in &tokens {
+                    a.authenticate(&headers(token)).await;
+                }
+                let calls = mock.user_calls();
+                let started = Instant::now();
+                for token in &tokens {
+                    assert!(b.authenticate(&headers(token)).await.user().is_some());
+                }
+                let took = started.elapsed();
+                assert_eq!(mock.user_calls(), calls, "every miss was served by Redis");
+                took
+            })
+        })
+    });
+    group.finish();
+
+    let mut group = c.benchmark_group("seal");
+    let value = rt.block_on(async {
+        let value: Vec<u8> = redis::cmd("GET")
+            .arg(&entry)
+            .query_async(&mut direct)
+            .await
+            .unwrap();
+        value
+    });
+    group.bench_function("open", |bench| {
+        use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+        bench.iter(|| {
+            let mut key = chacha20poly1305::Key::default();
+            hkdf::Hkdf::<sha2::Sha256>::new(Some(b"id6-tower redis entry seal"), sample.as_bytes())
+                .expand(b"v1 chacha20poly1305 key", &mut key)
+                .unwrap();
+            let nonce = chacha20poly1305::Nonce::from(<[u8; 12]>::try_from(&value[1..13]).unwrap());
+            let payload = Payload {
+                msg: &value[13..],
+                aad: entry.as_bytes(),
+            };
+            chacha20poly1305::ChaCha20Poly1305::new(&key)
+                .decrypt(&nonce, payload)
+                .expect("the bench opens what the crate sealed")
+        })
+    });
+    group.finish();
+    println!("sealed entry: {size} bytes");
+}
+
+criterion_group!(shared_tier, benches);
+
+fn main() {
+    shared_tier();
+    Criterion::default().configure_from_args().final_summary();
+}

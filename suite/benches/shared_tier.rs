@@ -34,21 +34,23 @@ fn redis_server() -> (Server, u16) {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .unwrap();
-    let child = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-        ])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("redis-server on the PATH (apt-get install redis-server)");
+    let server = Server(
+        Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server on the PATH (apt-get install redis-server)"),
+    );
     for _ in 0..100 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return (Server(child), port);
+            return (server, port);
         }
         std::thread::sleep(Duration::from_millis(20));
     }

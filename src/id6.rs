@@ -77,6 +77,11 @@ impl Id6 {
         let client = Arc::new(Client::new(client, telemetry.clone())?);
         let second_level = second_level(redis)?;
         let resolver = Resolver::new(resolver, client.clone(), second_level, telemetry.clone());
+        // Inside a runtime, the shared tier is asked at once: broadcasts are heard from the
+        // start, and a Redis that cannot be reached (or refuses our password) says so now.
+        if tokio::runtime::Handle::try_current().is_ok() {
+            resolver.subscribe();
+        }
         Ok(Id6 {
             inner: Arc::new(Inner {
                 resolver,
@@ -116,6 +121,12 @@ impl Id6 {
     /// interval). For health checks.
     pub fn health(&self) -> crate::admission::Health {
         self.inner.client.health()
+    }
+
+    /// How the shared tier (Redis) is doing: off, starting, up, or down since when, and its
+    /// topology. For readiness probes; the app serves requests whatever it says.
+    pub fn shared_health(&self) -> crate::telemetry::SharedHealth {
+        self.inner.resolver.second_level_health()
     }
 
     /// What the handle did since it was built: lookups by result, id6 calls by outcome,

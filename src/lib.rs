@@ -147,6 +147,6 @@ pub use rejection::AuthRejection;
 #[cfg_attr(docsrs, doc(cfg(feature = "ws")))]
 pub use session::LiveSocket;
 pub use session::Session;
-pub use telemetry::Stats;
+pub use telemetry::{SharedHealth, Stats, Topology};
 pub use token::{TokenLocation, UserToken};
 pub use user::{Authentication, User};

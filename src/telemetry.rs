@@ -77,6 +77,53 @@ pub struct Stats {
     pub id6_rate_remaining: Option<u64>,
 }
 
+/// How the shared tier (Redis, feature `redis`) is doing, for readiness probes
+/// ([`Id6::shared_health`](crate::Id6::shared_health)). The app works without it: a tier
+/// that is down means more id6 calls and broadcasts delayed, never a refused request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SharedHealth {
+    /// No shared tier configured: each instance asks id6 on its own.
+    Off,
+    /// Configured, and nothing asked of it yet (it is asked at start when the handle is
+    /// built inside a runtime, else at the first miss).
+    Starting {
+        /// How the instances reach Redis.
+        topology: Topology,
+    },
+    /// Its last operation was answered.
+    Up {
+        /// How the instances reach Redis.
+        topology: Topology,
+    },
+    /// Its operations fail (or time out) since `since`; the layer carries on with its local
+    /// cache and id6 meanwhile, and tries again by itself.
+    #[non_exhaustive]
+    Down {
+        /// How the instances reach Redis.
+        topology: Topology,
+        /// When the first failure of this outage was seen.
+        since: std::time::SystemTime,
+    },
+}
+
+/// How the instances reach the shared tier.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Topology {
+    /// One Redis server, named by its URL.
+    Single,
+}
+
+impl Topology {
+    /// Its name, as a health report shows it: `single`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Topology::Single => "single",
+        }
+    }
+}
+
 /// Metric names, all prefixed `id6_`.
 pub(crate) mod names {
     pub(crate) const LOOKUPS: &str = "id6_lookups_total";

@@ -43,6 +43,7 @@ use crate::clock::now_ms;
 use crate::config::RedisSettings;
 use crate::error::TokenRejection;
 use crate::resolve::{EvictionSink, Scope, SecondLevel, SharedCounts};
+use crate::telemetry::{SharedHealth, Topology};
 use crate::token::{TokenKey, UserToken};
 use crate::user::{Authentication, User};
 
@@ -135,6 +136,10 @@ pub(crate) struct Redis {
     /// and end, so nothing outlives the last `Id6` (tower's buffer worker does the same).
     stop: tokio::sync::watch::Sender<()>,
     down: AtomicBool,
+    /// When this outage began (ms since the epoch, for health reports only), and whether
+    /// Redis ever answered.
+    down_since_ms: AtomicU64,
+    answered: AtomicBool,
     /// While Redis is down, lookups try it again only after this (ms since the epoch), so
     /// that not every miss waits for the timeout.
     retry_at: AtomicU64,
@@ -173,6 +178,8 @@ impl Redis {
             delivering: AtomicBool::new(false),
             stop: tokio::sync::watch::Sender::new(()),
             down: AtomicBool::new(false),
+            down_since_ms: AtomicU64::new(0),
+            answered: AtomicBool::new(false),
             retry_at: AtomicU64::new(0),
             counters: Counters::default(),
         })
@@ -224,6 +231,7 @@ impl Redis {
         let attempt = async { op(self.connection()?).await };
         match tokio::time::timeout(self.timeout, attempt).await {
             Ok(Ok(value)) => {
+                self.answered.store(true, Ordering::Relaxed);
                 if self.down.swap(false, Ordering::Relaxed) {
                     tracing::info!("redis is back; sharing resumes");
                 }
@@ -252,6 +260,7 @@ impl Redis {
         self.retry_at
             .store(now_ms() + RETRY_AFTER_FAILURE_MS, Ordering::Relaxed);
         if !self.down.swap(true, Ordering::Relaxed) {
+            self.down_since_ms.store(now_ms(), Ordering::Relaxed);
             tracing::warn!(
                 operation = what,
                 why,
@@ -262,8 +271,8 @@ impl Redis {
 
     /// Whether the connection that carries commands answers a `PING` in time (one that
     /// does not is replaced, as any operation that times out).
-    async fn ping(&self) -> bool {
-        self.attempt("ping", |mut c| async move {
+    async fn ping(&self, what: &'static str) -> bool {
+        self.attempt(what, |mut c| async move {
             redis::cmd("PING").query_async::<()>(&mut c).await
         })
         .await
@@ -576,6 +585,21 @@ impl SecondLevel for Redis {
 
     fn subscribe(self: Arc<Self>, local: Arc<dyn EvictionSink>) {
         self.start_listening(local);
+    }
+
+    fn health(&self) -> SharedHealth {
+        let topology = Topology::Single;
+        if self.down.load(Ordering::Relaxed) {
+            let since = Duration::from_millis(self.down_since_ms.load(Ordering::Relaxed));
+            SharedHealth::Down {
+                topology,
+                since: std::time::UNIX_EPOCH + since,
+            }
+        } else if self.answered.load(Ordering::Relaxed) {
+            SharedHealth::Up { topology }
+        } else {
+            SharedHealth::Starting { topology }
+        }
     }
 
     fn counts(&self) -> SharedCounts {

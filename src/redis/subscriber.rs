@@ -28,6 +28,11 @@ const PONG_WITHIN: Duration = Duration::from_secs(3);
 pub(super) async fn listen(shared: Weak<Redis>, local: Arc<dyn EvictionSink>) {
     let mut was_connected = false;
     let mut backoff = Duration::from_millis(50);
+    // Asked at once: a Redis that cannot be reached, or refuses our user, says so at start
+    // (one warning, and `Id6::shared_health`), not at the first miss.
+    if let Some(this) = shared.upgrade() {
+        this.ping("connect").await;
+    }
     loop {
         let Some(this) = shared.upgrade() else { return };
         let (client, channel) = (this.client.clone(), this.channel());
@@ -98,7 +103,7 @@ async fn follow(pubsub: redis::aio::PubSub, shared: &Weak<Redis>, local: &dyn Ev
                     return;
                 }
                 let Some(this) = shared.upgrade() else { return };
-                this.ping().await;
+                this.ping("ping").await;
             }
         }
     }

@@ -544,7 +544,9 @@ impl Resolver {
         }
     }
 
-    fn subscribe(&self) {
+    /// Starts listening to the second level's broadcasts (once; it also asks the tier
+    /// whether it answers, so that a misconfigured one says so at start).
+    pub(crate) fn subscribe(&self) {
         if let Some(second) = &self.inner.second {
             second.clone().subscribe(Arc::new(self.inner.local.clone()));
         }
@@ -614,6 +616,16 @@ impl Resolver {
     /// Verdicts in the local cache now.
     pub(crate) fn entry_count(&self) -> u64 {
         self.inner.local.entry_count()
+    }
+
+    /// How the second level is doing (`Off` without one).
+    pub(crate) fn second_level_health(&self) -> crate::telemetry::SharedHealth {
+        self.inner
+            .second
+            .as_ref()
+            .map_or(crate::telemetry::SharedHealth::Off, |second| {
+                second.health()
+            })
     }
 
     /// What the second level counted since start (zeros without one).

@@ -44,6 +44,9 @@ pub(crate) trait SecondLevel: Send + Sync + fmt::Debug {
 
     /// What the tier counted since start.
     fn counts(&self) -> SharedCounts;
+
+    /// How the tier is doing now.
+    fn health(&self) -> crate::telemetry::SharedHealth;
 }
 
 /// What a second level counted since start, for `Id6::stats`.

@@ -494,7 +494,12 @@ impl Resolver {
     /// Whether a watched token is still good: the cache's answer while it has a young one,
     /// else id6's, through the cache (joining a request's call in flight), a tenth of the
     /// TTL before the cached answer expires. Only id6's refusal ends a connection; while id6
-    /// cannot answer, the connection stays and the token is asked about again sooner.
+    /// cannot answer, the connection stays and the token is asked about again after half a
+    /// TTL, or later while id6's back-off says so.
+    ///
+    /// A recheck is background work, as a refresh ahead of expiry is: nobody waits on it, so
+    /// it waits while the breaker is open, while id6 answers without a verdict, or while
+    /// id6's remaining budget is kept for sign-ins.
     async fn recheck(&self, key: TokenKey, token: UserToken) -> Checked {
         let ttl = self.inner.local.user_ttl();
         let ahead = ttl / AHEAD_OF_EXPIRY;
@@ -511,6 +516,15 @@ impl Resolver {
                 return Checked::Good(next(fresh_for));
             }
             _ => {}
+        }
+        // Never sooner than id6's back-off allows; at the earliest an eighth of the TTL on.
+        let paused = || self.inner.client.background_pause();
+        if let Some(wait) = paused() {
+            tracing::debug!(
+                wait_s = wait.as_secs_f64(),
+                "recheck paused: id6 is failing or its budget is kept for misses"
+            );
+            return Checked::Good(tokio::time::Instant::now() + wait.max(ttl / 8));
         }
         // An answer younger than the refresh point counts; else id6 is asked (or the call in
         // flight joined), and its answer refills the cache for the user's requests too.
@@ -533,8 +547,11 @@ impl Resolver {
                 let fresh_for = local.peek(&key).map_or(ttl, |hit| hit.fresh_for);
                 Checked::Good(next(fresh_for))
             }
-            // id6 could not answer: the connection stays, and the token is asked about again.
-            _ => Checked::Good(tokio::time::Instant::now() + ttl / 2),
+            // id6 could not answer: the connection stays, and the token is asked about again
+            // once id6's back-off (which this failure may just have grown) allows.
+            _ => Checked::Good(
+                tokio::time::Instant::now() + paused().unwrap_or_default().max(ttl / 2),
+            ),
         }
     }
 

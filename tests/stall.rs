@@ -9,12 +9,12 @@
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::header::COOKIE;
 use http::{HeaderMap, Request, Response};
 use id6_tower::testing::{advance_clock, Fault, MockId6};
-use id6_tower::{Id6, Session};
+use id6_tower::{Id6, Session, TokenRejection, UserToken};
 use tower::{service_fn, Layer, ServiceExt};
 
 /// The probe: `ID6_TIMEOUT=1s` against a hanging id6.
@@ -216,4 +216,33 @@ async fn rechecks_pause_while_id6s_budget_is_low() {
     // The budget's last call is there for a sign-in.
     let who = id6.authenticate(&headers(&new_token(&mock))).await;
     assert!(who.user().is_some(), "{who:?}");
+}
+
+/// A disconnect makes every session of the user due now, and id6's answer ends them: that
+/// recheck is a user's action, not background work, and goes even while the budget is low.
+#[tokio::test(start_paused = true)]
+async fn a_disconnect_ends_sessions_while_the_budget_is_low() {
+    let mock = MockId6::builder()
+        .rate_limit(30, Duration::from_secs(3600))
+        .start()
+        .await
+        .unwrap();
+    let alice = mock.add_user("Alice", "alice@example.com");
+    let now_ms = || {
+        let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+        u64::try_from(since.as_millis()).unwrap()
+    };
+    let laptop = mock.token_issued_at(alice, now_ms() - 10);
+    let phone = mock.token_issued_at(alice, now_ms() - 60_000);
+    let id6 = Id6::builder(mock.url()).build().unwrap();
+    let on_laptop = session_for(&id6, &laptop).await;
+    // Sign-ins spend id6's budget: after the disconnect, two calls of thirty are left.
+    while mock.requests().len() < 27 {
+        id6.authenticate(&headers(&new_token(&mock))).await;
+    }
+    id6.disconnect(&UserToken::new(&phone).unwrap())
+        .await
+        .unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(1), on_laptop.ended()).await;
+    assert_eq!(ended, Ok(TokenRejection::TokenRevoked));
 }

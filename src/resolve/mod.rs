@@ -474,7 +474,7 @@ impl Resolver {
                     for due in due {
                         let this = this.clone();
                         tokio::spawn(async move {
-                            let checked = this.recheck(due.key, due.token).await;
+                            let checked = this.recheck(due.key, due.token, due.asked).await;
                             this.inner.local.lives().settle(due.key, due.life, checked);
                         });
                     }
@@ -499,8 +499,9 @@ impl Resolver {
     ///
     /// A recheck is background work, as a refresh ahead of expiry is: nobody waits on it, so
     /// it waits while the breaker is open, while id6 answers without a verdict, or while
-    /// id6's remaining budget is kept for sign-ins.
-    async fn recheck(&self, key: TokenKey, token: UserToken) -> Checked {
+    /// id6's remaining budget is kept for sign-ins. Unless a user's action `asked` for it (a
+    /// `disconnect` ends the user's other sessions through it).
+    async fn recheck(&self, key: TokenKey, token: UserToken, asked: bool) -> Checked {
         let ttl = self.inner.local.user_ttl();
         let ahead = ttl / AHEAD_OF_EXPIRY;
         // The next check: before the answer expires, and never sooner than an eighth of the
@@ -519,7 +520,7 @@ impl Resolver {
         }
         // Never sooner than id6's back-off allows; at the earliest an eighth of the TTL on.
         let paused = || self.inner.client.background_pause();
-        if let Some(wait) = paused() {
+        if let Some(wait) = paused().filter(|_| !asked) {
             tracing::debug!(
                 wait_s = wait.as_secs_f64(),
                 "recheck paused: id6 is failing or its budget is kept for misses"

@@ -265,13 +265,15 @@ impl Resolver {
     }
 
     /// A hit old enough to renew: one call to id6 in the background, unless id6's remaining
-    /// budget is kept for misses (or the breaker is open). Not the caller's miss budget:
-    /// only tokens id6 vouched for are refreshed.
+    /// budget is kept for misses (or the breaker is open, or id6 just answered without a
+    /// verdict). Not the caller's miss budget: only tokens id6 vouched for are refreshed.
     fn refresh(&self, key: TokenKey, raw: &[u8]) {
         let inner = &*self.inner;
         if !inner.client.background_allowed() {
             inner.telemetry.refresh(Refresh::Paused);
-            tracing::debug!("refresh ahead of expiry paused: id6's budget is kept for misses");
+            tracing::debug!(
+                "refresh ahead of expiry paused: id6 is failing or its budget is kept for misses"
+            );
             return;
         }
         // Stored tokens passed `check` once: this cannot fail, but costs nothing to ask.

@@ -1,7 +1,7 @@
 //! id6's faults measured in time, on a driven clock: a stall counts once (sign-ins come back
 //! within a couple of seconds of id6's return, however many calls it caught), and the
 //! rechecks of open sessions back off while id6 answers 5xx or garbage, and pause while its
-//! rate-limit budget is low.
+//! rate-limit budget is low (but for the one a `disconnect` asks for).
 //!
 //! Every test runs on tokio's paused clock, which the recheck timers, the call timeouts and
 //! the mock's delays read; the handle's own clock (the cache's ages, and with tokio's the

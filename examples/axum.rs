@@ -5,7 +5,8 @@
 //! (see `Id6Builder::from_env`), `ID6_MISS_LIMIT` and `ID6_REFRESH_AFTER` among them: it is
 //! served with each connection's address (`ConnectInfo`), so the miss budget counts calls
 //! per caller.
-//! Binds `BIND` (default `127.0.0.1:3000`).
+//! Binds `BIND` (default `127.0.0.1:3000`). Logs go to stderr as `RUST_LOG` says (`info`
+//! without it), so the crate's warnings show: `RUST_LOG=id6_tower=debug,info` for more.
 //!
 //! ```text
 //! cargo run --example axum
@@ -301,11 +302,42 @@ pub fn app(state: AppState) -> Router {
 /// `Debug` dump.
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    #[cfg(not(test))]
+    log_as_rust_log_says();
     match run().await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("axum example: {error}");
             std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs to stderr what `RUST_LOG` asks for, as an app would: comma-separated `target=level`
+/// directives or a bare level (`RUST_LOG=id6_tower=debug,info`), `info` without it. The
+/// crate's warnings (id6 unavailable or rate-limiting us, Redis down) show by default.
+/// Only in the example binary: the suites that include this file for its routes have their
+/// own subscriber, or none.
+#[cfg(not(test))]
+fn log_as_rust_log_says() {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::layer::SubscriberExt;
+
+    let everything_at_info = || Targets::new().with_default(LevelFilter::INFO);
+    let asked = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty());
+    let parsed = asked.as_deref().map(str::parse::<Targets>);
+    let filter = match &parsed {
+        Some(Ok(targets)) => targets.clone(),
+        Some(Err(_)) | None => everything_at_info(),
+    };
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(filter);
+    if tracing::subscriber::set_global_default(subscriber).is_ok() {
+        if let Some(Err(error)) = parsed {
+            tracing::warn!(%error, "RUST_LOG not understood; logging at info");
         }
     }
 }

@@ -72,8 +72,8 @@ impl Client {
         token: &UserToken,
         charge: impl FnOnce() -> Result<(), Error>,
     ) -> Authentication {
-        let _permit = match self.admission.admit(charge).await {
-            Ok(permit) => permit,
+        let admitted = match self.admission.admit(charge).await {
+            Ok(admitted) => admitted,
             Err(error) => {
                 tracing::debug!(%error, "id6 not called");
                 return Authentication::Unavailable(error);
@@ -84,7 +84,7 @@ impl Client {
             Some(authorization) => self.authorize(authorization, token).await,
             None => self.get_user(token).await,
         };
-        self.admission.record(outcome.unavailable());
+        self.admission.record(&admitted, outcome.unavailable());
         let elapsed = started.elapsed();
         let elapsed_ms = elapsed.as_secs_f64() * 1e3;
         let counted = match &outcome {
@@ -213,7 +213,7 @@ impl Client {
         charge: impl FnOnce() -> Result<(), Error>,
         build: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, Error> {
-        let _permit = self.admission.admit(charge).await?;
+        let admitted = self.admission.admit(charge).await?;
         let url = join(&self.settings.base_url, path);
         let request = self.with_cookie(self.request(method, url), token);
         let sent = build(request)
@@ -231,7 +231,7 @@ impl Client {
             }
             Ok(_) => None,
         };
-        self.admission.record(failure.as_ref());
+        self.admission.record(&admitted, failure.as_ref());
         if let Some(error) = failure {
             return Err(error);
         }
@@ -299,9 +299,15 @@ impl Client {
         self.admission.window()
     }
 
-    /// Whether a background call (a refresh ahead of expiry) may be made now.
+    /// Whether a background call (a refresh ahead of expiry, a session's recheck) may be
+    /// made now.
     pub(crate) fn background_allowed(&self) -> bool {
-        self.admission.background_allowed()
+        self.background_pause().is_none()
+    }
+
+    /// How long background calls wait before they may be made, `None` if they may now.
+    pub(crate) fn background_pause(&self) -> Option<Duration> {
+        self.admission.background_pause()
     }
 
     /// Every call, on our client or the user's, bounded by the configured timeout.

@@ -57,6 +57,9 @@ struct Life {
     user_id: u64,
     /// When it is checked next; `None` while a check runs.
     due: Option<Instant>,
+    /// Made due by its user's eviction (a `disconnect`, a profile change): a user's action
+    /// waits on that check, which is not background work.
+    asked: bool,
     /// Told apart from a later life of the same token, for watchers that outlive this one.
     id: u64,
     /// The watchers holding it, counted under the lock (not the channel's receivers, which
@@ -64,11 +67,13 @@ struct Life {
     watchers: usize,
 }
 
-/// A token due for a recheck: its key, which life of it, and the token to ask about.
+/// A token due for a recheck: its key, which life of it, the token to ask about, and
+/// whether a user's action asked for it (else it is background work).
 pub(crate) struct Due {
     pub(crate) key: TokenKey,
     pub(crate) life: u64,
     pub(crate) token: UserToken,
+    pub(crate) asked: bool,
 }
 
 /// `clear` (and a Redis reconnection) makes every watched token due: their rechecks are
@@ -119,6 +124,7 @@ impl Lives {
                 token: token(),
                 user_id,
                 due: Some(first_check),
+                asked: false,
                 id: self.ids.fetch_add(1, Ordering::Relaxed),
                 watchers: 0,
             }
@@ -169,6 +175,7 @@ impl Lives {
                 for key in &keys {
                     if let Some(life) = state.by_key.get_mut(key) {
                         life.due = Some(now);
+                        life.asked = true;
                         state.schedule(now, *key);
                     }
                 }
@@ -231,6 +238,7 @@ impl Lives {
                 key,
                 life: life.id,
                 token: life.token.clone(),
+                asked: std::mem::take(&mut life.asked),
             });
         }
         Ok((due, None))
@@ -410,6 +418,7 @@ mod tests {
         lives.evicted(Scope::User(7));
         let (due, _) = lives.take_due(Instant::now(), 0).unwrap();
         assert_eq!(due.iter().map(|d| d.key).collect::<Vec<_>>(), [k1]);
+        assert!(due[0].asked, "a user's eviction is a user's action");
         lives.settle(k1, due[0].life, Checked::Dead(TokenRejection::UserNotFound));
         assert_eq!(w1.ended().await, TokenRejection::UserNotFound);
         assert_eq!(w1.ending(), Some(TokenRejection::UserNotFound));
@@ -419,6 +428,7 @@ mod tests {
         lives.evicted(Scope::All);
         let (due, _) = lives.take_due(Instant::now() + SPREAD_ALL, 0).unwrap();
         assert_eq!(due.len(), 1);
+        assert!(!due[0].asked, "every token at once is background work");
         let again = Instant::now() + Duration::from_secs(5);
         lives.settle(k2, due[0].life, Checked::Good(again));
         let (due, next) = lives.take_due(Instant::now(), 0).unwrap();

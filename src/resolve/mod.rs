@@ -265,13 +265,15 @@ impl Resolver {
     }
 
     /// A hit old enough to renew: one call to id6 in the background, unless id6's remaining
-    /// budget is kept for misses (or the breaker is open). Not the caller's miss budget:
-    /// only tokens id6 vouched for are refreshed.
+    /// budget is kept for misses (or the breaker is open, or id6 just answered without a
+    /// verdict). Not the caller's miss budget: only tokens id6 vouched for are refreshed.
     fn refresh(&self, key: TokenKey, raw: &[u8]) {
         let inner = &*self.inner;
         if !inner.client.background_allowed() {
             inner.telemetry.refresh(Refresh::Paused);
-            tracing::debug!("refresh ahead of expiry paused: id6's budget is kept for misses");
+            tracing::debug!(
+                "refresh ahead of expiry paused: id6 is failing or its budget is kept for misses"
+            );
             return;
         }
         // Stored tokens passed `check` once: this cannot fail, but costs nothing to ask.
@@ -480,7 +482,7 @@ impl Resolver {
                     for due in due {
                         let this = this.clone();
                         tokio::spawn(async move {
-                            let checked = this.recheck(due.key, due.token).await;
+                            let checked = this.recheck(due.key, due.token, due.asked).await;
                             this.inner.local.lives().settle(due.key, due.life, checked);
                         });
                     }
@@ -500,8 +502,14 @@ impl Resolver {
     /// Whether a watched token is still good: the cache's answer while it has a young one,
     /// else id6's, through the cache (joining a request's call in flight), a tenth of the
     /// TTL before the cached answer expires. Only id6's refusal ends a connection; while id6
-    /// cannot answer, the connection stays and the token is asked about again sooner.
-    async fn recheck(&self, key: TokenKey, token: UserToken) -> Checked {
+    /// cannot answer, the connection stays and the token is asked about again after half a
+    /// TTL, or later while id6's back-off says so.
+    ///
+    /// A recheck is background work, as a refresh ahead of expiry is: nobody waits on it, so
+    /// it waits while the breaker is open, while id6 answers without a verdict, or while
+    /// id6's remaining budget is kept for sign-ins. Unless a user's action `asked` for it (a
+    /// `disconnect` ends the user's other sessions through it).
+    async fn recheck(&self, key: TokenKey, token: UserToken, asked: bool) -> Checked {
         let ttl = self.inner.local.user_ttl();
         let ahead = ttl / AHEAD_OF_EXPIRY;
         // The next check: before the answer expires, and never sooner than an eighth of the
@@ -517,6 +525,15 @@ impl Resolver {
                 return Checked::Good(next(fresh_for));
             }
             _ => {}
+        }
+        // Never sooner than id6's back-off allows; at the earliest an eighth of the TTL on.
+        let paused = || self.inner.client.background_pause();
+        if let Some(wait) = paused().filter(|_| !asked) {
+            tracing::debug!(
+                wait_s = wait.as_secs_f64(),
+                "recheck paused: id6 is failing or its budget is kept for misses"
+            );
+            return Checked::Good(tokio::time::Instant::now() + wait.max(ttl / 8));
         }
         // An answer younger than the refresh point counts; else id6 is asked (or the call in
         // flight joined), and its answer refills the cache for the user's requests too.
@@ -539,8 +556,11 @@ impl Resolver {
                 let fresh_for = local.peek(&key).map_or(ttl, |hit| hit.fresh_for);
                 Checked::Good(next(fresh_for))
             }
-            // id6 could not answer: the connection stays, and the token is asked about again.
-            _ => Checked::Good(tokio::time::Instant::now() + ttl / 2),
+            // id6 could not answer: the connection stays, and the token is asked about again
+            // once id6's back-off (which this failure may just have grown) allows.
+            _ => Checked::Good(
+                tokio::time::Instant::now() + paused().unwrap_or_default().max(ttl / 2),
+            ),
         }
     }
 

@@ -206,9 +206,14 @@ fn second_level(settings: Option<RedisSettings>) -> Result<Option<Arc<dyn Second
     return Ok(Some(Arc::new(crate::redis::Redis::new(settings)?)));
     #[cfg(not(feature = "redis"))]
     {
-        drop(settings);
+        use crate::config::setting::{REDIS_SENTINELS, REDIS_URL};
+        let named = if settings.sentinels.is_some() {
+            REDIS_SENTINELS
+        } else {
+            REDIS_URL
+        };
         Err(Error::config(
-            crate::config::setting::REDIS_URL,
+            named,
             "needs the `redis` feature of id6-tower",
         ))
     }

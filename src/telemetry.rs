@@ -113,13 +113,16 @@ pub enum SharedHealth {
 pub enum Topology {
     /// One Redis server, named by its URL.
     Single,
+    /// The master of a Sentinel group, found through its Sentinels.
+    Sentinel,
 }
 
 impl Topology {
-    /// Its name, as a health report shows it: `single`.
+    /// Its name, as a health report shows it: `single`, `sentinel`.
     pub fn as_str(self) -> &'static str {
         match self {
             Topology::Single => "single",
+            Topology::Sentinel => "sentinel",
         }
     }
 }

@@ -117,6 +117,11 @@ macro_rules! settings {
         }
 
         impl Id6Builder {
+    /// Whether a shared tier is configured (whichever topology).
+    fn shares(&self) -> bool {
+        self.redis.is_some() || !self.redis_sentinels.is_empty()
+    }
+
             $(setter!([$($doc)*] [env_doc!($var)] $field $($set)*);)*
 
             /// Every setting at its default.
@@ -288,6 +293,64 @@ settings! {
     check -> Option<String> = |b, _| Ok(b.redis.as_ref().map(|Secret(url)| url.clone()));
     set { redis(url: impl Into<String>) => Some(Secret(url.into())) }
 
+    /// Find Redis through Sentinel (feature `redis`): the Sentinels' URLs (`redis://` or
+    /// `rediss://`, comma-separated in the environment; the master is reached with the
+    /// first one's user and password) and the name of the master they watch. When the master
+    /// dies and the Sentinels promote a replica, the instances find the new master by
+    /// themselves. One topology at a time: not with [`redis`](Self::redis).
+    REDIS_SENTINELS = "redis_sentinels", "ID6_REDIS_SENTINELS", default "off";
+    redis_sentinels: Vec<Secret> = Vec::new(),
+        read |v| read::list(v).map(|urls| urls.into_iter().map(Secret).collect());
+    check -> Vec<String> = |b, s| {
+        if b.redis.is_some() && !b.redis_sentinels.is_empty() {
+            return Err(Error::config(
+                s,
+                format!(
+                    "one Redis topology at a time: {} and {} are both set",
+                    setting::REDIS_URL.var,
+                    setting::REDIS_SENTINELS.var
+                ),
+            ));
+        }
+        if !b.redis_sentinels.is_empty() && b.redis_sentinel_master.is_none() {
+            return Err(Error::config(
+                s,
+                format!(
+                    "the Sentinels need the name of their master ({})",
+                    setting::REDIS_SENTINEL_MASTER.var
+                ),
+            ));
+        }
+        Ok(b.redis_sentinels.iter().map(|Secret(url)| url.clone()).collect())
+    };
+    set {
+        fn redis_sentinels<I>(mut self, urls: I, master: impl Into<String>) -> Self
+        where
+            I: IntoIterator,
+            I::Item: Into<String>,
+        {
+            self.redis_sentinels = urls.into_iter().map(|url| Secret(url.into())).collect();
+            self.redis_sentinel_master = Some(master.into());
+            self
+        }
+    }
+
+    /// The name of the master the Sentinels watch (`sentinel monitor <name> …`); set with
+    /// [`redis_sentinels`](Self::redis_sentinels).
+    REDIS_SENTINEL_MASTER = "redis_sentinels", "ID6_REDIS_SENTINEL_MASTER", default "none";
+    redis_sentinel_master: Option<String> = None, read |v| read::text(v).map(Some);
+    check -> Option<String> = |b, s| match &b.redis_sentinel_master {
+        Some(_) if b.redis_sentinels.is_empty() => Err(Error::config(
+            s,
+            format!("names a master, but no Sentinel ({})", setting::REDIS_SENTINELS.var),
+        )),
+        Some(name) if name.is_empty() || name.len() > limits::TEXT_BYTES => {
+            Err(Error::config(s, "must be 1 to 1024 bytes"))
+        }
+        master => Ok(master.clone()),
+    };
+    set {}
+
     /// Prefix of every Redis key and of the invalidation channel (default `id6:`; at most
     /// 1024 bytes, and no glob character: one would widen `clear`'s `SCAN` to other keys).
     REDIS_PREFIX = "redis_prefix", "ID6_REDIS_PREFIX", default "`id6:`";
@@ -295,7 +358,7 @@ settings! {
     check -> String = |b, s| {
         let prefix = &b.redis_prefix;
         let globless = !prefix.contains(['*', '?', '[', ']', '\\']);
-        if b.redis.is_some() && (prefix.len() > limits::TEXT_BYTES || !globless) {
+        if b.shares() && (prefix.len() > limits::TEXT_BYTES || !globless) {
             return Err(Error::config(
                 s,
                 "must be at most 1024 bytes, without `*`, `?`, `[`, `]` or `\\`",
@@ -309,9 +372,9 @@ settings! {
     /// carries on without.
     REDIS_TIMEOUT = "redis_timeout", "ID6_REDIS_TIMEOUT", default "`100ms`";
     redis_timeout: Duration = Duration::from_millis(100), read read::duration;
-    check -> Duration = |b, s| match b.redis {
-        Some(_) => between(s, b.redis_timeout, Duration::ZERO, limits::WAIT),
-        None => Ok(b.redis_timeout),
+    check -> Duration = |b, s| match b.shares() {
+        true => between(s, b.redis_timeout, Duration::ZERO, limits::WAIT),
+        false => Ok(b.redis_timeout),
     };
     set { redis_timeout(timeout: Duration) => timeout }
 
@@ -679,8 +742,16 @@ impl Id6Builder {
     /// Every setting checked, handed out part by part as plain data.
     pub(crate) fn validate(self) -> Result<Settings, Error> {
         let c = self.check()?;
-        let redis = c.redis.map(|url| RedisSettings {
+        // The server's URL, or with Sentinel the first Sentinel's (whose user and password
+        // reach the master too).
+        let sentinels = c.redis_sentinel_master.map(|master| Sentinels {
+            urls: c.redis_sentinels.clone(),
+            master,
+        });
+        let url = c.redis.or_else(|| c.redis_sentinels.first().cloned());
+        let redis = url.map(|url| RedisSettings {
             url,
+            sentinels,
             prefix: c.redis_prefix,
             timeout: c.redis_timeout,
             positive_ttl: c.cache_ttl,
@@ -846,8 +917,10 @@ pub(crate) struct HttpSettings {
 #[derive(Clone)]
 #[allow(dead_code)] // read by the `redis` module, which only the feature compiles
 pub(crate) struct RedisSettings {
-    /// May carry a password: never printed.
+    /// May carry a password: never printed. With Sentinel, the first Sentinel's.
     pub(crate) url: String,
+    /// Redis found through these Sentinels, if set.
+    pub(crate) sentinels: Option<Sentinels>,
     /// Prefix of every key and of the invalidation channel.
     pub(crate) prefix: String,
     /// Bound on one Redis operation.
@@ -857,6 +930,15 @@ pub(crate) struct RedisSettings {
     pub(crate) negative_ttl: Duration,
     /// The cap on a value read back: id6's own body cap, as what is stored came from id6.
     pub(crate) max_value_bytes: usize,
+}
+
+/// A Sentinel group: where its Sentinels listen, and the name of the master they watch.
+#[derive(Clone)]
+#[allow(dead_code)] // read by the `redis` module, which only the feature compiles
+pub(crate) struct Sentinels {
+    /// May carry passwords: never printed.
+    pub(crate) urls: Vec<String>,
+    pub(crate) master: String,
 }
 
 impl fmt::Debug for RedisSettings {
@@ -889,6 +971,40 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.clone()))
             .collect();
         Id6Builder::from_lookup(move |name| map.get(name).cloned(), None)
+    }
+
+    #[test]
+    fn one_redis_topology_at_a_time_and_sentinels_with_their_master() {
+        let both = env(&[
+            ("ID6_URL", "http://h"),
+            ("ID6_REDIS_URL", "redis://:s3cret@127.0.0.1:6379"),
+            ("ID6_REDIS_SENTINELS", "redis://:s3cret@127.0.0.1:26379"),
+            ("ID6_REDIS_SENTINEL_MASTER", "mymaster"),
+        ]);
+        let line = both.validate().unwrap_err().to_string();
+        assert!(
+            line.contains("ID6_REDIS_URL") && line.contains("ID6_REDIS_SENTINELS"),
+            "{line}"
+        );
+        assert!(!line.contains('\n') && !line.contains("s3cret"), "{line}");
+        let no_master = env(&[
+            ("ID6_URL", "http://h"),
+            ("ID6_REDIS_SENTINELS", "redis://127.0.0.1:26379"),
+        ]);
+        let error = no_master.validate().unwrap_err();
+        assert_eq!(error.variable(), Some("ID6_REDIS_SENTINELS"));
+        assert!(
+            error.to_string().contains("ID6_REDIS_SENTINEL_MASTER"),
+            "{error}"
+        );
+        let builder = Id6Builder::new("http://h")
+            .redis_sentinels(["redis://:s3cret@a:26379", "redis://:s3cret@b:26379"], "m");
+        assert!(!format!("{builder:?}").contains("s3cret"));
+        let settings = builder.validate().unwrap();
+        let redis = settings.redis.unwrap();
+        assert!(!format!("{redis:?}").contains("s3cret"));
+        let sentinels = redis.sentinels.unwrap();
+        assert_eq!((sentinels.urls.len(), sentinels.master.as_str()), (2, "m"));
     }
 
     #[test]

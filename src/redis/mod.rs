@@ -43,7 +43,7 @@ use crate::clock::now_ms;
 use crate::config::RedisSettings;
 use crate::error::TokenRejection;
 use crate::resolve::{EvictionSink, Scope, SecondLevel, SharedCounts};
-use crate::telemetry::{SharedHealth, Topology};
+use crate::telemetry::SharedHealth;
 use crate::token::{TokenKey, UserToken};
 use crate::user::{Authentication, User};
 
@@ -117,7 +117,7 @@ struct Counters {
 
 /// The second level on Redis.
 pub(crate) struct Redis {
-    client: redis::Client,
+    target: connect::Target,
     /// The connection that carries commands: replaced when an operation times out on it
     /// (a half-open flow answers nothing, and redis-rs reconnects only on errors).
     connection: Mutex<Option<ConnectionManager>>,
@@ -162,9 +162,9 @@ impl Redis {
     ///
     /// A URL that is not a Redis URL.
     pub(crate) fn new(settings: RedisSettings) -> Result<Self, crate::error::Error> {
-        let client = connect::client(&settings)?;
+        let target = connect::Target::new(&settings)?;
         Ok(Redis {
-            client,
+            target,
             connection: Mutex::new(None),
             prefix: settings.prefix,
             timeout: settings.timeout,
@@ -193,19 +193,34 @@ impl Redis {
         format!("{}invalidate", self.prefix)
     }
 
-    /// The connection that carries commands (made on first use; never waits for Redis).
-    fn connection(&self) -> redis::RedisResult<ConnectionManager> {
-        let mut slot = crate::lock::lock(&self.connection);
-        if let Some(connection) = &*slot {
+    /// The connection that carries commands (made on first use; with Sentinel, the master
+    /// is asked of the Sentinels first).
+    async fn connection(&self) -> redis::RedisResult<ConnectionManager> {
+        if let Some(connection) = &*crate::lock::lock(&self.connection) {
             return Ok(connection.clone());
         }
+        let client = self.target.client().await?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(self.timeout))
             .set_response_timeout(Some(self.timeout))
             .set_number_of_retries(1);
-        let connection = ConnectionManager::new_lazy_with_config(self.client.clone(), config)?;
-        *slot = Some(connection.clone());
-        Ok(connection)
+        let connection = ConnectionManager::new_lazy_with_config(client, config)?;
+        // Two first uses at once: one connection is kept, the other dropped.
+        Ok(crate::lock::lock(&self.connection)
+            .get_or_insert(connection)
+            .clone())
+    }
+
+    /// Forgets the connection that carries commands (and, with Sentinel, the master): the
+    /// next operation makes a new one. After a timeout (the flow may be dead without a FIN,
+    /// where redis-rs would wait on it forever), a lost connection, or a master that is one
+    /// no more.
+    fn reconnect(&self, what: &'static str) {
+        self.target.forget();
+        if crate::lock::lock(&self.connection).take().is_some() {
+            self.counters.reconnected.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(operation = what, "redis connection replaced");
+        }
     }
 
     /// Runs one lookup's or store's Redis operation, unless Redis failed a moment ago.
@@ -228,7 +243,7 @@ impl Redis {
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
-        let attempt = async { op(self.connection()?).await };
+        let attempt = async { op(self.connection().await?).await };
         match tokio::time::timeout(self.timeout, attempt).await {
             Ok(Ok(value)) => {
                 self.answered.store(true, Ordering::Relaxed);
@@ -238,17 +253,19 @@ impl Redis {
                 Some(value)
             }
             Ok(Err(error)) => {
+                // A server's refusal of one command (a key of the wrong type, say) keeps
+                // the connection; a lost one, or a master demoted to replica, does not.
+                if error.is_io_error()
+                    || error.is_unrecoverable_error()
+                    || matches!(error.code(), Some("READONLY" | "MASTERDOWN" | "LOADING"))
+                {
+                    self.reconnect(what);
+                }
                 self.failed(what, &error.to_string());
                 None
             }
             Err(_) => {
-                if crate::lock::lock(&self.connection).take().is_some() {
-                    self.counters.reconnected.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(
-                        operation = what,
-                        "redis did not answer in time; its connection is replaced"
-                    );
-                }
+                self.reconnect(what);
                 self.failed(what, "timed out");
                 None
             }
@@ -588,7 +605,7 @@ impl SecondLevel for Redis {
     }
 
     fn health(&self) -> SharedHealth {
-        let topology = Topology::Single;
+        let topology = self.target.topology();
         if self.down.load(Ordering::Relaxed) {
             let since = Duration::from_millis(self.down_since_ms.load(Ordering::Relaxed));
             SharedHealth::Down {

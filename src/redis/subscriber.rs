@@ -35,16 +35,18 @@ pub(super) async fn listen(shared: Weak<Redis>, local: Arc<dyn EvictionSink>) {
     }
     loop {
         let Some(this) = shared.upgrade() else { return };
-        let (client, channel) = (this.client.clone(), this.channel());
-        drop(this);
         let subscription = async {
+            let client = this.target.client().await?;
             let mut pubsub = client.get_async_pubsub().await?;
+            let channel = this.channel();
             pubsub.subscribe(&channel).await?;
             Ok::<_, redis::RedisError>(pubsub)
         };
         // How long a subscription lasted; one that failed or ended at once is backed off
         // the same way, rather than retried (and the cache cleared) in a tight loop.
-        let lasted = match tokio::time::timeout(Duration::from_secs(2), subscription).await {
+        let subscribed = tokio::time::timeout(Duration::from_secs(2), subscription).await;
+        drop(this);
+        let lasted = match subscribed {
             Ok(Ok(pubsub)) => {
                 // Broadcasts may have been missed while cut off, or before a first
                 // subscription that came late (Redis down at start) while answers were cached.
@@ -64,6 +66,10 @@ pub(super) async fn listen(shared: Weak<Redis>, local: Arc<dyn EvictionSink>) {
             }
             _ => Duration::ZERO,
         };
+        // Cut or never made: the server may be gone (with Sentinel, ask for the master again).
+        if let Some(this) = shared.upgrade() {
+            this.target.forget();
+        }
         if lasted < Duration::from_secs(2) {
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(2));

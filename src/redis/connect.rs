@@ -29,7 +29,7 @@ pub(super) enum Target {
     /// The master of a Sentinel group, asked of the Sentinels when first needed and again
     /// after any failure (a failover moves it; the old address refuses or is read-only).
     Sentinel {
-        sentinels: tokio::sync::Mutex<SentinelClient>,
+        sentinels: Box<tokio::sync::Mutex<SentinelClient>>,
         master: std::sync::Mutex<Option<redis::Client>>,
     },
 }
@@ -69,7 +69,7 @@ impl Target {
         )
         .map_err(not_a_url)?;
         Ok(Target::Sentinel {
-            sentinels: tokio::sync::Mutex::new(client),
+            sentinels: Box::new(tokio::sync::Mutex::new(client)),
             master: std::sync::Mutex::new(None),
         })
     }

@@ -19,6 +19,8 @@ use id6_tower::{Id6, UserToken};
 struct Redis {
     binary: &'static str,
     port: u16,
+    /// Arguments of this server's own (`--replicaof`, or a Sentinel's config file).
+    extra: Vec<String>,
     process: Option<Child>,
     /// This test's turn (see [`ONE_AT_A_TIME`]), given back after the server stops.
     _turn: Option<tokio::sync::MutexGuard<'static, ()>>,
@@ -26,6 +28,10 @@ struct Redis {
 
 impl Redis {
     fn start() -> Option<Redis> {
+        Redis::start_with(Vec::new())
+    }
+
+    fn start_with(extra: Vec<String>) -> Option<Redis> {
         let binary = ["/usr/bin/redis-server", "/usr/local/bin/redis-server"]
             .into_iter()
             .find(|p| Path::new(p).exists())?;
@@ -36,6 +42,7 @@ impl Redis {
         let mut redis = Redis {
             binary,
             port,
+            extra,
             process: None,
             _turn: None,
         };
@@ -45,6 +52,7 @@ impl Redis {
 
     fn spawn(&mut self) {
         let child = Command::new(self.binary)
+            .args(&self.extra)
             .args([
                 "--port",
                 &self.port.to_string(),
@@ -1119,4 +1127,239 @@ async fn a_silent_subscription_is_noticed_and_replaced() {
         since.elapsed()
     );
     assert!(b.stats().redis_resubscribed >= 1, "{:?}", b.stats());
+}
+
+/// A Sentinel group of the test's own: a master, a replica, three Sentinels (quorum 2) that
+/// watch it as `id6-master`, each Sentinel with a config file of its own (they rewrite it).
+struct SentinelGroup {
+    master: Redis,
+    replica: Redis,
+    sentinels: Vec<Redis>,
+    _dir: TempDir,
+}
+
+/// A folder removed with the test.
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl SentinelGroup {
+    async fn start() -> Option<SentinelGroup> {
+        let turn = ONE_AT_A_TIME.lock().await;
+        let mut master = Redis::start()?;
+        master._turn = Some(turn);
+        let replica = Redis::start_with(vec![
+            "--replicaof".into(),
+            "127.0.0.1".into(),
+            master.port.to_string(),
+        ])?;
+        let dir = std::env::temp_dir().join(format!("id6-sentinels-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut sentinels = Vec::new();
+        for i in 0..3 {
+            let conf = dir.join(format!("sentinel-{i}.conf"));
+            std::fs::write(
+                &conf,
+                format!(
+                    "sentinel monitor id6-master 127.0.0.1 {} 2\n\
+                     sentinel down-after-milliseconds id6-master 1000\n\
+                     sentinel failover-timeout id6-master 5000\n",
+                    master.port
+                ),
+            )
+            .unwrap();
+            let args = vec![conf.display().to_string(), "--sentinel".into()];
+            sentinels.push(Redis::start_with(args)?);
+        }
+        let group = SentinelGroup {
+            master,
+            replica,
+            sentinels,
+            _dir: TempDir(dir),
+        };
+        // Ready when the replica is in sync and every Sentinel knows it.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !group.sentinels.iter().all(|s| {
+            s.reply(&[b"SENTINEL", b"REPLICAS", b"id6-master"])
+                .contains(&group.replica.port.to_string())
+        }) {
+            assert!(
+                Instant::now() < deadline,
+                "the Sentinels never saw the replica"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Some(group)
+    }
+
+    fn urls(&self) -> Vec<String> {
+        self.sentinels.iter().map(Redis::url).collect()
+    }
+
+    /// The master's port, as a Sentinel names it now.
+    fn master_port(&self) -> String {
+        let reply =
+            self.sentinels[0].reply(&[b"SENTINEL", b"GET-MASTER-ADDR-BY-NAME", b"id6-master"]);
+        reply.lines().nth(4).unwrap_or_default().to_owned()
+    }
+}
+
+impl Redis {
+    /// One command's whole reply, as RESP text (what the server sent within 200 ms).
+    fn reply(&self, args: &[&[u8]]) -> String {
+        use std::io::Read;
+        let mut reader = self.send(args);
+        reader
+            .get_ref()
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let mut reply = Vec::new();
+        let mut buf = [0; 4096];
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            reply.extend_from_slice(&buf[..n]);
+            if reply.ends_with(b"\r\n") && n < buf.len() {
+                break;
+            }
+        }
+        String::from_utf8_lossy(&reply).into_owned()
+    }
+}
+
+/// Two instances on a Sentinel group share answers and evictions; the master is killed
+/// while requests run; the Sentinels promote the replica and the instances find it by
+/// themselves: requests never fail, a revocation made during the failover is not served
+/// once B's subscription is back, and sharing and broadcasts resume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_failover_is_followed_without_a_restart() {
+    let Some(mut group) = SentinelGroup::start().await else {
+        if std::env::var_os("CI").is_some() {
+            panic!("SKIPPED: sentinel test: install redis-server");
+        }
+        return;
+    };
+    let mock = MockId6::start().await.unwrap();
+    let prefix = format!("id6-test-sentinel-{}:", std::process::id());
+    let make = || {
+        Id6::builder(mock.url())
+            .redis_sentinels(group.urls(), "id6-master")
+            .redis_prefix(&prefix)
+            .redis_timeout(Duration::from_millis(200))
+            .timeout(Duration::from_secs(2))
+            .build()
+            .unwrap()
+    };
+    let mut apps = Vec::new();
+    for _ in 0..2 {
+        let id6 = make();
+        apps.push(App {
+            base: common::serve(common::app(&id6)).await,
+            id6,
+            http: common::http_client(),
+        });
+    }
+    group.master.until_subscribed(2).await;
+    assert_eq!(
+        apps[0].id6.shared_health(),
+        id6_tower::SharedHealth::Up {
+            topology: id6_tower::Topology::Sentinel
+        }
+    );
+    let alice = mock.add_user("Alice", "a@example.com");
+    let token = mock.token_issued_at(alice, common::now_ms() - 5);
+    for app in &apps {
+        assert_eq!(app.get("/", &token).await.1, "Hello, Alice!");
+    }
+    assert_eq!(
+        mock.user_calls_for(&token),
+        1,
+        "B found A's answer through the Sentinels' master"
+    );
+    apps[0]
+        .id6
+        .disconnect(&UserToken::new(&token).unwrap())
+        .await
+        .unwrap();
+    apps[1]
+        .until_refused(&token, Instant::now(), "the broadcast never came")
+        .await;
+
+    // Dave, never revoked, is known to both instances. Then the master dies.
+    let dave = mock.add_user("Dave", "d@example.com");
+    let fresh = mock.token_issued_at(dave, common::now_ms() - 5);
+    for app in &apps {
+        assert_eq!(app.get("/", &fresh).await.1, "Hello, Dave!");
+    }
+    let old_master = group.master.port.to_string();
+    let killed = Instant::now();
+    group.master.stop();
+    // A revocation on A while B's subscription is cut: B may serve it only until its
+    // subscription is back on the new master (it clears its cache then), never after.
+    apps[0]
+        .id6
+        .disconnect(&UserToken::new(&fresh).unwrap())
+        .await
+        .unwrap();
+    // Requests keep being served (by moka and id6) while the Sentinels fail over.
+    let bob = mock.add_user("Bob", "b@example.com");
+    let bob_token = mock.token_for(bob);
+    while group.master_port() == old_master {
+        for app in &apps {
+            assert_eq!(app.get("/", &bob_token).await.1, "Hello, Bob!");
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "no failover within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let promoted = killed.elapsed();
+    assert_eq!(group.master_port(), group.replica.port.to_string());
+    let refused = apps[1]
+        .until_refused(
+            &fresh,
+            Instant::now(),
+            "B served a token revoked during the failover",
+        )
+        .await;
+    // Sharing resumes on the new master: one instance's answer is the other's.
+    let carol = mock.add_user("Carol", "c@example.com");
+    let mut age = 10;
+    let shared_again = loop {
+        let token = mock.token_issued_at(carol, common::now_ms() - age);
+        age += 1;
+        let calls = mock.user_calls();
+        assert_eq!(apps[0].get("/", &token).await.1, "Hello, Carol!");
+        assert_eq!(apps[1].get("/", &token).await.1, "Hello, Carol!");
+        if mock.user_calls() == calls + 1 {
+            break killed.elapsed();
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(40),
+            "sharing never resumed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let carol_token = mock.token_issued_at(carol, common::now_ms() - 1);
+    assert_eq!(apps[1].get("/", &carol_token).await.1, "Hello, Carol!");
+    apps[0]
+        .id6
+        .disconnect(&UserToken::new(&carol_token).unwrap())
+        .await
+        .unwrap();
+    let broadcast = apps[1]
+        .until_refused(&carol_token, Instant::now(), "broadcasts did not resume")
+        .await;
+    println!(
+        "sentinel: replica promoted {promoted:?} after the kill; the token revoked meanwhile \
+         refused on B {refused:?} later; sharing again {shared_again:?} after the kill; \
+         a broadcast then took {broadcast:?}"
+    );
+    group.replica.stop();
 }

@@ -1380,10 +1380,16 @@ mod tests {
         assert!(redis.ca_pem.is_some() && redis.client_pem.is_some());
         // The key's bytes (here the manifest) and the URL's password stay out of Debug.
         let shown = format!("{s:?}");
-        assert!(!shown.contains("S3CRET") && !shown.contains("[package]"), "{shown}");
+        assert!(
+            !shown.contains("S3CRET") && !shown.contains("[package]"),
+            "{shown}"
+        );
         let refused = |builder: Id6Builder| builder.validate().unwrap_err();
         for (builder, var) in [
-            (tls().redis_ca_file("/nonexistent/ca.pem"), "ID6_REDIS_CA_FILE"),
+            (
+                tls().redis_ca_file("/nonexistent/ca.pem"),
+                "ID6_REDIS_CA_FILE",
+            ),
             (tls().redis_ca_file("/"), "ID6_REDIS_CA_FILE"),
             (tls().redis_ca_file("/dev/null"), "ID6_REDIS_CA_FILE"),
             (tls().redis_ca_file("/dev/zero"), "ID6_REDIS_CA_FILE"),

@@ -372,7 +372,8 @@ pub(super) fn https_possible(setting: Setting, url: &Url, tls: bool) -> Result<(
 /// `setting` (the file's contents are parsed where TLS is compiled, `redis::connect`).
 pub(super) fn pem_file(setting: Setting, path: &Path) -> Result<Vec<u8>, Error> {
     let shown = quoted(&path.display().to_string());
-    let unreadable = |e: std::io::Error| Error::config(setting, format!("cannot read {shown}: {e}"));
+    let unreadable =
+        |e: std::io::Error| Error::config(setting, format!("cannot read {shown}: {e}"));
     let mut bytes = Vec::new();
     std::fs::File::open(path)
         .and_then(|file| file.take(limits::PEM_BYTES + 1).read_to_end(&mut bytes))

@@ -21,9 +21,8 @@ use crate::error::Error;
 /// URL itself is never printed (it may carry a password), nor is the key.
 pub(super) fn client(settings: &RedisSettings) -> Result<redis::Client, Error> {
     let url = settings.url.as_str();
-    let not_a_url = |e: redis::RedisError| {
-        Error::config(setting::REDIS_URL, format!("not a Redis URL: {e}"))
-    };
+    let not_a_url =
+        |e: redis::RedisError| Error::config(setting::REDIS_URL, format!("not a Redis URL: {e}"));
     if !is_tls(url) {
         return redis::Client::open(url).map_err(not_a_url);
     }

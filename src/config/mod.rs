@@ -283,7 +283,10 @@ settings! {
     /// Share id6's answers between instances through Redis, and broadcast every eviction to
     /// them (feature `redis`). See the crate README, "Running several instances". Starting
     /// never needs Redis to be up. Without the feature, `build()` refuses a Redis URL,
-    /// saying which feature to enable.
+    /// saying which feature to enable. `redis://user:password@host:port` logs in as that ACL
+    /// user; `rediss://…` speaks TLS (with the `rustls` feature too), verifying Redis against
+    /// the public roots or [`redis_ca_file`](Self::redis_ca_file), with an optional
+    /// [`redis_client_cert`](Self::redis_client_cert).
     REDIS_URL = "redis", "ID6_REDIS_URL", default "off";
     redis: Option<Secret> = None, read |v| Ok(Some(Secret(v.to_owned())));
     check -> Option<String> = |b, _| Ok(b.redis.as_ref().map(|Secret(url)| url.clone()));

@@ -58,7 +58,9 @@ fn is_tls(url: &str) -> bool {
 
 #[cfg(feature = "rustls")]
 mod tls {
-    use rustls::crypto::CryptoProvider;
+    use std::sync::Arc;
+
+    use rustls::crypto::{aws_lc_rs, CryptoProvider};
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     use rustls::sign::CertifiedKey;
@@ -67,31 +69,14 @@ mod tls {
     use crate::config::{setting, RedisSettings};
     use crate::error::Error;
 
-    /// A TLS client: the PEM files checked here, at build, so that a bad one is a line naming
-    /// its variable rather than an outage at the first connection.
+    /// A TLS client for `info` (a `rediss://` URL), with the settings' files.
     pub(super) fn client(
         info: redis::ConnectionInfo,
         settings: &RedisSettings,
     ) -> Result<redis::Client, Error> {
-        let provider = provider();
-        if let Some(ca) = &settings.ca_pem {
-            roots(ca)?;
-        }
-        if let Some((cert, key)) = &settings.client_pem {
-            identity(cert, key, &provider)?;
-        }
-        let certificates = redis::TlsCertificates {
-            client_tls: settings
-                .client_pem
-                .as_ref()
-                .map(|(cert, key)| redis::ClientTlsConfig {
-                    client_cert: cert.clone(),
-                    client_key: key.clone(),
-                }),
-            root_cert: settings.ca_pem.clone(),
-        };
-        // Checked above; should redis-rs still refuse a file, its words could quote the key:
-        // the setting is named, not the reason.
+        let certificates = certificates(settings)?;
+        // Checked by `certificates`; should redis-rs still refuse a file, its words could
+        // quote the key: the setting is named, not the reason.
         redis::Client::build_with_tls(info, certificates).map_err(|_| {
             let which = if settings.client_pem.is_some() {
                 setting::REDIS_CLIENT_CERT
@@ -102,18 +87,40 @@ mod tls {
         })
     }
 
+    /// The settings' CA bundle and client certificate as redis-rs takes them (its cluster and
+    /// Sentinel clients too), checked here, at build, so that a bad file is a line naming its
+    /// variable rather than an outage at the first connection. Chooses the rustls provider.
+    pub(super) fn certificates(settings: &RedisSettings) -> Result<redis::TlsCertificates, Error> {
+        let provider = provider();
+        if let Some(ca) = &settings.ca_pem {
+            roots(ca)?;
+        }
+        if let Some((cert, key)) = &settings.client_pem {
+            identity(cert, key, &provider)?;
+        }
+        Ok(redis::TlsCertificates {
+            client_tls: settings
+                .client_pem
+                .as_ref()
+                .map(|(cert, key)| redis::ClientTlsConfig {
+                    client_cert: cert.clone(),
+                    client_key: key.clone(),
+                }),
+            root_cert: settings.ca_pem.clone(),
+        })
+    }
+
     /// The process's rustls provider, which redis-rs's connections use: aws-lc-rs (reqwest's
     /// already) when the app installed none, rather than rustls's panic at the first
     /// connection when its crate features name no single provider.
-    fn provider() -> std::sync::Arc<CryptoProvider> {
-        if let Some(installed) = CryptoProvider::get_default() {
-            return installed.clone();
+    fn provider() -> Arc<CryptoProvider> {
+        if CryptoProvider::get_default().is_none() {
+            // Losing a race to another installer is fine: one provider is in place either way.
+            let _ = aws_lc_rs::default_provider().install_default();
         }
-        // Losing a race to another installer is fine: one provider is in place either way.
-        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         CryptoProvider::get_default()
             .cloned()
-            .unwrap_or_else(|| std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+            .unwrap_or_else(|| Arc::new(aws_lc_rs::default_provider()))
     }
 
     /// The CA bundle: at least one certificate, each one a usable trust anchor.

@@ -171,3 +171,45 @@ mod tls {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Id6Builder;
+
+    fn settings(url: &str) -> RedisSettings {
+        Id6Builder::new("http://127.0.0.1:9/api")
+            .redis(url)
+            .validate()
+            .unwrap()
+            .redis
+            .unwrap()
+    }
+
+    /// Run in a build without `rustls` too (`--no-default-features --features redis`): there,
+    /// `rediss://` is refused naming the feature, and plain URLs still build.
+    #[test]
+    fn rediss_needs_rustls_and_verification() {
+        assert!(client(&settings("redis://app:S3CRET@127.0.0.1:1")).is_ok());
+        let tls = client(&settings("rediss://app:S3CRET@127.0.0.1:1"));
+        let insecure = client(&settings("rediss://app:S3CRET@127.0.0.1:1/#insecure"));
+        for result in [&tls, &insecure] {
+            if let Err(err) = result {
+                assert_eq!(err.variable(), Some("ID6_REDIS_URL"), "{err}");
+                assert!(!format!("{err} {err:?}").contains("S3CRET"), "{err:?}");
+            }
+        }
+        assert!(insecure.is_err(), "verification cannot be turned off");
+        #[cfg(feature = "rustls")]
+        {
+            assert!(tls.is_ok());
+            // The app installed none: one is in place for redis-rs's connections.
+            assert!(rustls::crypto::CryptoProvider::get_default().is_some());
+        }
+        #[cfg(not(feature = "rustls"))]
+        {
+            let err = tls.err().unwrap();
+            assert!(err.to_string().contains("`rustls`"), "{err}");
+        }
+    }
+}

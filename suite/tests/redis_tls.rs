@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use http::HeaderMap;
 use id6_tower::testing::MockId6;
-use id6_tower::{Authentication, Id6, Id6Builder, UserToken};
+use id6_tower::{Authentication, Id6, Id6Builder, SharedHealth, UserToken};
 
 /// A CA, a server certificate for 127.0.0.1 and a client certificate it signed, and another
 /// CA that signed nothing here: PEM files in a folder of the test's own, removed with it.
@@ -346,6 +346,10 @@ async fn shared_once(mock: &MockId6, first: &App, others: &[&App]) -> String {
         1,
         "the other instances found the answer in Redis"
     );
+    for app in std::iter::once(first).chain(others.iter().copied()) {
+        let health = app.id6.shared_health();
+        assert!(matches!(health, SharedHealth::Up { .. }), "{health:?}");
+    }
     token
 }
 
@@ -360,6 +364,11 @@ async fn served_without_redis(mock: &MockId6, app: &App, what: &str) {
     assert!(
         app.id6.stats().redis_errors > 0,
         "{what}: the outage was not counted"
+    );
+    let health = app.id6.shared_health();
+    assert!(
+        matches!(health, SharedHealth::Down { .. }),
+        "{what}: {health:?}"
     );
 }
 

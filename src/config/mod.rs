@@ -12,6 +12,7 @@ mod values;
 
 use std::ffi::OsString;
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use http::HeaderValue;
@@ -287,7 +288,10 @@ settings! {
     /// Share id6's answers between instances through Redis, and broadcast every eviction to
     /// them (feature `redis`). See the crate README, "Running several instances". Starting
     /// never needs Redis to be up. Without the feature, `build()` refuses a Redis URL,
-    /// saying which feature to enable.
+    /// saying which feature to enable. `redis://user:password@host:port` logs in as that ACL
+    /// user; `rediss://…` speaks TLS (with the `rustls` feature too), verifying Redis against
+    /// the public roots or [`redis_ca_file`](Self::redis_ca_file), with an optional
+    /// [`redis_client_cert`](Self::redis_client_cert).
     REDIS_URL = "redis", "ID6_REDIS_URL", default "off";
     redis: Option<Secret> = None, read |v| Ok(Some(Secret(v.to_owned())));
     check -> Option<String> = |b, _| Ok(b.redis.as_ref().map(|Secret(url)| url.clone()));
@@ -377,6 +381,44 @@ settings! {
         false => Ok(b.redis_timeout),
     };
     set { redis_timeout(timeout: Duration) => timeout }
+
+    /// The CA certificates (one PEM file, at most 1 MiB) that a `rediss://` Redis's
+    /// certificate must chain to, instead of the usual public roots (webpki-roots): a private
+    /// CA, or a managed Redis's own. Read by `build`, which refuses a file that cannot be read
+    /// or holds no certificate. Needs a `rediss://` URL in [`redis`](Self::redis).
+    REDIS_CA_FILE = "redis_ca_file", "ID6_REDIS_CA_FILE", default "the public roots";
+    redis_ca_file: Option<PathBuf> = None, read |v| Ok(Some(PathBuf::from(v)));
+    check -> Option<Vec<u8>> = |b, s| tls_file(b, s, b.redis_ca_file.as_deref());
+    set { redis_ca_file(path: impl Into<PathBuf>) => Some(path.into()) }
+
+    /// A client certificate (its chain, PEM) and its private key (PEM; environment
+    /// variable `ID6_REDIS_CLIENT_KEY`), presented to a `rediss://` Redis that asks for one
+    /// (mutual TLS, Redis's `tls-auth-clients`). Read by `build`, which refuses a file that
+    /// cannot be read, a key that does not match the certificate, or one without the other.
+    REDIS_CLIENT_CERT = "redis_client_cert", "ID6_REDIS_CLIENT_CERT", default "none";
+    redis_client_cert: Option<PathBuf> = None, read |v| Ok(Some(PathBuf::from(v)));
+    check -> Option<Vec<u8>> = |b, s| match (&b.redis_client_cert, &b.redis_client_key) {
+        (None, Some(_)) => Err(Error::config(s, "is needed with ID6_REDIS_CLIENT_KEY")),
+        (Some(_), None) => Err(Error::config(
+            setting::REDIS_CLIENT_KEY,
+            "is needed with ID6_REDIS_CLIENT_CERT",
+        )),
+        (cert, _) => tls_file(b, s, cert.as_deref()),
+    };
+    set {
+        fn redis_client_cert(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+            self.redis_client_cert = Some(cert.into());
+            self.redis_client_key = Some(key.into());
+            self
+        }
+    }
+
+    /// The private key of the client certificate: read and checked with its certificate's
+    /// row (never printed).
+    REDIS_CLIENT_KEY = "redis_client_cert", "ID6_REDIS_CLIENT_KEY", default "none";
+    redis_client_key: Option<PathBuf> = None, read |v| Ok(Some(PathBuf::from(v)));
+    check -> Option<Vec<u8>> = |b, s| tls_file(b, s, b.redis_client_key.as_deref());
+    set {}
 
     /// What a request gets when id6 cannot be asked (default [`OnUnavailable::Reject`]; a
     /// stale window of at most 365 days). In the environment: `reject`, `anonymous` or
@@ -675,6 +717,25 @@ fn authorization(b: &Id6Builder, s: Setting) -> Result<Option<Authorization>, Er
     }
 }
 
+/// A Redis TLS file's bytes, when the row is set: only with a `rediss://` Redis URL (a file
+/// given for a plain-text Redis would promise TLS and give none).
+fn tls_file(b: &Id6Builder, s: Setting, path: Option<&Path>) -> Result<Option<Vec<u8>>, Error> {
+    let Some(path) = path else {
+        return Ok(None);
+    };
+    let tls_url = b.redis.as_ref().is_some_and(|Secret(url)| {
+        let scheme = url.trim_start().split("://").next().unwrap_or_default();
+        scheme.eq_ignore_ascii_case("rediss") || scheme.eq_ignore_ascii_case("valkeys")
+    });
+    if !tls_url {
+        return Err(Error::config(
+            s,
+            "needs a `rediss://` Redis URL (ID6_REDIS_URL): it is for TLS to Redis",
+        ));
+    }
+    values::pem_file(s, path).map(Some)
+}
+
 /// 1 to 10⁶ calls over a window of up to a day, at most one per millisecond.
 fn miss_limit(b: &Id6Builder, s: Setting) -> Result<Option<MissLimit>, Error> {
     let Some(limit) = b.miss_limit else {
@@ -757,6 +818,8 @@ impl Id6Builder {
             positive_ttl: c.cache_ttl,
             negative_ttl: c.negative_ttl,
             max_value_bytes: c.max_body_bytes,
+            ca_pem: c.redis_ca_file,
+            client_pem: c.redis_client_cert.zip(c.redis_client_key),
         });
         let http = HttpSettings {
             dead_cookie: c.dead_cookie_attributes,
@@ -930,6 +993,10 @@ pub(crate) struct RedisSettings {
     pub(crate) negative_ttl: Duration,
     /// The cap on a value read back: id6's own body cap, as what is stored came from id6.
     pub(crate) max_value_bytes: usize,
+    /// For `rediss://`: the CA bundle to verify Redis against instead of the public roots.
+    pub(crate) ca_pem: Option<Vec<u8>>,
+    /// For mutual TLS: the client certificate chain and its key (the key is never printed).
+    pub(crate) client_pem: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 /// A Sentinel group: where its Sentinels listen, and the name of the master they watch.
@@ -947,6 +1014,8 @@ impl fmt::Debug for RedisSettings {
             .field("url", &"<redacted>")
             .field("prefix", &self.prefix)
             .field("timeout", &self.timeout)
+            .field("own_ca", &self.ca_pem.is_some())
+            .field("client_cert", &self.client_pem.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -1191,6 +1260,17 @@ mod tests {
             "ID6_REDIS_PREFIX" | "ID6_REDIS_TIMEOUT" => {
                 vars.push(("ID6_REDIS_URL", "redis://127.0.0.1:9".into()))
             }
+            // Files are read by `build`: the partner is any readable file, so that the row
+            // under test is the one that refuses (no value tried here names a readable file).
+            "ID6_REDIS_CA_FILE" | "ID6_REDIS_CLIENT_CERT" | "ID6_REDIS_CLIENT_KEY" => {
+                vars.push(("ID6_REDIS_URL", "rediss://127.0.0.1:9".into()));
+                let readable = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+                match setting.var {
+                    "ID6_REDIS_CLIENT_CERT" => vars.push(("ID6_REDIS_CLIENT_KEY", readable.into())),
+                    "ID6_REDIS_CLIENT_KEY" => vars.push(("ID6_REDIS_CLIENT_CERT", readable.into())),
+                    _ => {}
+                }
+            }
             _ => {}
         }
         vars
@@ -1205,6 +1285,9 @@ mod tests {
                 | "ID6_AUTHORIZATION_SECRET"
                 | "ID6_REDIS_URL"
                 | "ID6_REDIS_PREFIX"
+                | "ID6_REDIS_CA_FILE"
+                | "ID6_REDIS_CLIENT_CERT"
+                | "ID6_REDIS_CLIENT_KEY"
                 | "ID6_DEAD_COOKIE_ATTRIBUTES"
         )
     }
@@ -1401,6 +1484,72 @@ mod tests {
         let bad = Id6Builder::new("http://u:S3CRET@host:notaport/api").validate();
         let err = bad.unwrap_err();
         assert!(!format!("{err} {err:?}").contains("S3CRET"), "{err:?}");
+    }
+
+    #[test]
+    fn redis_tls_files_are_read_by_build_and_need_rediss() {
+        let readable = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+        let tls = || Id6Builder::new("http://h").redis("rediss://u:S3CRET@127.0.0.1:9");
+        let s = tls()
+            .redis_ca_file(readable)
+            .redis_client_cert(readable, readable)
+            .validate()
+            .unwrap();
+        let redis = s.redis.as_ref().unwrap();
+        assert!(redis.ca_pem.is_some() && redis.client_pem.is_some());
+        // The key's bytes (here the manifest) and the URL's password stay out of Debug.
+        let shown = format!("{s:?}");
+        assert!(
+            !shown.contains("S3CRET") && !shown.contains("[package]"),
+            "{shown}"
+        );
+        let refused = |builder: Id6Builder| builder.validate().unwrap_err();
+        for (builder, var) in [
+            (
+                tls().redis_ca_file("/nonexistent/ca.pem"),
+                "ID6_REDIS_CA_FILE",
+            ),
+            (tls().redis_ca_file("/"), "ID6_REDIS_CA_FILE"),
+            (tls().redis_ca_file("/dev/null"), "ID6_REDIS_CA_FILE"),
+            (tls().redis_ca_file("/dev/zero"), "ID6_REDIS_CA_FILE"),
+            (
+                tls().redis_client_cert("/nonexistent/c.pem", readable),
+                "ID6_REDIS_CLIENT_CERT",
+            ),
+            (
+                tls().redis_client_cert(readable, "/nonexistent/k.pem"),
+                "ID6_REDIS_CLIENT_KEY",
+            ),
+            // A file for a plain-text Redis would promise TLS and give none.
+            (
+                Id6Builder::new("http://h")
+                    .redis("redis://127.0.0.1:9")
+                    .redis_ca_file(readable),
+                "ID6_REDIS_CA_FILE",
+            ),
+            (
+                Id6Builder::new("http://h").redis_client_cert(readable, readable),
+                "ID6_REDIS_CLIENT_CERT",
+            ),
+        ] {
+            let err = refused(builder);
+            assert_eq!(err.variable(), Some(var), "{err}");
+            let line = err.to_string();
+            assert!(!line.contains('\n') && !line.contains("S3CRET"), "{line}");
+        }
+        // One of the pair without the other, from the environment: the missing one is named.
+        let half = |var: &str, missing: &str| {
+            let err = env(&[
+                ("ID6_URL", "http://h"),
+                ("ID6_REDIS_URL", "rediss://127.0.0.1:9"),
+                (var, readable),
+            ])
+            .validate()
+            .unwrap_err();
+            assert_eq!(err.variable(), Some(missing), "{err}");
+        };
+        half("ID6_REDIS_CLIENT_CERT", "ID6_REDIS_CLIENT_KEY");
+        half("ID6_REDIS_CLIENT_KEY", "ID6_REDIS_CLIENT_CERT");
     }
 
     #[test]

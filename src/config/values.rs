@@ -4,7 +4,9 @@
 use std::borrow::Cow;
 use std::ffi::OsString;
 use std::fmt;
+use std::io::Read;
 use std::ops::Deref;
+use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,6 +48,9 @@ pub(super) mod limits {
     pub(in crate::config) const MISS_WINDOW: Duration = DAY;
     /// Proxies in front of the app whose `X-Forwarded-For` entries are trusted.
     pub(in crate::config) const PROXY_HOPS: usize = 16;
+    /// A PEM file (a CA bundle, a certificate chain, a key): the whole public-root bundle is
+    /// a quarter of this; past it, the path names something else (`/dev/zero`, a log).
+    pub(in crate::config) const PEM_BYTES: u64 = 1024 * 1024;
 }
 
 /// Whether this build can speak HTTPS on its own.
@@ -361,6 +366,25 @@ pub(super) fn https_possible(setting: Setting, url: &Url, tls: bool) -> Result<(
         ));
     }
     Ok(())
+}
+
+/// A PEM file's bytes, read at `build`: unreadable, empty or over the cap is an error naming
+/// `setting` (the file's contents are parsed where TLS is compiled, `redis::connect`).
+pub(super) fn pem_file(setting: Setting, path: &Path) -> Result<Vec<u8>, Error> {
+    let shown = quoted(&path.display().to_string());
+    let unreadable =
+        |e: std::io::Error| Error::config(setting, format!("cannot read {shown}: {e}"));
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|file| file.take(limits::PEM_BYTES + 1).read_to_end(&mut bytes))
+        .map_err(unreadable)?;
+    if bytes.is_empty() || bytes.len() as u64 > limits::PEM_BYTES {
+        return Err(Error::config(
+            setting,
+            format!("{shown} is empty or over 1 MiB: not a PEM file"),
+        ));
+    }
+    Ok(bytes)
 }
 
 /// `{base}{path}`; `base` ends in `/` and `path` is a fixed relative path of id6's API.

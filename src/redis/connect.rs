@@ -1,8 +1,14 @@
 //! How this instance reaches Redis: the client built from the settings (the URL, with its
-//! user and password). Everything about topology and transport lives here, so that the
-//! shared tier (`mod.rs`) speaks to "a connection" and never to a URL.
+//! user and password, and for `rediss://` the TLS material). Everything about topology and
+//! transport lives here, so that the shared tier (`mod.rs`) speaks to "a connection" and
+//! never to a URL.
+//!
+//! TLS is rustls (features `redis` and `rustls` together): the server is verified against
+//! the public roots (webpki-roots) or the CA given, never skipped; a certificate that does
+//! not verify fails the connection, which the shared tier counts as an outage like any other.
+//! Nothing here ever falls back to plain text.
 
-use crate::config::RedisSettings;
+use crate::config::{setting, RedisSettings};
 use crate::error::Error;
 use crate::telemetry::Topology;
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
@@ -11,14 +17,161 @@ use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServer
 ///
 /// # Errors
 ///
-/// A URL that is not a Redis URL (named by its setting; the URL itself is never printed).
+/// A URL that is not a Redis URL, a `rediss://` one in a build without TLS for Redis or that
+/// asks for no verification (`#insecure`), a CA file without a certificate, a client
+/// certificate or key that does not parse or does not match: each named by its setting. The
+/// URL itself is never printed (it may carry a password), nor is the key.
 pub(super) fn client(settings: &RedisSettings) -> Result<redis::Client, Error> {
-    redis::Client::open(settings.url.as_str()).map_err(|e| {
-        Error::config(
-            crate::config::setting::REDIS_URL,
-            format!("not a Redis URL: {e}"),
-        )
-    })
+    let url = settings.url.as_str();
+    let not_a_url =
+        |e: redis::RedisError| Error::config(setting::REDIS_URL, format!("not a Redis URL: {e}"));
+    if !is_tls(url) {
+        return redis::Client::open(url).map_err(not_a_url);
+    }
+    #[cfg(not(feature = "rustls"))]
+    {
+        Err(Error::config(
+            setting::REDIS_URL,
+            "is rediss:// (TLS), but id6-tower was built without TLS for Redis: \
+             enable its `rustls` feature (default) with `redis`",
+        ))
+    }
+    #[cfg(feature = "rustls")]
+    {
+        let info = redis::IntoConnectionInfo::into_connection_info(url).map_err(not_a_url)?;
+        if matches!(
+            info.addr(),
+            redis::ConnectionAddr::TcpTls { insecure: true, .. }
+        ) {
+            return Err(Error::config(
+                setting::REDIS_URL,
+                "asks for no certificate verification (`#insecure`): not supported; name \
+                 Redis's CA with ID6_REDIS_CA_FILE instead",
+            ));
+        }
+        tls::client(info, settings)
+    }
+}
+
+/// Whether the URL asks for TLS (`rediss://`, or Valkey's `valkeys://`), as redis-rs reads it.
+fn is_tls(url: &str) -> bool {
+    redis::parse_redis_url(url).is_some_and(|url| matches!(url.scheme(), "rediss" | "valkeys"))
+}
+
+#[cfg(feature = "rustls")]
+mod tls {
+    use std::sync::Arc;
+
+    use rustls::crypto::{aws_lc_rs, CryptoProvider};
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use rustls::sign::CertifiedKey;
+    use rustls::RootCertStore;
+
+    use crate::config::{setting, RedisSettings};
+    use crate::error::Error;
+
+    /// A TLS client for `info` (a `rediss://` URL), with the settings' files.
+    pub(super) fn client(
+        info: redis::ConnectionInfo,
+        settings: &RedisSettings,
+    ) -> Result<redis::Client, Error> {
+        let certificates = certificates(settings)?;
+        // Checked by `certificates`; should redis-rs still refuse a file, its words could
+        // quote the key: the setting is named, not the reason.
+        redis::Client::build_with_tls(info, certificates).map_err(|_| {
+            let which = if settings.client_pem.is_some() {
+                setting::REDIS_CLIENT_CERT
+            } else {
+                setting::REDIS_CA_FILE
+            };
+            Error::config(which, "unusable for TLS")
+        })
+    }
+
+    /// The settings' CA bundle and client certificate as redis-rs takes them (its cluster and
+    /// Sentinel clients too), checked here, at build, so that a bad file is a line naming its
+    /// variable rather than an outage at the first connection. Chooses the rustls provider.
+    pub(super) fn certificates(settings: &RedisSettings) -> Result<redis::TlsCertificates, Error> {
+        let provider = provider();
+        if let Some(ca) = &settings.ca_pem {
+            roots(ca)?;
+        }
+        if let Some((cert, key)) = &settings.client_pem {
+            identity(cert, key, &provider)?;
+        }
+        Ok(redis::TlsCertificates {
+            client_tls: settings
+                .client_pem
+                .as_ref()
+                .map(|(cert, key)| redis::ClientTlsConfig {
+                    client_cert: cert.clone(),
+                    client_key: key.clone(),
+                }),
+            root_cert: settings.ca_pem.clone(),
+        })
+    }
+
+    /// The process's rustls provider, which redis-rs's connections use: aws-lc-rs (reqwest's
+    /// already) when the app installed none, rather than rustls's panic at the first
+    /// connection when its crate features name no single provider.
+    fn provider() -> Arc<CryptoProvider> {
+        if CryptoProvider::get_default().is_none() {
+            // Losing a race to another installer is fine: one provider is in place either way.
+            let _ = aws_lc_rs::default_provider().install_default();
+        }
+        CryptoProvider::get_default()
+            .cloned()
+            .unwrap_or_else(|| Arc::new(aws_lc_rs::default_provider()))
+    }
+
+    /// The CA bundle: at least one certificate, each one a usable trust anchor.
+    fn roots(pem: &[u8]) -> Result<(), Error> {
+        let invalid = |why: String| Error::config(setting::REDIS_CA_FILE, why);
+        let mut store = RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(pem) {
+            let cert = cert.map_err(|e| invalid(format!("not a PEM certificate bundle: {e}")))?;
+            store
+                .add(cert)
+                .map_err(|e| invalid(format!("holds an unusable CA certificate: {e}")))?;
+        }
+        if store.is_empty() {
+            return Err(invalid("holds no PEM certificate".to_owned()));
+        }
+        Ok(())
+    }
+
+    /// The client certificate chain and its key, which must match.
+    fn identity(cert: &[u8], key: &[u8], provider: &CryptoProvider) -> Result<(), Error> {
+        let chain = CertificateDer::pem_slice_iter(cert)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| {
+                Error::config(
+                    setting::REDIS_CLIENT_CERT,
+                    format!("not a PEM certificate chain: {e}"),
+                )
+            })?;
+        if chain.is_empty() {
+            return Err(Error::config(
+                setting::REDIS_CLIENT_CERT,
+                "holds no PEM certificate",
+            ));
+        }
+        // No parser's words about the key: they could quote a line of it.
+        let key = PrivateKeyDer::from_pem_slice(key).map_err(|_| {
+            Error::config(
+                setting::REDIS_CLIENT_KEY,
+                "not a PEM private key (PKCS#8, PKCS#1 or SEC1)",
+            )
+        })?;
+        CertifiedKey::from_der(chain, key, provider).map_err(|e| {
+            Error::config(
+                setting::REDIS_CLIENT_KEY,
+                format!("unusable with the client certificate: {e}"),
+            )
+        })?;
+        Ok(())
+    }
 }
 
 /// Where this instance's commands and subscription go: one server, or the master that the
@@ -100,6 +253,48 @@ impl Target {
         match self {
             Target::Single(_) => Topology::Single,
             Target::Sentinel { .. } => Topology::Sentinel,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Id6Builder;
+
+    fn settings(url: &str) -> RedisSettings {
+        Id6Builder::new("http://127.0.0.1:9/api")
+            .redis(url)
+            .validate()
+            .unwrap()
+            .redis
+            .unwrap()
+    }
+
+    /// Run in a build without `rustls` too (`--no-default-features --features redis`): there,
+    /// `rediss://` is refused naming the feature, and plain URLs still build.
+    #[test]
+    fn rediss_needs_rustls_and_verification() {
+        assert!(client(&settings("redis://app:S3CRET@127.0.0.1:1")).is_ok());
+        let tls = client(&settings("rediss://app:S3CRET@127.0.0.1:1"));
+        let insecure = client(&settings("rediss://app:S3CRET@127.0.0.1:1/#insecure"));
+        for result in [&tls, &insecure] {
+            if let Err(err) = result {
+                assert_eq!(err.variable(), Some("ID6_REDIS_URL"), "{err}");
+                assert!(!format!("{err} {err:?}").contains("S3CRET"), "{err:?}");
+            }
+        }
+        assert!(insecure.is_err(), "verification cannot be turned off");
+        #[cfg(feature = "rustls")]
+        {
+            assert!(tls.is_ok());
+            // The app installed none: one is in place for redis-rs's connections.
+            assert!(rustls::crypto::CryptoProvider::get_default().is_some());
+        }
+        #[cfg(not(feature = "rustls"))]
+        {
+            let err = tls.err().unwrap();
+            assert!(err.to_string().contains("`rustls`"), "{err}");
         }
     }
 }

@@ -22,9 +22,12 @@ use crate::outcome::Refusal;
 /// Retry-After when id6 gave no wait of its own.
 pub(crate) const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(5);
 
-pub(crate) const MISSING_LAYER: &str = "id6-tower: no Authentication in the request extensions; \
-     wrap this router or service with `id6.layer()` (e.g. `Router::layer(id6.layer())`) \
-     so that the extractors and guards can work";
+pub(crate) const MISSING_LAYER: &str = "id6-tower: no Authentication in the request extensions: \
+     the request reached this extractor or guard without passing through `id6.layer()`. \
+     Wrap this router or service with `id6.layer()` (e.g. `Router::layer(id6.layer())`); \
+     if it is wrapped already, move this guard inside `id6.layer()`: add the guard first, \
+     the layer after (`.route_layer(id6.require_user()).layer(id6.layer())`), since a layer \
+     added later runs earlier";
 
 type HookFn = dyn Fn(&AuthRejection) -> Response<String> + Send + Sync;
 

@@ -1,6 +1,7 @@
-//! Under `Router::nest`, every refusal names the path the client asked for (axum hands the
-//! nested router a URI without the prefix and keeps the original in `OriginalUri`): the
-//! extractors, the guards, `Session`, `Error` as a response, and the debug log.
+//! What a refusal says. Under `Router::nest`, every refusal names the path the client asked
+//! for (axum hands the nested router a URI without the prefix and keeps the original in
+//! `OriginalUri`): the extractors, the guards, `Session`, `Error` as a response, and the
+//! debug log. A guard the layer does not reach says how to fix it, order included.
 
 mod common;
 
@@ -224,4 +225,28 @@ async fn the_rejection_log_names_the_nested_path() {
         let named = format!("path=\"{short}\"");
         assert!(!logs.contains(&named), "{short}: {logs}");
     }
+}
+
+#[tokio::test]
+async fn a_guard_outside_the_layer_is_told_to_move_inside() {
+    let logs = captured();
+    let mock = MockId6::start().await.unwrap();
+    let id6 = common::builder(&mock).build().unwrap();
+    // The layer is there, but `route_layer` after it wraps the routes from outside.
+    let app = Router::new()
+        .route("/outside", get(|| async { "never" }))
+        .layer(id6.layer())
+        .route_layer(id6.require_user());
+    let request = Request::get("/outside").body(Body::empty()).unwrap();
+    let response = app.oneshot(request).await.unwrap();
+    assert_eq!(response.status(), 500);
+    let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let line = logs
+        .lines()
+        .find(|line| line.contains("ERROR") && line.contains("path=\"/outside\""))
+        .unwrap_or_else(|| panic!("no error logged: {logs}"));
+    assert!(
+        line.contains("move this guard inside `id6.layer()`"),
+        "{line}"
+    );
 }

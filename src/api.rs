@@ -283,7 +283,10 @@ impl Id6 {
     /// Unauthenticated or unavailable.
     pub async fn sign_out(&self, from: &(impl TokenSource + ?Sized)) -> Result<(), Error> {
         let (token, _) = self.call(Method::POST, "auth/signout", from, |r| r).await?;
-        self.resolver().evict(Scope::Token(token.key())).await;
+        let key = token.key();
+        // Its connections end saying what happened, which the eviction does not carry.
+        self.resolver().end_watched(&key, TokenRejection::SignedOut);
+        self.resolver().evict(Scope::Token(key)).await;
         Ok(())
     }
 

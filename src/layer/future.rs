@@ -11,7 +11,6 @@ use tokio::task::futures::TaskLocalFuture;
 use tower_service::Service;
 
 use crate::rejection::{served_uri, serving};
-
 use crate::resolve::Pending;
 use crate::session::Lifeline;
 

@@ -136,12 +136,14 @@ const INTERNAL_ERROR: &str = "internal_error";
 /// inside [`Id6::layer`](crate::Id6::layer), as it does to have a token to pass.
 ///
 /// ```
-/// use axum::http::{HeaderMap, StatusCode};
+/// use axum::http::{header, HeaderMap, StatusCode};
+/// use axum::response::IntoResponse;
 /// use id6_tower::Id6;
 ///
-/// async fn logout(id6: Id6, headers: HeaderMap) -> Result<StatusCode, id6_tower::Error> {
+/// // No token: 401 `not_authenticated`; id6 down: 503 with `Retry-After`.
+/// async fn logout(id6: Id6, headers: HeaderMap) -> Result<impl IntoResponse, id6_tower::Error> {
 ///     id6.sign_out(&headers).await?;
-///     Ok(StatusCode::NO_CONTENT)
+///     Ok((StatusCode::NO_CONTENT, [(header::SET_COOKIE, id6.clearing_cookie())]))
 /// }
 /// ```
 impl IntoResponse for Error {

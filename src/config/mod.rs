@@ -722,7 +722,7 @@ impl Id6Builder {
     ///
     /// An `ID6_*` variable that is none of these (a typo: `ID6_CACHE_TLL`) would be ignored
     /// without a word: each is logged once, as a `tracing` warning naming the nearest known
-    /// variable (`ID6_CACHE_TTL`).
+    /// variable (`ID6_CACHE_TTL`); install a subscriber first to see it.
     pub fn from_env() -> Self {
         warn_unknown_vars();
         Self::from_lookup(|name| std::env::var_os(name), None)

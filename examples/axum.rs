@@ -1,7 +1,7 @@
 //! A small profile service behind `id6.layer()`.
 //!
 //! With `ID6_URL` set it talks to that id6; without it, it starts an embedded MockId6 with
-//! one user and prints a ready `curl` line. Either way the other `ID6_*` variables apply
+//! two users, Alice (an admin) and Bob (not one), and prints a ready `curl` line for each. Either way the other `ID6_*` variables apply
 //! (see `Id6Builder::from_env`), `ID6_MISS_LIMIT` and `ID6_REFRESH_AFTER` among them: it is
 //! served with each connection's address (`ConnectInfo`), so the miss budget counts calls
 //! per caller.
@@ -37,10 +37,11 @@
 //!   `id6.csrf()`: a cross-site one carrying the cookie → 403 `csrf_rejected` (the app's own
 //!   origin and `ID6_TRUSTED_ORIGINS` are trusted)
 //! - `GET /ws` (a WebSocket, signed-in users only: 401 otherwise) → first `signed in as
-//!   <name>`, then an echo of every message; closed with 1008 and id6's reason
-//!   (`token_revoked`) when the token dies (sign-out, `/logout-everywhere`, revoked on id6)
+//!   <name>`, then an echo of every message; closed with 1008 and the reason when the token
+//!   dies: `signed_out` after `/logout`, `token_revoked` after `/logout-everywhere` or a
+//!   revocation on id6
 //! - `GET /events` (SSE, signed-in users only) → `data: tick <n>` each second; `event:
-//!   revoked` (`data: token_revoked`) and the end when the token dies
+//!   revoked` (`data:` the same reason) and the end when the token dies
 //! - `/app`'s page shows a live line fed by `/ws`: "Live: signed in as <name>", then "Live:
 //!   signed out (<reason>)" when the socket is closed
 //! - the handlers that call id6 with the user's token hand it the request's `Parts`, so a
@@ -158,9 +159,6 @@ async fn picture(State(id6): State<Id6>, parts: Parts) -> Result<Response, id6_t
     Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
 }
 
-/// The browser's cookie goes too; id6 would clear it the same way.
-const CLEAR_COOKIE: &str = "auth=; Max-Age=0; Path=/; HttpOnly";
-
 async fn logout(State(id6): State<Id6>, parts: Parts) -> Result<Response, id6_tower::Error> {
     id6.sign_out(&parts).await?;
     let from_a_page = parts
@@ -168,7 +166,8 @@ async fn logout(State(id6): State<Id6>, parts: Parts) -> Result<Response, id6_to
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("text/html"));
-    let clear = [(header::SET_COOKIE, CLEAR_COOKIE)];
+    // The browser's cookie goes too, as id6 clears it.
+    let clear = [(header::SET_COOKIE, id6.clearing_cookie())];
     Ok(if from_a_page {
         (clear, Redirect::to("/app")).into_response()
     } else {
@@ -261,7 +260,8 @@ async fn logout_everywhere(
     parts: Parts,
 ) -> Result<Response, id6_tower::Error> {
     id6.disconnect(&parts).await?;
-    Ok((StatusCode::NO_CONTENT, [(header::SET_COOKIE, CLEAR_COOKIE)]).into_response())
+    let clear = [(header::SET_COOKIE, id6.clearing_cookie())];
+    Ok((StatusCode::NO_CONTENT, clear).into_response())
 }
 
 /// The app, for any `Id6` handle (the browser test serves it too).
@@ -359,7 +359,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let public_url = public_url.trim_end_matches('/').to_owned();
 
     // Keep the mock alive for as long as the server runs.
-    let (state, _mock, token) = if std::env::var_os("ID6_URL").is_some() {
+    let (state, _mock, tokens) = if std::env::var_os("ID6_URL").is_some() {
         let login_url = std::env::var("ID6_LOGIN_URL").ok();
         let state = AppState {
             id6: Id6::from_env()?,
@@ -371,9 +371,12 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     } else {
         let mock = MockId6::start().await?;
         let alice = mock.add_user("Alice", "alice@example.com");
-        mock.add_user("Bob", "bob@example.com");
+        let bob = mock.add_user("Bob", "bob@example.com");
         mock.allow_redirect(&public_origin);
-        let token = mock.token_for(alice);
+        let tokens = [
+            ("Alice, an admin", mock.token_for(alice)),
+            ("Bob, not an admin: 403", mock.token_for(bob)),
+        ];
         println!(
             "ID6_URL is unset: using an embedded MockId6 at {}",
             mock.url()
@@ -391,12 +394,12 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             public_url,
             admin_emails: admin_emails(&["alice@example.com"]),
         };
-        (state, Some(mock), Some(token))
+        (state, Some(mock), Some(tokens))
     };
 
     println!("listening on http://{addr} (open http://{addr}/app in a browser)");
-    if let Some(token) = token {
-        println!("try: curl -H 'cookie: auth={token}' http://{addr}/me");
+    for (who, token) in tokens.iter().flatten() {
+        println!("try ({who}): curl -H 'cookie: auth={token}' http://{addr}/admin");
     }
     // With each connection's address: the miss budget counts id6 calls per caller.
     let app = app(state).into_make_service_with_connect_info::<std::net::SocketAddr>();

@@ -41,7 +41,10 @@ async fn main() -> Result<(), Failure> {
     let bob_token = mock.token_for(bob);
     let carol = mock.add_user("Carol", "carol@example.com");
     let carol_token = mock.token_for(carol);
-    println!("MockId6 listening at {}\n", mock.url());
+    println!("MockId6 listening at {}", mock.url());
+    // The typed calls below (`update_profile`, `disconnect`) are id6 calls too, of other
+    // routes: the count is the layer's lookups.
+    println!("[GET /user: n] counts the lookups id6 answered so far (`GET /user` only)\n");
 
     // 2. The app: three routes behind the id6 layer.
     let id6 = Id6::builder(mock.url())
@@ -122,7 +125,7 @@ async fn main() -> Result<(), Failure> {
 
     println!("\nid6.stats(): {:#?}", id6.stats());
     println!(
-        "\nAll answers as expected; id6 was asked {} times.",
+        "\nAll answers as expected; id6 was asked who is calling (`GET /user`) {} times.",
         mock.user_calls()
     );
     Ok(())
@@ -135,7 +138,8 @@ struct Walk<'a> {
 }
 
 impl Walk<'_> {
-    /// One request, printed with its answer and id6's call count, and checked.
+    /// One request, printed with its answer and how many `GET /user` id6 answered so far
+    /// (the layer's lookups; the typed calls use other routes), and checked.
     async fn get(
         &self,
         path: &str,
@@ -163,11 +167,11 @@ impl Walk<'_> {
             "none"
         };
         println!(
-            "GET {path:<8} cookie: {cookie:<13} -> {status}{retry} {body}    [id6 calls: {calls}]"
+            "GET {path:<8} cookie: {cookie:<13} -> {status}{retry} {body}    [GET /user: {calls}]"
         );
         if status != want_status || !body.contains(want_in_body) || calls != want_calls {
             return Err(format!(
-                "expected {want_status} with `{want_in_body}` after {want_calls} id6 calls"
+                "expected {want_status} with `{want_in_body}` after {want_calls} calls of `GET /user`"
             )
             .into());
         }

@@ -22,7 +22,7 @@
 //! their caller share one budget.
 
 use http::header::CONTENT_TYPE;
-use http::{HeaderMap, Method};
+use http::{HeaderMap, HeaderValue, Method};
 use serde::Serialize;
 use serde_json::json;
 
@@ -200,6 +200,9 @@ impl Profile {
     }
 }
 
+/// The attributes id6 clears its cookie with (`POST /auth/signout`).
+const CLEARING_ATTRIBUTES: &str = "Max-Age=0; Path=/; HttpOnly";
+
 impl Id6 {
     /// The token in `from`, let through the typed calls' door (see the module docs), and
     /// who pays for its call.
@@ -271,20 +274,61 @@ impl Id6 {
         }
     }
 
-    /// Signs the user out (`POST /auth/signout`) and evicts the token from the cache (with
-    /// Redis, from the shared cache and every instance).
+    /// Signs the user out (`POST /auth/signout`), evicts the token from the cache (with
+    /// Redis, from the shared cache and every instance) and ends the connections watching it
+    /// ([`Session`](crate::Session)) with `signed_out`.
     ///
-    /// id6 only clears the cookie in the browser: the token itself stays valid on id6 until
-    /// it expires. To end every session of the user, use [`disconnect`](Self::disconnect).
-    /// Forward id6's clearing `Set-Cookie` yourself, or clear the cookie in your response.
+    /// id6 only clears the cookie in the browser, and this call has no browser: the token
+    /// itself stays valid on id6 until it expires. Clear the cookie in your response with
+    /// [`clearing_cookie`](Self::clearing_cookie). To end every session of the user, use
+    /// [`disconnect`](Self::disconnect).
+    ///
+    /// ```
+    /// use axum::http::{header, request::Parts, StatusCode};
+    /// use axum::{extract::State, response::IntoResponse, routing::post, Router};
+    /// use id6_tower::Id6;
+    ///
+    /// // Pass the request's `Parts`: the caller is then found as the layer finds it.
+    /// async fn logout(State(id6): State<Id6>, parts: Parts) -> Result<impl IntoResponse, id6_tower::Error> {
+    ///     id6.sign_out(&parts).await?;
+    ///     Ok((StatusCode::NO_CONTENT, [(header::SET_COOKIE, id6.clearing_cookie())]))
+    /// }
+    ///
+    /// # fn app(id6: Id6) -> Router {
+    /// Router::new()
+    ///     .route("/logout", post(logout).route_layer(id6.csrf()))
+    ///     .layer(id6.layer())
+    ///     .with_state(id6)
+    /// # }
+    /// ```
     ///
     /// # Errors
     ///
     /// Unauthenticated or unavailable.
     pub async fn sign_out(&self, from: &(impl TokenSource + ?Sized)) -> Result<(), Error> {
         let (token, _) = self.call(Method::POST, "auth/signout", from, |r| r).await?;
-        self.resolver().evict(Scope::Token(token.key())).await;
+        let key = token.key();
+        // Its connections end saying what happened, which the eviction does not carry.
+        self.resolver().end_watched(&key, TokenRejection::SignedOut);
+        self.resolver().evict(Scope::Token(key)).await;
         Ok(())
+    }
+
+    /// The `Set-Cookie` value that clears id6's cookie in the browser, for the response to a
+    /// sign-out ([`sign_out`](Self::sign_out), [`disconnect`](Self::disconnect)): the
+    /// configured [`cookie_name`](crate::Id6Builder::cookie_name) with the
+    /// [`dead_cookie_attributes`](crate::Id6Builder::dead_cookie_attributes) when
+    /// [`clear_dead_cookie`](crate::Id6Builder::clear_dead_cookie) is on, else with id6's
+    /// own `Max-Age=0; Path=/; HttpOnly` (`auth=; Max-Age=0; Path=/; HttpOnly` by default).
+    /// The attributes must match the cookie's `Path` and `Domain` for the browser to drop it.
+    pub fn clearing_cookie(&self) -> HeaderValue {
+        if let Some(configured) = self.dead_cookie() {
+            return configured.clone();
+        }
+        let name = &self.resolver().settings().cookie_name;
+        // A checked cookie name (letters, digits, `-`, `_`, `.`) makes a valid value.
+        HeaderValue::try_from(format!("{name}=; {CLEARING_ATTRIBUTES}"))
+            .unwrap_or_else(|_| HeaderValue::from_static("auth=; Max-Age=0; Path=/; HttpOnly"))
     }
 
     /// Revokes every token of the user on id6 (`GET /user/disconnect`) and evicts them all

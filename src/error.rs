@@ -417,6 +417,11 @@ pub enum TokenRejection {
     TokenRevoked,
     /// `user_not_found`: its user no longer exists.
     UserNotFound,
+    /// `signed_out`: the app signed it out ([`Id6::sign_out`](crate::Id6::sign_out)). Not
+    /// one of id6's answers, and no revocation: id6 only clears the cookie, and still
+    /// accepts the token until it expires. A connection's end reason only
+    /// ([`Session::end_reason`](crate::Session::end_reason)).
+    SignedOut,
 }
 
 impl TokenRejection {
@@ -427,6 +432,7 @@ impl TokenRejection {
             TokenRejection::TokenExpired => "token_expired",
             TokenRejection::TokenRevoked => "token_revoked",
             TokenRejection::UserNotFound => "user_not_found",
+            TokenRejection::SignedOut => "signed_out",
         }
     }
 
@@ -437,6 +443,7 @@ impl TokenRejection {
             TokenRejection::TokenExpired => "Token expired",
             TokenRejection::TokenRevoked => "Token revoked",
             TokenRejection::UserNotFound => "User not found",
+            TokenRejection::SignedOut => "Signed out",
         }
     }
 

@@ -122,19 +122,28 @@ into_response_via_auth_rejection!(
     MissingLayer
 );
 
-/// A typed call's error as an answer to the app's own client, in id6's error JSON:
-/// unauthenticated 401, validation 400 (with id6's `errorCode` and `errorDetails`),
-/// `picture_not_set` 404, unavailable 503 with `Retry-After`, configuration 500. id6's own
+/// `errorCode` of an [`Error`] answered as a response that has none of id6's (a
+/// configuration error, an answer of id6 without a code).
+const INTERNAL_ERROR: &str = "internal_error";
+
+/// A typed call's error as an answer to the app's own client, in the rejections' shape
+/// (id6's error JSON: `statusCode`, `path`, `message`, `errorCode`, and id6's `errorDetails`
+/// when it gave some): unauthenticated 401, validation 400, `picture_not_set` 404,
+/// unavailable 503 with `Retry-After`, configuration 500 (`internal_error`). id6's own
 /// refusals keep its message; for the others (id6 unavailable, a configuration error) the
 /// body says only that, and the detail goes to the log (`id6_tower::rejection`, debug).
+/// `path` is the request's (axum's original URI under `Router::nest`) when the handler runs
+/// inside [`Id6::layer`](crate::Id6::layer), as it does to have a token to pass.
 ///
 /// ```
-/// use axum::http::{HeaderMap, StatusCode};
+/// use axum::http::{header, HeaderMap, StatusCode};
+/// use axum::response::IntoResponse;
 /// use id6_tower::Id6;
 ///
-/// async fn logout(id6: Id6, headers: HeaderMap) -> Result<StatusCode, id6_tower::Error> {
+/// // No token: 401 `not_authenticated`; id6 down: 503 with `Retry-After`.
+/// async fn logout(id6: Id6, headers: HeaderMap) -> Result<impl IntoResponse, id6_tower::Error> {
 ///     id6.sign_out(&headers).await?;
-///     Ok(StatusCode::NO_CONTENT)
+///     Ok((StatusCode::NO_CONTENT, [(header::SET_COOKIE, id6.clearing_cookie())]))
 /// }
 /// ```
 impl IntoResponse for Error {
@@ -150,22 +159,29 @@ impl IntoResponse for Error {
         } else {
             self.status().unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
         };
-        let (message, code) = match status {
-            StatusCode::SERVICE_UNAVAILABLE => (UNAVAILABLE.to_owned(), Some("id6_unavailable")),
+        let (message, code) = match (status, self.error_code()) {
+            (StatusCode::SERVICE_UNAVAILABLE, _) => (UNAVAILABLE, "id6_unavailable"),
             // id6's refusals, or ours with the same meaning: their own words.
-            _ if self.error_code().is_some() => (
-                self.message().unwrap_or("Request refused").to_owned(),
-                self.error_code(),
-            ),
-            _ => ("Internal error".to_owned(), None),
+            (_, Some(code)) => (self.message().unwrap_or("Request refused"), code),
+            _ => ("Internal error", INTERNAL_ERROR),
         };
+        // The request's path, as the rejections name it: known inside the layer.
+        let path = rejection::serving_path();
         tracing::debug!(
             target: "id6_tower::rejection",
             status = status.as_u16(),
+            error_code = code,
+            path = path.as_deref(),
             error = %self,
             "typed call failed"
         );
-        let body = error_body(status, None, &message, code, self.error_details());
+        let body = error_body(
+            status,
+            path.as_deref(),
+            message,
+            Some(code),
+            self.error_details(),
+        );
         let retry = (status == StatusCode::SERVICE_UNAVAILABLE)
             .then(|| self.retry_after().unwrap_or(DEFAULT_RETRY_AFTER));
         json_response(status, body, retry).map(Body::from)
@@ -352,7 +368,11 @@ mod tests {
                 503,
                 Some("id6_unavailable"),
             ),
-            (Error::config(crate::config::setting::URL, "bad"), 500, None),
+            (
+                Error::config(crate::config::setting::URL, "bad"),
+                500,
+                Some("internal_error"),
+            ),
         ];
         for (error, status, code) in cases {
             let internal = error.to_string();

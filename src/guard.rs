@@ -2,7 +2,8 @@
 //! `ServiceBuilder`, a bare hyper service): [`Id6::require_user`] and
 //! [`Id6::require_user_where`] let signed-in (and qualifying) users through; [`Id6::csrf`]
 //! refuses cross-site writes that carry the cookie. They go inside [`Id6::layer`], whose
-//! verdict they read; refusals are [`AuthRejection`]s, answered with id6's error JSON (or the
+//! verdict they read (add the guard, then the layer: one outside it answers 500
+//! `id6_layer_missing` and logs how to fix it); refusals are [`AuthRejection`]s, answered with id6's error JSON (or the
 //! app's [`on_rejection`](crate::Id6Builder::on_rejection) hook).
 //!
 //! A refusal is a body built from a `String`: the inner service's body type must be
@@ -65,11 +66,17 @@ impl Id6 {
     ///
     /// # fn app(id6: id6_tower::Id6) -> Router {
     /// let admins = ["alice@example.com".to_owned()];
-    /// Router::new()
-    ///     .route("/admin", get(|| async { "admin" }))
+    /// // Routes added after `route_layer` are not guarded (axum's rule): add them before.
+    /// let admin = Router::new()
+    ///     .route("/", get(|| async { "admin" }))
+    ///     .route("/stats", get(|| async { "stats" }))
     ///     .route_layer(id6.require_user_where(move |user| {
-    ///         user.email.as_ref().is_some_and(|email| admins.contains(email))
-    ///     }))
+    ///         // Emails compare in any case.
+    ///         let email = user.email.as_deref().unwrap_or_default();
+    ///         admins.iter().any(|admin| admin.eq_ignore_ascii_case(email))
+    ///     }));
+    /// Router::new()
+    ///     .nest("/admin", admin)
     ///     .layer(id6.layer())
     /// # }
     /// ```

@@ -22,9 +22,12 @@ use crate::outcome::Refusal;
 /// Retry-After when id6 gave no wait of its own.
 pub(crate) const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(5);
 
-pub(crate) const MISSING_LAYER: &str = "id6-tower: no Authentication in the request extensions; \
-     wrap this router or service with `id6.layer()` (e.g. `Router::layer(id6.layer())`) \
-     so that the extractors and guards can work";
+pub(crate) const MISSING_LAYER: &str = "id6-tower: no Authentication in the request extensions: \
+     the request reached this extractor or guard without passing through `id6.layer()`. \
+     Wrap this router or service with `id6.layer()` (e.g. `Router::layer(id6.layer())`); \
+     if it is wrapped already, move this guard inside `id6.layer()`: add the guard first, \
+     the layer after (`.route_layer(id6.require_user()).layer(id6.layer())`), since a layer \
+     added later runs earlier";
 
 type HookFn = dyn Fn(&AuthRejection) -> Response<String> + Send + Sync;
 
@@ -64,11 +67,55 @@ struct Common {
 impl Common {
     fn of(uri: &Uri, extensions: &Extensions) -> Self {
         Common {
-            path: uri.path().to_owned(),
+            path: request_path(uri, extensions).to_owned(),
             bearer: extensions.get::<BearerAccepted>().is_some(),
             hook: extensions.get::<RejectionHook>().cloned(),
         }
     }
+}
+
+/// The URI the client asked for: under axum's `Router::nest`, the URI a nested service
+/// sees lacks the prefix, and axum keeps the whole one in `OriginalUri`.
+fn request_uri<'a>(uri: &'a Uri, extensions: &'a Extensions) -> &'a Uri {
+    #[cfg(feature = "axum")]
+    if let Some(axum::extract::OriginalUri(original)) = extensions.get() {
+        return original;
+    }
+    #[cfg(not(feature = "axum"))]
+    let _ = extensions;
+    uri
+}
+
+/// The path the client asked for (see [`request_uri`]).
+pub(crate) fn request_path<'a>(uri: &'a Uri, extensions: &'a Extensions) -> &'a str {
+    request_uri(uri, extensions).path()
+}
+
+tokio::task_local! {
+    /// The URI of the request the layer is serving, while its inner service runs: an
+    /// [`Error`] answered as a response sees no request, yet its body names the path as
+    /// every rejection's does.
+    static SERVING: Uri;
+}
+
+/// The URI `request` names the client asked for, to serve it with ([`serving`]). A clone of
+/// a `Uri` shares its bytes.
+pub(crate) fn served_uri<B>(request: &http::Request<B>) -> Uri {
+    request_uri(request.uri(), request.extensions()).clone()
+}
+
+/// `future` (the inner service's), knowing the URI of the request it serves.
+pub(crate) fn serving<F: std::future::Future>(
+    uri: Uri,
+    future: F,
+) -> tokio::task::futures::TaskLocalFuture<Uri, F> {
+    SERVING.scope(uri, future)
+}
+
+/// The path of the request being served, inside the layer.
+#[cfg_attr(not(feature = "axum"), allow(dead_code))] // read by `Error`'s `IntoResponse`
+pub(crate) fn serving_path() -> Option<String> {
+    SERVING.try_with(|uri| uri.path().to_owned()).ok()
 }
 
 macro_rules! define_rejection {
@@ -221,7 +268,7 @@ impl AuthRejection {
                 source: error.clone(),
             }),
             Refusal::MissingLayer => {
-                tracing::error!(path = uri.path(), "{}", MISSING_LAYER);
+                tracing::error!(path = common.path.as_str(), "{}", MISSING_LAYER);
                 AuthRejection::MissingLayer(MissingLayer { common })
             }
         }

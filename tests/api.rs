@@ -54,6 +54,25 @@ async fn sign_out_evicts_the_token_but_id6_still_accepts_it() {
     assert_eq!(s.mock.user_calls(), 2);
 }
 
+#[test]
+fn the_clearing_cookie_follows_the_configured_name_and_attributes() {
+    let url = "http://127.0.0.1:9/api";
+    let id6 = Id6::builder(url).build().unwrap();
+    assert_eq!(id6.clearing_cookie(), "auth=; Max-Age=0; Path=/; HttpOnly");
+    let id6 = Id6::builder(url).cookie_name("sid").build().unwrap();
+    assert_eq!(id6.clearing_cookie(), "sid=; Max-Age=0; Path=/; HttpOnly");
+    let id6 = Id6::builder(url)
+        .cookie_name("sid")
+        .clear_dead_cookie(true)
+        .dead_cookie_attributes("Max-Age=0; Path=/; Domain=example.com; Secure; HttpOnly")
+        .build()
+        .unwrap();
+    assert_eq!(
+        id6.clearing_cookie(),
+        "sid=; Max-Age=0; Path=/; Domain=example.com; Secure; HttpOnly"
+    );
+}
+
 #[tokio::test]
 async fn disconnect_signs_out_every_session_at_once() {
     let (s, alice, laptop) = alice_cached().await;

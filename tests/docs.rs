@@ -45,3 +45,31 @@ fn the_crate_docs_show_what_a_request_gets_as_the_readme_does() {
     );
     assert_eq!(in_docs, in_readme);
 }
+
+/// The first ```rust block of the README's section `## {title}`.
+fn readme_block(title: &str) -> &'static str {
+    let readme = include_str!("../README.md");
+    let section = readme
+        .split(&format!("\n## {title}\n"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no section {title:?}"));
+    let section = section.split("\n## ").next().unwrap_or(section);
+    section
+        .split("```rust\n")
+        .nth(1)
+        .and_then(|block| block.split("\n```").next())
+        .unwrap_or_else(|| panic!("no rust block in {title:?}"))
+}
+
+/// The README's app test is `tests/testing_your_app.rs` (its module doc aside), so the code a
+/// reader copies is compiled and run here.
+#[test]
+fn the_readme_tests_an_app_with_the_code_this_suite_runs() {
+    let file = include_str!("testing_your_app.rs");
+    let code: Vec<&str> = file
+        .lines()
+        .skip_while(|line| line.starts_with("//!"))
+        .skip_while(|line| line.is_empty())
+        .collect();
+    assert_eq!(readme_block("Testing your app"), code.join("\n").trim_end());
+}

@@ -195,7 +195,7 @@ async fn logout_ends_that_tokens_socket_and_event_stream() {
     assert_eq!(app.post("/logout", &app.cookie).await, 204);
     assert_eq!(
         closed(&mut socket).await,
-        (CloseCode::Policy, "token_revoked".to_owned())
+        (CloseCode::Policy, "signed_out".to_owned())
     );
     let rest = tokio::time::timeout(PROMPTLY, async {
         let mut rest = String::new();
@@ -207,7 +207,7 @@ async fn logout_ends_that_tokens_socket_and_event_stream() {
     .await
     .expect("the stream ends within a second");
     assert!(
-        rest.contains("event: revoked\ndata: token_revoked"),
+        rest.contains("event: revoked\ndata: signed_out"),
         "{rest:?}"
     );
 }
@@ -302,5 +302,5 @@ async fn a_split_socket_closes_when_the_token_dies() {
         .unwrap();
     let (code, reason) = closed(&mut socket).await;
     assert_eq!(code, CloseCode::Policy);
-    assert_eq!(reason, "token_revoked");
+    assert_eq!(reason, "signed_out");
 }

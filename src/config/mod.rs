@@ -23,7 +23,8 @@ use crate::error::{Error, Setting};
 use crate::rejection::{AuthRejection, RejectionHook};
 use crate::token::TokenLocation;
 use values::{
-    base_url, between, count, is_cookie_name_byte, limits, quoted, read, Env, RawUrl, DAY, TLS,
+    base_url, between, count, is_cookie_name_byte, limits, quoted, read, unknown_vars, Env, RawUrl,
+    DAY, TLS,
 };
 
 pub(crate) use values::{join, Authorization, CallerKey, Endpoint, Origin, Secret};
@@ -87,6 +88,8 @@ macro_rules! settings {
                 #[allow(dead_code)] // Some are named only with a feature (`redis`).
                 pub(crate) const $konst: Setting = Setting { setter: $setter, var: $var };
             )*
+            /// Every variable the environment can set (empty for a setter without one).
+            pub(crate) const VARS: &[&str] = &[$($var),*];
             /// Every row, with its default as the README's configuration table shows it.
             #[cfg(test)]
             pub(crate) const ALL: &[(Setting, &str)] = &[$(($konst, $shown)),*];
@@ -753,6 +756,14 @@ fn miss_limit(b: &Id6Builder, s: Setting) -> Result<Option<MissLimit>, Error> {
     Ok(Some(limit))
 }
 
+/// One warning for each `ID6_*` variable of the process environment that no setting reads.
+fn warn_unknown_vars() {
+    let names = std::env::vars_os().map(|(name, _)| name);
+    for warning in unknown_vars(names, setting::VARS) {
+        tracing::warn!("{warning}");
+    }
+}
+
 impl Id6Builder {
     pub(crate) fn new(url: impl Into<String>) -> Self {
         let mut builder = Self::defaults();
@@ -769,13 +780,19 @@ impl Id6Builder {
     /// Durations read like `60s`, `1500ms` or `5m`. A missing, unreadable (not UTF-8) or
     /// out-of-range variable is reported by [`build`](Self::build), naming the variable.
     /// Setters called afterwards override what the environment said.
+    ///
+    /// An `ID6_*` variable that is none of these (a typo: `ID6_CACHE_TLL`) would be ignored
+    /// without a word: each is logged once, as a `tracing` warning naming the nearest known
+    /// variable (`ID6_CACHE_TTL`); install a subscriber first to see it.
     pub fn from_env() -> Self {
+        warn_unknown_vars();
         Self::from_lookup(|name| std::env::var_os(name), None)
     }
 
     /// [`from_env`](Self::from_env), with `url` when `ID6_URL` is unset: a development
     /// default (say, an embedded `MockId6`) that still honours every other variable.
     pub fn from_env_or(url: impl Into<String>) -> Self {
+        warn_unknown_vars();
         Self::from_lookup(|name| std::env::var_os(name), Some(url.into()))
     }
 

@@ -400,6 +400,70 @@ pub(super) fn is_cookie_name_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')
 }
 
+/// What to say of each variable among `names` that looks like one of ours (`ID6_*`, in any
+/// case) but is none of `known`: it is ignored, and a typo would go unseen. Names the
+/// nearest known variable when one is close enough to be the intended one. Sorted, each
+/// name once.
+pub(super) fn unknown_vars(
+    names: impl IntoIterator<Item = OsString>,
+    known: &[&str],
+) -> Vec<String> {
+    let mut unknown: Vec<String> = names
+        .into_iter()
+        .map(|name| name.to_string_lossy().into_owned())
+        .filter(|name| {
+            name.get(..4)
+                .is_some_and(|prefix| prefix.eq_ignore_ascii_case("ID6_"))
+                && !known.contains(&name.as_str())
+        })
+        .collect();
+    unknown.sort();
+    unknown.dedup();
+    unknown
+        .into_iter()
+        .map(|name| match nearest(&name, known) {
+            Some(near) => format!(
+                "id6-tower: the environment variable {name} is not one of its settings and is \
+                 ignored; did you mean {near}?"
+            ),
+            None => format!(
+                "id6-tower: the environment variable {name} is not one of its settings and is \
+                 ignored (the README's configuration table lists them)"
+            ),
+        })
+        .collect()
+}
+
+/// The known name closest to `name` by edit distance, case aside, if within a third of the
+/// length after `ID6_` (a typo or two, not another word).
+fn nearest<'a>(name: &str, known: &[&'a str]) -> Option<&'a str> {
+    let name = name.to_ascii_uppercase();
+    let typed = name.len().saturating_sub("ID6_".len()).max(3);
+    known
+        .iter()
+        .filter(|var| !var.is_empty())
+        .map(|var| (edit_distance(&name, var), *var))
+        .filter(|&(distance, _)| distance * 3 <= typed)
+        .min()
+        .map(|(_, var)| var)
+}
+
+/// Levenshtein distance over bytes (variable names are ASCII), one row at a time.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, &ca) in a.iter().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let substitute = diagonal + usize::from(ca != cb);
+            diagonal = row[j + 1];
+            row[j + 1] = substitute.min(row[j] + 1).min(diagonal + 1);
+        }
+    }
+    row[b.len()]
+}
+
 /// Reads settings from environment variables, remembering the first that is unusable.
 pub(super) struct Env<F> {
     pub(super) lookup: F,
@@ -545,6 +609,59 @@ pub(super) mod read {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unknown_variables_are_named_with_the_nearest_known_one() {
+        let known = [
+            "ID6_URL",
+            "ID6_CACHE_TTL",
+            "ID6_NEGATIVE_TTL",
+            "ID6_TIMEOUT",
+            "",
+        ];
+        let present = [
+            "ID6_CACHE_TLL",
+            "PATH",
+            "ID6_URL",
+            "ID6_NEGATIV_TTL",
+            "ID6_SOMETHING_ELSE",
+            "ID6_CACHE_TLL",
+            "id6_cache_ttl",
+        ];
+        let warnings = unknown_vars(present.map(OsString::from), &known);
+        assert_eq!(warnings.len(), 4, "{warnings:#?}");
+        assert!(
+            warnings[0].contains("ID6_CACHE_TLL")
+                && warnings[0].ends_with("did you mean ID6_CACHE_TTL?")
+        );
+        assert!(
+            warnings[1].contains("ID6_NEGATIV_TTL")
+                && warnings[1].ends_with("did you mean ID6_NEGATIVE_TTL?")
+        );
+        assert!(
+            warnings[2].contains("ID6_SOMETHING_ELSE") && !warnings[2].contains("did you mean")
+        );
+        assert!(
+            warnings[3].contains("id6_cache_ttl")
+                && warnings[3].ends_with("did you mean ID6_CACHE_TTL?")
+        );
+        assert!(unknown_vars(known.map(OsString::from), &known).is_empty());
+        // Against the real table: the issue's typo, and a real variable is no warning.
+        let table = crate::config::setting::VARS;
+        let warnings = unknown_vars(
+            ["ID6_CACHE_TLL", "ID6_TOKEN_SOURCES"].map(OsString::from),
+            table,
+        );
+        assert_eq!(warnings.len(), 1);
+        assert!(
+            warnings[0].ends_with("did you mean ID6_CACHE_TTL?"),
+            "{}",
+            warnings[0]
+        );
+        assert_eq!(edit_distance("ID6_CACHE_TLL", "ID6_CACHE_TTL"), 1);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("", "abc"), 3);
+    }
 
     #[test]
     fn origins_are_normalised_and_strict() {

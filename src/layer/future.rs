@@ -5,10 +5,12 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use http::header::SET_COOKIE;
-use http::{HeaderValue, Request, Response};
+use http::{HeaderValue, Request, Response, Uri};
 use pin_project_lite::pin_project;
+use tokio::task::futures::TaskLocalFuture;
 use tower_service::Service;
 
+use crate::rejection::{served_uri, serving};
 use crate::resolve::Pending;
 use crate::session::Lifeline;
 
@@ -41,8 +43,9 @@ pin_project! {
             lifeline: Option<Lifeline>,
         },
         Called {
+            // Knowing the request's URI, for an `Error` answered as a response.
             #[pin]
-            future: S::Future,
+            future: TaskLocalFuture<Uri, S::Future>,
             clear_cookie: Option<HeaderValue>,
         },
     }
@@ -52,10 +55,16 @@ impl<S, B> ResponseFuture<S, B>
 where
     S: Service<Request<B>>,
 {
-    pub(crate) fn called(future: S::Future, clear_cookie: Option<HeaderValue>) -> Self {
+    /// Calls `inner` with `request` at once.
+    pub(crate) fn called(
+        inner: &mut S,
+        request: Request<B>,
+        clear_cookie: Option<HeaderValue>,
+    ) -> Self {
+        let uri = served_uri(&request);
         ResponseFuture {
             state: State::Called {
-                future,
+                future: serving(uri, inner.call(request)),
                 clear_cookie,
             },
         }
@@ -124,7 +133,8 @@ where
                         request.extensions_mut().insert(lifeline);
                     }
                     request.extensions_mut().insert(answer.verdict);
-                    let future = inner.call(request);
+                    let uri = served_uri(&request);
+                    let future = serving(uri, inner.call(request));
                     state.set(State::Called {
                         future,
                         clear_cookie,

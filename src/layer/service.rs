@@ -99,7 +99,7 @@ where
         match lookup {
             Lookup::NoToken => {
                 request.extensions_mut().insert(Authentication::Anonymous);
-                ResponseFuture::called(self.inner.call(request), None)
+                ResponseFuture::called(&mut self.inner, request, None)
             }
             Lookup::Ready {
                 verdict,
@@ -114,7 +114,7 @@ where
                     request.extensions_mut().insert(lifeline);
                 }
                 request.extensions_mut().insert(verdict);
-                ResponseFuture::called(self.inner.call(request), clear)
+                ResponseFuture::called(&mut self.inner, request, clear)
             }
             Lookup::Pending {
                 pending,

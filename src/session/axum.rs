@@ -54,8 +54,8 @@ impl<S: Sync> OptionalFromRequestParts<S> for Session {
 }
 
 impl Session {
-    /// An SSE stream that sends `event: revoked` (`data:` id6's reason, `token_revoked`)
-    /// and ends when the token dies.
+    /// An SSE stream that sends `event: revoked` (`data:` why: `signed_out` after a
+    /// sign-out, else id6's reason, `token_revoked`...) and ends when the token dies.
     ///
     /// ```
     /// use axum::response::sse::{Event, Sse};
@@ -98,7 +98,8 @@ mod ws {
 
     impl Session {
         /// `socket`, closed with code 1008 (policy violation) and id6's reason
-        /// (`token_revoked`) when the token dies.
+        /// when the token dies: `signed_out` after a sign-out, else id6's reason
+        /// (`token_revoked`...).
         ///
         /// ```
         /// use axum::extract::ws::{Message, WebSocketUpgrade};

@@ -9,8 +9,10 @@
 //! token however many connections share it, through the cache; a watching connection costs
 //! bytes, not a task or a timer.
 //!
-//! The helpers end a connection as its protocol expects: a WebSocket closes with code 1008
-//! and id6's reason ([`Session::websocket`], feature `ws`), an SSE stream sends
+//! The helpers end a connection as its protocol expects, saying why ([`Session::ended`]:
+//! `signed_out` after a sign-out, else id6's reason, `token_revoked`...): a WebSocket
+//! closes with code 1008 and that reason ([`Session::websocket`], feature `ws`), an SSE
+//! stream sends
 //! `event: revoked` and ends ([`Session::sse`], feature `axum`), a gRPC server stream ends
 //! with `unauthenticated` ([`Session::grpc_stream`], feature `tonic`); any other stream
 //! ends through [`Session::until_ended`].
@@ -103,8 +105,13 @@ impl Session {
         &self.user
     }
 
-    /// Resolves when the token stops being good, with id6's reason (`TokenRevoked` after a
-    /// sign-out or a `disconnect`). Never resolves while the token lives.
+    /// Resolves when the token stops being good, with why: `SignedOut` after
+    /// [`sign_out`](crate::Id6::sign_out) on this instance (id6 still accepts the token; the
+    /// app let go of it); id6's reason when id6 refused it (`TokenRevoked` after a
+    /// `disconnect`); `TokenRevoked` too for a token evicted by itself whose eviction carries
+    /// no reason (`invalidate_token`; a sign-out on another instance through Redis, or one
+    /// made between the layer's answer and this session). Never resolves while the token
+    /// lives.
     pub fn ended(&self) -> impl Future<Output = TokenRejection> + Send + 'static {
         let watcher = self.watcher.clone();
         async move { watcher.ended().await }
@@ -134,7 +141,8 @@ impl Session {
     }
 
     /// A gRPC server stream that ends with `unauthenticated` when the token dies, with the
-    /// message `grpc::require_user` gives for such a token (`Token revoked`...).
+    /// message `grpc::require_user` gives for such a token (`Token revoked`...), or
+    /// `Signed out`.
     #[cfg(feature = "tonic")]
     #[cfg_attr(docsrs, doc(cfg(feature = "tonic")))]
     pub fn grpc_stream<S, T>(

@@ -229,7 +229,7 @@ async fn a_browser_signs_in_and_out() {
         .unwrap();
     assert_eq!(elsewhere.status(), 204);
     let since = std::time::Instant::now();
-    let signed_out = "Live: signed out (token_revoked)";
+    let signed_out = "Live: signed out (signed_out)";
     assert_eq!(text_of("live", signed_out).await, signed_out);
     assert!(
         since.elapsed() < Duration::from_secs(2),

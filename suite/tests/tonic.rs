@@ -222,10 +222,10 @@ async fn a_server_stream_ends_with_unauthenticated_after_sign_out() {
     .expect("the stream ends within a second");
     let status = ended.unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
-    // The words `require_user` uses for such a token.
+    // Ended by a sign-out, in its own words (id6 would still accept the token).
     assert_eq!(
         status.message(),
-        id6_tower::TokenRejection::TokenRevoked.message()
+        id6_tower::TokenRejection::SignedOut.message()
     );
 }
 

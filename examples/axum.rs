@@ -16,6 +16,8 @@
 //! Routes (a public contract: kept stable):
 //! - `GET /` → `Hello, <name>!` or `Hello, anonymous!`
 //! - `GET /me` → the user's JSON, or 401 / 503 with id6's error JSON
+//! - `GET /health` → always 200, JSON: `{"id6": {"state": "calling" | "held back", ..},
+//!   "redis": {"state": "off" | "starting" | "up" | "down", "topology", "downSinceMs"?}}`
 //! - `POST /me/profile` (JSON `{name, bio?, language?}`) → 204, or 400 with id6's error body
 //!   (`invalid_body` for any invalid body, as id6 answers it)
 //! - `POST /me/picture` (multipart field `picture`) → `{"picture": "<url>"}`
@@ -63,7 +65,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::Stream;
 use id6_tower::testing::MockId6;
-use id6_tower::{CurrentUser, Id6, Id6Builder, PictureUpload, Profile, RequireUser, Session, User};
+use id6_tower::{
+    CurrentUser, Id6, Id6Builder, PictureUpload, Profile, RequireUser, Session, SharedHealth, User,
+};
 
 /// What the handlers share: the id6 handle, where browsers sign in, and who is an admin.
 #[derive(Clone)]
@@ -95,6 +99,41 @@ impl FromRef<AppState> for Id6 {
     fn from_ref(state: &AppState) -> Id6 {
         state.id6.clone()
     }
+}
+
+/// Readiness: how id6 and the shared tier are doing, as JSON; always 200, since the app
+/// serves requests whatever they say (a Redis outage means more id6 calls, not errors).
+async fn health(State(id6): State<Id6>) -> Json<serde_json::Value> {
+    let id6_state = match id6.health() {
+        id6_tower::Health::Closed => serde_json::json!({ "state": "calling" }),
+        id6_tower::Health::Open { rate_limited, .. } => {
+            serde_json::json!({ "state": "held back", "rateLimited": rate_limited })
+        }
+        _ => serde_json::json!({ "state": "unknown" }),
+    };
+    let shared = match id6.shared_health() {
+        SharedHealth::Off => serde_json::json!({ "state": "off" }),
+        SharedHealth::Starting { topology } => {
+            serde_json::json!({ "state": "starting", "topology": topology.as_str() })
+        }
+        SharedHealth::Up { topology } => {
+            serde_json::json!({ "state": "up", "topology": topology.as_str() })
+        }
+        SharedHealth::Down {
+            topology, since, ..
+        } => {
+            let since_ms = since
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis());
+            serde_json::json!({
+                "state": "down",
+                "topology": topology.as_str(),
+                "downSinceMs": since_ms,
+            })
+        }
+        _ => serde_json::json!({ "state": "unknown" }),
+    };
+    Json(serde_json::json!({ "id6": id6_state, "redis": shared }))
 }
 
 async fn home(CurrentUser(user): CurrentUser) -> String {
@@ -283,6 +322,7 @@ pub fn app(state: AppState) -> Router {
         .route_layer(id6.csrf());
     Router::new()
         .route("/", get(home))
+        .route("/health", get(health))
         .route("/app", get(page))
         .route("/me", get(me))
         .route("/me/picture", get(picture))

@@ -45,6 +45,13 @@ pub(super) async fn listen(shared: Weak<Redis>, local: Arc<dyn EvictionSink>) {
         // How long a subscription lasted; one that failed or ended at once is backed off
         // the same way, rather than retried (and the cache cleared) in a tight loop.
         let subscribed = tokio::time::timeout(Duration::from_secs(2), subscription).await;
+        // A subscription that cannot be made is an outage too (health, counters), even
+        // while no request asks Redis anything.
+        match &subscribed {
+            Ok(Err(error)) => this.failed("subscribe", &error.to_string()),
+            Err(_) => this.failed("subscribe", "timed out"),
+            Ok(Ok(_)) => {}
+        }
         drop(this);
         let lasted = match subscribed {
             Ok(Ok(pubsub)) => {
@@ -60,6 +67,10 @@ pub(super) async fn listen(shared: Weak<Redis>, local: Arc<dyn EvictionSink>) {
                     }
                 }
                 was_connected = true;
+                // Up again as soon as subscribed, not at the next request's operation.
+                if let Some(this) = shared.upgrade() {
+                    this.ping("ping").await;
+                }
                 let subscribed_at = std::time::Instant::now();
                 follow(pubsub, &shared, &*local).await;
                 subscribed_at.elapsed()

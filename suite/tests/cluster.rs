@@ -1363,3 +1363,77 @@ async fn sentinel_failover_is_followed_without_a_restart() {
     );
     group.replica.stop();
 }
+
+/// The axum example's `/health` tells how the shared tier is doing and stays 200 while Redis
+/// is down (the app works without it); a Redis that is down at start is one warning at
+/// start, and `shared_health` says so before any request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_reports_the_shared_tier_and_stays_200_while_redis_is_down() {
+    let Some(mut redis) = redis_or_skip().await else {
+        return;
+    };
+    let mock = MockId6::start().await.unwrap();
+    let id6 = instance(&mock, &redis, "id6-test-health:").await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/health", listener.local_addr().unwrap());
+    let state = example::AppState {
+        id6: id6.clone(),
+        login_url: None,
+        public_url: "http://127.0.0.1".to_owned(),
+        admin_emails: std::sync::Arc::from(Vec::new()),
+    };
+    tokio::spawn(async move { axum::serve(listener, example::app(state)).await });
+    let http = common::http_client();
+    let health = || async {
+        let answer = http.get(&url).send().await.unwrap();
+        let status = answer.status().as_u16();
+        let json: serde_json::Value =
+            serde_json::from_slice(&answer.bytes().await.unwrap()).unwrap();
+        (status, json["redis"].clone())
+    };
+    // Asked at build: up without a single request.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while health().await.1["state"] != "up" {
+        assert!(Instant::now() < deadline, "never up: {:?}", health().await);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(health().await.1["topology"], "single");
+
+    redis.stop();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, redis_health) = health().await;
+        assert_eq!(
+            status, 200,
+            "/health follows the app, which works without Redis"
+        );
+        if redis_health["state"] == "down" {
+            assert!(redis_health["downSinceMs"].as_u64().unwrap() > 0);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the outage never showed: {redis_health}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A Redis that is not there at start: known before any request.
+    let unreachable = Id6::builder(mock.url())
+        .redis(format!("redis://127.0.0.1:{}", redis.port))
+        .redis_timeout(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !matches!(
+        unreachable.shared_health(),
+        id6_tower::SharedHealth::Down { .. }
+    ) {
+        assert!(
+            Instant::now() < deadline,
+            "{:?}",
+            unreachable.shared_health()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

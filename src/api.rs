@@ -307,10 +307,8 @@ impl Id6 {
     /// Unauthenticated or unavailable.
     pub async fn sign_out(&self, from: &(impl TokenSource + ?Sized)) -> Result<(), Error> {
         let (token, _) = self.call(Method::POST, "auth/signout", from, |r| r).await?;
-        let key = token.key();
-        // Its connections end saying what happened, which the eviction does not carry.
-        self.resolver().end_watched(&key, TokenRejection::SignedOut);
-        self.resolver().evict(Scope::Token(key)).await;
+        // Its connections end saying what happened, here and on every instance.
+        self.resolver().evict(Scope::SignedOut(token.key())).await;
         Ok(())
     }
 

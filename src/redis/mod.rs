@@ -453,16 +453,21 @@ impl Redis {
     /// Applies one eviction to Redis: whether Redis took it.
     async fn apply(&self, scope: Scope) -> bool {
         match scope {
-            Scope::Token(key) => self.invalidate_token(&key).await,
+            Scope::Token(key) => self.invalidate_token(&key, "t").await,
+            Scope::SignedOut(key) => self.invalidate_token(&key, "o").await,
             Scope::User(user_id) => self.revoke_user(user_id, None).await,
             Scope::All => self.clear().await,
         }
     }
 
-    /// Deletes a token's shared entry and tells every instance.
-    async fn invalidate_token(&self, key: &TokenKey) -> bool {
-        let (entry, channel, message) =
-            (self.entry(key), self.channel(), format!("t:{}", hex(key)));
+    /// Deletes a token's shared entry and tells every instance, `kind` saying why (`t`: an
+    /// invalidation, `o`: a sign-out).
+    async fn invalidate_token(&self, key: &TokenKey, kind: &str) -> bool {
+        let (entry, channel, message) = (
+            self.entry(key),
+            self.channel(),
+            format!("{kind}:{}", hex(key)),
+        );
         self.attempt("invalidate", |mut c| async move {
             redis::pipe()
                 .del(entry)
@@ -648,12 +653,15 @@ fn from_hex(hex: &str) -> Option<TokenKey> {
     Some(TokenKey(key))
 }
 
-/// Another instance's eviction, as broadcast: `*`, `u:<user id>` or `t:<key hex>`.
+/// Another instance's eviction, as broadcast: `*`, `u:<user id>`, `t:<key hex>` or (a
+/// sign-out) `o:<key hex>`.
 fn parse(message: &str) -> Option<Scope> {
     if message == "*" {
         Some(Scope::All)
     } else if let Some(id) = message.strip_prefix("u:") {
         id.parse().ok().map(Scope::User)
+    } else if let Some(key) = message.strip_prefix("o:") {
+        from_hex(key).map(Scope::SignedOut)
     } else {
         message
             .strip_prefix("t:")

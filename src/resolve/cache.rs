@@ -268,7 +268,7 @@ impl AuthCache {
     pub(crate) fn evict(&self, scope: Scope) {
         let (marks, entries) = (&self.shared.marks, &self.entries);
         let eviction = match scope {
-            Scope::Token(key) => {
+            Scope::Token(key) | Scope::SignedOut(key) => {
                 marks.invalidate_token(entries, &key);
                 Eviction::Token
             }

@@ -163,9 +163,10 @@ impl Lives {
         let now = Instant::now();
         let mut guard = lock(&self.state);
         let state = &mut *guard;
-        if let Scope::Token(key) = scope {
-            state.end(&key, TokenRejection::TokenRevoked);
-            return;
+        match scope {
+            Scope::Token(key) => return state.end(&key, TokenRejection::TokenRevoked),
+            Scope::SignedOut(key) => return state.end(&key, TokenRejection::SignedOut),
+            Scope::User(_) | Scope::All => {}
         }
         // A check running now may have started before the eviction: one more after it.
         let any = match scope {
@@ -188,7 +189,7 @@ impl Lives {
                 state.rebuild_queue();
                 !state.by_key.is_empty()
             }
-            Scope::Token(_) => false,
+            Scope::Token(_) | Scope::SignedOut(_) => false,
         };
         drop(guard);
         if any {

@@ -68,6 +68,8 @@ const AHEAD_OF_EXPIRY: u32 = 10;
 pub(crate) enum Scope {
     /// One token.
     Token(TokenKey),
+    /// One token, signed out (its connections end saying `signed_out`, on every instance).
+    SignedOut(TokenKey),
     /// Every cached token of a user.
     User(u64),
     /// Everything.

@@ -903,7 +903,8 @@ async fn sign_out_on_one_instance_closes_a_socket_open_on_another() {
     .await
     .expect("B's socket closed within a second of A's sign-out");
     assert_eq!(closed.code, CloseCode::Policy);
-    assert_eq!(closed.reason.as_str(), "token_revoked");
+    // A sign-out in its own words on every instance (the broadcast says `o:`, not `t:`).
+    assert_eq!(closed.reason.as_str(), "signed_out");
     eprintln!(
         "socket on B closed {:?} after A's sign-out",
         since.elapsed()

@@ -1,5 +1,6 @@
 //! A miss served from the shared tier (feature `redis`), against the Redis round trip it
-//! makes, measured in the same run on a redis-server of the bench's own (loopback).
+//! makes, measured in the same run on a redis-server of the bench's own (loopback), found
+//! by URL or through a Sentinel.
 //!
 //! ```text
 //! cargo bench -p id6-tower-suite --features redis --bench shared_tier
@@ -10,6 +11,8 @@
 //! - `redis/miss_from_redis`: `Id6::authenticate` on instance B for a token A shared, B's
 //!   local cache cold for it: the whole miss (key, lookup, the Redis round trip, opening the
 //!   seal, JSON, the local fill). Each token is shared by A before the timed loop.
+//! - `redis/miss_via_sentinel`: the same miss on an instance that found that server through
+//!   a Sentinel (the master is asked once per connection, not per miss).
 //! - `seal/open`: opening one sealed entry (HKDF of the token, ChaCha20-Poly1305) as
 //!   `src/redis/seal.rs` does, with the same crates and parameters: sealing's part of a miss.
 
@@ -29,13 +32,14 @@ impl Drop for Server {
     }
 }
 
-fn redis_server() -> (Server, u16) {
+fn redis_server(extra: &[String]) -> (Server, u16) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .unwrap();
     let server = Server(
         Command::new("redis-server")
+            .args(extra)
             .args([
                 "--port",
                 &port.to_string(),
@@ -69,8 +73,17 @@ fn benches(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let (_server, port) = redis_server();
+    let (_server, port) = redis_server(&[]);
     let url = format!("redis://127.0.0.1:{port}");
+    // One Sentinel watching that server: a third instance finds it through the Sentinel.
+    let conf = std::env::temp_dir().join(format!("id6-bench-sentinel-{}.conf", std::process::id()));
+    std::fs::write(
+        &conf,
+        format!("sentinel monitor bench 127.0.0.1 {port} 1\n"),
+    )
+    .unwrap();
+    let (_sentinel, sentinel_port) =
+        redis_server(&[conf.display().to_string(), "--sentinel".to_owned()]);
     let mock = rt.block_on(MockId6::start()).unwrap();
     let instance = || {
         Id6::builder(mock.url())
@@ -80,6 +93,11 @@ fn benches(c: &mut Criterion) {
             .unwrap()
     };
     let (a, b) = (instance(), instance());
+    let through_sentinel = Id6::builder(mock.url())
+        .redis_sentinels([format!("redis://127.0.0.1:{sentinel_port}")], "bench")
+        .cache_ttl(Duration::from_secs(3600))
+        .build()
+        .unwrap();
     let alice = mock.add_user("Alice", "alice@example.com");
     // Distinct tokens, issued a moment ago (one millisecond apart, counting back).
     let mut issued = std::time::SystemTime::now()
@@ -95,6 +113,7 @@ fn benches(c: &mut Criterion) {
         let warm = fresh();
         a.authenticate(&headers(&warm)).await;
         b.authenticate(&headers(&warm)).await;
+        through_sentinel.authenticate(&headers(&warm)).await;
     });
 
     let mut group = c.benchmark_group("redis");
@@ -138,24 +157,29 @@ fn benches(c: &mut Criterion) {
             }
         })
     });
-    group.bench_function("miss_from_redis", |bench| {
-        bench.iter_custom(|iters| {
-            let tokens: Vec<_> = (0..iters).map(|_| fresh()).collect();
-            rt.block_on(async {
-                for token in &tokens {
-                    a.authenticate(&headers(token)).await;
-                }
-                let calls = mock.user_calls();
-                let started = Instant::now();
-                for token in &tokens {
-                    assert!(b.authenticate(&headers(token)).await.user().is_some());
-                }
-                let took = started.elapsed();
-                assert_eq!(mock.user_calls(), calls, "every miss was served by Redis");
-                took
+    for (name, reader) in [
+        ("miss_from_redis", &b),
+        ("miss_via_sentinel", &through_sentinel),
+    ] {
+        group.bench_function(name, |bench| {
+            bench.iter_custom(|iters| {
+                let tokens: Vec<_> = (0..iters).map(|_| fresh()).collect();
+                rt.block_on(async {
+                    for token in &tokens {
+                        a.authenticate(&headers(token)).await;
+                    }
+                    let calls = mock.user_calls();
+                    let started = Instant::now();
+                    for token in &tokens {
+                        assert!(reader.authenticate(&headers(token)).await.user().is_some());
+                    }
+                    let took = started.elapsed();
+                    assert_eq!(mock.user_calls(), calls, "every miss was served by Redis");
+                    took
+                })
             })
-        })
-    });
+        });
+    }
     group.finish();
 
     let mut group = c.benchmark_group("seal");

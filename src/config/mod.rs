@@ -218,7 +218,7 @@ settings! {
 
     /// How many tokens the cache holds at most (default 100 000, at most 10⁸), for users
     /// and for rejected tokens each.
-    MAX_CAPACITY = "max_capacity", "ID6_CACHE_CAPACITY", default "`100000`";
+    MAX_CAPACITY = "max_capacity", "ID6_MAX_CAPACITY", default "`100000`";
     max_capacity: u64 = 100_000, read read::number;
     check -> u64 = |b, s| count(s, b.max_capacity, limits::CAPACITY);
     set { max_capacity(entries: u64) => entries }
@@ -267,7 +267,7 @@ settings! {
     /// metadata (401s then carry a `WWW-Authenticate: Bearer` challenge). Wherever found,
     /// id6 receives the token as its cookie. In the environment: `cookie`, `bearer` or
     /// both, comma-separated, in order.
-    TOKEN_LOCATIONS = "token_locations", "ID6_TOKEN_SOURCES", default "`cookie`";
+    TOKEN_LOCATIONS = "token_locations", "ID6_TOKEN_LOCATIONS", default "`cookie`";
     token_locations: Vec<TokenLocation> = vec![TokenLocation::Cookie],
         read read::token_locations;
     check -> Box<[TokenLocation]> = |b, s| {
@@ -1152,7 +1152,7 @@ mod tests {
             ("ID6_COOKIE_NAME", "sid"),
             ("ID6_CACHE_TTL", "90s"),
             ("ID6_NEGATIVE_TTL", "1500ms"),
-            ("ID6_CACHE_CAPACITY", "42"),
+            ("ID6_MAX_CAPACITY", "42"),
             ("ID6_TIMEOUT", "2s"),
         ])
         .validate()
@@ -1168,16 +1168,16 @@ mod tests {
 
         let both = env(&[
             ("ID6_URL", "http://h"),
-            ("ID6_TOKEN_SOURCES", "bearer, cookie"),
+            ("ID6_TOKEN_LOCATIONS", "bearer, cookie"),
         ]);
         assert!(both.validate().is_ok());
         let bad = env(&[
             ("ID6_URL", "http://h"),
-            ("ID6_TOKEN_SOURCES", "cookie,header"),
+            ("ID6_TOKEN_LOCATIONS", "cookie,header"),
         ]);
         assert_eq!(
             bad.validate().unwrap_err().variable(),
-            Some("ID6_TOKEN_SOURCES")
+            Some("ID6_TOKEN_LOCATIONS")
         );
         let policy = |v: &str| {
             env(&[("ID6_URL", "http://h"), ("ID6_ON_UNAVAILABLE", v)])
@@ -1252,10 +1252,10 @@ mod tests {
             .unwrap_err();
         assert_eq!(bad.variable(), Some("ID6_CACHE_TTL"));
         assert!(bad.to_string().contains("`soon`"));
-        let bad = env(&[("ID6_URL", "http://h"), ("ID6_CACHE_CAPACITY", "-1")])
+        let bad = env(&[("ID6_URL", "http://h"), ("ID6_MAX_CAPACITY", "-1")])
             .validate()
             .unwrap_err();
-        assert_eq!(bad.variable(), Some("ID6_CACHE_CAPACITY"));
+        assert_eq!(bad.variable(), Some("ID6_MAX_CAPACITY"));
         // A setter after from_env overrides the environment.
         let s = env(&[("ID6_URL", "http://h"), ("ID6_TIMEOUT", "9s")])
             .timeout(Duration::from_secs(1))

@@ -649,7 +649,7 @@ mod tests {
         // Against the real table: the typo, and a real variable is no warning.
         let table = crate::config::setting::VARS;
         let warnings = unknown_vars(
-            ["ID6_CACHE_TLL", "ID6_TOKEN_SOURCES"].map(OsString::from),
+            ["ID6_CACHE_TLL", "ID6_TOKEN_LOCATIONS"].map(OsString::from),
             table,
         );
         assert_eq!(warnings.len(), 1);

@@ -276,7 +276,12 @@ pub(super) fn quoted(value: &str) -> String {
     }
 }
 
-/// `value` when `min < value <= max` (a zero is never a usable wait or TTL).
+/// The shortest duration any setting accepts, as the README's table documents: a wait or a
+/// TTL under a millisecond is a unit mistaken (`from_nanos` for `from_millis`), not a choice.
+const SHORTEST: Duration = Duration::from_millis(1);
+
+/// `value` when `min <= value <= max`, and never under [`SHORTEST`] (a zero is never a usable
+/// wait or TTL).
 pub(super) fn between(
     setting: Setting,
     value: Duration,
@@ -286,13 +291,14 @@ pub(super) fn between(
     if value.is_zero() {
         return Err(Error::config(setting, "must be more than zero"));
     }
+    let min = min.max(SHORTEST);
     if value < min || value > max {
         return Err(Error::config(
             setting,
             format!(
                 "{} is out of range: between {} and {}",
                 humantime::format_duration(value),
-                human(min.max(Duration::from_millis(1))),
+                human(min),
                 human(max)
             ),
         ));

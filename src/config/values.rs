@@ -664,6 +664,9 @@ mod tests {
             "{}",
             warnings[0]
         );
+        // The names before 0.1.0 are no settings: nothing was published under them.
+        let old = ["ID6_TOKEN_SOURCES", "ID6_CACHE_CAPACITY"].map(OsString::from);
+        assert_eq!(unknown_vars(old, table).len(), 2);
         assert_eq!(edit_distance("ID6_CACHE_TLL", "ID6_CACHE_TTL"), 1);
         assert_eq!(edit_distance("kitten", "sitting"), 3);
         assert_eq!(edit_distance("", "abc"), 3);

@@ -96,108 +96,106 @@ impl Profile {
     ///
     /// A validation [`Error`] (`is_validation`, code `invalid_body`).
     pub fn from_json(body: &[u8]) -> Result<Profile, Error> {
-        let invalid = |details: serde_json::Value| {
-            Error::new(Kind::Invalid {
-                code: "invalid_body",
-                details,
-            })
-        };
-        let value: serde_json::Value = serde_json::from_slice(body).map_err(|_| {
-            invalid(
-                json!([{ "message": "the body is not JSON", "path": [], "type": "object.base" }]),
-            )
-        })?;
+        let not_json =
+            || json!([{ "message": "the body is not JSON", "path": [], "type": "object.base" }]);
+        let value: serde_json::Value =
+            serde_json::from_slice(body).map_err(|_| invalid_body(not_json()))?;
         let Some(object) = value.as_object() else {
-            return Err(invalid(
+            return Err(invalid_body(
                 json!([{ "message": "\"value\" must be of type object", "path": [], "type": "object.base" }]),
             ));
         };
-        let mut problems = Vec::new();
-        let mut text = |field: &str, required: bool| match object.get(field) {
-            Some(serde_json::Value::String(text)) => Some(text.clone()),
-            None | Some(serde_json::Value::Null) if !required => None,
-            None => {
-                let message = format!("\"{field}\" is required");
-                problems
-                    .push(json!({ "message": message, "path": [field], "type": "any.required" }));
-                None
-            }
-            Some(_) => {
-                let message = format!("\"{field}\" must be a string");
-                problems
-                    .push(json!({ "message": message, "path": [field], "type": "string.base" }));
-                None
-            }
-        };
-        let name = text("name", true);
-        let bio = text("bio", false);
-        let language = text("language", false);
-        if !problems.is_empty() {
-            return Err(invalid(serde_json::Value::Array(problems)));
-        }
-        let profile = Profile {
-            name: name.unwrap_or_default(),
-            bio,
-            language,
-        };
-        profile.validate()?;
-        Ok(profile)
+        profile_rules(object).map_err(invalid_body)
     }
 
-    /// id6's rules, checked before sending; the details follow id6's `errorDetails` items.
+    /// id6's rules, checked before sending.
     fn validate(&self) -> Result<(), Error> {
-        let mut problems = Vec::new();
-        let mut refuse = |field: &str, kind: &str, message: String| {
-            problems.push(json!({ "message": message, "path": [field], "type": kind }));
-        };
-        let name = self.name.chars().count();
-        if name == 0 {
-            refuse(
-                "name",
-                "string.empty",
-                "\"name\" is not allowed to be empty".into(),
-            );
-        } else if name > 128 {
-            refuse(
-                "name",
-                "string.max",
-                "\"name\" must be at most 128 characters".into(),
-            );
-        }
-        if let Some(bio) = &self.bio {
-            let len = bio.chars().count();
-            if len == 0 {
-                refuse(
-                    "bio",
-                    "string.empty",
-                    "\"bio\" is not allowed to be empty".into(),
-                );
-            } else if len > 256 {
-                refuse(
-                    "bio",
-                    "string.max",
-                    "\"bio\" must be at most 256 characters".into(),
-                );
-            }
-        }
-        if let Some(language) = &self.language {
-            if language.len() != 2 || !language.bytes().all(|b| b.is_ascii_lowercase()) {
-                refuse(
-                    "language",
-                    "any.only",
-                    "\"language\" must be an ISO 639-1 code".into(),
-                );
-            }
-        }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(Error::new(Kind::Invalid {
-                code: "invalid_body",
-                details: serde_json::Value::Array(problems),
-            }))
-        }
+        let value = serde_json::to_value(self).unwrap_or_default();
+        let object = value.as_object().cloned().unwrap_or_default();
+        profile_rules(&object).map(drop).map_err(invalid_body)
     }
+}
+
+/// id6's `400 invalid_body`, with its `errorDetails`.
+fn invalid_body(details: serde_json::Value) -> Error {
+    Error::new(Kind::Invalid {
+        code: "invalid_body",
+        details,
+    })
+}
+
+/// id6's rules for the body of `POST /user/profile`, in id6's words: the profile, or the
+/// `errorDetails` items of its `400 invalid_body`. `name` a string, required, not empty, at
+/// most 128 characters; `bio` a string of 1 to 256 characters, or omitted or `null`;
+/// `language` an ISO 639-1 code (two lowercase letters), or omitted or `null` (id6 then
+/// stores `"en"`); other fields ignored. The one statement of them: the typed calls check a
+/// [`Profile`] with it before sending, and `MockId6` answers with it.
+pub(crate) fn profile_rules(
+    object: &serde_json::Map<String, serde_json::Value>,
+) -> Result<Profile, serde_json::Value> {
+    use serde_json::Value;
+    let mut problems = Vec::new();
+    let mut refuse = |field: &str, kind: &str, message: String| {
+        problems.push(json!({ "message": message, "path": [field], "type": kind }));
+    };
+    let mut text = |field: &str, required: bool, max: usize| match object.get(field) {
+        None | Some(Value::Null) if !required => None,
+        None => {
+            refuse(field, "any.required", format!("\"{field}\" is required"));
+            None
+        }
+        Some(Value::String(text)) if text.is_empty() => {
+            refuse(
+                field,
+                "string.empty",
+                format!("\"{field}\" is not allowed to be empty"),
+            );
+            None
+        }
+        Some(Value::String(text)) if text.chars().count() > max => {
+            refuse(
+                field,
+                "string.max",
+                format!("\"{field}\" length must be less than or equal to {max} characters long"),
+            );
+            None
+        }
+        Some(Value::String(text)) => Some(text.clone()),
+        Some(_) => {
+            refuse(
+                field,
+                "string.base",
+                format!("\"{field}\" must be a string"),
+            );
+            None
+        }
+    };
+    let name = text("name", true, 128);
+    let bio = text("bio", false, 256);
+    let language = match object.get("language") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(code))
+            if code.len() == 2 && code.bytes().all(|b| b.is_ascii_lowercase()) =>
+        {
+            Some(code.clone())
+        }
+        Some(_) => {
+            refuse(
+                "language",
+                "any.only",
+                "\"language\" must be a valid ISO 639-1 code".to_owned(),
+            );
+            None
+        }
+    };
+    if !problems.is_empty() {
+        return Err(Value::Array(problems));
+    }
+    Ok(Profile {
+        name: name.unwrap_or_default(),
+        bio,
+        language,
+    })
 }
 
 /// The attributes id6 clears its cookie with (`POST /auth/signout`).
@@ -543,6 +541,12 @@ mod tests {
                 "{profile:?}"
             );
         }
+        // In id6's words (Joi's), as the mock answers too.
+        let err = Profile::new("A".repeat(129)).validate().unwrap_err();
+        assert_eq!(
+            err.error_details().unwrap()[0]["message"],
+            "\"name\" length must be less than or equal to 128 characters long"
+        );
         assert_eq!(
             serde_json::to_value(Profile::new("A")).unwrap(),
             json!({"name": "A", "bio": null, "language": null})

@@ -46,9 +46,8 @@ impl Clock {
     }
 }
 
-/// Milliseconds since the epoch; 0 before it, `u64::MAX` past what fits. Only Redis
-/// (retry back-off) and tests read the wall clock.
-#[cfg(any(feature = "redis", test))]
+/// Milliseconds since the epoch; 0 before it, `u64::MAX` past what fits: the wall clock,
+/// which JWT expiry and Redis's retry back-off read.
 pub(crate) fn now_ms() -> u64 {
     use std::time::{SystemTime, UNIX_EPOCH};
     let since = SystemTime::now()

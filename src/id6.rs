@@ -169,7 +169,6 @@ impl Id6 {
         self.inner.resolver.settings().clock.advance(by);
     }
 
-    /// What the layer and the guards answer with.
     /// Whether a request that writes (or opens a WebSocket) with the cookie's token came
     /// from another site than its own or a trusted one: the CSRF guard's and the `Session`
     /// extractor's one check.
@@ -198,25 +197,23 @@ impl Id6 {
 /// # Errors
 ///
 /// A Redis URL that does not parse, or one given without the `redis` feature compiled in.
+// With the feature, the refusal below the `return` is unreachable.
+#[allow(unreachable_code)]
 fn second_level(settings: Option<RedisSettings>) -> Result<Option<Arc<dyn SecondLevel>>, Error> {
     let Some(settings) = settings else {
         return Ok(None);
     };
     #[cfg(feature = "redis")]
     return Ok(Some(Arc::new(crate::redis::Redis::new(settings)?)));
-    #[cfg(not(feature = "redis"))]
-    {
-        use crate::config::setting::{REDIS_SENTINELS, REDIS_URL};
-        let named = if settings.sentinels.is_some() {
-            REDIS_SENTINELS
-        } else {
-            REDIS_URL
-        };
-        Err(Error::config(
-            named,
-            "needs the `redis` feature of id6-tower",
-        ))
-    }
+    let named = if settings.sentinels.is_some() {
+        crate::config::setting::REDIS_SENTINELS
+    } else {
+        crate::config::setting::REDIS_URL
+    };
+    Err(Error::config(
+        named,
+        "needs the `redis` feature of id6-tower",
+    ))
 }
 
 impl Id6Builder {

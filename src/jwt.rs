@@ -5,7 +5,7 @@
 //! like what id6 issues, or it is anonymous without asking. A random cookie can then no
 //! longer spend the id6 rate-limit budget the whole deployment shares.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::Engine;
 #[cfg(feature = "jwt")]
@@ -142,9 +142,7 @@ impl Screen {
             if let Some(issued_at) = claims.issued_at {
                 // Checked: `issuedAt` is the token's to choose; an expiry past any clock's
                 // range is simply not yet.
-                let since_epoch = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .unwrap_or_default();
+                let since_epoch = Duration::from_millis(crate::clock::now_ms());
                 let expires = Duration::from_millis(issued_at).checked_add(self.lifetime);
                 if expires.is_some_and(|expires| expires < since_epoch) {
                     return Err(Refusal::Expired);

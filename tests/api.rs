@@ -332,3 +332,42 @@ async fn the_mock_sign_in_is_no_open_redirect() {
         assert!(answer.headers().get("location").is_none(), "{redirect:?}");
     }
 }
+
+/// id6's profile rules are written once: for the same body, the mock's `400 invalid_body`
+/// and the typed call's check before sending give the same `errorDetails`, in id6's words.
+#[tokio::test]
+async fn the_mock_and_the_typed_call_refuse_a_profile_alike() {
+    let mock = MockId6::start().await.unwrap();
+    let alice = mock.add_user("Alice", "alice@example.com");
+    let token = mock.token_for(alice);
+    let http = common::http_client();
+    let long = "n".repeat(129);
+    for body in [
+        serde_json::json!({ "bio": "no name" }),
+        serde_json::json!({ "name": "" }),
+        serde_json::json!({ "name": long }),
+        serde_json::json!({ "name": 7, "bio": "" }),
+        serde_json::json!({ "name": "A", "bio": "b".repeat(257), "language": "EN" }),
+    ] {
+        let text = body.to_string();
+        let answer = http
+            .post(format!("{}/user/profile", mock.url()))
+            .header("cookie", format!("auth={token}"))
+            .header("content-type", "application/json")
+            .body(text.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 400, "{text}");
+        let answer: serde_json::Value =
+            serde_json::from_slice(&answer.bytes().await.unwrap()).unwrap();
+        assert_eq!(answer["errorCode"], "invalid_body", "{text}");
+        let refused = Profile::from_json(text.as_bytes()).unwrap_err();
+        assert_eq!(refused.error_code(), Some("invalid_body"));
+        assert_eq!(
+            refused.error_details().unwrap(),
+            &answer["errorDetails"],
+            "{text}"
+        );
+    }
+}

@@ -202,14 +202,14 @@ settings! {
     };
     set { cookie_name(name: impl Into<String>) => name.into() }
 
-    /// How long an id6 answer naming a user is served from the cache (default 60 s, at most
+    /// How long an id6 answer naming a user is served from the cache (default 60 s; 1 ms to
     /// 365 days).
     CACHE_TTL = "cache_ttl", "ID6_CACHE_TTL", default "`60s`";
     cache_ttl: Duration = Duration::from_secs(60), read read::duration;
     check -> Duration = |b, s| between(s, b.cache_ttl, Duration::ZERO, limits::TTL);
     set { cache_ttl(ttl: Duration) => ttl }
 
-    /// How long a token id6 rejected is remembered as anonymous (default 5 s, at most 365
+    /// How long a token id6 rejected is remembered as anonymous (default 5 s; 1 ms to 365
     /// days).
     NEGATIVE_TTL = "negative_ttl", "ID6_NEGATIVE_TTL", default "`5s`";
     negative_ttl: Duration = Duration::from_secs(5), read read::duration;
@@ -218,19 +218,20 @@ settings! {
 
     /// How many tokens the cache holds at most (default 100 000, at most 10⁸), for users
     /// and for rejected tokens each.
-    MAX_CAPACITY = "max_capacity", "ID6_CACHE_CAPACITY", default "`100000`";
+    MAX_CAPACITY = "max_capacity", "ID6_MAX_CAPACITY", default "`100000`";
     max_capacity: u64 = 100_000, read read::number;
     check -> u64 = |b, s| count(s, b.max_capacity, limits::CAPACITY);
     set { max_capacity(entries: u64) => entries }
 
-    /// Bound on one whole call to id6, from connecting to the last byte (default 3 s, at
-    /// most 5 minutes).
+    /// Bound on one whole call to id6, from connecting to the last byte (default 3 s; 1 ms
+    /// to 5 minutes).
     TIMEOUT = "timeout", "ID6_TIMEOUT", default "`3s`";
     timeout: Duration = Duration::from_secs(3), read read::duration;
     check -> Duration = |b, s| between(s, b.timeout, Duration::ZERO, limits::WAIT);
     set { timeout(timeout: Duration) => timeout }
 
-    /// Bound on connecting to id6 (default: the [`timeout`](Self::timeout)).
+    /// Bound on connecting to id6 (default: the [`timeout`](Self::timeout); 1 ms to 5
+    /// minutes).
     CONNECT_TIMEOUT = "connect_timeout", "ID6_CONNECT_TIMEOUT", default "the `timeout`";
     connect_timeout: Option<Duration> = None, read |v| read::duration(v).map(Some);
     check -> Duration = |b, s| {
@@ -238,7 +239,8 @@ settings! {
     };
     set { connect_timeout(timeout: Duration) => Some(timeout) }
 
-    /// How long a miss may wait for a free id6 call (default: the [`timeout`](Self::timeout)).
+    /// How long a miss may wait for a free id6 call (default: the [`timeout`](Self::timeout);
+    /// 1 ms to 5 minutes).
     QUEUE_TIMEOUT = "queue_timeout", "ID6_QUEUE_TIMEOUT", default "the `timeout`";
     queue_timeout: Option<Duration> = None, read |v| read::duration(v).map(Some);
     check -> Duration = |b, s| {
@@ -267,7 +269,7 @@ settings! {
     /// metadata (401s then carry a `WWW-Authenticate: Bearer` challenge). Wherever found,
     /// id6 receives the token as its cookie. In the environment: `cookie`, `bearer` or
     /// both, comma-separated, in order.
-    TOKEN_LOCATIONS = "token_locations", "ID6_TOKEN_SOURCES", default "`cookie`";
+    TOKEN_LOCATIONS = "token_locations", "ID6_TOKEN_LOCATIONS", default "`cookie`";
     token_locations: Vec<TokenLocation> = vec![TokenLocation::Cookie],
         read read::token_locations;
     check -> Box<[TokenLocation]> = |b, s| {
@@ -424,7 +426,7 @@ settings! {
     set {}
 
     /// What a request gets when id6 cannot be asked (default [`OnUnavailable::Reject`]; a
-    /// stale window of at most 365 days). In the environment: `reject`, `anonymous` or
+    /// stale window of 1 ms to 365 days). In the environment: `reject`, `anonymous` or
     /// `stale:<duration>`.
     ON_UNAVAILABLE = "on_unavailable", "ID6_ON_UNAVAILABLE", default "`reject`";
     on_unavailable: OnUnavailable = OnUnavailable::Reject, read read::on_unavailable;
@@ -460,7 +462,7 @@ settings! {
     set { jwt_secret(secret: impl Into<String>) => Some(Secret(secret.into())) }
 
     /// How long after `issuedAt` id6 considers a token expired (default 30 days, as id6;
-    /// at most 100 years); used with [`jwt_secret`](Self::jwt_secret).
+    /// 1 ms to 100 years); used with [`jwt_secret`](Self::jwt_secret).
     TOKEN_LIFETIME = "token_lifetime", "ID6_TOKEN_LIFETIME", default "`30d`";
     token_lifetime: Duration = Duration::from_secs(30 * DAY.as_secs()), read read::duration;
     check -> Duration = |b, s| between(s, b.token_lifetime, Duration::ZERO, limits::TOKEN_LIFETIME);
@@ -1152,7 +1154,7 @@ mod tests {
             ("ID6_COOKIE_NAME", "sid"),
             ("ID6_CACHE_TTL", "90s"),
             ("ID6_NEGATIVE_TTL", "1500ms"),
-            ("ID6_CACHE_CAPACITY", "42"),
+            ("ID6_MAX_CAPACITY", "42"),
             ("ID6_TIMEOUT", "2s"),
         ])
         .validate()
@@ -1168,16 +1170,16 @@ mod tests {
 
         let both = env(&[
             ("ID6_URL", "http://h"),
-            ("ID6_TOKEN_SOURCES", "bearer, cookie"),
+            ("ID6_TOKEN_LOCATIONS", "bearer, cookie"),
         ]);
         assert!(both.validate().is_ok());
         let bad = env(&[
             ("ID6_URL", "http://h"),
-            ("ID6_TOKEN_SOURCES", "cookie,header"),
+            ("ID6_TOKEN_LOCATIONS", "cookie,header"),
         ]);
         assert_eq!(
             bad.validate().unwrap_err().variable(),
-            Some("ID6_TOKEN_SOURCES")
+            Some("ID6_TOKEN_LOCATIONS")
         );
         let policy = |v: &str| {
             env(&[("ID6_URL", "http://h"), ("ID6_ON_UNAVAILABLE", v)])
@@ -1252,10 +1254,10 @@ mod tests {
             .unwrap_err();
         assert_eq!(bad.variable(), Some("ID6_CACHE_TTL"));
         assert!(bad.to_string().contains("`soon`"));
-        let bad = env(&[("ID6_URL", "http://h"), ("ID6_CACHE_CAPACITY", "-1")])
+        let bad = env(&[("ID6_URL", "http://h"), ("ID6_MAX_CAPACITY", "-1")])
             .validate()
             .unwrap_err();
-        assert_eq!(bad.variable(), Some("ID6_CACHE_CAPACITY"));
+        assert_eq!(bad.variable(), Some("ID6_MAX_CAPACITY"));
         // A setter after from_env overrides the environment.
         let s = env(&[("ID6_URL", "http://h"), ("ID6_TIMEOUT", "9s")])
             .timeout(Duration::from_secs(1))
@@ -1369,6 +1371,13 @@ mod tests {
             (b().cache_ttl(1000 * year), "cache_ttl"),
             (b().negative_ttl(Duration::MAX), "negative_ttl"),
             (b().timeout(Duration::MAX), "timeout"),
+            // Under the documented minimum of 1 ms.
+            (b().timeout(Duration::from_micros(999)), "timeout"),
+            (b().cache_ttl(Duration::from_nanos(1)), "cache_ttl"),
+            (
+                b().token_lifetime(Duration::from_nanos(1)),
+                "token_lifetime",
+            ),
             (b().connect_timeout(Duration::ZERO), "connect_timeout"),
             (b().connect_timeout(Duration::MAX), "connect_timeout"),
             (b().queue_timeout(Duration::ZERO), "queue_timeout"),
@@ -1589,21 +1598,8 @@ mod tests {
     /// of the table is in it, and it names no setter or variable the table lacks.
     #[test]
     fn the_readme_table_and_the_rows_agree() {
-        let readme = include_str!("../../README.md");
-        let section = readme.split("\n## Configuration\n").nth(1).unwrap();
-        let lines: Vec<&str> = section
-            .lines()
-            .skip_while(|line| !line.starts_with("| builder"))
-            .skip(2)
-            .take_while(|line| line.starts_with('|'))
-            .collect();
-        assert!(lines.len() > 20, "the table was not found");
-        let cells = |line: &str| -> Vec<String> {
-            line.trim_matches('|')
-                .split(" | ")
-                .map(|c| c.trim().to_owned())
-                .collect()
-        };
+        let lines = readme_table();
+        let cells = readme_cells;
         for &(setting, shown) in setting::ALL {
             if shown.is_empty() {
                 continue; // Not in the table (`http_client`).
@@ -1658,5 +1654,75 @@ mod tests {
                 row[0]
             );
         }
+    }
+
+    /// The lines of the README's configuration table, below its header.
+    fn readme_table() -> Vec<&'static str> {
+        let readme = include_str!("../../README.md");
+        let section = readme.split("\n## Configuration\n").nth(1).unwrap();
+        let lines: Vec<&str> = section
+            .lines()
+            .skip_while(|line| !line.starts_with("| builder"))
+            .skip(2)
+            .take_while(|line| line.starts_with('|'))
+            .collect();
+        assert!(lines.len() > 20, "the table was not found");
+        lines
+    }
+
+    /// A line of the README's table, cut into its cells.
+    fn readme_cells(line: &str) -> Vec<String> {
+        line.trim_matches('|')
+            .split(" | ")
+            .map(|c| c.trim().to_owned())
+            .collect()
+    }
+
+    /// Every minimum the README's table documents ("1 ms – 5 min", "1 – 10⁸",
+    /// `stale:<1 ms – 365 d>`) is the one `build` enforces: a value just below it, given in
+    /// the environment, is refused naming the variable.
+    #[test]
+    fn a_value_below_each_documented_minimum_is_refused_by_name() {
+        let mut tried = 0;
+        for line in readme_table() {
+            let row = readme_cells(line);
+            let accepted = row[3].as_str();
+            let below: &[&str] = if accepted.starts_with("1 ms –") {
+                &["999us", "1ns"]
+            } else if accepted.starts_with("1 s –") {
+                &["999ms"]
+            } else if accepted.starts_with("1 –") {
+                &["0"]
+            } else if accepted.contains("`stale:<1 ms –") {
+                &["stale:999us", "stale:1ns"]
+            } else if accepted.starts_with("`<1 – 10⁶>/<1 ms –") {
+                &["0/1m", "1/999us", "1/1ns"]
+            } else {
+                // No minimum, or 0 (`trusted_proxies`): nothing below it can be typed.
+                assert!(
+                    !accepted.starts_with(|c: char| c.is_ascii_digit())
+                        || accepted.starts_with("0 –"),
+                    "a minimum this test does not know: {accepted}"
+                );
+                continue;
+            };
+            for var in row[1].split('`').filter(|word| word.starts_with("ID6_")) {
+                let setting = setting::ALL
+                    .iter()
+                    .map(|(s, _)| *s)
+                    .find(|s| s.var == var)
+                    .unwrap();
+                for value in below {
+                    let mut vars = companions(setting);
+                    vars.push((var, OsString::from(value)));
+                    match env_os(&vars).validate() {
+                        Ok(_) => panic!("{var}={value} is below the README's {accepted}, accepted"),
+                        Err(err) => assert_eq!(err.variable(), Some(var), "{var}={value}: {err}"),
+                    }
+                    tried += 1;
+                }
+            }
+        }
+        assert!(tried >= 20, "only {tried} values tried");
     }
 }

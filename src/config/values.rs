@@ -276,7 +276,12 @@ pub(super) fn quoted(value: &str) -> String {
     }
 }
 
-/// `value` when `min < value <= max` (a zero is never a usable wait or TTL).
+/// The shortest duration any setting accepts, as the README's table documents: a wait or a
+/// TTL under a millisecond is a unit mistaken (`from_nanos` for `from_millis`), not a choice.
+const SHORTEST: Duration = Duration::from_millis(1);
+
+/// `value` when `min <= value <= max`, and never under [`SHORTEST`] (a zero is never a usable
+/// wait or TTL).
 pub(super) fn between(
     setting: Setting,
     value: Duration,
@@ -286,13 +291,14 @@ pub(super) fn between(
     if value.is_zero() {
         return Err(Error::config(setting, "must be more than zero"));
     }
+    let min = min.max(SHORTEST);
     if value < min || value > max {
         return Err(Error::config(
             setting,
             format!(
                 "{} is out of range: between {} and {}",
                 humantime::format_duration(value),
-                human(min.max(Duration::from_millis(1))),
+                human(min),
                 human(max)
             ),
         ));
@@ -649,7 +655,7 @@ mod tests {
         // Against the real table: the typo, and a real variable is no warning.
         let table = crate::config::setting::VARS;
         let warnings = unknown_vars(
-            ["ID6_CACHE_TLL", "ID6_TOKEN_SOURCES"].map(OsString::from),
+            ["ID6_CACHE_TLL", "ID6_TOKEN_LOCATIONS"].map(OsString::from),
             table,
         );
         assert_eq!(warnings.len(), 1);
@@ -658,6 +664,9 @@ mod tests {
             "{}",
             warnings[0]
         );
+        // The names before 0.1.0 are no settings: nothing was published under them.
+        let old = ["ID6_TOKEN_SOURCES", "ID6_CACHE_CAPACITY"].map(OsString::from);
+        assert_eq!(unknown_vars(old, table).len(), 2);
         assert_eq!(edit_distance("ID6_CACHE_TLL", "ID6_CACHE_TTL"), 1);
         assert_eq!(edit_distance("kitten", "sitting"), 3);
         assert_eq!(edit_distance("", "abc"), 3);

@@ -200,7 +200,6 @@ impl Marks {
         }
     }
 
-    /// Forgets one token's verdict; a load of it already in flight will not store its answer.
     /// The widest eviction since `generation` covering `key` (owned by `user_id`): `All`
     /// for a clear, `Token`, or `User`.
     pub(super) fn evicted_since(

@@ -9,8 +9,9 @@
 //!   TokenKey (SHA-256) ─► AuthCache::get (store): hit ─────► Ready(verdict)
 //!   token::check + jwt::Screen: refused ───────────────────► Ready(Rejected)
 //!   AuthCache::load: one spawned load per key ─────────────► Pending ─┐
-//!     └ Resolver::ask: MissBudget (caller) ─► SecondLevel::get        │
-//!         ─► Client::authenticate (Admission: cap, breaker) ─► id6    │
+//!     └ Resolver::ask: SecondLevel::get ─► Client::authenticate       │
+//!         ─► Admission::admit (cap, breaker, then the caller's        │
+//!            MissBudget, charged as the call starts) ─► id6           │
 //!       SecondLevel::store ─► marks: fill the store ─► policy ────────┘
 //! layer::future awaits Pending, inserts the verdict ─► inner service
 //! ```

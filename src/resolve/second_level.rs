@@ -69,7 +69,8 @@ pub(crate) struct SharedCounts {
 
 /// All the second level sees of this instance's local tiers: where other instances'
 /// evictions are applied. Only a second level that broadcasts (Redis) calls it.
-#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+// Without a broadcasting second level compiled in (feature `redis`), nothing calls it.
+#[allow(dead_code)]
 pub(crate) trait EvictionSink: Send + Sync + 'static {
     /// Forgets what `scope` covers, locally (no load in flight puts it back).
     fn evict(&self, scope: Scope);

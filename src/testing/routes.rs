@@ -109,7 +109,8 @@ fn answer_user(state: &State, headers: &HeaderMap) -> Response<Body> {
     }
 }
 
-/// `POST /user/profile`: login check, then JSON, then id6's validation; 204.
+/// `POST /user/profile`: login check, then JSON, then id6's rules (the typed calls' own,
+/// [`crate::api::profile_rules`]); 204.
 async fn update_profile(
     AxumState(state): Shared,
     headers: HeaderMap,
@@ -124,84 +125,22 @@ async fn update_profile(
         // id6 answers malformed JSON with a bare 400 and no errorCode.
         return error(StatusCode::BAD_REQUEST, PATH, "Internal error", None, None);
     };
-    let mut details = Vec::new();
-    let mut problem = |field: &str, kind: &str, message: &str| {
-        details.push(json!({"message": message, "path": [field], "type": kind}));
-    };
-    let name = match profile.get("name") {
-        Some(Value::String(s)) if s.is_empty() => {
-            problem(
-                "name",
-                "string.empty",
-                "\"name\" is not allowed to be empty",
-            );
-            None
-        }
-        Some(Value::String(s)) if s.chars().count() > 128 => {
-            problem(
-                "name",
-                "string.max",
-                "\"name\" length must be less than or equal to 128 characters long",
-            );
-            None
-        }
-        Some(Value::String(s)) => Some(s.clone()),
-        Some(_) => {
-            problem("name", "string.base", "\"name\" must be a string");
-            None
-        }
-        None => {
-            problem("name", "any.required", "\"name\" is required");
-            None
+    let profile = match crate::api::profile_rules(&profile) {
+        Ok(profile) => profile,
+        Err(details) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                PATH,
+                "Invalid body",
+                Some("invalid_body"),
+                Some(details),
+            )
         }
     };
-    let bio = match profile.get("bio") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) if s.is_empty() => {
-            problem("bio", "string.empty", "\"bio\" is not allowed to be empty");
-            None
-        }
-        Some(Value::String(s)) if s.chars().count() > 256 => {
-            problem(
-                "bio",
-                "string.max",
-                "\"bio\" length must be less than or equal to 256 characters long",
-            );
-            None
-        }
-        Some(Value::String(s)) => Some(s.clone()),
-        Some(_) => {
-            problem("bio", "string.base", "\"bio\" must be a string");
-            None
-        }
-    };
-    let language = match profile.get("language") {
-        None | Some(Value::Null) => "en".to_owned(),
-        Some(Value::String(s)) if s.len() == 2 && s.bytes().all(|b| b.is_ascii_lowercase()) => {
-            s.clone()
-        }
-        Some(_) => {
-            problem(
-                "language",
-                "any.only",
-                "\"language\" must be a valid ISO 639-1 code",
-            );
-            String::new()
-        }
-    };
-    if !details.is_empty() {
-        return error(
-            StatusCode::BAD_REQUEST,
-            PATH,
-            "Invalid body",
-            Some("invalid_body"),
-            Some(Value::Array(details)),
-        );
-    }
     if let Some(user) = lock(&state.users).get_mut(&id) {
-        user.name = name.unwrap_or_default();
-        user.bio = bio;
-        user.language = language;
+        user.name = profile.name;
+        user.bio = profile.bio;
+        user.language = profile.language.unwrap_or_else(|| "en".to_owned());
         user.updated_at = std::time::SystemTime::now();
     }
     no_content()

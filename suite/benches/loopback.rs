@@ -4,8 +4,8 @@
 //! the machine hits both alike.
 //!
 //! ```text
-//! cargo bench --bench loopback            # 3 runs of 3 s each, per side
-//! LOOPBACK_RUNS=5 LOOPBACK_SECS=5 cargo bench --bench loopback
+//! cargo bench -p id6-tower-suite --bench loopback            # 3 runs of 3 s each, per side
+//! LOOPBACK_RUNS=5 LOOPBACK_SECS=5 cargo bench -p id6-tower-suite --bench loopback
 //! ```
 //!
 //! Traffic stays on 127.0.0.1 and every run stops after its duration.

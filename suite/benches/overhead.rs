@@ -1,8 +1,8 @@
 //! Per-request overhead of the id6 layer, against a bare axum Router measured in the same run.
 //!
 //! ```text
-//! cargo bench --bench overhead
-//! NO_REFRESH=1 cargo bench --bench overhead   # refresh-ahead off (its check skipped)
+//! cargo bench -p id6-tower-suite --bench overhead
+//! NO_REFRESH=1 cargo bench -p id6-tower-suite --bench overhead   # refresh-ahead off (its check skipped)
 //! ```
 //!
 //! Each group times the bare service and the layered one on the same request; the table

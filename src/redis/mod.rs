@@ -2,21 +2,28 @@
 //! every eviction broadcast to every instance over Redis pub/sub.
 //!
 //! - After a local (moka) miss, Redis is asked before id6; answers are stored there under
-//!   `{prefix}t:{sha256 hex}` (never the token) with their TTL as a Redis expiry, sealed
+//!   `{prefix}{u:<id>}t:{sha256 hex}` (never the token) with their TTL as a Redis expiry, sealed
 //!   with a key derived from the token itself ([`seal`]): an entry that does not open with
 //!   the request's own token is a miss, so whoever writes to Redis cannot name a user. The
 //!   hit path never touches Redis. A value read back is capped like id6's bodies.
+//! - Key layout (valid on one server and on Redis Cluster): everything an atomic operation
+//!   touches is under one user's hash tag `{u:<id>}` (the `userId` of the token's JWT
+//!   payload, read unverified): the entries, the mark `rev`, the set of entries `set` and
+//!   `seen`, so one slot; every key a script touches is declared. A token's entry is found by
+//!   its key alone (a token eviction knows no token) through `{prefix}o:{sha256 hex}`, its
+//!   user id, written before the entry and kept as long. A token whose payload names no
+//!   user is never shared (id6's always do; the screen refuses the others unasked).
 //! - One clock: Redis's. An entry's age is its full TTL less what Redis has left of it
 //!   (`PTTL`); a revocation mark's age likewise. No instance's wall clock is stored or
 //!   compared, so an instance whose clock is off cannot make an answer look young.
 //! - An eviction deletes the shared entries and publishes `t:<key>`, `u:<user id>` or `*`
 //!   on `{prefix}invalidate`; every instance evicts locally, with the same refill-race
-//!   protection as a local eviction. A user eviction first sets `{prefix}rev:{id}`: a store
+//!   protection as a local eviction. A user eviction first sets `{prefix}{u:<id>}rev`: a store
 //!   from a load that began before it is refused atomically (Lua), so an answer in flight
 //!   during `disconnect` cannot poison the shared cache either. Evictions go through a
 //!   bounded queue ([`evictions`]), retried in order until Redis answers: a stall delays
 //!   them, never drops them.
-//! - An `/authorize` answer's `invalidateTokensAt` is handled once per value: `{prefix}seen:{id}`
+//! - An `/authorize` answer's `invalidateTokensAt` is handled once per value: `{prefix}{u:<id>}seen`
 //!   keeps the highest one handled (id6's values compared with id6's, whatever its clock).
 //! - Pub/sub, not streams: invalidations are only useful live; an instance that was cut off
 //!   clears its local cache when it subscribes again instead of replaying a backlog. So a
@@ -48,8 +55,9 @@ use crate::token::{TokenKey, UserToken};
 use crate::user::{Authentication, User};
 
 /// Atomic store of a user, refused when the user's tokens were revoked since the load began.
-/// KEYS: the entry, the user's revocation mark, the user's set of entries. ARGV: the value,
-/// its expiry (ms), how long ago (ms, at most) the load began, the entry's key.
+/// KEYS (one user's hash tag, so one slot): the entry, the user's revocation mark, the
+/// user's set of entries. ARGV: the value, its expiry (ms), how long ago (ms, at most) the
+/// load began, the entry's token key (hex).
 const STORE_USER: &str = r"
 local mark = redis.call('GET', KEYS[2])
 if mark then
@@ -62,24 +70,37 @@ redis.call('PEXPIRE', KEYS[3], ARGV[2])
 return 1
 ";
 
-/// Atomic revocation of a user's shared entries: the mark (its value is its own expiry, so
-/// that its age is that less its `PTTL`), the entries deleted, every instance told.
-/// KEYS: the mark, the user's set of entries, the user's `seen` key. ARGV: the key prefix,
-/// the user id, the mark's expiry (ms), the channel, and id6's `invalidateTokensAt` when
-/// that is what is revoked (else empty), the `seen` key's expiry (ms). A revocation id6
-/// showed before, or an older one, is not revoked again: 0.
-const REVOKE_USER: &str = r"
-if ARGV[5] ~= '' then
-  local seen = redis.call('GET', KEYS[3])
-  if seen and tonumber(seen) and tonumber(seen) >= tonumber(ARGV[5]) then return 0 end
-  redis.call('SET', KEYS[3], ARGV[5], 'PX', ARGV[6])
+/// The first half of a user's revocation: the mark (its value is its own expiry, so that
+/// its age is that less its `PTTL`), which from now on refuses every store from a load that
+/// began before it. KEYS (the user's tag): the mark, the user's `seen` key. ARGV: the
+/// mark's expiry (ms), id6's `invalidateTokensAt` when that is what is revoked (else empty),
+/// the `seen` key's expiry (ms). A revocation id6 showed before, or an older one, is claimed
+/// by whoever set `seen` first and not marked again: 0.
+const MARK_USER: &str = r"
+if ARGV[2] ~= '' then
+  local seen = redis.call('GET', KEYS[2])
+  if seen and tonumber(seen) and tonumber(seen) >= tonumber(ARGV[2]) then return 0 end
+  redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
 end
-redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[3])
-for _, member in ipairs(redis.call('SMEMBERS', KEYS[2])) do
-  redis.call('DEL', ARGV[1] .. 't:' .. member)
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[1])
+return 1
+";
+
+/// The second half, once the user's set was read: the entries it named deleted (each one
+/// declared), their names taken out of the set, every instance told. KEYS (the user's
+/// tag): the user's set, then the entries. ARGV: the channel, the message, then each
+/// entry's token key (hex), in the order of the entries.
+///
+/// An entry stored between the read of the set and this is not among KEYS, and stays: it
+/// comes from a store that ran after [`MARK_USER`], which refused it unless its load began
+/// after the mark, that is after the revocation was asked. Such an answer is id6's word
+/// since the revocation, as legitimate as any later one.
+const DROP_USER: &str = r"
+for i = 2, #KEYS do
+  redis.call('DEL', KEYS[i])
+  redis.call('SREM', KEYS[1], ARGV[i + 1])
 end
-redis.call('DEL', KEYS[2])
-redis.call('PUBLISH', ARGV[4], 'u:' .. ARGV[2])
+redis.call('PUBLISH', ARGV[1], ARGV[2])
 return 1
 ";
 
@@ -127,7 +148,8 @@ pub(crate) struct Redis {
     negative_ttl: Duration,
     max_value_bytes: usize,
     store_user: redis::Script,
-    revoke_user: redis::Script,
+    mark_user: redis::Script,
+    drop_user: redis::Script,
     subscribed: AtomicBool,
     /// Evictions on their way to Redis, and whether the task that applies them runs.
     evictions: Arc<evictions::Queue>,
@@ -172,7 +194,8 @@ impl Redis {
             negative_ttl: settings.negative_ttl,
             max_value_bytes: settings.max_value_bytes,
             store_user: redis::Script::new(STORE_USER),
-            revoke_user: redis::Script::new(REVOKE_USER),
+            mark_user: redis::Script::new(MARK_USER),
+            drop_user: redis::Script::new(DROP_USER),
             subscribed: AtomicBool::new(false),
             evictions: Arc::default(),
             delivering: AtomicBool::new(false),
@@ -185,8 +208,21 @@ impl Redis {
         })
     }
 
-    fn entry(&self, key: &TokenKey) -> String {
-        format!("{}t:{}", self.prefix, hex(key))
+    /// The hash tag that keeps a user's keys in one slot (of a cluster): its entries, its
+    /// revocation mark, its set of entries and its `seen` key, which one script touches.
+    fn user(&self, user_id: u64) -> String {
+        format!("{}{{u:{user_id}}}", self.prefix)
+    }
+
+    /// Where the answer about a token of `user_id` is shared.
+    fn entry(&self, user_id: u64, key: &TokenKey) -> String {
+        format!("{}t:{}", self.user(user_id), hex(key))
+    }
+
+    /// Which user's tag holds a token's entry, for an eviction of that token alone (which
+    /// knows its key, not the token): the user id, kept as long as the entry.
+    fn locator(&self, key: &TokenKey) -> String {
+        format!("{}o:{}", self.prefix, hex(key))
     }
 
     fn channel(&self) -> String {
@@ -303,7 +339,8 @@ impl Redis {
         key: &TokenKey,
         token: &UserToken,
     ) -> Option<(Authentication, Option<Duration>)> {
-        let entry = self.entry(key);
+        // A token whose payload names no user is never shared (see `store`).
+        let entry = self.entry(token.unverified_user_id()?, key);
         let cap = self.max_value_bytes.saturating_add(seal::OVERHEAD);
         // One byte past the cap tells an oversized value from one that fits.
         let last = isize::try_from(cap).unwrap_or(isize::MAX);
@@ -362,12 +399,32 @@ impl Redis {
                 self.revoke_user(user.id, Some(revoked_at)).await;
             }
         }
-        let entry = self.entry(key);
+        // The entry lives under the user its token's payload names (unverified: a payload
+        // that lies only files the entry under another tag, where the seal still binds it to
+        // its token). A token whose payload names no user (id6's own never do; the screen
+        // refuses them before they cost a call) is not shared: a miss on every instance.
+        let Some(owner) = token.unverified_user_id() else {
+            return;
+        };
+        let entry = self.entry(owner, key);
+        // The locator first: an entry that exists can always be found by its key alone.
+        let (locator, lifetime) = (self.locator(key), self.positive_ttl.max(self.negative_ttl));
+        let located: Option<()> = self
+            .run("store", |mut c| async move {
+                c.pset_ex(locator, owner, millis(lifetime)).await
+            })
+            .await;
+        if located.is_none() {
+            return;
+        }
         let seal = |stored: &Stored| {
             let plain = serde_json::to_vec(stored).ok()?;
             seal::seal(token.expose().as_bytes(), &entry, &plain)
         };
         match verdict {
+            // id6 says the token is another user's than its payload names: not shared (its
+            // entry would escape that user's revocations).
+            Authentication::Authenticated(user) if user.id != owner => {}
             Authentication::Authenticated(user) => {
                 let lifetime = millis(self.positive_ttl);
                 let began_ago = millis(started.elapsed());
@@ -385,8 +442,8 @@ impl Redis {
                 let mut invocation = self.store_user.prepare_invoke();
                 invocation
                     .key(&entry)
-                    .key(format!("{}rev:{}", self.prefix, user.id))
-                    .key(format!("{}u:{}", self.prefix, user.id))
+                    .key(format!("{}rev", self.user(owner)))
+                    .key(format!("{}set", self.user(owner)))
                     .arg(value)
                     .arg(left)
                     // Plus the longest this store may take to reach Redis: a mark set
@@ -459,16 +516,25 @@ impl Redis {
         }
     }
 
-    /// Deletes a token's shared entry and tells every instance.
+    /// Deletes a token's shared entry and tells every instance. The entry's user is read
+    /// from its locator first; none (never shared, or expired) leaves only the news to tell.
     async fn invalidate_token(&self, key: &TokenKey) -> bool {
-        let (entry, channel, message) =
-            (self.entry(key), self.channel(), format!("t:{}", hex(key)));
+        let locator = self.locator(key);
+        let Some(owner) = self
+            .attempt("invalidate", |mut c| async move {
+                c.get::<_, Option<u64>>(locator).await
+            })
+            .await
+        else {
+            return false;
+        };
+        let (channel, message) = (self.channel(), format!("t:{}", hex(key)));
+        let entry = owner.map(|owner| self.entry(owner, key));
         self.attempt("invalidate", |mut c| async move {
-            redis::pipe()
-                .del(entry)
-                .publish(channel, message)
-                .query_async::<()>(&mut c)
-                .await
+            if let Some(entry) = entry {
+                c.del::<_, ()>(entry).await?;
+            }
+            c.publish::<_, _, ()>(channel, message).await
         })
         .await
         .is_some()
@@ -477,20 +543,63 @@ impl Redis {
     /// Marks the user revoked (refusing in-flight stores), deletes its shared entries and
     /// tells every instance: an eviction of ours, or (`shown`) the `invalidateTokensAt` of an
     /// id6 answer, then only if no instance handled that revocation (or a later one) yet.
+    ///
+    /// Three steps, each in the user's slot, so that no script touches a key it does not
+    /// declare: the mark ([`MARK_USER`]), the user's set read, the entries it names deleted
+    /// and the news told ([`DROP_USER`]). A `shown` revocation claimed by the mark and not
+    /// carried to its end is queued as an eviction of the user, retried until Redis takes it.
     async fn revoke_user(&self, user_id: u64, shown: Option<u64>) -> bool {
-        let mut invocation = self.revoke_user.prepare_invoke();
-        invocation
-            .key(format!("{}rev:{user_id}", self.prefix))
-            .key(format!("{}u:{user_id}", self.prefix))
-            .key(format!("{}seen:{user_id}", self.prefix))
-            .arg(&self.prefix)
-            .arg(user_id)
+        let tag = self.user(user_id);
+        let mut mark = self.mark_user.prepare_invoke();
+        mark.key(format!("{tag}rev"))
+            .key(format!("{tag}seen"))
             .arg(millis(self.positive_ttl).saturating_add(60_000))
-            .arg(self.channel())
             .arg(shown.map(|at| at.to_string()).unwrap_or_default())
             .arg(millis(SEEN_TTL));
+        match self
+            .attempt("invalidate", |mut c| async move {
+                mark.invoke_async::<i64>(&mut c).await
+            })
+            .await
+        {
+            None => return false,
+            // Handled by an instance already.
+            Some(0) => return true,
+            Some(_) => {}
+        }
+        let dropped = self.drop_entries(user_id).await;
+        if !dropped && shown.is_some() {
+            // Claimed: no other instance will act on it. Carried to its end by the queue
+            // (whose task the subscriber starts; nobody waits for it here).
+            let (done, _) = tokio::sync::oneshot::channel();
+            self.evictions.push(Scope::User(user_id), done);
+        }
+        dropped
+    }
+
+    /// Deletes the entries the user's set names, and tells every instance.
+    async fn drop_entries(&self, user_id: u64) -> bool {
+        let tag = self.user(user_id);
+        let set = format!("{tag}set");
+        let name = set.clone();
+        let Some(members) = self
+            .attempt("invalidate", |mut c| async move {
+                c.smembers::<_, Vec<String>>(name).await
+            })
+            .await
+        else {
+            return false;
+        };
+        let mut dropping = self.drop_user.prepare_invoke();
+        dropping
+            .key(set)
+            .arg(self.channel())
+            .arg(format!("u:{user_id}"));
+        for member in members.iter().filter(|m| from_hex(m).is_some()) {
+            dropping.key(format!("{tag}t:{member}")).arg(member);
+        }
         self.attempt("invalidate", |mut c| async move {
-            invocation.invoke_async::<i64>(&mut c).await
+            dropping.invoke_async::<i64>(&mut c).await
         })
         .await
         .is_some()
@@ -510,17 +619,20 @@ impl Redis {
         if !told {
             return false;
         }
-        let pattern = format!("{}t:*", self.prefix);
+        // Entries and their locators; users' marks stay (they refuse stale stores).
+        let patterns = [
+            format!("{}{{u:*}}t:*", self.prefix),
+            format!("{}o:*", self.prefix),
+        ];
         let _: Option<()> = self
             .attempt("clear", |mut c| async move {
-                let keys: Vec<String> = {
+                let mut keys: Vec<String> = Vec::new();
+                for pattern in patterns {
                     let mut iter = c.scan_match::<_, String>(pattern).await?;
-                    let mut keys = Vec::new();
                     while let Some(key) = iter.next_item().await {
                         keys.push(key?);
                     }
-                    keys
-                };
+                }
                 // An empty pipeline is an error to Redis, not a no-op.
                 if keys.is_empty() {
                     return Ok(());

@@ -710,12 +710,43 @@ async fn a_young_shared_answer_serves_refreshes_and_sensitive_routes() {
     );
 }
 
-/// Where a token's answer is shared: `{prefix}t:` and the SHA-256 of the token, in hex.
+/// Where a token's answer is shared: under its user's hash tag (the `userId` of its JWT
+/// payload), `{prefix}{u:<id>}t:` and the SHA-256 of the token, in hex.
 fn entry_of(prefix: &str, token: &str) -> String {
     use sha2::Digest;
     let hash = sha2::Sha256::digest(token.as_bytes());
     let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{prefix}t:{hex}")
+    format!("{prefix}{{u:{}}}t:{hex}", user_id_of(token))
+}
+
+/// The `userId` of a JWT's payload (unverified, as the tier reads it to tag its keys).
+fn user_id_of(token: &str) -> u64 {
+    let payload = token.split('.').nth(1).expect("a JWT");
+    let mut bits = Vec::new();
+    for c in payload.bytes() {
+        let value = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'-' => 62,
+            b'_' => 63,
+            _ => panic!("not base64url"),
+        };
+        bits.push(value);
+    }
+    let bytes: Vec<u8> = bits
+        .chunks(4)
+        .flat_map(|chunk| {
+            let n = chunk
+                .iter()
+                .enumerate()
+                .fold(0u32, |n, (i, v)| n | (u32::from(*v) << (18 - 6 * i)));
+            let len = chunk.len() * 6 / 8;
+            n.to_be_bytes()[1..1 + len].to_vec()
+        })
+        .collect();
+    let json: serde_json::Value = serde_json::from_slice(&bytes).expect("a JSON payload");
+    json["userId"].as_u64().expect("a numeric userId")
 }
 
 /// An id6 whose clock runs ahead (or a hostile one) shows an `invalidateTokensAt` in the

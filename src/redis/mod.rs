@@ -43,7 +43,6 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use futures_util::future::{BoxFuture, FutureExt};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::AsyncCommands;
 
 use crate::clock::now_ms;
@@ -141,7 +140,7 @@ pub(crate) struct Redis {
     target: connect::Target,
     /// The connection that carries commands: replaced when an operation times out on it
     /// (a half-open flow answers nothing, and redis-rs reconnects only on errors).
-    connection: Mutex<Option<ConnectionManager>>,
+    connection: Mutex<Option<connect::Connection>>,
     prefix: String,
     timeout: Duration,
     positive_ttl: Duration,
@@ -230,17 +229,12 @@ impl Redis {
     }
 
     /// The connection that carries commands (made on first use; with Sentinel, the master
-    /// is asked of the Sentinels first).
-    async fn connection(&self) -> redis::RedisResult<ConnectionManager> {
+    /// is asked of the Sentinels first; with a cluster, its slots of the seeds).
+    async fn connection(&self) -> redis::RedisResult<connect::Connection> {
         if let Some(connection) = &*crate::lock::lock(&self.connection) {
             return Ok(connection.clone());
         }
-        let client = self.target.client().await?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.timeout))
-            .set_number_of_retries(1);
-        let connection = ConnectionManager::new_lazy_with_config(client, config)?;
+        let connection = self.target.connect(self.timeout).await?;
         // Two first uses at once: one connection is kept, the other dropped.
         Ok(crate::lock::lock(&self.connection)
             .get_or_insert(connection)
@@ -262,7 +256,7 @@ impl Redis {
     /// Runs one lookup's or store's Redis operation, unless Redis failed a moment ago.
     async fn run<T, F, Fut>(&self, what: &'static str, op: F) -> Option<T>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(connect::Connection) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
         if now_ms() < self.retry_at.load(Ordering::Relaxed) {
@@ -276,7 +270,7 @@ impl Redis {
     /// dead without a FIN, where redis-rs would wait on it forever.
     async fn attempt<T, F, Fut>(&self, what: &'static str, op: F) -> Option<T>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(connect::Connection) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
         let attempt = async { op(self.connection().await?).await };
@@ -290,10 +284,13 @@ impl Redis {
             }
             Ok(Err(error)) => {
                 // A server's refusal of one command (a key of the wrong type, say) keeps
-                // the connection; a lost one, or a master demoted to replica, does not.
-                if error.is_io_error()
-                    || error.is_unrecoverable_error()
-                    || matches!(error.code(), Some("READONLY" | "MASTERDOWN" | "LOADING"))
+                // the connection; a lost one, or a master demoted to replica, does not. A
+                // cluster connection follows its nodes by itself (a node down fails only
+                // its slots' commands): kept, but after a timeout.
+                if !self.target.is_cluster()
+                    && (error.is_io_error()
+                        || error.is_unrecoverable_error()
+                        || matches!(error.code(), Some("READONLY" | "MASTERDOWN" | "LOADING")))
                 {
                     self.reconnect(what);
                 }
@@ -310,8 +307,12 @@ impl Redis {
 
     fn failed(&self, what: &'static str, why: &str) {
         self.counters.errors.fetch_add(1, Ordering::Relaxed);
-        self.retry_at
-            .store(now_ms() + RETRY_AFTER_FAILURE_MS, Ordering::Relaxed);
+        // A cluster's failure is often one master's: lookups of the others' slots go on
+        // (those of its slots fail at once when it refuses, or within the timeout).
+        if !self.target.is_cluster() {
+            self.retry_at
+                .store(now_ms() + RETRY_AFTER_FAILURE_MS, Ordering::Relaxed);
+        }
         if !self.down.swap(true, Ordering::Relaxed) {
             self.down_since_ms.store(now_ms(), Ordering::Relaxed);
             tracing::warn!(
@@ -516,6 +517,23 @@ impl Redis {
         }
     }
 
+    /// Tells every instance of an eviction whose Redis part waits (a cluster's master down):
+    /// published through any node, as the Redis part will publish it again once applied.
+    async fn tell(&self, scope: Scope) -> bool {
+        let message = match scope {
+            Scope::Token(key) => format!("t:{}", hex(&key)),
+            Scope::User(user_id) => format!("u:{user_id}"),
+            // A clear publishes before anything else: it failed only if nothing answered.
+            Scope::All => return false,
+        };
+        let channel = self.channel();
+        self.attempt("invalidate", |mut c| async move {
+            c.publish::<_, _, ()>(channel, message).await
+        })
+        .await
+        .is_some()
+    }
+
     /// Deletes a token's shared entry and tells every instance. The entry's user is read
     /// from its locator first; none (never shared, or expired) leaves only the news to tell.
     async fn invalidate_token(&self, key: &TokenKey) -> bool {
@@ -605,10 +623,14 @@ impl Redis {
         .is_some()
     }
 
-    /// Tells every instance to clear, then deletes every shared entry under the prefix:
-    /// taken once the news is out (the scan may outlast one operation's timeout on a big
-    /// Redis; what it leaves expires, and no instance reads it past its TTL).
+    /// Deletes every shared entry under the prefix, tells every instance to clear, and
+    /// deletes once more what a store in between put back: taken once the news is out (a
+    /// scan may outlast one operation's timeout on a big Redis; what it leaves expires, and
+    /// no instance reads it past its TTL). Deleting first, an instance that clears and
+    /// misses does not find the old entries in Redis. Locators stay (they expire with their
+    /// entries, and point at nothing meanwhile); users' marks stay (they refuse stale stores).
     async fn clear(&self) -> bool {
+        self.delete_entries().await;
         let channel = self.channel();
         let told = self
             .attempt("clear", |mut c| async move {
@@ -616,35 +638,25 @@ impl Redis {
             })
             .await
             .is_some();
-        if !told {
-            return false;
+        if told {
+            self.delete_entries().await;
         }
-        // Entries and their locators; users' marks stay (they refuse stale stores).
-        let patterns = [
-            format!("{}{{u:*}}t:*", self.prefix),
-            format!("{}o:*", self.prefix),
-        ];
+        told
+    }
+
+    /// Deletes every shared entry under the prefix (each master's on a cluster).
+    async fn delete_entries(&self) {
+        let pattern = format!("{}{{u:*}}t:*", self.prefix);
         let _: Option<()> = self
             .attempt("clear", |mut c| async move {
-                let mut keys: Vec<String> = Vec::new();
-                for pattern in patterns {
-                    let mut iter = c.scan_match::<_, String>(pattern).await?;
-                    while let Some(key) = iter.next_item().await {
-                        keys.push(key?);
-                    }
+                let keys = c.scan(&pattern).await?;
+                // Keys of many slots: a cluster connection splits a `DEL` by slot.
+                for chunk in keys.chunks(500) {
+                    c.del::<_, ()>(chunk).await?;
                 }
-                // An empty pipeline is an error to Redis, not a no-op.
-                if keys.is_empty() {
-                    return Ok(());
-                }
-                let mut pipe = redis::pipe();
-                for key in keys {
-                    pipe.del(key);
-                }
-                pipe.query_async(&mut c).await
+                Ok(())
             })
             .await;
-        true
     }
 
     /// Starts, once, the task that applies other instances' evictions to `local`.
@@ -672,19 +684,35 @@ impl Redis {
 
 /// Applies queued evictions in order, each tried until Redis takes it, while the handle's
 /// tier lives.
+///
+/// On a cluster, an eviction that fails (its slot's master down) is told to every instance
+/// at once and goes to the back of the queue: the others' evictions are applied meanwhile,
+/// and its own Redis part (the mark, the entries) when that master is back.
 async fn deliver(shared: Weak<Redis>, queue: Arc<evictions::Queue>) {
-    loop {
-        let queued = queue.next().await;
-        let mut pause = Duration::from_millis(10);
+    let first_pause = Duration::from_millis(10);
+    let mut pause = first_pause;
+    'next: loop {
+        let mut queued = queue.next().await;
         loop {
             let Some(this) = shared.upgrade() else { return };
             if this.apply(queued.scope).await {
                 break;
             }
+            if this.target.is_cluster() {
+                if !queued.told {
+                    queued.told = this.tell(queued.scope).await;
+                }
+                queue.requeue(queued);
+                drop(this);
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(MAX_EVICTION_PAUSE);
+                continue 'next;
+            }
             drop(this);
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(MAX_EVICTION_PAUSE);
         }
+        pause = first_pause;
         queued.applied();
     }
 }

@@ -69,9 +69,10 @@ pub(super) async fn listen(shared: Weak<Redis>, local: Arc<dyn EvictionSink>) {
             }
             _ => Duration::ZERO,
         };
-        // Cut or never made: the server may be gone (with Sentinel, ask for the master again).
+        // Cut or never made: the server may be gone (with Sentinel, ask for the master again;
+        // with a cluster, subscribe on the next seed).
         if let Some(this) = shared.upgrade() {
-            this.target.forget();
+            this.target.next_subscription();
         }
         if lasted < Duration::from_secs(2) {
             tokio::time::sleep(backoff).await;

@@ -494,6 +494,25 @@ mod tests {
             .unwrap()
     }
 
+    #[test]
+    fn the_serving_masters_of_cluster_nodes() {
+        let nodes = "\
+07c37dfeb2352 127.0.0.1:30004@40004 slave e7d1eecce10fd 0 1426238317239 4 connected
+67ed2db8d677e 127.0.0.1:30002@40002,node-b master - 0 1426238316232 2 connected 5461-10922
+292f8b365bb7e 127.0.0.1:30003@40003 master - 0 1426238318243 3 connected 10923-16383
+6ec23923021cf 127.0.0.1:30005@40005 master,fail - 1426238316232 0 5 disconnected
+e7d1eecce10fd 127.0.0.1:30001@40001 myself,master - 0 0 1 connected 0-5460
+";
+        assert_eq!(
+            masters(nodes),
+            [
+                ("127.0.0.1".to_owned(), 30002),
+                ("127.0.0.1".to_owned(), 30003),
+                ("127.0.0.1".to_owned(), 30001)
+            ]
+        );
+    }
+
     /// Run in a build without `rustls` too (`--no-default-features --features redis`): there,
     /// `rediss://` is refused naming the feature, and plain URLs still build.
     #[test]

@@ -1601,6 +1601,14 @@ async fn a_cluster_shares_spreads_and_survives_a_master_down() {
         .map(|(_, _, token)| group.holder(&entry_of(&prefix, token)))
         .collect();
     assert!(holders.iter().all(Option::is_some), "{holders:?}");
+    for ((id, _, _), holder) in users.iter().zip(&holders) {
+        let set = format!("{prefix}{{u:{id}}}set");
+        assert_eq!(
+            group.holder(&set),
+            *holder,
+            "a user's set and entry on two nodes"
+        );
+    }
 
     // A disconnect on A is refused on B, by broadcast (the TTL is a minute).
     let alice = mock.add_user("Alice", "a@example.com");

@@ -286,7 +286,8 @@ impl Redis {
                 // A server's refusal of one command (a key of the wrong type, say) keeps
                 // the connection; a lost one, or a master demoted to replica, does not. A
                 // cluster connection follows its nodes by itself (a node down fails only
-                // its slots' commands): kept, but after a timeout.
+                // its slots' commands): kept, but after a timeout, which redis-rs's cluster
+                // client retries on the same node connection without ever replacing it.
                 if !self.target.is_cluster()
                     && (error.is_io_error()
                         || error.is_unrecoverable_error()

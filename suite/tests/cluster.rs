@@ -1732,4 +1732,37 @@ async fn a_cluster_shares_spreads_and_survives_a_master_down() {
         "cluster: a broadcast took {broadcast:?}; the restarted master's users shared again \
          {resumed:?} after its restart (cluster_state:ok after {ok:?})"
     );
+
+    // Every master down, then back: requests served meanwhile, and sharing resumes (the
+    // cluster connection finds the nodes again by itself).
+    for node in &mut group.nodes {
+        node.stop();
+    }
+    for (_, name, token) in users.iter().skip(1).take(5) {
+        for app in &apps {
+            assert_eq!(app.get("/", token).await.1, format!("Hello, {name}!"));
+        }
+    }
+    for node in &mut group.nodes {
+        node.spawn();
+    }
+    let restarted = Instant::now();
+    group.until_ok().await;
+    let mut age = 100;
+    let all_back = loop {
+        let token = mock.token_issued_at(*id, common::now_ms() - age);
+        age += 1;
+        for app in &apps {
+            assert_eq!(app.get("/", &token).await.1, format!("Hello, {name}!"));
+        }
+        if mock.user_calls_for(&token) == 1 {
+            break restarted.elapsed();
+        }
+        assert!(
+            restarted.elapsed() < Duration::from_secs(30),
+            "sharing never resumed after every master was back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    println!("cluster: every master restarted; shared again {all_back:?} after");
 }

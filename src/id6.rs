@@ -207,6 +207,8 @@ fn second_level(settings: Option<RedisSettings>) -> Result<Option<Arc<dyn Second
     return Ok(Some(Arc::new(crate::redis::Redis::new(settings)?)));
     let named = if settings.sentinels.is_some() {
         crate::config::setting::REDIS_SENTINELS
+    } else if settings.cluster.is_some() {
+        crate::config::setting::REDIS_CLUSTER
     } else {
         crate::config::setting::REDIS_URL
     };

@@ -115,14 +115,17 @@ pub enum Topology {
     Single,
     /// The master of a Sentinel group, found through its Sentinels.
     Sentinel,
+    /// A Redis Cluster, found from its seed nodes.
+    Cluster,
 }
 
 impl Topology {
-    /// Its name, as a health report shows it: `single`, `sentinel`.
+    /// Its name, as a health report shows it: `single`, `sentinel`, `cluster`.
     pub fn as_str(self) -> &'static str {
         match self {
             Topology::Single => "single",
             Topology::Sentinel => "sentinel",
+            Topology::Cluster => "cluster",
         }
     }
 }

@@ -123,7 +123,7 @@ macro_rules! settings {
         impl Id6Builder {
     /// Whether a shared tier is configured (whichever topology).
     fn shares(&self) -> bool {
-        self.redis.is_some() || !self.redis_sentinels.is_empty()
+        self.redis.is_some() || !self.redis_sentinels.is_empty() || !self.redis_cluster.is_empty()
     }
 
             $(setter!([$($doc)*] [env_doc!($var)] $field $($set)*);)*
@@ -360,8 +360,50 @@ settings! {
     };
     set {}
 
+    /// Reach a Redis Cluster (feature `redis`): seed nodes' URLs (`redis://` or `rediss://`,
+    /// comma-separated in the environment; every node is reached with the first one's user,
+    /// password and TLS); the rest of the cluster is discovered from them. Each user's keys
+    /// share one hash slot; the users spread over the masters. A master down fails only its
+    /// users' operations, fast, and those requests ask id6. One topology at a time: not with
+    /// [`redis`](Self::redis) nor [`redis_sentinels`](Self::redis_sentinels).
+    REDIS_CLUSTER = "redis_cluster", "ID6_REDIS_CLUSTER", default "off";
+    redis_cluster: Vec<Secret> = Vec::new(),
+        read |v| read::list(v).map(|urls| urls.into_iter().map(Secret).collect());
+    check -> Vec<String> = |b, s| {
+        let other = if b.redis.is_some() {
+            Some(setting::REDIS_URL)
+        } else if !b.redis_sentinels.is_empty() {
+            Some(setting::REDIS_SENTINELS)
+        } else {
+            None
+        };
+        if let Some(other) = other.filter(|_| !b.redis_cluster.is_empty()) {
+            return Err(Error::config(
+                s,
+                format!(
+                    "one Redis topology at a time: {} and {} are both set",
+                    other.var,
+                    setting::REDIS_CLUSTER.var
+                ),
+            ));
+        }
+        Ok(b.redis_cluster.iter().map(|Secret(url)| url.clone()).collect())
+    };
+    set {
+        fn redis_cluster<I>(mut self, seeds: I) -> Self
+        where
+            I: IntoIterator,
+            I::Item: Into<String>,
+        {
+            self.redis_cluster = seeds.into_iter().map(|url| Secret(url.into())).collect();
+            self
+        }
+    }
+
     /// Prefix of every Redis key and of the invalidation channel (default `id6:`; at most
-    /// 1024 bytes, and no glob character: one would widen `clear`'s `SCAN` to other keys).
+    /// 1024 bytes, and no glob character: one would widen `clear`'s `SCAN` to other keys;
+    /// with [`redis_cluster`](Self::redis_cluster), no `{` or `}` either: a hash tag of its
+    /// own would put every key in one slot, or split a user's keys over several).
     REDIS_PREFIX = "redis_prefix", "ID6_REDIS_PREFIX", default "`id6:`";
     redis_prefix: String = "id6:".to_owned(), read read::text;
     check -> String = |b, s| {
@@ -371,6 +413,12 @@ settings! {
             return Err(Error::config(
                 s,
                 "must be at most 1024 bytes, without `*`, `?`, `[`, `]` or `\\`",
+            ));
+        }
+        if !b.redis_cluster.is_empty() && prefix.contains(['{', '}']) {
+            return Err(Error::config(
+                s,
+                "must not hold `{` or `}` with a Redis Cluster: the keys carry their own hash tags",
             ));
         }
         Ok(prefix.clone())
@@ -728,10 +776,14 @@ fn tls_file(b: &Id6Builder, s: Setting, path: Option<&Path>) -> Result<Option<Ve
     let Some(path) = path else {
         return Ok(None);
     };
-    let tls_url = b.redis.as_ref().is_some_and(|Secret(url)| {
-        let scheme = url.trim_start().split("://").next().unwrap_or_default();
-        scheme.eq_ignore_ascii_case("rediss") || scheme.eq_ignore_ascii_case("valkeys")
-    });
+    let tls_url = b
+        .redis
+        .as_ref()
+        .or(b.redis_cluster.first())
+        .is_some_and(|Secret(url)| {
+            let scheme = url.trim_start().split("://").next().unwrap_or_default();
+            scheme.eq_ignore_ascii_case("rediss") || scheme.eq_ignore_ascii_case("valkeys")
+        });
     if !tls_url {
         return Err(Error::config(
             s,
@@ -828,10 +880,15 @@ impl Id6Builder {
             urls: c.redis_sentinels.clone(),
             master,
         });
-        let url = c.redis.or_else(|| c.redis_sentinels.first().cloned());
+        let cluster = (!c.redis_cluster.is_empty()).then(|| c.redis_cluster.clone());
+        let url = c
+            .redis
+            .or_else(|| c.redis_sentinels.first().cloned())
+            .or_else(|| c.redis_cluster.first().cloned());
         let redis = url.map(|url| RedisSettings {
             url,
             sentinels,
+            cluster,
             prefix: c.redis_prefix,
             timeout: c.redis_timeout,
             positive_ttl: c.cache_ttl,
@@ -1003,6 +1060,8 @@ pub(crate) struct RedisSettings {
     pub(crate) url: String,
     /// Redis found through these Sentinels, if set.
     pub(crate) sentinels: Option<Sentinels>,
+    /// A Redis Cluster's seed nodes, if set (may carry passwords: never printed).
+    pub(crate) cluster: Option<Vec<String>>,
     /// Prefix of every key and of the invalidation channel.
     pub(crate) prefix: String,
     /// Bound on one Redis operation.
@@ -1031,6 +1090,7 @@ impl fmt::Debug for RedisSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisSettings")
             .field("url", &"<redacted>")
+            .field("cluster_seeds", &self.cluster.as_ref().map(Vec::len))
             .field("prefix", &self.prefix)
             .field("timeout", &self.timeout)
             .field("own_ca", &self.ca_pem.is_some())
@@ -1093,6 +1153,46 @@ mod tests {
         assert!(!format!("{redis:?}").contains("s3cret"));
         let sentinels = redis.sentinels.unwrap();
         assert_eq!((sentinels.urls.len(), sentinels.master.as_str()), (2, "m"));
+    }
+
+    #[test]
+    fn a_cluster_is_one_topology_and_its_prefix_has_no_hash_tag() {
+        for (other, value) in [
+            ("ID6_REDIS_URL", "redis://:s3cret@127.0.0.1:6379"),
+            ("ID6_REDIS_SENTINELS", "redis://:s3cret@127.0.0.1:26379"),
+        ] {
+            let mut vars = vec![
+                ("ID6_URL", "http://h"),
+                (other, value),
+                ("ID6_REDIS_CLUSTER", "redis://:s3cret@127.0.0.1:7000"),
+            ];
+            if other == "ID6_REDIS_SENTINELS" {
+                vars.push(("ID6_REDIS_SENTINEL_MASTER", "mymaster"));
+            }
+            let both = env(&vars);
+            let line = both.validate().unwrap_err().to_string();
+            assert!(
+                line.contains(other) && line.contains("ID6_REDIS_CLUSTER"),
+                "{line}"
+            );
+            assert!(!line.contains('\n') && !line.contains("s3cret"), "{line}");
+        }
+        let braces = env(&[
+            ("ID6_URL", "http://h"),
+            ("ID6_REDIS_CLUSTER", "redis://127.0.0.1:7000"),
+            ("ID6_REDIS_PREFIX", "{app}:"),
+        ]);
+        assert_eq!(
+            braces.validate().unwrap_err().variable(),
+            Some("ID6_REDIS_PREFIX")
+        );
+        let builder = Id6Builder::new("http://h")
+            .redis_cluster(["redis://:s3cret@a:7000", "redis://:s3cret@b:7001"]);
+        assert!(!format!("{builder:?}").contains("s3cret"));
+        let redis = builder.validate().unwrap().redis.unwrap();
+        assert!(!format!("{redis:?}").contains("s3cret"));
+        assert_eq!(redis.cluster.map(|seeds| seeds.len()), Some(2));
+        assert!(redis.sentinels.is_none());
     }
 
     #[test]
@@ -1303,6 +1403,7 @@ mod tests {
                 | "ID6_JWT_SECRET"
                 | "ID6_AUTHORIZATION_SECRET"
                 | "ID6_REDIS_URL"
+                | "ID6_REDIS_CLUSTER"
                 | "ID6_REDIS_PREFIX"
                 | "ID6_REDIS_CA_FILE"
                 | "ID6_REDIS_CLIENT_CERT"
@@ -1336,7 +1437,13 @@ mod tests {
                         // What is accepted builds, or is refused by name (a Redis URL that
                         // does not parse, or Redis without its feature): never a panic.
                         if let Err(err) = Id6::from_settings(settings) {
-                            assert_eq!(err.variable(), Some("ID6_REDIS_URL"), "{err}");
+                            assert!(
+                                matches!(
+                                    err.variable(),
+                                    Some("ID6_REDIS_URL" | "ID6_REDIS_CLUSTER")
+                                ),
+                                "{err}"
+                            );
                         }
                         let numeric = !is_text(setting) && setting.var != "ID6_URL";
                         // `0` is a switch's off, or no proxy in front.

@@ -22,16 +22,24 @@ use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServer
 /// certificate or key that does not parse or does not match: each named by its setting. The
 /// URL itself is never printed (it may carry a password), nor is the key.
 pub(super) fn client(settings: &RedisSettings) -> Result<redis::Client, Error> {
-    let url = settings.url.as_str();
-    let not_a_url =
-        |e: redis::RedisError| Error::config(setting::REDIS_URL, format!("not a Redis URL: {e}"));
+    client_of(&settings.url, settings, setting::REDIS_URL)
+}
+
+/// The client for `url` (the server's, or one cluster seed's), errors naming `row`.
+fn client_of(
+    url: &str,
+    settings: &RedisSettings,
+    row: crate::error::Setting,
+) -> Result<redis::Client, Error> {
+    let not_a_url = |e: redis::RedisError| Error::config(row, format!("not a Redis URL: {e}"));
     if !is_tls(url) {
         return redis::Client::open(url).map_err(not_a_url);
     }
     #[cfg(not(feature = "rustls"))]
     {
+        let _ = settings;
         Err(Error::config(
-            setting::REDIS_URL,
+            row,
             "is rediss:// (TLS), but id6-tower was built without TLS for Redis: \
              enable its `rustls` feature (default) with `redis`",
         ))
@@ -44,7 +52,7 @@ pub(super) fn client(settings: &RedisSettings) -> Result<redis::Client, Error> {
             redis::ConnectionAddr::TcpTls { insecure: true, .. }
         ) {
             return Err(Error::config(
-                setting::REDIS_URL,
+                row,
                 "asks for no certificate verification (`#insecure`): not supported; name \
                  Redis's CA with ID6_REDIS_CA_FILE instead",
             ));
@@ -174,8 +182,120 @@ mod tls {
     }
 }
 
-/// Where this instance's commands and subscription go: one server, or the master that the
-/// Sentinels name now.
+/// The connection that carries commands: to one server (reconnecting by itself), or to a
+/// cluster (routing each command to its slot's master, following `MOVED` and new topologies).
+/// The shared tier speaks to it as to any Redis connection.
+#[derive(Clone)]
+pub(super) enum Connection {
+    Single(redis::aio::ConnectionManager),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Connection {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Connection::Single(c) => c.req_packed_command(cmd),
+            Connection::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Connection::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Connection::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Connection::Single(c) => c.get_db(),
+            Connection::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+impl Connection {
+    /// Every key matching `pattern`: one server's `SCAN`, or each master's in a cluster
+    /// (a cluster's `SCAN` is per node).
+    pub(super) async fn scan(&mut self, pattern: &str) -> redis::RedisResult<Vec<String>> {
+        use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+        let cluster = match self {
+            Connection::Single(c) => {
+                let mut iter = redis::AsyncCommands::scan_match::<_, String>(c, pattern).await?;
+                let mut keys = Vec::new();
+                while let Some(key) = iter.next_item().await {
+                    keys.push(key?);
+                }
+                return Ok(keys);
+            }
+            Connection::Cluster(c) => c,
+        };
+        let nodes = cluster
+            .route_command(
+                redis::cmd("CLUSTER").arg("NODES").clone(),
+                RoutingInfo::SingleNode(SingleNodeRoutingInfo::RandomPrimary),
+            )
+            .await?;
+        let nodes: String = redis::from_redis_value(nodes)?;
+        let mut keys = Vec::new();
+        for (host, port) in masters(&nodes) {
+            let mut cursor = 0u64;
+            loop {
+                let page = cluster
+                    .route_command(
+                        redis::cmd("SCAN")
+                            .arg(cursor)
+                            .arg("MATCH")
+                            .arg(pattern)
+                            .arg("COUNT")
+                            .arg(1000)
+                            .clone(),
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                            host: host.clone(),
+                            port,
+                        }),
+                    )
+                    .await?;
+                let (next, page): (u64, Vec<String>) = redis::from_redis_value(page)?;
+                keys.extend(page);
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        Ok(keys)
+    }
+}
+
+/// The masters that `CLUSTER NODES` lists as serving (`<id> <ip:port@bus[,host]> <flags> …`),
+/// failed ones left out.
+fn masters(nodes: &str) -> Vec<(String, u16)> {
+    nodes
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (_, address, flags) = (fields.next()?, fields.next()?, fields.next()?);
+            let flags: Vec<&str> = flags.split(',').collect();
+            if !flags.contains(&"master") || flags.iter().any(|f| f.starts_with("fail")) {
+                return None;
+            }
+            let (host, port) = address.split(['@', ',']).next()?.rsplit_once(':')?;
+            Some((host.to_owned(), port.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Where this instance's commands and subscription go: one server, the master that the
+/// Sentinels name now, or a cluster.
 pub(super) enum Target {
     /// One server, named by its URL.
     Single(redis::Client),
@@ -184,6 +304,18 @@ pub(super) enum Target {
     Sentinel {
         sentinels: Box<tokio::sync::Mutex<SentinelClient>>,
         master: std::sync::Mutex<Option<redis::Client>>,
+    },
+    /// A Redis Cluster: commands through redis-rs's cluster client (found from the seeds);
+    /// the subscription on one seed at a time, the next one after a cut. Plain `PUBLISH` is
+    /// cluster-wide (every node forwards it over the cluster bus to its subscribers), so one
+    /// subscription on any node hears every instance; sharded pub/sub (`SPUBLISH`) would
+    /// confine a message to one slot's shard, and need a subscription per shard for one
+    /// channel that is not per-key anyway.
+    Cluster {
+        client: Box<redis::cluster::ClusterClient>,
+        seeds: Vec<redis::Client>,
+        /// The seed the subscription uses now.
+        seed: std::sync::atomic::AtomicUsize,
     },
 }
 
@@ -194,6 +326,9 @@ impl Target {
     ///
     /// A URL that is not a Redis URL, or no Sentinel URL at all.
     pub(super) fn new(settings: &RedisSettings) -> Result<Target, Error> {
+        if let Some(seeds) = &settings.cluster {
+            return cluster(settings, seeds);
+        }
         let Some(sentinels) = &settings.sentinels else {
             return Ok(Target::Single(client(settings)?));
         };
@@ -227,10 +362,44 @@ impl Target {
         })
     }
 
-    /// The client of the server to talk to now (for Sentinel, the master last named).
+    /// The connection that carries commands, new (it connects on first use, or for a
+    /// cluster now, finding its slots from the seeds). The settings bound each attempt.
+    pub(super) async fn connect(
+        &self,
+        timeout: std::time::Duration,
+    ) -> redis::RedisResult<Connection> {
+        if let Target::Cluster { client, .. } = self {
+            let config = redis::cluster::ClusterConfig::new()
+                .set_connection_timeout(timeout)
+                .set_response_timeout(timeout);
+            return Ok(Connection::Cluster(
+                client.get_async_connection_with_config(config).await?,
+            ));
+        }
+        let client = self.client().await?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1);
+        Ok(Connection::Single(
+            redis::aio::ConnectionManager::new_lazy_with_config(client, config)?,
+        ))
+    }
+
+    /// The client of the server to subscribe on now (for Sentinel, the master last named;
+    /// for a cluster, the seed in turn).
     pub(super) async fn client(&self) -> redis::RedisResult<redis::Client> {
         match self {
             Target::Single(client) => Ok(client.clone()),
+            Target::Cluster { seeds, seed, .. } => {
+                let turn = seed.load(std::sync::atomic::Ordering::Relaxed);
+                seeds
+                    .get(turn % seeds.len().max(1))
+                    .cloned()
+                    .ok_or_else(|| {
+                        redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "no seed"))
+                    })
+            }
             Target::Sentinel { sentinels, master } => {
                 if let Some(client) = &*crate::lock::lock(master) {
                     return Ok(client.clone());
@@ -249,12 +418,66 @@ impl Target {
         }
     }
 
+    /// After a subscription was cut or never made: with a cluster, the next seed is tried
+    /// (the node it was on may be the one down); elsewhere as [`forget`](Self::forget).
+    pub(super) fn next_subscription(&self) {
+        match self {
+            Target::Cluster { seed, .. } => {
+                seed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            _ => self.forget(),
+        }
+    }
+
+    pub(super) fn is_cluster(&self) -> bool {
+        matches!(self, Target::Cluster { .. })
+    }
+
     pub(super) fn topology(&self) -> Topology {
         match self {
             Target::Single(_) => Topology::Single,
             Target::Sentinel { .. } => Topology::Sentinel,
+            Target::Cluster { .. } => Topology::Cluster,
         }
     }
+}
+
+/// The cluster the seeds name: one cluster client (every node reached with the first seed's
+/// user, password and TLS, as redis-rs requires) and a plain client per seed for the
+/// subscription.
+fn cluster(settings: &RedisSettings, urls: &[String]) -> Result<Target, Error> {
+    let not_a_url = |e: redis::RedisError| {
+        Error::config(
+            setting::REDIS_CLUSTER,
+            format!("not a list of Redis URLs of one cluster: {e}"),
+        )
+    };
+    // The same checks as one server's URL (TLS feature, no `#insecure`), named as ours.
+    let seeds = urls
+        .iter()
+        .map(|url| client_of(url, settings, setting::REDIS_CLUSTER))
+        .collect::<Result<Vec<_>, _>>()?;
+    let infos = seeds
+        .iter()
+        .map(|seed| seed.get_connection_info().clone())
+        .collect::<Vec<_>>();
+    #[allow(unused_mut)]
+    let mut builder = redis::cluster::ClusterClientBuilder::new(infos)
+        // One retry (a `MOVED` after a slot moved, a reconnection): past it the operation
+        // fails, fast, and the request asks id6.
+        .retries(1)
+        .min_retry_wait(10)
+        .max_retry_wait(50);
+    #[cfg(feature = "rustls")]
+    if urls.iter().any(|url| is_tls(url)) {
+        builder = builder.certs(tls::certificates(settings)?);
+    }
+    let client = builder.build().map_err(not_a_url)?;
+    Ok(Target::Cluster {
+        client: Box::new(client),
+        seeds,
+        seed: std::sync::atomic::AtomicUsize::new(0),
+    })
 }
 
 #[cfg(test)]
@@ -269,6 +492,25 @@ mod tests {
             .unwrap()
             .redis
             .unwrap()
+    }
+
+    #[test]
+    fn the_serving_masters_of_cluster_nodes() {
+        let nodes = "\
+07c37dfeb2352 127.0.0.1:30004@40004 slave e7d1eecce10fd 0 1426238317239 4 connected
+67ed2db8d677e 127.0.0.1:30002@40002,node-b master - 0 1426238316232 2 connected 5461-10922
+292f8b365bb7e 127.0.0.1:30003@40003 master - 0 1426238318243 3 connected 10923-16383
+6ec23923021cf 127.0.0.1:30005@40005 master,fail - 1426238316232 0 5 disconnected
+e7d1eecce10fd 127.0.0.1:30001@40001 myself,master - 0 0 1 connected 0-5460
+";
+        assert_eq!(
+            masters(nodes),
+            [
+                ("127.0.0.1".to_owned(), 30002),
+                ("127.0.0.1".to_owned(), 30003),
+                ("127.0.0.1".to_owned(), 30001)
+            ]
+        );
     }
 
     /// Run in a build without `rustls` too (`--no-default-features --features redis`): there,

@@ -8,6 +8,9 @@
 //! - Past [`BOUND`] queued, the queue is given up for one `*` clear: every instance drops its
 //!   local cache when Redis answers again. Blunt, but no revocation is lost; a warning and a
 //!   counter say so.
+//! - On a cluster, a master down fails only its slots' evictions: one that fails goes to the
+//!   back ([`Queue::requeue`]) so that the others are applied meanwhile, and its news is told
+//!   ahead of it (`told`).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,6 +27,9 @@ pub(super) const BOUND: usize = 1024;
 pub(super) struct Queued {
     pub(super) scope: Scope,
     waiters: Vec<oneshot::Sender<()>>,
+    /// Whether every instance was told already, ahead of the Redis part (which waits for its
+    /// slot's master).
+    pub(super) told: bool,
 }
 
 impl Queued {
@@ -54,6 +60,7 @@ impl Queue {
                 let queued = Queued {
                     scope,
                     waiters: waiters.collect(),
+                    told: false,
                 };
                 waiting.push_back(queued);
             } else if let Some(same) = waiting.iter_mut().find(|q| q.scope == scope) {
@@ -70,13 +77,32 @@ impl Queue {
                 let clear = Queued {
                     scope: Scope::All,
                     waiters: waiters.collect(),
+                    told: false,
                 };
                 waiting.push_back(clear);
             } else {
                 waiting.push_back(Queued {
                     scope,
                     waiters: vec![done],
+                    told: false,
                 });
+            }
+        }
+        self.wake.notify_one();
+    }
+
+    /// Puts back an eviction that failed, behind the others (a cluster's master down fails
+    /// only its slots): into a queued clear that covers it, or a queued one of the same scope
+    /// (applied later, it covers both), else at the back.
+    pub(super) fn requeue(&self, queued: Queued) {
+        {
+            let mut waiting = crate::lock::lock(&self.waiting);
+            let covering = waiting
+                .iter_mut()
+                .find(|q| q.scope == Scope::All || q.scope == queued.scope);
+            match covering {
+                Some(covering) => covering.waiters.extend(queued.waiters),
+                None => waiting.push_back(queued),
             }
         }
         self.wake.notify_one();

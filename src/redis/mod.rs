@@ -2,21 +2,28 @@
 //! every eviction broadcast to every instance over Redis pub/sub.
 //!
 //! - After a local (moka) miss, Redis is asked before id6; answers are stored there under
-//!   `{prefix}t:{sha256 hex}` (never the token) with their TTL as a Redis expiry, sealed
+//!   `{prefix}{u:<id>}t:{sha256 hex}` (never the token) with their TTL as a Redis expiry, sealed
 //!   with a key derived from the token itself ([`seal`]): an entry that does not open with
 //!   the request's own token is a miss, so whoever writes to Redis cannot name a user. The
 //!   hit path never touches Redis. A value read back is capped like id6's bodies.
+//! - Key layout (valid on one server and on Redis Cluster): everything an atomic operation
+//!   touches is under one user's hash tag `{u:<id>}` (the `userId` of the token's JWT
+//!   payload, read unverified): the entries, the mark `rev`, the set of entries `set` and
+//!   `seen`, so one slot; every key a script touches is declared. A token's entry is found by
+//!   its key alone (a token eviction knows no token) through `{prefix}o:{sha256 hex}`, its
+//!   user id, written before the entry and kept as long. A token whose payload names no
+//!   user is never shared (id6's always do; the screen refuses the others unasked).
 //! - One clock: Redis's. An entry's age is its full TTL less what Redis has left of it
 //!   (`PTTL`); a revocation mark's age likewise. No instance's wall clock is stored or
 //!   compared, so an instance whose clock is off cannot make an answer look young.
 //! - An eviction deletes the shared entries and publishes `t:<key>`, `u:<user id>` or `*`
 //!   on `{prefix}invalidate`; every instance evicts locally, with the same refill-race
-//!   protection as a local eviction. A user eviction first sets `{prefix}rev:{id}`: a store
+//!   protection as a local eviction. A user eviction first sets `{prefix}{u:<id>}rev`: a store
 //!   from a load that began before it is refused atomically (Lua), so an answer in flight
 //!   during `disconnect` cannot poison the shared cache either. Evictions go through a
 //!   bounded queue ([`evictions`]), retried in order until Redis answers: a stall delays
 //!   them, never drops them.
-//! - An `/authorize` answer's `invalidateTokensAt` is handled once per value: `{prefix}seen:{id}`
+//! - An `/authorize` answer's `invalidateTokensAt` is handled once per value: `{prefix}{u:<id>}seen`
 //!   keeps the highest one handled (id6's values compared with id6's, whatever its clock).
 //! - Pub/sub, not streams: invalidations are only useful live; an instance that was cut off
 //!   clears its local cache when it subscribes again instead of replaying a backlog. So a
@@ -36,7 +43,6 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use futures_util::future::{BoxFuture, FutureExt};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::AsyncCommands;
 
 use crate::clock::now_ms;
@@ -48,8 +54,9 @@ use crate::token::{TokenKey, UserToken};
 use crate::user::{Authentication, User};
 
 /// Atomic store of a user, refused when the user's tokens were revoked since the load began.
-/// KEYS: the entry, the user's revocation mark, the user's set of entries. ARGV: the value,
-/// its expiry (ms), how long ago (ms, at most) the load began, the entry's key.
+/// KEYS (one user's hash tag, so one slot): the entry, the user's revocation mark, the
+/// user's set of entries. ARGV: the value, its expiry (ms), how long ago (ms, at most) the
+/// load began, the entry's token key (hex).
 const STORE_USER: &str = r"
 local mark = redis.call('GET', KEYS[2])
 if mark then
@@ -62,24 +69,37 @@ redis.call('PEXPIRE', KEYS[3], ARGV[2])
 return 1
 ";
 
-/// Atomic revocation of a user's shared entries: the mark (its value is its own expiry, so
-/// that its age is that less its `PTTL`), the entries deleted, every instance told.
-/// KEYS: the mark, the user's set of entries, the user's `seen` key. ARGV: the key prefix,
-/// the user id, the mark's expiry (ms), the channel, and id6's `invalidateTokensAt` when
-/// that is what is revoked (else empty), the `seen` key's expiry (ms). A revocation id6
-/// showed before, or an older one, is not revoked again: 0.
-const REVOKE_USER: &str = r"
-if ARGV[5] ~= '' then
-  local seen = redis.call('GET', KEYS[3])
-  if seen and tonumber(seen) and tonumber(seen) >= tonumber(ARGV[5]) then return 0 end
-  redis.call('SET', KEYS[3], ARGV[5], 'PX', ARGV[6])
+/// The first half of a user's revocation: the mark (its value is its own expiry, so that
+/// its age is that less its `PTTL`), which from now on refuses every store from a load that
+/// began before it. KEYS (the user's tag): the mark, the user's `seen` key. ARGV: the
+/// mark's expiry (ms), id6's `invalidateTokensAt` when that is what is revoked (else empty),
+/// the `seen` key's expiry (ms). A revocation id6 showed before, or an older one, is claimed
+/// by whoever set `seen` first and not marked again: 0.
+const MARK_USER: &str = r"
+if ARGV[2] ~= '' then
+  local seen = redis.call('GET', KEYS[2])
+  if seen and tonumber(seen) and tonumber(seen) >= tonumber(ARGV[2]) then return 0 end
+  redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
 end
-redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[3])
-for _, member in ipairs(redis.call('SMEMBERS', KEYS[2])) do
-  redis.call('DEL', ARGV[1] .. 't:' .. member)
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[1])
+return 1
+";
+
+/// The second half, once the user's set was read: the entries it named deleted (each one
+/// declared), their names taken out of the set, every instance told. KEYS (the user's
+/// tag): the user's set, then the entries. ARGV: the channel, the message, then each
+/// entry's token key (hex), in the order of the entries.
+///
+/// An entry stored between the read of the set and this is not among KEYS, and stays: it
+/// comes from a store that ran after [`MARK_USER`], which refused it unless its load began
+/// after the mark, that is after the revocation was asked. Such an answer is id6's word
+/// since the revocation, as legitimate as any later one.
+const DROP_USER: &str = r"
+for i = 2, #KEYS do
+  redis.call('DEL', KEYS[i])
+  redis.call('SREM', KEYS[1], ARGV[i + 1])
 end
-redis.call('DEL', KEYS[2])
-redis.call('PUBLISH', ARGV[4], 'u:' .. ARGV[2])
+redis.call('PUBLISH', ARGV[1], ARGV[2])
 return 1
 ";
 
@@ -120,14 +140,15 @@ pub(crate) struct Redis {
     target: connect::Target,
     /// The connection that carries commands: replaced when an operation times out on it
     /// (a half-open flow answers nothing, and redis-rs reconnects only on errors).
-    connection: Mutex<Option<ConnectionManager>>,
+    connection: Mutex<Option<connect::Connection>>,
     prefix: String,
     timeout: Duration,
     positive_ttl: Duration,
     negative_ttl: Duration,
     max_value_bytes: usize,
     store_user: redis::Script,
-    revoke_user: redis::Script,
+    mark_user: redis::Script,
+    drop_user: redis::Script,
     subscribed: AtomicBool,
     /// Evictions on their way to Redis, and whether the task that applies them runs.
     evictions: Arc<evictions::Queue>,
@@ -172,7 +193,8 @@ impl Redis {
             negative_ttl: settings.negative_ttl,
             max_value_bytes: settings.max_value_bytes,
             store_user: redis::Script::new(STORE_USER),
-            revoke_user: redis::Script::new(REVOKE_USER),
+            mark_user: redis::Script::new(MARK_USER),
+            drop_user: redis::Script::new(DROP_USER),
             subscribed: AtomicBool::new(false),
             evictions: Arc::default(),
             delivering: AtomicBool::new(false),
@@ -185,8 +207,21 @@ impl Redis {
         })
     }
 
-    fn entry(&self, key: &TokenKey) -> String {
-        format!("{}t:{}", self.prefix, hex(key))
+    /// The hash tag that keeps a user's keys in one slot (of a cluster): its entries, its
+    /// revocation mark, its set of entries and its `seen` key, which one script touches.
+    fn user(&self, user_id: u64) -> String {
+        format!("{}{{u:{user_id}}}", self.prefix)
+    }
+
+    /// Where the answer about a token of `user_id` is shared.
+    fn entry(&self, user_id: u64, key: &TokenKey) -> String {
+        format!("{}t:{}", self.user(user_id), hex(key))
+    }
+
+    /// Which user's tag holds a token's entry, for an eviction of that token alone (which
+    /// knows its key, not the token): the user id, kept as long as the entry.
+    fn locator(&self, key: &TokenKey) -> String {
+        format!("{}o:{}", self.prefix, hex(key))
     }
 
     fn channel(&self) -> String {
@@ -194,17 +229,12 @@ impl Redis {
     }
 
     /// The connection that carries commands (made on first use; with Sentinel, the master
-    /// is asked of the Sentinels first).
-    async fn connection(&self) -> redis::RedisResult<ConnectionManager> {
+    /// is asked of the Sentinels first; with a cluster, its slots of the seeds).
+    async fn connection(&self) -> redis::RedisResult<connect::Connection> {
         if let Some(connection) = &*crate::lock::lock(&self.connection) {
             return Ok(connection.clone());
         }
-        let client = self.target.client().await?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.timeout))
-            .set_number_of_retries(1);
-        let connection = ConnectionManager::new_lazy_with_config(client, config)?;
+        let connection = self.target.connect(self.timeout).await?;
         // Two first uses at once: one connection is kept, the other dropped.
         Ok(crate::lock::lock(&self.connection)
             .get_or_insert(connection)
@@ -226,7 +256,7 @@ impl Redis {
     /// Runs one lookup's or store's Redis operation, unless Redis failed a moment ago.
     async fn run<T, F, Fut>(&self, what: &'static str, op: F) -> Option<T>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(connect::Connection) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
         if now_ms() < self.retry_at.load(Ordering::Relaxed) {
@@ -240,7 +270,7 @@ impl Redis {
     /// dead without a FIN, where redis-rs would wait on it forever.
     async fn attempt<T, F, Fut>(&self, what: &'static str, op: F) -> Option<T>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(connect::Connection) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
         let attempt = async { op(self.connection().await?).await };
@@ -254,10 +284,14 @@ impl Redis {
             }
             Ok(Err(error)) => {
                 // A server's refusal of one command (a key of the wrong type, say) keeps
-                // the connection; a lost one, or a master demoted to replica, does not.
-                if error.is_io_error()
-                    || error.is_unrecoverable_error()
-                    || matches!(error.code(), Some("READONLY" | "MASTERDOWN" | "LOADING"))
+                // the connection; a lost one, or a master demoted to replica, does not. A
+                // cluster connection follows its nodes by itself (a node down fails only
+                // its slots' commands): kept, but after a timeout, which redis-rs's cluster
+                // client retries on the same node connection without ever replacing it.
+                if !self.target.is_cluster()
+                    && (error.is_io_error()
+                        || error.is_unrecoverable_error()
+                        || matches!(error.code(), Some("READONLY" | "MASTERDOWN" | "LOADING")))
                 {
                     self.reconnect(what);
                 }
@@ -274,8 +308,12 @@ impl Redis {
 
     fn failed(&self, what: &'static str, why: &str) {
         self.counters.errors.fetch_add(1, Ordering::Relaxed);
-        self.retry_at
-            .store(now_ms() + RETRY_AFTER_FAILURE_MS, Ordering::Relaxed);
+        // A cluster's failure is often one master's: lookups of the others' slots go on
+        // (those of its slots fail at once when it refuses, or within the timeout).
+        if !self.target.is_cluster() {
+            self.retry_at
+                .store(now_ms() + RETRY_AFTER_FAILURE_MS, Ordering::Relaxed);
+        }
         if !self.down.swap(true, Ordering::Relaxed) {
             self.down_since_ms.store(now_ms(), Ordering::Relaxed);
             tracing::warn!(
@@ -303,7 +341,8 @@ impl Redis {
         key: &TokenKey,
         token: &UserToken,
     ) -> Option<(Authentication, Option<Duration>)> {
-        let entry = self.entry(key);
+        // A token whose payload names no user is never shared (see `store`).
+        let entry = self.entry(token.unverified_user_id()?, key);
         let cap = self.max_value_bytes.saturating_add(seal::OVERHEAD);
         // One byte past the cap tells an oversized value from one that fits.
         let last = isize::try_from(cap).unwrap_or(isize::MAX);
@@ -362,12 +401,32 @@ impl Redis {
                 self.revoke_user(user.id, Some(revoked_at)).await;
             }
         }
-        let entry = self.entry(key);
+        // The entry lives under the user its token's payload names (unverified: a payload
+        // that lies only files the entry under another tag, where the seal still binds it to
+        // its token). A token whose payload names no user (id6's own never do; the screen
+        // refuses them before they cost a call) is not shared: a miss on every instance.
+        let Some(owner) = token.unverified_user_id() else {
+            return;
+        };
+        let entry = self.entry(owner, key);
+        // The locator first: an entry that exists can always be found by its key alone.
+        let (locator, lifetime) = (self.locator(key), self.positive_ttl.max(self.negative_ttl));
+        let located: Option<()> = self
+            .run("store", |mut c| async move {
+                c.pset_ex(locator, owner, millis(lifetime)).await
+            })
+            .await;
+        if located.is_none() {
+            return;
+        }
         let seal = |stored: &Stored| {
             let plain = serde_json::to_vec(stored).ok()?;
             seal::seal(token.expose().as_bytes(), &entry, &plain)
         };
         match verdict {
+            // id6 says the token is another user's than its payload names: not shared (its
+            // entry would escape that user's revocations).
+            Authentication::Authenticated(user) if user.id != owner => {}
             Authentication::Authenticated(user) => {
                 let lifetime = millis(self.positive_ttl);
                 let began_ago = millis(started.elapsed());
@@ -385,8 +444,8 @@ impl Redis {
                 let mut invocation = self.store_user.prepare_invoke();
                 invocation
                     .key(&entry)
-                    .key(format!("{}rev:{}", self.prefix, user.id))
-                    .key(format!("{}u:{}", self.prefix, user.id))
+                    .key(format!("{}rev", self.user(owner)))
+                    .key(format!("{}set", self.user(owner)))
                     .arg(value)
                     .arg(left)
                     // Plus the longest this store may take to reach Redis: a mark set
@@ -454,26 +513,50 @@ impl Redis {
     async fn apply(&self, scope: Scope) -> bool {
         match scope {
             Scope::Token(key) => self.invalidate_token(&key, "t").await,
-            Scope::SignedOut(key) => self.invalidate_token(&key, "o").await,
+            Scope::SignedOut(key) => self.invalidate_token(&key, "s").await,
             Scope::User(user_id) => self.revoke_user(user_id, None).await,
             Scope::All => self.clear().await,
         }
     }
 
-    /// Deletes a token's shared entry and tells every instance, `kind` saying why (`t`: an
-    /// invalidation, `o`: a sign-out).
-    async fn invalidate_token(&self, key: &TokenKey, kind: &str) -> bool {
-        let (entry, channel, message) = (
-            self.entry(key),
-            self.channel(),
-            format!("{kind}:{}", hex(key)),
-        );
+    /// Tells every instance of an eviction whose Redis part waits (a cluster's master down):
+    /// published through any node, as the Redis part will publish it again once applied.
+    async fn tell(&self, scope: Scope) -> bool {
+        let message = match scope {
+            Scope::Token(key) => format!("t:{}", hex(&key)),
+            Scope::SignedOut(key) => format!("s:{}", hex(&key)),
+            Scope::User(user_id) => format!("u:{user_id}"),
+            // A clear publishes before anything else: it failed only if nothing answered.
+            Scope::All => return false,
+        };
+        let channel = self.channel();
         self.attempt("invalidate", |mut c| async move {
-            redis::pipe()
-                .del(entry)
-                .publish(channel, message)
-                .query_async::<()>(&mut c)
-                .await
+            c.publish::<_, _, ()>(channel, message).await
+        })
+        .await
+        .is_some()
+    }
+
+    /// Deletes a token's shared entry and tells every instance, `kind` saying why (`t`: an
+    /// invalidation, `s`: a sign-out). The entry's user is read from its locator first; none
+    /// (never shared, or expired) leaves only the news to tell.
+    async fn invalidate_token(&self, key: &TokenKey, kind: &str) -> bool {
+        let locator = self.locator(key);
+        let Some(owner) = self
+            .attempt("invalidate", |mut c| async move {
+                c.get::<_, Option<u64>>(locator).await
+            })
+            .await
+        else {
+            return false;
+        };
+        let (channel, message) = (self.channel(), format!("{kind}:{}", hex(key)));
+        let entry = owner.map(|owner| self.entry(owner, key));
+        self.attempt("invalidate", |mut c| async move {
+            if let Some(entry) = entry {
+                c.del::<_, ()>(entry).await?;
+            }
+            c.publish::<_, _, ()>(channel, message).await
         })
         .await
         .is_some()
@@ -482,29 +565,76 @@ impl Redis {
     /// Marks the user revoked (refusing in-flight stores), deletes its shared entries and
     /// tells every instance: an eviction of ours, or (`shown`) the `invalidateTokensAt` of an
     /// id6 answer, then only if no instance handled that revocation (or a later one) yet.
+    ///
+    /// Three steps, each in the user's slot, so that no script touches a key it does not
+    /// declare: the mark ([`MARK_USER`]), the user's set read, the entries it names deleted
+    /// and the news told ([`DROP_USER`]). A `shown` revocation claimed by the mark and not
+    /// carried to its end is queued as an eviction of the user, retried until Redis takes it.
     async fn revoke_user(&self, user_id: u64, shown: Option<u64>) -> bool {
-        let mut invocation = self.revoke_user.prepare_invoke();
-        invocation
-            .key(format!("{}rev:{user_id}", self.prefix))
-            .key(format!("{}u:{user_id}", self.prefix))
-            .key(format!("{}seen:{user_id}", self.prefix))
-            .arg(&self.prefix)
-            .arg(user_id)
+        let tag = self.user(user_id);
+        let mut mark = self.mark_user.prepare_invoke();
+        mark.key(format!("{tag}rev"))
+            .key(format!("{tag}seen"))
             .arg(millis(self.positive_ttl).saturating_add(60_000))
-            .arg(self.channel())
             .arg(shown.map(|at| at.to_string()).unwrap_or_default())
             .arg(millis(SEEN_TTL));
+        match self
+            .attempt("invalidate", |mut c| async move {
+                mark.invoke_async::<i64>(&mut c).await
+            })
+            .await
+        {
+            None => return false,
+            // Handled by an instance already.
+            Some(0) => return true,
+            Some(_) => {}
+        }
+        let dropped = self.drop_entries(user_id).await;
+        if !dropped && shown.is_some() {
+            // Claimed: no other instance will act on it. Carried to its end by the queue
+            // (whose task the subscriber starts; nobody waits for it here).
+            let (done, _) = tokio::sync::oneshot::channel();
+            self.evictions.push(Scope::User(user_id), done);
+        }
+        dropped
+    }
+
+    /// Deletes the entries the user's set names, and tells every instance.
+    async fn drop_entries(&self, user_id: u64) -> bool {
+        let tag = self.user(user_id);
+        let set = format!("{tag}set");
+        let name = set.clone();
+        let Some(members) = self
+            .attempt("invalidate", |mut c| async move {
+                c.smembers::<_, Vec<String>>(name).await
+            })
+            .await
+        else {
+            return false;
+        };
+        let mut dropping = self.drop_user.prepare_invoke();
+        dropping
+            .key(set)
+            .arg(self.channel())
+            .arg(format!("u:{user_id}"));
+        for member in members.iter().filter(|m| from_hex(m).is_some()) {
+            dropping.key(format!("{tag}t:{member}")).arg(member);
+        }
         self.attempt("invalidate", |mut c| async move {
-            invocation.invoke_async::<i64>(&mut c).await
+            dropping.invoke_async::<i64>(&mut c).await
         })
         .await
         .is_some()
     }
 
-    /// Tells every instance to clear, then deletes every shared entry under the prefix:
-    /// taken once the news is out (the scan may outlast one operation's timeout on a big
-    /// Redis; what it leaves expires, and no instance reads it past its TTL).
+    /// Deletes every shared entry under the prefix, tells every instance to clear, and
+    /// deletes once more what a store in between put back: taken once the news is out (a
+    /// scan may outlast one operation's timeout on a big Redis; what it leaves expires, and
+    /// no instance reads it past its TTL). Deleting first, an instance that clears and
+    /// misses does not find the old entries in Redis. Locators stay (they expire with their
+    /// entries, and point at nothing meanwhile); users' marks stay (they refuse stale stores).
     async fn clear(&self) -> bool {
+        self.delete_entries().await;
         let channel = self.channel();
         let told = self
             .attempt("clear", |mut c| async move {
@@ -512,32 +642,25 @@ impl Redis {
             })
             .await
             .is_some();
-        if !told {
-            return false;
+        if told {
+            self.delete_entries().await;
         }
-        let pattern = format!("{}t:*", self.prefix);
+        told
+    }
+
+    /// Deletes every shared entry under the prefix (each master's on a cluster).
+    async fn delete_entries(&self) {
+        let pattern = format!("{}{{u:*}}t:*", self.prefix);
         let _: Option<()> = self
             .attempt("clear", |mut c| async move {
-                let keys: Vec<String> = {
-                    let mut iter = c.scan_match::<_, String>(pattern).await?;
-                    let mut keys = Vec::new();
-                    while let Some(key) = iter.next_item().await {
-                        keys.push(key?);
-                    }
-                    keys
-                };
-                // An empty pipeline is an error to Redis, not a no-op.
-                if keys.is_empty() {
-                    return Ok(());
+                let keys = c.scan(&pattern).await?;
+                // Keys of many slots: a cluster connection splits a `DEL` by slot.
+                for chunk in keys.chunks(500) {
+                    c.del::<_, ()>(chunk).await?;
                 }
-                let mut pipe = redis::pipe();
-                for key in keys {
-                    pipe.del(key);
-                }
-                pipe.query_async(&mut c).await
+                Ok(())
             })
             .await;
-        true
     }
 
     /// Starts, once, the task that applies other instances' evictions to `local`.
@@ -565,19 +688,35 @@ impl Redis {
 
 /// Applies queued evictions in order, each tried until Redis takes it, while the handle's
 /// tier lives.
+///
+/// On a cluster, an eviction that fails (its slot's master down) is told to every instance
+/// at once and goes to the back of the queue: the others' evictions are applied meanwhile,
+/// and its own Redis part (the mark, the entries) when that master is back.
 async fn deliver(shared: Weak<Redis>, queue: Arc<evictions::Queue>) {
-    loop {
-        let queued = queue.next().await;
-        let mut pause = Duration::from_millis(10);
+    let first_pause = Duration::from_millis(10);
+    let mut pause = first_pause;
+    'next: loop {
+        let mut queued = queue.next().await;
         loop {
             let Some(this) = shared.upgrade() else { return };
             if this.apply(queued.scope).await {
                 break;
             }
+            if this.target.is_cluster() {
+                if !queued.told {
+                    queued.told = this.tell(queued.scope).await;
+                }
+                queue.requeue(queued);
+                drop(this);
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(MAX_EVICTION_PAUSE);
+                continue 'next;
+            }
             drop(this);
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(MAX_EVICTION_PAUSE);
         }
+        pause = first_pause;
         queued.applied();
     }
 }
@@ -654,13 +793,13 @@ fn from_hex(hex: &str) -> Option<TokenKey> {
 }
 
 /// Another instance's eviction, as broadcast: `*`, `u:<user id>`, `t:<key hex>` or (a
-/// sign-out) `o:<key hex>`.
+/// sign-out) `s:<key hex>`.
 fn parse(message: &str) -> Option<Scope> {
     if message == "*" {
         Some(Scope::All)
     } else if let Some(id) = message.strip_prefix("u:") {
         id.parse().ok().map(Scope::User)
-    } else if let Some(key) = message.strip_prefix("o:") {
+    } else if let Some(key) = message.strip_prefix("s:") {
         from_hex(key).map(Scope::SignedOut)
     } else {
         message

@@ -31,6 +31,9 @@ pub(super) async fn listen(shared: Weak<Redis>, local: Arc<dyn EvictionSink>) {
     // Asked at once: a Redis that cannot be reached, or refuses our user, says so at start
     // (one warning, and `Id6::shared_health`), not at the first miss.
     if let Some(this) = shared.upgrade() {
+        // Evictions queued by a lookup (a revocation claimed, not carried to its end) need
+        // the task that applies the queue, which only an eviction of ours started so far.
+        this.start_delivering();
         this.ping("connect").await;
     }
     loop {
@@ -77,9 +80,10 @@ pub(super) async fn listen(shared: Weak<Redis>, local: Arc<dyn EvictionSink>) {
             }
             _ => Duration::ZERO,
         };
-        // Cut or never made: the server may be gone (with Sentinel, ask for the master again).
+        // Cut or never made: the server may be gone (with Sentinel, ask for the master again;
+        // with a cluster, subscribe on the next seed).
         if let Some(this) = shared.upgrade() {
-            this.target.forget();
+            this.target.next_subscription();
         }
         if lasted < Duration::from_secs(2) {
             tokio::time::sleep(backoff).await;

@@ -710,12 +710,43 @@ async fn a_young_shared_answer_serves_refreshes_and_sensitive_routes() {
     );
 }
 
-/// Where a token's answer is shared: `{prefix}t:` and the SHA-256 of the token, in hex.
+/// Where a token's answer is shared: under its user's hash tag (the `userId` of its JWT
+/// payload), `{prefix}{u:<id>}t:` and the SHA-256 of the token, in hex.
 fn entry_of(prefix: &str, token: &str) -> String {
     use sha2::Digest;
     let hash = sha2::Sha256::digest(token.as_bytes());
     let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{prefix}t:{hex}")
+    format!("{prefix}{{u:{}}}t:{hex}", user_id_of(token))
+}
+
+/// The `userId` of a JWT's payload (unverified, as the tier reads it to tag its keys).
+fn user_id_of(token: &str) -> u64 {
+    let payload = token.split('.').nth(1).expect("a JWT");
+    let mut bits = Vec::new();
+    for c in payload.bytes() {
+        let value = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'-' => 62,
+            b'_' => 63,
+            _ => panic!("not base64url"),
+        };
+        bits.push(value);
+    }
+    let bytes: Vec<u8> = bits
+        .chunks(4)
+        .flat_map(|chunk| {
+            let n = chunk
+                .iter()
+                .enumerate()
+                .fold(0u32, |n, (i, v)| n | (u32::from(*v) << (18 - 6 * i)));
+            let len = chunk.len() * 6 / 8;
+            n.to_be_bytes()[1..1 + len].to_vec()
+        })
+        .collect();
+    let json: serde_json::Value = serde_json::from_slice(&bytes).expect("a JSON payload");
+    json["userId"].as_u64().expect("a numeric userId")
 }
 
 /// An id6 whose clock runs ahead (or a hostile one) shows an `invalidateTokensAt` in the
@@ -992,7 +1023,10 @@ async fn an_eviction_queue_overflow_is_sent_as_one_clear() {
         apps[0].id6.invalidate_user(id);
     }
     awake.join().unwrap();
-    until_evicted(&apps[1].id6, evictions, "the clear").await;
+    // The revocation A's queue was applying when Redis stalled (if it had taken one yet) is
+    // told first, then the clear, then the users queued after it: the second eviction B
+    // hears is the clear, or comes after it.
+    until_evicted(&apps[1].id6, evictions + 1, "the clear").await;
     let calls = mock.user_calls_for(&token);
     assert_eq!(apps[1].get("/", &token).await.1, "Hello, Alice!");
     assert_eq!(
@@ -1437,4 +1471,373 @@ async fn health_reports_the_shared_tier_and_stays_200_while_redis_is_down() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A Redis Cluster of the test's own: three masters (no replicas), each in a folder of its
+/// own (a node writes `nodes.conf` there, and finds its place again on restart). A master
+/// down does not stop the others (`cluster-require-full-coverage no`; with the default, the
+/// whole cluster refuses once the node is marked failed).
+struct ClusterGroup {
+    nodes: Vec<Redis>,
+    _dir: TempDir,
+}
+
+impl ClusterGroup {
+    async fn start() -> Option<ClusterGroup> {
+        let turn = ONE_AT_A_TIME.lock().await;
+        let cli = ["/usr/bin/redis-cli", "/usr/local/bin/redis-cli"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())?;
+        let ports = cluster_ports(3)?;
+        let dir = std::env::temp_dir().join(format!("id6-cluster-{}", std::process::id()));
+        let mut nodes = Vec::new();
+        for port in &ports {
+            let folder = dir.join(port.to_string());
+            std::fs::create_dir_all(&folder).unwrap();
+            let extra = [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "2000",
+                "--cluster-require-full-coverage",
+                "no",
+                "--dir",
+            ]
+            .map(String::from)
+            .into_iter()
+            .chain([folder.display().to_string()])
+            .collect();
+            nodes.push(Redis::start_on(*port, extra)?);
+        }
+        nodes[0]._turn = Some(turn);
+        let group = ClusterGroup {
+            nodes,
+            _dir: TempDir(dir),
+        };
+        let created = Command::new(cli)
+            .args(["--cluster", "create"])
+            .args(ports.iter().map(|port| format!("127.0.0.1:{port}")))
+            .arg("--cluster-yes")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("redis-cli runs");
+        assert!(created.success(), "redis-cli --cluster create failed");
+        group.until_ok().await;
+        Some(group)
+    }
+
+    /// Until every node says `cluster_state:ok` (every slot served).
+    async fn until_ok(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self
+            .nodes
+            .iter()
+            .all(|n| n.reply(&[b"CLUSTER", b"INFO"]).contains("cluster_state:ok"))
+        {
+            assert!(Instant::now() < deadline, "the cluster never came up");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(Redis::url).collect()
+    }
+
+    /// Which node holds `key` (the others answer `MOVED`).
+    fn holder(&self, key: &str) -> Option<usize> {
+        self.nodes
+            .iter()
+            .position(|n| n.reply(&[b"EXISTS", key.as_bytes()]).starts_with(":1"))
+    }
+
+    /// How many keys each node holds.
+    fn sizes(&self) -> Vec<u64> {
+        self.nodes
+            .iter()
+            .map(|n| {
+                let reply = n.reply(&[b"DBSIZE"]);
+                reply.trim().trim_start_matches(':').parse().unwrap_or(0)
+            })
+            .collect()
+    }
+}
+
+/// `n` loopback ports, each free with its cluster-bus port (+10 000) free too, all below
+/// the kernel's ephemeral range (32 768 and up on Linux), so that no connection of another
+/// test takes one meanwhile; picked from the process id, tried until free.
+fn cluster_ports(n: usize) -> Option<Vec<u16>> {
+    let free = |port: u16| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok();
+    let start = 12_000 + (std::process::id() % 2_000) as u16 * 5;
+    let ports: Vec<u16> = (start..22_000)
+        .filter(|port| free(*port) && free(port + 10_000))
+        .take(n)
+        .collect();
+    (ports.len() == n).then_some(ports)
+}
+
+impl Redis {
+    /// A redis-server on `port` (a cluster node's must leave room for its bus port).
+    fn start_on(port: u16, extra: Vec<String>) -> Option<Redis> {
+        let binary = ["/usr/bin/redis-server", "/usr/local/bin/redis-server"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())?;
+        let mut redis = Redis {
+            binary,
+            port,
+            extra,
+            process: None,
+            _turn: None,
+        };
+        redis.spawn();
+        Some(redis)
+    }
+}
+
+/// Two instances on a three-master Redis Cluster: one id6 call serves both, entries spread
+/// over the masters, a disconnect on A is refused on B; one master killed while requests
+/// run: every request is served (by moka and id6 where Redis cannot answer), the failures
+/// counted; a revocation made meanwhile is not served by B once its subscription is back
+/// (on another node); when the master is back, its users are shared again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_shares_spreads_and_survives_a_master_down() {
+    let Some(mut group) = ClusterGroup::start().await else {
+        if std::env::var_os("CI").is_some() {
+            panic!("SKIPPED: cluster test: install redis-server (and redis-cli)");
+        }
+        return;
+    };
+    let mock = MockId6::start().await.unwrap();
+    let prefix = format!("id6-test-rc-{}:", std::process::id());
+    let make = || {
+        Id6::builder(mock.url())
+            .redis_cluster(group.urls())
+            .redis_prefix(&prefix)
+            .redis_timeout(Duration::from_millis(200))
+            .timeout(Duration::from_secs(2))
+            .build()
+            .unwrap()
+    };
+    let mut apps = Vec::new();
+    for _ in 0..2 {
+        let id6 = make();
+        apps.push(App {
+            base: common::serve(common::app(&id6)).await,
+            id6,
+            http: common::http_client(),
+        });
+    }
+    // Both subscribe on the first seed.
+    group.nodes[0].until_subscribed(2).await;
+    let up = id6_tower::SharedHealth::Up {
+        topology: id6_tower::Topology::Cluster,
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while apps[0].id6.shared_health() != up {
+        assert!(
+            Instant::now() < deadline,
+            "{:?}",
+            apps[0].id6.shared_health()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Shared: users spread over the masters, one id6 call for both instances each.
+    let mut users = Vec::new();
+    for i in 0..30 {
+        let id = mock.add_user(&format!("User{i}"), &format!("u{i}@example.com"));
+        users.push((id, format!("User{i}"), mock.token_for(id)));
+    }
+    let mut shared = 0;
+    for (_, name, token) in &users {
+        for app in &apps {
+            assert_eq!(app.get("/", token).await.1, format!("Hello, {name}!"));
+        }
+        if mock.user_calls_for(token) == 1 {
+            shared += 1;
+        }
+    }
+    let sizes = group.sizes();
+    println!(
+        "cluster: {shared} of {} tokens answered by one id6 call for two instances; keys per \
+         master {sizes:?}",
+        users.len()
+    );
+    assert_eq!(shared, users.len(), "an answer was not shared");
+    assert!(
+        sizes.iter().all(|n| *n > 0),
+        "entries on one master only: {sizes:?}"
+    );
+    // Each user's entry, mark and set share one slot: the entry is on one node.
+    let holders: Vec<Option<usize>> = users
+        .iter()
+        .map(|(_, _, token)| group.holder(&entry_of(&prefix, token)))
+        .collect();
+    assert!(holders.iter().all(Option::is_some), "{holders:?}");
+    for ((id, _, _), holder) in users.iter().zip(&holders) {
+        let set = format!("{prefix}{{u:{id}}}set");
+        assert_eq!(
+            group.holder(&set),
+            *holder,
+            "a user's set and entry on two nodes"
+        );
+    }
+
+    // A disconnect on A is refused on B, by broadcast (the TTL is a minute).
+    let alice = mock.add_user("Alice", "a@example.com");
+    let token = mock.token_issued_at(alice, common::now_ms() - 5);
+    for app in &apps {
+        assert_eq!(app.get("/", &token).await.1, "Hello, Alice!");
+    }
+    apps[0]
+        .id6
+        .disconnect(&UserToken::new(&token).unwrap())
+        .await
+        .unwrap();
+    let broadcast = apps[1]
+        .until_refused(&token, Instant::now(), "the broadcast never came")
+        .await;
+    // A sign-out on A: B drops its copy and the shared one is gone (id6 asked again).
+    let (_, name, signed_out) = &users[0];
+    let calls = mock.user_calls_for(signed_out);
+    let before = apps[1].id6.stats();
+    apps[0]
+        .id6
+        .sign_out(&UserToken::new(signed_out).unwrap())
+        .await
+        .unwrap();
+    until_evicted(&apps[1].id6, before.evictions, "sign_out").await;
+    assert_eq!(
+        apps[1].get("/", signed_out).await.1,
+        format!("Hello, {name}!")
+    );
+    assert_eq!(
+        mock.user_calls_for(signed_out),
+        calls + 1,
+        "served from a stale entry"
+    );
+
+    // The first master (where both subscribe) dies while requests run. Dave, known to
+    // both, is disconnected on A meanwhile.
+    let victim = holders.iter().position(|h| *h == Some(0)).unwrap();
+    let dave = mock.add_user("Dave", "d@example.com");
+    let dave_token = mock.token_issued_at(dave, common::now_ms() - 5);
+    for app in &apps {
+        assert_eq!(app.get("/", &dave_token).await.1, "Hello, Dave!");
+    }
+    let errors_before: u64 = apps.iter().map(|a| a.id6.stats().redis_errors).sum();
+    let killed = Instant::now();
+    group.nodes[0].stop();
+    apps[0]
+        .id6
+        .disconnect(&UserToken::new(&dave_token).unwrap())
+        .await
+        .unwrap();
+    // B's subscription was on the dead node: B may serve Dave until it has subscribed on
+    // another node (clearing its cache then), never after.
+    let refused = apps[1]
+        .until_refused(
+            &dave_token,
+            killed,
+            "B served a token revoked while its subscription was cut",
+        )
+        .await;
+    let resubscribed = apps[1].id6.stats().redis_resubscribed;
+    assert!(resubscribed >= 1, "{:?}", apps[1].id6.stats());
+    // Every user, on every instance, for two seconds: never an error.
+    let mut requests = 0;
+    let running = Instant::now();
+    while running.elapsed() < Duration::from_secs(2) {
+        for (_, name, token) in users.iter().skip(1) {
+            for app in &apps {
+                assert_eq!(app.get("/", token).await.1, format!("Hello, {name}!"));
+                requests += 1;
+            }
+        }
+    }
+    // Fresh tokens during the outage: all served; the users of the living masters shared.
+    let (mut fresh_shared, mut fresh) = (0, 0);
+    for (id, name, _) in users.iter().skip(1) {
+        let token = mock.token_issued_at(*id, common::now_ms() - 7);
+        for app in &apps {
+            assert_eq!(app.get("/", &token).await.1, format!("Hello, {name}!"));
+        }
+        fresh += 1;
+        if mock.user_calls_for(&token) == 1 {
+            fresh_shared += 1;
+        }
+    }
+    let errors: u64 = apps.iter().map(|a| a.id6.stats().redis_errors).sum();
+    assert!(
+        errors > errors_before,
+        "the dead master's failures were not counted"
+    );
+    println!(
+        "cluster, one master of three down: {requests} requests served, none failed; \
+         {} Redis errors counted; {fresh_shared} of {fresh} fresh tokens still shared; \
+         the token disconnected meanwhile refused on B {refused:?} after the kill",
+        errors - errors_before
+    );
+
+    // The master is back (empty: no persistence here): its users are shared again.
+    group.nodes[0].spawn();
+    let restarted = Instant::now();
+    group.until_ok().await;
+    let ok = restarted.elapsed();
+    let (id, name, _) = &users[victim];
+    let mut age = 20;
+    let resumed = loop {
+        let token = mock.token_issued_at(*id, common::now_ms() - age);
+        age += 1;
+        for app in &apps {
+            assert_eq!(app.get("/", &token).await.1, format!("Hello, {name}!"));
+        }
+        if mock.user_calls_for(&token) == 1 {
+            break restarted.elapsed();
+        }
+        assert!(
+            restarted.elapsed() < Duration::from_secs(30),
+            "sharing never resumed on the master that came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    println!(
+        "cluster: a broadcast took {broadcast:?}; the restarted master's users shared again \
+         {resumed:?} after its restart (cluster_state:ok after {ok:?})"
+    );
+
+    // Every master down, then back: requests served meanwhile, and sharing resumes (the
+    // cluster connection finds the nodes again by itself).
+    for node in &mut group.nodes {
+        node.stop();
+    }
+    for (_, name, token) in users.iter().skip(1).take(5) {
+        for app in &apps {
+            assert_eq!(app.get("/", token).await.1, format!("Hello, {name}!"));
+        }
+    }
+    for node in &mut group.nodes {
+        node.spawn();
+    }
+    let restarted = Instant::now();
+    group.until_ok().await;
+    let mut age = 100;
+    let all_back = loop {
+        let token = mock.token_issued_at(*id, common::now_ms() - age);
+        age += 1;
+        for app in &apps {
+            assert_eq!(app.get("/", &token).await.1, format!("Hello, {name}!"));
+        }
+        if mock.user_calls_for(&token) == 1 {
+            break restarted.elapsed();
+        }
+        assert!(
+            restarted.elapsed() < Duration::from_secs(30),
+            "sharing never resumed after every master was back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    println!("cluster: every master restarted; shared again {all_back:?} after");
 }

@@ -482,8 +482,12 @@ impl Redis {
         self.evictions.push(scope, done);
         self.start_delivering();
         let timeout = self.timeout;
+        // Held until then: a handle dropped right after an eviction keeps its tier (and so
+        // the delivery task) alive long enough for one try.
+        let keep = self.clone();
         async move {
             let _ = tokio::time::timeout(timeout, applied).await;
+            drop(keep);
         }
         .boxed()
     }
@@ -501,6 +505,9 @@ impl Redis {
         let (shared, queue) = (Arc::downgrade(self), self.evictions.clone());
         let mut stop = self.stop.subscribe();
         runtime.spawn(async move {
+            // However the task ends (its runtime shut down, a panic), the next eviction
+            // starts another.
+            let _restart = Restart(shared.clone());
             let stopped = async move { while stop.changed().await.is_ok() {} };
             tokio::select! {
                 () = stopped => tracing::debug!("id6 handle dropped; redis evictions end"),
@@ -683,6 +690,17 @@ impl Redis {
                 () = subscriber::listen(shared, local) => {}
             }
         });
+    }
+}
+
+/// Clears the tier's `delivering` flag when the delivery task ends, however it ends.
+struct Restart(Weak<Redis>);
+
+impl Drop for Restart {
+    fn drop(&mut self) {
+        if let Some(redis) = self.0.upgrade() {
+            redis.delivering.store(false, Ordering::SeqCst);
+        }
     }
 }
 

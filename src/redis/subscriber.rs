@@ -5,8 +5,11 @@
 //! often still alive at the TCP level on our side's peer (a proxy's kernel answers keepalive
 //! probes while carrying nothing), and Linux's keepalive defaults wait two hours. A `PING`
 //! crosses every hop to Redis and back. Every [`PING_EVERY`], a pong due within
-//! [`PONG_WITHIN`]: a dead subscription is noticed within their sum (8 s). The same tick
-//! pings the connection that carries commands, which is replaced if it does not answer.
+//! [`PONG_WITHIN`]: a dead subscription is noticed within their sum (14 s). The pong's
+//! wait is the longer part on purpose: a Redis that is slow but alive (a fork, a big
+//! command) keeps its subscription, since replacing it clears every instance's local cache
+//! at once. The same tick pings the connection that carries commands, which is replaced if
+//! it does not answer.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
@@ -18,10 +21,11 @@ use super::{parse, Redis};
 use crate::resolve::{EvictionSink, Scope};
 
 /// How often the subscription (and the command connection) is pinged.
-const PING_EVERY: Duration = Duration::from_secs(5);
-/// How long a pong may take: past it, the subscription is taken for dead. Longer than a
-/// Redis stall worth riding out (a slow fork, a `DEBUG SLEEP 1`).
-const PONG_WITHIN: Duration = Duration::from_secs(3);
+const PING_EVERY: Duration = Duration::from_secs(4);
+/// How long a pong may take: past it, the subscription is taken for dead. Longer than any
+/// Redis stall worth riding out (a slow fork, a long command), so that a slow Redis does
+/// not clear the fleet's caches; short enough that a dead flow is noticed within 15 s.
+const PONG_WITHIN: Duration = Duration::from_secs(10);
 
 /// Applies other instances' evictions to `local`, reconnecting as needed, while the
 /// handle's tier lives.

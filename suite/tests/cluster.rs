@@ -978,8 +978,11 @@ async fn a_revocation_during_a_redis_stall_reaches_the_other_instances() {
         .await;
     println!("revoked during a stall: refused on B {took:?} after Redis's return");
 
-    // Right after a stall in which a lookup failed: that pauses lookups, not evictions.
+    // Right after a stall in which a lookup failed late enough (0.7 s in, failing at 0.8 s)
+    // that its 0.5 s pause of lookups is still on when Redis answers again: that pause
+    // must not hold back the eviction.
     let awake = redis.stall("1");
+    tokio::time::sleep(Duration::from_millis(700)).await;
     let carol = mock.token_for(mock.add_user("Carol", "c@example.com"));
     assert_eq!(apps[0].get("/", &carol).await.1, "Hello, Carol!");
     let back = awake.join().unwrap();
@@ -1840,4 +1843,33 @@ async fn a_cluster_shares_spreads_and_survives_a_master_down() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     println!("cluster: every master restarted; shared again {all_back:?} after");
+}
+
+/// An eviction asked for just before the last handle of its instance is dropped still
+/// reaches the others (the handle's tier lives until it was tried).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_eviction_just_before_the_last_handle_is_dropped_still_reaches_the_others() {
+    let Some(redis) = redis_or_skip().await else {
+        return;
+    };
+    let mock = MockId6::start().await.unwrap();
+    let prefix = format!("id6-test-last-{}:", std::process::id());
+    let (a, b) = (
+        instance(&mock, &redis, &prefix).await,
+        instance(&mock, &redis, &prefix).await,
+    );
+    redis.until_subscribed(2).await;
+    let alice = mock.add_user("Alice", "a@example.com");
+    let token = UserToken::new(&mock.token_for(alice)).unwrap();
+    let mut headers = http::HeaderMap::new();
+    headers.insert(
+        "cookie",
+        format!("auth={}", token.expose()).parse().unwrap(),
+    );
+    assert!(a.authenticate(&headers).await.user().is_some());
+    assert!(b.authenticate(&headers).await.user().is_some());
+    let before = b.stats().evictions;
+    a.invalidate_token(&token);
+    drop(a);
+    until_evicted(&b, before, "an eviction of a handle dropped at once").await;
 }

@@ -33,6 +33,15 @@ pub(super) struct Queued {
 }
 
 impl Queued {
+    /// The same waiters, for another eviction that covers this one.
+    pub(super) fn instead(self, scope: Scope) -> Queued {
+        Queued {
+            scope,
+            waiters: self.waiters,
+            told: false,
+        }
+    }
+
     /// Tells whoever waits that the eviction reached Redis.
     pub(super) fn applied(self) {
         for waiter in self.waiters {
@@ -121,6 +130,10 @@ impl Queue {
     }
 
     /// Evictions given up for a `*` clear since start.
+    pub(super) fn gave_up(&self, evictions: u64) {
+        self.given_up.fetch_add(evictions, Ordering::Relaxed);
+    }
+
     pub(super) fn given_up(&self) -> u64 {
         self.given_up.load(Ordering::Relaxed)
     }

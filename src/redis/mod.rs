@@ -265,10 +265,21 @@ impl Redis {
         self.attempt(what, op).await
     }
 
-    /// Runs one Redis operation within the timeout; a failure is counted and logged once
-    /// per outage, and reads as `None`. A timeout replaces the connection: the flow may be
-    /// dead without a FIN, where redis-rs would wait on it forever.
+    /// [`try_op`](Self::try_op), a failure read as `None`.
     async fn attempt<T, F, Fut>(&self, what: &'static str, op: F) -> Option<T>
+    where
+        F: FnOnce(connect::Connection) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        self.try_op(what, op).await.ok()
+    }
+
+    /// Runs one Redis operation within the timeout. A failure is counted; one of reaching
+    /// Redis is an outage (logged once, health down, lookups paused), a refusal of this
+    /// command (a key of the wrong type, `OOM`, `NOPERM`) is not: Redis answers, and would
+    /// answer the same again. A timeout replaces the connection: the flow may be dead
+    /// without a FIN, where redis-rs would wait on it forever.
+    async fn try_op<T, F, Fut>(&self, what: &'static str, op: F) -> Result<T, Failure>
     where
         F: FnOnce(connect::Connection) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
@@ -280,7 +291,16 @@ impl Redis {
                 if self.down.swap(false, Ordering::Relaxed) {
                     tracing::info!("redis is back; sharing resumes");
                 }
-                Some(value)
+                Ok(value)
+            }
+            Ok(Err(error)) if refused(&error) => {
+                self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(
+                    operation = what,
+                    code = error.code(),
+                    "redis refused a command"
+                );
+                Err(Failure::Refused)
             }
             Ok(Err(error)) => {
                 // A server's refusal of one command (a key of the wrong type, say) keeps
@@ -296,12 +316,12 @@ impl Redis {
                     self.reconnect(what);
                 }
                 self.failed(what, &error.to_string());
-                None
+                Err(Failure::Unreachable)
             }
             Err(_) => {
                 self.reconnect(what);
                 self.failed(what, "timed out");
-                None
+                Err(Failure::Unreachable)
             }
         }
     }
@@ -398,7 +418,8 @@ impl Redis {
     ) {
         if let Some(user) = verdict.user() {
             if let Some(revoked_at) = user.invalidate_tokens_at {
-                self.revoke_user(user.id, Some(revoked_at)).await;
+                // Not carried to its end, it is queued (see `revoke_user`).
+                let _ = self.revoke_user(user.id, Some(revoked_at)).await;
             }
         }
         // The entry lives under the user its token's payload names (unverified: a payload
@@ -516,8 +537,8 @@ impl Redis {
         });
     }
 
-    /// Applies one eviction to Redis: whether Redis took it.
-    async fn apply(&self, scope: Scope) -> bool {
+    /// Applies one eviction to Redis.
+    async fn apply(&self, scope: Scope) -> Result<(), Failure> {
         match scope {
             Scope::Token(key) => self.invalidate_token(&key, "t").await,
             Scope::SignedOut(key) => self.invalidate_token(&key, "s").await,
@@ -533,8 +554,7 @@ impl Redis {
             Scope::Token(key) => format!("t:{}", hex(&key)),
             Scope::SignedOut(key) => format!("s:{}", hex(&key)),
             Scope::User(user_id) => format!("u:{user_id}"),
-            // A clear publishes before anything else: it failed only if nothing answered.
-            Scope::All => return false,
+            Scope::All => "*".to_owned(),
         };
         let channel = self.channel();
         self.attempt("invalidate", |mut c| async move {
@@ -547,26 +567,22 @@ impl Redis {
     /// Deletes a token's shared entry and tells every instance, `kind` saying why (`t`: an
     /// invalidation, `s`: a sign-out). The entry's user is read from its locator first; none
     /// (never shared, or expired) leaves only the news to tell.
-    async fn invalidate_token(&self, key: &TokenKey, kind: &str) -> bool {
+    async fn invalidate_token(&self, key: &TokenKey, kind: &str) -> Result<(), Failure> {
         let locator = self.locator(key);
-        let Some(owner) = self
-            .attempt("invalidate", |mut c| async move {
+        let owner = self
+            .try_op("invalidate", |mut c| async move {
                 c.get::<_, Option<u64>>(locator).await
             })
-            .await
-        else {
-            return false;
-        };
+            .await?;
         let (channel, message) = (self.channel(), format!("{kind}:{}", hex(key)));
         let entry = owner.map(|owner| self.entry(owner, key));
-        self.attempt("invalidate", |mut c| async move {
+        self.try_op("invalidate", |mut c| async move {
             if let Some(entry) = entry {
                 c.del::<_, ()>(entry).await?;
             }
             c.publish::<_, _, ()>(channel, message).await
         })
         .await
-        .is_some()
     }
 
     /// Marks the user revoked (refusing in-flight stores), deletes its shared entries and
@@ -577,7 +593,7 @@ impl Redis {
     /// declare: the mark ([`MARK_USER`]), the user's set read, the entries it names deleted
     /// and the news told ([`DROP_USER`]). A `shown` revocation claimed by the mark and not
     /// carried to its end is queued as an eviction of the user, retried until Redis takes it.
-    async fn revoke_user(&self, user_id: u64, shown: Option<u64>) -> bool {
+    async fn revoke_user(&self, user_id: u64, shown: Option<u64>) -> Result<(), Failure> {
         let tag = self.user(user_id);
         let mut mark = self.mark_user.prepare_invoke();
         mark.key(format!("{tag}rev"))
@@ -585,21 +601,20 @@ impl Redis {
             .arg(millis(self.positive_ttl).saturating_add(60_000))
             .arg(shown.map(|at| at.to_string()).unwrap_or_default())
             .arg(millis(SEEN_TTL));
-        match self
-            .attempt("invalidate", |mut c| async move {
+        let marked = self
+            .try_op("invalidate", |mut c| async move {
                 mark.invoke_async::<i64>(&mut c).await
             })
-            .await
-        {
-            None => return false,
+            .await;
+        let dropped = match marked {
             // Handled by an instance already.
-            Some(0) => return true,
-            Some(_) => {}
-        }
-        let dropped = self.drop_entries(user_id).await;
-        if !dropped && shown.is_some() {
-            // Claimed: no other instance will act on it. Carried to its end by the queue
-            // (whose task the subscriber starts; nobody waits for it here).
+            Ok(0) => return Ok(()),
+            Ok(_) => self.drop_entries(user_id).await,
+            Err(failure) => Err(failure),
+        };
+        if dropped.is_err() && shown.is_some() {
+            // Claimed (or not even marked) and not carried to its end: the queue does it,
+            // as any eviction (its task the subscriber starts; nobody waits for it here).
             let (done, _) = tokio::sync::oneshot::channel();
             self.evictions.push(Scope::User(user_id), done);
         }
@@ -607,18 +622,15 @@ impl Redis {
     }
 
     /// Deletes the entries the user's set names, and tells every instance.
-    async fn drop_entries(&self, user_id: u64) -> bool {
+    async fn drop_entries(&self, user_id: u64) -> Result<(), Failure> {
         let tag = self.user(user_id);
         let set = format!("{tag}set");
         let name = set.clone();
-        let Some(members) = self
-            .attempt("invalidate", |mut c| async move {
+        let members = self
+            .try_op("invalidate", |mut c| async move {
                 c.smembers::<_, Vec<String>>(name).await
             })
-            .await
-        else {
-            return false;
-        };
+            .await?;
         let mut dropping = self.drop_user.prepare_invoke();
         dropping
             .key(set)
@@ -627,11 +639,11 @@ impl Redis {
         for member in members.iter().filter(|m| from_hex(m).is_some()) {
             dropping.key(format!("{tag}t:{member}")).arg(member);
         }
-        self.attempt("invalidate", |mut c| async move {
+        self.try_op("invalidate", |mut c| async move {
             dropping.invoke_async::<i64>(&mut c).await
         })
         .await
-        .is_some()
+        .map(drop)
     }
 
     /// Deletes every shared entry under the prefix, tells every instance to clear, and
@@ -640,19 +652,15 @@ impl Redis {
     /// no instance reads it past its TTL). Deleting first, an instance that clears and
     /// misses does not find the old entries in Redis. Locators stay (they expire with their
     /// entries, and point at nothing meanwhile); users' marks stay (they refuse stale stores).
-    async fn clear(&self) -> bool {
+    async fn clear(&self) -> Result<(), Failure> {
         self.delete_entries().await;
         let channel = self.channel();
-        let told = self
-            .attempt("clear", |mut c| async move {
-                c.publish::<_, _, ()>(channel, "*").await
-            })
-            .await
-            .is_some();
-        if told {
-            self.delete_entries().await;
-        }
-        told
+        self.try_op("clear", |mut c| async move {
+            c.publish::<_, _, ()>(channel, "*").await
+        })
+        .await?;
+        self.delete_entries().await;
+        Ok(())
     }
 
     /// Deletes every shared entry under the prefix (each master's on a cluster).
@@ -668,6 +676,27 @@ impl Redis {
                 Ok(())
             })
             .await;
+    }
+
+    /// An eviction Redis refused (a key of the wrong type a writer left, `OOM`, `NOPERM`):
+    /// trying again would not help. Every instance is told at once, and the eviction becomes
+    /// a clear, which finds the entries by their names rather than the user's set; a clear
+    /// refused is given up, counted and warned of. What to deliver next.
+    async fn refused(&self, queued: evictions::Queued) -> Option<evictions::Queued> {
+        if queued.scope != Scope::All {
+            tracing::warn!(
+                "redis refused an eviction; telling every instance and clearing instead"
+            );
+            self.tell(queued.scope).await;
+            return Some(queued.instead(Scope::All));
+        }
+        self.evictions.gave_up(1);
+        tracing::warn!(
+            "redis refused a clear of the shared cache: given up; entries left there expire \
+             with their TTL"
+        );
+        queued.applied();
+        None
     }
 
     /// Starts, once, the task that applies other instances' evictions to `local`.
@@ -691,6 +720,34 @@ impl Redis {
             }
         });
     }
+}
+
+/// Why an operation failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Failure {
+    /// Redis could not be reached, or answered too late: worth trying again.
+    Unreachable,
+    /// Redis refused this command: trying again gets the same answer.
+    Refused,
+}
+
+/// Whether Redis refused the command itself (a server error that another try would repeat),
+/// rather than failed to answer, or answered as a node that cannot serve yet.
+fn refused(error: &redis::RedisError) -> bool {
+    const TRANSIENT: &[&str] = &[
+        "READONLY",
+        "MASTERDOWN",
+        "LOADING",
+        "CLUSTERDOWN",
+        "TRYAGAIN",
+        "BUSY",
+        "MOVED",
+        "ASK",
+    ];
+    !error.is_io_error()
+        && !error.is_unrecoverable_error()
+        && !error.is_timeout()
+        && error.code().is_some_and(|code| !TRANSIENT.contains(&code))
 }
 
 /// Clears the tier's `delivering` flag when the delivery task ends, however it ends.
@@ -717,8 +774,16 @@ async fn deliver(shared: Weak<Redis>, queue: Arc<evictions::Queue>) {
         let mut queued = queue.next().await;
         loop {
             let Some(this) = shared.upgrade() else { return };
-            if this.apply(queued.scope).await {
-                break;
+            match this.apply(queued.scope).await {
+                Ok(()) => break,
+                Err(Failure::Refused) => match this.refused(queued).await {
+                    Some(instead) => {
+                        queued = instead;
+                        continue;
+                    }
+                    None => continue 'next,
+                },
+                Err(Failure::Unreachable) => {}
             }
             if this.target.is_cluster() {
                 if !queued.told {

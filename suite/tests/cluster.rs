@@ -1873,3 +1873,59 @@ async fn an_eviction_just_before_the_last_handle_is_dropped_still_reaches_the_ot
     drop(a);
     until_evicted(&b, before, "an eviction of a handle dropped at once").await;
 }
+
+/// An eviction Redis refuses for good (a writer left a string where the user's set was:
+/// `WRONGTYPE`) neither blocks the evictions after it nor is lost: every instance is told at
+/// once, and the eviction becomes a clear.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_eviction_redis_refuses_is_told_and_blocks_nothing() {
+    let Some(redis) = redis_or_skip().await else {
+        return;
+    };
+    let mock = MockId6::start().await.unwrap();
+    let prefix = format!("id6-test-refused-{}:", std::process::id());
+    let apps = apps(&mock, &redis, &prefix, 2).await;
+    let (alice, bob) = (
+        mock.add_user("Alice", "a@example.com"),
+        mock.add_user("Bob", "b@example.com"),
+    );
+    let (alice_token, bob_token) = (mock.token_for(alice), mock.token_for(bob));
+    for app in &apps {
+        assert_eq!(app.get("/", &alice_token).await.1, "Hello, Alice!");
+        assert_eq!(app.get("/", &bob_token).await.1, "Hello, Bob!");
+    }
+    redis.set(&format!("{prefix}{{u:{alice}}}set"), b"not a set", 60_000);
+
+    let before = apps[1].id6.stats().evictions;
+    apps[0].id6.invalidate_user(alice);
+    until_evicted(&apps[1].id6, before, "a refused revocation").await;
+    // Alice's shared entry went with the clear: B asks id6 again.
+    let calls = mock.user_calls_for(&alice_token);
+    assert_eq!(apps[1].get("/", &alice_token).await.1, "Hello, Alice!");
+    assert_eq!(
+        mock.user_calls_for(&alice_token),
+        calls + 1,
+        "served from Redis"
+    );
+
+    // The queue goes on: Bob's disconnect reaches B.
+    apps[0]
+        .id6
+        .disconnect(&UserToken::new(&bob_token).unwrap())
+        .await
+        .unwrap();
+    apps[1]
+        .until_refused(
+            &bob_token,
+            Instant::now(),
+            "an eviction after a refused one was held",
+        )
+        .await;
+    assert_eq!(
+        apps[0].id6.shared_health(),
+        id6_tower::SharedHealth::Up {
+            topology: id6_tower::Topology::Single
+        },
+        "a refusal is no outage"
+    );
+}

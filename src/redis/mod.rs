@@ -120,11 +120,23 @@ enum Stored {
     /// A user, and the entry's whole lifetime in ms, counted from when the load that asked
     /// id6 began: its age is that less Redis's `PTTL`.
     #[serde(rename = "user")]
-    User { user: User, ttl: u64 },
+    User {
+        user: User,
+        ttl: u64,
+        /// When the entry expires, by the storing instance's clock (ms since the epoch).
+        until: u64,
+    },
     /// A rejected token and id6's `errorCode`.
     #[serde(rename = "rejected")]
-    Rejected(String),
+    Rejected { code: String, until: u64 },
 }
+
+/// How far past its sealed expiry an entry is still taken: the instances' clocks may
+/// differ by this much. The seal proves who wrote an entry, not when; its sealed expiry
+/// bounds how long a Redis writer who copied it can put it back (after a revocation, say):
+/// until it would have expired anyway. Ages still come from Redis's own clock (`PTTL`):
+/// this only ever refuses.
+const CLOCK_SKEW_MS: u64 = 10_000;
 
 /// What the shared tier counted since start.
 #[derive(Default)]
@@ -356,11 +368,7 @@ impl Redis {
 
     /// The shared verdict for `key`, if Redis has one that opens with `token` (and answers in
     /// time), with its age: the entry's lifetime less what Redis has left of it.
-    async fn get(
-        &self,
-        key: &TokenKey,
-        token: &UserToken,
-    ) -> Option<(Authentication, Option<Duration>)> {
+    async fn get(&self, key: &TokenKey, token: &UserToken) -> Option<(Authentication, Duration)> {
         // A token whose payload names no user is never shared (see `store`).
         let entry = self.entry(token.unverified_user_id()?, key);
         let cap = self.max_value_bytes.saturating_add(seal::OVERHEAD);
@@ -392,18 +400,28 @@ impl Redis {
             tracing::debug!("a shared entry that does not open with its token: a miss");
             return None;
         };
-        // No expiry (-1) or none left: no known age.
-        let left = u64::try_from(left_ms).ok().map(Duration::from_millis);
-        let aged = |lifetime: Duration| left.and_then(|left| lifetime.checked_sub(left));
+        let (lifetime, until) = match &stored {
+            Stored::User { ttl, until, .. } => (Duration::from_millis(*ttl), *until),
+            Stored::Rejected { until, .. } => (self.negative_ttl, *until),
+        };
+        // An entry's age is its lifetime less what Redis has left of it. No expiry (-1),
+        // more left than its lifetime, or past its sealed expiry: put back or altered by a
+        // writer (a replay), refused as an entry that does not open.
+        let age = u64::try_from(left_ms)
+            .ok()
+            .and_then(|left| lifetime.checked_sub(Duration::from_millis(left)))
+            .filter(|_| now_ms() <= until.saturating_add(CLOCK_SKEW_MS));
+        let Some(age) = age else {
+            self.counters.unopened.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!("a shared entry of no credible age (replayed?): a miss");
+            return None;
+        };
         Some(match stored {
-            Stored::User { user, ttl } => (
-                Authentication::Authenticated(Arc::new(user)),
-                aged(Duration::from_millis(ttl)),
-            ),
+            Stored::User { user, .. } => (Authentication::Authenticated(Arc::new(user)), age),
             // A rejection kept no longer here than its TTL in Redis and locally together.
-            Stored::Rejected(code) => (
+            Stored::Rejected { code, .. } => (
                 Authentication::Rejected(TokenRejection::from_code(Some(&code))),
-                Some(aged(self.negative_ttl).unwrap_or_default()),
+                age,
             ),
         })
     }
@@ -458,6 +476,7 @@ impl Redis {
                 let stored = Stored::User {
                     user: User::clone(user),
                     ttl: lifetime,
+                    until: now_ms().saturating_add(left),
                 };
                 let Some(value) = seal(&stored) else {
                     return;
@@ -480,10 +499,14 @@ impl Redis {
                     .await;
             }
             Authentication::Rejected(why) => {
-                let Some(value) = seal(&Stored::Rejected(why.error_code().to_owned())) else {
+                let ttl = millis(self.negative_ttl);
+                let stored = Stored::Rejected {
+                    code: why.error_code().to_owned(),
+                    until: now_ms().saturating_add(ttl),
+                };
+                let Some(value) = seal(&stored) else {
                     return;
                 };
-                let ttl = millis(self.negative_ttl);
                 let _: Option<()> = self
                     .run("store", |mut c| async move {
                         c.pset_ex(entry, value, ttl).await
@@ -809,7 +832,7 @@ impl SecondLevel for Redis {
         &'a self,
         key: &'a TokenKey,
         token: &'a UserToken,
-    ) -> BoxFuture<'a, Option<(Authentication, Option<Duration>)>> {
+    ) -> BoxFuture<'a, Option<(Authentication, Duration)>> {
         Redis::get(self, key, token).boxed()
     }
 

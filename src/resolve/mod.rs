@@ -310,16 +310,11 @@ impl Resolver {
     ) -> Fetched {
         if let Some(second) = &self.inner.second {
             if let Some((verdict, age)) = second.get(&key, token).await {
-                // An age past the TTL is no answer to keep; an unknown age (an earlier
-                // version's entry) is good for a plain miss only, as it always was.
-                let usable = match (age, younger_than) {
-                    (Some(age), _) if !self.inner.local.within_ttl(age) => false,
-                    (Some(age), Some(limit)) => age <= limit,
-                    (None, Some(_)) => false,
-                    (_, None) => true,
-                };
+                // An age past the TTL is no answer to keep, nor one older than a refresh or a
+                // `max_age` route asks for.
+                let usable = self.inner.local.within_ttl(age)
+                    && younger_than.is_none_or(|limit| age <= limit);
                 if usable {
-                    let age = age.unwrap_or_default();
                     return Fetched { verdict, age };
                 }
             }

@@ -15,13 +15,13 @@ use crate::user::Authentication;
 /// A second-level cache: answers shared between instances, and evictions broadcast to them.
 pub(crate) trait SecondLevel: Send + Sync + fmt::Debug {
     /// The shared verdict for `token` (whose key is `key`), if any that `token` vouches for
-    /// (and if it answers in time), with how long ago id6 gave it, when known. The age is
-    /// the tier's own, never a comparison of two instances' clocks.
+    /// (and if it answers in time), with how long ago id6 gave it. The age is the tier's
+    /// own, never a comparison of two instances' clocks.
     fn get<'a>(
         &'a self,
         key: &'a TokenKey,
         token: &'a UserToken,
-    ) -> BoxFuture<'a, Option<(Authentication, Option<Duration>)>>;
+    ) -> BoxFuture<'a, Option<(Authentication, Duration)>>;
 
     /// Shares an id6 verdict, unless an eviction since `started` (when the load that
     /// produced it began) outdated it; a revocation it shows that no instance handled yet is

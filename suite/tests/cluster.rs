@@ -1929,3 +1929,57 @@ async fn an_eviction_redis_refuses_is_told_and_blocks_nothing() {
         "a refusal is no outage"
     );
 }
+
+/// A Redis writer who copied a token's own sealed entry cannot put it back for good after a
+/// revocation: without an expiry, or with more left than its lifetime, it is refused (a
+/// miss, counted); id6 is asked and says the token is revoked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_entry_does_not_revive_a_revoked_token() {
+    let Some(redis) = redis_or_skip().await else {
+        return;
+    };
+    let mock = MockId6::start().await.unwrap();
+    let prefix = format!("id6-test-replay-{}:", std::process::id());
+    let apps = apps(&mock, &redis, &prefix, 2).await;
+    let alice = mock.add_user("Alice", "a@example.com");
+    let token = mock.token_for(alice);
+    assert_eq!(apps[0].get("/", &token).await.1, "Hello, Alice!");
+    let entry = entry_of(&prefix, &token);
+    let copied = redis.get(&entry);
+    assert!(!copied.is_empty(), "A shared its answer");
+    apps[0]
+        .id6
+        .disconnect(&UserToken::new(&token).unwrap())
+        .await
+        .unwrap();
+    apps[1]
+        .until_refused(&token, Instant::now(), "never refused")
+        .await;
+
+    // Put back without an expiry, then with ten times its lifetime left: a fresh instance
+    // (nothing local) refuses each, and asks id6.
+    use std::io::BufRead;
+    let mut reply = String::new();
+    redis
+        .send(&[b"SET", entry.as_bytes(), &copied])
+        .read_line(&mut reply)
+        .unwrap();
+    assert_eq!(reply.trim(), "+OK");
+    let fresh = instance(&mock, &redis, &prefix).await;
+    let mut headers = http::HeaderMap::new();
+    headers.insert("cookie", format!("auth={token}").parse().unwrap());
+    assert!(
+        fresh.authenticate(&headers).await.user().is_none(),
+        "replayed without expiry"
+    );
+    redis.set(&entry, &copied, 600_000);
+    let other = instance(&mock, &redis, &prefix).await;
+    assert!(
+        other.authenticate(&headers).await.user().is_none(),
+        "replayed with a long expiry"
+    );
+    assert_eq!(
+        (fresh.stats().redis_unopened, other.stats().redis_unopened),
+        (1, 1)
+    );
+}

@@ -131,6 +131,9 @@ enum Stored {
     Rejected { code: String, until: u64 },
 }
 
+/// The bound on a clear's deletion of every shared entry (a scan of the keyspace).
+const CLEAR_WITHIN: Duration = Duration::from_secs(10);
+
 /// How far past its sealed expiry an entry is still taken: the instances' clocks may
 /// differ by this much. The seal proves who wrote an entry, not when; its sealed expiry
 /// bounds how long a Redis writer who copied it can put it back (after a revocation, say):
@@ -296,8 +299,22 @@ impl Redis {
         F: FnOnce(connect::Connection) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
+        self.try_op_within(self.timeout, what, op).await
+    }
+
+    /// [`try_op`](Self::try_op) with a bound of its own, for an operation of many commands.
+    async fn try_op_within<T, F, Fut>(
+        &self,
+        bound: Duration,
+        what: &'static str,
+        op: F,
+    ) -> Result<T, Failure>
+    where
+        F: FnOnce(connect::Connection) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
         let attempt = async { op(self.connection().await?).await };
-        match tokio::time::timeout(self.timeout, attempt).await {
+        match tokio::time::timeout(bound, attempt).await {
             Ok(Ok(value)) => {
                 self.answered.store(true, Ordering::Relaxed);
                 if self.down.swap(false, Ordering::Relaxed) {
@@ -689,8 +706,12 @@ impl Redis {
     /// Deletes every shared entry under the prefix (each master's on a cluster).
     async fn delete_entries(&self) {
         let pattern = format!("{}{{u:*}}t:*", self.prefix);
-        let _: Option<()> = self
-            .attempt("clear", |mut c| async move {
+        // A scan walks the whole keyspace (a second for 200 000 keys here): one operation's
+        // timeout is too short for it, and a clear that leaves the entries would let every
+        // instance, its cache just cleared, read the revoked users back.
+        let bound = self.timeout.max(CLEAR_WITHIN);
+        let _ = self
+            .try_op_within(bound, "clear", |mut c| async move {
                 let keys = c.scan(&pattern).await?;
                 // Keys of many slots: a cluster connection splits a `DEL` by slot.
                 for chunk in keys.chunks(500) {

@@ -404,7 +404,12 @@ impl Target {
                 if let Some(client) = &*crate::lock::lock(master) {
                     return Ok(client.clone());
                 }
-                let client = sentinels.lock().await.async_get_client().await?;
+                let mut sentinels = sentinels.lock().await;
+                // Another caller may have asked while this one waited: one question at a time.
+                if let Some(client) = &*crate::lock::lock(master) {
+                    return Ok(client.clone());
+                }
+                let client = sentinels.async_get_client().await?;
                 *crate::lock::lock(master) = Some(client.clone());
                 Ok(client)
             }

@@ -155,7 +155,10 @@ pub(crate) struct Redis {
     target: connect::Target,
     /// The connection that carries commands: replaced when an operation times out on it
     /// (a half-open flow answers nothing, and redis-rs reconnects only on errors).
-    connection: Mutex<Option<connect::Connection>>,
+    connection: Mutex<Option<(u64, connect::Connection)>>,
+    /// Numbers the command connections made, so that a failure replaces only the one it
+    /// happened on (not a fresh one another operation already made).
+    connections_made: AtomicU64,
     prefix: String,
     timeout: Duration,
     positive_ttl: Duration,
@@ -202,6 +205,7 @@ impl Redis {
         Ok(Redis {
             target,
             connection: Mutex::new(None),
+            connections_made: AtomicU64::new(0),
             prefix: settings.prefix,
             timeout: settings.timeout,
             positive_ttl: settings.positive_ttl,
@@ -245,26 +249,41 @@ impl Redis {
 
     /// The connection that carries commands (made on first use; with Sentinel, the master
     /// is asked of the Sentinels first; with a cluster, its slots of the seeds).
-    async fn connection(&self) -> redis::RedisResult<connect::Connection> {
+    async fn connection(&self) -> redis::RedisResult<(u64, connect::Connection)> {
         if let Some(connection) = &*crate::lock::lock(&self.connection) {
             return Ok(connection.clone());
         }
         let connection = self.target.connect(self.timeout).await?;
+        let number = self.connections_made.fetch_add(1, Ordering::Relaxed) + 1;
         // Two first uses at once: one connection is kept, the other dropped.
         Ok(crate::lock::lock(&self.connection)
-            .get_or_insert(connection)
+            .get_or_insert((number, connection))
             .clone())
     }
 
-    /// Forgets the connection that carries commands (and, with Sentinel, the master): the
-    /// next operation makes a new one. After a timeout (the flow may be dead without a FIN,
-    /// where redis-rs would wait on it forever), a lost connection, or a master that is one
-    /// no more.
-    fn reconnect(&self, what: &'static str) {
-        self.target.forget();
-        if crate::lock::lock(&self.connection).take().is_some() {
+    /// Forgets the connection that carries commands if it is still connection `number` (and,
+    /// with Sentinel, the master): the next operation makes a new one. After a timeout (the
+    /// flow may be dead without a FIN, where redis-rs would wait on it forever), a lost
+    /// connection, or a master that is one no more. A late failure on a connection already
+    /// replaced replaces nothing.
+    fn reconnect(&self, what: &'static str, number: u64) {
+        let mut slot = crate::lock::lock(&self.connection);
+        if slot.as_ref().is_some_and(|(current, _)| *current == number) {
+            *slot = None;
+            drop(slot);
+            self.target.forget();
             self.counters.reconnected.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(operation = what, "redis connection replaced");
+        }
+    }
+
+    /// [`reconnect`](Self::reconnect) connection `used`; when the failure came before any
+    /// connection was made (Sentinel's master unreachable), the master is asked again.
+    fn reconnect_or_forget(&self, what: &'static str, used: u64) {
+        if used == 0 {
+            self.target.forget();
+        } else {
+            self.reconnect(what, used);
         }
     }
 
@@ -313,8 +332,17 @@ impl Redis {
         F: FnOnce(connect::Connection) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
-        let attempt = async { op(self.connection().await?).await };
-        match tokio::time::timeout(bound, attempt).await {
+        // Which connection the operation ran on (0: none made yet, for a timeout in `connect`,
+        // which replaces nothing but asks Sentinel again).
+        let used = AtomicU64::new(0);
+        let attempt = async {
+            let (number, connection) = self.connection().await?;
+            used.store(number, Ordering::Relaxed);
+            op(connection).await
+        };
+        let outcome = tokio::time::timeout(bound, attempt).await;
+        let used = used.load(Ordering::Relaxed);
+        match outcome {
             Ok(Ok(value)) => {
                 self.answered.store(true, Ordering::Relaxed);
                 if self.down.swap(false, Ordering::Relaxed) {
@@ -342,13 +370,13 @@ impl Redis {
                         || error.is_unrecoverable_error()
                         || matches!(error.code(), Some("READONLY" | "MASTERDOWN" | "LOADING")))
                 {
-                    self.reconnect(what);
+                    self.reconnect_or_forget(what, used);
                 }
                 self.failed(what, &error.to_string());
                 Err(Failure::Unreachable)
             }
             Err(_) => {
-                self.reconnect(what);
+                self.reconnect_or_forget(what, used);
                 self.failed(what, "timed out");
                 Err(Failure::Unreachable)
             }

@@ -683,9 +683,13 @@ async fn a_young_shared_answer_serves_refreshes_and_sensitive_routes() {
     // Both entries age past `refresh_after` (Redis ages by the wall clock: really wait).
     tokio::time::sleep(refresh_after + Duration::from_millis(100)).await;
     // A's refresh finds only the old shared answer: it asks id6, and shares what it learns.
+    let old_entry = redis.get(&entry_of(&prefix, &token));
     assert!(a.authenticate(&alice_headers).await.user().is_some());
     let until = Instant::now() + Duration::from_secs(10);
-    while a.stats().upstream_authenticated < 3 {
+    // Until A's answer is in Redis (sealed anew), not only counted: the count comes when
+    // id6 answers, the store a moment later (B read the old entry in between once).
+    while a.stats().upstream_authenticated < 3 || redis.get(&entry_of(&prefix, &token)) == old_entry
+    {
         assert!(Instant::now() < until, "A never refreshed");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }

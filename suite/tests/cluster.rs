@@ -266,6 +266,15 @@ impl App {
 }
 
 impl App {
+    /// The app on `id6`, serving on a port of its own.
+    async fn serving(id6: Id6) -> App {
+        App {
+            base: common::serve(common::app(&id6)).await,
+            id6,
+            http: common::http_client(),
+        }
+    }
+
     /// Polls `/me` with `token` until it is refused (within 2 s, else `panic!(why)`).
     async fn until_refused(&self, token: &str, since: Instant, why: &str) -> Duration {
         loop {
@@ -300,11 +309,7 @@ async fn authorizing_app(mock: &MockId6, redis: &Redis, prefix: &str) -> App {
         .timeout(Duration::from_secs(2))
         .build()
         .unwrap();
-    App {
-        base: common::serve(common::app(&id6)).await,
-        id6,
-        http: common::http_client(),
-    }
+    App::serving(id6).await
 }
 
 /// `n` instances of the app, each serving on its own port, every one's subscriber listening
@@ -312,12 +317,7 @@ async fn authorizing_app(mock: &MockId6, redis: &Redis, prefix: &str) -> App {
 async fn apps(mock: &MockId6, redis: &Redis, prefix: &str, n: usize) -> Vec<App> {
     let mut apps = Vec::new();
     for _ in 0..n {
-        let id6 = instance(mock, redis, prefix).await;
-        apps.push(App {
-            base: common::serve(common::app(&id6)).await,
-            id6,
-            http: common::http_client(),
-        });
+        apps.push(App::serving(instance(mock, redis, prefix).await).await);
     }
     redis.until_subscribed(n).await;
     // Each instance opens its Redis connection on its first miss: open them now, so that a
@@ -395,20 +395,15 @@ async fn three_instances_share_answers_and_evictions() {
     // pause after the last failure): try until one instance's answer is another's, each
     // time with a token no instance has seen.
     let carol = mock.add_user("Carol", "c@example.com");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut age = 10;
-    let carol_token = loop {
-        let token = mock.token_issued_at(carol, common::now_ms() - age);
-        age += 1;
-        let calls = mock.user_calls();
-        assert_eq!(apps[1].get("/", &token).await.1, "Hello, Carol!");
-        assert_eq!(apps[2].get("/", &token).await.1, "Hello, Carol!");
-        if mock.user_calls() == calls + 1 {
-            break token;
-        }
-        assert!(Instant::now() < deadline, "sharing never resumed");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let others = [&apps[1], &apps[2]];
+    let carol_token = until_shared(
+        &mock,
+        &others,
+        (carol, "Carol"),
+        Duration::from_secs(10),
+        "sharing never resumed",
+    )
+    .await;
     apps[2]
         .id6
         .disconnect(&UserToken::new(&carol_token).unwrap())
@@ -454,6 +449,33 @@ async fn a_revocation_seen_by_one_instance_reaches_the_others() {
         .until_refused(&laptop, seen, "B kept serving the revoked laptop")
         .await;
     println!("a revocation learnt by A reached B in {took:?}");
+}
+
+/// Asks `apps` in turn about fresh tokens of `user` (named `name`), one token each round,
+/// until one round costs a single id6 call: the first instance's answer reached the others
+/// through Redis. The token of that round; `what` if that takes longer than `within`.
+async fn until_shared(
+    mock: &MockId6,
+    apps: &[&App],
+    (user, name): (u64, &str),
+    within: Duration,
+    what: &str,
+) -> String {
+    let deadline = Instant::now() + within;
+    // Tokens told apart by when they were issued, counting back from now.
+    let mut age = 10;
+    loop {
+        let token = mock.token_issued_at(user, common::now_ms() - age);
+        age += 1;
+        for app in apps {
+            assert_eq!(app.get("/", &token).await.1, format!("Hello, {name}!"));
+        }
+        if mock.user_calls_for(&token) == 1 {
+            return token;
+        }
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Polls until `id6` counted more evictions than `before` (a broadcast arrived), within 2 s.
@@ -1154,11 +1176,7 @@ async fn a_silent_subscription_is_noticed_and_replaced() {
         .timeout(Duration::from_secs(2))
         .build()
         .unwrap();
-    let b_app = App {
-        base: common::serve(common::app(&b)).await,
-        id6: b.clone(),
-        http: common::http_client(),
-    };
+    let b_app = App::serving(b.clone()).await;
     let alice = mock.add_user("Alice", "a@example.com");
     let token = mock.token_for(alice);
     let mut headers = http::HeaderMap::new();
@@ -1315,15 +1333,7 @@ async fn sentinel_failover_is_followed_without_a_restart() {
             .build()
             .unwrap()
     };
-    let mut apps = Vec::new();
-    for _ in 0..2 {
-        let id6 = make();
-        apps.push(App {
-            base: common::serve(common::app(&id6)).await,
-            id6,
-            http: common::http_client(),
-        });
-    }
+    let apps = [App::serving(make()).await, App::serving(make()).await];
     group.master.until_subscribed(2).await;
     assert_eq!(
         apps[0].id6.shared_health(),
@@ -1390,22 +1400,16 @@ async fn sentinel_failover_is_followed_without_a_restart() {
         .await;
     // Sharing resumes on the new master: one instance's answer is the other's.
     let carol = mock.add_user("Carol", "c@example.com");
-    let mut age = 10;
-    let shared_again = loop {
-        let token = mock.token_issued_at(carol, common::now_ms() - age);
-        age += 1;
-        let calls = mock.user_calls();
-        assert_eq!(apps[0].get("/", &token).await.1, "Hello, Carol!");
-        assert_eq!(apps[1].get("/", &token).await.1, "Hello, Carol!");
-        if mock.user_calls() == calls + 1 {
-            break killed.elapsed();
-        }
-        assert!(
-            killed.elapsed() < Duration::from_secs(40),
-            "sharing never resumed"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let both = [&apps[0], &apps[1]];
+    until_shared(
+        &mock,
+        &both,
+        (carol, "Carol"),
+        Duration::from_secs(40),
+        "sharing never resumed",
+    )
+    .await;
+    let shared_again = killed.elapsed();
     let carol_token = mock.token_issued_at(carol, common::now_ms() - 1);
     assert_eq!(apps[1].get("/", &carol_token).await.1, "Hello, Carol!");
     apps[0]
@@ -1645,15 +1649,7 @@ async fn a_cluster_shares_spreads_and_survives_a_master_down() {
             .build()
             .unwrap()
     };
-    let mut apps = Vec::new();
-    for _ in 0..2 {
-        let id6 = make();
-        apps.push(App {
-            base: common::serve(common::app(&id6)).await,
-            id6,
-            http: common::http_client(),
-        });
-    }
+    let apps = [App::serving(make()).await, App::serving(make()).await];
     // Both subscribe on the first seed.
     group.nodes[0].until_subscribed(2).await;
     let up = id6_tower::SharedHealth::Up {
@@ -1812,22 +1808,16 @@ async fn a_cluster_shares_spreads_and_survives_a_master_down() {
     group.until_ok().await;
     let ok = restarted.elapsed();
     let (id, name, _) = &users[victim];
-    let mut age = 20;
-    let resumed = loop {
-        let token = mock.token_issued_at(*id, common::now_ms() - age);
-        age += 1;
-        for app in &apps {
-            assert_eq!(app.get("/", &token).await.1, format!("Hello, {name}!"));
-        }
-        if mock.user_calls_for(&token) == 1 {
-            break restarted.elapsed();
-        }
-        assert!(
-            restarted.elapsed() < Duration::from_secs(30),
-            "sharing never resumed on the master that came back"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let every: Vec<&App> = apps.iter().collect();
+    until_shared(
+        &mock,
+        &every,
+        (*id, name),
+        Duration::from_secs(30),
+        "sharing never resumed on the master that came back",
+    )
+    .await;
+    let resumed = restarted.elapsed();
     println!(
         "cluster: a broadcast took {broadcast:?}; the restarted master's users shared again \
          {resumed:?} after its restart (cluster_state:ok after {ok:?})"
@@ -1848,22 +1838,15 @@ async fn a_cluster_shares_spreads_and_survives_a_master_down() {
     }
     let restarted = Instant::now();
     group.until_ok().await;
-    let mut age = 100;
-    let all_back = loop {
-        let token = mock.token_issued_at(*id, common::now_ms() - age);
-        age += 1;
-        for app in &apps {
-            assert_eq!(app.get("/", &token).await.1, format!("Hello, {name}!"));
-        }
-        if mock.user_calls_for(&token) == 1 {
-            break restarted.elapsed();
-        }
-        assert!(
-            restarted.elapsed() < Duration::from_secs(30),
-            "sharing never resumed after every master was back"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    until_shared(
+        &mock,
+        &every,
+        (*id, name),
+        Duration::from_secs(30),
+        "sharing never resumed after every master was back",
+    )
+    .await;
+    let all_back = restarted.elapsed();
     println!("cluster: every master restarted; shared again {all_back:?} after");
 }
 

@@ -13,6 +13,8 @@
 //!   seal, JSON, the local fill). Each token is shared by A before the timed loop.
 //! - `redis/miss_via_sentinel`: the same miss on an instance that found that server through
 //!   a Sentinel (the master is asked once per connection, not per miss).
+//! - `redis/miss_from_cluster`: the same miss on a three-master Redis Cluster of the bench's
+//!   own (two instances of their own on it).
 //! - `seal/open`: opening one sealed entry (HKDF of the token, ChaCha20-Poly1305) as
 //!   `src/redis/seal.rs` does, with the same crates and parameters: sealing's part of a miss.
 
@@ -37,6 +39,10 @@ fn redis_server(extra: &[String]) -> (Server, u16) {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .unwrap();
+    redis_server_on(port, extra)
+}
+
+fn redis_server_on(port: u16, extra: &[String]) -> (Server, u16) {
     let server = Server(
         Command::new("redis-server")
             .args(extra)
@@ -59,6 +65,63 @@ fn redis_server(extra: &[String]) -> (Server, u16) {
         std::thread::sleep(Duration::from_millis(20));
     }
     panic!("redis-server did not listen");
+}
+
+/// Three cluster masters (no replicas), each in a folder of its own, on ports that leave
+/// room for their bus ports (port + 10 000): below the kernel's ephemeral range.
+fn redis_cluster() -> (Vec<Server>, Vec<String>) {
+    let free = |port: u16| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok();
+    let start = 12_000 + (std::process::id() % 2_000) as u16 * 5;
+    let ports: Vec<u16> = (start..22_000)
+        .filter(|port| free(*port) && free(port + 10_000))
+        .take(3)
+        .collect();
+    let dir = std::env::temp_dir().join(format!("id6-bench-cluster-{}", std::process::id()));
+    let servers = ports
+        .iter()
+        .map(|port| {
+            let folder = dir.join(port.to_string());
+            std::fs::create_dir_all(&folder).unwrap();
+            let extra = [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--dir",
+            ]
+            .map(String::from)
+            .into_iter()
+            .chain([folder.display().to_string()])
+            .collect::<Vec<_>>();
+            redis_server_on(*port, &extra).0
+        })
+        .collect();
+    let created = Command::new("redis-cli")
+        .args(["--cluster", "create"])
+        .args(ports.iter().map(|port| format!("127.0.0.1:{port}")))
+        .arg("--cluster-yes")
+        .stdout(Stdio::null())
+        .status()
+        .expect("redis-cli on the PATH");
+    assert!(created.success(), "redis-cli --cluster create failed");
+    // Until every slot is served.
+    for _ in 0..200 {
+        let ok = ports.iter().all(|port| {
+            Command::new("redis-cli")
+                .args(["-p", &port.to_string(), "cluster", "info"])
+                .output()
+                .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains("cluster_state:ok"))
+        });
+        if ok {
+            let urls = ports
+                .iter()
+                .map(|p| format!("redis://127.0.0.1:{p}"))
+                .collect();
+            return (servers, urls);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("the cluster never came up");
 }
 
 fn headers(token: &str) -> http::HeaderMap {
@@ -98,6 +161,16 @@ fn benches(c: &mut Criterion) {
         .cache_ttl(Duration::from_secs(3600))
         .build()
         .unwrap();
+    // A cluster of three masters: two instances on it, one storing, one reading.
+    let (_cluster, seeds) = redis_cluster();
+    let on_cluster = || {
+        Id6::builder(mock.url())
+            .redis_cluster(seeds.clone())
+            .cache_ttl(Duration::from_secs(3600))
+            .build()
+            .unwrap()
+    };
+    let (cluster_writer, cluster_reader) = (on_cluster(), on_cluster());
     let alice = mock.add_user("Alice", "alice@example.com");
     // Distinct tokens, issued a moment ago (one millisecond apart, counting back).
     let mut issued = std::time::SystemTime::now()
@@ -114,6 +187,8 @@ fn benches(c: &mut Criterion) {
         a.authenticate(&headers(&warm)).await;
         b.authenticate(&headers(&warm)).await;
         through_sentinel.authenticate(&headers(&warm)).await;
+        cluster_writer.authenticate(&headers(&warm)).await;
+        cluster_reader.authenticate(&headers(&warm)).await;
     });
 
     let mut group = c.benchmark_group("redis");
@@ -157,16 +232,18 @@ fn benches(c: &mut Criterion) {
             }
         })
     });
-    for (name, reader) in [
-        ("miss_from_redis", &b),
-        ("miss_via_sentinel", &through_sentinel),
-    ] {
+    let cases = [
+        ("miss_from_redis", &a, &b),
+        ("miss_via_sentinel", &a, &through_sentinel),
+        ("miss_from_cluster", &cluster_writer, &cluster_reader),
+    ];
+    for (name, writer, reader) in cases {
         group.bench_function(name, |bench| {
             bench.iter_custom(|iters| {
                 let tokens: Vec<_> = (0..iters).map(|_| fresh()).collect();
                 rt.block_on(async {
                     for token in &tokens {
-                        a.authenticate(&headers(token)).await;
+                        writer.authenticate(&headers(token)).await;
                     }
                     let calls = mock.user_calls();
                     let started = Instant::now();

@@ -780,6 +780,7 @@ fn tls_file(b: &Id6Builder, s: Setting, path: Option<&Path>) -> Result<Option<Ve
         .redis
         .as_ref()
         .or(b.redis_cluster.first())
+        .or(b.redis_sentinels.first())
         .is_some_and(|Secret(url)| {
             let scheme = url.trim_start().split("://").next().unwrap_or_default();
             scheme.eq_ignore_ascii_case("rediss") || scheme.eq_ignore_ascii_case("valkeys")
@@ -787,7 +788,8 @@ fn tls_file(b: &Id6Builder, s: Setting, path: Option<&Path>) -> Result<Option<Ve
     if !tls_url {
         return Err(Error::config(
             s,
-            "needs a `rediss://` Redis URL (ID6_REDIS_URL): it is for TLS to Redis",
+            "needs `rediss://` Redis URLs (ID6_REDIS_URL, ID6_REDIS_SENTINELS or \
+             ID6_REDIS_CLUSTER): it is for TLS to Redis",
         ));
     }
     values::pem_file(s, path).map(Some)

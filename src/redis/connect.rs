@@ -61,6 +61,70 @@ fn client_of(
     }
 }
 
+/// A Sentinel client over TLS (`rediss://` Sentinels): the Sentinels and the master they
+/// name both spoken to over TLS, verified as a `rediss://` server is (the public roots, or
+/// the CA file; the client certificate when set), with the first URL's user and password.
+fn sentinels_over_tls(
+    settings: &RedisSettings,
+    infos: &[redis::ConnectionInfo],
+    master: &str,
+) -> Result<SentinelClient, Error> {
+    let row = setting::REDIS_SENTINELS;
+    if infos
+        .iter()
+        .any(|info| !matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. }))
+    {
+        return Err(Error::config(row, "mixes rediss:// and redis:// Sentinels"));
+    }
+    #[cfg(not(feature = "rustls"))]
+    {
+        let _ = (settings, master);
+        Err(Error::config(
+            row,
+            "is rediss:// (TLS), but id6-tower was built without TLS for Redis: \
+             enable its `rustls` feature (default) with `redis`",
+        ))
+    }
+    #[cfg(feature = "rustls")]
+    {
+        use redis::sentinel::SentinelClientBuilder;
+        use redis::TlsMode;
+        if infos.iter().any(|info| {
+            matches!(
+                info.addr(),
+                redis::ConnectionAddr::TcpTls { insecure: true, .. }
+            )
+        }) {
+            return Err(Error::config(
+                row,
+                "asks for no certificate verification (`#insecure`): not supported; name \
+                 Redis's CA with ID6_REDIS_CA_FILE instead",
+            ));
+        }
+        let certificates = tls::certificates(settings)?;
+        let refused = |_| Error::config(row, "unusable as Sentinels over TLS");
+        let addresses = infos.iter().map(|info| info.addr().clone());
+        let mut builder = SentinelClientBuilder::new(addresses, master, SentinelServerType::Master)
+            .map_err(refused)?
+            .set_client_to_sentinel_tls_mode(TlsMode::Secure)
+            .set_client_to_redis_tls_mode(TlsMode::Secure)
+            .set_client_to_sentinel_certificates(certificates.clone())
+            .set_client_to_redis_certificates(certificates);
+        let auth = infos.first().map(redis::ConnectionInfo::redis_settings);
+        if let Some(user) = auth.and_then(|a| a.username()) {
+            builder = builder
+                .set_client_to_sentinel_username(user)
+                .set_client_to_redis_username(user);
+        }
+        if let Some(password) = auth.and_then(|a| a.password()) {
+            builder = builder
+                .set_client_to_sentinel_password(password)
+                .set_client_to_redis_password(password);
+        }
+        builder.build().map_err(refused)
+    }
+}
+
 /// Whether the URL asks for TLS (`rediss://`, or Valkey's `valkeys://`), as redis-rs reads it.
 fn is_tls(url: &str) -> bool {
     redis::parse_redis_url(url).is_some_and(|url| matches!(url.scheme(), "rediss" | "valkeys"))
@@ -344,18 +408,22 @@ impl Target {
             .map(|url| redis::IntoConnectionInfo::into_connection_info(url.as_str()))
             .collect::<Result<Vec<_>, _>>()
             .map_err(not_a_url)?;
-        // The master is reached as the Sentinels are: the same user and password.
-        let node = infos.first().map(|info| {
-            SentinelNodeConnectionInfo::default()
-                .set_redis_connection_info(info.redis_settings().clone())
-        });
-        let client = SentinelClient::build(
-            infos,
-            sentinels.master.clone(),
-            node,
-            SentinelServerType::Master,
-        )
-        .map_err(not_a_url)?;
+        let client = if sentinels.urls.iter().any(|url| is_tls(url)) {
+            sentinels_over_tls(settings, &infos, &sentinels.master)?
+        } else {
+            // The master is reached as the Sentinels are: the same user and password.
+            let node = infos.first().map(|info| {
+                SentinelNodeConnectionInfo::default()
+                    .set_redis_connection_info(info.redis_settings().clone())
+            });
+            SentinelClient::build(
+                infos,
+                sentinels.master.clone(),
+                node,
+                SentinelServerType::Master,
+            )
+            .map_err(not_a_url)?
+        };
         Ok(Target::Sentinel {
             sentinels: Box::new(tokio::sync::Mutex::new(client)),
             master: std::sync::Mutex::new(None),

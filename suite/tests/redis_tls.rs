@@ -737,3 +737,95 @@ async fn a_miss_served_from_redis_over_tls_against_plain_text() {
         tls_median.as_secs_f64() / plain_median.as_secs_f64()
     );
 }
+
+/// A Sentinel of the test's own speaking TLS only, watching `master` over TLS as
+/// `id6-tls`; ended with the test.
+struct TlsSentinel {
+    port: u16,
+    process: Child,
+}
+
+impl TlsSentinel {
+    fn start(pki: &Pki, master: &Redis) -> TlsSentinel {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let file = |name: &str| pki.path(name).to_str().unwrap().to_owned();
+        let conf = pki.path("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port 0\ntls-port {port}\nbind 127.0.0.1\ntls-cert-file {}\ntls-key-file {}\n\
+                 tls-ca-cert-file {}\ntls-auth-clients no\ntls-replication yes\n\
+                 sentinel monitor id6-tls 127.0.0.1 {} 1\n",
+                file("server.pem"),
+                file("server.key"),
+                file("ca.pem"),
+                master.tls
+            ),
+        )
+        .unwrap();
+        let process = Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server starts as a Sentinel");
+        let sentinel = TlsSentinel { port, process };
+        for _ in 0..250 {
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return sentinel;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("the Sentinel did not listen within 5 s");
+    }
+}
+
+impl Drop for TlsSentinel {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+/// `rediss://` Sentinels: the instances ask a Sentinel over TLS for the master, reach the
+/// master over TLS (verified against the CA file), share one answer and a sign-out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinels_over_tls_name_a_master_reached_over_tls() {
+    let pki = Pki::new("sentinel");
+    let Some(redis) = redis_or_skip(&pki, &["--tls-auth-clients", "no"], None).await else {
+        return;
+    };
+    let sentinel = TlsSentinel::start(&pki, &redis);
+    let mock = MockId6::start().await.unwrap();
+    let make = || {
+        Id6::builder(mock.url())
+            .redis_sentinels([format!("rediss://127.0.0.1:{}", sentinel.port)], "id6-tls")
+            .redis_ca_file(pki.path("ca.pem"))
+            .redis_prefix("id6-tls-sentinel:")
+            .redis_timeout(Duration::from_secs(1))
+            .timeout(Duration::from_secs(2))
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (App::new(make()).await, App::new(make()).await);
+    redis.until_subscribed_over_tls(2).await;
+    warm_up(&mock, &[&a, &b]).await;
+    let token = shared_once(&mock, &a, &[&b]).await;
+    assert_eq!(
+        a.id6.shared_health(),
+        SharedHealth::Up {
+            topology: id6_tower::Topology::Sentinel
+        }
+    );
+    let before = b.id6.stats().evictions;
+    a.id6
+        .sign_out(&UserToken::new(&token).unwrap())
+        .await
+        .unwrap();
+    until_evicted(&b.id6, before, "a sign-out over TLS Sentinels").await;
+}

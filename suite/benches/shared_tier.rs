@@ -201,7 +201,7 @@ fn benches(c: &mut Criterion) {
         use sha2::Digest;
         let hash = sha2::Sha256::digest(sample.as_bytes());
         let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
-        format!("id6:t:{hex}")
+        format!("id6:{{u:{alice}}}t:{hex}")
     };
     let client = redis::Client::open(url.as_str()).unwrap();
     let mut direct = rt
@@ -233,8 +233,8 @@ fn benches(c: &mut Criterion) {
         })
     });
     let cases = [
-        ("miss_from_redis", &a, &b),
         ("miss_via_sentinel", &a, &through_sentinel),
+        ("miss_from_redis", &a, &b),
         ("miss_from_cluster", &cluster_writer, &cluster_reader),
     ];
     for (name, writer, reader) in cases {

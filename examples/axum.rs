@@ -17,7 +17,8 @@
 //! - `GET /` → `Hello, <name>!` or `Hello, anonymous!`
 //! - `GET /me` → the user's JSON, or 401 / 503 with id6's error JSON
 //! - `GET /health` → always 200, JSON: `{"id6": {"state": "calling" | "held back", ..},
-//!   "redis": {"state": "off" | "starting" | "up" | "down", "topology", "downSinceMs"?}}`
+//!   "redis": {"state": "off" | "starting" | "up" | "degraded" | "down", "topology",
+//!   "sinceMs"?}}`
 //! - `POST /me/profile` (JSON `{name, bio?, language?}`) → 204, or 400 with id6's error body
 //!   (`invalid_body` for any invalid body, as id6 answers it)
 //! - `POST /me/picture` (multipart field `picture`) → `{"picture": "<url>"}`
@@ -101,6 +102,18 @@ impl FromRef<AppState> for Id6 {
     }
 }
 
+/// A shared tier failing (in part, or wholly) since `since`, as JSON.
+fn failing(
+    state: &str,
+    topology: id6_tower::Topology,
+    since: std::time::SystemTime,
+) -> serde_json::Value {
+    let since_ms = since
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    serde_json::json!({ "state": state, "topology": topology.as_str(), "sinceMs": since_ms })
+}
+
 /// Readiness: how id6 and the shared tier are doing, as JSON; always 200, since the app
 /// serves requests whatever they say (a Redis outage means more id6 calls, not errors).
 async fn health(State(id6): State<Id6>) -> Json<serde_json::Value> {
@@ -119,18 +132,12 @@ async fn health(State(id6): State<Id6>) -> Json<serde_json::Value> {
         SharedHealth::Up { topology } => {
             serde_json::json!({ "state": "up", "topology": topology.as_str() })
         }
+        SharedHealth::Degraded {
+            topology, since, ..
+        } => failing("degraded", topology, since),
         SharedHealth::Down {
             topology, since, ..
-        } => {
-            let since_ms = since
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis());
-            serde_json::json!({
-                "state": "down",
-                "topology": topology.as_str(),
-                "downSinceMs": since_ms,
-            })
-        }
+        } => failing("down", topology, since),
         _ => serde_json::json!({ "state": "unknown" }),
     };
     Json(serde_json::json!({ "id6": id6_state, "redis": shared }))

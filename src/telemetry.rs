@@ -96,6 +96,16 @@ pub enum SharedHealth {
         /// How the instances reach Redis.
         topology: Topology,
     },
+    /// Some of its operations fail since `since` while others are answered: a cluster
+    /// with a master down. Its users' requests go to the local cache and id6; the other
+    /// masters' users are still shared.
+    #[non_exhaustive]
+    Degraded {
+        /// How the instances reach Redis.
+        topology: Topology,
+        /// When the first failure of this spell was seen.
+        since: std::time::SystemTime,
+    },
     /// Its operations fail (or time out) since `since`; the layer carries on with its local
     /// cache and id6 meanwhile, and tries again by itself.
     #[non_exhaustive]

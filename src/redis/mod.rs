@@ -131,6 +131,10 @@ enum Stored {
     Rejected { code: String, until: u64 },
 }
 
+/// On a cluster, a failure within this long of another operation's answer is one master's
+/// trouble (degraded), not an outage; and degraded ends this long after the last failure.
+const PARTIAL_WINDOW_MS: u64 = 5_000;
+
 /// The bound on a clear's deletion of every shared entry (a scan of the keyspace).
 const CLEAR_WITHIN: Duration = Duration::from_secs(10);
 
@@ -179,6 +183,12 @@ pub(crate) struct Redis {
     /// Redis ever answered.
     down_since_ms: AtomicU64,
     answered: AtomicBool,
+    /// A cluster with some masters answering and some not: since when (ms since the epoch),
+    /// and when each last happened.
+    degraded: AtomicBool,
+    degraded_since_ms: AtomicU64,
+    last_answer_ms: AtomicU64,
+    last_failure_ms: AtomicU64,
     /// While Redis is down, lookups try it again only after this (ms since the epoch), so
     /// that not every miss waits for the timeout.
     retry_at: AtomicU64,
@@ -221,6 +231,10 @@ impl Redis {
             down: AtomicBool::new(false),
             down_since_ms: AtomicU64::new(0),
             answered: AtomicBool::new(false),
+            degraded: AtomicBool::new(false),
+            degraded_since_ms: AtomicU64::new(0),
+            last_answer_ms: AtomicU64::new(0),
+            last_failure_ms: AtomicU64::new(0),
             retry_at: AtomicU64::new(0),
             counters: Counters::default(),
         })
@@ -345,8 +359,14 @@ impl Redis {
         match outcome {
             Ok(Ok(value)) => {
                 self.answered.store(true, Ordering::Relaxed);
+                let now = now_ms();
+                self.last_answer_ms.store(now, Ordering::Relaxed);
                 if self.down.swap(false, Ordering::Relaxed) {
                     tracing::info!("redis is back; sharing resumes");
+                }
+                let quiet = now.saturating_sub(self.last_failure_ms.load(Ordering::Relaxed));
+                if quiet > PARTIAL_WINDOW_MS && self.degraded.swap(false, Ordering::Relaxed) {
+                    tracing::info!("every redis cluster master answers again");
                 }
                 Ok(value)
             }
@@ -385,11 +405,28 @@ impl Redis {
 
     fn failed(&self, what: &'static str, why: &str) {
         self.counters.errors.fetch_add(1, Ordering::Relaxed);
+        let now = now_ms();
+        self.last_failure_ms.store(now, Ordering::Relaxed);
         // A cluster's failure is often one master's: lookups of the others' slots go on
         // (those of its slots fail at once when it refuses, or within the timeout).
         if !self.target.is_cluster() {
             self.retry_at
-                .store(now_ms() + RETRY_AFTER_FAILURE_MS, Ordering::Relaxed);
+                .store(now + RETRY_AFTER_FAILURE_MS, Ordering::Relaxed);
+        } else if now.saturating_sub(self.last_answer_ms.load(Ordering::Relaxed))
+            <= PARTIAL_WINDOW_MS
+        {
+            // Another master answered a moment ago: degraded, not down (one warning, not
+            // one per flip between a failure and an answer).
+            if !self.degraded.swap(true, Ordering::Relaxed) {
+                self.degraded_since_ms.store(now, Ordering::Relaxed);
+                tracing::warn!(
+                    operation = what,
+                    why,
+                    "a redis cluster master does not answer; its users' requests go to the \
+                     local cache and id6, the others' are still shared"
+                );
+            }
+            return;
         }
         if !self.down.swap(true, Ordering::Relaxed) {
             self.down_since_ms.store(now_ms(), Ordering::Relaxed);
@@ -908,6 +945,12 @@ impl SecondLevel for Redis {
         if self.down.load(Ordering::Relaxed) {
             let since = Duration::from_millis(self.down_since_ms.load(Ordering::Relaxed));
             SharedHealth::Down {
+                topology,
+                since: std::time::UNIX_EPOCH + since,
+            }
+        } else if self.degraded.load(Ordering::Relaxed) {
+            let since = Duration::from_millis(self.degraded_since_ms.load(Ordering::Relaxed));
+            SharedHealth::Degraded {
                 topology,
                 since: std::time::UNIX_EPOCH + since,
             }

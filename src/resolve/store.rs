@@ -13,8 +13,8 @@ use crate::error::TokenRejection;
 use crate::token::TokenKey;
 use crate::user::{Authentication, User};
 
-/// Keys are SHA-256 outputs: foldhash (seeded per process) is enough to spread them and
-/// cheaper than moka's default SipHash.
+/// Keys are SHA-256 or keyed SipHash-128 outputs: foldhash (seeded per process) is enough to
+/// spread them and cheaper than moka's default SipHash.
 type Hasher = foldhash::fast::RandomState;
 
 /// The local tiers. Each entry carries when it was stored, by the handle's [`Clock`],

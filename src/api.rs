@@ -214,7 +214,7 @@ impl Id6 {
     /// JWT payload (id6 just accepted the token, so the payload is genuine).
     fn owner_of(&self, token: &UserToken) -> Option<u64> {
         self.resolver()
-            .user_id_of(&token.key())
+            .user_id_of(&self.resolver().key_of(token))
             .or_else(|| token.unverified_user_id())
     }
 
@@ -238,7 +238,7 @@ impl Id6 {
             Ok(response) => Ok((token, response)),
             Err(error) => {
                 if error.is_unauthenticated() {
-                    let key = token.key();
+                    let key = resolver.key_of(&token);
                     let refused = TokenRejection::from_code(error.error_code());
                     resolver.end_watched(&key, refused);
                     resolver.evict(Scope::Token(key)).await;
@@ -306,7 +306,10 @@ impl Id6 {
     pub async fn sign_out(&self, from: &(impl TokenSource + ?Sized)) -> Result<(), Error> {
         let (token, _) = self.call(Method::POST, "auth/signout", from, |r| r).await?;
         // Its connections end saying what happened, here and on every instance.
-        self.resolver().evict(Scope::SignedOut(token.key())).await;
+        let resolver = self.resolver();
+        resolver
+            .evict(Scope::SignedOut(resolver.key_of(&token)))
+            .await;
         Ok(())
     }
 
@@ -373,7 +376,7 @@ impl Id6 {
     pub(crate) async fn evict_owner(&self, token: &UserToken) {
         let scope = self
             .owner_of(token)
-            .map_or(Scope::Token(token.key()), Scope::User);
+            .map_or(Scope::Token(self.resolver().key_of(token)), Scope::User);
         self.resolver().evict(scope).await;
     }
 
@@ -382,7 +385,7 @@ impl Id6 {
     pub fn invalidate_token(&self, from: &(impl TokenSource + ?Sized)) {
         if let Some(token) = from.user_token(self) {
             self.resolver()
-                .evict_in_background(Scope::Token(token.key()));
+                .evict_in_background(Scope::Token(self.resolver().key_of(&token)));
         }
     }
 

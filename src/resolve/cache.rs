@@ -58,7 +58,7 @@ pub(crate) struct AuthCache {
 impl std::fmt::Debug for AuthCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AuthCache")
-            .field("entries", &self.entries.users.entry_count())
+            .field("entries", &self.entries.user_count())
             .finish_non_exhaustive()
     }
 }
@@ -144,7 +144,7 @@ impl AuthCache {
                     return load.pending.clone();
                 }
             }
-            if self.entries.users.contains_key(&key) {
+            if self.entries.has_user(&key) {
                 return self.start(&mut inflight, key, generation, || fetch(Payer::Nobody));
             }
             if let Some(payer) = found.take() {
@@ -288,7 +288,7 @@ impl AuthCache {
 
     /// The user a cached token belongs to.
     pub(crate) fn user_id_of(&self, key: &TokenKey) -> Option<u64> {
-        self.entries.users.get(key).map(|cached| cached.user.id)
+        self.entries.user(key).map(|cached| cached.user.id)
     }
 
     /// Whether an answer given this long ago may still be served as a user's.

@@ -6,7 +6,7 @@
 //! ```text
 //! Id6Service::call ──► Resolver::lookup(headers)
 //!   TokenFinder: no token ─────────────────────────────────► Ready(Anonymous)
-//!   TokenKey (SHA-256) ─► AuthCache::get (store): hit ─────► Ready(verdict)
+//!   TokenKey (Keying) ─► AuthCache::get (store): hit ──────► Ready(verdict)
 //!   token::check + jwt::Screen: refused ───────────────────► Ready(Rejected)
 //!   AuthCache::load: one spawned load per key ─────────────► Pending ─┐
 //!     └ Resolver::ask: SecondLevel::get ─► Client::authenticate       │
@@ -56,7 +56,7 @@ use crate::error::TokenRejection;
 use crate::error::{Error, Kind};
 use crate::jwt::Screen;
 use crate::telemetry::{LookupOutcome, Refresh, Telemetry};
-use crate::token::{self, Found, TokenFinder, TokenKey, TokenLocation, UserToken};
+use crate::token::{self, Found, Keying, TokenFinder, TokenKey, TokenLocation, UserToken};
 use crate::user::Authentication;
 
 /// A watched token is rechecked when this part of its cached answer's TTL is left
@@ -125,6 +125,8 @@ struct Inner {
     settings: ResolverSettings,
     /// Where the token is, in the configured places.
     finder: TokenFinder,
+    /// How tokens are named: SHA-256 with a second level, else a keyed PRF.
+    keying: Keying,
     /// The local screen every token passes before it costs an id6 call.
     screen: Screen,
     /// Who is calling, for the miss budget.
@@ -156,6 +158,11 @@ impl Resolver {
                     settings.token_lifetime,
                 ),
                 callers: CallerFinder::new(settings.trusted_proxies, settings.caller_key.clone()),
+                keying: if second.is_some() {
+                    Keying::Shared
+                } else {
+                    Keying::local()
+                },
                 settings,
                 second,
                 client,
@@ -170,6 +177,11 @@ impl Resolver {
 
     pub(crate) fn settings(&self) -> &ResolverSettings {
         &self.inner.settings
+    }
+
+    /// `token`'s key in this resolver's tiers, marks and lives (see [`Keying`]).
+    pub(crate) fn key_of(&self, token: &UserToken) -> TokenKey {
+        self.inner.keying.key(token.expose())
     }
 
     /// Where this resolver looks for the token.
@@ -225,7 +237,7 @@ impl Resolver {
         if raw.len() > token::MAX_TOKEN_LEN {
             return refuse("too long", TokenRejection::InvalidToken);
         }
-        let key = TokenKey::of(raw);
+        let key = inner.keying.key(raw);
         if let Some(hit) = inner.local.get(&key, max_age) {
             let outcome = match hit.verdict {
                 Authentication::Authenticated(_) => LookupOutcome::Hit,
@@ -390,7 +402,7 @@ impl Resolver {
         if token.expose().len() > token::MAX_TOKEN_LEN {
             return Err(Error::new(Kind::Refused(TokenRejection::InvalidToken)));
         }
-        let key = token.key();
+        let key = self.key_of(&token);
         match inner.local.peek(&key).map(|hit| hit.verdict) {
             Some(Authentication::Authenticated(_)) => return Ok((token, Payer::Nobody)),
             Some(Authentication::Rejected(why)) => {
@@ -430,7 +442,7 @@ impl Resolver {
         let Found::Token(token) = self.inner.finder.find(headers) else {
             return None;
         };
-        let key = TokenKey::of(token);
+        let key = self.inner.keying.key(token);
         let local = &self.inner.local;
         let fresh_for = local.peek(&key).map_or(Duration::ZERO, |hit| hit.fresh_for);
         let ahead = local.user_ttl() / AHEAD_OF_EXPIRY;
@@ -610,7 +622,7 @@ impl Resolver {
         verdict: &Authentication,
         started: LoadStart,
     ) {
-        let key = token.key();
+        let key = self.key_of(token);
         self.inner.local.fill(key, verdict, started.generation);
         self.share(key, token, verdict, started).await;
     }

@@ -1,10 +1,11 @@
 //! The store: moka tiers of id6's verdicts per token key (users, rejected tokens, and the
 //! stale users the failure policy may serve), each entry stamped by the handle's clock.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
+use moka::notification::RemovalCause;
 use moka::sync::Cache;
 
 use crate::clock::Clock;
@@ -13,15 +14,17 @@ use crate::error::TokenRejection;
 use crate::token::TokenKey;
 use crate::user::{Authentication, User};
 
-/// Keys are SHA-256 outputs: foldhash (seeded per process) is enough to spread them and
-/// cheaper than moka's default SipHash.
+/// Keys are SHA-256 or keyed SipHash-128 outputs: foldhash (seeded per process) is enough to
+/// spread them and cheaper than moka's default SipHash.
 type Hasher = foldhash::fast::RandomState;
 
 /// The local tiers. Each entry carries when it was stored, by the handle's [`Clock`],
 /// which decides expiry; moka's TTLs (the same lengths) only free the memory.
 #[derive(Clone)]
 pub(super) struct Entries {
-    pub(super) users: Cache<TokenKey, Arc<Cached>, Hasher>,
+    /// Read before `users`; holds only entries `users` holds (see [`Front`]).
+    front: Arc<Front>,
+    users: Cache<TokenKey, Arc<Cached>, Hasher>,
     /// Rejected tokens, with id6's reason and when.
     rejected: Cache<TokenKey, (TokenRejection, Instant), Hasher>,
     /// With [`OnUnavailable::Stale`]: users kept for the grace window past their TTL, served
@@ -43,11 +46,22 @@ impl Entries {
             OnUnavailable::Stale(grace) => Some(settings.cache_ttl.saturating_add(grace)),
             _ => None,
         };
+        let front = Arc::new(Front::new(settings.max_capacity));
+        let gone = front.clone();
         Entries {
             users: Cache::builder()
                 .max_capacity(settings.max_capacity)
                 .time_to_live(settings.cache_ttl)
+                // What moka drops on its own leaves the front too, so the front never
+                // outlives moka's bound (explicit removals clear it at once, below).
+                .eviction_listener(move |key, cached: Arc<Cached>, cause| {
+                    if matches!(cause, RemovalCause::Size | RemovalCause::Expired) {
+                        cached.removed.store(true, Ordering::SeqCst);
+                        gone.forget(&key, Some(&cached));
+                    }
+                })
                 .build_with_hasher(Hasher::default()),
+            front,
             // Rejected tokens are what a stranger can mint at will: bounded the same way.
             rejected: Cache::builder()
                 .max_capacity(settings.max_capacity)
@@ -89,6 +103,8 @@ pub(super) struct Cached {
     pub(super) user: Arc<User>,
     confirmed: Instant,
     refresh_claimed: AtomicBool,
+    /// Set when moka lets go of this entry: it may no longer enter the [`Front`].
+    removed: AtomicBool,
 }
 
 /// A cache hit.
@@ -116,7 +132,7 @@ impl Entries {
         max_age: Option<Duration>,
         claim: bool,
     ) -> Option<Hit> {
-        if let Some(cached) = self.users.get(key) {
+        if let Some(cached) = self.user(key) {
             let age = self.since(cached.confirmed);
             if age >= self.cache_ttl || max_age.is_some_and(|max_age| age > max_age) {
                 return None;
@@ -145,8 +161,33 @@ impl Entries {
         (self.since(at) < self.stale_ttl).then_some(user)
     }
 
+    /// The cached user of `key`: from the front, else from moka (then put in front).
+    pub(super) fn user(&self, key: &TokenKey) -> Option<Arc<Cached>> {
+        if let Some(cached) = self.front.get(key) {
+            return Some(cached);
+        }
+        let epoch = self.front.epoch();
+        let cached = self.users.get(key)?;
+        self.front.promote(key, &cached, epoch);
+        Some(cached)
+    }
+
+    /// Whether a user is cached for `key`, however old.
+    pub(super) fn has_user(&self, key: &TokenKey) -> bool {
+        self.front.get(key).is_some() || self.users.contains_key(key)
+    }
+
+    /// Removes `key`'s user from moka, then from the front.
+    fn remove_user(&self, key: &TokenKey) {
+        if let Some(cached) = self.users.remove(key) {
+            cached.removed.store(true, Ordering::SeqCst);
+        }
+        self.front.forget(key, None);
+    }
+
     pub(super) fn contains_key(&self, key: &TokenKey) -> bool {
-        self.users.contains_key(key)
+        self.front.get(key).is_some()
+            || self.users.contains_key(key)
             || self.rejected.contains_key(key)
             || self.stale.as_ref().is_some_and(|s| s.contains_key(key))
     }
@@ -171,11 +212,19 @@ impl Entries {
                     user,
                     confirmed: now,
                     refresh_claimed: AtomicBool::new(false),
+                    removed: AtomicBool::new(false),
                 };
+                // Fills and removals are serialized by the marks' lock: the entry replaced
+                // is the one read here.
+                let replaced = self.users.get(&key);
                 self.users.insert(key, Arc::new(cached));
+                if let Some(replaced) = replaced {
+                    replaced.removed.store(true, Ordering::SeqCst);
+                }
+                self.front.forget(&key, None);
             }
             Authentication::Rejected(why) => {
-                self.users.invalidate(&key);
+                self.remove_user(&key);
                 if let Some(stale) = &self.stale {
                     stale.invalidate(&key);
                 }
@@ -187,7 +236,7 @@ impl Entries {
     }
 
     pub(super) fn invalidate(&self, key: &TokenKey) {
-        self.users.invalidate(key);
+        self.remove_user(key);
         self.rejected.invalidate(key);
         if let Some(stale) = &self.stale {
             stale.invalidate(key);
@@ -196,10 +245,16 @@ impl Entries {
 
     pub(super) fn invalidate_all(&self) {
         self.users.invalidate_all();
+        self.front.clear();
         self.rejected.invalidate_all();
         if let Some(stale) = &self.stale {
             stale.invalidate_all();
         }
+    }
+
+    /// Users cached, as moka last counted them.
+    pub(super) fn user_count(&self) -> u64 {
+        self.users.entry_count()
     }
 
     /// Settles moka's pending bookkeeping first, so the count is current.
@@ -207,5 +262,187 @@ impl Entries {
         self.users.run_pending_tasks();
         self.rejected.run_pending_tasks();
         self.users.entry_count() + self.rejected.entry_count()
+    }
+}
+
+/// A small front of hot users, read before moka: one slot per key's first bits (keys are
+/// uniform: SHA-256 or a keyed PRF), holding the very `Arc<Cached>` moka holds. A hit here
+/// costs a read lock and a clone; moka's `get` also records the read for its eviction
+/// policy (now and then running its housekeeping on the caller's thread) and reads its
+/// own clock. Ages are still checked by the caller, on the entry.
+///
+/// It never answers what moka would not: every removal marks the entry removed, then
+/// clears its slot (explicit ones at once, moka's own through its eviction listener), and a
+/// clear of everything bumps the epoch, then clears every slot. An entry enters a slot only
+/// if, under the slot's write lock, it is not marked removed and no clear began since it
+/// was read from moka: a removal racing a promotion either finds the entry in the slot or
+/// keeps it out. No moka call is made under a slot's lock (moka may run its eviction
+/// listener, which takes one).
+struct Front {
+    slots: Box<[Slot]>,
+    epoch: AtomicU64,
+}
+
+/// A front slot: empty, or a token's key and its cached user.
+type Slot = RwLock<Option<(TokenKey, Arc<Cached>)>>;
+
+/// Slots at most: a few hundred KB; the hottest users of a larger cache share them.
+const FRONT_SLOTS: u64 = 4096;
+
+impl Front {
+    fn new(max_capacity: u64) -> Self {
+        let slots = max_capacity.clamp(1, FRONT_SLOTS).next_power_of_two();
+        Front {
+            slots: (0..slots).map(|_| RwLock::new(None)).collect(),
+            epoch: AtomicU64::new(0),
+        }
+    }
+
+    fn slot(&self, key: &TokenKey) -> &Slot {
+        let bits = u64::from_le_bytes(key.0[..8].try_into().expect("8 bytes"));
+        // A power of two: the mask keeps the low bits.
+        &self.slots[(bits & (self.slots.len() as u64 - 1)) as usize]
+    }
+
+    fn get(&self, key: &TokenKey) -> Option<Arc<Cached>> {
+        let slot = self
+            .slot(key)
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        match &*slot {
+            Some((held, cached)) if held == key => Some(cached.clone()),
+            _ => None,
+        }
+    }
+
+    /// Read before reading moka, for [`promote`](Self::promote).
+    fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
+    /// Puts `cached`, read from moka for `key` after `epoch`, in front: unless it was
+    /// removed or everything was cleared since.
+    fn promote(&self, key: &TokenKey, cached: &Arc<Cached>, epoch: u64) {
+        let mut slot = self
+            .slot(key)
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if !cached.removed.load(Ordering::SeqCst) && self.epoch() == epoch {
+            *slot = Some((*key, cached.clone()));
+        }
+    }
+
+    /// Empties `key`'s slot if it holds `key` (and, given `only`, that very entry).
+    fn forget(&self, key: &TokenKey, only: Option<&Arc<Cached>>) {
+        let mut slot = self
+            .slot(key)
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if slot.as_ref().is_some_and(|(held, cached)| {
+            held == key && only.is_none_or(|only| Arc::ptr_eq(only, cached))
+        }) {
+            *slot = None;
+        }
+    }
+
+    fn clear(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        for slot in &*self.slots {
+            *slot.write().unwrap_or_else(PoisonError::into_inner) = None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Id6Builder;
+
+    fn entries(max_capacity: u64) -> Entries {
+        let settings = Id6Builder::new("http://127.0.0.1:9")
+            .max_capacity(max_capacity)
+            .validate()
+            .unwrap()
+            .resolver;
+        Entries::new(&settings)
+    }
+
+    fn user(id: u64) -> Authentication {
+        Authentication::Authenticated(Arc::new(User::new(id, "A")))
+    }
+
+    fn id(entries: &Entries, key: &TokenKey) -> Option<u64> {
+        entries.get(key, None)?.verdict.user().map(|u| u.id)
+    }
+
+    fn in_front(entries: &Entries, key: &TokenKey) -> bool {
+        entries.front.get(key).is_some()
+    }
+
+    #[test]
+    fn every_removal_reaches_the_front() {
+        let entries = entries(100);
+        let (a, b) = (TokenKey::of("a"), TokenKey::of("b"));
+        entries.insert(a, user(1), Duration::ZERO);
+        assert_eq!(id(&entries, &a), Some(1));
+        assert!(in_front(&entries, &a), "a hit puts the user in front");
+
+        entries.insert(a, user(2), Duration::ZERO);
+        assert!(!in_front(&entries, &a));
+        assert_eq!(id(&entries, &a), Some(2), "a replaced user is not served");
+
+        entries.invalidate(&a);
+        assert_eq!(id(&entries, &a), None);
+
+        entries.insert(a, user(1), Duration::ZERO);
+        entries.insert(b, user(3), Duration::ZERO);
+        assert_eq!((id(&entries, &a), id(&entries, &b)), (Some(1), Some(3)));
+        entries.insert(
+            a,
+            Authentication::Rejected(TokenRejection::TokenRevoked),
+            Duration::ZERO,
+        );
+        assert!(entries.get(&a, None).unwrap().verdict.is_anonymous());
+        entries.invalidate_all();
+        assert!(entries.get(&b, None).is_none() && !in_front(&entries, &b));
+    }
+
+    #[test]
+    fn a_removed_entry_never_enters_the_front() {
+        let entries = entries(100);
+        let a = TokenKey::of("a");
+        entries.insert(a, user(1), Duration::ZERO);
+        // Read from moka, then removed before its promotion: kept out.
+        let epoch = entries.front.epoch();
+        let read = entries.users.get(&a).unwrap();
+        entries.invalidate(&a);
+        entries.front.promote(&a, &read, epoch);
+        assert!(!in_front(&entries, &a));
+        // The same, with everything cleared in between.
+        entries.insert(a, user(1), Duration::ZERO);
+        let epoch = entries.front.epoch();
+        let read = entries.users.get(&a).unwrap();
+        entries.invalidate_all();
+        entries.front.promote(&a, &read, epoch);
+        assert!(!in_front(&entries, &a));
+    }
+
+    #[test]
+    fn what_moka_drops_for_room_leaves_the_front() {
+        let entries = entries(4);
+        let keys: Vec<TokenKey> = (0..50).map(|n| TokenKey::of(format!("t{n}"))).collect();
+        for (n, key) in keys.iter().enumerate() {
+            entries.insert(*key, user(n as u64), Duration::ZERO);
+            let _ = entries.get(key, None);
+            entries.users.run_pending_tasks();
+        }
+        for key in &keys {
+            if entries.get(key, None).is_some() {
+                assert!(
+                    entries.users.contains_key(key),
+                    "served, yet dropped by moka"
+                );
+            }
+        }
     }
 }

@@ -47,16 +47,7 @@ fn client_of(
     #[cfg(feature = "rustls")]
     {
         let info = redis::IntoConnectionInfo::into_connection_info(url).map_err(not_a_url)?;
-        if matches!(
-            info.addr(),
-            redis::ConnectionAddr::TcpTls { insecure: true, .. }
-        ) {
-            return Err(Error::config(
-                row,
-                "asks for no certificate verification (`#insecure`): not supported; name \
-                 Redis's CA with ID6_REDIS_CA_FILE instead",
-            ));
-        }
+        verified(std::slice::from_ref(&info), row)?;
         tls::client(info, settings)
     }
 }
@@ -89,18 +80,7 @@ fn sentinels_over_tls(
     {
         use redis::sentinel::SentinelClientBuilder;
         use redis::TlsMode;
-        if infos.iter().any(|info| {
-            matches!(
-                info.addr(),
-                redis::ConnectionAddr::TcpTls { insecure: true, .. }
-            )
-        }) {
-            return Err(Error::config(
-                row,
-                "asks for no certificate verification (`#insecure`): not supported; name \
-                 Redis's CA with ID6_REDIS_CA_FILE instead",
-            ));
-        }
+        verified(infos, row)?;
         let certificates = tls::certificates(settings)?;
         let refused = |_| Error::config(row, "unusable as Sentinels over TLS");
         let addresses = infos.iter().map(|info| info.addr().clone());
@@ -123,6 +103,25 @@ fn sentinels_over_tls(
         }
         builder.build().map_err(refused)
     }
+}
+
+/// Refuses TLS addresses that ask for no certificate verification (`#insecure`).
+#[cfg(feature = "rustls")]
+fn verified(infos: &[redis::ConnectionInfo], row: crate::error::Setting) -> Result<(), Error> {
+    let insecure = infos.iter().any(|info| {
+        matches!(
+            info.addr(),
+            redis::ConnectionAddr::TcpTls { insecure: true, .. }
+        )
+    });
+    if insecure {
+        return Err(Error::config(
+            row,
+            "asks for no certificate verification (`#insecure`): not supported; name \
+             Redis's CA with ID6_REDIS_CA_FILE instead",
+        ));
+    }
+    Ok(())
 }
 
 /// Whether the URL asks for TLS (`rediss://`, or Valkey's `valkeys://`), as redis-rs reads it.

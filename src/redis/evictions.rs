@@ -63,25 +63,22 @@ impl Queue {
     pub(super) fn push(&self, scope: Scope, done: oneshot::Sender<()>) {
         {
             let mut waiting = crate::lock::lock(&self.waiting);
-            if scope == Scope::All {
-                // Everything queued is covered by the clear: one turn for all of it.
-                let waiters = waiting.drain(..).flat_map(|q| q.waiters).chain([done]);
-                let queued = Queued {
-                    scope,
-                    waiters: waiters.collect(),
-                    told: false,
-                };
-                waiting.push_back(queued);
-            } else if let Some(same) = waiting.iter_mut().find(|q| q.scope == scope) {
+            let same = (scope != Scope::All)
+                .then(|| waiting.iter_mut().find(|q| q.scope == scope))
+                .flatten();
+            if let Some(same) = same {
                 same.waiters.push(done);
-            } else if waiting.len() >= BOUND {
-                let dropped = waiting.len() as u64 + 1;
-                self.given_up.fetch_add(dropped, Ordering::Relaxed);
-                tracing::warn!(
-                    dropped,
-                    "redis unreachable and {BOUND} evictions queued: giving them up for one \
-                     clear of every instance's cache, sent when redis answers again"
-                );
+            } else if scope == Scope::All || waiting.len() >= BOUND {
+                if scope != Scope::All {
+                    let dropped = waiting.len() as u64 + 1;
+                    self.given_up.fetch_add(dropped, Ordering::Relaxed);
+                    tracing::warn!(
+                        dropped,
+                        "redis unreachable and {BOUND} evictions queued: giving them up for \
+                         one clear of every instance's cache, sent when redis answers again"
+                    );
+                }
+                // Everything queued is covered by the clear: one turn for all of it.
                 let waiters = waiting.drain(..).flat_map(|q| q.waiters).chain([done]);
                 let clear = Queued {
                     scope: Scope::All,

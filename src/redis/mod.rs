@@ -621,23 +621,43 @@ impl Redis {
     /// Starts, once, the task that applies queued evictions (needs a runtime: without one,
     /// evictions wait in the queue for the first call that has one).
     fn start_delivering(self: &Arc<Self>) {
-        if self.delivering.load(Ordering::Relaxed) || self.delivering.swap(true, Ordering::SeqCst) {
+        self.spawn_once(&self.delivering, "evictions", |this| {
+            let (shared, queue) = (Arc::downgrade(this), this.evictions.clone());
+            async move {
+                // However the task ends (its runtime shut down, a panic), the next eviction
+                // starts another.
+                let _restart = Restart(shared.clone());
+                deliver(shared, queue).await;
+            }
+        });
+    }
+
+    /// Spawns the task `make` gives, once (`started` says whether it was), ending it when
+    /// the handle goes (its `stop` sender is dropped) whatever it waits on. Without a
+    /// runtime, nothing: the next call with one spawns it.
+    fn spawn_once<F>(
+        self: &Arc<Self>,
+        started: &AtomicBool,
+        what: &'static str,
+        make: impl FnOnce(&Arc<Self>) -> F,
+    ) where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        // Called on every miss: a read first, the write only once.
+        if started.load(Ordering::Relaxed) || started.swap(true, Ordering::SeqCst) {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            self.delivering.store(false, Ordering::SeqCst);
+            started.store(false, Ordering::SeqCst);
             return;
         };
-        let (shared, queue) = (Arc::downgrade(self), self.evictions.clone());
+        let task = make(self);
         let mut stop = self.stop.subscribe();
         runtime.spawn(async move {
-            // However the task ends (its runtime shut down, a panic), the next eviction
-            // starts another.
-            let _restart = Restart(shared.clone());
             let stopped = async move { while stop.changed().await.is_ok() {} };
             tokio::select! {
-                () = stopped => tracing::debug!("id6 handle dropped; redis evictions end"),
-                () = deliver(shared, queue) => {}
+                () = stopped => tracing::debug!(task = what, "id6 handle dropped; redis task ends"),
+                () = task => {}
             }
         });
     }
@@ -645,8 +665,9 @@ impl Redis {
     /// Applies one eviction to Redis.
     async fn apply(&self, scope: Scope) -> Result<(), Failure> {
         match scope {
-            Scope::Token(key) => self.invalidate_token(&key, "t").await,
-            Scope::SignedOut(key) => self.invalidate_token(&key, "s").await,
+            Scope::Token(key) | Scope::SignedOut(key) => {
+                self.invalidate_token(&key, message(scope)).await
+            }
             Scope::User(user_id) => self.revoke_user(user_id, None).await,
             Scope::All => self.clear().await,
         }
@@ -655,12 +676,7 @@ impl Redis {
     /// Tells every instance of an eviction whose Redis part waits (a cluster's master down):
     /// published through any node, as the Redis part will publish it again once applied.
     async fn tell(&self, scope: Scope) -> bool {
-        let message = match scope {
-            Scope::Token(key) => format!("t:{}", hex(&key)),
-            Scope::SignedOut(key) => format!("s:{}", hex(&key)),
-            Scope::User(user_id) => format!("u:{user_id}"),
-            Scope::All => "*".to_owned(),
-        };
+        let message = message(scope);
         let channel = self.channel();
         self.attempt("invalidate", |mut c| async move {
             c.publish::<_, _, ()>(channel, message).await
@@ -669,17 +685,17 @@ impl Redis {
         .is_some()
     }
 
-    /// Deletes a token's shared entry and tells every instance, `kind` saying why (`t`: an
-    /// invalidation, `s`: a sign-out). The entry's user is read from its locator first; none
-    /// (never shared, or expired) leaves only the news to tell.
-    async fn invalidate_token(&self, key: &TokenKey, kind: &str) -> Result<(), Failure> {
+    /// Deletes a token's shared entry and tells every instance `message` (an invalidation's
+    /// or a sign-out's). The entry's user is read from its locator first; none (never
+    /// shared, or expired) leaves only the news to tell.
+    async fn invalidate_token(&self, key: &TokenKey, message: String) -> Result<(), Failure> {
         let locator = self.locator(key);
         let owner = self
             .try_op("invalidate", |mut c| async move {
                 c.get::<_, Option<u64>>(locator).await
             })
             .await?;
-        let (channel, message) = (self.channel(), format!("{kind}:{}", hex(key)));
+        let channel = self.channel();
         let entry = owner.map(|owner| self.entry(owner, key));
         self.try_op("invalidate", |mut c| async move {
             if let Some(entry) = entry {
@@ -740,7 +756,7 @@ impl Redis {
         dropping
             .key(set)
             .arg(self.channel())
-            .arg(format!("u:{user_id}"));
+            .arg(message(Scope::User(user_id)));
         for member in members.iter().filter(|m| from_hex(m).is_some()) {
             dropping.key(format!("{tag}t:{member}")).arg(member);
         }
@@ -753,15 +769,15 @@ impl Redis {
 
     /// Deletes every shared entry under the prefix, tells every instance to clear, and
     /// deletes once more what a store in between put back: taken once the news is out (a
-    /// scan may outlast one operation's timeout on a big Redis; what it leaves expires, and
-    /// no instance reads it past its TTL). Deleting first, an instance that clears and
+    /// deletion that outlasts [`CLEAR_WITHIN`] leaves entries that expire, and no instance
+    /// reads them past their TTL). Deleting first, an instance that clears and
     /// misses does not find the old entries in Redis. Locators stay (they expire with their
     /// entries, and point at nothing meanwhile); users' marks stay (they refuse stale stores).
     async fn clear(&self) -> Result<(), Failure> {
         self.delete_entries().await;
         let channel = self.channel();
         self.try_op("clear", |mut c| async move {
-            c.publish::<_, _, ()>(channel, "*").await
+            c.publish::<_, _, ()>(channel, message(Scope::All)).await
         })
         .await?;
         self.delete_entries().await;
@@ -810,23 +826,8 @@ impl Redis {
 
     /// Starts, once, the task that applies other instances' evictions to `local`.
     fn start_listening(self: &Arc<Self>, local: Arc<dyn EvictionSink>) {
-        // Called on every miss: a read first, the write only once.
-        if self.subscribed.load(Ordering::Relaxed) || self.subscribed.swap(true, Ordering::SeqCst) {
-            return;
-        }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            self.subscribed.store(false, Ordering::SeqCst);
-            return;
-        };
-        let shared = Arc::downgrade(self);
-        let mut stop = self.stop.subscribe();
-        runtime.spawn(async move {
-            // Ends when the handle goes (its `stop` sender is dropped), whatever it waits on.
-            let stopped = async move { while stop.changed().await.is_ok() {} };
-            tokio::select! {
-                () = stopped => tracing::debug!("id6 handle dropped; redis subscriber ends"),
-                () = subscriber::listen(shared, local) => {}
-            }
+        self.spawn_once(&self.subscribed, "subscriber", |this| {
+            subscriber::listen(Arc::downgrade(this), local)
         });
     }
 }
@@ -990,6 +991,16 @@ fn from_hex(hex: &str) -> Option<TokenKey> {
     Some(TokenKey(key))
 }
 
+/// An eviction as broadcast (read back by [`parse`]).
+fn message(scope: Scope) -> String {
+    match scope {
+        Scope::Token(key) => format!("t:{}", hex(&key)),
+        Scope::SignedOut(key) => format!("s:{}", hex(&key)),
+        Scope::User(user_id) => format!("u:{user_id}"),
+        Scope::All => "*".to_owned(),
+    }
+}
+
 /// Another instance's eviction, as broadcast: `*`, `u:<user id>`, `t:<key hex>` or (a
 /// sign-out) `s:<key hex>`.
 fn parse(message: &str) -> Option<Scope> {
@@ -1009,4 +1020,23 @@ fn parse(message: &str) -> Option<Scope> {
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_eviction_is_read_back_as_broadcast() {
+        let key = TokenKey([0xab; 32]);
+        for scope in [
+            Scope::Token(key),
+            Scope::SignedOut(key),
+            Scope::User(42),
+            Scope::All,
+        ] {
+            assert_eq!(parse(&message(scope)), Some(scope), "{scope:?}");
+        }
+        assert_eq!(parse("t:not hex"), None);
+    }
 }

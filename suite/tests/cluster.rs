@@ -368,6 +368,10 @@ async fn three_instances_share_answers_and_evictions() {
         worst = worst.max(app.until_refused(&token, returned, "never refused").await);
     }
     println!("revocation seen on the other instances after {worst:?} (worst case)");
+    a_store_from_before_a_revocation_is_refused(&mock, &prefix, (&apps[0], &apps[1]), |key| {
+        redis.set(key, b"60000", 60_000)
+    })
+    .await;
 
     // Redis stopped: requests keep succeeding through moka and id6, never waiting long.
     redis.stop();
@@ -476,6 +480,49 @@ async fn until_shared(
         assert!(Instant::now() < deadline, "{what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The stale-store refusal, on whatever topology: A's load of a token begins; meanwhile
+/// another instance's revocation of its user marks Redis (`mark` writes the user's `rev`
+/// key, as the first half of a revocation does) and its broadcast never comes; then id6's
+/// answer arrives. A's store is refused by Redis itself (the script compares the mark's age
+/// with the load's), so B, which never saw the token, asks id6 instead of serving an answer
+/// that may predate the revocation.
+async fn a_store_from_before_a_revocation_is_refused(
+    mock: &MockId6,
+    prefix: &str,
+    (a, b): (&App, &App),
+    mark: impl Fn(&str),
+) {
+    let user = mock.add_user("Stale", "stale@example.com");
+    let token = mock.token_issued_at(user, common::now_ms() - 3);
+    mock.hold_user_answers();
+    let in_flight = {
+        let (base, http, token) = (a.base.clone(), a.http.clone(), token.clone());
+        tokio::spawn(async move {
+            let response = http
+                .get(format!("{base}/"))
+                .header("cookie", format!("auth={token}"))
+                .send()
+                .await
+                .unwrap();
+            response.text().await.unwrap()
+        })
+    };
+    tokio::time::timeout(Duration::from_secs(10), mock.wait_for_held_answers(1))
+        .await
+        .expect("A's load never reached id6");
+    // The mark's value is its own lifetime (ms), so its age is that less its PTTL: now.
+    mark(&format!("{prefix}{{u:{user}}}rev"));
+    mock.release_user_answers();
+    // A answers its request (id6 said so), then shares it: refused. Then B misses in Redis.
+    assert_eq!(in_flight.await.unwrap(), "Hello, Stale!");
+    assert_eq!(b.get("/", &token).await.1, "Hello, Stale!");
+    assert_eq!(
+        mock.user_calls_for(&token),
+        2,
+        "B was served A's answer, stored across a revocation made during its load"
+    );
 }
 
 /// Polls until `id6` counted more evictions than `before` (a broadcast arrived), within 2 s.
@@ -1359,6 +1406,10 @@ async fn sentinel_failover_is_followed_without_a_restart() {
     apps[1]
         .until_refused(&token, Instant::now(), "the broadcast never came")
         .await;
+    a_store_from_before_a_revocation_is_refused(&mock, &prefix, (&apps[0], &apps[1]), |key| {
+        group.master.set(key, b"60000", 60_000)
+    })
+    .await;
 
     // Dave, never revoked, is known to both instances. Then the master dies.
     let dave = mock.add_user("Dave", "d@example.com");
@@ -1582,6 +1633,16 @@ impl ClusterGroup {
             .position(|n| n.reply(&[b"EXISTS", key.as_bytes()]).starts_with(":1"))
     }
 
+    /// `SET key value PX ms` on the master that owns `key`'s slot (the others answer MOVED).
+    fn set(&self, key: &str, value: &[u8], ms: u64) {
+        let ms = ms.to_string();
+        let args: [&[u8]; 5] = [b"SET", key.as_bytes(), value, b"PX", ms.as_bytes()];
+        assert!(
+            self.nodes.iter().any(|n| n.reply(&args).starts_with("+OK")),
+            "no master took {key}"
+        );
+    }
+
     /// How many keys each node holds.
     fn sizes(&self) -> Vec<u64> {
         self.nodes
@@ -1720,6 +1781,10 @@ async fn a_cluster_shares_spreads_and_survives_a_master_down() {
     let broadcast = apps[1]
         .until_refused(&token, Instant::now(), "the broadcast never came")
         .await;
+    a_store_from_before_a_revocation_is_refused(&mock, &prefix, (&apps[0], &apps[1]), |key| {
+        group.set(key, b"60000", 60_000)
+    })
+    .await;
     // A sign-out on A: B drops its copy and the shared one is gone (id6 asked again).
     let (_, name, signed_out) = &users[0];
     let calls = mock.user_calls_for(signed_out);

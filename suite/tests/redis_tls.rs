@@ -80,8 +80,9 @@ struct Redis {
     /// The `default` user's password, when the test set one.
     admin_password: Option<&'static str>,
     process: Child,
-    /// This test's turn (see [`ONE_AT_A_TIME`]), given back after the server stops.
-    _turn: tokio::sync::MutexGuard<'static, ()>,
+    /// This test's turn (see [`ONE_AT_A_TIME`]), given back after the server stops (held by
+    /// one server of a test that starts several).
+    _turn: Option<tokio::sync::MutexGuard<'static, ()>>,
 }
 
 /// Held by each test that starts a server, for its whole run: on two shared cores, parallel
@@ -96,6 +97,14 @@ async fn redis_or_skip(
     admin_password: Option<&'static str>,
 ) -> Option<Redis> {
     let turn = ONE_AT_A_TIME.lock().await;
+    let mut redis = start_redis(pki, args, admin_password)?;
+    redis._turn = Some(turn);
+    Some(redis)
+}
+
+/// A redis-server speaking TLS with `pki`'s server certificate (and `args`), without taking
+/// a turn; `None`, said loudly (and a failure under CI), without redis-server.
+fn start_redis(pki: &Pki, args: &[&str], admin_password: Option<&'static str>) -> Option<Redis> {
     let binary = ["/usr/bin/redis-server", "/usr/local/bin/redis-server"]
         .into_iter()
         .find(|p| Path::new(p).exists());
@@ -150,7 +159,7 @@ async fn redis_or_skip(
         plain,
         admin_password,
         process,
-        _turn: turn,
+        _turn: None,
     };
     // Ready when both ports accept connections: bounded retries.
     for _ in 0..250 {
@@ -828,4 +837,223 @@ async fn sentinels_over_tls_name_a_master_reached_over_tls() {
         .await
         .unwrap();
     until_evicted(&b.id6, before, "a sign-out over TLS Sentinels").await;
+}
+
+/// Three masters of a Redis Cluster speaking TLS to clients and to each other
+/// (`tls-cluster`), made by `redis-cli --cluster create` over TLS.
+struct TlsCluster {
+    nodes: Vec<Redis>,
+}
+
+impl TlsCluster {
+    async fn start(pki: &Pki) -> Option<TlsCluster> {
+        let turn = ONE_AT_A_TIME.lock().await;
+        let cli = ["/usr/bin/redis-cli", "/usr/local/bin/redis-cli"]
+            .into_iter()
+            .find(|p| Path::new(p).exists());
+        let Some(cli) = cli else {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "SKIPPED: redis TLS cluster test: install redis-tools"
+            );
+            return None;
+        };
+        let mut nodes = Vec::new();
+        for i in 0..3 {
+            let dir = pki.path(&format!("node-{i}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            // The bus on a port of its own (Redis 7's `cluster-port`), not the TLS port +
+            // 10 000, which a free ephemeral port may leave past 65 535.
+            let bus = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+                .to_string();
+            // The bus is mutual TLS whatever `tls-auth-clients` says: a node connecting to
+            // another shows a client certificate (the server's says ServerAuth only).
+            let (cert, key) = (pki.path("client.pem"), pki.path("client.key"));
+            let args = [
+                "--tls-client-cert-file",
+                cert.to_str().unwrap(),
+                "--tls-client-key-file",
+                key.to_str().unwrap(),
+                "--tls-auth-clients",
+                "no",
+                "--tls-cluster",
+                "yes",
+                "--cluster-enabled",
+                "yes",
+                "--cluster-port",
+                &bus,
+                "--cluster-node-timeout",
+                "2000",
+                "--dir",
+                dir.to_str().unwrap(),
+            ];
+            nodes.push(start_redis(pki, &args, None)?);
+        }
+        nodes[0]._turn = Some(turn);
+        let mut create = Command::new(cli)
+            .args(["--tls", "--cacert"])
+            .arg(pki.path("ca.pem"))
+            .args(["--cluster", "create"])
+            .args(nodes.iter().map(|n| format!("127.0.0.1:{}", n.tls)))
+            .arg("--cluster-yes")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-cli runs");
+        // It waits for the nodes to meet over the bus: bounded, so that a bus that cannot
+        // meet (a certificate it refuses) fails the test instead of hanging the suite.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let created = loop {
+            if let Some(status) = create.try_wait().unwrap() {
+                break status.success();
+            }
+            if Instant::now() > deadline {
+                let _ = create.kill();
+                break false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert!(
+            created,
+            "redis-cli --cluster create over TLS failed or hung"
+        );
+        let cluster = TlsCluster { nodes };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !cluster
+            .nodes
+            .iter()
+            .all(|n| n.command(&["CLUSTER", "INFO"]).contains("cluster_state:ok"))
+        {
+            assert!(Instant::now() < deadline, "the TLS cluster never came up");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Some(cluster)
+    }
+
+    fn seeds(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.tls_url("")).collect()
+    }
+
+    /// `SET key value PX ms` on the master that owns `key`'s slot (the others answer MOVED).
+    fn set(&self, key: &str, value: &str, ms: u64) {
+        let ms = ms.to_string();
+        assert!(
+            self.nodes
+                .iter()
+                .any(|n| n.command(&["SET", key, value, "PX", &ms]) == "+OK"),
+            "no master took {key}"
+        );
+    }
+}
+
+/// A Redis Cluster over TLS (`rediss://` seeds, the CA file): two instances share answers
+/// (one id6 call each, entries on every master), every connection is on a TLS port, a
+/// disconnect on A is refused on B by broadcast, and a store from a load that began before
+/// a revocation is refused by the cluster itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_over_tls_shares_answers_and_evictions() {
+    let pki = Pki::new("cluster");
+    let Some(cluster) = TlsCluster::start(&pki).await else {
+        return;
+    };
+    let mock = MockId6::start().await.unwrap();
+    let prefix = "id6-tls-cluster:";
+    let make = || {
+        Id6::builder(mock.url())
+            .redis_cluster(cluster.seeds())
+            .redis_ca_file(pki.path("ca.pem"))
+            .redis_prefix(prefix)
+            .redis_timeout(Duration::from_secs(1))
+            .timeout(Duration::from_secs(2))
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (App::new(make()).await, App::new(make()).await);
+    cluster.nodes[0].until_subscribed_over_tls(2).await;
+    warm_up(&mock, &[&a, &b]).await;
+
+    let mut shared = 0;
+    let users = 30;
+    for i in 0..users {
+        let id = mock.add_user(&format!("User{i}"), &format!("u{i}@example.com"));
+        let token = mock.token_for(id);
+        for app in [&a, &b] {
+            assert_eq!(app.get("/", &token).await.1, format!("Hello, User{i}!"));
+        }
+        if mock.user_calls_for(&token) == 1 {
+            shared += 1;
+        }
+    }
+    assert_eq!(shared, users, "an answer was not shared");
+    let sizes: Vec<usize> = cluster.nodes.iter().map(Redis::keys).collect();
+    assert!(
+        sizes.iter().all(|n| *n > 0),
+        "entries on some masters only: {sizes:?}"
+    );
+    assert_eq!(
+        a.id6.shared_health(),
+        SharedHealth::Up {
+            topology: id6_tower::Topology::Cluster
+        }
+    );
+    // Every connection the instances opened, on every node, is on its TLS port.
+    for node in &cluster.nodes {
+        let tls = format!(" laddr=127.0.0.1:{} ", node.tls);
+        let clients = node.clients();
+        assert!(
+            !clients.is_empty() && clients.iter().all(|c| c.contains(&tls)),
+            "{clients:#?}"
+        );
+    }
+
+    // A disconnect on A: B refuses the token, by broadcast (the TTL is a minute).
+    let alice = mock.add_user("Alice", "a@example.com");
+    let token = mock.token_issued_at(alice, common::now_ms() - 10);
+    for app in [&a, &b] {
+        assert_eq!(app.get("/", &token).await.1, "Hello, Alice!");
+    }
+    a.id6
+        .disconnect(&UserToken::new(&token).unwrap())
+        .await
+        .unwrap();
+    let took = b.until_refused(&token, "B never refused").await;
+
+    // A store from a load that began before a revocation (its mark written meanwhile, its
+    // broadcast never sent) is refused by the master of the user's slot: B asks id6.
+    let stale = mock.add_user("Stale", "stale@example.com");
+    let token = mock.token_issued_at(stale, common::now_ms() - 3);
+    mock.hold_user_answers();
+    let in_flight = {
+        let (base, http, token) = (a.base.clone(), a.http.clone(), token.clone());
+        tokio::spawn(async move {
+            let response = http
+                .get(format!("{base}/"))
+                .header("cookie", format!("auth={token}"))
+                .send()
+                .await
+                .unwrap();
+            response.text().await.unwrap()
+        })
+    };
+    tokio::time::timeout(Duration::from_secs(10), mock.wait_for_held_answers(1))
+        .await
+        .expect("A's load never reached id6");
+    cluster.set(&format!("{prefix}{{u:{stale}}}rev"), "60000", 60_000);
+    mock.release_user_answers();
+    assert_eq!(in_flight.await.unwrap(), "Hello, Stale!");
+    assert_eq!(b.get("/", &token).await.1, "Hello, Stale!");
+    assert_eq!(
+        mock.user_calls_for(&token),
+        2,
+        "B was served A's answer, stored across a revocation made during its load"
+    );
+    println!(
+        "cluster over TLS: {shared} of {users} tokens shared by two instances, keys per \
+         master {sizes:?}; a disconnect on A refused on B after {took:?}"
+    );
 }

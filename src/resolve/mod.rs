@@ -30,6 +30,7 @@ mod cache;
 mod caller;
 mod lives;
 mod marks;
+mod pending;
 mod policy;
 mod second_level;
 mod store;
@@ -598,9 +599,13 @@ impl Resolver {
     }
 
     /// [`evict`](Self::evict) for callers that cannot wait: the local part now, the rest
-    /// spawned (without a runtime there is no second level to tell anyway).
+    /// spawned; without a second level there is no rest, so no task (and without a runtime
+    /// there is no second level to tell anyway).
     pub(crate) fn evict_in_background(&self, scope: Scope) {
         let everywhere = self.evict(scope);
+        if self.inner.second.is_none() {
+            return;
+        }
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(everywhere);
         }

@@ -277,7 +277,7 @@ impl AuthCache {
 
     /// The user a cached token belongs to.
     pub(crate) fn user_id_of(&self, key: &TokenKey) -> Option<u64> {
-        self.entries.user(key).map(|cached| cached.user.id)
+        self.entries.user(key).map(|user| user.id)
     }
 
     /// Whether an answer given this long ago may still be served as a user's.

@@ -91,32 +91,38 @@ pub(crate) fn request_path<'a>(uri: &'a Uri, extensions: &'a Extensions) -> &'a 
     request_uri(uri, extensions).path()
 }
 
-tokio::task_local! {
-    /// The URI of the request the layer is serving, while its inner service runs: an
-    /// [`Error`] answered as a response sees no request, yet its body names the path as
-    /// every rejection's does.
-    static SERVING: Uri;
+/// What the layer keeps of the request it serves, to name its path in an [`Error`] answered
+/// as a response ([`name_path`]): the URI the client asked for (a clone shares its bytes).
+#[cfg(feature = "axum")]
+pub(crate) type Kept = Uri;
+/// Without axum, no [`Error`] is answered as a response: nothing to keep.
+#[cfg(not(feature = "axum"))]
+pub(crate) type Kept = ();
+
+/// See [`Kept`].
+pub(crate) fn keep<B>(request: &http::Request<B>) -> Kept {
+    #[cfg(feature = "axum")]
+    return request_uri(request.uri(), request.extensions()).clone();
+    #[cfg(not(feature = "axum"))]
+    let _ = request;
 }
 
-/// The URI `request` names the client asked for, to serve it with ([`serving`]). A clone of
-/// a `Uri` shares its bytes.
-pub(crate) fn served_uri<B>(request: &http::Request<B>) -> Uri {
-    request_uri(request.uri(), request.extensions()).clone()
+/// An [`Error`]'s body asks, in its response's extensions, for the path of the request
+/// its handler served (the handler saw no request): the layer that served it names it on
+/// the way out, before the body is written. Only such a response costs anything.
+pub(crate) fn name_path<B>(response: &mut Response<B>, kept: &Kept) {
+    #[cfg(feature = "axum")]
+    if let Some(NamePath(path)) = response.extensions_mut().remove::<NamePath>() {
+        let _ = path.set(kept.path().to_owned());
+    }
+    #[cfg(not(feature = "axum"))]
+    let _ = (response, kept);
 }
 
-/// `future` (the inner service's), knowing the URI of the request it serves.
-pub(crate) fn serving<F: std::future::Future>(
-    uri: Uri,
-    future: F,
-) -> tokio::task::futures::TaskLocalFuture<Uri, F> {
-    SERVING.scope(uri, future)
-}
-
-/// The path of the request being served, inside the layer.
-#[cfg_attr(not(feature = "axum"), allow(dead_code))] // read by `Error`'s `IntoResponse`
-pub(crate) fn serving_path() -> Option<String> {
-    SERVING.try_with(|uri| uri.path().to_owned()).ok()
-}
+/// The request of an [`Error`] answered as a response: its path, once named.
+#[cfg(feature = "axum")]
+#[derive(Clone)]
+pub(crate) struct NamePath(pub(crate) Arc<std::sync::OnceLock<String>>);
 
 macro_rules! define_rejection {
     ($(#[$doc:meta])* $name:ident) => {

@@ -5,12 +5,11 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use http::header::SET_COOKIE;
-use http::{HeaderValue, Request, Response, Uri};
+use http::{HeaderValue, Request, Response};
 use pin_project_lite::pin_project;
-use tokio::task::futures::TaskLocalFuture;
 use tower_service::Service;
 
-use crate::rejection::{served_uri, serving};
+use crate::rejection::{self, Kept};
 use crate::resolve::Pending;
 use crate::session::Lifeline;
 
@@ -43,10 +42,11 @@ pin_project! {
             lifeline: Option<Lifeline>,
         },
         Called {
-            // Knowing the request's URI, for an `Error` answered as a response.
             #[pin]
-            future: TaskLocalFuture<Uri, S::Future>,
+            future: S::Future,
             clear_cookie: Option<HeaderValue>,
+            // The request's URI, for an `Error` answered as a response.
+            kept: Kept,
         },
     }
 }
@@ -61,10 +61,10 @@ where
         request: Request<B>,
         clear_cookie: Option<HeaderValue>,
     ) -> Self {
-        let uri = served_uri(&request);
         ResponseFuture {
             state: State::Called {
-                future: serving(uri, inner.call(request)),
+                kept: rejection::keep(&request),
+                future: inner.call(request),
                 clear_cookie,
             },
         }
@@ -102,8 +102,10 @@ where
                 StateProj::Called {
                     future,
                     clear_cookie,
+                    kept,
                 } => {
                     let mut response = ready!(future.poll(cx))?;
+                    rejection::name_path(&mut response, kept);
                     if let Some(cookie) = clear_cookie.take() {
                         response.headers_mut().append(SET_COOKIE, cookie);
                     }
@@ -133,11 +135,11 @@ where
                         request.extensions_mut().insert(lifeline);
                     }
                     request.extensions_mut().insert(answer.verdict);
-                    let uri = served_uri(&request);
-                    let future = serving(uri, inner.call(request));
+                    let kept = rejection::keep(&request);
                     state.set(State::Called {
-                        future,
+                        future: inner.call(request),
                         clear_cookie,
+                        kept,
                     });
                 }
             }

@@ -69,7 +69,7 @@ impl Deref for RequireUser {
 /// The one answer for the request, as far as the extractor needs a user; a refusal dressed
 /// as id6's error JSON.
 fn answer(parts: &Parts, need: Need) -> Result<Option<Arc<User>>, AuthRejection> {
-    outcome::answer(parts.extensions.get::<Authentication>(), need)
+    outcome::answer(Authentication::of(&parts.extensions), need)
         .map(Option::<&Arc<User>>::cloned)
         .map_err(|refusal| AuthRejection::new(refusal, &parts.uri, &parts.extensions))
 }
@@ -86,7 +86,7 @@ impl<S: Sync> FromRequestParts<S> for RequireUser {
     type Rejection = AuthRejection;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        outcome::required(parts.extensions.get::<Authentication>())
+        outcome::required(Authentication::of(&parts.extensions))
             .map(|user| RequireUser(user.clone()))
             .map_err(|refusal| AuthRejection::new(refusal, &parts.uri, &parts.extensions))
     }
@@ -258,7 +258,7 @@ mod tests {
     use super::*;
     use crate::error::Kind;
     use crate::error::TokenRejection;
-    use crate::rejection::BearerAccepted;
+    use crate::layer::Served;
 
     fn parts_with(verdict: Option<Authentication>) -> Parts {
         let mut request = http::Request::builder().uri("/me?x=1").body(()).unwrap();
@@ -378,9 +378,14 @@ mod tests {
     #[tokio::test]
     async fn bearer_401s_carry_a_challenge() {
         let challenge = |verdict: Authentication| {
-            let mut parts = parts_with(Some(verdict));
-            parts.extensions.insert(BearerAccepted);
-            let refusal = outcome::required(parts.extensions.get()).unwrap_err();
+            let mut parts = parts_with(None);
+            parts.extensions.insert(Served {
+                verdict,
+                lifeline: None,
+                bearer: true,
+                hook: None,
+            });
+            let refusal = outcome::required(Authentication::of(&parts.extensions)).unwrap_err();
             let response =
                 AuthRejection::new(refusal, &parts.uri, &parts.extensions).into_response();
             response.headers()[WWW_AUTHENTICATE]

@@ -17,6 +17,7 @@ use http::{Extensions, HeaderValue, Response, StatusCode, Uri};
 
 use crate::error::Error;
 use crate::error::TokenRejection;
+use crate::layer::Served;
 use crate::outcome::Refusal;
 
 /// Retry-After when id6 gave no wait of its own.
@@ -51,11 +52,6 @@ impl fmt::Debug for RejectionHook {
     }
 }
 
-/// Set by the layer when bearer tokens are accepted: 401s then carry an RFC 6750
-/// `WWW-Authenticate: Bearer` challenge.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct BearerAccepted;
-
 /// What every rejection knows of its request.
 #[derive(Clone, Debug)]
 struct Common {
@@ -66,10 +62,11 @@ struct Common {
 
 impl Common {
     fn of(uri: &Uri, extensions: &Extensions) -> Self {
+        let served = extensions.get::<Served>();
         Common {
             path: request_path(uri, extensions).to_owned(),
-            bearer: extensions.get::<BearerAccepted>().is_some(),
-            hook: extensions.get::<RejectionHook>().cloned(),
+            bearer: served.is_some_and(|served| served.bearer),
+            hook: served.and_then(|served| served.hook.clone()),
         }
     }
 }

@@ -9,6 +9,7 @@ use http::{HeaderValue, Request, Response};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
+use super::Served;
 use crate::rejection::{self, Kept};
 use crate::resolve::Pending;
 use crate::session::Lifeline;
@@ -38,7 +39,7 @@ pin_project! {
             request: Option<Request<B>>,
             // Appended if the verdict says the token is dead (when enabled).
             dead_cookie: Option<HeaderValue>,
-            // Inserted beside a user, for a `Session`.
+            // Taken once too; kept beside a user, for a `Session` (and the handle's settings).
             lifeline: Option<Lifeline>,
         },
         Called {
@@ -119,7 +120,8 @@ where
                     lifeline,
                 } => {
                     let answer = ready!(Pin::new(pending).poll(cx));
-                    let (Some(mut inner), Some(mut request)) = (inner.take(), request.take())
+                    let (Some(mut inner), Some(mut request), Some(lifeline)) =
+                        (inner.take(), request.take(), lifeline.take())
                     else {
                         unreachable!("ResponseFuture polled after it was resolved");
                     };
@@ -128,13 +130,8 @@ where
                     let clear_cookie = dead_cookie
                         .take()
                         .filter(|_| !answer.by_policy && answer.verdict.is_anonymous());
-                    if let Some(lifeline) = lifeline
-                        .take()
-                        .filter(|_| answer.verdict.user_arc().is_some())
-                    {
-                        request.extensions_mut().insert(lifeline);
-                    }
-                    request.extensions_mut().insert(answer.verdict);
+                    let served = Served::beside(answer.verdict, lifeline);
+                    request.extensions_mut().insert(served);
                     let kept = rejection::keep(&request);
                     state.set(State::Called {
                         future: inner.call(request),

@@ -89,9 +89,10 @@ pub(crate) fn request_path<'a>(uri: &'a Uri, extensions: &'a Extensions) -> &'a 
 }
 
 /// What the layer keeps of the request it serves, to name its path in an [`Error`] answered
-/// as a response ([`name_path`]): the URI the client asked for (a clone shares its bytes).
+/// as a response ([`name_path`]): the path (and query) the client asked for; a clone shares
+/// its bytes, and it is half a `Uri`'s size in the layer's future.
 #[cfg(feature = "axum")]
-pub(crate) type Kept = Uri;
+pub(crate) type Kept = Option<http::uri::PathAndQuery>;
 /// Without axum, no [`Error`] is answered as a response: nothing to keep.
 #[cfg(not(feature = "axum"))]
 pub(crate) type Kept = ();
@@ -99,7 +100,9 @@ pub(crate) type Kept = ();
 /// See [`Kept`].
 pub(crate) fn keep<B>(request: &http::Request<B>) -> Kept {
     #[cfg(feature = "axum")]
-    return request_uri(request.uri(), request.extensions()).clone();
+    return request_uri(request.uri(), request.extensions())
+        .path_and_query()
+        .cloned();
     #[cfg(not(feature = "axum"))]
     let _ = request;
 }
@@ -110,7 +113,7 @@ pub(crate) fn keep<B>(request: &http::Request<B>) -> Kept {
 pub(crate) fn name_path<B>(response: &mut Response<B>, kept: &Kept) {
     #[cfg(feature = "axum")]
     if let Some(NamePath(path)) = response.extensions_mut().remove::<NamePath>() {
-        let _ = path.set(kept.path().to_owned());
+        let _ = path.set(kept.as_ref().map_or("/", |kept| kept.path()).to_owned());
     }
     #[cfg(not(feature = "axum"))]
     let _ = (response, kept);

@@ -45,7 +45,8 @@ pin_project! {
         Called {
             #[pin]
             future: S::Future,
-            clear_cookie: Option<HeaderValue>,
+            // Boxed: rare, and the future stays small (it is moved whole).
+            clear_cookie: Option<Box<HeaderValue>>,
             // The request's URI, for an `Error` answered as a response.
             kept: Kept,
         },
@@ -66,7 +67,7 @@ where
             state: State::Called {
                 kept: rejection::keep(&request),
                 future: inner.call(request),
-                clear_cookie,
+                clear_cookie: clear_cookie.map(Box::new),
             },
         }
     }
@@ -108,7 +109,7 @@ where
                     let mut response = ready!(future.poll(cx))?;
                     rejection::name_path(&mut response, kept);
                     if let Some(cookie) = clear_cookie.take() {
-                        response.headers_mut().append(SET_COOKIE, cookie);
+                        response.headers_mut().append(SET_COOKIE, *cookie);
                     }
                     return Poll::Ready(Ok(response));
                 }
@@ -129,7 +130,8 @@ where
                     // anonymous answer during an outage.
                     let clear_cookie = dead_cookie
                         .take()
-                        .filter(|_| !answer.by_policy && answer.verdict.is_anonymous());
+                        .filter(|_| !answer.by_policy && answer.verdict.is_anonymous())
+                        .map(Box::new);
                     let served = Served::beside(answer.verdict, lifeline);
                     request.extensions_mut().insert(served);
                     let kept = rejection::keep(&request);

@@ -90,21 +90,23 @@ pub(crate) fn request_path<'a>(uri: &'a Uri, extensions: &'a Extensions) -> &'a 
 
 /// What the layer keeps of the request it serves, to name its path in an [`Error`] answered
 /// as a response ([`name_path`]): the path (and query) the client asked for; a clone shares
-/// its bytes, and it is half a `Uri`'s size in the layer's future.
-#[cfg(feature = "axum")]
-pub(crate) type Kept = Option<http::uri::PathAndQuery>;
-/// Without axum, no [`Error`] is answered as a response: nothing to keep.
-#[cfg(not(feature = "axum"))]
-pub(crate) type Kept = ();
+/// its bytes, and it is half a `Uri`'s size in the layer's future. Without axum, no `Error`
+/// is answered as a response: nothing.
+pub(crate) struct Kept(#[cfg(feature = "axum")] Option<http::uri::PathAndQuery>);
 
 /// See [`Kept`].
 pub(crate) fn keep<B>(request: &http::Request<B>) -> Kept {
     #[cfg(feature = "axum")]
-    return request_uri(request.uri(), request.extensions())
-        .path_and_query()
-        .cloned();
+    return Kept(
+        request_uri(request.uri(), request.extensions())
+            .path_and_query()
+            .cloned(),
+    );
     #[cfg(not(feature = "axum"))]
-    let _ = request;
+    {
+        let _ = request;
+        Kept()
+    }
 }
 
 /// An [`Error`]'s body asks, in its response's extensions, for the path of the request
@@ -113,7 +115,7 @@ pub(crate) fn keep<B>(request: &http::Request<B>) -> Kept {
 pub(crate) fn name_path<B>(response: &mut Response<B>, kept: &Kept) {
     #[cfg(feature = "axum")]
     if let Some(NamePath(path)) = response.extensions_mut().remove::<NamePath>() {
-        let _ = path.set(kept.as_ref().map_or("/", |kept| kept.path()).to_owned());
+        let _ = path.set(kept.0.as_ref().map_or("/", |kept| kept.path()).to_owned());
     }
     #[cfg(not(feature = "axum"))]
     let _ = (response, kept);

@@ -19,7 +19,7 @@ use tower::{service_fn, Layer};
 async fn hello(
     request: http::Request<hyper::body::Incoming>,
 ) -> Result<http::Response<String>, Infallible> {
-    let text = match request.extensions().get::<Authentication>() {
+    let text = match Authentication::of(request.extensions()) {
         Some(Authentication::Authenticated(user)) => format!("Hello, {}!", user.name),
         Some(Authentication::Unavailable(_)) => {
             "Who are you? id6 cannot tell right now.".to_owned()

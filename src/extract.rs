@@ -3,17 +3,23 @@
 //! id6's error JSON.
 
 use std::ops::Deref;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 
 use axum_core::body::Body;
 use axum_core::extract::{FromRequestParts, OptionalFromRequestParts};
 use axum_core::response::{IntoResponse, Response};
+use bytes::Bytes;
 use http::request::Parts;
 use http::StatusCode;
+use http_body::{Frame, SizeHint};
 
 use crate::error::Error;
 use crate::outcome::{self, Need, UNAVAILABLE};
-use crate::rejection::{self, error_body, json_response, AuthRejection, DEFAULT_RETRY_AFTER};
+use crate::rejection::{
+    self, error_body, json_response, AuthRejection, NamePath, DEFAULT_RETRY_AFTER,
+};
 use crate::user::Authentication;
 use crate::user::User;
 
@@ -63,7 +69,7 @@ impl Deref for RequireUser {
 /// The one answer for the request, as far as the extractor needs a user; a refusal dressed
 /// as id6's error JSON.
 fn answer(parts: &Parts, need: Need) -> Result<Option<Arc<User>>, AuthRejection> {
-    outcome::answer(parts.extensions.get::<Authentication>(), need)
+    outcome::answer(Authentication::of(&parts.extensions), need)
         .map(Option::<&Arc<User>>::cloned)
         .map_err(|refusal| AuthRejection::new(refusal, &parts.uri, &parts.extensions))
 }
@@ -80,7 +86,7 @@ impl<S: Sync> FromRequestParts<S> for RequireUser {
     type Rejection = AuthRejection;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        outcome::required(parts.extensions.get::<Authentication>())
+        outcome::required(Authentication::of(&parts.extensions))
             .map(|user| RequireUser(user.clone()))
             .map_err(|refusal| AuthRejection::new(refusal, &parts.uri, &parts.extensions))
     }
@@ -165,26 +171,81 @@ impl IntoResponse for Error {
             (_, Some(code)) => (self.message().unwrap_or("Request refused"), code),
             _ => ("Internal error", INTERNAL_ERROR),
         };
-        // The request's path, as the rejections name it: known inside the layer.
-        let path = rejection::serving_path();
-        tracing::debug!(
-            target: "id6_tower::rejection",
-            status = status.as_u16(),
-            error_code = code,
-            path = path.as_deref(),
-            error = %self,
-            "typed call failed"
-        );
-        let body = error_body(
-            status,
-            path.as_deref(),
-            message,
-            Some(code),
-            self.error_details(),
-        );
         let retry = (status == StatusCode::SERVICE_UNAVAILABLE)
             .then(|| self.retry_after().unwrap_or(DEFAULT_RETRY_AFTER));
-        json_response(status, body, retry).map(Body::from)
+        // The body names the request's path, as the rejections do: the layer that served
+        // the request names it on the way out (this handler sees no request).
+        let path = Arc::new(OnceLock::new());
+        let body = ErrorJson {
+            status,
+            message: message.to_owned(),
+            code: code.to_owned(),
+            details: self.error_details().cloned(),
+            error: self.to_string(),
+            path: path.clone(),
+            written: OnceLock::new(),
+            sent: false,
+        };
+        let mut response = json_response(status, String::new(), retry).map(|_| Body::new(body));
+        response.extensions_mut().insert(NamePath(path));
+        response
+    }
+}
+
+/// An [`Error`]'s JSON body, written when first read: by then the layer has named the
+/// request's path (see [`rejection::name_path`]); outside the layer, it has no path.
+struct ErrorJson {
+    status: StatusCode,
+    message: String,
+    code: String,
+    details: Option<serde_json::Value>,
+    /// For the log line, written with the body (when the path is known).
+    error: String,
+    path: Arc<OnceLock<String>>,
+    written: OnceLock<Bytes>,
+    sent: bool,
+}
+
+impl ErrorJson {
+    fn bytes(&self) -> &Bytes {
+        self.written.get_or_init(|| {
+            let path = self.path.get().map(String::as_str);
+            tracing::debug!(
+                target: "id6_tower::rejection",
+                status = self.status.as_u16(),
+                error_code = self.code,
+                path,
+                error = self.error,
+                "typed call failed"
+            );
+            let code = Some(self.code.as_str());
+            let details = self.details.as_ref();
+            error_body(self.status, path, &self.message, code, details).into()
+        })
+    }
+}
+
+impl http_body::Body for ErrorJson {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if std::mem::replace(&mut self.sent, true) {
+            return Poll::Ready(None);
+        }
+        Poll::Ready(Some(Ok(Frame::data(self.bytes().clone()))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.sent
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let left = if self.sent { 0 } else { self.bytes().len() };
+        SizeHint::with_exact(left as u64)
     }
 }
 
@@ -197,7 +258,7 @@ mod tests {
     use super::*;
     use crate::error::Kind;
     use crate::error::TokenRejection;
-    use crate::rejection::BearerAccepted;
+    use crate::layer::Served;
 
     fn parts_with(verdict: Option<Authentication>) -> Parts {
         let mut request = http::Request::builder().uri("/me?x=1").body(()).unwrap();
@@ -317,9 +378,14 @@ mod tests {
     #[tokio::test]
     async fn bearer_401s_carry_a_challenge() {
         let challenge = |verdict: Authentication| {
-            let mut parts = parts_with(Some(verdict));
-            parts.extensions.insert(BearerAccepted);
-            let refusal = outcome::required(parts.extensions.get()).unwrap_err();
+            let mut parts = parts_with(None);
+            parts.extensions.insert(Served {
+                verdict,
+                lifeline: None,
+                bearer: true,
+                hook: None,
+            });
+            let refusal = outcome::required(Authentication::of(&parts.extensions)).unwrap_err();
             let response =
                 AuthRejection::new(refusal, &parts.uri, &parts.extensions).into_response();
             response.headers()[WWW_AUTHENTICATE]

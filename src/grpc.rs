@@ -56,12 +56,9 @@ use crate::user::{Authentication, User};
 /// assert!(grpc::current_user(&request).unwrap().is_none());
 /// ```
 pub fn current_user<T>(request: &tonic::Request<T>) -> Result<Option<Arc<User>>, Status> {
-    outcome::answer(
-        request.extensions().get::<Authentication>(),
-        Need::MaybeUser,
-    )
-    .map(Option::<&Arc<User>>::cloned)
-    .map_err(status)
+    outcome::answer(Authentication::of(request.extensions()), Need::MaybeUser)
+        .map(Option::<&Arc<User>>::cloned)
+        .map_err(status)
 }
 
 /// The signed-in caller.
@@ -83,7 +80,7 @@ pub fn current_user<T>(request: &tonic::Request<T>) -> Result<Option<Arc<User>>,
 /// assert_eq!(grpc::require_user(&bare).unwrap_err().code(), tonic::Code::Internal);
 /// ```
 pub fn require_user<T>(request: &tonic::Request<T>) -> Result<Arc<User>, Status> {
-    outcome::required(request.extensions().get::<Authentication>())
+    outcome::required(Authentication::of(request.extensions()))
         .cloned()
         .map_err(status)
 }

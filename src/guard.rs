@@ -30,6 +30,7 @@ use tower_service::Service;
 use crate::id6::Id6;
 use crate::outcome::{self, Refusal};
 use crate::rejection::{sign_in_redirect, AuthRejection};
+use crate::user::Authentication;
 use crate::user::User;
 
 impl Id6 {
@@ -147,13 +148,15 @@ impl Check {
     /// then the route's condition; or the CSRF check.
     fn refusal<'a, B>(&self, id6: &Id6, request: &'a Request<B>) -> Option<Refusal<'a>> {
         match self {
-            Check::User(condition) => match outcome::required(request.extensions().get()) {
-                Ok(user) => condition
-                    .as_ref()
-                    .is_some_and(|allows| !allows(user))
-                    .then_some(Refusal::Forbidden),
-                Err(refusal) => Some(refusal),
-            },
+            Check::User(condition) => {
+                match outcome::required(Authentication::of(request.extensions())) {
+                    Ok(user) => condition
+                        .as_ref()
+                        .is_some_and(|allows| !allows(user))
+                        .then_some(Refusal::Forbidden),
+                    Err(refusal) => Some(refusal),
+                }
+            }
             Check::Csrf => id6
                 .is_cross_site(request.method(), request.uri(), request.headers())
                 .then_some(Refusal::CsrfRejected),

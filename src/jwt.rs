@@ -153,6 +153,18 @@ impl Screen {
     }
 }
 
+/// A necessary condition of an id6 token's shape, cheap enough to ask before the cache is:
+/// three parts, the last of an HS256 signature's length. A value failing it was never
+/// stored (every stored token passed [`Screen::check`]), so it is refused without hashing it.
+pub(crate) fn may_have_shape(token: &[u8]) -> bool {
+    let Some(last) = memchr::memrchr(b'.', token) else {
+        return false;
+    };
+    let head = &token[..last];
+    token.len() - last - 1 == SIGNATURE_LEN
+        && memchr::memchr(b'.', head).is_some_and(|first| !head[first + 1..].contains(&b'.'))
+}
+
 /// Three base64url parts, an HS256 JSON header, a JSON payload with a numeric `userId`, a
 /// signature of HS256's length.
 fn shape(token: &str) -> Result<Claims, Refusal> {
@@ -206,6 +218,7 @@ mod tests {
         let screen = Screen::new(None, 30 * DAY);
         let good = sign(json!({"userId": 1, "issuedAt": now_ms(), "iat": 1}), b"s");
         assert_eq!(screen.check(&good), Ok(()));
+        assert!(may_have_shape(good.as_bytes()));
         // Without the secret, any signature of the right shape passes: id6 decides.
         assert_eq!(screen.check(&sign(json!({"userId": 1}), b"other")), Ok(()));
         let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
@@ -276,6 +289,16 @@ mod tests {
                 let _ = screen.check(&token);
                 let _ = screen.check(&joined);
             }
+        }
+
+        /// The early test lets through every value the shape check could pass: exactly
+        /// three parts, the last of a signature's length.
+        #[test]
+        fn the_early_test_is_the_shape_s_outline(parts in proptest::collection::vec("[A-Za-z0-9_.-]{0,50}", 1..5)) {
+            let token = parts.join(".");
+            let outline = token.split('.').count() == 3
+                && token.rsplit('.').next().is_some_and(|s| s.len() == SIGNATURE_LEN);
+            prop_assert_eq!(may_have_shape(token.as_bytes()), outline);
         }
     }
 }

@@ -17,6 +17,7 @@ use http::{Extensions, HeaderValue, Response, StatusCode, Uri};
 
 use crate::error::Error;
 use crate::error::TokenRejection;
+use crate::layer::Served;
 use crate::outcome::Refusal;
 
 /// Retry-After when id6 gave no wait of its own.
@@ -51,11 +52,6 @@ impl fmt::Debug for RejectionHook {
     }
 }
 
-/// Set by the layer when bearer tokens are accepted: 401s then carry an RFC 6750
-/// `WWW-Authenticate: Bearer` challenge.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct BearerAccepted;
-
 /// What every rejection knows of its request.
 #[derive(Clone, Debug)]
 struct Common {
@@ -66,10 +62,11 @@ struct Common {
 
 impl Common {
     fn of(uri: &Uri, extensions: &Extensions) -> Self {
+        let served = extensions.get::<Served>();
         Common {
             path: request_path(uri, extensions).to_owned(),
-            bearer: extensions.get::<BearerAccepted>().is_some(),
-            hook: extensions.get::<RejectionHook>().cloned(),
+            bearer: served.is_some_and(|served| served.bearer),
+            hook: served.and_then(|served| served.hook.clone()),
         }
     }
 }
@@ -91,32 +88,43 @@ pub(crate) fn request_path<'a>(uri: &'a Uri, extensions: &'a Extensions) -> &'a 
     request_uri(uri, extensions).path()
 }
 
-tokio::task_local! {
-    /// The URI of the request the layer is serving, while its inner service runs: an
-    /// [`Error`] answered as a response sees no request, yet its body names the path as
-    /// every rejection's does.
-    static SERVING: Uri;
+/// What the layer keeps of the request it serves, to name its path in an [`Error`] answered
+/// as a response ([`name_path`]): the path (and query) the client asked for; a clone shares
+/// its bytes, and it is half a `Uri`'s size in the layer's future. Without axum, no `Error`
+/// is answered as a response: nothing.
+pub(crate) struct Kept(#[cfg(feature = "axum")] Option<http::uri::PathAndQuery>);
+
+/// See [`Kept`].
+pub(crate) fn keep<B>(request: &http::Request<B>) -> Kept {
+    #[cfg(feature = "axum")]
+    return Kept(
+        request_uri(request.uri(), request.extensions())
+            .path_and_query()
+            .cloned(),
+    );
+    #[cfg(not(feature = "axum"))]
+    {
+        let _ = request;
+        Kept()
+    }
 }
 
-/// The URI `request` names the client asked for, to serve it with ([`serving`]). A clone of
-/// a `Uri` shares its bytes.
-pub(crate) fn served_uri<B>(request: &http::Request<B>) -> Uri {
-    request_uri(request.uri(), request.extensions()).clone()
+/// An [`Error`]'s body asks, in its response's extensions, for the path of the request
+/// its handler served (the handler saw no request): the layer that served it names it on
+/// the way out, before the body is written. Only such a response costs anything.
+pub(crate) fn name_path<B>(response: &mut Response<B>, kept: &Kept) {
+    #[cfg(feature = "axum")]
+    if let Some(NamePath(path)) = response.extensions_mut().remove::<NamePath>() {
+        let _ = path.set(kept.0.as_ref().map_or("/", |kept| kept.path()).to_owned());
+    }
+    #[cfg(not(feature = "axum"))]
+    let _ = (response, kept);
 }
 
-/// `future` (the inner service's), knowing the URI of the request it serves.
-pub(crate) fn serving<F: std::future::Future>(
-    uri: Uri,
-    future: F,
-) -> tokio::task::futures::TaskLocalFuture<Uri, F> {
-    SERVING.scope(uri, future)
-}
-
-/// The path of the request being served, inside the layer.
-#[cfg_attr(not(feature = "axum"), allow(dead_code))] // read by `Error`'s `IntoResponse`
-pub(crate) fn serving_path() -> Option<String> {
-    SERVING.try_with(|uri| uri.path().to_owned()).ok()
-}
+/// The request of an [`Error`] answered as a response: its path, once named.
+#[cfg(feature = "axum")]
+#[derive(Clone)]
+pub(crate) struct NamePath(pub(crate) Arc<std::sync::OnceLock<String>>);
 
 macro_rules! define_rejection {
     ($(#[$doc:meta])* $name:ident) => {

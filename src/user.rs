@@ -5,6 +5,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::error::{Error, TokenRejection};
+use crate::layer::Served;
 
 /// A signed-in id6 user, as `GET /user` answers it.
 ///
@@ -81,10 +82,10 @@ fn null_as_empty<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     Ok(Option::<String>::deserialize(d)?.unwrap_or_default())
 }
 
-/// Who is calling, as the [`Id6Layer`](crate::Id6Layer) found out: inserted into every
-/// request's `http::Extensions`.
+/// Who is calling, as the [`Id6Layer`](crate::Id6Layer) found out: left in every request's
+/// `http::Extensions`.
 ///
-/// Any framework can read it: `request.extensions().get::<Authentication>()` gives
+/// Any framework can read it: [`Authentication::of`]`(request.extensions())` gives
 /// `Option<&Authentication>` (`None` only when the layer is missing), and
 /// [`user`](Self::user) turns it into the `Option<&User>` view. The user sits in an `Arc`,
 /// so the cache hands it to each request without copying it.
@@ -93,7 +94,7 @@ fn null_as_empty<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
 /// use id6_tower::{Authentication, User};
 ///
 /// fn greet(request: &http::Request<()>) -> String {
-///     match request.extensions().get::<Authentication>().and_then(Authentication::user) {
+///     match Authentication::of(request.extensions()).and_then(Authentication::user) {
 ///         Some(user) => format!("Hello, {}!", user.name),
 ///         None => "Hello, anonymous!".to_owned(),
 ///     }
@@ -115,6 +116,17 @@ pub enum Authentication {
 }
 
 impl Authentication {
+    /// Who is calling, as the layer left it in a request's extensions; `None` without the
+    /// layer. The layer leaves one value there (with what the extractors and `Session`
+    /// need), so `extensions.get::<Authentication>()` finds nothing: ask here. An
+    /// `Authentication` inserted by hand (a test's) is read too.
+    pub fn of(extensions: &http::Extensions) -> Option<&Authentication> {
+        match extensions.get::<Served>() {
+            Some(served) => Some(&served.verdict),
+            None => extensions.get::<Authentication>(),
+        }
+    }
+
     /// The user, when there is one.
     pub fn user(&self) -> Option<&User> {
         self.user_arc().map(|user| &**user)

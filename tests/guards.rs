@@ -419,9 +419,7 @@ async fn the_guard_serves_a_bare_hyper_service() {
         .layer(id6.layer())
         .layer(id6.require_user())
         .service_fn(|request: http::Request<hyper::body::Incoming>| async move {
-            let user = request
-                .extensions()
-                .get::<id6_tower::Authentication>()
+            let user = id6_tower::Authentication::of(request.extensions())
                 .and_then(|a| a.user())
                 .map(|u| u.name.clone())
                 .unwrap_or_default();

@@ -27,7 +27,7 @@ async fn any_service_any_body_and_its_own_error_type() {
             if request.body() == b"fail" {
                 return Err(InnerError("inner failed"));
             }
-            let who = request.extensions().get::<Authentication>().cloned();
+            let who = Authentication::of(request.extensions()).cloned();
             Ok(http::Response::new(who))
         }));
 

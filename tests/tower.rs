@@ -14,7 +14,7 @@ use tower::{service_fn, Layer};
 async fn who(
     request: http::Request<hyper::body::Incoming>,
 ) -> Result<http::Response<String>, Infallible> {
-    let text = match request.extensions().get::<Authentication>() {
+    let text = match Authentication::of(request.extensions()) {
         Some(Authentication::Authenticated(user)) => format!("{}:{}", user.id, user.name),
         Some(verdict) if verdict.is_anonymous() => "anonymous".to_owned(),
         Some(Authentication::Unavailable(_)) => "unavailable".to_owned(),

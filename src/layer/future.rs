@@ -5,12 +5,12 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use http::header::SET_COOKIE;
-use http::{HeaderValue, Request, Response, Uri};
+use http::{HeaderValue, Request, Response};
 use pin_project_lite::pin_project;
-use tokio::task::futures::TaskLocalFuture;
 use tower_service::Service;
 
-use crate::rejection::{served_uri, serving};
+use super::Served;
+use crate::rejection::{self, Kept};
 use crate::resolve::Pending;
 use crate::session::Lifeline;
 
@@ -39,14 +39,16 @@ pin_project! {
             request: Option<Request<B>>,
             // Appended if the verdict says the token is dead (when enabled).
             dead_cookie: Option<HeaderValue>,
-            // Inserted beside a user, for a `Session`.
+            // Taken once too; kept beside a user, for a `Session` (and the handle's settings).
             lifeline: Option<Lifeline>,
         },
         Called {
-            // Knowing the request's URI, for an `Error` answered as a response.
             #[pin]
-            future: TaskLocalFuture<Uri, S::Future>,
-            clear_cookie: Option<HeaderValue>,
+            future: S::Future,
+            // Boxed: rare, and the future stays small (it is moved whole).
+            clear_cookie: Option<Box<HeaderValue>>,
+            // The request's URI, for an `Error` answered as a response.
+            kept: Kept,
         },
     }
 }
@@ -61,11 +63,11 @@ where
         request: Request<B>,
         clear_cookie: Option<HeaderValue>,
     ) -> Self {
-        let uri = served_uri(&request);
         ResponseFuture {
             state: State::Called {
-                future: serving(uri, inner.call(request)),
-                clear_cookie,
+                kept: rejection::keep(&request),
+                future: inner.call(request),
+                clear_cookie: clear_cookie.map(Box::new),
             },
         }
     }
@@ -102,10 +104,12 @@ where
                 StateProj::Called {
                     future,
                     clear_cookie,
+                    kept,
                 } => {
                     let mut response = ready!(future.poll(cx))?;
+                    rejection::name_path(&mut response, kept);
                     if let Some(cookie) = clear_cookie.take() {
-                        response.headers_mut().append(SET_COOKIE, cookie);
+                        response.headers_mut().append(SET_COOKIE, *cookie);
                     }
                     return Poll::Ready(Ok(response));
                 }
@@ -117,7 +121,8 @@ where
                     lifeline,
                 } => {
                     let answer = ready!(Pin::new(pending).poll(cx));
-                    let (Some(mut inner), Some(mut request)) = (inner.take(), request.take())
+                    let (Some(mut inner), Some(mut request), Some(lifeline)) =
+                        (inner.take(), request.take(), lifeline.take())
                     else {
                         unreachable!("ResponseFuture polled after it was resolved");
                     };
@@ -125,19 +130,15 @@ where
                     // anonymous answer during an outage.
                     let clear_cookie = dead_cookie
                         .take()
-                        .filter(|_| !answer.by_policy && answer.verdict.is_anonymous());
-                    if let Some(lifeline) = lifeline
-                        .take()
-                        .filter(|_| answer.verdict.user_arc().is_some())
-                    {
-                        request.extensions_mut().insert(lifeline);
-                    }
-                    request.extensions_mut().insert(answer.verdict);
-                    let uri = served_uri(&request);
-                    let future = serving(uri, inner.call(request));
+                        .filter(|_| !answer.by_policy && answer.verdict.is_anonymous())
+                        .map(Box::new);
+                    let served = Served::beside(answer.verdict, lifeline);
+                    request.extensions_mut().insert(served);
+                    let kept = rejection::keep(&request);
                     state.set(State::Called {
-                        future,
+                        future: inner.call(request),
                         clear_cookie,
+                        kept,
                     });
                 }
             }

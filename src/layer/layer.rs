@@ -20,7 +20,7 @@ use crate::id6::Id6;
 /// let service = ServiceBuilder::new()
 ///     .layer(id6.layer())
 ///     .service(service_fn(|request: Request<String>| async move {
-///         let who = request.extensions().get::<Authentication>().cloned();
+///         let who = Authentication::of(request.extensions()).cloned();
 ///         let name = who.and_then(|a| a.user().map(|u| u.name.clone()));
 ///         Ok::<_, std::convert::Infallible>(Response::new(format!("{name:?}")))
 ///     }));

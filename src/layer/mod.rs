@@ -1,5 +1,6 @@
-//! The tower middleware: [`Id6Layer`] wraps a service in an [`Id6Service`], which inserts an
-//! [`Authentication`](crate::Authentication) into every request before calling it.
+//! The tower middleware: [`Id6Layer`] wraps a service in an [`Id6Service`], which leaves an
+//! [`Authentication`](crate::Authentication) in every request's extensions before calling it
+//! (read with [`Authentication::of`](crate::Authentication::of)).
 //!
 //! It works for any `S: Service<http::Request<B>>` and any body `B`, never changes
 //! `S::Error`, and never rejects a request itself: deciding what an anonymous or unknown
@@ -13,7 +14,7 @@
 //! # fn run() -> Result<(), id6_tower::Error> {
 //! let id6 = id6_tower::Id6::builder("http://127.0.0.1:8000/api").build()?;
 //! let service = id6.layer().layer(service_fn(|request: http::Request<String>| async move {
-//!     let name = match request.extensions().get::<Authentication>().and_then(Authentication::user) {
+//!     let name = match Authentication::of(request.extensions()).and_then(Authentication::user) {
 //!         Some(user) => user.name.clone(),
 //!         None => "anonymous".to_owned(),
 //!     };
@@ -27,7 +28,10 @@
 mod future;
 #[allow(clippy::module_inception)]
 mod layer;
+mod served;
 mod service;
+
+pub(crate) use served::Served;
 
 pub use future::ResponseFuture;
 pub use layer::Id6Layer;

@@ -6,14 +6,14 @@ use std::time::Duration;
 use http::{Request, Response};
 use tower_service::Service;
 
-use super::ResponseFuture;
+use super::{ResponseFuture, Served};
 use crate::id6::Id6;
-use crate::rejection::BearerAccepted;
 use crate::resolve::Lookup;
 use crate::session::Lifeline;
 use crate::user::Authentication;
 
-/// Inserts an [`Authentication`](crate::Authentication) into each request, then calls `S`.
+/// Leaves an [`Authentication`](crate::Authentication) in each request's extensions (read
+/// with [`Authentication::of`](crate::Authentication::of)), then calls `S`.
 ///
 /// On a cache hit, or without a token, the inner service is called at once and its own
 /// future is returned unboxed; only a miss waits on id6 first. With
@@ -84,21 +84,14 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        // What the extractors need to answer as configured (nothing, by default).
-        let http = self.id6.http_settings();
-        if http.bearer {
-            request.extensions_mut().insert(BearerAccepted);
-        }
-        if let Some(hook) = self.id6.rejection_hook() {
-            request.extensions_mut().insert(hook.clone());
-        }
         let lookup =
             self.id6
                 .resolver()
                 .lookup(request.headers(), Some(request.extensions()), self.max_age);
         match lookup {
             Lookup::NoToken => {
-                request.extensions_mut().insert(Authentication::Anonymous);
+                let served = Served::new(&self.id6, Authentication::Anonymous, None);
+                request.extensions_mut().insert(served);
                 ResponseFuture::called(&mut self.inner, request, None)
             }
             Lookup::Ready {
@@ -109,11 +102,9 @@ where
                 let clear = (from_cookie && verdict.is_anonymous())
                     .then(|| self.id6.dead_cookie().cloned())
                     .flatten();
-                if verdict.user_arc().is_some() {
-                    let lifeline = Lifeline::new(&self.id6);
-                    request.extensions_mut().insert(lifeline);
-                }
-                request.extensions_mut().insert(verdict);
+                let lifeline = verdict.user_arc().map(|_| Lifeline::new(&self.id6));
+                let served = Served::new(&self.id6, verdict, lifeline);
+                request.extensions_mut().insert(served);
                 ResponseFuture::called(&mut self.inner, request, clear)
             }
             Lookup::Pending {

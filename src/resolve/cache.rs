@@ -7,10 +7,9 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::future::{BoxFuture, FutureExt, Shared};
-
 use super::lives::Lives;
 use super::marks::Marks;
+pub(crate) use super::pending::Pending;
 use super::policy::{Answer, FailurePolicy};
 use super::store::{Entries, Hit};
 use super::{Payer, Scope};
@@ -37,9 +36,6 @@ impl From<Authentication> for Fetched {
         }
     }
 }
-
-/// A resolution in flight, shared by every request that waits on it.
-pub(crate) type Pending = Shared<BoxFuture<'static, Answer>>;
 
 /// The verdicts cache. Only id6's verdicts (users, rejected tokens) are stored; `Unavailable`
 /// never is, so the next request asks id6 again.
@@ -217,8 +213,11 @@ impl AuthCache {
             key,
             started: generation,
         };
+        let (pending, completion) = Pending::new();
         let fetch = fetch();
-        let task = runtime.spawn(async move {
+        // Not awaited: the task answers `pending` itself (or, dropped unfinished, with an
+        // `Unavailable`), and runs on when every waiter is gone.
+        drop(runtime.spawn(async move {
             let Fetched { verdict, age } = fetch.await.into();
             guard.cache.fill_aged(key, &verdict, generation, age);
             // Policy answers are for the waiters only: computed after the fill, never stored.
@@ -228,18 +227,8 @@ impl AuthCache {
                 .policy
                 .answer(verdict, || guard.cache.entries.stale(&key));
             drop(guard);
-            answer
-        });
-        let pending = async move {
-            task.await.unwrap_or_else(|_| Answer {
-                verdict: Authentication::Unavailable(Error::new(Kind::Runtime(
-                    "the id6 call was aborted",
-                ))),
-                by_policy: false,
-            })
-        }
-        .boxed()
-        .shared();
+            completion.finish(answer);
+        }));
         inflight.insert(
             key,
             Inflight {
@@ -288,7 +277,7 @@ impl AuthCache {
 
     /// The user a cached token belongs to.
     pub(crate) fn user_id_of(&self, key: &TokenKey) -> Option<u64> {
-        self.entries.user(key).map(|cached| cached.user.id)
+        self.entries.user(key).map(|user| user.id)
     }
 
     /// Whether an answer given this long ago may still be served as a user's.
@@ -318,11 +307,10 @@ impl AuthCache {
 }
 
 fn ready(verdict: Authentication) -> Pending {
-    let answer = Answer {
+    Pending::ready(Answer {
         verdict,
         by_policy: false,
-    };
-    futures_util::future::ready(answer).boxed().shared()
+    })
 }
 
 /// Removes the in-flight entry when the load ends, even by panic or runtime shutdown; only
@@ -352,6 +340,7 @@ mod tests {
     use crate::config::Id6Builder;
     use crate::error::TokenRejection;
     use crate::user::User;
+    use futures_util::FutureExt;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn cache() -> AuthCache {

@@ -30,6 +30,7 @@ mod cache;
 mod caller;
 mod lives;
 mod marks;
+mod pending;
 mod policy;
 mod second_level;
 mod store;
@@ -54,7 +55,7 @@ use crate::client::Client;
 use crate::config::ResolverSettings;
 use crate::error::TokenRejection;
 use crate::error::{Error, Kind};
-use crate::jwt::Screen;
+use crate::jwt::{self, Screen};
 use crate::telemetry::{LookupOutcome, Refresh, Telemetry};
 use crate::token::{self, Found, Keying, TokenFinder, TokenKey, TokenLocation, UserToken};
 use crate::user::Authentication;
@@ -236,6 +237,10 @@ impl Resolver {
         // Bound the hashing work a stranger can cause; such a value is no token anyway.
         if raw.len() > token::MAX_TOKEN_LEN {
             return refuse("too long", TokenRejection::InvalidToken);
+        }
+        // Cheaper than a hit: what fails this was never stored, so it needs no lookup.
+        if !jwt::may_have_shape(raw) {
+            return refuse("not an id6 token", TokenRejection::InvalidToken);
         }
         let key = inner.keying.key(raw);
         if let Some(hit) = inner.local.get(&key, max_age) {
@@ -598,9 +603,13 @@ impl Resolver {
     }
 
     /// [`evict`](Self::evict) for callers that cannot wait: the local part now, the rest
-    /// spawned (without a runtime there is no second level to tell anyway).
+    /// spawned; without a second level there is no rest, so no task (and without a runtime
+    /// there is no second level to tell anyway).
     pub(crate) fn evict_in_background(&self, scope: Scope) {
         let everywhere = self.evict(scope);
+        if self.inner.second.is_none() {
+            return;
+        }
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(everywhere);
         }

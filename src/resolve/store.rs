@@ -1,5 +1,6 @@
 //! The store: moka tiers of id6's verdicts per token key (users, rejected tokens, and the
-//! stale users the failure policy may serve), each entry stamped by the handle's clock.
+//! stale users the failure policy may serve), each entry stamped by the handle's clock, with
+//! a front of hot entries (users and rejected tokens alike) read first.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
@@ -22,11 +23,11 @@ type Hasher = foldhash::fast::RandomState;
 /// which decides expiry; moka's TTLs (the same lengths) only free the memory.
 #[derive(Clone)]
 pub(super) struct Entries {
-    /// Read before `users`; holds only entries `users` holds (see [`Front`]).
+    /// Read before `users` and `rejected`; holds only entries they hold (see [`Front`]).
     front: Arc<Front>,
     users: Cache<TokenKey, Arc<Cached>, Hasher>,
     /// Rejected tokens, with id6's reason and when.
-    rejected: Cache<TokenKey, (TokenRejection, Instant), Hasher>,
+    rejected: Cache<TokenKey, Arc<Cached>, Hasher>,
     /// With [`OnUnavailable::Stale`]: users kept for the grace window past their TTL, served
     /// only when id6 cannot be asked. Invalidated with the rest.
     stale: Option<Cache<TokenKey, (Arc<User>, Instant), Hasher>>,
@@ -47,26 +48,30 @@ impl Entries {
             _ => None,
         };
         let front = Arc::new(Front::new(settings.max_capacity));
-        let gone = front.clone();
+        // What moka drops on its own leaves the front too, so the front never outlives
+        // moka's bound (explicit removals clear it at once, below).
+        let leaves_front = |front: &Arc<Front>| {
+            let front = front.clone();
+            move |key: Arc<TokenKey>, cached: Arc<Cached>, cause| {
+                if matches!(cause, RemovalCause::Size | RemovalCause::Expired) {
+                    cached.removed.store(true, Ordering::SeqCst);
+                    front.forget(&key, Some(&cached));
+                }
+            }
+        };
         Entries {
             users: Cache::builder()
                 .max_capacity(settings.max_capacity)
                 .time_to_live(settings.cache_ttl)
-                // What moka drops on its own leaves the front too, so the front never
-                // outlives moka's bound (explicit removals clear it at once, below).
-                .eviction_listener(move |key, cached: Arc<Cached>, cause| {
-                    if matches!(cause, RemovalCause::Size | RemovalCause::Expired) {
-                        cached.removed.store(true, Ordering::SeqCst);
-                        gone.forget(&key, Some(&cached));
-                    }
-                })
+                .eviction_listener(leaves_front(&front))
                 .build_with_hasher(Hasher::default()),
-            front,
             // Rejected tokens are what a stranger can mint at will: bounded the same way.
             rejected: Cache::builder()
                 .max_capacity(settings.max_capacity)
                 .time_to_live(settings.negative_ttl)
+                .eviction_listener(leaves_front(&front))
                 .build_with_hasher(Hasher::default()),
+            front,
             stale: stale_ttl.map(|ttl| {
                 Cache::builder()
                     .max_capacity(settings.max_capacity)
@@ -97,14 +102,40 @@ impl Entries {
     }
 }
 
-/// A user as cached: with when id6 said so (for routes that want a recent answer, and for
-/// refresh-ahead) and whether this entry's one refresh was claimed.
+/// id6's word on a token as cached: with when id6 said so (for routes that want a recent
+/// answer, for refresh-ahead, for the negative TTL) and whether this entry's one refresh was
+/// claimed.
 pub(super) struct Cached {
-    pub(super) user: Arc<User>,
+    said: Said,
     confirmed: Instant,
     refresh_claimed: AtomicBool,
     /// Set when moka lets go of this entry: it may no longer enter the [`Front`].
     removed: AtomicBool,
+}
+
+/// What id6 said of a token.
+enum Said {
+    User(Arc<User>),
+    Rejected(TokenRejection),
+}
+
+impl Cached {
+    fn new(said: Said, confirmed: Instant) -> Arc<Cached> {
+        Arc::new(Cached {
+            said,
+            confirmed,
+            refresh_claimed: AtomicBool::new(false),
+            removed: AtomicBool::new(false),
+        })
+    }
+
+    /// The user id6 named, if it named one.
+    pub(super) fn user(&self) -> Option<&Arc<User>> {
+        match &self.said {
+            Said::User(user) => Some(user),
+            Said::Rejected(_) => None,
+        }
+    }
 }
 
 /// A cache hit.
@@ -132,27 +163,28 @@ impl Entries {
         max_age: Option<Duration>,
         claim: bool,
     ) -> Option<Hit> {
-        if let Some(cached) = self.user(key) {
-            let age = self.since(cached.confirmed);
-            if age >= self.cache_ttl || max_age.is_some_and(|max_age| age > max_age) {
-                return None;
+        let cached = self.cached(key)?;
+        let age = self.since(cached.confirmed);
+        match &cached.said {
+            Said::User(user) => {
+                if age >= self.cache_ttl || max_age.is_some_and(|max_age| age > max_age) {
+                    return None;
+                }
+                let refresh = claim
+                    && self.refresh_after.is_some_and(|after| age > after)
+                    && !cached.refresh_claimed.swap(true, Ordering::Relaxed);
+                Some(Hit {
+                    verdict: Authentication::Authenticated(user.clone()),
+                    refresh,
+                    fresh_for: self.cache_ttl - age,
+                })
             }
-            let refresh = claim
-                && self.refresh_after.is_some_and(|after| age > after)
-                && !cached.refresh_claimed.swap(true, Ordering::Relaxed);
-            return Some(Hit {
-                verdict: Authentication::Authenticated(cached.user.clone()),
-                refresh,
-                fresh_for: self.cache_ttl - age,
-            });
+            Said::Rejected(why) => (age < self.negative_ttl).then(|| Hit {
+                verdict: Authentication::Rejected(*why),
+                refresh: false,
+                fresh_for: self.negative_ttl - age,
+            }),
         }
-        let (why, at) = self.rejected.get(key)?;
-        let age = self.since(at);
-        (age < self.negative_ttl).then(|| Hit {
-            verdict: Authentication::Rejected(why),
-            refresh: false,
-            fresh_for: self.negative_ttl - age,
-        })
     }
 
     /// The last user id6 named for `key`, within the stale grace window.
@@ -161,20 +193,28 @@ impl Entries {
         (self.since(at) < self.stale_ttl).then_some(user)
     }
 
-    /// The cached user of `key`: from the front, else from moka (then put in front).
-    pub(super) fn user(&self, key: &TokenKey) -> Option<Arc<Cached>> {
+    /// id6's cached word on `key`: from the front, else from moka (then put in front).
+    fn cached(&self, key: &TokenKey) -> Option<Arc<Cached>> {
         if let Some(cached) = self.front.get(key) {
             return Some(cached);
         }
         let epoch = self.front.epoch();
-        let cached = self.users.get(key)?;
+        let cached = self.users.get(key).or_else(|| self.rejected.get(key))?;
         self.front.promote(key, &cached, epoch);
         Some(cached)
     }
 
+    /// The cached user of `key`, however old.
+    pub(super) fn user(&self, key: &TokenKey) -> Option<Arc<User>> {
+        self.cached(key)?.user().cloned()
+    }
+
     /// Whether a user is cached for `key`, however old.
     pub(super) fn has_user(&self, key: &TokenKey) -> bool {
-        self.front.get(key).is_some() || self.users.contains_key(key)
+        self.front
+            .get(key)
+            .is_some_and(|cached| cached.user().is_some())
+            || self.users.contains_key(key)
     }
 
     /// Removes `key`'s user from moka, then from the front.
@@ -183,6 +223,30 @@ impl Entries {
             cached.removed.store(true, Ordering::SeqCst);
         }
         self.front.forget(key, None);
+    }
+
+    /// Removes `key`'s rejection from moka, then from the front.
+    fn remove_rejected(&self, key: &TokenKey) {
+        if let Some(cached) = self.rejected.remove(key) {
+            cached.removed.store(true, Ordering::SeqCst);
+        }
+        self.front.forget(key, None);
+    }
+
+    /// Puts `cached` in `tier` for `key`, then lets go of the entry it replaces. Fills and
+    /// removals are serialized by the marks' lock: the entry replaced is the one read here.
+    fn replace(
+        &self,
+        tier: &Cache<TokenKey, Arc<Cached>, Hasher>,
+        key: TokenKey,
+        cached: Arc<Cached>,
+    ) {
+        let replaced = tier.get(&key);
+        tier.insert(key, cached);
+        if let Some(replaced) = replaced {
+            replaced.removed.store(true, Ordering::SeqCst);
+        }
+        self.front.forget(&key, None);
     }
 
     pub(super) fn contains_key(&self, key: &TokenKey) -> bool {
@@ -204,31 +268,19 @@ impl Entries {
                 else {
                     return;
                 };
-                self.rejected.invalidate(&key);
+                self.remove_rejected(&key);
                 if let Some(stale) = &self.stale {
                     stale.insert(key, (user.clone(), now));
                 }
-                let cached = Cached {
-                    user,
-                    confirmed: now,
-                    refresh_claimed: AtomicBool::new(false),
-                    removed: AtomicBool::new(false),
-                };
-                // Fills and removals are serialized by the marks' lock: the entry replaced
-                // is the one read here.
-                let replaced = self.users.get(&key);
-                self.users.insert(key, Arc::new(cached));
-                if let Some(replaced) = replaced {
-                    replaced.removed.store(true, Ordering::SeqCst);
-                }
-                self.front.forget(&key, None);
+                self.replace(&self.users, key, Cached::new(Said::User(user), now));
             }
             Authentication::Rejected(why) => {
                 self.remove_user(&key);
                 if let Some(stale) = &self.stale {
                     stale.invalidate(&key);
                 }
-                self.rejected.insert(key, (why, self.clock.now()));
+                let cached = Cached::new(Said::Rejected(why), self.clock.now());
+                self.replace(&self.rejected, key, cached);
             }
             // Said of no token: never a verdict on one to remember.
             Authentication::Anonymous | Authentication::Unavailable(_) => {}
@@ -237,7 +289,7 @@ impl Entries {
 
     pub(super) fn invalidate(&self, key: &TokenKey) {
         self.remove_user(key);
-        self.rejected.invalidate(key);
+        self.remove_rejected(key);
         if let Some(stale) = &self.stale {
             stale.invalidate(key);
         }
@@ -245,11 +297,13 @@ impl Entries {
 
     pub(super) fn invalidate_all(&self) {
         self.users.invalidate_all();
-        self.front.clear();
         self.rejected.invalidate_all();
         if let Some(stale) = &self.stale {
             stale.invalidate_all();
         }
+        // After moka's: an entry read from moka before its clear is either wiped here or
+        // kept out by the epoch.
+        self.front.clear();
     }
 
     /// Users cached, as moka last counted them.
@@ -265,8 +319,9 @@ impl Entries {
     }
 }
 
-/// A small front of hot users, read before moka: one slot per key's first bits (keys are
-/// uniform: SHA-256 or a keyed PRF), holding the very `Arc<Cached>` moka holds. A hit here
+/// A small front of hot entries (users and rejected tokens), read before moka: one slot per
+/// key's first bits (keys are uniform: SHA-256 or a keyed PRF), holding the very
+/// `Arc<Cached>` moka holds. A hit here
 /// costs a read lock and a clone; moka's `get` also records the read for its eviction
 /// policy (now and then running its housekeeping on the caller's thread) and reads its
 /// own clock. Ages are still checked by the caller, on the entry.
@@ -283,7 +338,7 @@ struct Front {
     epoch: AtomicU64,
 }
 
-/// A front slot: empty, or a token's key and its cached user.
+/// A front slot: empty, or a token's key and its cached entry.
 type Slot = RwLock<Option<(TokenKey, Arc<Cached>)>>;
 
 /// Slots at most: a few hundred KB; the hottest users of a larger cache share them.
@@ -397,14 +452,28 @@ mod tests {
         entries.insert(a, user(1), Duration::ZERO);
         entries.insert(b, user(3), Duration::ZERO);
         assert_eq!((id(&entries, &a), id(&entries, &b)), (Some(1), Some(3)));
-        entries.insert(
-            a,
-            Authentication::Rejected(TokenRejection::TokenRevoked),
-            Duration::ZERO,
-        );
+        let revoked = || Authentication::Rejected(TokenRejection::TokenRevoked);
+        entries.insert(a, revoked(), Duration::ZERO);
         assert!(entries.get(&a, None).unwrap().verdict.is_anonymous());
+        assert!(
+            in_front(&entries, &a),
+            "a negative hit puts the rejection in front"
+        );
+        entries.insert(a, user(4), Duration::ZERO);
+        assert_eq!(
+            id(&entries, &a),
+            Some(4),
+            "a rejection replaced is not served"
+        );
+        entries.insert(a, revoked(), Duration::ZERO);
+        assert!(entries.get(&a, None).unwrap().verdict.is_anonymous());
+        entries.invalidate(&a);
+        assert!(entries.get(&a, None).is_none() && !in_front(&entries, &a));
+        entries.insert(a, revoked(), Duration::ZERO);
+        assert!(entries.get(&a, None).is_some());
         entries.invalidate_all();
         assert!(entries.get(&b, None).is_none() && !in_front(&entries, &b));
+        assert!(entries.get(&a, None).is_none() && !in_front(&entries, &a));
     }
 
     #[test]
@@ -431,15 +500,21 @@ mod tests {
     fn what_moka_drops_for_room_leaves_the_front() {
         let entries = entries(4);
         let keys: Vec<TokenKey> = (0..50).map(|n| TokenKey::of(format!("t{n}"))).collect();
+        // Users and rejected tokens alike.
         for (n, key) in keys.iter().enumerate() {
-            entries.insert(*key, user(n as u64), Duration::ZERO);
+            let verdict = match n % 2 {
+                0 => user(n as u64),
+                _ => Authentication::Rejected(TokenRejection::InvalidToken),
+            };
+            entries.insert(*key, verdict, Duration::ZERO);
             let _ = entries.get(key, None);
             entries.users.run_pending_tasks();
+            entries.rejected.run_pending_tasks();
         }
         for key in &keys {
             if entries.get(key, None).is_some() {
                 assert!(
-                    entries.users.contains_key(key),
+                    entries.users.contains_key(key) || entries.rejected.contains_key(key),
                     "served, yet dropped by moka"
                 );
             }

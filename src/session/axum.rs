@@ -6,9 +6,11 @@ use axum_core::extract::{FromRequestParts, OptionalFromRequestParts};
 use futures_util::Stream;
 use http::request::Parts;
 
-use super::{Lifeline, Session};
+use super::Session;
+use crate::layer::Served;
 use crate::outcome::{self, Need, Refusal};
 use crate::rejection::AuthRejection;
+use crate::user::Authentication;
 
 /// The signed-in caller (401 otherwise, as [`RequireUser`](crate::extract::RequireUser)), for
 /// a handler whose connection outlives the request. A WebSocket handshake whose cookie came
@@ -19,11 +21,12 @@ impl<S: Sync> FromRequestParts<S> for Session {
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         let refuse = |refusal| AuthRejection::new(refusal, &parts.uri, &parts.extensions);
-        outcome::required(parts.extensions.get()).map_err(refuse)?;
-        let lifeline = parts.extensions.get::<Lifeline>();
+        outcome::required(Authentication::of(&parts.extensions)).map_err(refuse)?;
+        let lifeline = parts.extensions.get::<Served>();
+        let lifeline = lifeline.and_then(|served| served.lifeline.as_ref());
         let lifeline = lifeline.ok_or_else(|| refuse(Refusal::MissingLayer))?;
         if lifeline
-            .id6
+            .id6()
             .is_cross_site(&parts.method, &parts.uri, &parts.headers)
         {
             return Err(refuse(Refusal::CsrfRejected));
@@ -41,7 +44,7 @@ impl<S: Sync> OptionalFromRequestParts<S> for Session {
         state: &S,
     ) -> Result<Option<Self>, Self::Rejection> {
         let refuse = |refusal| AuthRejection::new(refusal, &parts.uri, &parts.extensions);
-        if outcome::answer(parts.extensions.get(), Need::MaybeUser)
+        if outcome::answer(Authentication::of(&parts.extensions), Need::MaybeUser)
             .map_err(refuse)?
             .is_none()
         {

@@ -33,8 +33,9 @@ use http::{Extensions, HeaderMap};
 
 use crate::error::TokenRejection;
 use crate::id6::Id6;
+use crate::layer::Served;
 use crate::resolve::Watcher;
-use crate::user::{Authentication, User};
+use crate::user::User;
 
 /// What the layer leaves in a signed-in request, for [`Session::of`]: the handle (whose
 /// resolver watches tokens), and where the cache stood when it answered (an eviction since then ends
@@ -52,6 +53,10 @@ impl Lifeline {
             generation: id6.resolver().generation(),
             id6: id6.clone(),
         }
+    }
+
+    pub(crate) fn id6(&self) -> &Id6 {
+        &self.id6
     }
 }
 
@@ -90,8 +95,9 @@ impl Session {
     /// behind [`Id6::csrf`](crate::id6::Id6::csrf), which refuses a cross-site handshake
     /// carrying the cookie (the axum extractor does both).
     pub fn of(headers: &HeaderMap, extensions: &Extensions) -> Option<Session> {
-        let user = extensions.get::<Authentication>()?.user_arc()?.clone();
-        let lifeline = extensions.get::<Lifeline>()?;
+        let served = extensions.get::<Served>()?;
+        let user = served.verdict.user_arc()?.clone();
+        let lifeline = served.lifeline.as_ref()?;
         let resolver = lifeline.id6.resolver();
         let watcher = resolver.watch(headers, user.id, lifeline.generation)?;
         Some(Session {

@@ -9,8 +9,10 @@
 //! The clock here reads tokio's `Instant` (so a paused runtime still moves it, as the
 //! breaker's tests do) plus, with the `testing` feature, a skew that
 //! [`testing::advance_clock`](crate::testing::advance_clock) moves, waking the timers whose
-//! time it passed; I/O keeps real time. Without `testing`, a reading is the bare
-//! `Instant::now()` it always was: no cost on the hit path.
+//! time it passed; a test that counts exactly first
+//! [freezes](crate::testing::freeze_clock) it, so that only those moves move it. I/O keeps
+//! real time. Without `testing`, a reading is the bare `Instant::now()` it always was: no
+//! cost on the hit path.
 //!
 //! What stays on real time, on purpose: measured durations (an id6 call's latency, a load's
 //! age handed to the second level), the admission queue's wait for a permit (a wait on other
@@ -20,7 +22,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The handle's clock, shared by every part of one [`Id6`](crate::Id6): the real one, plus
 /// (feature `testing`) however far [`testing::advance_clock`](crate::testing::advance_clock)
-/// moved it.
+/// moved it, or, once [frozen](crate::testing::freeze_clock), only what it moved it.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Clock {
     #[cfg(feature = "testing")]
@@ -31,7 +33,10 @@ pub(crate) struct Clock {
 #[cfg(feature = "testing")]
 #[derive(Debug, Default)]
 struct Driven {
+    /// The skew in nanoseconds, and [`FROZEN`]: one load tells a reading both.
     skew_ns: std::sync::atomic::AtomicU64,
+    /// Where the clock stood when it was frozen (without the skew).
+    frozen: std::sync::OnceLock<(tokio::time::Instant, SystemTime)>,
     /// Woken when the skew moves: timers recompute their deadline.
     moved: tokio::sync::Notify,
     /// Woken when background work progressed (a recheck settled, a load ended): what
@@ -39,36 +44,79 @@ struct Driven {
     progress: tokio::sync::Notify,
 }
 
-impl Clock {
-    /// How far the clock was moved forward (always zero without the `testing` feature).
-    #[inline]
-    fn skew(&self) -> Duration {
-        #[cfg(feature = "testing")]
-        return Duration::from_nanos(
-            self.driven
-                .skew_ns
-                .load(std::sync::atomic::Ordering::Relaxed),
-        );
-        #[cfg(not(feature = "testing"))]
-        Duration::ZERO
-    }
+/// The skew's top bit: the clock no longer follows the real one.
+#[cfg(feature = "testing")]
+const FROZEN: u64 = 1 << 63;
 
-    /// Now, as a `std` instant (the cache's entries).
+impl Clock {
+    /// Now, as a `std` instant (the cache's entries): on the hit path, so without `testing`
+    /// it is the bare `std` reading, no more.
     #[inline]
     pub(crate) fn now(&self) -> std::time::Instant {
-        self.tokio_now().into_std()
+        #[cfg(feature = "testing")]
+        return self.tokio_now().into_std();
+        #[cfg(not(feature = "testing"))]
+        std::time::Instant::now()
     }
 
     /// Now, as a tokio instant (the breaker, the rechecks' schedule): the same reading.
+    /// Without `testing`, tokio's `Instant::now()` (std's, unless tokio's `test-util` paused
+    /// the runtime's clock).
     #[inline]
     pub(crate) fn tokio_now(&self) -> tokio::time::Instant {
-        tokio::time::Instant::now() + self.skew()
+        #[cfg(feature = "testing")]
+        {
+            let skew = self
+                .driven
+                .skew_ns
+                .load(std::sync::atomic::Ordering::Acquire);
+            let by = Duration::from_nanos(skew & !FROZEN);
+            if skew & FROZEN != 0 {
+                if let Some((at, _)) = self.driven.frozen.get() {
+                    return *at + by;
+                }
+            }
+            tokio::time::Instant::now() + by
+        }
+        #[cfg(not(feature = "testing"))]
+        tokio::time::Instant::now()
     }
 
     /// The wall clock, moved as the rest: for times that come as dates (JWT `issuedAt`,
     /// id6's `X-RateLimit-Reset`). Never handed out as is: see [`real`](Self::real).
     pub(crate) fn wall(&self) -> SystemTime {
-        SystemTime::now() + self.skew()
+        self.walls().0
+    }
+
+    /// This clock's wall and the real one, read together.
+    fn walls(&self) -> (SystemTime, SystemTime) {
+        let real = SystemTime::now();
+        #[cfg(feature = "testing")]
+        {
+            let skew = self
+                .driven
+                .skew_ns
+                .load(std::sync::atomic::Ordering::Acquire);
+            let by = Duration::from_nanos(skew & !FROZEN);
+            if skew & FROZEN != 0 {
+                if let Some((_, wall)) = self.driven.frozen.get() {
+                    return (*wall + by, real);
+                }
+            }
+            // As far from the real wall as tokio's clock is from std's: a paused runtime
+            // moves the wall too.
+            let (tokio, std) = (
+                tokio::time::Instant::now().into_std(),
+                std::time::Instant::now(),
+            );
+            let wall = match tokio.checked_duration_since(std) {
+                Some(ahead) => real + ahead,
+                None => real.checked_sub(std - tokio).unwrap_or(real),
+            };
+            (wall + by, real)
+        }
+        #[cfg(not(feature = "testing"))]
+        (real, real)
     }
 
     /// [`wall`](Self::wall) in milliseconds since the epoch; 0 before it, `u64::MAX` past
@@ -80,7 +128,11 @@ impl Clock {
     /// A date read on this clock's wall, as the real wall clock dates it: what a caller
     /// compares with `SystemTime::now()` (`Retry-After`, [`Health`](crate::Health)).
     pub(crate) fn real(&self, wall: SystemTime) -> SystemTime {
-        wall.checked_sub(self.skew()).unwrap_or(wall)
+        let (now, real) = self.walls();
+        match wall.duration_since(now) {
+            Ok(ahead) => real + ahead,
+            Err(behind) => real.checked_sub(behind.duration()).unwrap_or(real),
+        }
     }
 
     /// When this clock reads `at`, as a real date.
@@ -95,7 +147,7 @@ impl Clock {
     }
 
     /// Waits until this clock reads `at` or later: a tokio sleep for what is left, started
-    /// again whenever a test moves the clock.
+    /// again whenever a test moves the clock (only the moves, once it is frozen).
     pub(crate) async fn sleep_until(&self, at: tokio::time::Instant) {
         #[cfg(feature = "testing")]
         loop {
@@ -107,11 +159,24 @@ impl Clock {
             if at <= now {
                 return;
             }
-            let sleep = std::pin::pin!(tokio::time::sleep(at - now));
-            futures_util::future::select(sleep, moved).await;
+            if self.is_frozen() {
+                moved.await;
+            } else {
+                let sleep = std::pin::pin!(tokio::time::sleep(at - now));
+                futures_util::future::select(sleep, moved).await;
+            }
         }
         #[cfg(not(feature = "testing"))]
         tokio::time::sleep_until(at).await;
+    }
+
+    #[cfg(feature = "testing")]
+    fn is_frozen(&self) -> bool {
+        self.driven
+            .skew_ns
+            .load(std::sync::atomic::Ordering::Acquire)
+            & FROZEN
+            != 0
     }
 
     /// Moves the clock forward by `by`, and wakes the timers.
@@ -122,9 +187,23 @@ impl Clock {
         let _ = self
             .driven
             .skew_ns
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |s| {
-                Some(s.saturating_add(ns))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
+                Some((s & FROZEN) | (s & !FROZEN).saturating_add(ns).min(!FROZEN))
             });
+        self.driven.moved.notify_waiters();
+    }
+
+    /// Stops the clock where it stands: from now on only [`advance`](Self::advance) moves it.
+    #[cfg(feature = "testing")]
+    pub(crate) fn freeze(&self) {
+        use std::sync::atomic::Ordering;
+        let (mono, wall) = (tokio::time::Instant::now(), self.walls().0);
+        let by = Duration::from_nanos(self.driven.skew_ns.load(Ordering::Acquire) & !FROZEN);
+        // Without the skew, which readings add.
+        let wall = wall.checked_sub(by).unwrap_or(wall);
+        if self.driven.frozen.set((mono, wall)).is_ok() {
+            self.driven.skew_ns.fetch_or(FROZEN, Ordering::AcqRel);
+        }
         self.driven.moved.notify_waiters();
     }
 

@@ -153,7 +153,9 @@ mod tests {
             let _ = budget.spend(caller(i).as_ref());
         }
         assert!(budget.callers() > SWEEP_EVERY as usize, "all remembered");
-        clock.advance(Duration::from_secs(60));
+        // Two windows: a budget is whole again one window after its last spend, and
+        // forgotten once nothing tells it from a new one.
+        clock.advance(Duration::from_secs(121));
         for _ in 0..SWEEP_EVERY {
             let _ = budget.spend(caller(0).as_ref());
         }

@@ -80,6 +80,38 @@ pub fn advance_clock(id6: &crate::id6::Id6, by: std::time::Duration) {
     id6.advance_clock(by);
 }
 
+/// Stops `id6`'s clock where it stands: from now on only [`advance_clock`] moves it (not the
+/// real time that passes, not tokio's paused clock). A test that counts rechecks or refreshes
+/// then counts exactly, however loaded the machine: nothing becomes due while the test is not
+/// looking. I/O timeouts still run on real time.
+///
+/// ```
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::time::Duration;
+/// use id6_tower::testing::{advance_clock, freeze_clock, MockId6};
+/// use id6_tower::Id6;
+///
+/// let mock = MockId6::start().await?;
+/// let token = mock.token_for(mock.add_user("Alice", "alice@example.com"));
+/// let id6 = Id6::builder(mock.url()).cache_ttl(Duration::from_secs(60)).build()?;
+/// freeze_clock(&id6);
+/// let mut headers = http::HeaderMap::new();
+/// headers.insert("cookie", format!("auth={token}").parse()?);
+/// id6.authenticate(&headers).await; // a miss, at 0
+/// advance_clock(&id6, Duration::from_secs(60) - Duration::from_nanos(1));
+/// id6.authenticate(&headers).await; // a hit, to the nanosecond
+/// assert_eq!(mock.user_calls(), 1);
+/// advance_clock(&id6, Duration::from_nanos(1));
+/// id6.authenticate(&headers).await; // expired
+/// assert_eq!(mock.user_calls(), 2);
+/// # Ok(())
+/// # }
+/// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+/// ```
+pub fn freeze_clock(id6: &crate::id6::Id6) {
+    id6.freeze_clock();
+}
+
 /// Resolves once the background work `id6` has due at its clock's now is done: every open
 /// session's recheck due has asked id6 (or the cache) and settled, and every load in flight
 /// (a refresh ahead of expiry, a miss) has ended. After [`advance_clock`], it is what makes

@@ -552,7 +552,9 @@ impl Resolver {
         }
         // An answer younger than the refresh point counts; else id6 is asked (or the call in
         // flight joined), and its answer refills the cache for the user's requests too.
-        let younger_than = Some(ttl - ahead);
+        // Strictly younger (`max_age` lets an answer of exactly that age through): a check
+        // due at the refresh point finds the answer exactly that old, and must ask.
+        let younger_than = Some((ttl - ahead).saturating_sub(Duration::from_nanos(1)));
         let this = self.clone();
         let pending = local.load(
             key,

@@ -18,7 +18,9 @@
 //! age handed to the second level), the admission queue's wait for a permit (a wait on other
 //! calls), reqwest's timeouts (I/O), and Redis (its own clock, the server's).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+#[cfg(feature = "testing")]
+use std::time::Duration;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The handle's clock, shared by every part of one [`Id6`](crate::Id6): the real one, plus
 /// (feature `testing`) however far [`testing::advance_clock`](crate::testing::advance_clock)
@@ -240,6 +242,7 @@ impl governor::clock::Clock for Clock {
 
 /// Milliseconds since the epoch by the real wall clock; 0 before it, `u64::MAX` past what
 /// fits: for Redis's marks and back-off, which other instances and the server compare.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub(crate) fn now_ms() -> u64 {
     millis(SystemTime::now())
 }

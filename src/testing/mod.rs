@@ -93,7 +93,10 @@ pub fn advance_clock(id6: &crate::id6::Id6, by: std::time::Duration) {
 ///
 /// let mock = MockId6::start().await?;
 /// let token = mock.token_for(mock.add_user("Alice", "alice@example.com"));
-/// let id6 = Id6::builder(mock.url()).cache_ttl(Duration::from_secs(60)).build()?;
+/// let id6 = Id6::builder(mock.url())
+///     .cache_ttl(Duration::from_secs(60))
+///     .refresh_after(None) // no refresh ahead of expiry: one call to count
+///     .build()?;
 /// freeze_clock(&id6);
 /// let mut headers = http::HeaderMap::new();
 /// headers.insert("cookie", format!("auth={token}").parse()?);

@@ -83,7 +83,9 @@ pub fn advance_clock(id6: &crate::id6::Id6, by: std::time::Duration) {
 /// Stops `id6`'s clock where it stands: from now on only [`advance_clock`] moves it (not the
 /// real time that passes, not tokio's paused clock). A test that counts rechecks or refreshes
 /// then counts exactly, however loaded the machine: nothing becomes due while the test is not
-/// looking. I/O timeouts still run on real time.
+/// looking. I/O timeouts still run on real time, and so does moka's bookkeeping, which frees
+/// an entry's memory once its TTL has passed in real time: keep the TTLs of a frozen test
+/// longer than the test runs.
 ///
 /// ```
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {

@@ -108,6 +108,8 @@ pub(crate) struct Admitted<'a> {
 #[derive(Clone, Copy, Debug)]
 struct Open {
     until: Instant,
+    /// `until`'s real date, as it was when the breaker opened.
+    until_wall: SystemTime,
     rate_limited: bool,
 }
 
@@ -214,7 +216,7 @@ impl Admission {
         let breaker = self.breaker();
         match breaker.open.filter(|o| o.until > now) {
             Some(open) => Err(Error::new(Kind::CircuitOpen {
-                until: self.clock.real_at(open.until),
+                until: self.clock.real_at(open.until, open.until_wall),
                 rate_limited: open.rate_limited,
             })),
             None => Ok(breaker.epoch),
@@ -291,7 +293,7 @@ impl Admission {
     pub(crate) fn health(&self) -> Health {
         match self.open_now() {
             Some(open) => Health::Open {
-                until: self.clock.real_at(open.until),
+                until: self.clock.real_at(open.until, open.until_wall),
                 rate_limited: open.rate_limited,
             },
             None => Health::Closed,
@@ -304,6 +306,7 @@ impl Breaker {
         self.epoch += 1;
         self.open = Some(Open {
             until: now + wait,
+            until_wall: SystemTime::now() + wait,
             rate_limited,
         });
     }

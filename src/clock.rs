@@ -137,8 +137,25 @@ impl Clock {
         }
     }
 
-    /// When this clock reads `at`, as a real date.
-    pub(crate) fn real_at(&self, at: tokio::time::Instant) -> SystemTime {
+    /// When this clock reads `at`, as a real date; `dated` is that date as it was read when
+    /// `at` was set. Outside tests, `dated` is the answer: a fixed date, the same at every
+    /// call. With `testing` it is read again now, since a test may have moved the clock.
+    pub(crate) fn real_at(&self, at: tokio::time::Instant, dated: SystemTime) -> SystemTime {
+        #[cfg(not(feature = "testing"))]
+        {
+            let _ = at;
+            dated
+        }
+        #[cfg(feature = "testing")]
+        {
+            let _ = dated;
+            self.read_at(at)
+        }
+    }
+
+    /// [`real_at`](Self::real_at), read now.
+    #[cfg(feature = "testing")]
+    fn read_at(&self, at: tokio::time::Instant) -> SystemTime {
         let now = self.tokio_now();
         let real = SystemTime::now();
         if at >= now {

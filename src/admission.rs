@@ -14,8 +14,8 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::{Semaphore, SemaphorePermit};
-// tokio's clock, not std's: the same reading outside tests, and one a test can pause and
-// advance (`tokio::time::pause`) to see the breaker close without waiting.
+// The handle's clock, as tokio's instant: a test moves it with `advance_clock` (or by
+// pausing tokio's) to see the breaker close without waiting.
 use tokio::time::Instant;
 
 use crate::clock::Clock;
@@ -63,15 +63,16 @@ pub(crate) struct Admission {
 pub(crate) struct RateWindow {
     pub(crate) limit: u64,
     pub(crate) remaining: u64,
-    /// When the window opens again (already held to the backoff cap).
+    /// When the window opens again (already held to the backoff cap), on the handle's
+    /// clock's wall ([`Clock::wall`]).
     pub(crate) reset: SystemTime,
 }
 
 impl RateWindow {
-    /// Under a tenth of the limit left: kept for requests that wait on id6 (new sign-ins),
-    /// not spent on background refreshes.
-    fn low(&self) -> bool {
-        self.remaining.saturating_mul(10) < self.limit && SystemTime::now() < self.reset
+    /// Under a tenth of the limit left at `now` (on [`Clock::wall`]): kept for requests that
+    /// wait on id6 (new sign-ins), not spent on background refreshes.
+    fn low(&self, now: SystemTime) -> bool {
+        self.remaining.saturating_mul(10) < self.limit && now < self.reset
     }
 }
 
@@ -107,6 +108,7 @@ pub(crate) struct Admitted<'a> {
 #[derive(Clone, Copy, Debug)]
 struct Open {
     until: Instant,
+    /// `until`'s real date, as it was when the breaker opened.
     until_wall: SystemTime,
     rate_limited: bool,
 }
@@ -134,7 +136,7 @@ impl Admission {
     pub(crate) fn note_window(&self, window: RateWindow) {
         let mut seen = crate::lock::lock(&self.window);
         seen.last = Some(window);
-        if window.low() && seen.warned != Some(window.reset) {
+        if window.low(self.clock.wall()) && seen.warned != Some(window.reset) {
             seen.warned = Some(window.reset);
             drop(seen);
             tracing::warn!(
@@ -162,11 +164,11 @@ impl Admission {
         let open = breaker.open.map(|o| o.until);
         let quiet = breaker.quiet_until;
         drop(breaker);
-        let low = self.window().filter(RateWindow::low).map(|w| {
-            w.reset
-                .duration_since(SystemTime::now())
-                .unwrap_or_default()
-        });
+        let wall = self.clock.wall();
+        let low = self
+            .window()
+            .filter(|w| w.low(wall))
+            .map(|w| w.reset.duration_since(wall).unwrap_or_default());
         [open, quiet]
             .into_iter()
             .flatten()
@@ -214,7 +216,7 @@ impl Admission {
         let breaker = self.breaker();
         match breaker.open.filter(|o| o.until > now) {
             Some(open) => Err(Error::new(Kind::CircuitOpen {
-                until: open.until_wall,
+                until: self.clock.real_at(open.until, open.until_wall),
                 rate_limited: open.rate_limited,
             })),
             None => Ok(breaker.epoch),
@@ -291,7 +293,7 @@ impl Admission {
     pub(crate) fn health(&self) -> Health {
         match self.open_now() {
             Some(open) => Health::Open {
-                until: open.until_wall,
+                until: self.clock.real_at(open.until, open.until_wall),
                 rate_limited: open.rate_limited,
             },
             None => Health::Closed,

@@ -136,12 +136,7 @@ impl Client {
                 let code = code.as_ref().and_then(|r| r.error_code.as_deref());
                 return Authentication::Rejected(TokenRejection::from_code(code));
             }
-            _ => {
-                return Authentication::Unavailable(unavailable(
-                    &response,
-                    self.settings.max_backoff,
-                ))
-            }
+            _ => return Authentication::Unavailable(self.unavailable(&response)),
         }
         match self.read_json::<Option<User>>(response).await {
             Ok(Some(user)) => Authentication::Authenticated(Arc::new(user)),
@@ -179,12 +174,7 @@ impl Client {
             StatusCode::UNAUTHORIZED => {
                 return Authentication::Unavailable(Error::new(Kind::SecretRejected))
             }
-            _ => {
-                return Authentication::Unavailable(unavailable(
-                    &response,
-                    self.settings.max_backoff,
-                ))
-            }
+            _ => return Authentication::Unavailable(self.unavailable(&response)),
         }
         match self.read_json::<Answer>(response).await {
             Ok(Answer {
@@ -227,7 +217,7 @@ impl Client {
             Ok(r)
                 if r.status() == StatusCode::TOO_MANY_REQUESTS || r.status().is_server_error() =>
             {
-                Some(unavailable(r, self.settings.max_backoff))
+                Some(self.unavailable(r))
             }
             Ok(_) => None,
         };
@@ -281,7 +271,8 @@ impl Client {
             header_number(headers, "x-ratelimit-limit"),
             header_number(headers, "x-ratelimit-remaining"),
         ) {
-            let now = SystemTime::now();
+            // On the handle's clock, where the breaker reads the window.
+            let now = self.settings.clock.wall();
             let max_wait = self.settings.max_backoff;
             let reset = rate_limit_reset(headers, now, max_wait).unwrap_or(now + max_wait);
             self.admission.note_window(RateWindow {
@@ -308,6 +299,23 @@ impl Client {
     /// How long background calls wait before they may be made, `None` if they may now.
     pub(crate) fn background_pause(&self) -> Option<Duration> {
         self.admission.background_pause()
+    }
+
+    /// The error for an answer that carries no verdict: 429 (with its wait, at most
+    /// `max_backoff`), 5xx, anything else.
+    fn unavailable(&self, response: &reqwest::Response) -> Error {
+        match response.status() {
+            StatusCode::TOO_MANY_REQUESTS => {
+                // The wait is read on the handle's clock; the date handed out is a real one.
+                let clock = &self.settings.clock;
+                let reset =
+                    rate_limit_reset(response.headers(), clock.wall(), self.settings.max_backoff);
+                Error::new(Kind::RateLimited {
+                    reset: reset.map(|reset| clock.real(reset)),
+                })
+            }
+            status => Error::new(Kind::Status(status)),
+        }
     }
 
     /// Every call, on our client or the user's, bounded by the configured timeout.
@@ -337,17 +345,6 @@ fn prefer_rustls(builder: reqwest::ClientBuilder) -> reqwest::ClientBuilder {
     #[cfg(feature = "rustls")]
     let builder = builder.tls_backend_rustls();
     builder
-}
-
-/// The error for an answer that carries no verdict: 429 (with its wait, at most
-/// `max_wait`), 5xx, anything else.
-fn unavailable(response: &reqwest::Response, max_wait: Duration) -> Error {
-    match response.status() {
-        StatusCode::TOO_MANY_REQUESTS => Error::new(Kind::RateLimited {
-            reset: rate_limit_reset(response.headers(), SystemTime::now(), max_wait),
-        }),
-        status => Error::new(Kind::Status(status)),
-    }
 }
 
 fn is_json(headers: &HeaderMap) -> bool {

@@ -169,6 +169,20 @@ impl Id6 {
         self.inner.resolver.settings().clock.advance(by);
     }
 
+    /// Stops this handle's clock (the test kit's
+    /// [`freeze_clock`](crate::testing::freeze_clock)).
+    #[cfg(feature = "testing")]
+    pub(crate) fn freeze_clock(&self) {
+        self.inner.resolver.settings().clock.freeze();
+    }
+
+    /// Waits for the background work due now (the test kit's
+    /// [`settle`](crate::testing::settle)).
+    #[cfg(feature = "testing")]
+    pub(crate) async fn settled(&self) {
+        self.inner.resolver.settled().await;
+    }
+
     /// Whether a request that writes (or opens a WebSocket) with the cookie's token came
     /// from another site than its own or a trusted one: the CSRF guard's and the `Session`
     /// extractor's one check.

@@ -8,6 +8,8 @@
 use std::time::Duration;
 
 use base64::Engine;
+
+use crate::clock::Clock;
 #[cfg(feature = "jwt")]
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
@@ -75,6 +77,8 @@ impl Refusal {
 pub(crate) struct Screen {
     verify: Option<Verifier>,
     lifetime: Duration,
+    /// The handle's clock: a token's age is read on it.
+    clock: Clock,
 }
 
 /// What checks a signature: jsonwebtoken with id6's secret.
@@ -120,7 +124,7 @@ const SIGNATURE_LEN: usize = 43;
 
 impl Screen {
     /// `secret` is `None` without the `jwt` feature: `Id6Builder::build` sees to it.
-    pub(crate) fn new(secret: Option<&[u8]>, lifetime: Duration) -> Self {
+    pub(crate) fn new(secret: Option<&[u8]>, lifetime: Duration, clock: Clock) -> Self {
         #[cfg(feature = "jwt")]
         let verify = secret.map(verifier);
         #[cfg(not(feature = "jwt"))]
@@ -128,7 +132,11 @@ impl Screen {
             debug_assert!(secret.is_none(), "build() refuses a secret without `jwt`");
             None
         };
-        Screen { verify, lifetime }
+        Screen {
+            verify,
+            lifetime,
+            clock,
+        }
     }
 
     /// Whether `token` may be an id6 token still worth asking id6 about.
@@ -142,7 +150,7 @@ impl Screen {
             if let Some(issued_at) = claims.issued_at {
                 // Checked: `issuedAt` is the token's to choose; an expiry past any clock's
                 // range is simply not yet.
-                let since_epoch = Duration::from_millis(crate::clock::now_ms());
+                let since_epoch = Duration::from_millis(self.clock.wall_ms());
                 let expires = Duration::from_millis(issued_at).checked_add(self.lifetime);
                 if expires.is_some_and(|expires| expires < since_epoch) {
                     return Err(Refusal::Expired);
@@ -197,10 +205,13 @@ fn shape(token: &str) -> Result<Claims, Refusal> {
 #[cfg(all(test, feature = "jwt"))]
 mod tests {
     use super::*;
-    use crate::clock::now_ms;
     use jsonwebtoken::{EncodingKey, Header};
     use proptest::prelude::*;
     use serde_json::json;
+
+    fn now_ms() -> u64 {
+        Clock::default().wall_ms()
+    }
 
     fn sign(claims: serde_json::Value, secret: &[u8]) -> String {
         jsonwebtoken::encode(
@@ -215,7 +226,7 @@ mod tests {
 
     #[test]
     fn the_shape_of_an_id6_token() {
-        let screen = Screen::new(None, 30 * DAY);
+        let screen = Screen::new(None, 30 * DAY, Clock::default());
         let good = sign(json!({"userId": 1, "issuedAt": now_ms(), "iat": 1}), b"s");
         assert_eq!(screen.check(&good), Ok(()));
         assert!(may_have_shape(good.as_bytes()));
@@ -261,7 +272,7 @@ mod tests {
 
     #[test]
     fn with_the_secret_signature_and_age_are_checked_locally() {
-        let screen = Screen::new(Some(b"id6 secret"), 30 * DAY);
+        let screen = Screen::new(Some(b"id6 secret"), 30 * DAY, Clock::default());
         let fresh = sign(json!({"userId": 1, "issuedAt": now_ms()}), b"id6 secret");
         assert_eq!(screen.check(&fresh), Ok(()));
         let forged = sign(json!({"userId": 1, "issuedAt": now_ms()}), b"guess");
@@ -285,7 +296,7 @@ mod tests {
         #[test]
         fn never_panics(token in "\\PC{0,300}", dots in proptest::collection::vec("[A-Za-z0-9_-]{0,80}", 0..5)) {
             let joined = dots.join(".");
-            for screen in [Screen::new(None, DAY), Screen::new(Some(b"k"), DAY)] {
+            for screen in [Screen::new(None, DAY, Clock::default()), Screen::new(Some(b"k"), DAY, Clock::default())] {
                 let _ = screen.check(&token);
                 let _ = screen.check(&joined);
             }

@@ -7,7 +7,7 @@ mod common;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use id6_tower::testing::{advance_clock, Fault, MockId6};
+use id6_tower::testing::{advance_clock, freeze_clock, settle, Fault, MockId6};
 use id6_tower::{Id6, MissLimit};
 
 /// Serves the test app with each connection's address (`ConnectInfo`), as a real app must
@@ -123,47 +123,34 @@ async fn without_an_address_nothing_is_budgeted() {
     assert_eq!(s.id6.stats().over_budget, 0);
 }
 
-/// Polls until `done`, yielding to the runtime: for background work whose end has no signal.
-async fn until(mut done: impl FnMut() -> bool) {
-    for _ in 0..2000 {
-        if done() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    panic!("never happened");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn active_users_are_refreshed_ahead_and_never_wait_again() {
     let mock = MockId6::start().await.unwrap();
     let id6 = common::builder(&mock)
-        // A wide margin between the refresh and the expiry: two busy cores may stall a
-        // request for a while, and a stalled stream would expire honestly.
-        .cache_ttl(Duration::from_millis(1500))
-        .refresh_after(Duration::from_millis(150))
+        .cache_ttl(Duration::from_secs(60))
+        .refresh_after(Duration::from_secs(6))
         .build()
         .unwrap();
+    freeze_clock(&id6);
     let s = common::Setup::with(mock, id6).await;
     let alice = s.mock.add_user("Alice", "alice@example.com");
     let token = s.mock.token_for(alice);
-    // id6 answers slowly: a request that waited on it would be a miss.
-    s.mock.set_fault(Fault::Delay(Duration::from_millis(50)));
-    let started = std::time::Instant::now();
-    // A steady stream over two TTLs.
-    while started.elapsed() < Duration::from_millis(3200) {
+    // A steady stream over two TTLs, a request every 4 s: each that finds the answer 6 s old
+    // or more (every other one) starts a refresh, and is served from the cache meanwhile.
+    for _ in 0..30 {
         assert_eq!(s.get("/", Some(&token)).await.1, "Hello, Alice!");
-        tokio::time::sleep(Duration::from_millis(15)).await;
+        settle(&s.id6).await;
+        advance_clock(&s.id6, Duration::from_secs(4));
     }
-    until(|| s.id6.stats().upstream_authenticated == s.mock.user_calls() as u64).await;
     let stats = s.id6.stats();
     assert_eq!(
         stats.misses, 1,
         "a request waited on id6 after the first: {stats:?}"
     );
-    assert!(stats.refreshes >= 3, "{stats:?}");
+    assert_eq!(stats.hits, 29, "{stats:?}");
+    assert_eq!(stats.refreshes, 14, "{stats:?}");
     // One id6 call per refresh, and the first request's.
-    assert_eq!(s.mock.user_calls() as u64, stats.refreshes + 1, "{stats:?}");
+    assert_eq!(s.mock.user_calls(), 15, "{stats:?}");
 }
 
 /// Alice signed in to an app whose entries are due for refresh after 100 ms (TTL a minute),
@@ -178,8 +165,10 @@ async fn alice_due_for_refresh(mock: MockId6) -> (common::Setup, u64, String) {
     let alice = s.mock.add_user("Alice", "alice@example.com");
     let token = s.mock.token_for(alice);
     assert_eq!(s.get("/me", Some(&token)).await.0, 200);
-    // The entry ages past `refresh_after`, without waiting.
+    // The entry ages past `refresh_after`, without waiting; id6's clock moves on too (a
+    // revocation then postdates the token).
     advance_clock(&s.id6, Duration::from_millis(150));
+    s.mock.advance_clock(Duration::from_millis(150));
     (s, alice, token)
 }
 
@@ -198,7 +187,8 @@ async fn a_revocation_during_a_refresh_is_never_undone() {
     s.mock.revoke_tokens(alice);
     s.id6.invalidate_user(alice);
     s.mock.release_user_answers();
-    until(|| s.id6.stats().upstream_authenticated == 2).await;
+    settle(&s.id6).await;
+    assert_eq!(s.id6.stats().upstream_authenticated, 2);
     assert_eq!(s.id6.stats().refreshes, 1);
     // The refresh's answer predates the eviction: not stored, so id6 is asked again.
     assert_eq!(s.get("/me", Some(&token)).await.0, 401);
@@ -215,7 +205,8 @@ async fn a_refresh_that_finds_the_token_dead_evicts_it() {
         200,
         "served from the cache"
     );
-    until(|| s.id6.stats().upstream_rejected == 1).await;
+    settle(&s.id6).await;
+    assert_eq!(s.id6.stats().upstream_rejected, 1);
     assert_eq!(
         s.get("/me", Some(&token)).await.0,
         401,

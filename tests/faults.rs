@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use common::{now_ms, Setup};
-use id6_tower::testing::{advance_clock, Fault, MockId6};
+use id6_tower::testing::{advance_clock, freeze_clock, Fault, MockId6};
 use id6_tower::{Health, Id6, OnUnavailable};
 use tower::ServiceExt;
 
@@ -155,6 +155,8 @@ async fn after_a_429_no_call_until_the_reset() {
         .unwrap();
     let alice = mock.add_user("Alice", "a@example.com");
     let id6 = Id6::builder(mock.url()).timeout(TIMEOUT).build().unwrap();
+    // The handle's clock moves only when the test says (the mock's runs on, from real time).
+    freeze_clock(&id6);
     let s = Setup::with(mock, id6).await;
     // Three cold tokens spend the window, the fourth gets the 429.
     for i in 0..4 {
@@ -173,9 +175,17 @@ async fn after_a_429_no_call_until_the_reset() {
     assert!(rate_limited);
     let calls = s.mock.requests().len();
     assert_eq!(calls, 4);
-    for _ in 0..50 {
+    // Time passes for both (10 ms a request, and for id6 real time too), short of the
+    // window's end on the handle's clock.
+    let wait = until
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    let step = Duration::from_millis(10);
+    let steps = u32::try_from(wait.as_millis() / 10).unwrap() - 1;
+    for _ in 0..steps {
         let token = s.mock.token_for(alice);
-        tokio::time::sleep(Duration::from_millis(1)).await;
+        advance_clock(&s.id6, step);
+        s.mock.advance_clock(step);
         let (status, _, retry) = s.get("/me", Some(&token)).await;
         assert_eq!(status, 503);
         assert!(retry.unwrap().parse::<u64>().unwrap() <= 3);
@@ -185,11 +195,10 @@ async fn after_a_429_no_call_until_the_reset() {
         calls,
         "no id6 call while the window is closed"
     );
-    // Once the window opens, id6 is asked again. (id6's own window is real time: wait.)
-    let wait = until
-        .duration_since(std::time::SystemTime::now())
-        .unwrap_or_default();
-    tokio::time::sleep(wait + Duration::from_millis(100)).await;
+    // Once the window opens, id6 is asked again (two steps on: `until` is a real date, read
+    // a moment before `wait` was).
+    advance_clock(&s.id6, wait - step * steps + step);
+    s.mock.advance_clock(wait - step * steps + step);
     assert_eq!(s.id6.health(), Health::Closed);
     let token = s.mock.token_for(alice);
     assert_eq!(s.get("/me", Some(&token)).await.0, 200);

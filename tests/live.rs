@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use id6_tower::testing::MockId6;
+use id6_tower::testing::{advance_clock, freeze_clock, settle, MockId6};
 use id6_tower::Id6;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -25,6 +25,8 @@ type Socket =
 
 struct App {
     mock: MockId6,
+    /// The example's handle, on a frozen clock that the tests move.
+    id6: Id6,
     base: String,
     http: reqwest::Client,
     alice: u64,
@@ -37,8 +39,10 @@ async fn start(ttl: Duration) -> App {
     let alice = mock.add_user("Alice", "alice@example.com");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
+    let id6 = Id6::builder(mock.url()).cache_ttl(ttl).build().unwrap();
+    freeze_clock(&id6);
     let state = example::AppState {
-        id6: Id6::builder(mock.url()).cache_ttl(ttl).build().unwrap(),
+        id6: id6.clone(),
         login_url: None,
         public_url: base.clone(),
         admin_emails: Arc::from(Vec::new()),
@@ -47,6 +51,7 @@ async fn start(ttl: Duration) -> App {
     tokio::spawn(async move { axum::serve(listener, app).await });
     App {
         cookie: format!("auth={}", mock.token_for(alice)),
+        id6,
         alice,
         mock,
         base,
@@ -225,29 +230,36 @@ async fn an_anonymous_event_stream_is_refused() {
 }
 
 #[tokio::test]
-async fn a_token_revoked_on_id6_alone_closes_its_sockets_within_a_ttl_and_a_half() {
-    let ttl = Duration::from_millis(500);
+async fn a_token_revoked_on_id6_alone_closes_its_sockets_at_its_recheck() {
+    let ttl = Duration::from_secs(60);
     let app = start(ttl).await;
     let mut socket = app.socket(Some(&app.cookie), None).await.unwrap();
+    // Revoked a second after the token was issued, on id6's clock.
+    app.mock.advance_clock(Duration::from_secs(1));
     app.mock.revoke_tokens(app.alice);
-    // A TTL and a half, and a margin for a loaded machine.
-    let (_, reason) = closed_within(&mut socket, ttl * 3 / 2 + PROMPTLY / 2).await;
+    // The recheck, a tenth of the TTL before expiry, asks id6.
+    advance_clock(&app.id6, ttl * 9 / 10);
+    settle(&app.id6).await;
+    let (_, reason) = closed(&mut socket).await;
     assert_eq!(reason, "token_revoked");
 }
 
 #[tokio::test]
-async fn thirty_sockets_of_one_token_over_three_ttls_cost_at_most_five_calls() {
-    let ttl = Duration::from_millis(300);
+async fn thirty_sockets_of_one_token_over_three_ttls_cost_four_calls() {
+    let ttl = Duration::from_secs(60);
     let app = start(ttl).await;
     let mut sockets = Vec::new();
     for _ in 0..30 {
         sockets.push(app.socket(Some(&app.cookie), None).await.unwrap());
     }
     let token = app.cookie.trim_start_matches("auth=");
-    // Opening them cost one call (the first upgrade's miss); then one recheck per TTL.
-    tokio::time::sleep(ttl * 3).await;
-    let calls = app.mock.user_calls_for(token);
-    assert!((2..=5).contains(&calls), "{calls} id6 calls");
+    // Opening them cost one call (the first upgrade's miss); then one recheck per 0.9 TTL:
+    // at 0.9, 1.8 and 2.7 TTL (three TTLs in steps of a twentieth).
+    for _ in 0..60 {
+        advance_clock(&app.id6, ttl / 20);
+        settle(&app.id6).await;
+    }
+    assert_eq!(app.mock.user_calls_for(token), 4);
     for socket in &mut sockets {
         socket
             .send(Message::Text("still here".into()))

@@ -1,12 +1,15 @@
 //! Sessions that end: a connection's hold on its token ends on sign-out, `disconnect` and
 //! id6's refusal at a recheck, and open connections cost id6 one call per token per TTL.
+//!
+//! Time is driven, never waited for: the handle's clock is frozen and moved by
+//! [`advance_clock`], and [`settle`] waits for the rechecks it made due.
 
 use std::convert::Infallible;
 use std::time::Duration;
 
 use http::header::COOKIE;
 use http::{HeaderMap, Request, Response};
-use id6_tower::testing::MockId6;
+use id6_tower::testing::{advance_clock, freeze_clock, settle, MockId6};
 use id6_tower::{Id6, Profile, Session, TokenRejection, UserToken};
 use tower::{service_fn, Layer, ServiceExt};
 
@@ -33,12 +36,24 @@ async fn session_for(id6: &Id6, token: Option<&str>) -> Option<Session> {
     response.into_body()
 }
 
+/// A mock with Alice and her token, and a handle whose clock stands still until a test
+/// moves it.
 async fn setup(ttl: Duration) -> (MockId6, Id6, u64, String) {
     let mock = MockId6::start().await.unwrap();
     let alice = mock.add_user("Alice", "alice@example.com");
     let token = mock.token_for(alice);
     let id6 = Id6::builder(mock.url()).cache_ttl(ttl).build().unwrap();
+    freeze_clock(&id6);
     (mock, id6, alice, token)
+}
+
+/// Lets `by` pass on the handle's clock, in `steps` equal steps, each followed by the
+/// rechecks it made due.
+async fn pass(id6: &Id6, by: Duration, steps: u32) {
+    for _ in 0..steps {
+        advance_clock(id6, by / steps);
+        settle(id6).await;
+    }
 }
 
 async fn ends_promptly(session: &Session) -> TokenRejection {
@@ -106,53 +121,51 @@ async fn a_profile_change_keeps_the_session_after_asking_id6() {
         .await
         .unwrap();
     // The eviction makes the token due: id6 is asked once, and vouches for it.
-    for _ in 0..200 {
-        if mock.user_calls() > calls {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    settle(&id6).await;
     assert_eq!(mock.user_calls(), calls + 1, "one recheck");
-    tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(session.end_reason(), None);
 }
 
 #[tokio::test]
 async fn a_token_revoked_in_id6_alone_ends_at_its_recheck() {
-    let ttl = Duration::from_millis(400);
+    let ttl = Duration::from_secs(60);
     let (mock, id6, alice, token) = setup(ttl).await;
     let session = session_for(&id6, Some(&token)).await.unwrap();
-    // Not through the app: only the recheck at the end of the TTL can tell.
+    // Not through the app: only the recheck, a tenth of the TTL before expiry, can tell.
+    mock.advance_clock(Duration::from_secs(1));
     mock.revoke_tokens(alice);
-    let why = tokio::time::timeout(ttl * 3 / 2 + PROMPTLY, session.ended())
-        .await
-        .expect("ended within a TTL and a half (and a margin for a loaded machine)");
-    assert_eq!(why, TokenRejection::TokenRevoked);
+    let recheck = ttl * 9 / 10;
+    advance_clock(&id6, recheck - Duration::from_nanos(1));
+    settle(&id6).await;
+    assert_eq!(session.end_reason(), None, "not due yet");
+    advance_clock(&id6, Duration::from_nanos(1));
+    settle(&id6).await;
+    assert_eq!(session.end_reason(), Some(TokenRejection::TokenRevoked));
+    assert_eq!(ends_promptly(&session).await, TokenRejection::TokenRevoked);
 }
 
 #[tokio::test]
 async fn thirty_sessions_of_a_token_cost_one_call_per_ttl() {
-    let ttl = Duration::from_millis(200);
+    let ttl = Duration::from_secs(60);
     let (mock, id6, _alice, token) = setup(ttl).await;
     let mut sessions = Vec::new();
     for _ in 0..30 {
         sessions.push(session_for(&id6, Some(&token)).await.unwrap());
     }
-    let before = mock.user_calls_for(&token);
-    tokio::time::sleep(ttl * 3 + ttl / 2).await;
-    let rechecks = mock.user_calls_for(&token) - before;
-    assert!(
-        (2..=5).contains(&rechecks),
-        "30 sessions over 3 TTLs: {rechecks} calls"
+    assert_eq!(mock.user_calls_for(&token), 1, "one miss");
+    // Three TTLs in steps of a twentieth: rechecks at 0.9, 1.8 and 2.7 TTL.
+    pass(&id6, ttl * 3, 60).await;
+    assert_eq!(
+        mock.user_calls_for(&token),
+        1 + 3,
+        "30 sessions over 3 TTLs: one recheck per 0.9 TTL"
     );
     assert!(sessions.iter().all(|s| s.end_reason().is_none()));
 
     // Dropped, the sessions stop costing anything.
     drop(sessions);
-    tokio::time::sleep(ttl / 2).await;
-    let after_drop = mock.user_calls_for(&token);
-    tokio::time::sleep(ttl * 2).await;
-    assert_eq!(mock.user_calls_for(&token), after_drop);
+    pass(&id6, ttl * 2, 40).await;
+    assert_eq!(mock.user_calls_for(&token), 4);
 }
 
 #[tokio::test]
@@ -160,12 +173,15 @@ async fn a_stream_ends_with_its_last_item_when_the_token_dies() {
     use futures_util::StreamExt;
     let (_mock, id6, _alice, token) = setup(Duration::from_secs(60)).await;
     let session = session_for(&id6, Some(&token)).await.unwrap();
-    let ticks = futures_util::stream::repeat("tick").then(|tick| async move {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        tick.to_owned()
+    // Ticks when the test says: between two, the stream waits, as a real one would.
+    let (tick, ticks) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let ticks = futures_util::stream::unfold(ticks, |mut ticks| async move {
+        ticks.recv().await.map(|tick| (tick, ticks))
     });
     let mut stream = Box::pin(session.until_ended(ticks, |why| Some(why.error_code().to_owned())));
+    tick.send("tick".to_owned()).unwrap();
     assert_eq!(stream.next().await.as_deref(), Some("tick"));
+    // The stream waits for its next tick when the token dies.
     id6.sign_out(&headers(&token)).await.unwrap();
     let rest: Vec<String> = tokio::time::timeout(PROMPTLY, stream.collect())
         .await
@@ -204,11 +220,13 @@ async fn a_sign_out_between_the_verdict_and_the_session_still_ends_it() {
 
 #[tokio::test]
 async fn an_open_session_keeps_its_tokens_answer_warm() {
-    let ttl = Duration::from_secs(1);
+    let ttl = Duration::from_secs(60);
     let (_mock, id6, _alice, token) = setup(ttl).await;
     let session = session_for(&id6, Some(&token)).await.unwrap();
-    // Past the first answer's expiry; the recheck, due at 0.9 TTL, has 0.3 TTL to finish.
-    tokio::time::sleep(ttl * 6 / 5).await;
+    // The recheck, due at 0.9 TTL, runs; then the first answer's expiry passes.
+    advance_clock(&id6, ttl * 9 / 10);
+    settle(&id6).await;
+    advance_clock(&id6, ttl / 10 + Duration::from_nanos(1));
     // Refreshed ahead of expiry by the session's rechecks: the user's next request is a hit.
     let misses = id6.stats().misses;
     let again = session_for(&id6, Some(&token))

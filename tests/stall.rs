@@ -3,9 +3,10 @@
 //! rechecks of open sessions back off while id6 answers 5xx or garbage, and pause while its
 //! rate-limit budget is low (but for the one a `disconnect` asks for).
 //!
-//! Every test runs on tokio's paused clock, which the recheck timers, the call timeouts and
-//! the mock's delays read; the handle's own clock (the cache's ages, and with tokio's the
-//! breaker's) is moved by [`advance_clock`]. Nothing waits on the wall clock.
+//! Time is driven, never waited for: the handle's clock is frozen and moved by
+//! [`advance_clock`], which wakes the rechecks it made due, and [`settle`] waits for them.
+//! The stall test runs on tokio's paused clock as well, for the one thing the handle's clock
+//! does not drive: the call timeouts of a hanging id6 (I/O).
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::header::COOKIE;
 use http::{HeaderMap, Request, Response};
-use id6_tower::testing::{advance_clock, Fault, MockId6};
+use id6_tower::testing::{advance_clock, freeze_clock, settle, Fault, MockId6};
 use id6_tower::{Id6, Session, TokenRejection, UserToken};
 use tower::{service_fn, Layer, ServiceExt};
 
@@ -36,10 +37,16 @@ fn new_token(mock: &MockId6) -> String {
     mock.token_for(user)
 }
 
-/// Lets `by` pass on tokio's paused clock: everything due meanwhile runs, in order (the
-/// runtime advances to each timer once nothing else can run); no wall-clock wait.
-async fn pass(by: Duration) {
-    tokio::time::sleep(by).await;
+/// Lets `by` pass on the handle's clock, in steps of 100 ms, each followed by the rechecks
+/// it made due: everything due meanwhile runs, in order.
+async fn pass(id6: &Id6, by: Duration) {
+    let step = Duration::from_millis(100);
+    let mut passed = Duration::ZERO;
+    while passed < by {
+        advance_clock(id6, step);
+        settle(id6).await;
+        passed += step;
+    }
 }
 
 /// What a handler behind the layer gets for a request carrying `token`.
@@ -113,7 +120,7 @@ async fn sessions(mock: &MockId6, id6: &Id6, tokens: usize) -> Vec<Session> {
 /// made 230 calls in 2 minutes of a TTL of 10 s (one per session every 5 s), more than the
 /// 130 they cost while id6 answered; after it, 42 to 58 (the rechecks' waves fall as the
 /// loopback's timing lets them), then a call per session a minute.
-#[tokio::test(start_paused = true)]
+#[tokio::test]
 async fn rechecks_back_off_while_id6_answers_without_a_verdict() {
     const TOKENS: usize = 10;
     let ttl = Duration::from_secs(10);
@@ -129,26 +136,21 @@ async fn rechecks_back_off_while_id6_answers_without_a_verdict() {
             .timeout(TIMEOUT)
             .build()
             .unwrap();
+        freeze_clock(&id6);
         let open = sessions(&mock, &id6, TOKENS).await;
 
-        // Healthy: the cache's clock moves with tokio's, and each session costs one call
-        // per 0.9 TTL.
+        // Healthy: each session costs one call per 0.9 TTL.
         let before = mock.user_calls();
-        let step = Duration::from_millis(100);
-        let mut passed = Duration::ZERO;
-        while passed < window {
-            advance_clock(&id6, step);
-            pass(step).await;
-            passed += step;
-        }
+        pass(&id6, window).await;
         let healthy = mock.user_calls() - before;
+        assert_eq!(healthy, 13 * TOKENS, "{fault:?}: 120 s / 9 s, a call each");
 
-        // id6 answers without a verdict: nothing is refilled, so the cache's clock need not
-        // move again; every due recheck would ask id6.
+        // id6 answers without a verdict: nothing is refilled, and once every cached answer
+        // is past its TTL, every due recheck would ask id6.
         mock.set_fault(fault.clone());
         advance_clock(&id6, ttl);
         let before = mock.user_calls();
-        pass(window).await;
+        pass(&id6, window).await;
         let failing = mock.user_calls() - before;
         println!(
             "{fault:?}: {failing} calls in {window:?} from {TOKENS} sessions (healthy: {healthy})"
@@ -160,7 +162,7 @@ async fn rechecks_back_off_while_id6_answers_without_a_verdict() {
         // Then the back-off is at its cap (`max_backoff`, 60 s): a call per session a minute
         // at most, 6 in 5 minutes (where TTL/2 made 60).
         let before = mock.user_calls();
-        pass(Duration::from_secs(300)).await;
+        pass(&id6, Duration::from_secs(300)).await;
         let later = mock.user_calls() - before;
         println!("{fault:?}: then {later} calls in 300s");
         assert!(
@@ -175,7 +177,7 @@ async fn rechecks_back_off_while_id6_answers_without_a_verdict() {
         // good.
         mock.clear_fault();
         let before = mock.user_calls();
-        pass(Duration::from_secs(61)).await;
+        pass(&id6, Duration::from_secs(61)).await;
         assert!(
             mock.user_calls() - before >= TOKENS,
             "{fault:?}: rechecks did not resume"
@@ -189,7 +191,7 @@ async fn rechecks_back_off_while_id6_answers_without_a_verdict() {
 /// While id6's rate-limit budget is under its reserve, rechecks are background work and
 /// pause, as refresh-ahead does: the budget is kept for sign-ins. Before the fix they spent
 /// it (and then ran into id6's 429).
-#[tokio::test(start_paused = true)]
+#[tokio::test]
 async fn rechecks_pause_while_id6s_budget_is_low() {
     const TOKENS: usize = 10;
     let ttl = Duration::from_secs(10);
@@ -200,11 +202,13 @@ async fn rechecks_pause_while_id6s_budget_is_low() {
         .await
         .unwrap();
     let id6 = Id6::builder(mock.url()).cache_ttl(ttl).build().unwrap();
+    freeze_clock(&id6);
     let open = sessions(&mock, &id6, TOKENS).await;
     assert_eq!(mock.user_calls(), TOKENS);
-    // Every cached answer past its TTL: each due recheck would ask id6.
+    // Every cached answer past its TTL: each due recheck would ask id6. The window stays
+    // low until its reset, which the handle holds to `max_backoff` (60 s): short of it.
     advance_clock(&id6, ttl);
-    pass(Duration::from_secs(120)).await;
+    pass(&id6, Duration::from_secs(45)).await;
     assert_eq!(
         mock.user_calls(),
         TOKENS,
@@ -220,7 +224,7 @@ async fn rechecks_pause_while_id6s_budget_is_low() {
 
 /// A disconnect makes every session of the user due now, and id6's answer ends them: that
 /// recheck is a user's action, not background work, and goes even while the budget is low.
-#[tokio::test(start_paused = true)]
+#[tokio::test]
 async fn a_disconnect_ends_sessions_while_the_budget_is_low() {
     let mock = MockId6::builder()
         .rate_limit(30, Duration::from_secs(3600))

@@ -6,10 +6,11 @@ use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, SystemTime};
 
-use governor::clock::Clock;
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use governor::state::keyed::HashMapStateStore;
+use governor::{Quota, RateLimiter};
 
 use super::caller::Caller;
+use crate::clock::Clock;
 use crate::config::MissLimit;
 use crate::error::{Error, Kind};
 
@@ -17,8 +18,9 @@ use crate::error::{Error, Kind};
 const SWEEP_EVERY: u32 = 4096;
 
 pub(crate) struct MissBudget {
-    /// By caller; `None` is the one budget that typed calls of untold callers share.
-    limiter: DefaultKeyedRateLimiter<Option<Caller>>,
+    /// By caller; `None` is the one budget that typed calls of untold callers share. On the
+    /// handle's clock.
+    limiter: RateLimiter<Option<Caller>, HashMapStateStore<Option<Caller>>, Clock>,
     checks: AtomicU32,
     unknown_warned: AtomicBool,
 }
@@ -33,11 +35,11 @@ impl std::fmt::Debug for MissBudget {
 
 impl MissBudget {
     /// `None` for a limit `build` would have refused (zero calls or window).
-    pub(crate) fn new(limit: MissLimit) -> Option<Self> {
+    pub(crate) fn new(limit: MissLimit, clock: Clock) -> Option<Self> {
         let calls = NonZeroU32::new(limit.calls())?;
         let quota = Quota::with_period(limit.window() / calls.get())?.allow_burst(calls);
         Some(MissBudget {
-            limiter: RateLimiter::keyed(quota),
+            limiter: RateLimiter::hashmap_with_clock(quota, clock),
             checks: AtomicU32::new(0),
             unknown_warned: AtomicBool::new(false),
         })
@@ -78,6 +80,7 @@ impl MissBudget {
                 wait_ms = wait.as_millis() as u64,
                 "caller over its id6 miss budget; id6 not called"
             );
+            // A wait on the handle's clock, handed out as a real date.
             Error::new(Kind::OverBudget {
                 until: SystemTime::now() + wait.max(Duration::from_secs(1)),
             })
@@ -101,7 +104,8 @@ mod tests {
 
     #[test]
     fn typed_calls_of_untold_callers_share_one_budget() {
-        let budget = MissBudget::new(MissLimit::new(2, Duration::from_secs(60))).unwrap();
+        let budget =
+            MissBudget::new(MissLimit::new(2, Duration::from_secs(60)), Clock::default()).unwrap();
         assert!(budget.spend_typed(None).is_ok());
         assert!(budget.spend_typed(None).is_ok());
         assert!(budget.spend_typed(None).unwrap_err().is_over_budget());
@@ -116,7 +120,8 @@ mod tests {
 
     #[test]
     fn each_caller_has_its_own_budget() {
-        let budget = MissBudget::new(MissLimit::new(3, Duration::from_secs(60))).unwrap();
+        let budget =
+            MissBudget::new(MissLimit::new(3, Duration::from_secs(60)), Clock::default()).unwrap();
         for _ in 0..3 {
             assert!(budget.spend(caller(1).as_ref()).is_ok());
         }
@@ -137,13 +142,20 @@ mod tests {
         }
     }
 
+    /// On a driven clock (feature `testing`): the budgets come back without waiting.
+    #[cfg(feature = "testing")]
     #[test]
     fn callers_whose_budget_is_whole_again_are_forgotten() {
-        let budget = MissBudget::new(MissLimit::new(1, Duration::from_millis(1))).unwrap();
+        let clock = Clock::default();
+        let budget =
+            MissBudget::new(MissLimit::new(1, Duration::from_secs(60)), clock.clone()).unwrap();
         for i in 0..SWEEP_EVERY * 2 {
             let _ = budget.spend(caller(i).as_ref());
         }
-        std::thread::sleep(Duration::from_millis(5));
+        assert!(budget.callers() > SWEEP_EVERY as usize, "all remembered");
+        // Two windows: a budget is whole again one window after its last spend, and
+        // forgotten once nothing tells it from a new one.
+        clock.advance(Duration::from_secs(121));
         for _ in 0..SWEEP_EVERY {
             let _ = budget.spend(caller(0).as_ref());
         }

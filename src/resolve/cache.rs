@@ -81,7 +81,7 @@ impl AuthCache {
             shared: Arc::new(Coordination {
                 inflight: Mutex::default(),
                 marks: Marks::new(settings.mark_lifetime),
-                lives: Arc::default(),
+                lives: Arc::new(Lives::new(settings.clock.clone())),
                 policy: FailurePolicy::new(settings.on_unavailable),
                 telemetry,
             }),
@@ -300,7 +300,7 @@ impl AuthCache {
         self.shared.marks.generation()
     }
 
-    #[cfg(test)]
+    #[cfg(any(test, feature = "testing"))]
     pub(crate) fn inflight_len(&self) -> usize {
         lock(&self.shared.inflight).len()
     }
@@ -330,6 +330,9 @@ impl Drop for InflightGuard {
         {
             inflight.remove(&self.key);
         }
+        drop(inflight);
+        // A test waiting for background work to settle looks again.
+        self.cache.entries.clock.progressed();
     }
 }
 

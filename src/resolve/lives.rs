@@ -19,6 +19,7 @@ use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
 use super::Scope;
+use crate::clock::Clock;
 use crate::error::TokenRejection;
 use crate::lock::lock;
 use crate::token::{TokenKey, UserToken};
@@ -33,6 +34,8 @@ pub(crate) struct Lives {
     /// The driver's alarm: a token became due earlier than it planned to wake.
     wake: Notify,
     ids: AtomicU64,
+    /// The handle's clock, which schedules every check.
+    clock: Clock,
 }
 
 #[derive(Default)]
@@ -47,6 +50,8 @@ struct State {
     /// The running driver task, by number (it stops when nothing is watched, or with its
     /// runtime).
     driver: Option<u64>,
+    /// Checks handed to the resolver and not settled yet.
+    checking: usize,
 }
 
 struct Life {
@@ -105,6 +110,13 @@ impl std::fmt::Debug for Watcher {
 }
 
 impl Lives {
+    pub(crate) fn new(clock: Clock) -> Self {
+        Lives {
+            clock,
+            ..Lives::default()
+        }
+    }
+
     /// A watcher on `key`'s life; the token is checked first at `first_check`. Returns the
     /// number of the driver the caller must start, if none runs.
     pub(crate) fn watch(
@@ -160,7 +172,7 @@ impl Lives {
     /// token is asked about again now (a `disconnect` ends them through id6's answer, a
     /// profile change, which evicts the user's tokens too, does not).
     pub(crate) fn evicted(&self, scope: Scope) {
-        let now = Instant::now();
+        let now = self.clock.tokio_now();
         let mut guard = lock(&self.state);
         let state = &mut *guard;
         match scope {
@@ -235,6 +247,7 @@ impl Lives {
             }
             state.queue.pop();
             life.due = None;
+            state.checking += 1;
             due.push(Due {
                 key,
                 life: life.id,
@@ -249,6 +262,8 @@ impl Lives {
     pub(crate) fn settle(&self, key: TokenKey, id: u64, checked: Checked) {
         let mut guard = lock(&self.state);
         let state = &mut *guard;
+        state.checking = state.checking.saturating_sub(1);
+        self.clock.progressed();
         let Some(life) = state.by_key.get_mut(&key).filter(|life| life.id == id) else {
             return;
         };
@@ -277,6 +292,18 @@ impl Lives {
     /// Wakes when a token becomes due earlier than planned.
     pub(crate) async fn woken(&self) {
         self.wake.notified().await;
+    }
+
+    /// Whether no check is due at `now` nor running: what the test kit's `settle` waits
+    /// for.
+    #[cfg(feature = "testing")]
+    pub(crate) fn idle_at(&self, now: Instant) -> bool {
+        let state = lock(&self.state);
+        state.checking == 0
+            && state
+                .by_key
+                .values()
+                .all(|life| life.due.is_some_and(|due| due > now))
     }
 
     /// Tokens watched now (for tests and the bench).

@@ -172,13 +172,16 @@ impl Marks {
     /// Drops index entries whose keys left the cache and marks no load can still predate.
     fn sweep(&self, entries: &Entries, coherence: &mut Coherence) {
         let lifetime = self.lifetime;
+        // Marks are dated by the handle's clock, as the loads they outlive are.
+        let now = entries.clock.now();
+        let elapsed = |when: &Instant| now.saturating_duration_since(*when);
         let mut user_marks = 0;
         coherence.users.retain(|_, owner| {
             owner.keys.retain(|k| entries.contains_key(k));
             owner.pruned_to = owner.keys.len();
             if owner
                 .invalidated
-                .is_some_and(|(_, when)| when.elapsed() >= lifetime)
+                .is_some_and(|(_, when)| elapsed(&when) >= lifetime)
             {
                 owner.invalidated = None;
             }
@@ -188,7 +191,7 @@ impl Marks {
         coherence.user_marks = user_marks;
         coherence
             .tokens
-            .retain(|_, (_, when)| when.elapsed() < lifetime);
+            .retain(|_, (_, when)| elapsed(when) < lifetime);
     }
 
     /// Keeps the marks bounded however fast invalidations come (a mark lives for as long as
@@ -247,7 +250,8 @@ impl Marks {
     pub(super) fn invalidate_token(&self, entries: &Entries, key: &TokenKey) {
         let mut coherence = lock(&self.coherence);
         let generation = self.bump();
-        coherence.tokens.insert(*key, (generation, Instant::now()));
+        let now = entries.clock.now();
+        coherence.tokens.insert(*key, (generation, now));
         entries.invalidate(key);
         self.bound(entries, &mut coherence);
     }
@@ -266,7 +270,7 @@ impl Marks {
     fn revoke_keys_of(&self, entries: &Entries, owner: &mut UserKeys) -> bool {
         let first_mark = owner
             .invalidated
-            .replace((self.bump(), Instant::now()))
+            .replace((self.bump(), entries.clock.now()))
             .is_none();
         for key in owner.keys.drain(..) {
             entries.invalidate(&key);

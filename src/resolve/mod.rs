@@ -149,7 +149,9 @@ impl Resolver {
         let resolver = Resolver {
             inner: Arc::new(Inner {
                 local: AuthCache::new(&settings, telemetry.clone()),
-                budget: settings.miss_limit.and_then(MissBudget::new),
+                budget: settings
+                    .miss_limit
+                    .and_then(|limit| MissBudget::new(limit, settings.clock.clone())),
                 finder: TokenFinder::new(&settings.cookie_name, &settings.token_locations),
                 screen: Screen::new(
                     settings
@@ -157,6 +159,7 @@ impl Resolver {
                         .as_ref()
                         .map(|secret| secret.0.as_bytes()),
                     settings.token_lifetime,
+                    settings.clock.clone(),
                 ),
                 callers: CallerFinder::new(settings.trusted_proxies, settings.caller_key.clone()),
                 keying: if second.is_some() {
@@ -451,7 +454,7 @@ impl Resolver {
         let local = &self.inner.local;
         let fresh_for = local.peek(&key).map_or(Duration::ZERO, |hit| hit.fresh_for);
         let ahead = local.user_ttl() / AHEAD_OF_EXPIRY;
-        let first_check = tokio::time::Instant::now() + fresh_for.saturating_sub(ahead);
+        let first_check = self.inner.settings.clock.tokio_now() + fresh_for.saturating_sub(ahead);
         let token = || UserToken::from_found(token);
         let lives = local.lives();
         let (watcher, driver) = lives.watch(key, token, user_id, first_check);
@@ -469,6 +472,7 @@ impl Resolver {
     /// runtime's shutdown, after which the next watcher starts another.
     fn drive_lives(&self, driver: u64) {
         let lives = self.inner.local.lives().clone();
+        let clock = self.inner.settings.clock.clone();
         let resolver = Arc::downgrade(&self.inner);
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             tracing::warn!("no tokio runtime: watched tokens are not rechecked");
@@ -485,7 +489,7 @@ impl Resolver {
         runtime.spawn(async move {
             let _ended = Ended(lives.clone(), driver);
             loop {
-                let now = tokio::time::Instant::now();
+                let now = clock.tokio_now();
                 let Ok((due, next)) = lives.take_due(now, driver) else {
                     return;
                 };
@@ -505,7 +509,8 @@ impl Resolver {
                 let woken = std::pin::pin!(lives.woken());
                 match next {
                     Some(at) => {
-                        let sleep = std::pin::pin!(tokio::time::sleep_until(at));
+                        // On the handle's clock: a test that moves it wakes this.
+                        let sleep = std::pin::pin!(clock.sleep_until(at));
                         futures_util::future::select(sleep, woken).await;
                     }
                     None => woken.await,
@@ -527,11 +532,11 @@ impl Resolver {
     async fn recheck(&self, key: TokenKey, token: UserToken, asked: bool) -> Checked {
         let ttl = self.inner.local.user_ttl();
         let ahead = ttl / AHEAD_OF_EXPIRY;
+        let clock = &self.inner.settings.clock;
         // The next check: before the answer expires, and never sooner than an eighth of the
         // TTL (so that a skewed or paused clock cannot make the driver spin).
-        let next = |fresh_for: Duration| {
-            tokio::time::Instant::now() + fresh_for.saturating_sub(ahead).max(ttl / 8)
-        };
+        let next =
+            |fresh_for: Duration| clock.tokio_now() + fresh_for.saturating_sub(ahead).max(ttl / 8);
         let local = &self.inner.local;
         match local.peek(&key).map(|hit| (hit.verdict, hit.fresh_for)) {
             Some((Authentication::Rejected(why), _)) => return Checked::Dead(why),
@@ -548,11 +553,13 @@ impl Resolver {
                 wait_s = wait.as_secs_f64(),
                 "recheck paused: id6 is failing or its budget is kept for misses"
             );
-            return Checked::Good(tokio::time::Instant::now() + wait.max(ttl / 8));
+            return Checked::Good(clock.tokio_now() + wait.max(ttl / 8));
         }
         // An answer younger than the refresh point counts; else id6 is asked (or the call in
         // flight joined), and its answer refills the cache for the user's requests too.
-        let younger_than = Some(ttl - ahead);
+        // Strictly younger (`max_age` lets an answer of exactly that age through): a check
+        // due at the refresh point finds the answer exactly that old, and must ask.
+        let younger_than = Some((ttl - ahead).saturating_sub(Duration::from_nanos(1)));
         let this = self.clone();
         let pending = local.load(
             key,
@@ -573,10 +580,20 @@ impl Resolver {
             }
             // id6 could not answer: the connection stays, and the token is asked about again
             // once id6's back-off (which this failure may just have grown) allows.
-            _ => Checked::Good(
-                tokio::time::Instant::now() + paused().unwrap_or_default().max(ttl / 2),
-            ),
+            _ => Checked::Good(clock.tokio_now() + paused().unwrap_or_default().max(ttl / 2)),
         }
+    }
+
+    /// Resolves once no background work is due at the handle's clock's now: every recheck
+    /// due has been made and settled, every load in flight (a refresh, a miss) has ended.
+    #[cfg(feature = "testing")]
+    pub(crate) async fn settled(&self) {
+        let clock = &self.inner.settings.clock;
+        let now = clock.tokio_now();
+        let local = &self.inner.local;
+        clock
+            .settled(|| local.lives().idle_at(now) && local.inflight_len() == 0)
+            .await;
     }
 
     /// Starts listening to the second level's broadcasts (once; it also asks the tier
@@ -619,6 +636,8 @@ impl Resolver {
     pub(crate) fn load_start(&self) -> LoadStart {
         LoadStart {
             generation: self.inner.local.generation(),
+            // Real time: the second level is told how long the call took (a measured
+            // duration), and Redis's expiries run on the server's clock.
             at: std::time::Instant::now(),
         }
     }

@@ -4,13 +4,13 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use serde_json::Value;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::state::{lock, now_ms, Fault, MockUser, RecordedRequest, State};
+use super::state::{lock, Fault, MockUser, RecordedRequest, State};
 
 /// Configures a [`MockId6`] before it starts.
 ///
@@ -99,6 +99,7 @@ impl MockId6Builder {
             held: watch::Sender::new(0),
             in_flight: AtomicU64::new(0),
             max_in_flight: AtomicU64::new(0),
+            skew_ns: AtomicU64::new(0),
             redirect_origins: Mutex::new(self.redirect_origins),
         });
         let public = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
@@ -222,7 +223,7 @@ impl MockId6 {
     /// Adds a local user and returns its id.
     pub fn add_user(&self, name: &str, email: &str) -> u64 {
         let id = self.state.next_id.fetch_add(1, Ordering::Relaxed);
-        let now = SystemTime::now();
+        let now = self.state.now();
         lock(&self.state.users).insert(
             id,
             MockUser {
@@ -237,6 +238,21 @@ impl MockId6 {
             },
         );
         id
+    }
+
+    /// Moves id6's clock forward by `by`, as if that much time had passed on id6: its
+    /// rate-limit windows, its tokens' expiry, the times it stamps (`issuedAt`,
+    /// `invalidateTokensAt`). The handle's clock is the handle's own
+    /// ([`advance_clock`](super::advance_clock)): move both to let time pass for both.
+    /// [`Fault::Delay`] stays a real wait.
+    pub fn advance_clock(&self, by: Duration) {
+        let ns = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
+        let _ = self
+            .state
+            .skew_ns
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |s| {
+                Some(s.saturating_add(ns))
+            });
     }
 
     /// Deletes a user: its tokens then get `user_not_found`.
@@ -267,13 +283,16 @@ impl MockId6 {
 
     /// A token for `user_id`, issued now, as id6's login would set it.
     pub fn token_for(&self, user_id: u64) -> String {
-        self.token_issued_at(user_id, now_ms())
+        self.token_issued_at(user_id, self.state.now_ms())
     }
 
     /// A token for `user_id` whose lifetime ran out a minute ago.
     pub fn expired_token_for(&self, user_id: u64) -> String {
         let lifetime = u64::try_from(self.state.token_lifetime.as_millis()).unwrap_or(u64::MAX);
-        self.token_issued_at(user_id, now_ms().saturating_sub(lifetime + 60_000))
+        self.token_issued_at(
+            user_id,
+            self.state.now_ms().saturating_sub(lifetime + 60_000),
+        )
     }
 
     /// A token with a chosen `issuedAt` (ms since the epoch).
@@ -283,7 +302,7 @@ impl MockId6 {
 
     /// Revokes every token of the user issued before now, as id6's `GET /user/disconnect`.
     pub fn revoke_tokens(&self, user_id: u64) {
-        self.revoke_tokens_at(user_id, now_ms());
+        self.revoke_tokens_at(user_id, self.state.now_ms());
     }
 
     /// Revokes every token of the user issued before `at_ms` (ms since the epoch), which may

@@ -10,7 +10,7 @@ use axum::Router;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use super::state::{lock, now_ms, State};
+use super::state::{lock, State};
 
 type Shared = AxumState<Arc<State>>;
 
@@ -141,7 +141,7 @@ async fn update_profile(
         user.name = profile.name;
         user.bio = profile.bio;
         user.language = profile.language.unwrap_or_else(|| "en".to_owned());
-        user.updated_at = std::time::SystemTime::now();
+        user.updated_at = state.now();
     }
     no_content()
 }
@@ -228,7 +228,7 @@ async fn disconnect(AxumState(state): Shared, headers: HeaderMap) -> Response<Bo
         Err(response) => return response,
     };
     if let Some(user) = lock(&state.users).get_mut(&id) {
-        user.invalidate_tokens_at = Some(now_ms());
+        user.invalidate_tokens_at = Some(state.now_ms());
     }
     let mut response = no_content();
     response
@@ -317,7 +317,7 @@ async fn sign_in(
             None,
         );
     }
-    let token = state.token(form.user_id, now_ms());
+    let token = state.token(form.user_id, state.now_ms());
     // As id6 sets it by default: no `Secure`, no `SameSite`.
     let cookie = format!("auth={token}; Max-Age=2592000; Path=/; HttpOnly");
     let mut response = Response::new(Body::empty());

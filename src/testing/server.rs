@@ -73,8 +73,8 @@ async fn handle(
     let _leaving = Leaving(&state.in_flight);
     let window = state.count_request(peer);
     let mut response = match (&window, state.fault()) {
-        (Some(w), _) if w.exceeded => rate_limited(Some(w.reset_epoch_s)),
-        (_, Some(fault)) => match apply(fault, request.uri().path()).await? {
+        (Some(w), _) if w.exceeded => rate_limited(w.reset_epoch_s),
+        (_, Some(fault)) => match apply(fault, request.uri().path(), &state).await? {
             Some(response) => response,
             None => route(&mut router, request).await,
         },
@@ -107,7 +107,11 @@ async fn route(router: &mut Router, request: Request<hyper::body::Incoming>) -> 
 
 /// The fault's answer, `None` to answer normally (after a delay), or an error that makes
 /// hyper close the connection without answering.
-async fn apply(fault: Fault, path: &str) -> Result<Option<Response<Body>>, std::io::Error> {
+async fn apply(
+    fault: Fault,
+    path: &str,
+    state: &State,
+) -> Result<Option<Response<Body>>, std::io::Error> {
     Ok(Some(match fault {
         Fault::Delay(delay) => {
             tokio::time::sleep(delay).await;
@@ -119,7 +123,7 @@ async fn apply(fault: Fault, path: &str) -> Result<Option<Response<Body>>, std::
             let body = json!({"statusCode": status.as_u16(), "path": path, "message": "Internal error"});
             json_response(status, body.to_string())
         }
-        Fault::RateLimited => rate_limited(None),
+        Fault::RateLimited => rate_limited(state.now_ms() / 1000 + 60),
         Fault::RateLimitedWith { reset, retry_after } => {
             let mut response = html(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -177,8 +181,7 @@ async fn apply(fault: Fault, path: &str) -> Result<Option<Response<Body>>, std::
 }
 
 /// id6's limiter answer: HTML body, `Retry-After: 60` always, the window in `X-RateLimit-*`.
-fn rate_limited(reset_epoch_s: Option<u64>) -> Response<Body> {
-    let reset = reset_epoch_s.unwrap_or_else(|| super::state::now_ms() / 1000 + 60);
+fn rate_limited(reset: u64) -> Response<Body> {
     let mut response = html(
         StatusCode::TOO_MANY_REQUESTS,
         "Too many requests, please try again later.",

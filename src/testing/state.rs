@@ -94,6 +94,9 @@ pub(super) struct State {
     /// Requests being handled now, and the most at once so far.
     pub(super) in_flight: AtomicU64,
     pub(super) max_in_flight: AtomicU64,
+    /// How far [`MockId6::advance_clock`](super::MockId6::advance_clock) moved id6's
+    /// clock (ns): its own, never the handle's.
+    pub(super) skew_ns: AtomicU64,
 }
 
 /// Why id6 refuses a token: its `errorCode`, message, and the user when id6 knows it.
@@ -115,10 +118,6 @@ pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-pub(super) fn now_ms() -> u64 {
-    millis(SystemTime::now())
-}
-
 fn millis(t: SystemTime) -> u64 {
     let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
@@ -129,6 +128,20 @@ fn iso(t: SystemTime) -> String {
 }
 
 impl State {
+    fn skew(&self) -> Duration {
+        Duration::from_nanos(self.skew_ns.load(std::sync::atomic::Ordering::SeqCst))
+    }
+
+    /// id6's wall clock.
+    pub(super) fn now(&self) -> SystemTime {
+        SystemTime::now() + self.skew()
+    }
+
+    /// id6's wall clock, in its unit: milliseconds since the epoch.
+    pub(super) fn now_ms(&self) -> u64 {
+        millis(self.now())
+    }
+
     /// Waits while answers are held, counted in `held` so tests can see them waiting.
     pub(super) async fn wait_if_held(&self) {
         let mut hold = self.hold.subscribe();
@@ -152,7 +165,7 @@ impl State {
     pub(super) fn count_request(&self, ip: IpAddr) -> Option<Window> {
         let (limit, window) = self.rate_limit?;
         let mut windows = lock(&self.windows);
-        let now = Instant::now();
+        let now = Instant::now() + self.skew();
         let (start, count) = windows.entry(ip).or_insert((now, 0));
         if now.duration_since(*start) >= window {
             *start = now;
@@ -160,7 +173,7 @@ impl State {
         }
         *count = count.saturating_add(1);
         let left = window.saturating_sub(now.duration_since(*start));
-        let reset = SystemTime::now() + left;
+        let reset = self.now() + left;
         Some(Window {
             limit,
             remaining: limit.saturating_sub(*count),
@@ -281,7 +294,7 @@ impl State {
         })?;
         if let Some(issued_at) = issued_at {
             let lifetime = u64::try_from(self.token_lifetime.as_millis()).unwrap_or(u64::MAX);
-            if issued_at.saturating_add(lifetime) < now_ms() {
+            if issued_at.saturating_add(lifetime) < self.now_ms() {
                 return Err(Refusal {
                     code: "token_expired",
                     message: "Token expired",

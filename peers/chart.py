@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Draws the peers bench's output as an SVG bar chart: per peer, its overhead over the bare
-Router, median (criterion) and p99 (requests timed one by one). Standard library only.
+Router, median (criterion) and p99 (requests timed one by one); and prints the same figures
+as a Markdown table (the README's). Standard library only.
 
     cargo bench -p id6-tower-peers     # writes target/peers.json
     python3 peers/chart.py             # target/peers.json -> docs/peers.svg
@@ -132,6 +133,29 @@ def chart(data):
     return "\n".join(out) + "\n"
 
 
+def markdown(data):
+    """The README's table."""
+    lines = [
+        "| case | median | overhead | ratio | p50 | p99 | p99 overhead | p99 / p50 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for case in data["cases"]:
+        bare = case["case"] == "bare"
+        lines.append(
+            "| {} | {:,.0f} ns | {} | {} | {:,} ns | {:,} ns | {} | {:.2f}× |".format(
+                "bare Router" if bare else case["case"],
+                case["median_ns"],
+                "" if bare else ns(case["overhead_ns"]),
+                "" if bare else f"{case['ratio']:.2f}×",
+                case["p50_ns"],
+                case["p99_ns"],
+                "" if bare else ns(case["p99_overhead_ns"]),
+                case["p99_ns"] / case["p50_ns"],
+            ).replace(",", " ")
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main(argv):
     target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
     source = Path(argv[1]) if len(argv) > 1 else target / "peers.json"
@@ -142,6 +166,7 @@ def main(argv):
         sys.exit(f"{source}: not found; run `cargo bench -p id6-tower-peers` first")
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text(chart(data))
+    print(markdown(data))
     print(f"written: {dest}")
 
 

@@ -42,8 +42,10 @@ def chart(data):
     values = [v for c in peers for v in (c["overhead_ns"], c["p99_overhead_ns"])]
     low, high = min(0.0, *values), max(0.0, *values)
     step = nice_step(high - low)
-    low = math.floor(low / step) * step
+    # The axis ends on a tick to the right; to the left it stops just past the smallest bar
+    # (a few tens of ns below zero need no whole step).
     high = math.ceil(high / step) * step
+    low = low - 0.02 * (high - low) if low < 0 else 0.0
 
     left, right, top = 150, 150, 104
     plot_width = 420
@@ -85,7 +87,7 @@ def chart(data):
         out.append(f'<text x="{lx + 17}" y="{legend_y + 1}">{escape(label)}</text>')
 
     # Grid and axis.
-    tick = low
+    tick = math.ceil(low / step) * step
     while tick <= high + step / 2:
         tx = x(tick)
         out.append(

@@ -190,7 +190,7 @@ where
         let start = Instant::now();
         let response = service.clone().oneshot(request).await.unwrap();
         into.push(start.elapsed().as_nanos() as u64);
-        debug_assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.status(), StatusCode::OK);
         drop(response);
     }
 }

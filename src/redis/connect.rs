@@ -287,17 +287,24 @@ impl redis::aio::ConnectionLike for Connection {
 
 impl Connection {
     /// Every key matching `pattern`: one server's `SCAN`, or each master's in a cluster
-    /// (a cluster's `SCAN` is per node).
+    /// (a cluster's `SCAN` is per node). [`SCAN_PAGE`] keys a round trip: Redis's default
+    /// of 10 made a clear of a 300 000-key Redis 30 000 round trips (5 s idle, past the
+    /// clear's bound on a busy machine, leaving the entries it was to delete).
     pub(super) async fn scan(&mut self, pattern: &str) -> redis::RedisResult<Vec<String>> {
         use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
         let cluster = match self {
             Connection::Single(c) => {
-                let mut iter = redis::AsyncCommands::scan_match::<_, String>(c, pattern).await?;
                 let mut keys = Vec::new();
-                while let Some(key) = iter.next_item().await {
-                    keys.push(key?);
+                let mut cursor = 0u64;
+                loop {
+                    let (next, page): (u64, Vec<String>) =
+                        scan_page(cursor, pattern).query_async(c).await?;
+                    keys.extend(page);
+                    if next == 0 {
+                        return Ok(keys);
+                    }
+                    cursor = next;
                 }
-                return Ok(keys);
             }
             Connection::Cluster(c) => c,
         };
@@ -314,13 +321,7 @@ impl Connection {
             loop {
                 let page = cluster
                     .route_command(
-                        redis::cmd("SCAN")
-                            .arg(cursor)
-                            .arg("MATCH")
-                            .arg(pattern)
-                            .arg("COUNT")
-                            .arg(1000)
-                            .clone(),
+                        scan_page(cursor, pattern),
                         RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
                             host: host.clone(),
                             port,
@@ -337,6 +338,20 @@ impl Connection {
         }
         Ok(keys)
     }
+}
+
+/// How many keys one `SCAN` round trip looks at (Redis's `COUNT`, a hint).
+const SCAN_PAGE: u32 = 1000;
+
+/// One `SCAN` page: `SCAN cursor MATCH pattern COUNT SCAN_PAGE`.
+fn scan_page(cursor: u64, pattern: &str) -> redis::Cmd {
+    let mut page = redis::cmd("SCAN");
+    page.arg(cursor)
+        .arg("MATCH")
+        .arg(pattern)
+        .arg("COUNT")
+        .arg(SCAN_PAGE);
+    page
 }
 
 /// The masters that `CLUSTER NODES` lists as serving (`<id> <ip:port@bus[,host]> <flags> …`),

@@ -51,8 +51,16 @@ impl Redis {
     }
 
     fn spawn(&mut self) {
+        // A folder of its own for what Redis writes (a replica's synced RDB), never the
+        // test's working directory; after `extra` (a Sentinel's config file comes first),
+        // unless `extra` names one (a cluster node's).
+        let dir = self.dir();
+        std::fs::create_dir_all(&dir).unwrap();
+        let own_dir = (!self.extra.iter().any(|a| a == "--dir"))
+            .then(|| ["--dir".into(), dir.display().to_string()]);
         let child = Command::new(self.binary)
             .args(&self.extra)
+            .args(own_dir.iter().flatten())
             .args([
                 "--port",
                 &self.port.to_string(),
@@ -215,9 +223,16 @@ impl RedisPort {
     }
 }
 
+impl Redis {
+    fn dir(&self) -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("id6-redis-{}-{}", std::process::id(), self.port))
+    }
+}
+
 impl Drop for Redis {
     fn drop(&mut self) {
         self.stop();
+        let _ = std::fs::remove_dir_all(self.dir());
     }
 }
 

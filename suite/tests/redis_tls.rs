@@ -144,6 +144,10 @@ fn start_redis(pki: &Pki, args: &[&str], admin_password: Option<&'static str>) -
         &file("server.key"),
         "--tls-ca-cert-file",
         &file("ca.pem"),
+        // What Redis writes goes with the test's folder, never its working directory (a
+        // cluster node's own `--dir`, among `args`, comes later and wins).
+        "--dir",
+        pki.dir.to_str().unwrap(),
     ]);
     if let Some(password) = admin_password {
         command.args(["--requirepass", password]);

@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{now_ms, Setup};
+use common::{now_ms, while_held, Setup};
 use id6_tower::testing::{Fault, MockId6};
 use id6_tower::{Id6, PictureUpload, Profile, UserToken};
 
@@ -233,30 +233,14 @@ async fn an_answer_in_flight_during_disconnect_is_not_cached() {
     let old = s.mock.token_issued_at(alice, now_ms() - 10);
     let other = s.mock.token_issued_at(alice, now_ms() - 10);
 
-    // 1. id6 decides "Alice" for `old`, but the answer is held in flight.
-    s.mock.hold_user_answers();
-    let in_flight = {
-        let (http, base, old) = (s.http.clone(), s.base.clone(), old.clone());
-        tokio::spawn(async move {
-            let response = http
-                .get(format!("{base}/"))
-                .header("cookie", format!("auth={old}"))
-                .send()
-                .await
-                .unwrap();
-            response.text().await.unwrap()
-        })
-    };
-    tokio::time::timeout(Duration::from_secs(10), s.mock.wait_for_held_answers(1))
-        .await
-        .expect("the answer is held");
-
-    // 2. Meanwhile Alice disconnects everywhere (not a `GET /user`: not held).
-    s.id6.disconnect(&headers(&other)).await.unwrap();
-
-    // 3. The stale answer arrives. The request that was already running may see it...
-    s.mock.release_user_answers();
-    assert_eq!(in_flight.await.unwrap(), "Hello, Alice!");
+    // 1. id6 decides "Alice" for `old`, but the answer is held in flight; 2. meanwhile
+    // Alice disconnects everywhere (not a `GET /user`: not held); 3. the stale answer
+    // arrives. The request that was already running may see it...
+    let disconnect = async { s.id6.disconnect(&headers(&other)).await.unwrap() };
+    assert_eq!(
+        while_held(&s.mock, &s.base, &old, disconnect).await,
+        "Hello, Alice!"
+    );
     // ...but it was not cached: the next request asks id6 and is refused.
     let calls = s.mock.user_calls();
     assert_eq!(s.get("/me", Some(&old)).await.0, 401);

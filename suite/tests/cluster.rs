@@ -511,27 +511,13 @@ async fn a_store_from_before_a_revocation_is_refused(
 ) {
     let user = mock.add_user("Stale", "stale@example.com");
     let token = mock.token_issued_at(user, common::now_ms() - 3);
-    mock.hold_user_answers();
-    let in_flight = {
-        let (base, http, token) = (a.base.clone(), a.http.clone(), token.clone());
-        tokio::spawn(async move {
-            let response = http
-                .get(format!("{base}/"))
-                .header("cookie", format!("auth={token}"))
-                .send()
-                .await
-                .unwrap();
-            response.text().await.unwrap()
-        })
-    };
-    tokio::time::timeout(Duration::from_secs(10), mock.wait_for_held_answers(1))
-        .await
-        .expect("A's load never reached id6");
     // The mark's value is its own lifetime (ms), so its age is that less its PTTL: now.
-    mark(&format!("{prefix}{{u:{user}}}rev"));
-    mock.release_user_answers();
+    let revoked = async { mark(&format!("{prefix}{{u:{user}}}rev")) };
     // A answers its request (id6 said so), then shares it: refused. Then B misses in Redis.
-    assert_eq!(in_flight.await.unwrap(), "Hello, Stale!");
+    assert_eq!(
+        common::while_held(mock, &a.base, &token, revoked).await,
+        "Hello, Stale!"
+    );
     assert_eq!(b.get("/", &token).await.1, "Hello, Stale!");
     assert_eq!(
         mock.user_calls_for(&token),

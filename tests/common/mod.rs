@@ -107,3 +107,26 @@ pub fn now_ms() -> u64 {
         .unwrap();
     u64::try_from(since.as_millis()).unwrap()
 }
+
+/// `GET {base}/` with `token`'s cookie while id6 holds its `GET /user` answers: `during`
+/// runs once the answer is held (a revocation, say), then id6 answers. The body the request
+/// got (a request already running may see an answer that predates `during`).
+pub async fn while_held(
+    mock: &MockId6,
+    base: &str,
+    token: &str,
+    during: impl std::future::Future<Output = ()>,
+) -> String {
+    mock.hold_user_answers();
+    let request = http_client()
+        .get(format!("{base}/"))
+        .header("cookie", format!("auth={token}"))
+        .send();
+    let in_flight = tokio::spawn(async move { request.await.unwrap().text().await.unwrap() });
+    tokio::time::timeout(Duration::from_secs(10), mock.wait_for_held_answers(1))
+        .await
+        .expect("the answer is held");
+    during.await;
+    mock.release_user_answers();
+    in_flight.await.unwrap()
+}

@@ -170,7 +170,8 @@ pub(crate) fn may_have_shape(token: &[u8]) -> bool {
     };
     let head = &token[..last];
     token.len() - last - 1 == SIGNATURE_LEN
-        && memchr::memchr(b'.', head).is_some_and(|first| !head[first + 1..].contains(&b'.'))
+        && memchr::memchr(b'.', head)
+            .is_some_and(|first| memchr::memchr(b'.', &head[first + 1..]).is_none())
 }
 
 /// Three base64url parts, an HS256 JSON header, a JSON payload with a numeric `userId`, a

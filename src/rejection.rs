@@ -73,6 +73,7 @@ impl Common {
 
 /// The URI the client asked for: under axum's `Router::nest`, the URI a nested service
 /// sees lacks the prefix, and axum keeps the whole one in `OriginalUri`.
+#[inline]
 fn request_uri<'a>(uri: &'a Uri, extensions: &'a Extensions) -> &'a Uri {
     #[cfg(feature = "axum")]
     if let Some(axum::extract::OriginalUri(original)) = extensions.get() {

@@ -22,6 +22,7 @@ pub(crate) struct Served {
 
 impl Served {
     /// `verdict`, as `id6` serves it; `lifeline` only beside a user.
+    #[inline]
     pub(crate) fn new(id6: &Id6, verdict: Authentication, lifeline: Option<Lifeline>) -> Self {
         Served {
             lifeline: lifeline.filter(|_| verdict.user_arc().is_some()),

@@ -296,6 +296,7 @@ impl AuthCache {
     }
 
     /// The generation a load starting now runs under; see [`fill`](Self::fill).
+    #[inline]
     pub(crate) fn generation(&self) -> u64 {
         self.shared.marks.generation()
     }

@@ -71,6 +71,7 @@ impl Marks {
     }
 
     /// The generation a load starting now runs under; see [`fill`](Self::fill).
+    #[inline]
     pub(super) fn generation(&self) -> u64 {
         self.generation.load(Ordering::SeqCst)
     }

@@ -662,6 +662,7 @@ impl Resolver {
     }
 
     /// The cache's generation now (bumped by every eviction), for [`watch`](Self::watch).
+    #[inline]
     pub(crate) fn generation(&self) -> u64 {
         self.inner.local.generation()
     }

@@ -48,6 +48,7 @@ pub(crate) struct Lifeline {
 
 impl Lifeline {
     /// For a verdict `id6` gave just now.
+    #[inline]
     pub(crate) fn new(id6: &Id6) -> Self {
         Lifeline {
             generation: id6.resolver().generation(),

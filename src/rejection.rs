@@ -17,7 +17,6 @@ use http::{Extensions, HeaderValue, Response, StatusCode, Uri};
 
 use crate::error::Error;
 use crate::error::TokenRejection;
-use crate::layer::Served;
 use crate::outcome::Refusal;
 
 /// Retry-After when id6 gave no wait of its own.
@@ -62,11 +61,11 @@ struct Common {
 
 impl Common {
     fn of(uri: &Uri, extensions: &Extensions) -> Self {
-        let served = extensions.get::<Served>();
+        let (bearer, hook) = RejectionHook::left_by_layer(extensions);
         Common {
             path: request_path(uri, extensions).to_owned(),
-            bearer: served.is_some_and(|served| served.bearer),
-            hook: served.and_then(|served| served.hook.clone()),
+            bearer,
+            hook,
         }
     }
 }

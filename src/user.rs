@@ -5,7 +5,6 @@ use std::sync::Arc;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::error::{Error, TokenRejection};
-use crate::layer::Served;
 
 /// A signed-in id6 user, as `GET /user` answers it.
 ///
@@ -116,17 +115,6 @@ pub enum Authentication {
 }
 
 impl Authentication {
-    /// Who is calling, as the layer left it in a request's extensions; `None` without the
-    /// layer. The layer leaves one value there (with what the extractors and `Session`
-    /// need), so `extensions.get::<Authentication>()` finds nothing: ask here. An
-    /// `Authentication` inserted by hand (a test's) is read too.
-    pub fn of(extensions: &http::Extensions) -> Option<&Authentication> {
-        match extensions.get::<Served>() {
-            Some(served) => Some(&served.verdict),
-            None => extensions.get::<Authentication>(),
-        }
-    }
-
     /// The user, when there is one.
     pub fn user(&self) -> Option<&User> {
         self.user_arc().map(|user| &**user)

@@ -6,8 +6,8 @@ use axum_core::extract::{FromRequestParts, OptionalFromRequestParts};
 use futures_util::Stream;
 use http::request::Parts;
 
+use super::Lifeline;
 use super::Session;
-use crate::layer::Served;
 use crate::outcome::{self, Need, Refusal};
 use crate::rejection::AuthRejection;
 use crate::user::Authentication;
@@ -22,9 +22,8 @@ impl<S: Sync> FromRequestParts<S> for Session {
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         let refuse = |refusal| AuthRejection::new(refusal, &parts.uri, &parts.extensions);
         outcome::required(Authentication::of(&parts.extensions)).map_err(refuse)?;
-        let lifeline = parts.extensions.get::<Served>();
-        let lifeline = lifeline.and_then(|served| served.lifeline.as_ref());
-        let lifeline = lifeline.ok_or_else(|| refuse(Refusal::MissingLayer))?;
+        let (lifeline, _) = Lifeline::left_by_layer(&parts.extensions)
+            .ok_or_else(|| refuse(Refusal::MissingLayer))?;
         if lifeline
             .id6()
             .is_cross_site(&parts.method, &parts.uri, &parts.headers)

@@ -33,7 +33,6 @@ use http::{Extensions, HeaderMap};
 
 use crate::error::TokenRejection;
 use crate::id6::Id6;
-use crate::layer::Served;
 use crate::resolve::Watcher;
 use crate::user::User;
 
@@ -96,9 +95,8 @@ impl Session {
     /// behind [`Id6::csrf`](crate::id6::Id6::csrf), which refuses a cross-site handshake
     /// carrying the cookie (the axum extractor does both).
     pub fn of(headers: &HeaderMap, extensions: &Extensions) -> Option<Session> {
-        let served = extensions.get::<Served>()?;
-        let user = served.verdict.user_arc()?.clone();
-        let lifeline = served.lifeline.as_ref()?;
+        let (lifeline, user) = Lifeline::left_by_layer(extensions)?;
+        let user = user.clone();
         let resolver = lifeline.id6.resolver();
         let watcher = resolver.watch(headers, user.id, lifeline.generation)?;
         Some(Session {

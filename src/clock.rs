@@ -46,6 +46,18 @@ struct Driven {
     progress: tokio::sync::Notify,
 }
 
+#[cfg(feature = "testing")]
+impl Driven {
+    /// The skew as one load tells it: how far the clock was moved, and where it stood when
+    /// it was frozen (`None` while it follows the real one).
+    #[inline]
+    fn skew(&self) -> (Duration, Option<&(tokio::time::Instant, SystemTime)>) {
+        let skew = self.skew_ns.load(std::sync::atomic::Ordering::Acquire);
+        let frozen = (skew & FROZEN != 0).then(|| self.frozen.get()).flatten();
+        (Duration::from_nanos(skew & !FROZEN), frozen)
+    }
+}
+
 /// The skew's top bit: the clock no longer follows the real one.
 #[cfg(feature = "testing")]
 const FROZEN: u64 = 1 << 63;
@@ -68,22 +80,13 @@ impl Clock {
     pub(crate) fn tokio_now(&self) -> tokio::time::Instant {
         #[cfg(feature = "testing")]
         {
-            let skew = self
-                .driven
-                .skew_ns
-                .load(std::sync::atomic::Ordering::Acquire);
-            // Never moved nor frozen (every handle outside a test that drives it): the real
-            // reading, with no addition.
-            if skew == 0 {
-                return tokio::time::Instant::now();
+            match self.driven.skew() {
+                // Never moved nor frozen (every handle outside a test that drives it): the
+                // real reading, with no addition.
+                (by, None) if by.is_zero() => tokio::time::Instant::now(),
+                (by, Some((at, _))) => *at + by,
+                (by, None) => tokio::time::Instant::now() + by,
             }
-            let by = Duration::from_nanos(skew & !FROZEN);
-            if skew & FROZEN != 0 {
-                if let Some((at, _)) = self.driven.frozen.get() {
-                    return *at + by;
-                }
-            }
-            tokio::time::Instant::now() + by
         }
         #[cfg(not(feature = "testing"))]
         tokio::time::Instant::now()
@@ -100,15 +103,9 @@ impl Clock {
         let real = SystemTime::now();
         #[cfg(feature = "testing")]
         {
-            let skew = self
-                .driven
-                .skew_ns
-                .load(std::sync::atomic::Ordering::Acquire);
-            let by = Duration::from_nanos(skew & !FROZEN);
-            if skew & FROZEN != 0 {
-                if let Some((_, wall)) = self.driven.frozen.get() {
-                    return (*wall + by, real);
-                }
+            let (by, frozen) = self.driven.skew();
+            if let Some((_, wall)) = frozen {
+                return (*wall + by, real);
             }
             // As far from the real wall as tokio's clock is from std's: a paused runtime
             // moves the wall too.

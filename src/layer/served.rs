@@ -38,15 +38,10 @@ impl Served {
     }
 
     /// [`new`](Self::new), as the handle `lifeline` holds serves it.
+    /// Only after a miss: the handle's one more reference count is nothing beside id6's call.
     pub(crate) fn beside(verdict: Authentication, lifeline: Lifeline) -> Self {
-        let id6 = lifeline.id6();
-        let (bearer, hook) = (id6.http_settings().bearer, id6.rejection_hook().cloned());
-        Served {
-            lifeline: verdict.user_arc().is_some().then_some(lifeline),
-            verdict,
-            bearer,
-            hook,
-        }
+        let id6 = lifeline.id6().clone();
+        Served::new(&id6, verdict, Some(lifeline))
     }
 }
 

@@ -18,9 +18,7 @@
 //! age handed to the second level), the admission queue's wait for a permit (a wait on other
 //! calls), reqwest's timeouts (I/O), and Redis (its own clock, the server's).
 
-#[cfg(feature = "testing")]
-use std::time::Duration;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The handle's clock, shared by every part of one [`Id6`](crate::Id6): the real one, plus
 /// (feature `testing`) however far [`testing::advance_clock`](crate::testing::advance_clock)
@@ -90,6 +88,26 @@ impl Clock {
         }
         #[cfg(not(feature = "testing"))]
         tokio::time::Instant::now()
+    }
+
+    /// Now, as the cache dates its entries and reads their ages: [`now`](Self::now) to within
+    /// a few milliseconds, as a [`Stamp`]. On Linux it is the kernel's coarse monotonic
+    /// clock (its last tick), read in a third of the time of an exact reading, on every hit;
+    /// ages are seconds. Every entry's date and age come from this reading, so they agree
+    /// with each other. Once a test moves or freezes the clock, it is [`now`](Self::now)
+    /// exactly (a date taken just before then reads at most a tick older, never younger).
+    #[inline]
+    pub(crate) fn stamp(&self) -> Stamp {
+        #[cfg(feature = "testing")]
+        if self
+            .driven
+            .skew_ns
+            .load(std::sync::atomic::Ordering::Acquire)
+            != 0
+        {
+            return Stamp::of(self.now());
+        }
+        Stamp::coarse()
     }
 
     /// The wall clock, moved as the rest: for times that come as dates (JWT `issuedAt`,
@@ -256,6 +274,98 @@ impl governor::clock::Clock for Clock {
 
     fn now(&self) -> Self::Instant {
         Clock::now(self)
+    }
+}
+
+/// A reading of [`Clock::stamp`]: signed nanoseconds from the process's first one, on the
+/// scale of the kernel's monotonic clock (std's `Instant` on Linux). One word, so a hit's age
+/// is one subtraction; signed, since a clock a test froze may read before the origin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Stamp(i64);
+
+/// std's `Instant` and, on Linux, the kernel's exact monotonic reading, taken together: the
+/// origin of every [`Stamp`], and where an `Instant` falls among them.
+static ORIGIN: std::sync::OnceLock<(std::time::Instant, Duration)> = std::sync::OnceLock::new();
+
+fn origin() -> (std::time::Instant, Duration) {
+    *ORIGIN.get_or_init(|| (std::time::Instant::now(), coarse::exact()))
+}
+
+impl Stamp {
+    /// The kernel's last tick: less than a tick behind the exact reading, never ahead.
+    #[inline]
+    fn coarse() -> Self {
+        let (_, exact) = origin();
+        Stamp::between(exact, coarse::read())
+    }
+
+    /// Where `at` falls (exactly): for a clock a test moves.
+    #[cfg(feature = "testing")]
+    fn of(at: std::time::Instant) -> Self {
+        let (origin, _) = origin();
+        match at.checked_duration_since(origin) {
+            Some(after) => Stamp::between(Duration::ZERO, after),
+            None => Stamp::between(origin - at, Duration::ZERO),
+        }
+    }
+
+    /// `to` as seen from `from`.
+    #[inline]
+    fn between(from: Duration, to: Duration) -> Self {
+        let nanos = |d: Duration| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
+        Stamp(nanos(to).saturating_sub(nanos(from)))
+    }
+
+    /// How long after `earlier` this is (zero if it is not after).
+    #[inline]
+    pub(crate) fn since(self, earlier: Stamp) -> Duration {
+        u64::try_from(self.0.saturating_sub(earlier.0)).map_or(Duration::ZERO, Duration::from_nanos)
+    }
+
+    /// This, `by` earlier.
+    pub(crate) fn checked_sub(self, by: Duration) -> Option<Stamp> {
+        let by = i64::try_from(by.as_nanos()).ok()?;
+        self.0.checked_sub(by).map(Stamp)
+    }
+}
+
+/// The kernel's monotonic clocks, through the vDSO (the crate forbids `unsafe`).
+#[cfg(target_os = "linux")]
+mod coarse {
+    use rustix::time::{clock_gettime, ClockId};
+    use std::time::Duration;
+
+    fn read_clock(id: ClockId) -> Duration {
+        let at = clock_gettime(id);
+        Duration::new(
+            u64::try_from(at.tv_sec).unwrap_or(0),
+            u32::try_from(at.tv_nsec).unwrap_or(0),
+        )
+    }
+
+    /// The exact reading, as std's `Instant` reads it.
+    pub(super) fn exact() -> Duration {
+        read_clock(ClockId::Monotonic)
+    }
+
+    /// The last tick's reading.
+    #[inline]
+    pub(super) fn read() -> Duration {
+        read_clock(ClockId::MonotonicCoarse)
+    }
+}
+
+/// Elsewhere, std's exact reading, measured from the origin's.
+#[cfg(not(target_os = "linux"))]
+mod coarse {
+    use std::time::Duration;
+
+    pub(super) fn exact() -> Duration {
+        Duration::ZERO
+    }
+
+    pub(super) fn read() -> Duration {
+        std::time::Instant::now().saturating_duration_since(super::origin().0)
     }
 }
 

@@ -228,22 +228,15 @@ impl Resolver {
             return Lookup::NoToken;
         };
         let from_cookie = location == TokenLocation::Cookie;
-        // What id6 would answer for such a token, without asking it.
-        let refuse = |why: &str, verdict: TokenRejection| {
-            inner.telemetry.lookup(LookupOutcome::Malformed);
-            tracing::debug!(why, "token refused locally; anonymous without asking id6");
-            Lookup::Ready {
-                verdict: Authentication::Rejected(verdict),
-                from_cookie,
-            }
-        };
         // Bound the hashing work a stranger can cause; such a value is no token anyway.
-        if raw.len() > token::MAX_TOKEN_LEN {
-            return refuse("too long", TokenRejection::InvalidToken);
-        }
-        // Cheaper than a hit: what fails this was never stored, so it needs no lookup.
-        if !jwt::may_have_shape(raw) {
-            return refuse("not an id6 token", TokenRejection::InvalidToken);
+        // Cheaper than a hit: what fails the shape test was never stored, so it needs no
+        // lookup.
+        if raw.len() > token::MAX_TOKEN_LEN || !jwt::may_have_shape(raw) {
+            return self.refuse(
+                "not an id6 token",
+                TokenRejection::InvalidToken,
+                from_cookie,
+            );
         }
         let key = inner.keying.key(raw);
         if let Some(hit) = inner.local.get(&key, max_age) {
@@ -260,13 +253,44 @@ impl Resolver {
                 from_cookie,
             };
         }
+        self.miss(key, raw, from_cookie, headers, extensions, max_age)
+    }
+
+    /// What id6 would answer for a token refused locally, without asking it.
+    #[cold]
+    fn refuse(&self, why: &str, verdict: TokenRejection, from_cookie: bool) -> Lookup {
+        self.inner.telemetry.lookup(LookupOutcome::Malformed);
+        tracing::debug!(why, "token refused locally; anonymous without asking id6");
+        Lookup::Ready {
+            verdict: Authentication::Rejected(verdict),
+            from_cookie,
+        }
+    }
+
+    /// A token the cache does not hold: screened, then asked of id6 (or joined to the call
+    /// in flight). Out of line: the hit's frame stays small.
+    #[inline(never)]
+    fn miss(
+        &self,
+        key: TokenKey,
+        raw: &[u8],
+        from_cookie: bool,
+        headers: &HeaderMap,
+        extensions: Option<&Extensions>,
+        max_age: Option<Duration>,
+    ) -> Lookup {
+        let inner = &*self.inner;
         // Only values that pass `check` and the screen are ever stored, so a hit needs
         // neither.
         let Found::Token(token) = token::check(raw) else {
-            return refuse("not cookie-octets", TokenRejection::InvalidToken);
+            return self.refuse(
+                "not cookie-octets",
+                TokenRejection::InvalidToken,
+                from_cookie,
+            );
         };
         if let Err(refusal) = inner.screen.check(token) {
-            return refuse(refusal.as_str(), refusal.as_rejection());
+            return self.refuse(refusal.as_str(), refusal.as_rejection(), from_cookie);
         }
         inner.telemetry.lookup(LookupOutcome::Miss);
         let token = UserToken::from_found(token);
@@ -290,6 +314,8 @@ impl Resolver {
     /// A hit old enough to renew: one call to id6 in the background, unless id6's remaining
     /// budget is kept for misses (or the breaker is open, or id6 just answered without a
     /// verdict). Not the caller's miss budget: only tokens id6 vouched for are refreshed.
+    /// Out of line, as a miss is.
+    #[inline(never)]
     fn refresh(&self, key: TokenKey, raw: &[u8]) {
         let inner = &*self.inner;
         if !inner.client.background_allowed() {

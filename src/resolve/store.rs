@@ -4,12 +4,12 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use moka::notification::RemovalCause;
 use moka::sync::Cache;
 
-use crate::clock::Clock;
+use crate::clock::{Clock, Stamp};
 use crate::config::{OnUnavailable, ResolverSettings};
 use crate::error::TokenRejection;
 use crate::token::TokenKey;
@@ -30,7 +30,7 @@ pub(super) struct Entries {
     rejected: Cache<TokenKey, Arc<Cached>, Hasher>,
     /// With [`OnUnavailable::Stale`]: users kept for the grace window past their TTL, served
     /// only when id6 cannot be asked. Invalidated with the rest.
-    stale: Option<Cache<TokenKey, (Arc<User>, Instant), Hasher>>,
+    stale: Option<Cache<TokenKey, (Arc<User>, Stamp), Hasher>>,
     cache_ttl: Duration,
     negative_ttl: Duration,
     /// TTL plus the stale grace window.
@@ -96,9 +96,9 @@ impl Entries {
         self.cache_ttl
     }
 
-    /// How long ago `then` was, by the handle's clock.
-    pub(super) fn since(&self, then: Instant) -> Duration {
-        self.clock.now().saturating_duration_since(then)
+    /// How long ago `then` was, by the handle's clock (its [stamps](Clock::stamp)).
+    pub(super) fn since(&self, then: Stamp) -> Duration {
+        self.clock.stamp().since(then)
     }
 }
 
@@ -107,7 +107,7 @@ impl Entries {
 /// claimed.
 pub(super) struct Cached {
     said: Said,
-    confirmed: Instant,
+    confirmed: Stamp,
     refresh_claimed: AtomicBool,
     /// Set when moka lets go of this entry: it may no longer enter the [`Front`].
     removed: AtomicBool,
@@ -120,7 +120,7 @@ enum Said {
 }
 
 impl Cached {
-    fn new(said: Said, confirmed: Instant) -> Arc<Cached> {
+    fn new(said: Said, confirmed: Stamp) -> Arc<Cached> {
         Arc::new(Cached {
             said,
             confirmed,
@@ -262,7 +262,7 @@ impl Entries {
             Authentication::Authenticated(user) => {
                 let Some(now) = self
                     .clock
-                    .now()
+                    .stamp()
                     .checked_sub(age)
                     .filter(|_| age < self.cache_ttl)
                 else {
@@ -279,7 +279,7 @@ impl Entries {
                 if let Some(stale) = &self.stale {
                     stale.invalidate(&key);
                 }
-                let cached = Cached::new(Said::Rejected(why), self.clock.now());
+                let cached = Cached::new(Said::Rejected(why), self.clock.stamp());
                 self.replace(&self.rejected, key, cached);
             }
             // Said of no token: never a verdict on one to remember.

@@ -16,17 +16,18 @@ const TIMEOUT: Duration = Duration::from_millis(300);
 /// A hang detector, not a benchmark: far above the configured timeout.
 const HANG: Duration = Duration::from_secs(10);
 
-async fn timed(s: &Setup, path: &str, token: &str) -> (u16, Duration) {
-    let started = Instant::now();
+async fn timed(s: &Setup, path: &str, token: &str) -> (u16, Duration, usize) {
+    let (started, calls) = (Instant::now(), s.mock.user_calls());
     let (status, _, _) = tokio::time::timeout(HANG, s.get(path, Some(token)))
         .await
         .unwrap_or_else(|_| panic!("{path}: no answer within {HANG:?}"));
-    (status, started.elapsed())
+    (status, started.elapsed(), s.mock.user_calls() - calls)
 }
 
 /// Every way id6 can fail, each on a fresh handle: `/me` and `/` answer 503, the
-/// identity-free `/health` 200, and nothing waits much beyond the timeout. The measured
-/// latencies are printed (`--nocapture`) for the record.
+/// identity-free `/health` 200, and no request waits on more than one id6 call (so on more
+/// than one timeout: a hanging id6 still gets every request answered). The latencies are
+/// printed (`--nocapture`) for the record, never asserted: timing is the benches'.
 #[tokio::test]
 async fn fault_matrix() {
     let faults: Vec<(&str, Option<Fault>)> = vec![
@@ -47,8 +48,8 @@ async fn fault_matrix() {
         ("HTML page with 200", Some(Fault::HtmlPage)),
     ];
     println!(
-        "{:<30} {:>5} {:>5} {:>8} {:>10}",
-        "fault", "/me", "/", "/health", "worst"
+        "{:<30} {:>5} {:>5} {:>8} {:>10} {:>12}",
+        "fault", "/me", "/", "/health", "worst", "id6 calls"
     );
     for (name, fault) in faults {
         let mock = MockId6::start().await.unwrap();
@@ -60,18 +61,19 @@ async fn fault_matrix() {
         }
         let id6 = Id6::builder(mock.url()).timeout(TIMEOUT).build().unwrap();
         let s = Setup::with(mock, id6).await;
-        let (me, me_took) = timed(&s, "/me", &token).await;
-        let (home, home_took) = timed(&s, "/", &token).await;
-        let (health, health_took) = timed(&s, "/health", &token).await;
+        let (me, me_took, me_calls) = timed(&s, "/me", &token).await;
+        let (home, home_took, home_calls) = timed(&s, "/", &token).await;
+        let (health, health_took, health_calls) = timed(&s, "/health", &token).await;
         let worst = me_took.max(home_took).max(health_took);
+        let calls = [me_calls, home_calls, health_calls];
         println!(
-            "{name:<30} {me:>5} {home:>5} {health:>8} {:>7.0} ms",
+            "{name:<30} {me:>5} {home:>5} {health:>8} {:>7.0} ms {calls:?}",
             worst.as_secs_f64() * 1e3
         );
         assert_eq!((me, home, health), (503, 503, 200), "{name}");
         assert!(
-            worst < TIMEOUT * 4,
-            "{name}: {worst:?} is far beyond the {TIMEOUT:?} timeout"
+            calls.iter().all(|&calls| calls <= 1),
+            "{name}: a request waited on {calls:?} id6 calls, not at most one each"
         );
     }
 }

@@ -15,10 +15,11 @@ use std::time::{Duration, Instant};
 
 use axum::routing::get;
 use axum::Router;
-use id6_tower::testing::MockId6;
-use id6_tower::Id6;
+use support::{one_worker, Alice};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tower::Layer;
+
+mod support;
 
 const CONNECTIONS: usize = 32;
 
@@ -28,25 +29,19 @@ fn main() {
     let duration = Duration::from_secs(secs);
 
     // id6 and the layered app's cache, warmed with one user.
-    let support = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let mock = support.block_on(MockId6::start()).unwrap();
-    let alice = mock.add_user("Alice", "alice@example.com");
-    let token = mock.token_for(alice);
-    let id6 = Id6::builder(mock.url())
-        .cache_ttl(Duration::from_secs(3600))
-        .build()
-        .unwrap();
+    let support = one_worker();
+    let alice = Alice::start(&support);
+    let id6 = alice.handle();
+    let mock = &alice.mock;
 
     let app = || Router::new().route("/", get(|| async { "ok" }));
     let bare = serve_on_one_thread(app());
     let layer = id6.layer();
     let layered = serve_on_one_thread(layer.layer(app()));
-    let cookie = format!("_ga=GA1.1.123456789.1700000000; theme=dark; auth={token}; lang=fr");
-    let request = format!("GET / HTTP/1.1\r\nhost: localhost\r\ncookie: {cookie}\r\n\r\n");
+    let request = format!(
+        "GET / HTTP/1.1\r\nhost: localhost\r\ncookie: {}\r\n\r\n",
+        alice.cookie
+    );
 
     let driver = tokio::runtime::Builder::new_current_thread()
         .enable_all()

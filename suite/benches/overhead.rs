@@ -12,35 +12,25 @@
 
 use std::time::Duration;
 
-use axum::body::Body;
 use axum::routing::get;
 use axum::Router;
 use criterion::{criterion_group, BenchmarkId, Criterion};
 use id6_tower::testing::MockId6;
 use id6_tower::{Id6, MissLimit, UserToken};
+use support::{one_worker, request, Alice};
 use tower::{Layer, ServiceExt};
 
-fn request(cookie: Option<&str>) -> http::Request<Body> {
-    let mut builder = http::Request::get("/");
-    if let Some(c) = cookie {
-        builder = builder.header("cookie", c);
-    }
-    builder.body(Body::empty()).unwrap()
-}
+mod support;
 
 fn bare() -> Router {
     Router::new().route("/", get(|| async { "ok" }))
 }
 
 fn benches(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let mock = rt.block_on(MockId6::start()).unwrap();
-    let id6 = Id6::builder(mock.url())
-        .cache_ttl(Duration::from_secs(3600))
+    let rt = one_worker();
+    let alice = Alice::start(&rt);
+    let id6 = alice
+        .builder()
         .negative_ttl(Duration::from_secs(3600))
         .refresh_after(
             std::env::var_os("NO_REFRESH")
@@ -49,15 +39,12 @@ fn benches(c: &mut Criterion) {
         )
         .build()
         .unwrap();
-    let alice = mock.add_user("Alice", "alice@example.com");
-    let token = mock.token_for(alice);
-    // A browser sends other cookies too; the token is 171 bytes, as id6's.
-    let hit = format!("_ga=GA1.1.123456789.1700000000; theme=dark; auth={token}; lang=fr");
+    let (mock, token, hit) = (&alice.mock, alice.token.clone(), alice.cookie.clone());
     // Well-formed but signed by someone else: id6 rejects it, the cache remembers.
     let forger = rt
         .block_on(MockId6::builder().jwt_secret("not id6's").start())
         .unwrap();
-    let negative = format!("theme=dark; auth={}", forger.token_for(alice));
+    let negative = format!("theme=dark; auth={}", forger.token_for(alice.id));
     let negative = negative.as_str();
     // No JWT at all: refused locally, never cached, never sent.
     let garbage = "theme=dark; auth=garbage-cookie-value-0123456789";
@@ -260,7 +247,7 @@ fn benches(c: &mut Criterion) {
         });
     }
     group.finish();
-    drop(mock);
+    drop(alice);
 }
 
 /// Runs `work` as a task on `rt`'s worker (where a server's requests run) and waits for it.

@@ -6,39 +6,23 @@
 //! cargo run --release -p id6-tower-suite --example hit_latency
 //! ```
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use axum::body::Body;
 use axum::routing::get;
 use axum::Router;
-use id6_tower::testing::MockId6;
-use id6_tower::Id6;
+use support::{one_worker, request, Alice};
 use tower::{Layer, ServiceExt};
+
+#[path = "../benches/support/mod.rs"]
+mod support;
 
 const REQUESTS: usize = 400_000;
 
-fn request(cookie: Option<&str>) -> http::Request<Body> {
-    let mut builder = http::Request::get("/");
-    if let Some(cookie) = cookie {
-        builder = builder.header("cookie", cookie);
-    }
-    builder.body(Body::empty()).unwrap()
-}
-
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let mock = rt.block_on(MockId6::start()).unwrap();
-    let id6 = Id6::builder(mock.url())
-        .cache_ttl(Duration::from_secs(3600))
-        .build()
-        .unwrap();
-    let alice = mock.add_user("Alice", "alice@example.com");
-    let token = mock.token_for(alice);
-    let hit = format!("_ga=GA1.1.123456789.1700000000; theme=dark; auth={token}; lang=fr");
+    let rt = one_worker();
+    let alice = Alice::start(&rt);
+    let id6 = alice.handle();
+    let hit = alice.cookie.clone();
     let inner = Router::new().route("/", get(|| async { "ok" }));
     // Both behind one more Router, so that both are the same type.
     let bare = Router::new().fallback_service(inner.clone());

@@ -88,10 +88,16 @@ impl AuthCache {
         }
     }
 
-    /// The cached verdict for `key`, if any: the whole hit path. With a `max_age`, a user
-    /// confirmed by id6 longer ago counts as a miss.
-    pub(crate) fn get(&self, key: &TokenKey, max_age: Option<Duration>) -> Option<Hit> {
-        self.entries.get(key, max_age)
+    /// The cached verdict of the token whose hot key is `hot`, if any: the whole hit path.
+    /// `key()` gives its key, asked only past the front of hot entries. With a `max_age`, a
+    /// user confirmed by id6 longer ago counts as a miss.
+    pub(crate) fn get(
+        &self,
+        hot: &TokenKey,
+        key: impl FnOnce() -> TokenKey,
+        max_age: Option<Duration>,
+    ) -> Option<Hit> {
+        self.entries.get(hot, key, max_age)
     }
 
     /// Waits on the load of `key` already in flight, or starts one with `fetch`.
@@ -390,7 +396,7 @@ mod tests {
         }
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         assert_eq!(cache.inflight_len(), 0);
-        assert!(cache.get(&key, None).is_some());
+        assert!(cache.get(&key, || key, None).is_some());
         assert_eq!(cache.user_id_of(&key), Some(1));
     }
 
@@ -405,7 +411,7 @@ mod tests {
             |_| async { Authentication::Unavailable(Error::new(Kind::Connect)) },
         );
         assert!(pending.await.verdict.unavailable().is_some());
-        assert!(cache.get(&key, None).is_none());
+        assert!(cache.get(&key, || key, None).is_none());
         assert_eq!(cache.inflight_len(), 0);
 
         // Nobody awaits this load: it still completes and fills the cache.
@@ -423,7 +429,7 @@ mod tests {
         while cache.inflight_len() > 0 {
             tokio::task::yield_now().await;
         }
-        let remembered = cache.get(&key, None).unwrap().verdict;
+        let remembered = cache.get(&key, || key, None).unwrap().verdict;
         assert_eq!(remembered.rejection(), Some(TokenRejection::TokenExpired));
     }
 
@@ -439,8 +445,8 @@ mod tests {
         let found = cache.load(key, None, || Payer::Nobody, |_| async { user(1) });
         assert!(found.await.verdict.user().is_some());
         // ...so the next hit still starts the one refresh, and only that hit.
-        assert!(cache.get(&key, None).unwrap().refresh);
-        assert!(!cache.get(&key, None).unwrap().refresh);
+        assert!(cache.get(&key, || key, None).unwrap().refresh);
+        assert!(!cache.get(&key, || key, None).unwrap().refresh);
     }
 
     #[tokio::test]
@@ -460,7 +466,7 @@ mod tests {
         assert_eq!(again.await.verdict.user().map(|u| u.id), Some(1));
         let charged = cache.load(unknown, None, stranger, paid_by);
         assert!(charged.await.verdict.unavailable().is_some());
-        assert!(cache.get(&unknown, None).is_none());
+        assert!(cache.get(&unknown, || unknown, None).is_none());
     }
 
     #[test]
@@ -472,19 +478,19 @@ mod tests {
         cache.fill(b, &user(1), before);
         cache.fill(c, &user(2), before);
         cache.evict(Scope::User(1));
-        assert!(cache.get(&a, None).is_none() && cache.get(&b, None).is_none());
-        assert!(cache.get(&c, None).is_some(), "another user is untouched");
+        assert!(cache.get(&a, || a, None).is_none() && cache.get(&b, || b, None).is_none());
+        assert!(cache.get(&c, || c, None).is_some(), "another user is untouched");
         // A load of user 1 that started before the invalidation does not refill...
         cache.fill(a, &user(1), before);
-        assert!(cache.get(&a, None).is_none());
+        assert!(cache.get(&a, || a, None).is_none());
         // ...one that started after does.
         let after = cache.generation();
         cache.fill(a, &user(1), after);
-        assert!(cache.get(&a, None).is_some());
+        assert!(cache.get(&a, || a, None).is_some());
 
         cache.evict(Scope::Token(a));
         cache.fill(a, &user(1), after);
-        assert!(cache.get(&a, None).is_none());
+        assert!(cache.get(&a, || a, None).is_none());
 
         let now = cache.generation();
         cache.fill(
@@ -493,9 +499,9 @@ mod tests {
             now,
         );
         cache.evict(Scope::All);
-        assert!(cache.get(&b, None).is_none() && cache.get(&c, None).is_none());
+        assert!(cache.get(&b, || b, None).is_none() && cache.get(&c, || c, None).is_none());
         cache.fill(c, &user(2), now);
-        assert!(cache.get(&c, None).is_none());
+        assert!(cache.get(&c, || c, None).is_none());
     }
 
     #[test]
@@ -509,21 +515,21 @@ mod tests {
         let (a, b, c) = (TokenKey::of("a"), TokenKey::of("b"), TokenKey::of("c"));
         cache.fill(a, &with(100), 0);
         cache.fill(b, &with(100), 0);
-        assert!(cache.get(&a, None).is_some() && cache.get(&b, None).is_some());
+        assert!(cache.get(&a, || a, None).is_some() && cache.get(&b, || b, None).is_some());
         cache.fill(c, &with(200), 0);
-        assert!(cache.get(&a, None).is_none() && cache.get(&b, None).is_none());
-        assert!(cache.get(&c, None).is_some());
+        assert!(cache.get(&a, || a, None).is_none() && cache.get(&b, || b, None).is_none());
+        assert!(cache.get(&c, || c, None).is_some());
         // An answer for `a` already in flight when `c` showed the revocation: not stored.
         cache.fill(a, &with(200), 0);
         assert!(
-            cache.get(&a, None).is_none(),
+            cache.get(&a, || a, None).is_none(),
             "an in-flight answer undid the revocation"
         );
         // Nor, whenever it started, an answer from before the known revocation.
         cache.fill(b, &with(100), cache.generation());
-        assert!(cache.get(&b, None).is_none(), "an older answer was stored");
+        assert!(cache.get(&b, || b, None).is_none(), "an older answer was stored");
         cache.fill(b, &with(200), cache.generation());
-        assert!(cache.get(&b, None).is_some());
+        assert!(cache.get(&b, || b, None).is_some());
     }
 
     #[test]
@@ -542,8 +548,8 @@ mod tests {
         // Collapsed or not, a load that started before those invalidations stores nothing.
         let key = TokenKey::of([1, 0, 0, 0, 0, 0, 0, 0]);
         cache.fill(key, &user(1), before);
-        assert!(cache.get(&key, None).is_none());
+        assert!(cache.get(&key, || key, None).is_none());
         cache.fill(key, &user(1), cache.generation());
-        assert!(cache.get(&key, None).is_some());
+        assert!(cache.get(&key, || key, None).is_some());
     }
 }

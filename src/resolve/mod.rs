@@ -163,7 +163,7 @@ impl Resolver {
                 ),
                 callers: CallerFinder::new(settings.trusted_proxies, settings.caller_key.clone()),
                 keying: if second.is_some() {
-                    Keying::Shared
+                    Keying::shared()
                 } else {
                     Keying::local()
                 },
@@ -238,22 +238,30 @@ impl Resolver {
                 from_cookie,
             );
         }
-        let key = inner.keying.key(raw);
-        if let Some(hit) = inner.local.get(&key, max_age) {
+        // The front's key; the tiers' key (with a second level, a SHA-256) only past it.
+        let hot = inner.keying.hot(raw);
+        let mut key = None;
+        let hit = inner.local.get(
+            &hot,
+            || *key.insert(inner.keying.key_beside(&hot, raw)),
+            max_age,
+        );
+        let key = || key.unwrap_or_else(|| inner.keying.key_beside(&hot, raw));
+        if let Some(hit) = hit {
             let outcome = match hit.verdict {
                 Authentication::Authenticated(_) => LookupOutcome::Hit,
                 _ => LookupOutcome::NegativeHit,
             };
             inner.telemetry.lookup(outcome);
             if hit.refresh {
-                self.refresh(key, raw);
+                self.refresh(key(), raw);
             }
             return Lookup::Ready {
                 verdict: hit.verdict,
                 from_cookie,
             };
         }
-        self.miss(key, raw, from_cookie, headers, extensions, max_age)
+        self.miss(key(), raw, from_cookie, headers, extensions, max_age)
     }
 
     /// What id6 would answer for a token refused locally, without asking it.

@@ -149,21 +149,47 @@ pub(crate) struct Hit {
 }
 
 impl Entries {
-    /// With a `max_age`, a user confirmed by id6 longer ago is no answer: one lookup either
-    /// way, and the same lookup says whether to refresh.
-    pub(super) fn get(&self, key: &TokenKey, max_age: Option<Duration>) -> Option<Hit> {
-        self.lookup(key, max_age, true)
+    /// The hit path: the front by `hot` (the token's [hot key](crate::token::Keying::hot)),
+    /// else moka by `key()`, the token's key, computed only then (with a second level, a
+    /// SHA-256), the entry then put in front under `hot`. With a `max_age`, a user confirmed
+    /// by id6 longer ago is no answer: one lookup either way, and the same lookup says
+    /// whether to refresh.
+    pub(super) fn get(
+        &self,
+        hot: &TokenKey,
+        key: impl FnOnce() -> TokenKey,
+        max_age: Option<Duration>,
+    ) -> Option<Hit> {
+        if let Some(cached) = self.front.get(hot) {
+            return self.judge(&cached, max_age, true);
+        }
+        let key = key();
+        let epoch = self.front.epoch();
+        let cached = self.from_moka(&key)?;
+        self.front.promote(hot, &cached, epoch);
+        self.judge(&cached, max_age, true)
     }
 
-    /// [`get`](Self::get); `claim`: whether a hit due for refresh claims it (a load checking
-    /// the cache again does not: it would drop the claim).
+    /// [`get`](Self::get) from moka alone, by the token's key: for a load checking the
+    /// cache again (`claim`: false, or it would drop the hit's claim of a refresh) and the
+    /// typed calls' door, which are no request's hit.
     pub(super) fn lookup(
         &self,
         key: &TokenKey,
         max_age: Option<Duration>,
         claim: bool,
     ) -> Option<Hit> {
-        let cached = self.cached(key)?;
+        let cached = self.from_moka(key)?;
+        self.judge(&cached, max_age, claim)
+    }
+
+    fn from_moka(&self, key: &TokenKey) -> Option<Arc<Cached>> {
+        self.users.get(key).or_else(|| self.rejected.get(key))
+    }
+
+    /// What `cached` answers now: a hit, or nothing if it is too old; `claim`: whether a hit
+    /// due for refresh claims it.
+    fn judge(&self, cached: &Cached, max_age: Option<Duration>, claim: bool) -> Option<Hit> {
         let age = self.since(cached.confirmed);
         match &cached.said {
             Said::User(user) => {
@@ -193,28 +219,14 @@ impl Entries {
         (self.since(at) < self.stale_ttl).then_some(user)
     }
 
-    /// id6's cached word on `key`: from the front, else from moka (then put in front).
-    fn cached(&self, key: &TokenKey) -> Option<Arc<Cached>> {
-        if let Some(cached) = self.front.get(key) {
-            return Some(cached);
-        }
-        let epoch = self.front.epoch();
-        let cached = self.users.get(key).or_else(|| self.rejected.get(key))?;
-        self.front.promote(key, &cached, epoch);
-        Some(cached)
-    }
-
     /// The cached user of `key`, however old.
     pub(super) fn user(&self, key: &TokenKey) -> Option<Arc<User>> {
-        self.cached(key)?.user().cloned()
+        self.users.get(key)?.user().cloned()
     }
 
     /// Whether a user is cached for `key`, however old.
     pub(super) fn has_user(&self, key: &TokenKey) -> bool {
-        self.front
-            .get(key)
-            .is_some_and(|cached| cached.user().is_some())
-            || self.users.contains_key(key)
+        self.users.contains_key(key)
     }
 
     /// Removes `key`'s user from moka, then from the front.
@@ -250,8 +262,7 @@ impl Entries {
     }
 
     pub(super) fn contains_key(&self, key: &TokenKey) -> bool {
-        self.front.get(key).is_some()
-            || self.users.contains_key(key)
+        self.users.contains_key(key)
             || self.rejected.contains_key(key)
             || self.stale.as_ref().is_some_and(|s| s.contains_key(key))
     }
@@ -320,25 +331,27 @@ impl Entries {
 }
 
 /// A small front of hot entries (users and rejected tokens), read before moka: one slot per
-/// key's first bits (keys are uniform: SHA-256 or a keyed PRF), holding the very
-/// `Arc<Cached>` moka holds. A hit here
-/// costs a read lock and a clone; moka's `get` also records the read for its eviction
-/// policy (now and then running its housekeeping on the caller's thread) and reads its
-/// own clock. Ages are still checked by the caller, on the entry.
+/// hot key's first bits (a keyed PRF's output: uniform), holding the very `Arc<Cached>` moka
+/// holds. A hit here costs a read lock and a clone; moka's `get` also records the read for
+/// its eviction policy (now and then running its housekeeping on the caller's thread) and
+/// reads its own clock. Ages are still checked by the caller, on the entry.
 ///
-/// It never answers what moka would not: every removal marks the entry removed, then
-/// clears its slot (explicit ones at once, moka's own through its eviction listener), and a
+/// It never answers what moka would not: every removal first marks the entry removed, and a
+/// read of the front skips a removed entry. The removal then clears the entry's slot if it
+/// can name it: without a second level, the front and moka name a token by the same key;
+/// with one, moka names it by SHA-256, which cannot give the hot key back, so the slot keeps
+/// the removed entry (never served) until another takes it, at most one entry per slot. A
 /// clear of everything bumps the epoch, then clears every slot. An entry enters a slot only
-/// if, under the slot's write lock, it is not marked removed and no clear began since it
-/// was read from moka: a removal racing a promotion either finds the entry in the slot or
-/// keeps it out. No moka call is made under a slot's lock (moka may run its eviction
-/// listener, which takes one).
+/// if, under the slot's write lock, it is not marked removed and no clear began since it was
+/// read from moka: a removal racing a promotion either finds the entry in the slot, or
+/// marked, or keeps it out. No moka call is made under a slot's lock (moka may run its
+/// eviction listener, which takes one).
 struct Front {
     slots: Box<[Slot]>,
     epoch: AtomicU64,
 }
 
-/// A front slot: empty, or a token's key and its cached entry.
+/// A front slot: empty, or a token's hot key and its cached entry.
 type Slot = RwLock<Option<(TokenKey, Arc<Cached>)>>;
 
 /// Slots at most: a few hundred KB; the hottest users of a larger cache share them.
@@ -365,7 +378,9 @@ impl Front {
             .read()
             .unwrap_or_else(PoisonError::into_inner);
         match &*slot {
-            Some((held, cached)) if held == key => Some(cached.clone()),
+            Some((held, cached)) if held == key && !cached.removed.load(Ordering::SeqCst) => {
+                Some(cached.clone())
+            }
             _ => None,
         }
     }
@@ -427,7 +442,11 @@ mod tests {
     }
 
     fn id(entries: &Entries, key: &TokenKey) -> Option<u64> {
-        entries.get(key, None)?.verdict.user().map(|u| u.id)
+        entries
+            .get(key, || *key, None)?
+            .verdict
+            .user()
+            .map(|u| u.id)
     }
 
     fn in_front(entries: &Entries, key: &TokenKey) -> bool {
@@ -454,7 +473,11 @@ mod tests {
         assert_eq!((id(&entries, &a), id(&entries, &b)), (Some(1), Some(3)));
         let revoked = || Authentication::Rejected(TokenRejection::TokenRevoked);
         entries.insert(a, revoked(), Duration::ZERO);
-        assert!(entries.get(&a, None).unwrap().verdict.is_anonymous());
+        assert!(entries
+            .get(&a, || *&a, None)
+            .unwrap()
+            .verdict
+            .is_anonymous());
         assert!(
             in_front(&entries, &a),
             "a negative hit puts the rejection in front"
@@ -466,14 +489,73 @@ mod tests {
             "a rejection replaced is not served"
         );
         entries.insert(a, revoked(), Duration::ZERO);
-        assert!(entries.get(&a, None).unwrap().verdict.is_anonymous());
+        assert!(entries
+            .get(&a, || *&a, None)
+            .unwrap()
+            .verdict
+            .is_anonymous());
         entries.invalidate(&a);
-        assert!(entries.get(&a, None).is_none() && !in_front(&entries, &a));
+        assert!(entries.get(&a, || *&a, None).is_none() && !in_front(&entries, &a));
         entries.insert(a, revoked(), Duration::ZERO);
-        assert!(entries.get(&a, None).is_some());
+        assert!(entries.get(&a, || *&a, None).is_some());
         entries.invalidate_all();
-        assert!(entries.get(&b, None).is_none() && !in_front(&entries, &b));
-        assert!(entries.get(&a, None).is_none() && !in_front(&entries, &a));
+        assert!(entries.get(&b, || *&b, None).is_none() && !in_front(&entries, &b));
+        assert!(entries.get(&a, || *&a, None).is_none() && !in_front(&entries, &a));
+    }
+
+    /// With a second level, the front names a token by its hot key and every other place by
+    /// its SHA-256: a removal, which cannot name the front's slot, still keeps the entry from
+    /// being served.
+    #[test]
+    fn removals_by_the_shared_key_reach_the_front() {
+        let entries = entries(100);
+        let (hot, key) = (TokenKey([7; 32]), TokenKey::of("a"));
+        let get = |entries: &Entries| {
+            let asked = std::cell::Cell::new(false);
+            let id = entries
+                .get(
+                    &hot,
+                    || {
+                        asked.set(true);
+                        key
+                    },
+                    None,
+                )
+                .and_then(|hit| hit.verdict.user().map(|u| u.id));
+            (id, asked.get())
+        };
+        entries.insert(key, user(1), Duration::ZERO);
+        assert_eq!(
+            get(&entries),
+            (Some(1), true),
+            "past the front, by the shared key"
+        );
+        assert_eq!(
+            get(&entries),
+            (Some(1), false),
+            "in front: no shared key computed"
+        );
+        entries.insert(key, user(2), Duration::ZERO);
+        assert_eq!(
+            get(&entries),
+            (Some(2), true),
+            "a replaced user is not served"
+        );
+        entries.invalidate(&key);
+        assert_eq!(get(&entries), (None, true), "an evicted user is not served");
+        entries.insert(
+            key,
+            Authentication::Rejected(TokenRejection::TokenRevoked),
+            Duration::ZERO,
+        );
+        assert!(entries
+            .get(&hot, || key, None)
+            .unwrap()
+            .verdict
+            .is_anonymous());
+        assert!(in_front(&entries, &hot), "rejections go in front too");
+        entries.invalidate(&key);
+        assert!(entries.get(&hot, || key, None).is_none());
     }
 
     #[test]
@@ -507,12 +589,12 @@ mod tests {
                 _ => Authentication::Rejected(TokenRejection::InvalidToken),
             };
             entries.insert(*key, verdict, Duration::ZERO);
-            let _ = entries.get(key, None);
+            let _ = entries.get(key, || *key, None);
             entries.users.run_pending_tasks();
             entries.rejected.run_pending_tasks();
         }
         for key in &keys {
-            if entries.get(key, None).is_some() {
+            if entries.get(key, || *key, None).is_some() {
                 assert!(
                     entries.users.contains_key(key) || entries.rejected.contains_key(key),
                     "served, yet dropped by moka"

@@ -479,7 +479,10 @@ mod tests {
         cache.fill(c, &user(2), before);
         cache.evict(Scope::User(1));
         assert!(cache.get(&a, || a, None).is_none() && cache.get(&b, || b, None).is_none());
-        assert!(cache.get(&c, || c, None).is_some(), "another user is untouched");
+        assert!(
+            cache.get(&c, || c, None).is_some(),
+            "another user is untouched"
+        );
         // A load of user 1 that started before the invalidation does not refill...
         cache.fill(a, &user(1), before);
         assert!(cache.get(&a, || a, None).is_none());
@@ -527,7 +530,10 @@ mod tests {
         );
         // Nor, whenever it started, an answer from before the known revocation.
         cache.fill(b, &with(100), cache.generation());
-        assert!(cache.get(&b, || b, None).is_none(), "an older answer was stored");
+        assert!(
+            cache.get(&b, || b, None).is_none(),
+            "an older answer was stored"
+        );
         cache.fill(b, &with(200), cache.generation());
         assert!(cache.get(&b, || b, None).is_some());
     }

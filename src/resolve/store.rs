@@ -165,7 +165,7 @@ impl Entries {
         }
         let key = key();
         let epoch = self.front.epoch();
-        let cached = self.from_moka(&key)?;
+        let cached = self.in_moka(&key)?;
         self.front.promote(hot, &cached, epoch);
         self.judge(&cached, max_age, true)
     }
@@ -179,11 +179,11 @@ impl Entries {
         max_age: Option<Duration>,
         claim: bool,
     ) -> Option<Hit> {
-        let cached = self.from_moka(key)?;
+        let cached = self.in_moka(key)?;
         self.judge(&cached, max_age, claim)
     }
 
-    fn from_moka(&self, key: &TokenKey) -> Option<Arc<Cached>> {
+    fn in_moka(&self, key: &TokenKey) -> Option<Arc<Cached>> {
         self.users.get(key).or_else(|| self.rejected.get(key))
     }
 
@@ -473,11 +473,7 @@ mod tests {
         assert_eq!((id(&entries, &a), id(&entries, &b)), (Some(1), Some(3)));
         let revoked = || Authentication::Rejected(TokenRejection::TokenRevoked);
         entries.insert(a, revoked(), Duration::ZERO);
-        assert!(entries
-            .get(&a, || *&a, None)
-            .unwrap()
-            .verdict
-            .is_anonymous());
+        assert!(entries.get(&a, || a, None).unwrap().verdict.is_anonymous());
         assert!(
             in_front(&entries, &a),
             "a negative hit puts the rejection in front"
@@ -489,18 +485,14 @@ mod tests {
             "a rejection replaced is not served"
         );
         entries.insert(a, revoked(), Duration::ZERO);
-        assert!(entries
-            .get(&a, || *&a, None)
-            .unwrap()
-            .verdict
-            .is_anonymous());
+        assert!(entries.get(&a, || a, None).unwrap().verdict.is_anonymous());
         entries.invalidate(&a);
-        assert!(entries.get(&a, || *&a, None).is_none() && !in_front(&entries, &a));
+        assert!(entries.get(&a, || a, None).is_none() && !in_front(&entries, &a));
         entries.insert(a, revoked(), Duration::ZERO);
-        assert!(entries.get(&a, || *&a, None).is_some());
+        assert!(entries.get(&a, || a, None).is_some());
         entries.invalidate_all();
-        assert!(entries.get(&b, || *&b, None).is_none() && !in_front(&entries, &b));
-        assert!(entries.get(&a, || *&a, None).is_none() && !in_front(&entries, &a));
+        assert!(entries.get(&b, || b, None).is_none() && !in_front(&entries, &b));
+        assert!(entries.get(&a, || a, None).is_none() && !in_front(&entries, &a));
     }
 
     /// With a second level, the front names a token by its hot key and every other place by

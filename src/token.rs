@@ -125,7 +125,8 @@ fn find_in<'a>(header: &'a [u8], name: &CookieName) -> Option<&'a [u8]> {
     let mut from = 0;
     while let Some(found) = name.finder.find(&header[from..]) {
         let at = from + found;
-        from = at + name.len();
+        // Past the candidate (an empty name, which the builder refuses, still moves on).
+        from = at + name.len().max(1);
         // A cookie's name starts the header or follows `;` and optional white space. A
         // skipped overlapping match cannot be such a start: names hold no `;` nor spaces.
         // Each look around a candidate stops at the first byte that is not white space, and

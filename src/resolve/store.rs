@@ -336,7 +336,9 @@ impl Entries {
 /// its eviction policy (now and then running its housekeeping on the caller's thread) and
 /// reads its own clock. Ages are still checked by the caller, on the entry.
 ///
-/// It never answers what moka would not: every removal first marks the entry removed, and a
+/// It never answers what moka would not (but for the age: moka's own expiry reads its exact
+/// clock, the front's judge the coarse one, so an entry may be served up to a tick past
+/// moka's TTL): every removal marks the entry removed as moka lets go of it, and a
 /// read of the front skips a removed entry. The removal then clears the entry's slot if it
 /// can name it: without a second level, the front and moka name a token by the same key;
 /// with one, moka names it by SHA-256, which cannot give the hot key back, so the slot keeps
@@ -548,6 +550,36 @@ mod tests {
         assert!(in_front(&entries, &hot), "rejections go in front too");
         entries.invalidate(&key);
         assert!(entries.get(&hot, || key, None).is_none());
+    }
+
+    /// With `testing`, a paused runtime ages the cache, as it moves the rest of the clock.
+    #[cfg(feature = "testing")]
+    #[tokio::test(start_paused = true)]
+    async fn a_paused_runtime_ages_the_cache() {
+        let entries = entries(100);
+        let a = TokenKey::of("a");
+        entries.insert(a, user(1), Duration::ZERO);
+        tokio::time::advance(entries.user_ttl() + Duration::from_secs(1)).await;
+        assert_eq!(
+            id(&entries, &a),
+            None,
+            "served past its TTL on the runtime's clock"
+        );
+    }
+
+    /// Frozen after a fill on a paused runtime that lags the real time: the entry expires
+    /// one TTL after the fill by the runtime's clock, not later.
+    #[cfg(feature = "testing")]
+    #[tokio::test(start_paused = true)]
+    async fn frozen_after_a_fill_on_a_paused_runtime() {
+        let entries = entries(100);
+        let a = TokenKey::of("a");
+        // Real time passes; the paused clock does not.
+        std::thread::sleep(Duration::from_millis(50));
+        entries.insert(a, user(1), Duration::ZERO);
+        entries.clock.freeze();
+        entries.clock.advance(entries.user_ttl());
+        assert_eq!(id(&entries, &a), None, "served a whole TTL after its fill");
     }
 
     #[test]

@@ -157,6 +157,20 @@ impl AuthCache {
         }
     }
 
+    /// The load of `key` in flight, if one started under the current generation: what
+    /// [`load`](Self::load) would join, found without the work that precedes a new call.
+    pub(crate) fn join(&self, key: &TokenKey) -> Option<Pending> {
+        let inflight = lock(&self.shared.inflight);
+        let load = inflight.get(key)?;
+        (load.started == self.generation()).then(|| {
+            self.shared
+                .telemetry
+                .lookup(telemetry::LookupOutcome::Coalesced);
+            tracing::trace!("joining an id6 call in flight");
+            load.pending.clone()
+        })
+    }
+
     /// What the cache holds for `key` now, without claiming a refresh: for a typed call's
     /// door and a connection's recheck, which are no request's hit.
     pub(crate) fn peek(&self, key: &TokenKey) -> Option<Hit> {

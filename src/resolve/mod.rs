@@ -288,6 +288,15 @@ impl Resolver {
         max_age: Option<Duration>,
     ) -> Lookup {
         let inner = &*self.inner;
+        // A load of this very token in flight passed `check` and the screen when it
+        // started (keys do not collide): join it without screening again.
+        if let Some(pending) = inner.local.join(&key) {
+            inner.telemetry.lookup(LookupOutcome::Miss);
+            return Lookup::Pending {
+                pending,
+                from_cookie,
+            };
+        }
         // Only values that pass `check` and the screen are ever stored, so a hit needs
         // neither.
         let Found::Token(token) = token::check(raw) else {

@@ -277,8 +277,12 @@ impl AuthCache {
     pub(crate) fn evict(&self, scope: Scope) {
         let (marks, entries) = (&self.shared.marks, &self.entries);
         let eviction = match scope {
-            Scope::Token(key) | Scope::SignedOut(key) => {
-                marks.invalidate_token(entries, &key);
+            Scope::Token(key) => {
+                marks.invalidate_token(entries, &key, false);
+                Eviction::Token
+            }
+            Scope::SignedOut(key) => {
+                marks.invalidate_token(entries, &key, true);
                 Eviction::Token
             }
             Scope::User(user_id) => {

@@ -35,8 +35,9 @@ pub(super) struct Marks {
 #[derive(Default)]
 struct Coherence {
     users: HashMap<u64, UserKeys>,
-    /// Tokens invalidated one by one: generation and when.
-    tokens: HashMap<TokenKey, (u64, Instant)>,
+    /// Tokens invalidated one by one: generation and when, and whether by a sign-out (a
+    /// session that missed it ends saying so).
+    tokens: HashMap<TokenKey, (u64, Instant, bool)>,
     /// Loads that started before this generation store nothing: set by `clear`, and when
     /// too many marks collapse into it.
     cleared_at: u64,
@@ -97,7 +98,7 @@ impl Marks {
         if coherence
             .tokens
             .get(&key)
-            .is_some_and(|(at, _)| *at > started)
+            .is_some_and(|(at, _, _)| *at > started)
         {
             return;
         }
@@ -192,7 +193,7 @@ impl Marks {
         coherence.user_marks = user_marks;
         coherence
             .tokens
-            .retain(|_, (_, when)| elapsed(when) < lifetime);
+            .retain(|_, (_, when, _)| elapsed(when) < lifetime);
     }
 
     /// Keeps the marks bounded however fast invalidations come (a mark lives for as long as
@@ -234,8 +235,11 @@ impl Marks {
         let since = |mark: Option<&(u64, Instant)>| mark.is_some_and(|(at, _)| *at > generation);
         if coherence.cleared_at > generation {
             Some(Scope::All)
-        } else if since(coherence.tokens.get(key)) {
-            Some(Scope::Token(*key))
+        } else if let Some(&(at, _, signed_out)) = coherence.tokens.get(key) {
+            (at > generation).then_some(match signed_out {
+                true => Scope::SignedOut(*key),
+                false => Scope::Token(*key),
+            })
         } else if since(
             coherence
                 .users
@@ -248,11 +252,13 @@ impl Marks {
         }
     }
 
-    pub(super) fn invalidate_token(&self, entries: &Entries, key: &TokenKey) {
+    /// Forgets `key`'s cached answer (`signed_out`: by a sign-out); no load of it already
+    /// in flight stores its answer.
+    pub(super) fn invalidate_token(&self, entries: &Entries, key: &TokenKey, signed_out: bool) {
         let mut coherence = lock(&self.coherence);
         let generation = self.bump();
         let now = entries.clock.now();
-        coherence.tokens.insert(*key, (generation, now));
+        coherence.tokens.insert(*key, (generation, now, signed_out));
         entries.invalidate(key);
         self.bound(entries, &mut coherence);
     }

@@ -11,8 +11,9 @@
 //! [`testing::advance_clock`](crate::testing::advance_clock) moves, waking the timers whose
 //! time it passed; a test that counts exactly first
 //! [freezes](crate::testing::freeze_clock) it, so that only those moves move it. I/O keeps
-//! real time. Without `testing`, a reading is the bare `Instant::now()` it always was: no
-//! cost on the hit path.
+//! real time. Without `testing`, a reading is the bare `Instant::now()` it always was, and
+//! the cache's ages (on every hit) read the kernel's coarse clock, a third of the cost (see
+//! [`Clock::stamp`]).
 //!
 //! What stays on real time, on purpose: measured durations (an id6 call's latency, a load's
 //! age handed to the second level), the admission queue's wait for a permit (a wait on other

@@ -3,7 +3,7 @@
 //! a front of hot entries (users and rejected tokens alike) read first.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 use std::time::Duration;
 
 use moka::notification::RemovalCause;
@@ -52,10 +52,9 @@ impl Entries {
         // moka's bound (explicit removals clear it at once, below).
         let leaves_front = |front: &Arc<Front>| {
             let front = front.clone();
-            move |key: Arc<TokenKey>, cached: Arc<Cached>, cause| {
+            move |_: Arc<TokenKey>, cached: Arc<Cached>, cause| {
                 if matches!(cause, RemovalCause::Size | RemovalCause::Expired) {
-                    cached.removed.store(true, Ordering::SeqCst);
-                    front.forget(&key, Some(&cached));
+                    front.let_go(&cached);
                 }
             }
         };
@@ -111,6 +110,9 @@ pub(super) struct Cached {
     refresh_claimed: AtomicBool,
     /// Set when moka lets go of this entry: it may no longer enter the [`Front`].
     removed: AtomicBool,
+    /// The hot key it entered the [`Front`] under, if it did: where a removal finds its slot
+    /// (with a second level, moka's key is not it).
+    front_key: OnceLock<TokenKey>,
 }
 
 /// What id6 said of a token.
@@ -126,6 +128,7 @@ impl Cached {
             confirmed,
             refresh_claimed: AtomicBool::new(false),
             removed: AtomicBool::new(false),
+            front_key: OnceLock::new(),
         })
     }
 
@@ -232,17 +235,15 @@ impl Entries {
     /// Removes `key`'s user from moka, then from the front.
     fn remove_user(&self, key: &TokenKey) {
         if let Some(cached) = self.users.remove(key) {
-            cached.removed.store(true, Ordering::SeqCst);
+            self.front.let_go(&cached);
         }
-        self.front.forget(key, None);
     }
 
     /// Removes `key`'s rejection from moka, then from the front.
     fn remove_rejected(&self, key: &TokenKey) {
         if let Some(cached) = self.rejected.remove(key) {
-            cached.removed.store(true, Ordering::SeqCst);
+            self.front.let_go(&cached);
         }
-        self.front.forget(key, None);
     }
 
     /// Puts `cached` in `tier` for `key`, then lets go of the entry it replaces. Fills and
@@ -256,9 +257,8 @@ impl Entries {
         let replaced = tier.get(&key);
         tier.insert(key, cached);
         if let Some(replaced) = replaced {
-            replaced.removed.store(true, Ordering::SeqCst);
+            self.front.let_go(&replaced);
         }
-        self.front.forget(&key, None);
     }
 
     pub(super) fn contains_key(&self, key: &TokenKey) -> bool {
@@ -339,11 +339,9 @@ impl Entries {
 /// It never answers what moka would not (but for the age: moka's own expiry reads its exact
 /// clock, the front's judge the coarse one, so an entry may be served up to a tick past
 /// moka's TTL): every removal marks the entry removed as moka lets go of it, and a
-/// read of the front skips a removed entry. The removal then clears the entry's slot if it
-/// can name it: without a second level, the front and moka name a token by the same key;
-/// with one, moka names it by SHA-256, which cannot give the hot key back, so the slot keeps
-/// the removed entry (never served) until another takes it, at most one entry per slot. A
-/// clear of everything bumps the epoch, then clears every slot. An entry enters a slot only
+/// read of the front skips a removed entry. The removal then empties the entry's slot, which
+/// the entry names (with a second level, moka names a token by SHA-256, which cannot give
+/// the hot key back). A clear of everything bumps the epoch, then clears every slot. An entry enters a slot only
 /// if, under the slot's write lock, it is not marked removed and no clear began since it was
 /// read from moka: a removal racing a promotion either finds the entry in the slot, or
 /// marked, or keeps it out. No moka call is made under a slot's lock (moka may run its
@@ -395,6 +393,10 @@ impl Front {
     /// Puts `cached`, read from moka for `key` after `epoch`, in front: unless it was
     /// removed or everything was cleared since.
     fn promote(&self, key: &TokenKey, cached: &Arc<Cached>, epoch: u64) {
+        // Named before the entry can be in the slot, so that a removal finds the slot (one
+        // that misses the name in a race marked the entry first: never served, and the
+        // slot's next entry replaces it).
+        let _ = cached.front_key.set(*key);
         let mut slot = self
             .slot(key)
             .write()
@@ -404,15 +406,21 @@ impl Front {
         }
     }
 
-    /// Empties `key`'s slot if it holds `key` (and, given `only`, that very entry).
-    fn forget(&self, key: &TokenKey, only: Option<&Arc<Cached>>) {
+    /// Marks `cached` removed (no read serves it, no promotion takes it), then empties its
+    /// slot if it holds it.
+    fn let_go(&self, cached: &Arc<Cached>) {
+        cached.removed.store(true, Ordering::SeqCst);
+        let Some(key) = cached.front_key.get() else {
+            return;
+        };
         let mut slot = self
             .slot(key)
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        if slot.as_ref().is_some_and(|(held, cached)| {
-            held == key && only.is_none_or(|only| Arc::ptr_eq(only, cached))
-        }) {
+        if slot
+            .as_ref()
+            .is_some_and(|(_, held)| Arc::ptr_eq(held, cached))
+        {
             *slot = None;
         }
     }
@@ -453,6 +461,12 @@ mod tests {
 
     fn in_front(entries: &Entries, key: &TokenKey) -> bool {
         entries.front.get(key).is_some()
+    }
+
+    /// Whether `key`'s slot holds an entry for it, removed or not: what the front keeps.
+    fn kept_in_front(entries: &Entries, key: &TokenKey) -> bool {
+        let slot = entries.front.slot(key).read().unwrap();
+        slot.as_ref().is_some_and(|(held, _)| held == key)
     }
 
     #[test]
@@ -535,7 +549,9 @@ mod tests {
             (Some(2), true),
             "a replaced user is not served"
         );
+        assert!(kept_in_front(&entries, &hot));
         entries.invalidate(&key);
+        assert!(!kept_in_front(&entries, &hot), "its slot is emptied");
         assert_eq!(get(&entries), (None, true), "an evicted user is not served");
         entries.insert(
             key,
@@ -548,8 +564,15 @@ mod tests {
             .verdict
             .is_anonymous());
         assert!(in_front(&entries, &hot), "rejections go in front too");
+        entries.insert(key, user(3), Duration::ZERO);
+        assert!(
+            !kept_in_front(&entries, &hot),
+            "a replaced entry's slot is emptied"
+        );
+        assert_eq!(get(&entries), (Some(3), true));
         entries.invalidate(&key);
         assert!(entries.get(&hot, || key, None).is_none());
+        assert!(!kept_in_front(&entries, &hot));
     }
 
     /// With `testing`, a paused runtime ages the cache, as it moves the rest of the clock.

@@ -139,6 +139,12 @@ impl Screen {
         }
     }
 
+    /// Whether a token's verdict here may change with time (with a secret, its age is
+    /// checked): if not, a token that passed once passes again.
+    pub(crate) fn depends_on_time(&self) -> bool {
+        self.verify.is_some()
+    }
+
     /// Whether `token` may be an id6 token still worth asking id6 about.
     pub(crate) fn check(&self, token: &str) -> Result<(), Refusal> {
         let shaped = shape(token)?;

@@ -133,3 +133,53 @@ async fn malformed_cookies_never_reach_id6() {
         Authentication::Rejected(id6_tower::TokenRejection::InvalidToken)
     ));
 }
+
+/// A request joins the id6 call in flight for its token without screening the token again
+/// only when the screen cannot change its mind: with a JWT secret, a token that expired since
+/// the call began is refused locally, as it would be with no call in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_token_is_refused_even_while_its_load_is_in_flight() {
+    let (secret, lifetime) = ("coalescing-secret", Duration::from_secs(3600));
+    let mock = MockId6::builder()
+        .jwt_secret(secret)
+        .token_lifetime(lifetime)
+        .start()
+        .await
+        .unwrap();
+    let id6 = common::builder(&mock)
+        .timeout(Duration::from_secs(10))
+        .jwt_secret(secret)
+        .token_lifetime(lifetime)
+        .build()
+        .unwrap();
+    let s = Setup::with(mock, id6).await;
+    let alice = s.mock.add_user("Alice", "a@example.com");
+    // Expires 2 s from now.
+    let token = s
+        .mock
+        .token_issued_at(alice, common::now_ms() - 3_600_000 + 2_000);
+    let get = |base: String, token: String| {
+        tokio::spawn(async move {
+            common::http_client()
+                .get(format!("{base}/me"))
+                .header("cookie", format!("auth={token}"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        })
+    };
+    s.mock.hold_user_answers();
+    let first = get(s.base.clone(), token.clone());
+    // id6 is asked before the expiry...
+    s.mock.wait_for_held_answers(1).await;
+    // ...and the second request comes after it, by the handle's clock, while the call waits.
+    advance_clock(&s.id6, Duration::from_secs(5));
+    let second = get(s.base.clone(), token.clone());
+    // Refused at once: joined to the held call instead, it would wait for id6's timeout.
+    let refused = second.await.unwrap();
+    s.mock.release_user_answers();
+    assert_eq!(refused, 401, "an expired token joined the call in flight");
+    assert_eq!(first.await.unwrap(), 200, "id6 vouched before the expiry");
+}

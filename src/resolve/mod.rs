@@ -288,14 +288,19 @@ impl Resolver {
         max_age: Option<Duration>,
     ) -> Lookup {
         let inner = &*self.inner;
-        // A load of this very token in flight passed `check` and the screen when it
-        // started (keys do not collide): join it without screening again.
-        if let Some(pending) = inner.local.join(&key) {
-            inner.telemetry.lookup(LookupOutcome::Miss);
-            return Lookup::Pending {
-                pending,
-                from_cookie,
-            };
+        // A load of this very token in flight (keys do not collide) was asked for a value
+        // that passed `check`; with a screen that cannot change its mind (no secret, so no
+        // expiry), the shape it checked holds too: join it without screening again. With a
+        // secret, the token may have expired since (and a refresh or a recheck never
+        // screened it): screen first, then `load` joins.
+        if !inner.screen.depends_on_time() {
+            if let Some(pending) = inner.local.join(&key) {
+                inner.telemetry.lookup(LookupOutcome::Miss);
+                return Lookup::Pending {
+                    pending,
+                    from_cookie,
+                };
+            }
         }
         // Only values that pass `check` and the screen are ever stored, so a hit needs
         // neither.

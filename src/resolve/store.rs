@@ -2,8 +2,8 @@
 //! stale users the failure policy may serve), each entry stamped by the handle's clock, with
 //! a front of hot entries (users and rejected tokens alike) read first.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, PoisonError, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use moka::notification::RemovalCause;
@@ -110,9 +110,9 @@ pub(super) struct Cached {
     refresh_claimed: AtomicBool,
     /// Set when moka lets go of this entry: it may no longer enter the [`Front`].
     removed: AtomicBool,
-    /// The hot key it entered the [`Front`] under, if it did: where a removal finds its slot
-    /// (with a second level, moka's key is not it).
-    front_key: OnceLock<TokenKey>,
+    /// The [`Front`] slot it entered, if it did ([`NO_SLOT`] until then): where a removal
+    /// finds it (with a second level, moka's key is not the front's).
+    front_slot: AtomicU32,
 }
 
 /// What id6 said of a token.
@@ -128,7 +128,7 @@ impl Cached {
             confirmed,
             refresh_claimed: AtomicBool::new(false),
             removed: AtomicBool::new(false),
-            front_key: OnceLock::new(),
+            front_slot: AtomicU32::new(NO_SLOT),
         })
     }
 
@@ -357,6 +357,9 @@ type Slot = RwLock<Option<(TokenKey, Arc<Cached>)>>;
 /// Slots at most: a few hundred KB; the hottest users of a larger cache share them.
 const FRONT_SLOTS: u64 = 4096;
 
+/// [`Cached::front_slot`] of an entry that never entered the front.
+const NO_SLOT: u32 = u32::MAX;
+
 impl Front {
     fn new(max_capacity: u64) -> Self {
         let slots = max_capacity.clamp(1, FRONT_SLOTS).next_power_of_two();
@@ -367,9 +370,14 @@ impl Front {
     }
 
     fn slot(&self, key: &TokenKey) -> &Slot {
+        &self.slots[self.index(key) as usize]
+    }
+
+    /// The index of `key`'s slot.
+    fn index(&self, key: &TokenKey) -> u32 {
         let bits = u64::from_le_bytes(key.0[..8].try_into().expect("8 bytes"));
-        // A power of two: the mask keeps the low bits.
-        &self.slots[(bits & (self.slots.len() as u64 - 1)) as usize]
+        // A power of two (at most FRONT_SLOTS): the mask keeps the low bits.
+        (bits & (self.slots.len() as u64 - 1)) as u32
     }
 
     fn get(&self, key: &TokenKey) -> Option<Arc<Cached>> {
@@ -393,12 +401,12 @@ impl Front {
     /// Puts `cached`, read from moka for `key` after `epoch`, in front: unless it was
     /// removed or everything was cleared since.
     fn promote(&self, key: &TokenKey, cached: &Arc<Cached>, epoch: u64) {
-        // Named before the entry can be in the slot, so that a removal finds the slot (one
-        // that misses the name in a race marked the entry first: never served, and the
-        // slot's next entry replaces it).
-        let _ = cached.front_key.set(*key);
-        let mut slot = self
-            .slot(key)
+        // Named before the entry can be in the slot, and both sides' order is SeqCst: a
+        // removal (which marks, then reads the name) finds the slot, or this finds the entry
+        // marked and keeps it out.
+        let index = self.index(key);
+        cached.front_slot.store(index, Ordering::SeqCst);
+        let mut slot = self.slots[index as usize]
             .write()
             .unwrap_or_else(PoisonError::into_inner);
         if !cached.removed.load(Ordering::SeqCst) && self.epoch() == epoch {
@@ -410,13 +418,11 @@ impl Front {
     /// slot if it holds it.
     fn let_go(&self, cached: &Arc<Cached>) {
         cached.removed.store(true, Ordering::SeqCst);
-        let Some(key) = cached.front_key.get() else {
+        let index = cached.front_slot.load(Ordering::SeqCst);
+        let Some(slot) = self.slots.get(index as usize) else {
             return;
         };
-        let mut slot = self
-            .slot(key)
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut slot = slot.write().unwrap_or_else(PoisonError::into_inner);
         if slot
             .as_ref()
             .is_some_and(|(_, held)| Arc::ptr_eq(held, cached))

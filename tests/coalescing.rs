@@ -158,25 +158,13 @@ async fn an_expired_token_is_refused_even_while_its_load_is_in_flight() {
     let token = s
         .mock
         .token_issued_at(alice, common::now_ms() - 3_600_000 + 2_000);
-    let get = |base: String, token: String| {
-        tokio::spawn(async move {
-            common::http_client()
-                .get(format!("{base}/me"))
-                .header("cookie", format!("auth={token}"))
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
-        })
-    };
     s.mock.hold_user_answers();
-    let first = get(s.base.clone(), token.clone());
+    let first = s.spawn_get("/me", &token);
     // id6 is asked before the expiry...
     s.mock.wait_for_held_answers(1).await;
     // ...and the second request comes after it, by the handle's clock, while the call waits.
     advance_clock(&s.id6, Duration::from_secs(5));
-    let second = get(s.base.clone(), token.clone());
+    let second = s.spawn_get("/me", &token);
     // Refused at once: joined to the held call instead, it would wait for id6's timeout.
     let refused = second.await.unwrap();
     s.mock.release_user_answers();

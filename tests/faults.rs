@@ -348,20 +348,7 @@ async fn sensitive_routes_revalidate_old_answers() {
         "ordinary routes trust the TTL"
     );
     assert_eq!(s.mock.user_calls(), 1);
-    let payments: Vec<_> = (0..20)
-        .map(|_| {
-            let (http, base, token) = (s.http.clone(), s.base.clone(), token.clone());
-            tokio::spawn(async move {
-                http.get(format!("{base}/pay"))
-                    .header("cookie", format!("auth={token}"))
-                    .send()
-                    .await
-                    .unwrap()
-                    .status()
-                    .as_u16()
-            })
-        })
-        .collect();
+    let payments: Vec<_> = (0..20).map(|_| s.spawn_get("/pay", &token)).collect();
     for p in payments {
         assert_eq!(
             p.await.unwrap(),

@@ -80,6 +80,15 @@ impl Setup {
             .map(|v| v.to_str().unwrap().to_owned());
         (status, response.text().await.unwrap(), retry)
     }
+
+    /// [`get`](Self::get)'s status, as a task of its own: for requests in flight together.
+    pub fn spawn_get(&self, path: &str, token: &str) -> tokio::task::JoinHandle<u16> {
+        let request = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .header("cookie", format!("theme=dark; auth={token}; lang=fr"));
+        tokio::spawn(async move { request.send().await.unwrap().status().as_u16() })
+    }
 }
 
 /// A client for loopback HTTP. With every feature on (`--all-features`), reqwest would pick

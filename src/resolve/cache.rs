@@ -137,14 +137,8 @@ impl AuthCache {
                 return ready(done.verdict);
             }
             let generation = self.generation();
-            if let Some(load) = inflight.get(&key) {
-                if load.started == generation {
-                    self.shared
-                        .telemetry
-                        .lookup(telemetry::LookupOutcome::Coalesced);
-                    tracing::trace!("joining an id6 call in flight");
-                    return load.pending.clone();
-                }
+            if let Some(joined) = self.joined(&inflight, &key, generation) {
+                return joined;
             }
             if self.entries.has_user(&key) {
                 return self.start(&mut inflight, key, generation, || fetch(Payer::Nobody));
@@ -161,14 +155,25 @@ impl AuthCache {
     /// [`load`](Self::load) would join, found without the work that precedes a new call.
     pub(crate) fn join(&self, key: &TokenKey) -> Option<Pending> {
         let inflight = lock(&self.shared.inflight);
-        let load = inflight.get(key)?;
-        (load.started == self.generation()).then(|| {
-            self.shared
-                .telemetry
-                .lookup(telemetry::LookupOutcome::Coalesced);
-            tracing::trace!("joining an id6 call in flight");
-            load.pending.clone()
-        })
+        self.joined(&inflight, key, self.generation())
+    }
+
+    /// Joins the load of `key` in `inflight` if it started under `generation` (a load that
+    /// started before an eviction may predate what the eviction reflects).
+    fn joined(
+        &self,
+        inflight: &HashMap<TokenKey, Inflight>,
+        key: &TokenKey,
+        generation: u64,
+    ) -> Option<Pending> {
+        let load = inflight
+            .get(key)
+            .filter(|load| load.started == generation)?;
+        self.shared
+            .telemetry
+            .lookup(telemetry::LookupOutcome::Coalesced);
+        tracing::trace!("joining an id6 call in flight");
+        Some(load.pending.clone())
     }
 
     /// What the cache holds for `key` now, without claiming a refresh: for a typed call's

@@ -322,14 +322,7 @@ fn peers(c: &mut Criterion) {
             "/",
             get(|RequireUser(user): RequireUser| async move { user.name.clone() }),
         ));
-        assert_eq!(
-            send(&probe, request(&credentials[1])).await,
-            (StatusCode::OK, "Alice".into())
-        );
-        assert_eq!(
-            send(&probe, request(&no_credential)).await.0,
-            StatusCode::UNAUTHORIZED
-        );
+        names_and_refuses(&probe, &credentials[1], "Alice", &no_credential).await;
         // axum-login: the layer loads the session and the user; the handler checks for one
         // (what `login_required!` does).
         let probe = login_layer.layer(Router::new().route(
@@ -341,14 +334,7 @@ fn peers(c: &mut Criterion) {
                 }
             }),
         ));
-        assert_eq!(
-            send(&probe, request(&credentials[2])).await,
-            (StatusCode::OK, "Alice".into())
-        );
-        assert_eq!(
-            send(&probe, request(&no_credential)).await.0,
-            StatusCode::UNAUTHORIZED
-        );
+        names_and_refuses(&probe, &credentials[2], "Alice", &no_credential).await;
         // jwt-authorizer: the verified claims are in the request's extensions.
         let probe = jwt_wrap(
             &jwt_layer,
@@ -361,14 +347,7 @@ fn peers(c: &mut Criterion) {
                 ),
             ),
         );
-        assert_eq!(
-            send(&probe, request(&credentials[3])).await,
-            (StatusCode::OK, "alice".into())
-        );
-        assert_eq!(
-            send(&probe, request(&no_credential)).await.0,
-            StatusCode::UNAUTHORIZED
-        );
+        names_and_refuses(&probe, &credentials[3], "alice", &no_credential).await;
         let forged = format!("Bearer {}", &jwt[..jwt.len() - 2]);
         let forged: Credential<'_> = Some((header::AUTHORIZATION, &forged));
         assert_eq!(
@@ -454,6 +433,24 @@ fn peers(c: &mut Criterion) {
         .collect();
     TAILS.with(|t| *t.borrow_mut() = Some((tails, rounds, requests)));
     drop(mock);
+}
+
+/// `probe` answers `credential` with 200 and `name` (the caller it found), and refuses
+/// `none` with 401.
+async fn names_and_refuses<S>(
+    probe: &S,
+    credential: &Credential<'_>,
+    name: &str,
+    none: &Credential<'_>,
+) where
+    S: Service<Request<Body>, Response = Response<Body>> + Clone,
+    S::Error: Debug,
+{
+    assert_eq!(
+        send(probe, request(credential)).await,
+        (StatusCode::OK, name.to_owned())
+    );
+    assert_eq!(send(probe, request(none)).await.0, StatusCode::UNAUTHORIZED);
 }
 
 async fn send_full<S>(service: &S, request: Request<Body>) -> (StatusCode, Option<String>)

@@ -3,7 +3,9 @@
 //! a front of hot entries (users and rejected tokens alike) read first.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use arc_swap::ArcSwapOption;
 use std::time::Duration;
 
 use moka::notification::RemovalCause;
@@ -163,8 +165,11 @@ impl Entries {
         key: impl FnOnce() -> TokenKey,
         max_age: Option<Duration>,
     ) -> Option<Hit> {
-        if let Some(cached) = self.front.get(hot) {
-            return self.judge(&cached, max_age, true);
+        if let Some(hit) = self
+            .front
+            .read(hot, |cached| self.judge(cached, max_age, true))
+        {
+            return hit;
         }
         let key = key();
         let epoch = self.front.epoch();
@@ -332,30 +337,42 @@ impl Entries {
 
 /// A small front of hot entries (users and rejected tokens), read before moka: one slot per
 /// hot key's first bits (a keyed PRF's output: uniform), holding the very `Arc<Cached>` moka
-/// holds. A hit here costs a read lock and a clone; moka's `get` also records the read for
-/// its eviction policy (now and then running its housekeeping on the caller's thread) and
-/// reads its own clock. Ages are still checked by the caller, on the entry.
+/// holds. A read takes no lock and writes no shared counter ([`ArcSwapOption`]: a
+/// thread's own debt slot stands for the reference while the entry is judged), so the
+/// requests of one hot user on many cores do not pass a cache line back and forth. moka's
+/// `get` also records the read for its eviction policy (now and then running its
+/// housekeeping on the caller's thread) and reads its own clock. Ages are still checked by
+/// the caller, on the entry.
 ///
 /// It never answers what moka would not (but for the age: moka's own expiry reads its exact
 /// clock, the front's judge the coarse one, so an entry may be served up to a tick past
 /// moka's TTL): every removal marks the entry removed as moka lets go of it, and a
 /// read of the front skips a removed entry. The removal then empties the entry's slot, which
 /// the entry names (with a second level, moka names a token by SHA-256, which cannot give
-/// the hot key back). A clear of everything bumps the epoch, then clears every slot. An entry enters a slot only
-/// if, under the slot's write lock, it is not marked removed and no clear began since it was
+/// the hot key back). A clear of everything bumps the epoch, then clears every slot. Writers
+/// of a slot (a promotion, a removal, a clear) take its stripe's lock; an entry enters a
+/// slot only if, under that lock, it is not marked removed and no clear began since it was
 /// read from moka: a removal racing a promotion either finds the entry in the slot, or
-/// marked, or keeps it out. No moka call is made under a slot's lock (moka may run its
+/// marked, or keeps it out. No moka call is made under a stripe's lock (moka may run its
 /// eviction listener, which takes one).
 struct Front {
-    slots: Box<[Slot]>,
+    slots: Box<[ArcSwapOption<InFront>]>,
+    /// Writers' locks, slot `i`'s at `i % WRITER_STRIPES`: readers never take one.
+    writers: Box<[Mutex<()>]>,
     epoch: AtomicU64,
 }
 
-/// A front slot: empty, or a token's hot key and its cached entry.
-type Slot = RwLock<Option<(TokenKey, Arc<Cached>)>>;
+/// What a front slot holds: a token's hot key and its cached entry.
+struct InFront {
+    key: TokenKey,
+    cached: Arc<Cached>,
+}
 
-/// Slots at most: a few hundred KB; the hottest users of a larger cache share them.
+/// Slots at most: a few tens of KB; the hottest users of a larger cache share them.
 const FRONT_SLOTS: u64 = 4096;
+
+/// Locks for the front's writers, which are rare (a promotion after a moka read, a removal).
+const WRITER_STRIPES: usize = 64;
 
 /// [`Cached::front_slot`] of an entry that never entered the front.
 const NO_SLOT: u32 = u32::MAX;
@@ -364,13 +381,10 @@ impl Front {
     fn new(max_capacity: u64) -> Self {
         let slots = max_capacity.clamp(1, FRONT_SLOTS).next_power_of_two();
         Front {
-            slots: (0..slots).map(|_| RwLock::new(None)).collect(),
+            slots: (0..slots).map(|_| ArcSwapOption::const_empty()).collect(),
+            writers: (0..WRITER_STRIPES).map(|_| Mutex::new(())).collect(),
             epoch: AtomicU64::new(0),
         }
-    }
-
-    fn slot(&self, key: &TokenKey) -> &Slot {
-        &self.slots[self.index(key) as usize]
     }
 
     /// The index of `key`'s slot.
@@ -380,14 +394,21 @@ impl Front {
         (bits & (self.slots.len() as u64 - 1)) as u32
     }
 
-    fn get(&self, key: &TokenKey) -> Option<Arc<Cached>> {
-        let slot = self
-            .slot(key)
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
+    /// Slot `index`'s writers' lock.
+    fn writing(&self, index: u32) -> MutexGuard<'_, ()> {
+        self.writers[index as usize % WRITER_STRIPES]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// `read` of `key`'s entry, unless its slot holds another token or the entry was
+    /// removed. The entry is borrowed for `read` alone: no reference count is taken.
+    #[inline]
+    fn read<R>(&self, key: &TokenKey, read: impl FnOnce(&Cached) -> R) -> Option<R> {
+        let slot = self.slots[self.index(key) as usize].load();
         match &*slot {
-            Some((held, cached)) if held == key && !cached.removed.load(Ordering::SeqCst) => {
-                Some(cached.clone())
+            Some(held) if held.key == *key && !held.cached.removed.load(Ordering::SeqCst) => {
+                Some(read(&held.cached))
             }
             _ => None,
         }
@@ -406,11 +427,13 @@ impl Front {
         // marked and keeps it out.
         let index = self.index(key);
         cached.front_slot.store(index, Ordering::SeqCst);
-        let mut slot = self.slots[index as usize]
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
+        let entry = Arc::new(InFront {
+            key: *key,
+            cached: cached.clone(),
+        });
+        let _writing = self.writing(index);
         if !cached.removed.load(Ordering::SeqCst) && self.epoch() == epoch {
-            *slot = Some((*key, cached.clone()));
+            self.slots[index as usize].store(Some(entry));
         }
     }
 
@@ -422,19 +445,21 @@ impl Front {
         let Some(slot) = self.slots.get(index as usize) else {
             return;
         };
-        let mut slot = slot.write().unwrap_or_else(PoisonError::into_inner);
+        let _writing = self.writing(index);
         if slot
+            .load()
             .as_ref()
-            .is_some_and(|(_, held)| Arc::ptr_eq(held, cached))
+            .is_some_and(|held| Arc::ptr_eq(&held.cached, cached))
         {
-            *slot = None;
+            slot.store(None);
         }
     }
 
     fn clear(&self) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
-        for slot in &*self.slots {
-            *slot.write().unwrap_or_else(PoisonError::into_inner) = None;
+        for (index, slot) in (0..).zip(&*self.slots) {
+            let _writing = self.writing(index);
+            slot.store(None);
         }
     }
 }
@@ -466,13 +491,13 @@ mod tests {
     }
 
     fn in_front(entries: &Entries, key: &TokenKey) -> bool {
-        entries.front.get(key).is_some()
+        entries.front.read(key, |_| ()).is_some()
     }
 
     /// Whether `key`'s slot holds an entry for it, removed or not: what the front keeps.
     fn kept_in_front(entries: &Entries, key: &TokenKey) -> bool {
-        let slot = entries.front.slot(key).read().unwrap();
-        slot.as_ref().is_some_and(|(held, _)| held == key)
+        let slot = entries.front.slots[entries.front.index(key) as usize].load();
+        slot.as_ref().is_some_and(|held| held.key == *key)
     }
 
     #[test]

@@ -43,16 +43,22 @@ fn main() {
     let mock = &alice.mock;
 
     let app = || Router::new().route("/", get(|| async { "ok" }));
-    let bare = serve_on_one_thread(app());
+    let bare = serve_on_one_thread("bare", app());
     let layered_side = std::env::var("LOOPBACK_LAYERED").unwrap_or_else(|_| "hit".to_owned());
     let (layered, cookie) = match layered_side.as_str() {
         "hit" => (
-            serve_on_one_thread(id6.layer().layer(app())),
+            serve_on_one_thread("layered", id6.layer().layer(app())),
             alice.cookie.clone(),
         ),
-        "no-auth" => (serve_on_one_thread(id6.layer().layer(app())), no_auth()),
+        "no-auth" => (
+            serve_on_one_thread("layered", id6.layer().layer(app())),
+            no_auth(),
+        ),
         "extension" => (
-            serve_on_one_thread(app().layer(axum::Extension(std::sync::Arc::new(7_u64)))),
+            serve_on_one_thread(
+                "layered",
+                app().layer(axum::Extension(std::sync::Arc::new(7_u64))),
+            ),
             no_auth(),
         ),
         other => panic!("LOOPBACK_LAYERED={other}: hit, no-auth or extension"),
@@ -64,8 +70,8 @@ fn main() {
         .build()
         .unwrap();
     // Warm both (and the cache), then alternate.
-    for addr in [bare, layered] {
-        driver.block_on(drive(addr, &request, Duration::from_millis(500)));
+    for server in [&bare, &layered] {
+        driver.block_on(drive(server, &request, Duration::from_millis(500)));
     }
     let hot = usize::from(layered_side == "hit");
     assert_eq!(
@@ -76,12 +82,12 @@ fn main() {
     println!("layered side: {layered_side}");
     let mut results: Vec<(Run, Run)> = Vec::new();
     for i in 0..runs {
-        let b = driver.block_on(drive(bare, &request, duration));
-        let l = driver.block_on(drive(layered, &request, duration));
+        let b = driver.block_on(drive(&bare, &request, duration));
+        let l = driver.block_on(drive(&layered, &request, duration));
         println!(
-            "run {}: bare {:>8.0} req/s p50 {:>5.0} µs p99 {:>5.0} µs | layered {:>8.0} req/s p50 {:>5.0} µs p99 {:>5.0} µs | ratio {:.3}",
+            "run {}: bare {:>8.0} req/s p50 {:>5.0} µs p99 {:>5.0} µs {:>6.0} ns/req ({:>5.0} user) | layered {:>8.0} req/s p50 {:>5.0} µs p99 {:>5.0} µs {:>6.0} ns/req ({:>5.0} user) | ratio {:.3}",
             i + 1,
-            b.rps, b.p50_us, b.p99_us, l.rps, l.p50_us, l.p99_us, l.rps / b.rps
+            b.rps, b.p50_us, b.p99_us, b.server_ns, b.user_ns, l.rps, l.p50_us, l.p99_us, l.server_ns, l.user_ns, l.rps / b.rps
         );
         results.push((b, l));
     }
@@ -96,6 +102,14 @@ fn main() {
         ratios[ratios.len() / 2],
         ratios[0],
         ratios[ratios.len() - 1]
+    );
+    println!(
+        "server thread's time on a core per request (medians): bare {:.0} ns ({:.0} in user mode), layered {:.0} ns ({:.0}); layered - bare in user mode, per run, median {:+.0} ns",
+        median(results.iter().map(|r| r.0.server_ns).collect()),
+        median(results.iter().map(|r| r.0.user_ns).collect()),
+        median(results.iter().map(|r| r.1.server_ns).collect()),
+        median(results.iter().map(|r| r.1.user_ns).collect()),
+        median(results.iter().map(|r| r.1.user_ns - r.0.user_ns).collect()),
     );
     println!(
         "median p50: bare {:.0} µs, layered {:.0} µs; median p99: bare {:.0} µs, layered {:.0} µs",
@@ -123,8 +137,45 @@ fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
+/// A server thread: its address, and where the kernel counts its time on a core.
+#[derive(Clone)]
+struct Server {
+    addr: SocketAddr,
+    /// `/proc/self/task/TID`: the server thread's counters.
+    task: String,
+}
+
+/// A server thread's time on a core so far, in ns: all of it, and in user mode (the app's
+/// and the layer's code, not the kernel's sockets).
+#[derive(Clone, Copy)]
+struct Cpu {
+    total: u64,
+    user: u64,
+}
+
+impl Server {
+    fn cpu(&self) -> Cpu {
+        let schedstat = std::fs::read_to_string(format!("{}/schedstat", self.task)).unwrap();
+        let total = schedstat
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        // `stat`'s 14th field, utime, in clock ticks (100 per second on Linux); the fields
+        // after the command's name, which closes with the last ')', start at the 3rd.
+        let stat = std::fs::read_to_string(format!("{}/stat", self.task)).unwrap();
+        let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+        let ticks: u64 = after_name.split(' ').nth(11).unwrap().parse().unwrap();
+        Cpu {
+            total,
+            user: ticks * 10_000_000,
+        }
+    }
+}
+
 /// Serves `app` on 127.0.0.1:0 from a dedicated single-threaded runtime: one core.
-fn serve_on_one_thread<S>(app: S) -> SocketAddr
+fn serve_on_one_thread<S>(name: &str, app: S) -> Server
 where
     S: tower::Service<
             http::Request<axum::body::Body>,
@@ -139,27 +190,43 @@ where
     let addr = listener.local_addr().unwrap();
     listener.set_nonblocking(true).unwrap();
     let app = axum::ServiceExt::<http::Request<axum::body::Body>>::into_make_service(app);
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            axum::serve(listener, app).await.unwrap();
-        });
-    });
-    addr
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || {
+            // "PID/task/TID": this thread's entry under /proc/self/task.
+            let me = std::fs::read_link("/proc/thread-self").unwrap();
+            tid_tx.send(me.file_name().unwrap().to_owned()).unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                axum::serve(listener, app).await.unwrap();
+            });
+        })
+        .unwrap();
+    let tid = tid_rx.recv().unwrap();
+    Server {
+        addr,
+        task: format!("/proc/self/task/{}", tid.to_string_lossy()),
+    }
 }
 
 struct Run {
     rps: f64,
+    /// The server thread's time on a core per request served: all of it, in user mode.
+    server_ns: f64,
+    user_ns: f64,
     p50_us: f64,
     p99_us: f64,
 }
 
 /// `CONNECTIONS` keep-alive connections sending `request` back to back for `duration`.
-async fn drive(addr: SocketAddr, request: &str, duration: Duration) -> Run {
+async fn drive(server: &Server, request: &str, duration: Duration) -> Run {
+    let addr = server.addr;
+    let cpu_before = server.cpu();
     let deadline = Instant::now() + duration;
     let tasks: Vec<_> = (0..CONNECTIONS)
         .map(|_| {
@@ -185,11 +252,17 @@ async fn drive(addr: SocketAddr, request: &str, duration: Duration) -> Run {
         all.extend(t.await.unwrap());
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu_after = server.cpu();
+    let per_request = |ns: u64| ns as f64 / all.len() as f64;
+    let server_ns = per_request(cpu_after.total - cpu_before.total);
+    let user_ns = per_request(cpu_after.user - cpu_before.user);
     all.sort();
     let pct =
         |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)].as_secs_f64() * 1e6;
     Run {
         rps: all.len() as f64 / elapsed,
+        server_ns,
+        user_ns,
         p50_us: pct(0.50),
         p99_us: pct(0.99),
     }

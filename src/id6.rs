@@ -3,7 +3,7 @@
 //! [`resolve`](crate::resolve).
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use http::{HeaderMap, HeaderValue, Method, Uri};
 
@@ -13,6 +13,7 @@ use crate::csrf;
 use crate::error::Error;
 use crate::rejection::RejectionHook;
 use crate::resolve::{Resolver, SecondLevel};
+use crate::stripe;
 use crate::telemetry::{Stats, Telemetry};
 use crate::token::UserToken;
 use crate::user::Authentication;
@@ -45,6 +46,24 @@ struct Inner {
     rejection_hook: Option<RejectionHook>,
     /// For the typed calls.
     max_picture_bytes: u64,
+    /// Ways back to this handle, one per stripe of threads: see [`Reach`].
+    reaches: Box<[Arc<Reach>]>,
+}
+
+/// A way back to a handle that a signed-in request keeps (for its `Session`), without
+/// holding the handle: cloning an [`Id6`] in every request would write its one reference
+/// count from every core. Each thread clones its stripe's `Reach` instead (a count that
+/// only its stripe's threads write), and a `Session` asks it for the handle, which is
+/// there for as long as anything else holds it. Aligned so that no two stripes' counts
+/// share a cache line.
+#[repr(align(128))]
+pub(crate) struct Reach(Weak<Inner>);
+
+impl Reach {
+    /// The handle, unless every other holder let go of it.
+    pub(crate) fn id6(&self) -> Option<Id6> {
+        self.0.upgrade().map(|inner| Id6 { inner })
+    }
 }
 
 impl Id6 {
@@ -83,15 +102,23 @@ impl Id6 {
             resolver.subscribe();
         }
         Ok(Id6 {
-            inner: Arc::new(Inner {
+            inner: Arc::new_cyclic(|this| Inner {
                 resolver,
                 client,
                 telemetry,
                 http,
                 rejection_hook,
                 max_picture_bytes,
+                reaches: (0..stripe::STRIPES)
+                    .map(|_| Arc::new(Reach(this.clone())))
+                    .collect(),
             }),
         })
+    }
+
+    /// This thread's way back to the handle, for a request to keep.
+    pub(crate) fn reach(&self) -> Arc<Reach> {
+        self.inner.reaches[stripe::this_thread()].clone()
     }
 
     /// Who the request with these headers is, through the cache: the layer's own resolution,
@@ -254,5 +281,23 @@ impl fmt::Debug for Id6 {
             .field("resolver", self.inner.resolver.settings())
             .field("max_picture_bytes", &self.inner.max_picture_bytes)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a signed-in request keeps writes no count of the handle's, and keeps no handle
+    /// alive: a `Session` of a request served after the app dropped its handle has none.
+    #[test]
+    fn a_reach_writes_no_count_of_the_handle_and_holds_none() {
+        let id6 = Id6::builder("http://127.0.0.1:9").build().unwrap();
+        let reaches: Vec<Arc<Reach>> = (0..100).map(|_| id6.reach()).collect();
+        assert_eq!(Arc::strong_count(&id6.inner), 1);
+        let again = reaches[0].id6().expect("the handle is held");
+        assert!(Arc::ptr_eq(&again.inner, &id6.inner));
+        drop((again, id6));
+        assert!(reaches.iter().all(|reach| reach.id6().is_none()));
     }
 }

@@ -117,6 +117,7 @@ mod redis;
 pub mod rejection;
 mod resolve;
 mod session;
+mod stripe;
 mod telemetry;
 mod token;
 mod user;

@@ -5,10 +5,12 @@
 //! handles are registered when the [`Id6`](crate::Id6) is built, so install your `metrics`
 //! recorder before building it.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use facade::{Counter, Gauge, Histogram};
+
+use crate::stripe::{self, STRIPES};
 
 /// A snapshot of what the handle did since it was built ([`Id6::stats`](crate::Id6::stats)).
 ///
@@ -363,8 +365,6 @@ mod facade {
     }
 }
 
-const STRIPES: usize = 8;
-
 /// A counter split over cache lines, so that cores counting hits at once do not fight over
 /// one line; each thread keeps to its stripe.
 #[derive(Default)]
@@ -376,12 +376,9 @@ struct Stripe(AtomicU64);
 
 impl Striped {
     fn increment(&self) {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        thread_local! {
-            static MINE: usize = NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES;
-        }
-        let stripe = MINE.try_with(|i| *i).unwrap_or(0);
-        self.0[stripe].0.fetch_add(1, Ordering::Relaxed);
+        self.0[stripe::this_thread()]
+            .0
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     fn sum(&self) -> u64 {

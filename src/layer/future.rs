@@ -10,6 +10,7 @@ use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use super::Served;
+use crate::id6::Id6;
 use crate::rejection::{self, Kept};
 use crate::resolve::Pending;
 use crate::session::Lifeline;
@@ -39,8 +40,10 @@ pin_project! {
             request: Option<Request<B>>,
             // Appended if the verdict says the token is dead (when enabled).
             dead_cookie: Option<HeaderValue>,
-            // Taken once too; kept beside a user, for a `Session` (and the handle's settings).
+            // Taken once too; kept beside a user, for a `Session`.
             lifeline: Option<Lifeline>,
+            // Whose settings the verdict is served with.
+            id6: Id6,
         },
         Called {
             #[pin]
@@ -77,6 +80,7 @@ where
         inner: S,
         request: Request<B>,
         dead_cookie: Option<HeaderValue>,
+        id6: Id6,
         lifeline: Lifeline,
     ) -> Self {
         ResponseFuture {
@@ -86,6 +90,7 @@ where
                 request: Some(request),
                 dead_cookie,
                 lifeline: Some(lifeline),
+                id6,
             },
         }
     }
@@ -119,6 +124,7 @@ where
                     request,
                     dead_cookie,
                     lifeline,
+                    id6,
                 } => {
                     let answer = ready!(Pin::new(pending).poll(cx));
                     let (Some(mut inner), Some(mut request), Some(lifeline)) =
@@ -132,7 +138,7 @@ where
                         .take()
                         .filter(|_| !answer.by_policy && answer.verdict.is_anonymous())
                         .map(Box::new);
-                    let served = Served::beside(answer.verdict, lifeline);
+                    let served = Served::beside(id6, answer.verdict, lifeline);
                     request.extensions_mut().insert(served);
                     let kept = rejection::keep(&request);
                     state.set(State::Called {

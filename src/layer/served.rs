@@ -37,11 +37,10 @@ impl Served {
         }
     }
 
-    /// [`new`](Self::new), as the handle `lifeline` holds serves it.
-    /// Only after a miss: the handle's one more reference count is nothing beside id6's call.
-    pub(crate) fn beside(verdict: Authentication, lifeline: Lifeline) -> Self {
-        let id6 = lifeline.id6().clone();
-        Served::new(&id6, verdict, Some(lifeline))
+    /// [`new`](Self::new), as `id6` serves it, after a miss: `lifeline` was taken when the
+    /// request arrived.
+    pub(crate) fn beside(id6: &Id6, verdict: Authentication, lifeline: Lifeline) -> Self {
+        Served::new(id6, verdict, Some(lifeline))
     }
 }
 

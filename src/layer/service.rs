@@ -117,7 +117,8 @@ where
                 let inner = std::mem::replace(&mut self.inner, clone);
                 let dead_cookie = self.id6.dead_cookie().filter(|_| from_cookie).cloned();
                 let lifeline = Lifeline::new(&self.id6);
-                ResponseFuture::resolving(pending, inner, request, dead_cookie, lifeline)
+                let id6 = self.id6.clone();
+                ResponseFuture::resolving(pending, inner, request, dead_cookie, id6, lifeline)
             }
         }
     }

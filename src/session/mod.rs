@@ -32,16 +32,17 @@ use futures_util::{FutureExt, Stream};
 use http::{Extensions, HeaderMap};
 
 use crate::error::TokenRejection;
-use crate::id6::Id6;
+use crate::id6::{Id6, Reach};
 use crate::resolve::Watcher;
 use crate::user::User;
 
-/// What the layer leaves in a signed-in request, for [`Session::of`]: the handle (whose
-/// resolver watches tokens), and where the cache stood when it answered (an eviction since then ends
-/// the session as if it had been watched already).
+/// What the layer leaves in a signed-in request, for [`Session::of`]: a way back to the
+/// handle (whose resolver watches tokens; not the handle itself, whose reference count
+/// every core would write), and where the cache stood when it answered (an eviction since
+/// then ends the session as if it had been watched already).
 #[derive(Clone)]
 pub(crate) struct Lifeline {
-    id6: Id6,
+    reach: Arc<Reach>,
     generation: u64,
 }
 
@@ -51,12 +52,13 @@ impl Lifeline {
     pub(crate) fn new(id6: &Id6) -> Self {
         Lifeline {
             generation: id6.resolver().generation(),
-            id6: id6.clone(),
+            reach: id6.reach(),
         }
     }
 
-    pub(crate) fn id6(&self) -> &Id6 {
-        &self.id6
+    /// The handle, while the app holds it.
+    pub(crate) fn id6(&self) -> Option<Id6> {
+        self.reach.id6()
     }
 }
 
@@ -97,8 +99,10 @@ impl Session {
     pub fn of(headers: &HeaderMap, extensions: &Extensions) -> Option<Session> {
         let (lifeline, user) = Lifeline::left_by_layer(extensions)?;
         let user = user.clone();
-        let resolver = lifeline.id6.resolver();
-        let watcher = resolver.watch(headers, user.id, lifeline.generation)?;
+        let id6 = lifeline.id6()?;
+        let watcher = id6
+            .resolver()
+            .watch(headers, user.id, lifeline.generation)?;
         Some(Session {
             user,
             watcher: Arc::new(watcher),

@@ -200,6 +200,41 @@ fn benches(c: &mut Criterion) {
     });
     group.finish();
 
+    // The same misses back to back in one task on the worker, as a busy server meets them:
+    // one wake-up per sample rather than one per miss, so this is the CPU a miss costs,
+    // without the scheduler's wake-up latency, which swings by tens of µs on an idle VM.
+    let mut group = c.benchmark_group("miss_back_to_back");
+    group
+        .sample_size(30)
+        .measurement_time(Duration::from_secs(5));
+    group.bench_function("bare", |b| {
+        b.iter_custom(|iters| {
+            let (direct_call, router, hit) = (direct_call.clone(), router.clone(), hit.clone());
+            rt.block_on(on_worker(&rt, async move {
+                let start = std::time::Instant::now();
+                for _ in 0..iters {
+                    direct_call().await;
+                    let _ = router.clone().oneshot(request(Some(&hit))).await;
+                }
+                start.elapsed()
+            }))
+        })
+    });
+    group.bench_function("wrapped", |b| {
+        b.iter_custom(|iters| {
+            let (id6, key, wrapped, hit) = (id6.clone(), key.clone(), wrapped.clone(), hit.clone());
+            rt.block_on(on_worker(&rt, async move {
+                let start = std::time::Instant::now();
+                for _ in 0..iters {
+                    id6.invalidate_token(&key);
+                    let _ = wrapped.clone().oneshot(request(Some(&hit))).await;
+                }
+                start.elapsed()
+            }))
+        })
+    });
+    group.finish();
+
     // 64 requests with one cold token at once: one id6 call between them.
     let mut group = c.benchmark_group("miss_x64_coalesced");
     group
@@ -346,6 +381,7 @@ fn report() {
         ("negative_hit", "bare", "wrapped"),
         ("garbage_cookie", "bare", "wrapped"),
         ("miss", "bare", "wrapped"),
+        ("miss_back_to_back", "bare", "wrapped"),
         ("miss_x64_coalesced", "bare", "wrapped"),
         ("miss_forwarded_for", "wrapped/short", "wrapped/200KB"),
     ];

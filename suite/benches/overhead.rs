@@ -17,7 +17,7 @@ use axum::Router;
 use criterion::{criterion_group, BenchmarkId, Criterion};
 use id6_tower::testing::MockId6;
 use id6_tower::{Id6, MissLimit, UserToken};
-use support::{one_worker, request, Alice};
+use support::{one_worker, request, Alice, App};
 use tower::{Layer, ServiceExt};
 
 mod support;
@@ -307,17 +307,7 @@ async fn on_worker<T: Send + 'static>(
 /// `iters` requests with `cookie` on each of two threads at once, each its own
 /// single-threaded runtime: the wall time of the slower (one iteration: a request on each
 /// core).
-fn on_two_cores<S>(service: &S, cookie: &str, iters: u64) -> Duration
-where
-    S: tower::Service<
-            http::Request<axum::body::Body>,
-            Response = axum::response::Response,
-            Error = std::convert::Infallible,
-        > + Clone
-        + Send
-        + Sync,
-    S::Future: Send,
-{
+fn on_two_cores<S: App + Sync>(service: &S, cookie: &str, iters: u64) -> Duration {
     let start = std::sync::Barrier::new(2);
     std::thread::scope(|scope| {
         let cores: Vec<_> = (0..2)

@@ -64,3 +64,27 @@ pub fn request(cookie: Option<&str>) -> http::Request<Body> {
     }
     builder.body(Body::empty()).unwrap()
 }
+
+/// An axum app as a tower service, which a bench serves or calls from threads of its own.
+pub trait App:
+    tower::Service<
+        http::Request<Body>,
+        Response = axum::response::Response,
+        Error = std::convert::Infallible,
+        Future: Send,
+    > + Clone
+    + Send
+{
+}
+
+impl<S> App for S
+where
+    S: tower::Service<
+            http::Request<Body>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send,
+    S::Future: Send,
+{
+}

@@ -3,11 +3,13 @@
 //! [`resolve`](crate::resolve).
 
 use std::fmt;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
 use http::{HeaderMap, HeaderValue, Method, Uri};
 
 use crate::client::Client;
+#[cfg(feature = "axum")]
+use crate::config::Origin;
 use crate::config::{HttpSettings, Id6Builder, RedisSettings, Settings};
 use crate::csrf;
 use crate::error::Error;
@@ -50,19 +52,31 @@ struct Inner {
     reaches: Box<[Arc<Reach>]>,
 }
 
-/// A way back to a handle that a signed-in request keeps (for its `Session`), without
-/// holding the handle: cloning an [`Id6`] in every request would write its one reference
-/// count from every core. Each thread clones its stripe's `Reach` instead (a count that
-/// only its stripe's threads write), and a `Session` asks it for the handle, which is
-/// there for as long as anything else holds it. Aligned so that no two stripes' counts
-/// share a cache line.
+/// What a signed-in request keeps for its `Session`: the handle's resolver (which watches
+/// tokens) and the origins its CSRF check trusts. Not the handle: cloning an [`Id6`] in
+/// every request would write its one reference count from every core. Each thread clones
+/// its stripe's `Reach` instead (a count that only its stripe's threads write). It holds
+/// nothing of the handle itself, so it keeps working after the app's last handle is gone
+/// (a service that owned the only one, dropped as soon as it was called). Aligned so that
+/// no two stripes' counts share a cache line.
 #[repr(align(128))]
-pub(crate) struct Reach(Weak<Inner>);
+pub(crate) struct Reach {
+    resolver: Resolver,
+    /// For the axum `Session` extractor's CSRF check.
+    #[cfg(feature = "axum")]
+    trusted_origins: Arc<[Origin]>,
+}
 
 impl Reach {
-    /// The handle, unless every other holder let go of it.
-    pub(crate) fn id6(&self) -> Option<Id6> {
-        self.0.upgrade().map(|inner| Id6 { inner })
+    pub(crate) fn resolver(&self) -> &Resolver {
+        &self.resolver
+    }
+
+    /// [`Id6::is_cross_site`], for the handle this was reached from.
+    #[cfg(feature = "axum")]
+    pub(crate) fn is_cross_site(&self, method: &Method, uri: &Uri, headers: &HeaderMap) -> bool {
+        let finder = self.resolver.finder();
+        csrf::is_cross_site(finder, &self.trusted_origins, method, uri, headers)
     }
 }
 
@@ -101,22 +115,31 @@ impl Id6 {
         if tokio::runtime::Handle::try_current().is_ok() {
             resolver.subscribe();
         }
+        #[cfg(feature = "axum")]
+        let trusted_origins: Arc<[Origin]> = http.trusted_origins.iter().cloned().collect();
+        let reaches = (0..stripe::STRIPES)
+            .map(|_| {
+                Arc::new(Reach {
+                    resolver: resolver.clone(),
+                    #[cfg(feature = "axum")]
+                    trusted_origins: trusted_origins.clone(),
+                })
+            })
+            .collect();
         Ok(Id6 {
-            inner: Arc::new_cyclic(|this| Inner {
+            inner: Arc::new(Inner {
                 resolver,
                 client,
                 telemetry,
                 http,
                 rejection_hook,
                 max_picture_bytes,
-                reaches: (0..stripe::STRIPES)
-                    .map(|_| Arc::new(Reach(this.clone())))
-                    .collect(),
+                reaches,
             }),
         })
     }
 
-    /// This thread's way back to the handle, for a request to keep.
+    /// This thread's [`Reach`], for a signed-in request to keep.
     pub(crate) fn reach(&self) -> Arc<Reach> {
         self.inner.reaches[stripe::this_thread()].clone()
     }
@@ -288,16 +311,17 @@ impl fmt::Debug for Id6 {
 mod tests {
     use super::*;
 
-    /// What a signed-in request keeps writes no count of the handle's, and keeps no handle
-    /// alive: a `Session` of a request served after the app dropped its handle has none.
+    /// What a signed-in request keeps writes no count of the handle's, and holds nothing
+    /// of it: the handle is freed when the app lets go of it (no cycle), while what the
+    /// request kept still watches tokens.
     #[test]
-    fn a_reach_writes_no_count_of_the_handle_and_holds_none() {
+    fn a_reach_writes_no_count_of_the_handle_and_outlives_it() {
         let id6 = Id6::builder("http://127.0.0.1:9").build().unwrap();
         let reaches: Vec<Arc<Reach>> = (0..100).map(|_| id6.reach()).collect();
         assert_eq!(Arc::strong_count(&id6.inner), 1);
-        let again = reaches[0].id6().expect("the handle is held");
-        assert!(Arc::ptr_eq(&again.inner, &id6.inner));
-        drop((again, id6));
-        assert!(reaches.iter().all(|reach| reach.id6().is_none()));
+        let handle = Arc::downgrade(&id6.inner);
+        drop(id6);
+        assert!(handle.upgrade().is_none(), "the handle is freed");
+        assert_eq!(reaches[0].resolver().generation(), 0);
     }
 }

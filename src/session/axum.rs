@@ -24,10 +24,7 @@ impl<S: Sync> FromRequestParts<S> for Session {
         outcome::required(Authentication::of(&parts.extensions)).map_err(refuse)?;
         let (lifeline, _) = Lifeline::left_by_layer(&parts.extensions)
             .ok_or_else(|| refuse(Refusal::MissingLayer))?;
-        let id6 = lifeline
-            .id6()
-            .ok_or_else(|| refuse(Refusal::MissingLayer))?;
-        if id6.is_cross_site(&parts.method, &parts.uri, &parts.headers) {
+        if lifeline.is_cross_site(&parts.method, &parts.uri, &parts.headers) {
             return Err(refuse(Refusal::CsrfRejected));
         }
         Session::of(&parts.headers, &parts.extensions).ok_or_else(|| refuse(Refusal::MissingLayer))

@@ -36,10 +36,10 @@ use crate::id6::{Id6, Reach};
 use crate::resolve::Watcher;
 use crate::user::User;
 
-/// What the layer leaves in a signed-in request, for [`Session::of`]: a way back to the
-/// handle (whose resolver watches tokens; not the handle itself, whose reference count
-/// every core would write), and where the cache stood when it answered (an eviction since
-/// then ends the session as if it had been watched already).
+/// What the layer leaves in a signed-in request, for [`Session::of`]: what a session
+/// needs of the handle (its resolver, which watches tokens; not the handle itself, whose
+/// reference count every core would write), and where the cache stood when it answered (an
+/// eviction since then ends the session as if it had been watched already).
 #[derive(Clone)]
 pub(crate) struct Lifeline {
     reach: Arc<Reach>,
@@ -56,9 +56,16 @@ impl Lifeline {
         }
     }
 
-    /// The handle, while the app holds it.
-    pub(crate) fn id6(&self) -> Option<Id6> {
-        self.reach.id6()
+    /// Whether the request's cookie may have come from another site (see
+    /// [`Id6::is_cross_site`]).
+    #[cfg(feature = "axum")]
+    pub(crate) fn is_cross_site(
+        &self,
+        method: &http::Method,
+        uri: &http::Uri,
+        headers: &HeaderMap,
+    ) -> bool {
+        self.reach.is_cross_site(method, uri, headers)
     }
 }
 
@@ -99,10 +106,8 @@ impl Session {
     pub fn of(headers: &HeaderMap, extensions: &Extensions) -> Option<Session> {
         let (lifeline, user) = Lifeline::left_by_layer(extensions)?;
         let user = user.clone();
-        let id6 = lifeline.id6()?;
-        let watcher = id6
-            .resolver()
-            .watch(headers, user.id, lifeline.generation)?;
+        let resolver = lifeline.reach.resolver();
+        let watcher = resolver.watch(headers, user.id, lifeline.generation)?;
         Some(Session {
             user,
             watcher: Arc::new(watcher),

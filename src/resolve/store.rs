@@ -50,15 +50,15 @@ impl Entries {
             _ => None,
         };
         let front = Arc::new(Front::new(settings.max_capacity));
-        // What moka drops on its own leaves the front too, so the front never outlives
-        // moka's bound (explicit removals clear it at once, below).
+        // Whatever moka lets go of leaves the front too, whatever the cause: what it drops on
+        // its own (room, age), and what it replaced or removed, which the removals below
+        // let go of at once, but not always: after a clear, moka's `get` may still return an
+        // entry from before it while a new one for its key is being inserted, and that old
+        // entry, put in front by a hit, is no removal's `replaced`. A second `let_go` is
+        // harmless.
         let leaves_front = |front: &Arc<Front>| {
             let front = front.clone();
-            move |_: Arc<TokenKey>, cached: Arc<Cached>, cause| {
-                if matches!(cause, RemovalCause::Size | RemovalCause::Expired) {
-                    front.let_go(&cached);
-                }
-            }
+            move |_: Arc<TokenKey>, cached: Arc<Cached>, _: RemovalCause| front.let_go(&cached)
         };
         Entries {
             users: Cache::builder()
@@ -679,5 +679,41 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// After a clear (`Id6::clear`), moka's `get` may still return an entry from before it
+    /// while a new one for its key is being inserted; a hit may then put that old entry in
+    /// front. Whatever moka removes (replaced, invalidated, cleared) leaves the front, so a
+    /// sign-out right after still reaches it. From the review: served a token after its
+    /// invalidation in about a quarter of the rounds before the fix.
+    #[test]
+    fn nothing_serves_a_token_after_clear_fill_and_invalidate() {
+        let entries = entries(1000);
+        let a = TokenKey::of("a");
+        let stop = AtomicBool::new(false);
+        let served_after_invalidate = AtomicU64::new(0);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for i in 0..2_000u64 {
+                    entries.insert(a, user(2 * i), Duration::ZERO);
+                    let _ = entries.get(&a, || a, None);
+                    entries.invalidate_all();
+                    entries.insert(a, user(2 * i + 1), Duration::ZERO);
+                    entries.invalidate(&a);
+                    if entries.get(&a, || a, None).is_some() {
+                        served_after_invalidate.fetch_add(1, Ordering::Relaxed);
+                        // The next round starts clean.
+                        entries.front.clear();
+                    }
+                }
+                stop.store(true, Ordering::SeqCst);
+            });
+            s.spawn(|| {
+                while !stop.load(Ordering::SeqCst) {
+                    let _ = entries.get(&a, || a, None);
+                }
+            });
+        });
+        assert_eq!(served_after_invalidate.load(Ordering::Relaxed), 0);
     }
 }

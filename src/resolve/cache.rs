@@ -89,12 +89,13 @@ impl AuthCache {
     }
 
     /// The cached verdict of the token whose hot key is `hot`, if any: the whole hit path.
-    /// `key()` gives its key, asked only past the front of hot entries. With a `max_age`, a
+    /// `key()` gives its key, asked only past the front of hot entries (`None`: no entry can
+    /// hold it, a miss without a lookup). With a `max_age`, a
     /// user confirmed by id6 longer ago counts as a miss.
     pub(crate) fn get(
         &self,
         hot: &TokenKey,
-        key: impl FnOnce() -> TokenKey,
+        key: impl FnOnce() -> Option<TokenKey>,
         max_age: Option<Duration>,
     ) -> Option<Hit> {
         self.entries.get(hot, key, max_age)
@@ -419,7 +420,7 @@ mod tests {
         }
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         assert_eq!(cache.inflight_len(), 0);
-        assert!(cache.get(&key, || key, None).is_some());
+        assert!(cache.get(&key, || Some(key), None).is_some());
         assert_eq!(cache.user_id_of(&key), Some(1));
     }
 
@@ -434,7 +435,7 @@ mod tests {
             |_| async { Authentication::Unavailable(Error::new(Kind::Connect)) },
         );
         assert!(pending.await.verdict.unavailable().is_some());
-        assert!(cache.get(&key, || key, None).is_none());
+        assert!(cache.get(&key, || Some(key), None).is_none());
         assert_eq!(cache.inflight_len(), 0);
 
         // Nobody awaits this load: it still completes and fills the cache.
@@ -452,7 +453,7 @@ mod tests {
         while cache.inflight_len() > 0 {
             tokio::task::yield_now().await;
         }
-        let remembered = cache.get(&key, || key, None).unwrap().verdict;
+        let remembered = cache.get(&key, || Some(key), None).unwrap().verdict;
         assert_eq!(remembered.rejection(), Some(TokenRejection::TokenExpired));
     }
 
@@ -468,8 +469,8 @@ mod tests {
         let found = cache.load(key, None, || Payer::Nobody, |_| async { user(1) });
         assert!(found.await.verdict.user().is_some());
         // ...so the next hit still starts the one refresh, and only that hit.
-        assert!(cache.get(&key, || key, None).unwrap().refresh);
-        assert!(!cache.get(&key, || key, None).unwrap().refresh);
+        assert!(cache.get(&key, || Some(key), None).unwrap().refresh);
+        assert!(!cache.get(&key, || Some(key), None).unwrap().refresh);
     }
 
     #[tokio::test]
@@ -489,7 +490,7 @@ mod tests {
         assert_eq!(again.await.verdict.user().map(|u| u.id), Some(1));
         let charged = cache.load(unknown, None, stranger, paid_by);
         assert!(charged.await.verdict.unavailable().is_some());
-        assert!(cache.get(&unknown, || unknown, None).is_none());
+        assert!(cache.get(&unknown, || Some(unknown), None).is_none());
     }
 
     #[test]
@@ -501,22 +502,24 @@ mod tests {
         cache.fill(b, &user(1), before);
         cache.fill(c, &user(2), before);
         cache.evict(Scope::User(1));
-        assert!(cache.get(&a, || a, None).is_none() && cache.get(&b, || b, None).is_none());
         assert!(
-            cache.get(&c, || c, None).is_some(),
+            cache.get(&a, || Some(a), None).is_none() && cache.get(&b, || Some(b), None).is_none()
+        );
+        assert!(
+            cache.get(&c, || Some(c), None).is_some(),
             "another user is untouched"
         );
         // A load of user 1 that started before the invalidation does not refill...
         cache.fill(a, &user(1), before);
-        assert!(cache.get(&a, || a, None).is_none());
+        assert!(cache.get(&a, || Some(a), None).is_none());
         // ...one that started after does.
         let after = cache.generation();
         cache.fill(a, &user(1), after);
-        assert!(cache.get(&a, || a, None).is_some());
+        assert!(cache.get(&a, || Some(a), None).is_some());
 
         cache.evict(Scope::Token(a));
         cache.fill(a, &user(1), after);
-        assert!(cache.get(&a, || a, None).is_none());
+        assert!(cache.get(&a, || Some(a), None).is_none());
 
         let now = cache.generation();
         cache.fill(
@@ -525,9 +528,11 @@ mod tests {
             now,
         );
         cache.evict(Scope::All);
-        assert!(cache.get(&b, || b, None).is_none() && cache.get(&c, || c, None).is_none());
+        assert!(
+            cache.get(&b, || Some(b), None).is_none() && cache.get(&c, || Some(c), None).is_none()
+        );
         cache.fill(c, &user(2), now);
-        assert!(cache.get(&c, || c, None).is_none());
+        assert!(cache.get(&c, || Some(c), None).is_none());
     }
 
     #[test]
@@ -541,24 +546,28 @@ mod tests {
         let (a, b, c) = (TokenKey::of("a"), TokenKey::of("b"), TokenKey::of("c"));
         cache.fill(a, &with(100), 0);
         cache.fill(b, &with(100), 0);
-        assert!(cache.get(&a, || a, None).is_some() && cache.get(&b, || b, None).is_some());
+        assert!(
+            cache.get(&a, || Some(a), None).is_some() && cache.get(&b, || Some(b), None).is_some()
+        );
         cache.fill(c, &with(200), 0);
-        assert!(cache.get(&a, || a, None).is_none() && cache.get(&b, || b, None).is_none());
-        assert!(cache.get(&c, || c, None).is_some());
+        assert!(
+            cache.get(&a, || Some(a), None).is_none() && cache.get(&b, || Some(b), None).is_none()
+        );
+        assert!(cache.get(&c, || Some(c), None).is_some());
         // An answer for `a` already in flight when `c` showed the revocation: not stored.
         cache.fill(a, &with(200), 0);
         assert!(
-            cache.get(&a, || a, None).is_none(),
+            cache.get(&a, || Some(a), None).is_none(),
             "an in-flight answer undid the revocation"
         );
         // Nor, whenever it started, an answer from before the known revocation.
         cache.fill(b, &with(100), cache.generation());
         assert!(
-            cache.get(&b, || b, None).is_none(),
+            cache.get(&b, || Some(b), None).is_none(),
             "an older answer was stored"
         );
         cache.fill(b, &with(200), cache.generation());
-        assert!(cache.get(&b, || b, None).is_some());
+        assert!(cache.get(&b, || Some(b), None).is_some());
     }
 
     #[test]
@@ -577,8 +586,8 @@ mod tests {
         // Collapsed or not, a load that started before those invalidations stores nothing.
         let key = TokenKey::of([1, 0, 0, 0, 0, 0, 0, 0]);
         cache.fill(key, &user(1), before);
-        assert!(cache.get(&key, || key, None).is_none());
+        assert!(cache.get(&key, || Some(key), None).is_none());
         cache.fill(key, &user(1), cache.generation());
-        assert!(cache.get(&key, || key, None).is_some());
+        assert!(cache.get(&key, || Some(key), None).is_some());
     }
 }

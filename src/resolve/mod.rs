@@ -229,24 +229,24 @@ impl Resolver {
         };
         let from_cookie = location == TokenLocation::Cookie;
         // Bound the hashing work a stranger can cause; such a value is no token anyway.
-        // Cheaper than a hit: what fails the shape test was never stored, so it needs no
-        // lookup.
-        if raw.len() > token::MAX_TOKEN_LEN || !jwt::may_have_shape(raw) {
-            return self.refuse(
-                "not an id6 token",
-                TokenRejection::InvalidToken,
-                from_cookie,
-            );
+        if raw.len() > token::MAX_TOKEN_LEN {
+            return self.refuse_shape(from_cookie);
         }
         // The front's key; the tiers' key (with a second level, a SHA-256) only past it.
         let hot = inner.keying.hot(raw);
+        // The front holds only values that passed the shape test (keys do not collide), so
+        // a hit there needs none; past it, what fails the test was never stored: refused
+        // without a lookup, which keeps a refusal cheaper than a hit.
         let mut key = None;
+        let mut shaped = true;
         let hit = inner.local.get(
             &hot,
-            || *key.insert(inner.keying.key_beside(&hot, raw)),
+            || {
+                shaped = jwt::may_have_shape(raw);
+                shaped.then(|| *key.insert(inner.keying.key_beside(&hot, raw)))
+            },
             max_age,
         );
-        let key = || key.unwrap_or_else(|| inner.keying.key_beside(&hot, raw));
         if let Some(hit) = hit {
             let outcome = match hit.verdict {
                 Authentication::Authenticated(_) => LookupOutcome::Hit,
@@ -254,14 +254,32 @@ impl Resolver {
             };
             inner.telemetry.lookup(outcome);
             if hit.refresh {
-                self.refresh(key(), raw);
+                self.refresh(
+                    key.unwrap_or_else(|| inner.keying.key_beside(&hot, raw)),
+                    raw,
+                );
             }
             return Lookup::Ready {
                 verdict: hit.verdict,
                 from_cookie,
             };
         }
-        self.miss(key(), raw, from_cookie, headers, extensions, max_age)
+        if !shaped {
+            return self.refuse_shape(from_cookie);
+        }
+        let key = key.unwrap_or_else(|| inner.keying.key_beside(&hot, raw));
+        self.miss(key, raw, from_cookie, headers, extensions, max_age)
+    }
+
+    /// A value that cannot be an id6 token (too long, or not three dot-separated parts with
+    /// a signature of HS256's length).
+    #[cold]
+    fn refuse_shape(&self, from_cookie: bool) -> Lookup {
+        self.refuse(
+            "not an id6 token",
+            TokenRejection::InvalidToken,
+            from_cookie,
+        )
     }
 
     /// What id6 would answer for a token refused locally, without asking it.

@@ -156,13 +156,14 @@ pub(crate) struct Hit {
 impl Entries {
     /// The hit path: the front by `hot` (the token's [hot key](crate::token::Keying::hot)),
     /// else moka by `key()`, the token's key, computed only then (with a second level, a
-    /// SHA-256), the entry then put in front under `hot`. With a `max_age`, a user confirmed
+    /// SHA-256; `None` for a value no entry can hold), the entry then put in front under
+    /// `hot`. With a `max_age`, a user confirmed
     /// by id6 longer ago is no answer: one lookup either way, and the same lookup says
     /// whether to refresh.
     pub(super) fn get(
         &self,
         hot: &TokenKey,
-        key: impl FnOnce() -> TokenKey,
+        key: impl FnOnce() -> Option<TokenKey>,
         max_age: Option<Duration>,
     ) -> Option<Hit> {
         if let Some(hit) = self
@@ -171,7 +172,7 @@ impl Entries {
         {
             return hit;
         }
-        let key = key();
+        let key = key()?;
         let epoch = self.front.epoch();
         let cached = self.in_moka(&key)?;
         self.front.promote(hot, &cached, epoch);
@@ -484,7 +485,7 @@ mod tests {
 
     fn id(entries: &Entries, key: &TokenKey) -> Option<u64> {
         entries
-            .get(key, || *key, None)?
+            .get(key, || Some(*key), None)?
             .verdict
             .user()
             .map(|u| u.id)
@@ -520,7 +521,11 @@ mod tests {
         assert_eq!((id(&entries, &a), id(&entries, &b)), (Some(1), Some(3)));
         let revoked = || Authentication::Rejected(TokenRejection::TokenRevoked);
         entries.insert(a, revoked(), Duration::ZERO);
-        assert!(entries.get(&a, || a, None).unwrap().verdict.is_anonymous());
+        assert!(entries
+            .get(&a, || Some(a), None)
+            .unwrap()
+            .verdict
+            .is_anonymous());
         assert!(
             in_front(&entries, &a),
             "a negative hit puts the rejection in front"
@@ -532,14 +537,18 @@ mod tests {
             "a rejection replaced is not served"
         );
         entries.insert(a, revoked(), Duration::ZERO);
-        assert!(entries.get(&a, || a, None).unwrap().verdict.is_anonymous());
+        assert!(entries
+            .get(&a, || Some(a), None)
+            .unwrap()
+            .verdict
+            .is_anonymous());
         entries.invalidate(&a);
-        assert!(entries.get(&a, || a, None).is_none() && !in_front(&entries, &a));
+        assert!(entries.get(&a, || Some(a), None).is_none() && !in_front(&entries, &a));
         entries.insert(a, revoked(), Duration::ZERO);
-        assert!(entries.get(&a, || a, None).is_some());
+        assert!(entries.get(&a, || Some(a), None).is_some());
         entries.invalidate_all();
-        assert!(entries.get(&b, || b, None).is_none() && !in_front(&entries, &b));
-        assert!(entries.get(&a, || a, None).is_none() && !in_front(&entries, &a));
+        assert!(entries.get(&b, || Some(b), None).is_none() && !in_front(&entries, &b));
+        assert!(entries.get(&a, || Some(a), None).is_none() && !in_front(&entries, &a));
     }
 
     /// With a second level, the front names a token by its hot key and every other place by
@@ -556,7 +565,7 @@ mod tests {
                     &hot,
                     || {
                         asked.set(true);
-                        key
+                        Some(key)
                     },
                     None,
                 )
@@ -590,7 +599,7 @@ mod tests {
             Duration::ZERO,
         );
         assert!(entries
-            .get(&hot, || key, None)
+            .get(&hot, || Some(key), None)
             .unwrap()
             .verdict
             .is_anonymous());
@@ -602,7 +611,7 @@ mod tests {
         );
         assert_eq!(get(&entries), (Some(3), true));
         entries.invalidate(&key);
-        assert!(entries.get(&hot, || key, None).is_none());
+        assert!(entries.get(&hot, || Some(key), None).is_none());
         assert!(!kept_in_front(&entries, &hot));
     }
 
@@ -667,12 +676,12 @@ mod tests {
                 _ => Authentication::Rejected(TokenRejection::InvalidToken),
             };
             entries.insert(*key, verdict, Duration::ZERO);
-            let _ = entries.get(key, || *key, None);
+            let _ = entries.get(key, || Some(*key), None);
             entries.users.run_pending_tasks();
             entries.rejected.run_pending_tasks();
         }
         for key in &keys {
-            if entries.get(key, || *key, None).is_some() {
+            if entries.get(key, || Some(*key), None).is_some() {
                 assert!(
                     entries.users.contains_key(key) || entries.rejected.contains_key(key),
                     "served, yet dropped by moka"
@@ -696,11 +705,11 @@ mod tests {
             s.spawn(|| {
                 for i in 0..2_000u64 {
                     entries.insert(a, user(2 * i), Duration::ZERO);
-                    let _ = entries.get(&a, || a, None);
+                    let _ = entries.get(&a, || Some(a), None);
                     entries.invalidate_all();
                     entries.insert(a, user(2 * i + 1), Duration::ZERO);
                     entries.invalidate(&a);
-                    if entries.get(&a, || a, None).is_some() {
+                    if entries.get(&a, || Some(a), None).is_some() {
                         served_after_invalidate.fetch_add(1, Ordering::Relaxed);
                         // The next round starts clean.
                         entries.front.clear();
@@ -710,7 +719,7 @@ mod tests {
             });
             s.spawn(|| {
                 while !stop.load(Ordering::SeqCst) {
-                    let _ = entries.get(&a, || a, None);
+                    let _ = entries.get(&a, || Some(a), None);
                 }
             });
         });

@@ -4,10 +4,10 @@
 //! the machine hits both alike.
 //!
 //! ```text
-//! cargo bench -p id6-tower-suite --bench loopback            # 21 runs of 1 s each, per side
-//! LOOPBACK_RUNS=5 LOOPBACK_SECS=5 cargo bench -p id6-tower-suite --bench loopback
-//! LOOPBACK_LAYERED=no-auth cargo bench -p id6-tower-suite --bench loopback
-//! LOOPBACK_LAYERED=extension cargo bench -p id6-tower-suite --bench loopback
+//! cargo bench -p id6-tower-bench --bench loopback            # 21 runs of 1 s each, per side
+//! LOOPBACK_RUNS=5 LOOPBACK_SECS=5 cargo bench -p id6-tower-bench --bench loopback
+//! LOOPBACK_LAYERED=no-auth cargo bench -p id6-tower-bench --bench loopback
+//! LOOPBACK_LAYERED=extension cargo bench -p id6-tower-bench --bench loopback
 //! ```
 //!
 //! Each run also reads the server thread's time on a core (`/proc/self/task/TID`): per
@@ -47,7 +47,7 @@ fn main() {
     let support = one_worker();
     let alice = Alice::start(&support);
     let id6 = alice.handle();
-    let mock = &alice.mock;
+    let stand_in = &alice.id6;
 
     let app = || Router::new().route("/", get(|| async { "ok" }));
     let bare = serve_on_one_thread("bare", app());
@@ -82,7 +82,7 @@ fn main() {
     }
     let hot = usize::from(layered_side == "hit");
     assert_eq!(
-        mock.user_calls(),
+        stand_in.user_calls(),
         hot,
         "the layered app must run on a hot cache (or never ask)"
     );
@@ -126,7 +126,7 @@ fn main() {
         median(results.iter().map(|r| r.1.p99_us).collect()),
     );
     assert_eq!(
-        mock.user_calls(),
+        stand_in.user_calls(),
         hot,
         "every layered request was a cache hit (or never asked)"
     );

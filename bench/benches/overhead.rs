@@ -1,8 +1,8 @@
 //! Per-request overhead of the id6 layer, against a bare axum Router measured in the same run.
 //!
 //! ```text
-//! cargo bench -p id6-tower-suite --bench overhead
-//! NO_REFRESH=1 cargo bench -p id6-tower-suite --bench overhead   # refresh-ahead off (its check skipped)
+//! cargo bench -p id6-tower-bench --bench overhead
+//! NO_REFRESH=1 cargo bench -p id6-tower-bench --bench overhead   # refresh-ahead off (its check skipped)
 //! ```
 //!
 //! Each group times the bare service and the layered one on the same request; the table
@@ -15,7 +15,6 @@ use std::time::Duration;
 use axum::routing::get;
 use axum::Router;
 use criterion::{criterion_group, BenchmarkId, Criterion};
-use id6_tower::testing::MockId6;
 use id6_tower::{Id6, MissLimit, UserToken};
 use support::{one_worker, request, Alice, App};
 use tower::{Layer, ServiceExt};
@@ -39,12 +38,9 @@ fn benches(c: &mut Criterion) {
         )
         .build()
         .unwrap();
-    let (mock, token, hit) = (&alice.mock, alice.token.clone(), alice.cookie.clone());
+    let (id6_url, token, hit) = (alice.id6.url(), alice.token.clone(), alice.cookie.clone());
     // Well-formed but signed by someone else: id6 rejects it, the cache remembers.
-    let forger = rt
-        .block_on(MockId6::builder().jwt_secret("not id6's").start())
-        .unwrap();
-    let negative = format!("theme=dark; auth={}", forger.token_for(alice.id));
+    let negative = format!("theme=dark; auth={}", alice.forged);
     let negative = negative.as_str();
     // No JWT at all: refused locally, never cached, never sent.
     let garbage = "theme=dark; auth=garbage-cookie-value-0123456789";
@@ -152,7 +148,7 @@ fn benches(c: &mut Criterion) {
     });
     group.finish();
 
-    // A miss: the baseline is the bare app plus MockId6's own `GET /user` over loopback.
+    // A miss: the baseline is the bare app plus the stand-in's own `GET /user` over loopback.
     // Each iteration runs as a task on the runtime's worker, as a server's request does: the
     // layer's load then starts and wakes its waiter on that worker. Driven from criterion's
     // thread instead, a miss paid two wake-ups across threads where the direct call paid one,
@@ -163,7 +159,7 @@ fn benches(c: &mut Criterion) {
         .sample_size(30)
         .measurement_time(Duration::from_secs(5));
     let http = reqwest::Client::new();
-    let user_url = format!("{}/user", mock.url());
+    let user_url = format!("{id6_url}/user");
     let direct_call = {
         let (http, user_url, token) = (http.clone(), user_url.clone(), token.clone());
         move || {
@@ -264,7 +260,7 @@ fn benches(c: &mut Criterion) {
 
     // A miss behind one trusted proxy, with a short `X-Forwarded-For` and with a 200 KB one a
     // client padded: finding the caller must not grow with what the client wrote.
-    let behind_proxy = Id6::builder(mock.url())
+    let behind_proxy = Id6::builder(id6_url)
         .trusted_proxies(1)
         .miss_limit(MissLimit::new(1_000_000, Duration::from_secs(3600)))
         .build()

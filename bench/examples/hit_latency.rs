@@ -3,7 +3,7 @@
 //! and p99.9 over 400 000 requests, three rounds. The `overhead` bench gives medians only.
 //!
 //! ```text
-//! cargo run --release -p id6-tower-suite --example hit_latency
+//! cargo run --release -p id6-tower-bench --example hit_latency
 //! ```
 
 use std::time::Instant;

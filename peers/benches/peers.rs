@@ -8,8 +8,9 @@
 //!
 //! The cases, each with a credential it accepts:
 //! - `bare`: the Router alone (with id6-tower's request, whose cookie it ignores);
-//! - `id6-tower`: the layer over MockId6 with a hot cookie (a cache hit), as the suite's
-//!   `overhead` bench builds it (`id6.layer().layer(router)`, a browser's cookie header);
+//! - `id6-tower`: the layer over the `overhead` bench's id6 stand-in with a hot cookie (a
+//!   cache hit), as that bench builds it (`id6.layer().layer(router)`, a browser's cookie
+//!   header), and as an app builds the crate (without `testing`: see `bench/Cargo.toml`);
 //! - `axum-login`: axum-login's `AuthManagerLayer` over tower-sessions' `MemoryStore`, a
 //!   logged-in session cookie, a trivial in-memory `AuthnBackend`;
 //! - `jwt-authorizer`: HS256 from a secret (no JWKS, no network), a valid bearer token;
@@ -21,7 +22,7 @@
 //! so that no case measures a refusal.
 //!
 //! Medians are criterion's. The tail comes from requests timed one by one (`Instant` around
-//! one `oneshot`, as `suite/examples/hit_latency.rs` does), the cases interleaved in rounds:
+//! one `oneshot`, as `bench/examples/hit_latency.rs` does), the cases interleaved in rounds:
 //! `PEERS_ROUNDS` rounds (10) of `PEERS_REQUESTS` requests (50 000) per case, so that a burst
 //! of load from elsewhere falls on every case alike; the quantiles are over all rounds. The
 //! table at the end gives both, and `target/peers.json` holds them for `chart.py`.
@@ -39,8 +40,7 @@ use axum::Router;
 use axum_login::{AuthManagerLayerBuilder, AuthSession, AuthUser, AuthnBackend, UserId};
 use criterion::{criterion_group, Criterion};
 use http::{header, Request, Response, StatusCode};
-use id6_tower::testing::MockId6;
-use id6_tower::{Id6, RequireUser};
+use id6_tower::RequireUser;
 use jsonwebtoken::TokenData;
 use jwt_authorizer::layer::AuthorizationLayer;
 use jwt_authorizer::{IntoLayer, JwtAuthorizer, RegisteredClaims};
@@ -49,6 +49,10 @@ use tower_http::validate_request::ValidateRequestHeaderLayer;
 use tower_sessions::{MemoryStore, SessionManagerLayer};
 
 /// A browser sends other cookies too (the same around id6's `auth` and axum-login's `id`).
+// The `overhead` bench's id6 stand-in and one-worker runtime.
+#[path = "../../bench/benches/support/mod.rs"]
+mod support;
+
 const BEFORE: &str = "_ga=GA1.1.123456789.1700000000; theme=dark";
 const AFTER: &str = "lang=fr";
 
@@ -218,22 +222,17 @@ struct Tail {
 }
 
 fn peers(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = support::one_worker();
 
     // id6-tower: as the `overhead` bench builds its hit.
-    let mock = rt.block_on(MockId6::start()).unwrap();
-    let id6 = Id6::builder(mock.url())
-        .cache_ttl(Duration::from_secs(3600))
+    let alice = support::Alice::start(&rt);
+    let id6 = alice
+        .builder()
         .negative_ttl(Duration::from_secs(3600))
         .refresh_after(Some(Duration::from_secs(2700)))
         .build()
         .unwrap();
-    let alice = mock.add_user("Alice", "alice@example.com");
-    let id6_cookie = format!("{BEFORE}; auth={}; {AFTER}", mock.token_for(alice));
+    let id6_cookie = format!("{BEFORE}; auth={}; {AFTER}", alice.token);
     let id6_service = id6.layer().layer(bare());
 
     // axum-login over tower-sessions' memory store.
@@ -432,7 +431,7 @@ fn peers(c: &mut Criterion) {
         })
         .collect();
     TAILS.with(|t| *t.borrow_mut() = Some((tails, rounds, requests)));
-    drop(mock);
+    drop(alice);
 }
 
 /// `probe` answers `credential` with 200 and `name` (the caller it found), and refuses

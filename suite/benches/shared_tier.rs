@@ -34,8 +34,6 @@ impl Drop for Server {
     }
 }
 
-mod support;
-
 fn redis_server(extra: &[String]) -> (Server, u16) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -133,7 +131,12 @@ fn headers(token: &str) -> http::HeaderMap {
 }
 
 fn benches(c: &mut Criterion) {
-    let rt = support::one_worker();
+    // One worker: one core, as a server's each side gets.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
     let (_server, port) = redis_server(&[]);
     let url = format!("redis://127.0.0.1:{port}");
     // One Sentinel watching that server: a third instance finds it through the Sentinel.

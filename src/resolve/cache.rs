@@ -113,14 +113,17 @@ impl AuthCache {
     /// With a `max_age`, a cached user confirmed longer ago does not count: id6 is asked
     /// again (or the call already in flight is joined).
     ///
-    /// `payer` is asked only before a new call for a token the cache does not know, never
-    /// for joining one; `fetch` gets who pays ([`Payer::Nobody`] for a token the cache
-    /// holds, too old for a `max_age` route: id6's word already, not a stranger's guess).
+    /// `payer` (found before, outside the lock: finding it may run the app's own
+    /// `caller_key`) pays only for a new call for a token the cache does not know: `fetch`
+    /// gets who pays ([`Payer::Nobody`] for a token the cache holds, too old for a `max_age`
+    /// route: id6's word already, not a stranger's guess). Nothing is spent before `fetch`
+    /// runs, so joining a call in flight spends nothing. One pass under the lock: finding
+    /// the payer inside it would take a second round of lookups.
     pub(crate) fn load<F, Fut>(
         &self,
         key: TokenKey,
         max_age: Option<Duration>,
-        payer: impl FnOnce() -> Payer,
+        payer: Payer,
         fetch: F,
     ) -> Pending
     where
@@ -128,28 +131,19 @@ impl AuthCache {
         Fut: Future + Send + 'static,
         Fut::Output: Into<Fetched>,
     {
-        // Twice, the second time after finding the payer (outside the lock: it may run the
-        // app's own `caller_key`): a load may have started meanwhile.
-        let mut payer = Some(payer);
-        let mut found = None;
-        loop {
-            let mut inflight = lock(&self.shared.inflight);
-            if let Some(done) = self.entries.lookup(&key, max_age, false) {
-                return ready(done.verdict);
-            }
-            let generation = self.generation();
-            if let Some(joined) = self.joined(&inflight, &key, generation) {
-                return joined;
-            }
-            if self.entries.has_user(&key) {
-                return self.start(&mut inflight, key, generation, || fetch(Payer::Nobody));
-            }
-            if let Some(payer) = found.take() {
-                return self.start(&mut inflight, key, generation, || fetch(payer));
-            }
-            drop(inflight);
-            found = payer.take().map(|payer| payer());
+        let mut inflight = lock(&self.shared.inflight);
+        if let Some(done) = self.entries.lookup(&key, max_age, false) {
+            return ready(done.verdict);
         }
+        let generation = self.generation();
+        if let Some(joined) = self.joined(&inflight, &key, generation) {
+            return joined;
+        }
+        let payer = match self.entries.has_user(&key) {
+            true => Payer::Nobody,
+            false => payer,
+        };
+        self.start(&mut inflight, key, generation, || fetch(payer))
     }
 
     /// The load of `key` in flight, if one started under the current generation: what
@@ -401,16 +395,11 @@ mod tests {
             .map(|_| {
                 let calls = calls.clone();
                 let gate = gate.clone();
-                cache.load(
-                    key,
-                    None,
-                    || Payer::Nobody,
-                    move |_| async move {
-                        calls.fetch_add(1, Ordering::SeqCst);
-                        let _ = gate.await;
-                        user(1)
-                    },
-                )
+                cache.load(key, None, Payer::Nobody, move |_| async move {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    let _ = gate.await;
+                    user(1)
+                })
             })
             .collect();
         assert_eq!(cache.inflight_len(), 1);
@@ -428,27 +417,19 @@ mod tests {
     async fn unavailable_is_not_cached_and_dropped_waiters_do_not_cancel() {
         let cache = cache();
         let key = TokenKey::of("u");
-        let pending = cache.load(
-            key,
-            None,
-            || Payer::Nobody,
-            |_| async { Authentication::Unavailable(Error::new(Kind::Connect)) },
-        );
+        let pending = cache.load(key, None, Payer::Nobody, |_| async {
+            Authentication::Unavailable(Error::new(Kind::Connect))
+        });
         assert!(pending.await.verdict.unavailable().is_some());
         assert!(cache.get(&key, || Some(key), None).is_none());
         assert_eq!(cache.inflight_len(), 0);
 
         // Nobody awaits this load: it still completes and fills the cache.
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-        drop(cache.load(
-            key,
-            None,
-            || Payer::Nobody,
-            move |_| async move {
-                let _ = done_tx.send(());
-                Authentication::Rejected(TokenRejection::TokenExpired)
-            },
-        ));
+        drop(cache.load(key, None, Payer::Nobody, move |_| async move {
+            let _ = done_tx.send(());
+            Authentication::Rejected(TokenRejection::TokenExpired)
+        }));
         done_rx.await.unwrap();
         while cache.inflight_len() > 0 {
             tokio::task::yield_now().await;
@@ -466,7 +447,7 @@ mod tests {
         // Past the refresh age (45 s of the default 60 s TTL).
         cache.entries.clock.advance(Duration::from_secs(46));
         // A load that finds the entry (a request that raced the miss) claims nothing...
-        let found = cache.load(key, None, || Payer::Nobody, |_| async { user(1) });
+        let found = cache.load(key, None, Payer::Nobody, |_| async { user(1) });
         assert!(found.await.verdict.user().is_some());
         // ...so the next hit still starts the one refresh, and only that hit.
         assert!(cache.get(&key, || Some(key), None).unwrap().refresh);
@@ -479,6 +460,7 @@ mod tests {
         let (known, unknown) = (TokenKey::of("known"), TokenKey::of("unknown"));
         cache.fill(known, &user(1), cache.generation());
         let stranger = || Payer::Request(None);
+
         let paid_by = |payer: Payer| async move {
             match payer {
                 Payer::Nobody => user(1),
@@ -486,9 +468,9 @@ mod tests {
             }
         };
         // Too old for a `max_age` route, but id6's word: not a stranger's guess to charge.
-        let again = cache.load(known, Some(Duration::ZERO), stranger, paid_by);
+        let again = cache.load(known, Some(Duration::ZERO), stranger(), paid_by);
         assert_eq!(again.await.verdict.user().map(|u| u.id), Some(1));
-        let charged = cache.load(unknown, None, stranger, paid_by);
+        let charged = cache.load(unknown, None, stranger(), paid_by);
         assert!(charged.await.verdict.unavailable().is_some());
         assert!(cache.get(&unknown, || Some(unknown), None).is_none());
     }

@@ -336,8 +336,9 @@ impl Resolver {
         let token = UserToken::from_found(token);
         self.subscribe();
         let this = self.clone();
-        // Found only for a token the cache does not know (it may run the app's `caller_key`).
-        let payer = || match (&inner.budget, extensions) {
+        // Charged only for a token the cache does not know; found here, outside the cache's
+        // lock (it may run the app's `caller_key`).
+        let payer = match (&inner.budget, extensions) {
             (Some(_), Some(extensions)) => Payer::Request(inner.callers.find(headers, extensions)),
             _ => Payer::Nobody,
         };
@@ -627,15 +628,10 @@ impl Resolver {
         // due at the refresh point finds the answer exactly that old, and must ask.
         let younger_than = Some((ttl - ahead).saturating_sub(Duration::from_nanos(1)));
         let this = self.clone();
-        let pending = local.load(
-            key,
-            younger_than,
-            || Payer::Nobody,
-            move |payer| {
-                let span = tracing::debug_span!("id6.recheck");
-                async move { this.ask(key, &token, younger_than, payer).await }.instrument(span)
-            },
-        );
+        let pending = local.load(key, younger_than, Payer::Nobody, move |payer| {
+            let span = tracing::debug_span!("id6.recheck");
+            async move { this.ask(key, &token, younger_than, payer).await }.instrument(span)
+        });
         let answer = pending.await;
         match answer.verdict {
             Authentication::Rejected(why) => Checked::Dead(why),

@@ -222,3 +222,77 @@ async fn extractors_without_the_layer_say_how_to_fix_it() {
     // How to fix it goes to the log (an error event); the client learns nothing internal.
     assert_eq!(body["message"], "Internal error");
 }
+
+/// A hit skips the shape test (the front holds only values that passed it): a hot token's
+/// near misses, as a cookie or a bearer token, are still refused locally, never served as
+/// its user, and never sent to id6; her own token, quoted or padded, is her.
+#[tokio::test]
+async fn near_misses_of_a_hot_token_are_refused_never_served() {
+    use http::{HeaderMap, HeaderValue};
+    use id6_tower::{Authentication, TokenLocation, TokenRejection, UserToken};
+
+    let headers = |name: &str, value: String| {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            name.to_owned().parse::<http::HeaderName>().unwrap(),
+            HeaderValue::from_str(&value).unwrap(),
+        );
+        headers
+    };
+    let cookie = |value: &str| headers("cookie", format!("auth={value}"));
+    let bearer = |value: &str| headers("authorization", format!("Bearer {value}"));
+
+    let mock = MockId6::start().await.unwrap();
+    let id6 = common::builder(&mock)
+        .token_locations([TokenLocation::Cookie, TokenLocation::Bearer])
+        .build()
+        .unwrap();
+    let token = mock.token_for(mock.add_user("Alice", "alice@example.com"));
+    // A typed call stores her; every request below is answered from the cache.
+    id6.user(&UserToken::new(&token).unwrap()).await.unwrap();
+    let calls = mock.user_calls();
+    for request in [
+        cookie(&format!("\"{token}\"")),
+        cookie(&format!(" {token} ")),
+        bearer(&token),
+        cookie(&token),
+    ] {
+        assert!(id6.authenticate(&request).await.user().is_some());
+    }
+    let before = id6.stats();
+    assert_eq!(
+        (before.hits, before.misses, before.malformed),
+        (4, 0, 0),
+        "{before:?}"
+    );
+
+    let signature = token.rfind('.').unwrap();
+    let near_misses = [
+        format!("{token}x"),
+        format!("\"{token}"),
+        format!("{token}\""),
+        token[..token.len() - 1].to_owned(),
+        format!("{}{}", &token[..signature], &token[signature + 1..]),
+        format!("{} {}", &token[..5], &token[5..]),
+        "garbage".to_owned(),
+    ];
+    for value in &near_misses {
+        for request in [cookie(value), bearer(value)] {
+            let verdict = id6.authenticate(&request).await;
+            assert!(
+                matches!(
+                    verdict,
+                    Authentication::Rejected(TokenRejection::InvalidToken)
+                ),
+                "{value}: {verdict:?}"
+            );
+        }
+    }
+    let after = id6.stats();
+    assert_eq!(after.hits, before.hits, "no near miss is a hit");
+    assert_eq!(
+        after.malformed,
+        before.malformed + 2 * near_misses.len() as u64
+    );
+    assert_eq!(mock.user_calls(), calls, "none reached id6");
+}

@@ -214,8 +214,9 @@ impl Resolver {
 
     /// The synchronous part of a resolution: everything but waiting on id6. With a
     /// `max_age`, a cached user confirmed by id6 longer ago counts as a miss. The request's
-    /// extensions say who the caller is, for the miss budget (only a miss of an unknown
-    /// token looks at them); without them, nothing is charged.
+    /// extensions say who the caller is, for the miss budget (a miss looks at them; only a
+    /// new call for an unknown token is charged to that caller); without them, nothing is
+    /// charged.
     pub(crate) fn lookup(
         &self,
         headers: &HeaderMap,

@@ -187,6 +187,14 @@ fn is_cookie_octet(b: u8) -> bool {
     matches!(b, 0x21 | 0x23..=0x2B | 0x2D..=0x3A | 0x3C..=0x5B | 0x5D..=0x7E)
 }
 
+/// How maps and caches keyed by [`TokenKey`] hash it. A key is already a SHA-256 or keyed
+/// SipHash-128 output, which no one outside the process can aim: foldhash (seeded per
+/// process) is enough to spread them, and cheaper than std's SipHash.
+pub(crate) type KeyHasher = foldhash::fast::RandomState;
+
+/// A map by [`TokenKey`].
+pub(crate) type KeyMap<V> = std::collections::HashMap<TokenKey, V, KeyHasher>;
+
 /// A token's cache key, as its resolver's [`Keying`] names it. Never a 64-bit hash: a
 /// collision would hand one user's identity to another.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -2,7 +2,6 @@
 //! key however many requests miss on it at once, and evictions by token, by user or all,
 //! kept safe from refills by loads already in flight ([`Marks`]).
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,7 +17,7 @@ use crate::config::ResolverSettings;
 use crate::error::{Error, Kind};
 use crate::lock::lock;
 use crate::telemetry::{self, Eviction, Telemetry};
-use crate::token::TokenKey;
+use crate::token::{KeyMap, TokenKey};
 use crate::user::Authentication;
 
 /// What a load fetched: the verdict, and how long ago id6 gave it (zero from id6 itself; a
@@ -60,7 +59,7 @@ impl std::fmt::Debug for AuthCache {
 }
 
 struct Coordination {
-    inflight: Mutex<HashMap<TokenKey, Inflight>>,
+    inflight: Mutex<KeyMap<Inflight>>,
     marks: Marks,
     /// The tokens open connections watch: an eviction makes them due for a recheck.
     lives: Arc<Lives>,
@@ -157,7 +156,7 @@ impl AuthCache {
     /// started before an eviction may predate what the eviction reflects).
     fn joined(
         &self,
-        inflight: &HashMap<TokenKey, Inflight>,
+        inflight: &KeyMap<Inflight>,
         key: &TokenKey,
         generation: u64,
     ) -> Option<Pending> {
@@ -213,7 +212,7 @@ impl AuthCache {
     /// Spawns a load of `key` under `generation` and lists it in flight.
     fn start<F, Fut>(
         &self,
-        inflight: &mut HashMap<TokenKey, Inflight>,
+        inflight: &mut KeyMap<Inflight>,
         key: TokenKey,
         generation: u64,
         fetch: F,

@@ -11,7 +11,7 @@
 //! the user's tokens too) leaves the connections open.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeSet, BinaryHeap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -22,7 +22,7 @@ use super::Scope;
 use crate::clock::Clock;
 use crate::error::TokenRejection;
 use crate::lock::lock;
-use crate::token::{TokenKey, UserToken};
+use crate::token::{KeyMap, TokenKey, UserToken};
 
 /// How a token's life stands: `None` while it is good, then why it ended.
 pub(crate) type Ending = Option<TokenRejection>;
@@ -40,7 +40,7 @@ pub(crate) struct Lives {
 
 #[derive(Default)]
 struct State {
-    by_key: HashMap<TokenKey, Life>,
+    by_key: KeyMap<Life>,
     /// Each user's watched tokens, for a user's eviction (a set of pairs: a few dozen bytes
     /// a token, where a map of vectors would take a hundred more).
     by_user: BTreeSet<(u64, TokenKey)>,

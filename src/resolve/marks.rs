@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use super::store::Entries;
 use super::Scope;
 use crate::lock::lock;
-use crate::token::TokenKey;
+use crate::token::{KeyMap, TokenKey};
 use crate::user::Authentication;
 
 /// Fills between two sweeps of the coherence maps.
@@ -37,7 +37,7 @@ struct Coherence {
     users: HashMap<u64, UserKeys>,
     /// Tokens invalidated one by one: generation and when, and whether by a sign-out (a
     /// session that missed it ends saying so).
-    tokens: HashMap<TokenKey, (u64, Instant, bool)>,
+    tokens: KeyMap<(u64, Instant, bool)>,
     /// Loads that started before this generation store nothing: set by `clear`, and when
     /// too many marks collapse into it.
     cleared_at: u64,

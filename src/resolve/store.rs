@@ -14,12 +14,11 @@ use moka::sync::Cache;
 use crate::clock::{Clock, Stamp};
 use crate::config::{OnUnavailable, ResolverSettings};
 use crate::error::TokenRejection;
-use crate::token::TokenKey;
+use crate::token::{KeyHasher, TokenKey};
 use crate::user::{Authentication, User};
 
-/// Keys are SHA-256 or keyed SipHash-128 outputs: foldhash (seeded per process) is enough to
-/// spread them and cheaper than moka's default SipHash.
-type Hasher = foldhash::fast::RandomState;
+/// moka's default is SipHash: see [`KeyHasher`].
+type Hasher = KeyHasher;
 
 /// The local tiers. Each entry carries when it was stored, by the handle's [`Clock`],
 /// which decides expiry; moka's TTLs (the same lengths) only free the memory.

@@ -50,11 +50,11 @@ impl Entries {
         };
         let front = Arc::new(Front::new(settings.max_capacity));
         // Whatever moka lets go of leaves the front too, whatever the cause: what it drops on
-        // its own (room, age), and what it replaced or removed, which the removals below
-        // let go of at once, but not always: after a clear, moka's `get` may still return an
-        // entry from before it while a new one for its key is being inserted, and that old
-        // entry, put in front by a hit, is no removal's `replaced`. A second `let_go` is
-        // harmless.
+        // its own (room, age), what an insert replaced (told on the inserting thread, within
+        // `insert`: `replace` relies on it), and what it removed, which the removals below
+        // also let go of at once. After a clear, moka's `get` may still return an entry from
+        // before it while a new one for its key is being inserted; that old entry, put in
+        // front by a hit, leaves it here too. A second `let_go` is harmless.
         let leaves_front = |front: &Arc<Front>| {
             let front = front.clone();
             move |_: Arc<TokenKey>, cached: Arc<Cached>, _: RemovalCause| front.let_go(&cached)
@@ -251,19 +251,16 @@ impl Entries {
         }
     }
 
-    /// Puts `cached` in `tier` for `key`, then lets go of the entry it replaces. Fills and
-    /// removals are serialized by the marks' lock: the entry replaced is the one read here.
+    /// Puts `cached` in `tier` for `key`. The entry it replaces leaves the front through
+    /// the eviction listener, which moka calls on this thread within `insert` (cause
+    /// `Replaced`); fills and removals are serialized by the marks' lock.
     fn replace(
         &self,
         tier: &Cache<TokenKey, Arc<Cached>, Hasher>,
         key: TokenKey,
         cached: Arc<Cached>,
     ) {
-        let replaced = tier.get(&key);
         tier.insert(key, cached);
-        if let Some(replaced) = replaced {
-            self.front.let_go(&replaced);
-        }
     }
 
     pub(super) fn contains_key(&self, key: &TokenKey) -> bool {

@@ -169,7 +169,7 @@ impl Screen {
 
 /// A necessary condition of an id6 token's shape, cheap enough to ask before the cache is:
 /// three parts, the last of an HS256 signature's length. A value failing it was never
-/// stored (every stored token passed [`Screen::check`]), so it is refused without hashing it.
+/// stored (every stored token passed [`Screen::check`]), so it is refused without a lookup.
 pub(crate) fn may_have_shape(token: &[u8]) -> bool {
     let Some(last) = memchr::memrchr(b'.', token) else {
         return false;
@@ -198,15 +198,30 @@ fn shape(token: &str) -> Result<Claims, Refusal> {
     struct Header {
         alg: String,
     }
-    let header: Header = serde_json::from_slice(&decode(header)?).map_err(|_| Refusal::Shape)?;
-    if header.alg != "HS256" {
-        return Err(Refusal::Shape);
+    if !ID6_HEADERS.contains(&header) {
+        let header: Header =
+            serde_json::from_slice(&decode(header)?).map_err(|_| Refusal::Shape)?;
+        if header.alg != "HS256" {
+            return Err(Refusal::Shape);
+        }
     }
-    if signature.len() != SIGNATURE_LEN || decode(signature).is_err() {
+    let mut signed = [0; 32];
+    let decoded = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode_slice(signature, &mut signed)
+        .map_err(|_| Refusal::Shape)?;
+    if signature.len() != SIGNATURE_LEN || decoded != signed.len() {
         return Err(Refusal::Shape);
     }
     claims(payload)
 }
+
+/// HS256 headers as JWT libraries write them, recognised without decoding:
+/// `{"alg":"HS256","typ":"JWT"}` (Node's `jsonwebtoken`) and
+/// `{"typ":"JWT","alg":"HS256"}` (Rust's). Any other is decoded and read.
+const ID6_HEADERS: [&str; 2] = [
+    "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9",
+    "eyJ0eXAiOiJKV1QiLCJhbGciOiJIUzI1NiJ9",
+];
 
 // Tokens are signed with jsonwebtoken, which only the `jwt` feature brings.
 #[cfg(all(test, feature = "jwt"))]
@@ -275,6 +290,41 @@ mod tests {
         ] {
             assert_eq!(screen.check(&bad), Err(Refusal::Shape), "{bad}");
         }
+    }
+
+    /// The headers recognised without decoding say what the decoding would: the same
+    /// answer either way, whatever the payload and signature.
+    #[test]
+    fn the_known_headers_are_read_as_decoding_reads_them() {
+        let b64 = |s: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        for header in ID6_HEADERS {
+            let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(header)
+                .unwrap();
+            let decoded: serde_json::Value = serde_json::from_slice(&json).unwrap();
+            assert_eq!(decoded["alg"], "HS256", "{header}");
+        }
+        let payload = b64(br#"{"userId":1}"#);
+        for signature in [
+            b64(&[7; 32]),
+            "A".repeat(SIGNATURE_LEN - 1),
+            "A".repeat(SIGNATURE_LEN + 1),
+            format!("{}B", "A".repeat(SIGNATURE_LEN - 1)),
+            format!("{}!", "A".repeat(SIGNATURE_LEN - 1)),
+        ] {
+            let known =
+                shape(&format!("{}.{payload}.{signature}", ID6_HEADERS[0])).map(|c| c.user_id);
+            let decoded = shape(&format!(
+                "{}.{payload}.{signature}",
+                b64(br#"{"alg":"HS256"}"#)
+            ))
+            .map(|c| c.user_id);
+            assert_eq!(known, decoded, "{signature}");
+        }
+        assert_eq!(
+            shape(&format!("{}.{payload}.{}", ID6_HEADERS[1], b64(&[7; 32]))).map(|c| c.user_id),
+            Ok(1)
+        );
     }
 
     #[test]

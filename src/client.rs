@@ -5,7 +5,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use http::header::{HeaderMap, ACCEPT, AUTHORIZATION, CONTENT_TYPE, COOKIE, RETRY_AFTER};
+use http::header::{
+    HeaderMap, HeaderName, ACCEPT, AUTHORIZATION, CONTENT_TYPE, COOKIE, RETRY_AFTER,
+};
 use http::{Method, StatusCode};
 use serde::Deserialize;
 
@@ -268,8 +270,8 @@ impl Client {
     fn observe(&self, response: reqwest::Response) -> reqwest::Response {
         let headers = response.headers();
         if let (Some(limit), Some(remaining)) = (
-            header_number(headers, "x-ratelimit-limit"),
-            header_number(headers, "x-ratelimit-remaining"),
+            header_number(headers, &RATE_LIMIT_LIMIT),
+            header_number(headers, &RATE_LIMIT_REMAINING),
         ) {
             // On the handle's clock, where the breaker reads the window.
             let now = self.settings.clock.wall();
@@ -377,8 +379,14 @@ pub(crate) async fn read_capped(
     Ok(body)
 }
 
+/// id6's rate-limit window, on every answer. Named once: a lookup by a `&str` parses the
+/// name on each call.
+const RATE_LIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+const RATE_LIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+const RATE_LIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+
 /// A header holding a whole number (`X-RateLimit-*`, `Retry-After`), if it does.
-fn header_number(headers: &HeaderMap, name: &str) -> Option<u64> {
+fn header_number(headers: &HeaderMap, name: &HeaderName) -> Option<u64> {
     headers.get(name)?.to_str().ok()?.trim().parse().ok()
 }
 
@@ -390,9 +398,9 @@ fn rate_limit_reset(
     now: SystemTime,
     max_wait: Duration,
 ) -> Option<SystemTime> {
-    let wait = match header_number(headers, "x-ratelimit-reset") {
+    let wait = match header_number(headers, &RATE_LIMIT_RESET) {
         Some(reset) => reset_wait(reset, now),
-        None => Duration::from_secs(header_number(headers, RETRY_AFTER.as_str())?),
+        None => Duration::from_secs(header_number(headers, &RETRY_AFTER)?),
     };
     now.checked_add(wait.clamp(Duration::from_secs(1), max_wait))
 }

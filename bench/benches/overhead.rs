@@ -59,7 +59,11 @@ fn benches(c: &mut Criterion) {
         assert_eq!(hot.user().map(|u| u.name.as_str()), Some("Alice"));
         let forged = id6.authenticate(request(Some(negative)).headers()).await;
         assert!(forged.rejection().is_some(), "{forged:?}");
-        assert_eq!(alice.id6.user_calls(), calls, "both answered from the cache");
+        assert_eq!(
+            alice.id6.user_calls(),
+            calls,
+            "both answered from the cache"
+        );
     });
 
     let router = bare();

@@ -427,6 +427,36 @@ mod tests {
     use super::*;
     use http::HeaderValue;
 
+    /// However id6's answer is cut into chunks, and without a `Content-Length`: all of it up
+    /// to the cap, an error past it (in the first chunk or across several).
+    #[cfg(feature = "pictures")]
+    #[tokio::test]
+    async fn a_body_is_read_whole_up_to_the_cap_however_it_is_chunked() {
+        let response = |chunks: &[&'static [u8]]| {
+            let chunks = chunks
+                .iter()
+                .map(|c| Ok::<_, std::io::Error>(bytes::Bytes::from_static(c)));
+            let stream = futures_util::stream::iter(chunks.collect::<Vec<_>>());
+            reqwest::Response::from(http::Response::new(reqwest::Body::wrap_stream(stream)))
+        };
+        let within: [&[&'static [u8]]; 5] = [
+            &[],
+            &[b"abc"],
+            &[b"ab", b"c"],
+            &[b"a", b"", b"b", b"c"],
+            &[b"", b"abc"],
+        ];
+        for chunks in within {
+            let body = read_capped(response(chunks), 3).await.unwrap();
+            assert_eq!(body, chunks.concat(), "{chunks:?}");
+        }
+        let past: [&[&'static [u8]]; 3] = [&[b"abcd"], &[b"ab", b"cd"], &[b"abc", b"", b"d"]];
+        for chunks in past {
+            let error = read_capped(response(chunks), 3).await.unwrap_err();
+            assert!(error.is_body(), "{chunks:?}: {error}");
+        }
+    }
+
     #[test]
     fn json_content_types() {
         let mut h = HeaderMap::new();

@@ -205,11 +205,15 @@ fn shape(token: &str) -> Result<Claims, Refusal> {
             return Err(Refusal::Shape);
         }
     }
+    if signature.len() != SIGNATURE_LEN {
+        return Err(Refusal::Shape);
+    }
+    // 43 characters are 32 bytes, or not base64url at all: decoded on the stack.
     let mut signed = [0; 32];
     let decoded = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode_slice(signature, &mut signed)
         .map_err(|_| Refusal::Shape)?;
-    if signature.len() != SIGNATURE_LEN || decoded != signed.len() {
+    if decoded != signed.len() {
         return Err(Refusal::Shape);
     }
     claims(payload)

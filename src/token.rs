@@ -188,8 +188,9 @@ fn is_cookie_octet(b: u8) -> bool {
 }
 
 /// How maps and caches keyed by [`TokenKey`] hash it. A key is already a SHA-256 or keyed
-/// SipHash-128 output, which no one outside the process can aim: foldhash (seeded per
-/// process) is enough to spread them, and cheaper than std's SipHash.
+/// SipHash-128 output, uniform: foldhash spreads them at a fraction of std's SipHash cost,
+/// and its per-process seed keeps a stranger who can compute a key (a SHA-256) from aiming
+/// it at a bucket.
 pub(crate) type KeyHasher = foldhash::fast::RandomState;
 
 /// A map by [`TokenKey`].

@@ -138,7 +138,8 @@ where
                         .take()
                         .filter(|_| !answer.by_policy && answer.verdict.is_anonymous())
                         .map(Box::new);
-                    let served = Served::beside(id6, answer.verdict, lifeline);
+                    // `lifeline` was taken when the request arrived.
+                    let served = Served::new(id6, answer.verdict, Some(lifeline));
                     request.extensions_mut().insert(served);
                     let kept = rejection::keep(&request);
                     state.set(State::Called {

@@ -36,12 +36,6 @@ impl Served {
             hook: id6.rejection_hook().cloned(),
         }
     }
-
-    /// [`new`](Self::new), as `id6` serves it, after a miss: `lifeline` was taken when the
-    /// request arrived.
-    pub(crate) fn beside(id6: &Id6, verdict: Authentication, lifeline: Lifeline) -> Self {
-        Served::new(id6, verdict, Some(lifeline))
-    }
 }
 
 impl Authentication {

@@ -248,6 +248,8 @@ impl Resolver {
             },
             max_age,
         );
+        // Computed past the front only (with a second level, a SHA-256).
+        let key = || key.unwrap_or_else(|| inner.keying.key_beside(&hot, raw));
         if let Some(hit) = hit {
             let outcome = match hit.verdict {
                 Authentication::Authenticated(_) => LookupOutcome::Hit,
@@ -255,10 +257,7 @@ impl Resolver {
             };
             inner.telemetry.lookup(outcome);
             if hit.refresh {
-                self.refresh(
-                    key.unwrap_or_else(|| inner.keying.key_beside(&hot, raw)),
-                    raw,
-                );
+                self.refresh(key(), raw);
             }
             return Lookup::Ready {
                 verdict: hit.verdict,
@@ -268,19 +267,15 @@ impl Resolver {
         if !shaped {
             return self.refuse_shape(from_cookie);
         }
-        let key = key.unwrap_or_else(|| inner.keying.key_beside(&hot, raw));
-        self.miss(key, raw, from_cookie, headers, extensions, max_age)
+        self.miss(key(), raw, from_cookie, headers, extensions, max_age)
     }
 
     /// A value that cannot be an id6 token (too long, or not three dot-separated parts with
-    /// a signature of HS256's length).
+    /// a signature of HS256's length): refused as the screen refuses a shape.
     #[cold]
     fn refuse_shape(&self, from_cookie: bool) -> Lookup {
-        self.refuse(
-            "not an id6 token",
-            TokenRejection::InvalidToken,
-            from_cookie,
-        )
+        let shape = jwt::Refusal::Shape;
+        self.refuse(shape.as_str(), shape.as_rejection(), from_cookie)
     }
 
     /// What id6 would answer for a token refused locally, without asking it.

@@ -17,21 +17,18 @@ use crate::error::TokenRejection;
 use crate::token::{KeyHasher, TokenKey};
 use crate::user::{Authentication, User};
 
-/// moka's default is SipHash: see [`KeyHasher`].
-type Hasher = KeyHasher;
-
 /// The local tiers. Each entry carries when it was stored, by the handle's [`Clock`],
 /// which decides expiry; moka's TTLs (the same lengths) only free the memory.
 #[derive(Clone)]
 pub(super) struct Entries {
     /// Read before `users` and `rejected`; holds only entries they hold (see [`Front`]).
     front: Arc<Front>,
-    users: Cache<TokenKey, Arc<Cached>, Hasher>,
+    users: Cache<TokenKey, Arc<Cached>, KeyHasher>,
     /// Rejected tokens, with id6's reason and when.
-    rejected: Cache<TokenKey, Arc<Cached>, Hasher>,
+    rejected: Cache<TokenKey, Arc<Cached>, KeyHasher>,
     /// With [`OnUnavailable::Stale`]: users kept for the grace window past their TTL, served
     /// only when id6 cannot be asked. Invalidated with the rest.
-    stale: Option<Cache<TokenKey, (Arc<User>, Stamp), Hasher>>,
+    stale: Option<Cache<TokenKey, (Arc<User>, Stamp), KeyHasher>>,
     cache_ttl: Duration,
     negative_ttl: Duration,
     /// TTL plus the stale grace window.
@@ -51,7 +48,7 @@ impl Entries {
         let front = Arc::new(Front::new(settings.max_capacity));
         // Whatever moka lets go of leaves the front too, whatever the cause: what it drops on
         // its own (room, age), what an insert replaced (told on the inserting thread, within
-        // `insert`: `replace` relies on it), and what it removed, which the removals below
+        // `insert`: `insert` below relies on it), and what it removed, which the removals below
         // also let go of at once. After a clear, moka's `get` may still return an entry from
         // before it while a new one for its key is being inserted; that old entry, put in
         // front by a hit, leaves it here too. A second `let_go` is harmless.
@@ -64,19 +61,19 @@ impl Entries {
                 .max_capacity(settings.max_capacity)
                 .time_to_live(settings.cache_ttl)
                 .eviction_listener(leaves_front(&front))
-                .build_with_hasher(Hasher::default()),
+                .build_with_hasher(KeyHasher::default()),
             // Rejected tokens are what a stranger can mint at will: bounded the same way.
             rejected: Cache::builder()
                 .max_capacity(settings.max_capacity)
                 .time_to_live(settings.negative_ttl)
                 .eviction_listener(leaves_front(&front))
-                .build_with_hasher(Hasher::default()),
+                .build_with_hasher(KeyHasher::default()),
             front,
             stale: stale_ttl.map(|ttl| {
                 Cache::builder()
                     .max_capacity(settings.max_capacity)
                     .time_to_live(ttl)
-                    .build_with_hasher(Hasher::default())
+                    .build_with_hasher(KeyHasher::default())
             }),
             cache_ttl: settings.cache_ttl,
             negative_ttl: settings.negative_ttl,
@@ -251,18 +248,6 @@ impl Entries {
         }
     }
 
-    /// Puts `cached` in `tier` for `key`. The entry it replaces leaves the front through
-    /// the eviction listener, which moka calls on this thread within `insert` (cause
-    /// `Replaced`); fills and removals are serialized by the marks' lock.
-    fn replace(
-        &self,
-        tier: &Cache<TokenKey, Arc<Cached>, Hasher>,
-        key: TokenKey,
-        cached: Arc<Cached>,
-    ) {
-        tier.insert(key, cached);
-    }
-
     pub(super) fn contains_key(&self, key: &TokenKey) -> bool {
         self.users.contains_key(key)
             || self.rejected.contains_key(key)
@@ -285,7 +270,10 @@ impl Entries {
                 if let Some(stale) = &self.stale {
                     stale.insert(key, (user.clone(), now));
                 }
-                self.replace(&self.users, key, Cached::new(Said::User(user), now));
+                // The entry this replaces leaves the front through the eviction listener,
+                // which moka calls on this thread within `insert` (cause `Replaced`); fills
+                // and removals are serialized by the marks' lock.
+                self.users.insert(key, Cached::new(Said::User(user), now));
             }
             Authentication::Rejected(why) => {
                 self.remove_user(&key);
@@ -293,7 +281,8 @@ impl Entries {
                     stale.invalidate(&key);
                 }
                 let cached = Cached::new(Said::Rejected(why), self.clock.stamp());
-                self.replace(&self.rejected, key, cached);
+                // As a user's, above.
+                self.rejected.insert(key, cached);
             }
             // Said of no token: never a verdict on one to remember.
             Authentication::Anonymous | Authentication::Unavailable(_) => {}

@@ -8,6 +8,7 @@
 //! LOOPBACK_RUNS=5 LOOPBACK_SECS=5 cargo bench -p id6-tower-bench --bench loopback
 //! LOOPBACK_LAYERED=no-auth cargo bench -p id6-tower-bench --bench loopback
 //! LOOPBACK_LAYERED=extension cargo bench -p id6-tower-bench --bench loopback
+//! LOOPBACK_LAYERED=signed-in cargo bench -p id6-tower-bench --bench loopback
 //! ```
 //!
 //! Each run also reads the server thread's time on a core (`/proc/self/task/TID`): per
@@ -18,7 +19,9 @@
 //! hot `auth` cookie among a browser's others), `no-auth` (the id6 layer, the same cookies
 //! but `auth`: what the layer costs before any token work) or `extension` (axum's own
 //! `Extension` layer on the bare app, the same cookies: a floor for any layer that leaves a
-//! value in each request).
+//! value in each request). `signed-in` compares no bare app: the same app behind the layer
+//! on both sides, sent no cookie on one and the hot cookie among a browser's others on the
+//! other (what a signed-in request costs over an anonymous one).
 //!
 //! Traffic stays on 127.0.0.1 and every run stops after its duration.
 
@@ -50,37 +53,68 @@ fn main() {
     let stand_in = &alice.id6;
 
     let app = || Router::new().route("/", get(|| async { "ok" }));
-    let bare = serve_on_one_thread("bare", app());
     let layered_side = std::env::var("LOOPBACK_LAYERED").unwrap_or_else(|_| "hit".to_owned());
-    let (layered, cookie) = match layered_side.as_str() {
+    let request = |cookie: Option<&str>| match cookie {
+        Some(cookie) => format!("GET / HTTP/1.1\r\nhost: localhost\r\ncookie: {cookie}\r\n\r\n"),
+        None => "GET / HTTP/1.1\r\nhost: localhost\r\n\r\n".to_owned(),
+    };
+    let hot = request(Some(&alice.cookie));
+    let others = request(Some(&no_auth()));
+    // Each side: its server and the request it is sent.
+    let (bare, layered) = match layered_side.as_str() {
         "hit" => (
-            serve_on_one_thread("layered", id6.layer().layer(app())),
-            alice.cookie.clone(),
+            (serve_on_one_thread("bare", app()), hot.clone()),
+            (
+                serve_on_one_thread("layered", id6.layer().layer(app())),
+                hot,
+            ),
         ),
         "no-auth" => (
-            serve_on_one_thread("layered", id6.layer().layer(app())),
-            no_auth(),
+            (serve_on_one_thread("bare", app()), others.clone()),
+            (
+                serve_on_one_thread("layered", id6.layer().layer(app())),
+                others,
+            ),
         ),
         "extension" => (
-            serve_on_one_thread(
-                "layered",
-                app().layer(axum::Extension(std::sync::Arc::new(7_u64))),
+            (serve_on_one_thread("bare", app()), others.clone()),
+            (
+                serve_on_one_thread(
+                    "layered",
+                    app().layer(axum::Extension(std::sync::Arc::new(7_u64))),
+                ),
+                others,
             ),
-            no_auth(),
         ),
-        other => panic!("LOOPBACK_LAYERED={other}: hit, no-auth or extension"),
+        // The issue's own measure: one app behind the layer, sent no cookie on one side
+        // and the hot cookie among a browser's others on the other (each side its own
+        // server thread, both on one `Id6`): what signing in costs a request.
+        "signed-in" => (
+            (
+                serve_on_one_thread("anonymous", id6.layer().layer(app())),
+                request(None),
+            ),
+            (
+                serve_on_one_thread("signed-in", id6.layer().layer(app())),
+                hot,
+            ),
+        ),
+        other => panic!("LOOPBACK_LAYERED={other}: hit, no-auth, extension or signed-in"),
     };
-    let request = format!("GET / HTTP/1.1\r\nhost: localhost\r\ncookie: {cookie}\r\n\r\n");
+    let (base_name, measured_name) = match layered_side.as_str() {
+        "signed-in" => ("no cookie", "hot cookie"),
+        _ => ("bare", "layered"),
+    };
 
     let driver = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     // Warm both (and the cache), then alternate.
-    for server in [&bare, &layered] {
-        driver.block_on(drive(server, &request, Duration::from_millis(500)));
+    for (server, request) in [&bare, &layered] {
+        driver.block_on(drive(server, request, Duration::from_millis(500)));
     }
-    let hot = usize::from(layered_side == "hit");
+    let hot = usize::from(matches!(layered_side.as_str(), "hit" | "signed-in"));
     assert_eq!(
         stand_in.user_calls(),
         hot,
@@ -89,10 +123,10 @@ fn main() {
     println!("layered side: {layered_side}");
     let mut results: Vec<(Run, Run)> = Vec::new();
     for i in 0..runs {
-        let b = driver.block_on(drive(&bare, &request, duration));
-        let l = driver.block_on(drive(&layered, &request, duration));
+        let b = driver.block_on(drive(&bare.0, &bare.1, duration));
+        let l = driver.block_on(drive(&layered.0, &layered.1, duration));
         println!(
-            "run {}: bare {:>8.0} req/s p50 {:>5.0} µs p99 {:>5.0} µs {:>6.0} ns/req ({:>5.0} user) | layered {:>8.0} req/s p50 {:>5.0} µs p99 {:>5.0} µs {:>6.0} ns/req ({:>5.0} user) | ratio {:.3}",
+            "run {}: {base_name} {:>8.0} req/s p50 {:>5.0} µs p99 {:>5.0} µs {:>6.0} ns/req ({:>5.0} user) | {measured_name} {:>8.0} req/s p50 {:>5.0} µs p99 {:>5.0} µs {:>6.0} ns/req ({:>5.0} user) | ratio {:.3}",
             i + 1,
             b.rps, b.p50_us, b.p99_us, b.server_ns, b.user_ns, l.rps, l.p50_us, l.p99_us, l.server_ns, l.user_ns, l.rps / b.rps
         );
@@ -105,13 +139,13 @@ fn main() {
         v[v.len() / 2]
     };
     println!(
-        "\nthroughput ratio layered/bare: median {:.3} (min {:.3}, max {:.3}) over {runs} A/B runs of {secs} s, {CONNECTIONS} connections",
+        "\nthroughput ratio {measured_name} / {base_name}: median {:.3} (min {:.3}, max {:.3}) over {runs} A/B runs of {secs} s, {CONNECTIONS} connections",
         ratios[ratios.len() / 2],
         ratios[0],
         ratios[ratios.len() - 1]
     );
     println!(
-        "server thread's time on a core per request (medians): bare {:.0} ns ({:.0} in user mode), layered {:.0} ns ({:.0}); layered - bare in user mode, per run, median {:+.0} ns",
+        "server thread's time on a core per request (medians): {base_name} {:.0} ns ({:.0} in user mode), {measured_name} {:.0} ns ({:.0}); {measured_name} - {base_name} in user mode, per run, median {:+.0} ns",
         median(results.iter().map(|r| r.0.server_ns).collect()),
         median(results.iter().map(|r| r.0.user_ns).collect()),
         median(results.iter().map(|r| r.1.server_ns).collect()),
@@ -119,7 +153,7 @@ fn main() {
         median(results.iter().map(|r| r.1.user_ns - r.0.user_ns).collect()),
     );
     println!(
-        "median p50: bare {:.0} µs, layered {:.0} µs; median p99: bare {:.0} µs, layered {:.0} µs",
+        "median p50: {base_name} {:.0} µs, {measured_name} {:.0} µs; median p99: {base_name} {:.0} µs, {measured_name} {:.0} µs",
         median(results.iter().map(|r| r.0.p50_us).collect()),
         median(results.iter().map(|r| r.1.p50_us).collect()),
         median(results.iter().map(|r| r.0.p99_us).collect()),

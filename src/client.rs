@@ -194,9 +194,9 @@ impl Client {
         }
     }
 
-    /// A typed call of the Authentication API, with the user's token as id6's cookie. A
-    /// non-2xx answer becomes the matching [`Error`]. `charge` runs as for
-    /// [`authenticate`](Self::authenticate).
+    /// A typed call of the Authentication API, with the user's token as id6's cookie. A 4xx
+    /// answer in id6's JSON is id6's refusal; any other answer but a 2xx, id6 unavailable
+    /// (see [`Error`]). `charge` runs as for [`authenticate`](Self::authenticate).
     pub(crate) async fn call(
         &self,
         method: Method,
@@ -239,8 +239,10 @@ impl Client {
             error_code: Option<String>,
             error_details: Option<serde_json::Value>,
         }
-        // An unknown route answers Express's HTML 404: a wrong base URL, not a refusal.
-        if !is_json(response.headers()) {
+        // An unknown route answers Express's HTML 404: a wrong base URL, not a refusal. Nor
+        // is anything but a 4xx (a redirect, a code past 599): id6 refuses with a 4xx, and an
+        // app must not pass a stray status on to its own client.
+        if !status.is_client_error() || !is_json(response.headers()) {
             return Err(Error::new(Kind::Status(status)));
         }
         let body = self.read_json::<Body>(response).await?;

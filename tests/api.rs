@@ -226,6 +226,29 @@ async fn typed_call_errors_say_what_happened() {
 
 /// A `GET /user` answer decided before `disconnect` but arriving after it must not put the
 /// revoked user back into the cache.
+/// Only a 4xx is id6 refusing a call; JSON under any other status that is no success (a
+/// redirect, a code past 599) says nothing about the caller: id6 is unavailable, and an
+/// app answering with the error says 503, never the stray status.
+#[tokio::test]
+async fn a_stray_status_is_no_refusal() {
+    use axum::response::IntoResponse;
+    let mock = MockId6::start().await.unwrap();
+    let alice = mock.add_user("Alice", "a@example.com");
+    let token = mock.token_for(alice);
+    let id6 = common::builder(&mock).build().unwrap();
+    for code in [302, 308, 999] {
+        mock.set_fault(Fault::Status(code));
+        let err = id6.user(&headers(&token)).await.unwrap_err();
+        assert!(err.is_unavailable(), "{code}: {err}");
+        assert_eq!(err.error_code(), None, "{code}");
+        assert_eq!(
+            err.into_response().status(),
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            "{code}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_in_flight_during_disconnect_is_not_cached() {
     let s = Setup::new().await;

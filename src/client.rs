@@ -126,8 +126,14 @@ impl Client {
         };
         match response.status() {
             StatusCode::OK => {}
+            // Not id6's: its 401 always carries its error JSON. A proxy in front of it (an
+            // auth gateway, a maintenance page) answering 401 in HTML has said nothing of the
+            // token, as a typed call's HTML 4xx is no refusal either.
+            StatusCode::UNAUTHORIZED if !is_json(response.headers()) => {
+                return Authentication::Unavailable(self.unavailable(&response));
+            }
             // id6's verdict on the token: invalid, expired, revoked or user gone, by its
-            // `errorCode` (an unreadable body still is a rejection).
+            // `errorCode` (a JSON body that does not read still is a rejection).
             StatusCode::UNAUTHORIZED => {
                 #[derive(Deserialize)]
                 #[serde(rename_all = "camelCase")]

@@ -556,9 +556,11 @@ settings! {
             return Ok(None);
         }
         let attributes = b.dead_cookie_attributes.trim();
+        // Visible ASCII and spaces, as documented: a header accepts non-ASCII bytes and tabs.
+        let visible = attributes.bytes().all(|b| b == b' ' || b.is_ascii_graphic());
         HeaderValue::try_from(format!("{}=; {attributes}", b.cookie_name))
             .ok()
-            .filter(|_| attributes.len() <= limits::TEXT_BYTES)
+            .filter(|_| visible && attributes.len() <= limits::TEXT_BYTES)
             .map(Some)
             .ok_or_else(|| Error::config(s, "must be at most 1024 bytes of visible ASCII"))
     };
@@ -760,9 +762,15 @@ fn authorization(b: &Id6Builder, s: Setting) -> Result<Option<Authorization>, Er
         (Some(url), Some(Secret(secret))) => {
             let base = base_url(s, &url.0, TLS || b.http_client.is_some())?;
             let url = Endpoint(join(&base, "authorize"));
+            // Visible ASCII (spaces inside it too), as documented: a header takes other bytes
+            // (non-ASCII, a tab, white space at either end), which id6 reads as Latin-1 or
+            // trims off, so that such a secret would pass here and fail every lookup.
+            let visible = !secret.is_empty()
+                && secret.trim() == secret
+                && secret.bytes().all(|b| b == b' ' || b.is_ascii_graphic());
             let mut secret = HeaderValue::try_from(secret.as_str())
                 .ok()
-                .filter(|secret| !secret.is_empty())
+                .filter(|_| visible)
                 .ok_or_else(|| Error::config(secret_setting, "must be non-empty visible ASCII"))?;
             secret.set_sensitive(true);
             Ok(Some(Authorization { url, secret }))

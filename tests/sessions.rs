@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use http::header::COOKIE;
 use http::{HeaderMap, Request, Response};
-use id6_tower::testing::{advance_clock, freeze_clock, settle, MockId6};
+use id6_tower::testing::{advance_clock, freeze_clock, settle, Fault, MockId6};
 use id6_tower::{Id6, Profile, Session, TokenRejection, UserToken};
 use tower::{service_fn, Layer, ServiceExt};
 
@@ -142,6 +142,22 @@ async fn a_token_revoked_in_id6_alone_ends_at_its_recheck() {
     settle(&id6).await;
     assert_eq!(session.end_reason(), Some(TokenRejection::TokenRevoked));
     assert_eq!(ends_promptly(&session).await, TokenRejection::TokenRevoked);
+}
+
+/// A proxy in front of id6 (an auth gateway, a maintenance page) answering 401 in HTML has
+/// said nothing of the token: id6's own 401 always carries its error JSON. The session
+/// stays open, as when id6 is down.
+#[tokio::test]
+async fn a_proxys_html_401_at_a_recheck_ends_no_session() {
+    let ttl = Duration::from_secs(60);
+    let (mock, id6, _, token) = setup(ttl).await;
+    let session = session_for(&id6, Some(&token)).await.expect("signed in");
+
+    mock.set_fault(Fault::StatusHtml(401));
+    let calls = mock.user_calls();
+    pass(&id6, ttl * 9 / 10, 1).await;
+    assert!(mock.user_calls() > calls, "the recheck was made");
+    assert_eq!(session.end_reason(), None, "an HTML 401 ended the session");
 }
 
 #[tokio::test]

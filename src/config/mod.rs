@@ -1842,4 +1842,46 @@ mod tests {
         }
         assert!(tried >= 20, "only {tried} values tried");
     }
+
+    /// `ID6_AUTHORIZATION_SECRET` is non-empty visible ASCII, as documented: a header value
+    /// takes more (non-ASCII, which id6 reads as Latin-1 and never matches; a tab; white
+    /// space at either end, which the server trims off), and each would fail every lookup.
+    /// A space inside stays accepted.
+    #[test]
+    fn an_authorization_secret_outside_visible_ascii_is_refused() {
+        let with = |secret: &str| {
+            Id6Builder::new("http://127.0.0.1:1/api")
+                .authorization("http://127.0.0.1:1", secret)
+                .validate()
+        };
+        assert!(with("s3cret-Value_1!").is_ok() && with("two words").is_ok());
+        for secret in ["", "sécret", "a\tb", " secret", "secret "] {
+            let error = with(secret).expect_err(&format!("{secret:?} accepted"));
+            assert_eq!(error.variable(), Some("ID6_AUTHORIZATION_SECRET"));
+            if !secret.is_empty() {
+                let shown = format!("{error} {error:?}");
+                assert!(
+                    !shown.contains(secret),
+                    "the refusal shows the secret: {shown}"
+                );
+            }
+        }
+    }
+
+    /// `ID6_DEAD_COOKIE_ATTRIBUTES` is at most 1024 bytes of visible ASCII: a non-ASCII byte
+    /// or a tab would go out in `Set-Cookie`.
+    #[test]
+    fn dead_cookie_attributes_outside_visible_ascii_are_refused() {
+        let with = |attributes: &str| {
+            Id6Builder::new("http://127.0.0.1:1/api")
+                .clear_dead_cookie(true)
+                .dead_cookie_attributes(attributes)
+                .validate()
+        };
+        assert!(with("Max-Age=0; Path=/; Domain=app.example; Secure; SameSite=Lax").is_ok());
+        for attributes in ["Max-Age=0; Path=/café", "Max-Age=0;\tPath=/"] {
+            let error = with(attributes).expect_err(&format!("{attributes:?} accepted"));
+            assert_eq!(error.variable(), Some("ID6_DEAD_COOKIE_ATTRIBUTES"));
+        }
+    }
 }

@@ -53,7 +53,7 @@
 //! | a malformed cookie (refused locally, as id6 would) | `Rejected(InvalidToken)` | `None` | 401 `invalid_token` | id6 not asked |
 //! | 200 with a user | `Authenticated(Arc<User>)` | `Some(user)` | the user | `ID6_CACHE_TTL` (60 s) |
 //! | 401 `invalid_token`, `token_expired`, `token_revoked`, `user_not_found` | `Rejected(..)`, id6's reason | `None` | 401 with id6's `errorCode` | `ID6_NEGATIVE_TTL` (5 s), reason included |
-//! | down, timeout, 5xx, 429, not JSON, over 64 KiB, caller over its miss budget | `Unavailable(Error)` | 503 + `Retry-After` | 503 + `Retry-After` | never |
+//! | down, timeout, 5xx, 429, not JSON (a 401 too: a proxy's page, not id6's verdict), over 64 KiB, caller over its miss budget | `Unavailable(Error)` | 503 + `Retry-After` | 503 + `Retry-After` | never |
 //!
 //! A rejected token is answered in id6's own words, from a miss and from the negative cache
 //! alike: after `disconnect`, the app says `token_revoked` as id6 does. Handlers that do not ask

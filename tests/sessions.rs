@@ -5,6 +5,7 @@
 //! [`advance_clock`], and [`settle`] waits for the rechecks it made due.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::COOKIE;
@@ -158,6 +159,50 @@ async fn a_proxys_html_401_at_a_recheck_ends_no_session() {
     pass(&id6, ttl * 9 / 10, 1).await;
     assert!(mock.user_calls() > calls, "the recheck was made");
     assert_eq!(session.end_reason(), None, "an HTML 401 ended the session");
+}
+
+/// A request served from the cache while another task evicts its token: the eviction
+/// came after the verdict (the hit found the entry), so the session the request opens
+/// ends, however the two interleave. Racy by nature: many rounds, on two worker threads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_opened_on_a_hit_racing_an_eviction_ends() {
+    let mock = MockId6::start().await.unwrap();
+    let alice = mock.add_user("Alice", "alice@example.com");
+    let token = mock.token_for(alice);
+    let id6 = Id6::builder(mock.url()).build().unwrap();
+    let (mut hits, mut missed) = (0, 0);
+    for _ in 0..4_000 {
+        id6.authenticate(&headers(&token)).await;
+        let hits_before = id6.stats().hits;
+        let go = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let evict = tokio::spawn({
+            let (id6, go, token) = (id6.clone(), go.clone(), token.clone());
+            async move {
+                while !go.load(std::sync::atomic::Ordering::Acquire) {
+                    std::hint::spin_loop();
+                }
+                id6.invalidate_token(&headers(&token));
+            }
+        });
+        go.store(true, std::sync::atomic::Ordering::Release);
+        let session = session_for(&id6, Some(&token)).await;
+        evict.await.unwrap();
+        if id6.stats().hits == hits_before + 1 {
+            hits += 1;
+            let session = session.expect("a hit names Alice");
+            if tokio::time::timeout(PROMPTLY, session.ended())
+                .await
+                .is_err()
+            {
+                missed += 1;
+            }
+        }
+    }
+    assert!(hits > 0, "no round was a hit");
+    assert_eq!(
+        missed, 0,
+        "{missed} of {hits} hits opened a session the eviction never ended"
+    );
 }
 
 #[tokio::test]

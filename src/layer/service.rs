@@ -84,10 +84,11 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        let lookup =
-            self.id6
-                .resolver()
-                .lookup(request.headers(), Some(request.extensions()), self.max_age);
+        let resolver = self.id6.resolver();
+        // Read before the lookup, for a `Session`: an eviction after a hit found its entry
+        // then counts as one since the verdict.
+        let generation = resolver.generation();
+        let lookup = resolver.lookup(request.headers(), Some(request.extensions()), self.max_age);
         match lookup {
             Lookup::NoToken => {
                 let served = Served::new(&self.id6, Authentication::Anonymous, None);
@@ -102,7 +103,9 @@ where
                 let clear = (from_cookie && verdict.is_anonymous())
                     .then(|| self.id6.dead_cookie().cloned())
                     .flatten();
-                let lifeline = verdict.user_arc().map(|_| Lifeline::new(&self.id6));
+                let lifeline = verdict
+                    .user_arc()
+                    .map(|_| Lifeline::new(&self.id6, generation));
                 let served = Served::new(&self.id6, verdict, lifeline);
                 request.extensions_mut().insert(served);
                 ResponseFuture::called(&mut self.inner, request, clear)
@@ -116,7 +119,7 @@ where
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);
                 let dead_cookie = self.id6.dead_cookie().filter(|_| from_cookie).cloned();
-                let lifeline = Lifeline::new(&self.id6);
+                let lifeline = Lifeline::new(&self.id6, generation);
                 let id6 = self.id6.clone();
                 ResponseFuture::resolving(pending, inner, request, dead_cookie, id6, lifeline)
             }

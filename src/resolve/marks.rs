@@ -77,6 +77,11 @@ impl Marks {
         self.generation.load(Ordering::SeqCst)
     }
 
+    /// The next generation, for an eviction whose entries are gone already: a reader of the
+    /// generation (a request, before its lookup) that sees the old one may have found them;
+    /// one that sees the new one came after they were gone. Bumped first, a request could
+    /// read the new generation, still find an entry, and never learn of its eviction.
+    /// Fills take the coherence lock, as evictions do, so the order there is no matter.
     fn bump(&self) -> u64 {
         self.generation.fetch_add(1, Ordering::SeqCst) + 1
     }
@@ -256,10 +261,10 @@ impl Marks {
     /// in flight stores its answer.
     pub(super) fn invalidate_token(&self, entries: &Entries, key: &TokenKey, signed_out: bool) {
         let mut coherence = lock(&self.coherence);
+        entries.invalidate(key);
         let generation = self.bump();
         let now = entries.clock.now();
         coherence.tokens.insert(*key, (generation, now, signed_out));
-        entries.invalidate(key);
         self.bound(entries, &mut coherence);
     }
 
@@ -275,13 +280,13 @@ impl Marks {
     /// Marks a user (no load of theirs already in flight stores its answer) and evicts every
     /// cached token of theirs; whether this is the user's first live mark, for the count.
     fn revoke_keys_of(&self, entries: &Entries, owner: &mut UserKeys) -> bool {
+        for key in owner.keys.drain(..) {
+            entries.invalidate(&key);
+        }
         let first_mark = owner
             .invalidated
             .replace((self.bump(), entries.clock.now()))
             .is_none();
-        for key in owner.keys.drain(..) {
-            entries.invalidate(&key);
-        }
         owner.pruned_to = 0;
         first_mark
     }
@@ -289,11 +294,11 @@ impl Marks {
     /// Forgets everything; no load in flight will store its answer.
     pub(super) fn clear(&self, entries: &Entries) {
         let mut coherence = lock(&self.coherence);
+        entries.invalidate_all();
         coherence.cleared_at = self.bump();
         coherence.users.clear();
         coherence.tokens.clear();
         coherence.user_marks = 0;
-        entries.invalidate_all();
     }
 
     /// Token marks and users in the index.

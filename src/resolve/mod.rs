@@ -719,7 +719,9 @@ impl Resolver {
         self.inner.local.lives().end(key, why);
     }
 
-    /// The cache's generation now (bumped by every eviction), for [`watch`](Self::watch).
+    /// The cache's generation now (bumped by every eviction once its entries are gone), for
+    /// [`watch`](Self::watch): read before a lookup, any eviction that could still find the
+    /// lookup's entry bumps it later.
     #[inline]
     pub(crate) fn generation(&self) -> u64 {
         self.inner.local.generation()

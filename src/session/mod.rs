@@ -47,11 +47,13 @@ pub(crate) struct Lifeline {
 }
 
 impl Lifeline {
-    /// For a verdict `id6` gave just now.
+    /// For a verdict `id6` gave a request that arrived when its cache stood at `generation`
+    /// (read before the lookup: an eviction after it, and so any eviction after a hit,
+    /// reaches the session).
     #[inline]
-    pub(crate) fn new(id6: &Id6) -> Self {
+    pub(crate) fn new(id6: &Id6, generation: u64) -> Self {
         Lifeline {
-            generation: id6.resolver().generation(),
+            generation,
             reach: id6.reach(),
         }
     }
@@ -120,12 +122,11 @@ impl Session {
     }
 
     /// Resolves when the token stops being good, with why: `SignedOut` after
-    /// [`sign_out`](crate::Id6::sign_out) on this instance (id6 still accepts the token; the
+    /// [`sign_out`](crate::Id6::sign_out) (on this instance or, through Redis, another one,
+    /// also between the layer's answer and this session; id6 still accepts the token: the
     /// app let go of it); id6's reason when id6 refused it (`TokenRevoked` after a
-    /// `disconnect`); `TokenRevoked` too for a token evicted by itself whose eviction carries
-    /// no reason (`invalidate_token`; a sign-out on another instance through Redis, or one
-    /// made between the layer's answer and this session). Never resolves while the token
-    /// lives.
+    /// `disconnect`); `TokenRevoked` too for a token evicted by itself with no reason given
+    /// (`invalidate_token`). Never resolves while the token lives.
     pub fn ended(&self) -> impl Future<Output = TokenRejection> + Send + 'static {
         let watcher = self.watcher.clone();
         async move { watcher.ended().await }

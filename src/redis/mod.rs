@@ -142,7 +142,7 @@ const CLEAR_WITHIN: Duration = Duration::from_secs(10);
 /// differ by this much. The seal proves who wrote an entry, not when; its sealed expiry
 /// bounds how long a Redis writer who copied it can put it back (after a revocation, say):
 /// until it would have expired anyway. Ages still come from Redis's own clock (`PTTL`):
-/// this only ever refuses.
+/// this only ever refuses, or makes an entry older (its local copy ends by then too).
 const CLOCK_SKEW_MS: u64 = 10_000;
 
 /// What the shared tier counted since start.
@@ -488,11 +488,18 @@ impl Redis {
         };
         // An entry's age is its lifetime less what Redis has left of it. No expiry (-1),
         // more left than its lifetime, or past its sealed expiry: put back or altered by a
-        // writer (a replay), refused as an entry that does not open.
+        // writer (a replay), refused as an entry that does not open. And never younger than
+        // its sealed expiry (with the clocks' allowance) says: the local copy ends by then,
+        // or a replay with its whole lifetime left just before that bound would be served
+        // for another TTL past it.
+        let sealed_left = until.saturating_add(CLOCK_SKEW_MS).checked_sub(now_ms());
         let age = u64::try_from(left_ms)
             .ok()
             .and_then(|left| lifetime.checked_sub(Duration::from_millis(left)))
-            .filter(|_| now_ms() <= until.saturating_add(CLOCK_SKEW_MS));
+            .zip(sealed_left)
+            .map(|(age, sealed_left)| {
+                age.max(lifetime.saturating_sub(Duration::from_millis(sealed_left)))
+            });
         let Some(age) = age else {
             self.counters.unopened.fetch_add(1, Ordering::Relaxed);
             tracing::debug!("a shared entry of no credible age (replayed?): a miss");

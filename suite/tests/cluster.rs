@@ -2129,3 +2129,76 @@ async fn a_replayed_entry_is_not_served_past_its_sealed_expiry() {
         fresh.stats()
     );
 }
+
+/// A revocation finds a user's shared entries through the user's set, which must live as
+/// long as every entry it names. A slow load that began before a quick one but stores after
+/// it used to cut the set's expiry to its own (shorter) one: once the set expired, a
+/// revocation found nothing to delete, and the quick load's entry went on naming the
+/// revoked user to every instance until it expired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_store_does_not_hide_a_users_entries_from_a_revocation() {
+    let Some(redis) = redis_or_skip().await else {
+        return;
+    };
+    let mock = MockId6::start().await.unwrap();
+    let prefix = format!("id6-test-set-{}:", std::process::id());
+    let ttl = Duration::from_secs(4);
+    let held_for = Duration::from_secs(2);
+    let builder = || {
+        Id6::builder(mock.url())
+            .redis(redis.url())
+            .redis_prefix(&prefix)
+            .redis_timeout(Duration::from_millis(500))
+            .timeout(Duration::from_secs(5))
+            .cache_ttl(ttl)
+            .refresh_after(None::<Duration>)
+    };
+    // S asks `GET /user` (which the mock can hold); F asks `/authorize` (never held).
+    let slow = App::serving(builder().build().unwrap()).await;
+    let fast = builder()
+        .authorization(mock.authorization_url(), mock.authorization_secret())
+        .build()
+        .unwrap();
+    redis.until_subscribed(2).await;
+    let alice = mock.add_user("Alice", "a@example.com");
+    let issued = common::now_ms() - 10;
+    let (laptop, phone) = (
+        mock.token_issued_at(alice, issued),
+        mock.token_issued_at(alice, issued - 1),
+    );
+    let headers = |token: &str| {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("cookie", format!("auth={token}").parse().unwrap());
+        headers
+    };
+
+    // S's load of the phone begins, and is held; F shares the laptop meanwhile, later.
+    let mut loads_began = None;
+    let during = async {
+        loads_began = Some(Instant::now());
+        tokio::time::sleep(held_for).await;
+        assert!(fast.authenticate(&headers(&laptop)).await.user().is_some());
+        assert!(
+            !redis.get(&entry_of(&prefix, &laptop)).is_empty(),
+            "F shared the laptop"
+        );
+    };
+    assert_eq!(
+        common::while_held(&mock, &slow.base, &phone, during).await,
+        "Hello, Alice!"
+    );
+    let loads_began = loads_began.unwrap();
+
+    // Past the phone's entry's expiry (a TTL after its load began), within the laptop's.
+    tokio::time::sleep_until((loads_began + ttl + Duration::from_millis(300)).into()).await;
+    fast.disconnect(&UserToken::new(&laptop).unwrap())
+        .await
+        .unwrap();
+    let fresh = builder().build().unwrap();
+    assert!(
+        fresh.authenticate(&headers(&laptop)).await.user().is_none(),
+        "a revocation left the laptop's shared entry: served to an instance that never saw \
+         it ({:?})",
+        fresh.stats()
+    );
+}

@@ -57,6 +57,10 @@ use crate::user::{Authentication, User};
 /// KEYS (one user's hash tag, so one slot): the entry, the user's revocation mark, the
 /// user's set of entries. ARGV: the value, its expiry (ms), how long ago (ms, at most) the
 /// load began, the entry's token key (hex).
+///
+/// The set's expiry is only ever lengthened: it must outlive every entry it names, or a
+/// revocation after it expired would find none of them. A store whose load began earlier
+/// than another's but ends later has less left, and cut it short before.
 const STORE_USER: &str = r"
 local mark = redis.call('GET', KEYS[2])
 if mark then
@@ -65,7 +69,9 @@ if mark then
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('SADD', KEYS[3], ARGV[4])
-redis.call('PEXPIRE', KEYS[3], ARGV[2])
+if redis.call('PTTL', KEYS[3]) < tonumber(ARGV[2]) then
+  redis.call('PEXPIRE', KEYS[3], ARGV[2])
+end
 return 1
 ";
 

@@ -57,6 +57,10 @@ use crate::user::{Authentication, User};
 /// KEYS (one user's hash tag, so one slot): the entry, the user's revocation mark, the
 /// user's set of entries. ARGV: the value, its expiry (ms), how long ago (ms, at most) the
 /// load began, the entry's token key (hex).
+///
+/// The set's expiry is only ever lengthened: it must outlive every entry it names, or a
+/// revocation after it expired would find none of them. A store whose load began earlier
+/// than another's but ends later has less left, and cut it short before.
 const STORE_USER: &str = r"
 local mark = redis.call('GET', KEYS[2])
 if mark then
@@ -65,7 +69,9 @@ if mark then
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('SADD', KEYS[3], ARGV[4])
-redis.call('PEXPIRE', KEYS[3], ARGV[2])
+if redis.call('PTTL', KEYS[3]) < tonumber(ARGV[2]) then
+  redis.call('PEXPIRE', KEYS[3], ARGV[2])
+end
 return 1
 ";
 
@@ -142,7 +148,7 @@ const CLEAR_WITHIN: Duration = Duration::from_secs(10);
 /// differ by this much. The seal proves who wrote an entry, not when; its sealed expiry
 /// bounds how long a Redis writer who copied it can put it back (after a revocation, say):
 /// until it would have expired anyway. Ages still come from Redis's own clock (`PTTL`):
-/// this only ever refuses.
+/// this only ever refuses, or makes an entry older (its local copy ends by then too).
 const CLOCK_SKEW_MS: u64 = 10_000;
 
 /// What the shared tier counted since start.
@@ -488,11 +494,18 @@ impl Redis {
         };
         // An entry's age is its lifetime less what Redis has left of it. No expiry (-1),
         // more left than its lifetime, or past its sealed expiry: put back or altered by a
-        // writer (a replay), refused as an entry that does not open.
+        // writer (a replay), refused as an entry that does not open. And never younger than
+        // its sealed expiry (with the clocks' allowance) says: the local copy ends by then,
+        // or a replay with its whole lifetime left just before that bound would be served
+        // for another TTL past it.
+        let sealed_left = until.saturating_add(CLOCK_SKEW_MS).checked_sub(now_ms());
         let age = u64::try_from(left_ms)
             .ok()
             .and_then(|left| lifetime.checked_sub(Duration::from_millis(left)))
-            .filter(|_| now_ms() <= until.saturating_add(CLOCK_SKEW_MS));
+            .zip(sealed_left)
+            .map(|(age, sealed_left)| {
+                age.max(lifetime.saturating_sub(Duration::from_millis(sealed_left)))
+            });
         let Some(age) = age else {
             self.counters.unopened.fetch_add(1, Ordering::Relaxed);
             tracing::debug!("a shared entry of no credible age (replayed?): a miss");

@@ -2066,3 +2066,139 @@ async fn a_replayed_entry_does_not_revive_a_revoked_token() {
         (1, 1)
     );
 }
+
+/// A replayed entry is taken only until its sealed expiry (plus the clocks' allowance), and
+/// so must its local copy be: a Redis writer who copied a token's sealed entry puts it back
+/// just before that bound with its whole lifetime left (`PX` = the TTL, an age of zero by
+/// Redis's clock); the instance that reads it must not keep serving the revoked token past
+/// the bound for another whole TTL from its own cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_entry_is_not_served_past_its_sealed_expiry() {
+    let Some(redis) = redis_or_skip().await else {
+        return;
+    };
+    let mock = MockId6::start().await.unwrap();
+    let prefix = format!("id6-test-replay-late-{}:", std::process::id());
+    let ttl = Duration::from_secs(4);
+    let instance = || {
+        Id6::builder(mock.url())
+            .redis(redis.url())
+            .redis_prefix(&prefix)
+            .redis_timeout(Duration::from_millis(500))
+            .timeout(Duration::from_secs(2))
+            .cache_ttl(ttl)
+            .refresh_after(None::<Duration>)
+            .build()
+            .unwrap()
+    };
+    let a = instance();
+    let alice = mock.add_user("Alice", "a@example.com");
+    let token = mock.token_issued_at(alice, common::now_ms() - 10);
+    let mut headers = http::HeaderMap::new();
+    headers.insert("cookie", format!("auth={token}").parse().unwrap());
+
+    // A shares its answer; its sealed expiry is at most a TTL after A answered.
+    assert!(a.authenticate(&headers).await.user().is_some());
+    let answered = Instant::now();
+    let entry = entry_of(&prefix, &token);
+    let copied = redis.get(&entry);
+    assert!(!copied.is_empty(), "A shared its answer");
+    a.disconnect(&UserToken::new(&token).unwrap())
+        .await
+        .unwrap();
+
+    // Put back late (still within the 10 s allowed for the instances' clocks), with its
+    // whole lifetime left: a fresh instance takes it, as the README says it may.
+    let sealed_expiry = answered + ttl;
+    tokio::time::sleep_until((sealed_expiry + Duration::from_millis(8_500)).into()).await;
+    redis.set(&entry, &copied, ttl.as_millis() as u64);
+    let fresh = instance();
+    // Subscribed before it caches anything (a late first subscription clears the cache).
+    redis.until_subscribed(2).await;
+    assert!(
+        fresh.authenticate(&headers).await.user().is_some(),
+        "the replay was not taken at all (a slow machine?): nothing to check"
+    );
+
+    // Past the bound (sealed expiry + 10 s), the revoked token is served no more.
+    tokio::time::sleep_until((sealed_expiry + Duration::from_millis(10_300)).into()).await;
+    assert!(
+        fresh.authenticate(&headers).await.user().is_none(),
+        "a replayed entry's local copy served a revoked token past its sealed expiry \
+         (and the clocks' allowance): {:?}",
+        fresh.stats()
+    );
+}
+
+/// A revocation finds a user's shared entries through the user's set, which must live as
+/// long as every entry it names. A slow load that began before a quick one but stores after
+/// it used to cut the set's expiry to its own (shorter) one: once the set expired, a
+/// revocation found nothing to delete, and the quick load's entry went on naming the
+/// revoked user to every instance until it expired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_store_does_not_hide_a_users_entries_from_a_revocation() {
+    let Some(redis) = redis_or_skip().await else {
+        return;
+    };
+    let mock = MockId6::start().await.unwrap();
+    let prefix = format!("id6-test-set-{}:", std::process::id());
+    let ttl = Duration::from_secs(4);
+    let held_for = Duration::from_secs(2);
+    let builder = || {
+        Id6::builder(mock.url())
+            .redis(redis.url())
+            .redis_prefix(&prefix)
+            .redis_timeout(Duration::from_millis(500))
+            .timeout(Duration::from_secs(5))
+            .cache_ttl(ttl)
+            .refresh_after(None::<Duration>)
+    };
+    // S asks `GET /user` (which the mock can hold); F asks `/authorize` (never held).
+    let slow = App::serving(builder().build().unwrap()).await;
+    let fast = builder()
+        .authorization(mock.authorization_url(), mock.authorization_secret())
+        .build()
+        .unwrap();
+    redis.until_subscribed(2).await;
+    let alice = mock.add_user("Alice", "a@example.com");
+    let issued = common::now_ms() - 10;
+    let (laptop, phone) = (
+        mock.token_issued_at(alice, issued),
+        mock.token_issued_at(alice, issued - 1),
+    );
+    let headers = |token: &str| {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("cookie", format!("auth={token}").parse().unwrap());
+        headers
+    };
+
+    // S's load of the phone begins, and is held; F shares the laptop meanwhile, later.
+    let mut loads_began = None;
+    let during = async {
+        loads_began = Some(Instant::now());
+        tokio::time::sleep(held_for).await;
+        assert!(fast.authenticate(&headers(&laptop)).await.user().is_some());
+        assert!(
+            !redis.get(&entry_of(&prefix, &laptop)).is_empty(),
+            "F shared the laptop"
+        );
+    };
+    assert_eq!(
+        common::while_held(&mock, &slow.base, &phone, during).await,
+        "Hello, Alice!"
+    );
+    let loads_began = loads_began.unwrap();
+
+    // Past the phone's entry's expiry (a TTL after its load began), within the laptop's.
+    tokio::time::sleep_until((loads_began + ttl + Duration::from_millis(300)).into()).await;
+    fast.disconnect(&UserToken::new(&laptop).unwrap())
+        .await
+        .unwrap();
+    let fresh = builder().build().unwrap();
+    assert!(
+        fresh.authenticate(&headers(&laptop)).await.user().is_none(),
+        "a revocation left the laptop's shared entry: served to an instance that never saw \
+         it ({:?})",
+        fresh.stats()
+    );
+}

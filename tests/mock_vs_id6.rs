@@ -29,11 +29,15 @@ fn http_date_s(date: &str) -> u64 {
     ];
     let month = months.iter().position(|m| *m == parts[2]).expect("a month") + 1;
     let rfc3339 = format!("{}-{month:02}-{}T{}Z", parts[3], parts[1], parts[4]);
-    humantime::parse_rfc3339(&rfc3339)
+    let secs = humantime::parse_rfc3339(&rfc3339)
         .unwrap()
         .duration_since(UNIX_EPOCH)
         .unwrap()
-        .as_secs()
+        .as_secs();
+    // 1970-01-01 was a Thursday.
+    let weekday = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][(secs / 86_400 % 7) as usize];
+    assert_eq!(parts[0], format!("{weekday},"), "{date:?}");
+    secs
 }
 
 async fn body_json(answer: reqwest::Response) -> Value {

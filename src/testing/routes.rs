@@ -1,6 +1,7 @@
 //! id6's routes as the real servers answer them, bodies written by hand from `id6.md`.
 
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, State as AxumState};
@@ -55,8 +56,8 @@ fn caller(state: &State, headers: &HeaderMap, path: &str) -> Caller {
     };
     match state.verify(&token) {
         Ok(id) if state.user_json(id).is_some() => Caller::User(id),
-        Ok(_) => Caller::Refused(refused(path, "user_not_found", "User not found")),
-        Err(refusal) => Caller::Refused(refused(path, refusal.code, refusal.message)),
+        Ok(_) => Caller::Refused(refused(state, path, "user_not_found", "User not found")),
+        Err(refusal) => Caller::Refused(refused(state, path, refusal.code, refusal.message)),
     }
 }
 
@@ -77,18 +78,45 @@ fn signed_in(state: &State, headers: &HeaderMap, path: &str) -> Result<u64, Resp
     }
 }
 
-fn refused(path: &str, code: &str, message: &str) -> Response<Body> {
+fn refused(state: &State, path: &str, code: &str, message: &str) -> Response<Body> {
     let mut response = error(StatusCode::UNAUTHORIZED, path, message, Some(code), None);
     response
         .headers_mut()
-        .insert(header::SET_COOKIE, clearing_cookie());
+        .insert(header::SET_COOKIE, clearing_cookie(state));
     response
 }
 
-fn clearing_cookie() -> HeaderValue {
-    HeaderValue::from_static(
-        "auth=; Max-Age=0; Path=/; Expires=Thu, 01 Jan 1970 00:00:00 GMT; HttpOnly",
-    )
+/// id6's clearing cookie: `Expires` is the time of the answer (id6's clock), not 1970.
+fn clearing_cookie(state: &State) -> HeaderValue {
+    let cookie = format!(
+        "auth=; Max-Age=0; Path=/; Expires={}; HttpOnly",
+        http_date(state.now())
+    );
+    HeaderValue::try_from(cookie)
+        .unwrap_or_else(|_| HeaderValue::from_static("auth=; Max-Age=0; Path=/; HttpOnly"))
+}
+
+/// An IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`), as Express writes a cookie's `Expires`.
+fn http_date(t: SystemTime) -> String {
+    const WEEKDAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let secs = t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    // 1970-01-01 was a Thursday.
+    let weekday = WEEKDAYS[usize::try_from(secs / 86_400 % 7).unwrap_or(0)];
+    // `1994-11-06T08:49:37Z`, taken apart.
+    let rfc3339 =
+        humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string();
+    let year = rfc3339.get(..4).unwrap_or("1970");
+    let month = rfc3339
+        .get(5..7)
+        .and_then(|m| m.parse::<usize>().ok())
+        .unwrap_or(1);
+    let day = rfc3339.get(8..10).unwrap_or("01");
+    let time = rfc3339.get(11..19).unwrap_or("00:00:00");
+    let month = MONTHS[month.clamp(1, 12) - 1];
+    format!("{weekday}, {day} {month} {year} {time} GMT")
 }
 
 /// `GET /user`: `null` without a cookie, the user, or 401 with id6's clearing cookie.
@@ -233,7 +261,7 @@ async fn disconnect(AxumState(state): Shared, headers: HeaderMap) -> Response<Bo
     let mut response = no_content();
     response
         .headers_mut()
-        .insert(header::SET_COOKIE, clearing_cookie());
+        .insert(header::SET_COOKIE, clearing_cookie(&state));
     response
 }
 
@@ -245,7 +273,7 @@ async fn sign_out(AxumState(state): Shared, headers: HeaderMap) -> Response<Body
     let mut response = no_content();
     response
         .headers_mut()
-        .insert(header::SET_COOKIE, clearing_cookie());
+        .insert(header::SET_COOKIE, clearing_cookie(&state));
     response
 }
 

@@ -320,12 +320,17 @@ struct SignInForm {
 }
 
 /// `POST /auth/login`: sets the cookie as id6 does, then returns the browser to `redirect`,
-/// which must be on the allow-list (never an open redirect).
+/// which must be on the allow-list (never an open redirect). A bad cookie is refused first,
+/// as on every route of id6's authentication server.
 async fn sign_in(
     AxumState(state): Shared,
+    headers: HeaderMap,
     axum::Form(form): axum::Form<SignInForm>,
 ) -> Response<Body> {
     const PATH: &str = "/auth/login";
+    if let Caller::Refused(response) = caller(&state, &headers, PATH) {
+        return response;
+    }
     let redirect = form.redirect.as_deref().unwrap_or("/");
     let Some(redirect) = state.redirect_target(redirect) else {
         return error(

@@ -278,6 +278,14 @@ impl State {
         )
         .map_err(|_| invalid())?
         .claims;
+        // id6's JWT library checks `exp` when there is one (seconds; past once now >= exp,
+        // not a number: invalid), and id6 answers `invalid_token` either way.
+        if let Some(exp) = claims.get("exp") {
+            let now_s = self.now_ms() / 1000;
+            if exp.as_f64().is_none_or(|exp| now_s as f64 >= exp) {
+                return Err(invalid());
+            }
+        }
         // id6 trusts odd payloads: `userId` as a string, no `issuedAt` (never expires).
         let user_id = match &claims["userId"] {
             Value::Number(n) => n.as_u64(),

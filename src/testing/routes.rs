@@ -489,8 +489,17 @@ fn no_content() -> Response<Body> {
     response
 }
 
+/// JSON as Express's `res.json` sends it: with a weak `ETag` of the body (the server answers
+/// a matching `If-None-Match` with 304).
 pub(super) fn json_response(status: StatusCode, body: String) -> Response<Body> {
-    with_type(status, "application/json; charset=utf-8", body)
+    let digest = Sha256::digest(body.as_bytes());
+    let hash: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    let etag = HeaderValue::try_from(format!("W/\"{:x}-{hash}\"", body.len()));
+    let mut response = with_type(status, "application/json; charset=utf-8", body);
+    if let Ok(etag) = etag {
+        response.headers_mut().insert(header::ETAG, etag);
+    }
+    response
 }
 
 pub(super) fn html(status: StatusCode, body: &str) -> Response<Body> {

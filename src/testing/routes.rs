@@ -149,9 +149,21 @@ async fn update_profile(
         Ok(id) => id,
         Err(response) => return response,
     };
-    let Ok(Value::Object(profile)) = serde_json::from_slice::<Value>(&body) else {
-        // id6 answers malformed JSON with a bare 400 and no errorCode.
-        return error(StatusCode::BAD_REQUEST, PATH, "Internal error", None, None);
+    // JSON only: id6's body parser reads `application/json` and leaves any other body
+    // unread, as `{}`, which then fails the rules ("name" is required).
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"));
+    let profile = if is_json {
+        let Ok(Value::Object(profile)) = serde_json::from_slice::<Value>(&body) else {
+            // id6 answers malformed JSON with a bare 400 and no errorCode.
+            return error(StatusCode::BAD_REQUEST, PATH, "Internal error", None, None);
+        };
+        profile
+    } else {
+        serde_json::Map::new()
     };
     let profile = match crate::api::profile_rules(&profile) {
         Ok(profile) => profile,

@@ -200,7 +200,10 @@ async fn update_picture(AxumState(state): Shared, request: Request<Body>) -> Res
         if field.name() != Some("picture") {
             continue;
         }
-        let file_name = field.file_name().unwrap_or_default().to_owned();
+        // A part without a file name is a text field, not a file: no file part.
+        let Some(file_name) = field.file_name().map(str::to_owned) else {
+            continue;
+        };
         let allowed = [".png", ".jpg", ".jpeg"]
             .iter()
             .any(|ext| file_name.ends_with(ext));
@@ -220,7 +223,15 @@ async fn update_picture(AxumState(state): Shared, request: Request<Body>) -> Res
         let Ok(bytes) = field.bytes().await else {
             return error(StatusCode::BAD_REQUEST, PATH, "Internal error", None, None);
         };
-        let digest = Sha256::digest(&bytes);
+        // A new version at each upload, even of the same bytes: the previous one goes in.
+        let previous = lock(&state.users)
+            .get(&id)
+            .and_then(|u| u.picture.as_ref().map(|(_, version)| version.clone()))
+            .unwrap_or_default();
+        let digest = Sha256::new()
+            .chain_update(previous.as_bytes())
+            .chain_update(&bytes)
+            .finalize();
         let version: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
         if let Some(user) = lock(&state.users).get_mut(&id) {
             user.picture = Some((bytes.to_vec(), version.clone()));

@@ -29,8 +29,8 @@ pub(super) fn authentication(state: Arc<State>) -> Router {
         .route("/login", get(sign_in_page).fallback(not_found))
         .route("/auth/login", post(sign_in).fallback(not_found))
         .fallback(not_found)
-        // id6 sets no size limit on pictures.
-        .layer(DefaultBodyLimit::max(64 * 1024 * 1024))
+        // id6 sets no size limit on pictures (axum's default would refuse over 2 MB).
+        .layer(DefaultBodyLimit::disable())
         .with_state(state)
 }
 

@@ -17,7 +17,10 @@ use tower_service::Service;
 use super::routes::{html, json_response};
 use super::state::{Fault, RecordedRequest, State};
 
+/// Serves one of id6's servers; `server` names it (`"authentication"`, `"authorization"`)
+/// for its own rate limit.
 pub(super) async fn serve(
+    server: &'static str,
     listener: TcpListener,
     router: Router,
     state: Arc<State>,
@@ -36,7 +39,7 @@ pub(super) async fn serve(
         let mut stop = stop.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request| {
-                handle(state.clone(), router.clone(), peer.ip(), request)
+                handle(state.clone(), router.clone(), server, peer.ip(), request)
             });
             let connection = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service);
@@ -54,6 +57,7 @@ pub(super) async fn serve(
 async fn handle(
     state: Arc<State>,
     mut router: Router,
+    server: &'static str,
     peer: IpAddr,
     request: Request<hyper::body::Incoming>,
 ) -> Result<Response<Body>, std::io::Error> {
@@ -72,7 +76,7 @@ async fn handle(
     state.max_in_flight.fetch_max(in_flight, Ordering::SeqCst);
     let _leaving = Leaving(&state.in_flight);
     let conditional = Conditional::of(&request);
-    let window = state.count_request(peer);
+    let window = state.count_request(server, peer);
     let mut response = match (&window, state.fault()) {
         (Some(w), _) if w.exceeded => rate_limited(w.reset_epoch_s),
         (_, Some(fault)) => match apply(fault, request.uri().path(), &state).await? {

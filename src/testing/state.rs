@@ -83,7 +83,9 @@ pub(super) struct State {
     pub(super) fault: Mutex<Option<Fault>>,
     pub(super) requests: Mutex<Vec<RecordedRequest>>,
     pub(super) rate_limit: Option<(u32, Duration)>,
-    pub(super) windows: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+    /// Fixed windows per server (`"authentication"`, `"authorization"`) and client IP: each
+    /// of id6's servers counts its own.
+    pub(super) windows: Mutex<HashMap<(&'static str, IpAddr), (Instant, u32)>>,
     /// While true, `GET /user` answers are computed, then wait before being sent.
     pub(super) hold: watch::Sender<bool>,
     /// How many `GET /user` answers are waiting.
@@ -161,12 +163,13 @@ impl State {
         lock(&self.requests).push(request);
     }
 
-    /// id6's fixed window per client IP, counting every request, refused ones too.
-    pub(super) fn count_request(&self, ip: IpAddr) -> Option<Window> {
+    /// id6's fixed window per server and client IP, counting every request, refused ones
+    /// too.
+    pub(super) fn count_request(&self, server: &'static str, ip: IpAddr) -> Option<Window> {
         let (limit, window) = self.rate_limit?;
         let mut windows = lock(&self.windows);
         let now = Instant::now() + self.skew();
-        let (start, count) = windows.entry(ip).or_insert((now, 0));
+        let (start, count) = windows.entry((server, ip)).or_insert((now, 0));
         if now.duration_since(*start) >= window {
             *start = now;
             *count = 0;

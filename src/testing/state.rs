@@ -73,6 +73,9 @@ pub(super) struct MockUser {
     pub(super) invalidate_tokens_at: Option<u64>,
 }
 
+/// When a rate-limit window started, and how many requests it counted.
+pub(super) type Started = (Instant, u32);
+
 /// Shared state behind the servers and the handle.
 pub(super) struct State {
     pub(super) secret: Vec<u8>,
@@ -85,7 +88,7 @@ pub(super) struct State {
     pub(super) rate_limit: Option<(u32, Duration)>,
     /// Fixed windows per server (`"authentication"`, `"authorization"`) and client IP: each
     /// of id6's servers counts its own.
-    pub(super) windows: Mutex<HashMap<(&'static str, IpAddr), (Instant, u32)>>,
+    pub(super) windows: Mutex<HashMap<(&'static str, IpAddr), Started>>,
     /// While true, `GET /user` answers are computed, then wait before being sent.
     pub(super) hold: watch::Sender<bool>,
     /// How many `GET /user` answers are waiting.

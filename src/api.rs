@@ -124,10 +124,27 @@ fn invalid_body(details: serde_json::Value) -> Error {
     })
 }
 
+/// The ISO 639-1 codes, sorted: the only `language` values id6 takes (any other two
+/// letters, `"zz"` say, are a `400 invalid_body`).
+const ISO_639_1: [&str; 184] = [
+    "aa", "ab", "ae", "af", "ak", "am", "an", "ar", "as", "av", "ay", "az", "ba", "be", "bg", "bh",
+    "bi", "bm", "bn", "bo", "br", "bs", "ca", "ce", "ch", "co", "cr", "cs", "cu", "cv", "cy", "da",
+    "de", "dv", "dz", "ee", "el", "en", "eo", "es", "et", "eu", "fa", "ff", "fi", "fj", "fo", "fr",
+    "fy", "ga", "gd", "gl", "gn", "gu", "gv", "ha", "he", "hi", "ho", "hr", "ht", "hu", "hy", "hz",
+    "ia", "id", "ie", "ig", "ii", "ik", "io", "is", "it", "iu", "ja", "jv", "ka", "kg", "ki", "kj",
+    "kk", "kl", "km", "kn", "ko", "kr", "ks", "ku", "kv", "kw", "ky", "la", "lb", "lg", "li", "ln",
+    "lo", "lt", "lu", "lv", "mg", "mh", "mi", "mk", "ml", "mn", "mr", "ms", "mt", "my", "na", "nb",
+    "nd", "ne", "ng", "nl", "nn", "no", "nr", "nv", "ny", "oc", "oj", "om", "or", "os", "pa", "pi",
+    "pl", "ps", "pt", "qu", "rm", "rn", "ro", "ru", "rw", "sa", "sc", "sd", "se", "sg", "si", "sk",
+    "sl", "sm", "sn", "so", "sq", "sr", "ss", "st", "su", "sv", "sw", "ta", "te", "tg", "th", "ti",
+    "tk", "tl", "tn", "to", "tr", "ts", "tt", "tw", "ty", "ug", "uk", "ur", "uz", "ve", "vi", "vo",
+    "wa", "wo", "xh", "yi", "yo", "za", "zh", "zu",
+];
+
 /// id6's rules for the body of `POST /user/profile`, in id6's words: the profile, or the
 /// `errorDetails` items of its `400 invalid_body`. `name` a string, required, not empty, at
 /// most 128 characters; `bio` a string of 1 to 256 characters, or omitted or `null`;
-/// `language` an ISO 639-1 code (two lowercase letters), or omitted or `null` (id6 then
+/// `language` an ISO 639-1 code ([`ISO_639_1`], lowercase), or omitted or `null` (id6 then
 /// stores `"en"`); other fields ignored. The one statement of them: the typed calls check a
 /// [`Profile`] with it before sending, and `MockId6` answers with it.
 pub(crate) fn profile_rules(
@@ -174,9 +191,7 @@ pub(crate) fn profile_rules(
     let bio = text("bio", false, 256);
     let language = match object.get("language") {
         None | Some(Value::Null) => None,
-        Some(Value::String(code))
-            if code.len() == 2 && code.bytes().all(|b| b.is_ascii_lowercase()) =>
-        {
+        Some(Value::String(code)) if ISO_639_1.binary_search(&code.as_str()).is_ok() => {
             Some(code.clone())
         }
         Some(_) => {
@@ -521,6 +536,8 @@ mod tests {
 
     #[test]
     fn profile_rules_match_ids() {
+        // Sorted, for binary_search.
+        assert!(super::ISO_639_1.windows(2).all(|w| w[0] < w[1]));
         assert!(Profile::new("Alice").validate().is_ok());
         assert!(Profile::new("A".repeat(128))
             .bio("é".repeat(256))
@@ -534,6 +551,7 @@ mod tests {
             (Profile::new("A").bio("b".repeat(257)), "bio"),
             (Profile::new("A").language("english"), "language"),
             (Profile::new("A").language("EN"), "language"),
+            (Profile::new("A").language("zz"), "language"),
         ] {
             let err = profile.validate().unwrap_err();
             assert!(err.is_validation() && !err.is_unavailable());

@@ -70,8 +70,9 @@ impl MockId6Builder {
         self
     }
 
-    /// id6's rate limit: at most `limit` requests per `window` per client IP, a fixed
-    /// window counting every request (refused ones too), with id6's headers and 429. id6's
+    /// id6's rate limit: at most `limit` requests per `window` per client IP on each of the
+    /// two servers (each counts its own), a fixed window counting every request (refused
+    /// ones too), with id6's headers and 429. id6's
     /// default is 100 per 60 s; the mock's default is no limit.
     pub fn rate_limit(mut self, limit: u32, window: Duration) -> Self {
         self.rate_limit = Some((limit, window));
@@ -109,12 +110,14 @@ impl MockId6Builder {
         let (stop, stopped) = watch::channel(false);
         let tasks = vec![
             tokio::spawn(super::server::serve(
+                "authentication",
                 public,
                 super::routes::authentication(state.clone()),
                 state.clone(),
                 stopped.clone(),
             )),
             tokio::spawn(super::server::serve(
+                "authorization",
                 private,
                 super::routes::authorization(state.clone()),
                 state.clone(),

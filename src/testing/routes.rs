@@ -1,6 +1,7 @@
 //! id6's routes as the real servers answer them, bodies written by hand from `id6.md`.
 
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, State as AxumState};
@@ -28,8 +29,8 @@ pub(super) fn authentication(state: Arc<State>) -> Router {
         .route("/login", get(sign_in_page).fallback(not_found))
         .route("/auth/login", post(sign_in).fallback(not_found))
         .fallback(not_found)
-        // id6 sets no size limit on pictures.
-        .layer(DefaultBodyLimit::max(64 * 1024 * 1024))
+        // id6 sets no size limit on pictures (axum's default would refuse over 2 MB).
+        .layer(DefaultBodyLimit::disable())
         .with_state(state)
 }
 
@@ -55,8 +56,8 @@ fn caller(state: &State, headers: &HeaderMap, path: &str) -> Caller {
     };
     match state.verify(&token) {
         Ok(id) if state.user_json(id).is_some() => Caller::User(id),
-        Ok(_) => Caller::Refused(refused(path, "user_not_found", "User not found")),
-        Err(refusal) => Caller::Refused(refused(path, refusal.code, refusal.message)),
+        Ok(_) => Caller::Refused(refused(state, path, "user_not_found", "User not found")),
+        Err(refusal) => Caller::Refused(refused(state, path, refusal.code, refusal.message)),
     }
 }
 
@@ -77,18 +78,45 @@ fn signed_in(state: &State, headers: &HeaderMap, path: &str) -> Result<u64, Resp
     }
 }
 
-fn refused(path: &str, code: &str, message: &str) -> Response<Body> {
+fn refused(state: &State, path: &str, code: &str, message: &str) -> Response<Body> {
     let mut response = error(StatusCode::UNAUTHORIZED, path, message, Some(code), None);
     response
         .headers_mut()
-        .insert(header::SET_COOKIE, clearing_cookie());
+        .insert(header::SET_COOKIE, clearing_cookie(state));
     response
 }
 
-fn clearing_cookie() -> HeaderValue {
-    HeaderValue::from_static(
-        "auth=; Max-Age=0; Path=/; Expires=Thu, 01 Jan 1970 00:00:00 GMT; HttpOnly",
-    )
+/// id6's clearing cookie: `Expires` is the time of the answer (id6's clock), not 1970.
+fn clearing_cookie(state: &State) -> HeaderValue {
+    let cookie = format!(
+        "auth=; Max-Age=0; Path=/; Expires={}; HttpOnly",
+        http_date(state.now())
+    );
+    HeaderValue::try_from(cookie)
+        .unwrap_or_else(|_| HeaderValue::from_static("auth=; Max-Age=0; Path=/; HttpOnly"))
+}
+
+/// An IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`), as Express writes a cookie's `Expires`.
+fn http_date(t: SystemTime) -> String {
+    const WEEKDAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let secs = t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    // 1970-01-01 was a Thursday.
+    let weekday = WEEKDAYS[usize::try_from(secs / 86_400 % 7).unwrap_or(0)];
+    // `1994-11-06T08:49:37Z`, taken apart.
+    let rfc3339 =
+        humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string();
+    let year = rfc3339.get(..4).unwrap_or("1970");
+    let month = rfc3339
+        .get(5..7)
+        .and_then(|m| m.parse::<usize>().ok())
+        .unwrap_or(1);
+    let day = rfc3339.get(8..10).unwrap_or("01");
+    let time = rfc3339.get(11..19).unwrap_or("00:00:00");
+    let month = MONTHS[month.clamp(1, 12) - 1];
+    format!("{weekday}, {day} {month} {year} {time} GMT")
 }
 
 /// `GET /user`: `null` without a cookie, the user, or 401 with id6's clearing cookie.
@@ -121,9 +149,21 @@ async fn update_profile(
         Ok(id) => id,
         Err(response) => return response,
     };
-    let Ok(Value::Object(profile)) = serde_json::from_slice::<Value>(&body) else {
-        // id6 answers malformed JSON with a bare 400 and no errorCode.
-        return error(StatusCode::BAD_REQUEST, PATH, "Internal error", None, None);
+    // JSON only: id6's body parser reads `application/json` and leaves any other body
+    // unread, as `{}`, which then fails the rules ("name" is required).
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"));
+    let profile = if is_json {
+        let Ok(Value::Object(profile)) = serde_json::from_slice::<Value>(&body) else {
+            // id6 answers malformed JSON with a bare 400 and no errorCode.
+            return error(StatusCode::BAD_REQUEST, PATH, "Internal error", None, None);
+        };
+        profile
+    } else {
+        serde_json::Map::new()
     };
     let profile = match crate::api::profile_rules(&profile) {
         Ok(profile) => profile,
@@ -160,7 +200,10 @@ async fn update_picture(AxumState(state): Shared, request: Request<Body>) -> Res
         if field.name() != Some("picture") {
             continue;
         }
-        let file_name = field.file_name().unwrap_or_default().to_owned();
+        // A part without a file name is a text field, not a file: no file part.
+        let Some(file_name) = field.file_name().map(str::to_owned) else {
+            continue;
+        };
         let allowed = [".png", ".jpg", ".jpeg"]
             .iter()
             .any(|ext| file_name.ends_with(ext));
@@ -180,7 +223,15 @@ async fn update_picture(AxumState(state): Shared, request: Request<Body>) -> Res
         let Ok(bytes) = field.bytes().await else {
             return error(StatusCode::BAD_REQUEST, PATH, "Internal error", None, None);
         };
-        let digest = Sha256::digest(&bytes);
+        // A new version at each upload, even of the same bytes: the previous one goes in.
+        let previous = lock(&state.users)
+            .get(&id)
+            .and_then(|u| u.picture.as_ref().map(|(_, version)| version.clone()))
+            .unwrap_or_default();
+        let digest = Sha256::new()
+            .chain_update(previous.as_bytes())
+            .chain_update(&bytes)
+            .finalize();
         let version: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
         if let Some(user) = lock(&state.users).get_mut(&id) {
             user.picture = Some((bytes.to_vec(), version.clone()));
@@ -233,7 +284,7 @@ async fn disconnect(AxumState(state): Shared, headers: HeaderMap) -> Response<Bo
     let mut response = no_content();
     response
         .headers_mut()
-        .insert(header::SET_COOKIE, clearing_cookie());
+        .insert(header::SET_COOKIE, clearing_cookie(&state));
     response
 }
 
@@ -245,7 +296,7 @@ async fn sign_out(AxumState(state): Shared, headers: HeaderMap) -> Response<Body
     let mut response = no_content();
     response
         .headers_mut()
-        .insert(header::SET_COOKIE, clearing_cookie());
+        .insert(header::SET_COOKIE, clearing_cookie(&state));
     response
 }
 
@@ -292,12 +343,17 @@ struct SignInForm {
 }
 
 /// `POST /auth/login`: sets the cookie as id6 does, then returns the browser to `redirect`,
-/// which must be on the allow-list (never an open redirect).
+/// which must be on the allow-list (never an open redirect). A bad cookie is refused first,
+/// as on every route of id6's authentication server.
 async fn sign_in(
     AxumState(state): Shared,
+    headers: HeaderMap,
     axum::Form(form): axum::Form<SignInForm>,
 ) -> Response<Body> {
     const PATH: &str = "/auth/login";
+    if let Caller::Refused(response) = caller(&state, &headers, PATH) {
+        return response;
+    }
     let redirect = form.redirect.as_deref().unwrap_or("/");
     let Some(redirect) = state.redirect_target(redirect) else {
         return error(
@@ -456,8 +512,17 @@ fn no_content() -> Response<Body> {
     response
 }
 
+/// JSON as Express's `res.json` sends it: with a weak `ETag` of the body (the server answers
+/// a matching `If-None-Match` with 304).
 pub(super) fn json_response(status: StatusCode, body: String) -> Response<Body> {
-    with_type(status, "application/json; charset=utf-8", body)
+    let digest = Sha256::digest(body.as_bytes());
+    let hash: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    let etag = HeaderValue::try_from(format!("W/\"{:x}-{hash}\"", body.len()));
+    let mut response = with_type(status, "application/json; charset=utf-8", body);
+    if let Ok(etag) = etag {
+        response.headers_mut().insert(header::ETAG, etag);
+    }
+    response
 }
 
 pub(super) fn html(status: StatusCode, body: &str) -> Response<Body> {

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::http::{header, HeaderValue, Request, Response, StatusCode};
+use axum::http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use axum::Router;
 use hyper_util::rt::TokioIo;
 use serde_json::json;
@@ -17,7 +17,10 @@ use tower_service::Service;
 use super::routes::{html, json_response};
 use super::state::{Fault, RecordedRequest, State};
 
+/// Serves one of id6's servers; `server` names it (`"authentication"`, `"authorization"`)
+/// for its own rate limit.
 pub(super) async fn serve(
+    server: &'static str,
     listener: TcpListener,
     router: Router,
     state: Arc<State>,
@@ -36,7 +39,7 @@ pub(super) async fn serve(
         let mut stop = stop.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request| {
-                handle(state.clone(), router.clone(), peer.ip(), request)
+                handle(state.clone(), router.clone(), server, peer.ip(), request)
             });
             let connection = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service);
@@ -54,6 +57,7 @@ pub(super) async fn serve(
 async fn handle(
     state: Arc<State>,
     mut router: Router,
+    server: &'static str,
     peer: IpAddr,
     request: Request<hyper::body::Incoming>,
 ) -> Result<Response<Body>, std::io::Error> {
@@ -71,7 +75,8 @@ async fn handle(
     let in_flight = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
     state.max_in_flight.fetch_max(in_flight, Ordering::SeqCst);
     let _leaving = Leaving(&state.in_flight);
-    let window = state.count_request(peer);
+    let conditional = Conditional::of(&request);
+    let window = state.count_request(server, peer);
     let mut response = match (&window, state.fault()) {
         (Some(w), _) if w.exceeded => rate_limited(w.reset_epoch_s),
         (_, Some(fault)) => match apply(fault, request.uri().path(), &state).await? {
@@ -80,6 +85,9 @@ async fn handle(
         },
         (_, None) => route(&mut router, request).await,
     };
+    if conditional.fresh(&response) {
+        response = not_modified(response);
+    }
     if let Some(w) = window {
         let h = response.headers_mut();
         h.insert("x-ratelimit-limit", HeaderValue::from(w.limit));
@@ -87,6 +95,61 @@ async fn handle(
         h.insert("x-ratelimit-reset", HeaderValue::from(w.reset_epoch_s));
     }
     Ok(response)
+}
+
+/// What Express's freshness check reads of a request: `GET`/`HEAD`, `If-None-Match`, and
+/// whether `Cache-Control: no-cache` asks for the full answer anyway.
+struct Conditional {
+    if_none_match: Option<String>,
+}
+
+impl Conditional {
+    fn of<B>(request: &Request<B>) -> Self {
+        let headers = request.headers();
+        let no_cache = headers
+            .get_all(header::CACHE_CONTROL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.to_ascii_lowercase().contains("no-cache"));
+        let readable = matches!(*request.method(), Method::GET | Method::HEAD);
+        let if_none_match = headers
+            .get(header::IF_NONE_MATCH)
+            .and_then(|v| v.to_str().ok())
+            .filter(|_| readable && !no_cache)
+            .map(str::to_owned);
+        Conditional { if_none_match }
+    }
+
+    /// Whether the client's copy is the answer (a 2xx whose `ETag` it names, weakly compared,
+    /// or `*`): Express then sends 304 without a body.
+    fn fresh(&self, response: &Response<Body>) -> bool {
+        let (Some(tags), Some(etag)) = (
+            self.if_none_match.as_deref(),
+            response
+                .headers()
+                .get(header::ETAG)
+                .and_then(|v| v.to_str().ok()),
+        ) else {
+            return false;
+        };
+        let weak = |tag: &str| tag.trim().trim_start_matches("W/").to_owned();
+        response.status().is_success()
+            && (tags.trim() == "*" || tags.split(',').any(|tag| weak(tag) == weak(etag)))
+    }
+}
+
+/// The 304 Express makes of a fresh answer: no body, no `Content-*` of the body it drops.
+fn not_modified(response: Response<Body>) -> Response<Body> {
+    let (mut parts, _) = response.into_parts();
+    parts.status = StatusCode::NOT_MODIFIED;
+    for name in [
+        header::CONTENT_TYPE,
+        header::CONTENT_LENGTH,
+        header::TRANSFER_ENCODING,
+    ] {
+        parts.headers.remove(name);
+    }
+    Response::from_parts(parts, Body::empty())
 }
 
 /// Counts a request out of `in_flight` however its handling ends.

@@ -73,6 +73,9 @@ pub(super) struct MockUser {
     pub(super) invalidate_tokens_at: Option<u64>,
 }
 
+/// When a rate-limit window started, and how many requests it counted.
+pub(super) type Started = (Instant, u32);
+
 /// Shared state behind the servers and the handle.
 pub(super) struct State {
     pub(super) secret: Vec<u8>,
@@ -83,7 +86,9 @@ pub(super) struct State {
     pub(super) fault: Mutex<Option<Fault>>,
     pub(super) requests: Mutex<Vec<RecordedRequest>>,
     pub(super) rate_limit: Option<(u32, Duration)>,
-    pub(super) windows: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+    /// Fixed windows per server (`"authentication"`, `"authorization"`) and client IP: each
+    /// of id6's servers counts its own.
+    pub(super) windows: Mutex<HashMap<(&'static str, IpAddr), Started>>,
     /// While true, `GET /user` answers are computed, then wait before being sent.
     pub(super) hold: watch::Sender<bool>,
     /// How many `GET /user` answers are waiting.
@@ -161,12 +166,13 @@ impl State {
         lock(&self.requests).push(request);
     }
 
-    /// id6's fixed window per client IP, counting every request, refused ones too.
-    pub(super) fn count_request(&self, ip: IpAddr) -> Option<Window> {
+    /// id6's fixed window per server and client IP, counting every request, refused ones
+    /// too.
+    pub(super) fn count_request(&self, server: &'static str, ip: IpAddr) -> Option<Window> {
         let (limit, window) = self.rate_limit?;
         let mut windows = lock(&self.windows);
         let now = Instant::now() + self.skew();
-        let (start, count) = windows.entry(ip).or_insert((now, 0));
+        let (start, count) = windows.entry((server, ip)).or_insert((now, 0));
         if now.duration_since(*start) >= window {
             *start = now;
             *count = 0;
@@ -278,6 +284,14 @@ impl State {
         )
         .map_err(|_| invalid())?
         .claims;
+        // id6's JWT library checks `exp` when there is one (seconds; past once now >= exp,
+        // not a number: invalid), and id6 answers `invalid_token` either way.
+        if let Some(exp) = claims.get("exp") {
+            let now_s = self.now_ms() / 1000;
+            if exp.as_f64().is_none_or(|exp| now_s as f64 >= exp) {
+                return Err(invalid());
+            }
+        }
         // id6 trusts odd payloads: `userId` as a string, no `issuedAt` (never expires).
         let user_id = match &claims["userId"] {
             Value::Number(n) => n.as_u64(),

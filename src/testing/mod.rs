@@ -14,7 +14,8 @@
 //!
 //! It shares no code with the client side of the crate (no `User`, no token finder, no
 //! serde types): it writes id6's JSON and headers by hand, so a mistake in the client cannot
-//! be mirrored here and pass unnoticed.
+//! be mirrored here and pass unnoticed. One exception, on purpose: id6's profile rules
+//! (`POST /user/profile`), stated once and read by both the typed call's check and the mock.
 //!
 //! ```
 //! use id6_tower::testing::MockId6;

@@ -1,7 +1,6 @@
 //! id6's routes as the real servers answer them, bodies written by hand from `id6.md`.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, State as AxumState};
@@ -90,33 +89,10 @@ fn refused(state: &State, path: &str, code: &str, message: &str) -> Response<Bod
 fn clearing_cookie(state: &State) -> HeaderValue {
     let cookie = format!(
         "auth=; Max-Age=0; Path=/; Expires={}; HttpOnly",
-        http_date(state.now())
+        httpdate::fmt_http_date(state.now())
     );
     HeaderValue::try_from(cookie)
         .unwrap_or_else(|_| HeaderValue::from_static("auth=; Max-Age=0; Path=/; HttpOnly"))
-}
-
-/// An IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`), as Express writes a cookie's `Expires`.
-fn http_date(t: SystemTime) -> String {
-    const WEEKDAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let secs = t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
-    // 1970-01-01 was a Thursday.
-    let weekday = WEEKDAYS[usize::try_from(secs / 86_400 % 7).unwrap_or(0)];
-    // `1994-11-06T08:49:37Z`, taken apart.
-    let rfc3339 =
-        humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string();
-    let year = rfc3339.get(..4).unwrap_or("1970");
-    let month = rfc3339
-        .get(5..7)
-        .and_then(|m| m.parse::<usize>().ok())
-        .unwrap_or(1);
-    let day = rfc3339.get(8..10).unwrap_or("01");
-    let time = rfc3339.get(11..19).unwrap_or("00:00:00");
-    let month = MONTHS[month.clamp(1, 12) - 1];
-    format!("{weekday}, {day} {month} {year} {time} GMT")
 }
 
 /// `GET /user`: `null` without a cookie, the user, or 401 with id6's clearing cookie.

@@ -516,6 +516,29 @@ mod tests {
         assert!(cache.get(&c, || Some(c), None).is_none());
     }
 
+    /// What a session learns of evictions since its verdict: a token's old mark (from before
+    /// the verdict) hides no newer eviction of its user.
+    #[test]
+    fn an_old_token_mark_hides_no_newer_user_eviction() {
+        let cache = cache();
+        let a = TokenKey::of("a");
+        cache.fill(a, &user(1), cache.generation());
+        cache.evict(Scope::Token(a));
+        cache.fill(a, &user(1), cache.generation());
+        let verdict = cache.generation();
+        assert_eq!(cache.evicted_since(&a, 1, verdict), None);
+        cache.evict(Scope::User(1));
+        assert!(matches!(
+            cache.evicted_since(&a, 1, verdict),
+            Some(Scope::User(1))
+        ));
+        cache.evict(Scope::Token(a));
+        assert!(
+            matches!(cache.evicted_since(&a, 1, verdict), Some(Scope::Token(k)) if k == a),
+            "a newer token eviction is the widest for this token"
+        );
+    }
+
     #[test]
     fn a_newer_revocation_evicts_the_users_other_tokens() {
         let cache = cache();

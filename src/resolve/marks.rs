@@ -238,10 +238,15 @@ impl Marks {
         }
         let coherence = lock(&self.coherence);
         let since = |mark: Option<&(u64, Instant)>| mark.is_some_and(|(at, _)| *at > generation);
+        // Only a mark since `generation`: an older one hides no newer eviction of the user.
+        let token_mark = coherence
+            .tokens
+            .get(key)
+            .filter(|&&(at, _, _)| at > generation);
         if coherence.cleared_at > generation {
             Some(Scope::All)
-        } else if let Some(&(at, _, signed_out)) = coherence.tokens.get(key) {
-            (at > generation).then_some(match signed_out {
+        } else if let Some(&(_, _, signed_out)) = token_mark {
+            Some(match signed_out {
                 true => Scope::SignedOut(*key),
                 false => Scope::Token(*key),
             })

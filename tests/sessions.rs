@@ -145,6 +145,35 @@ async fn a_token_revoked_in_id6_alone_ends_at_its_recheck() {
     assert_eq!(ends_promptly(&session).await, TokenRejection::TokenRevoked);
 }
 
+/// A disconnect made elsewhere shows in `/authorize`'s answer for a token issued after it
+/// (a newer `invalidateTokensAt`): the app evicts the user's other tokens, and their open
+/// sessions are asked about now, not at their next recheck.
+#[tokio::test]
+async fn a_revocation_seen_in_an_answer_rechecks_the_users_sessions_now() {
+    let ttl = Duration::from_secs(60);
+    let mock = MockId6::start().await.unwrap();
+    let alice = mock.add_user("Alice", "alice@example.com");
+    let laptop = mock.token_for(alice);
+    let id6 = Id6::builder(mock.url())
+        .authorization(mock.authorization_url(), mock.authorization_secret())
+        .cache_ttl(ttl)
+        .build()
+        .unwrap();
+    freeze_clock(&id6);
+    let session = session_for(&id6, Some(&laptop)).await.unwrap();
+
+    mock.advance_clock(Duration::from_secs(1));
+    mock.revoke_tokens(alice);
+    mock.advance_clock(Duration::from_secs(1));
+    settle(&id6).await;
+    assert_eq!(session.end_reason(), None, "nothing told the app yet");
+    // A request of the phone's that opens no session of its own.
+    let phone = mock.token_for(alice);
+    assert!(id6.authenticate(&headers(&phone)).await.user().is_some());
+    settle(&id6).await;
+    assert_eq!(session.end_reason(), Some(TokenRejection::TokenRevoked));
+}
+
 /// A proxy in front of id6 (an auth gateway, a maintenance page) answering 401 in HTML has
 /// said nothing of the token: id6's own 401 always carries its error JSON. The session
 /// stays open, as when id6 is down.

@@ -267,7 +267,12 @@ impl AuthCache {
     /// [`fill`](Self::fill) with an answer id6 gave `age` ago.
     fn fill_aged(&self, key: TokenKey, verdict: &Authentication, started: u64, age: Duration) {
         let marks = &self.shared.marks;
-        marks.fill(&self.entries, key, verdict, started, age);
+        if let Some(user_id) = marks.fill(&self.entries, key, verdict, started, age) {
+            // As an eviction of the user: their sessions are asked about now (a session of
+            // a token the revocation killed ends on id6's answer).
+            self.shared.telemetry.eviction(Eviction::User);
+            self.shared.lives.evicted(Scope::User(user_id));
+        }
     }
 
     /// Forgets what `scope` covers, locally; no load already in flight can put it back.

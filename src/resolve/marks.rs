@@ -87,7 +87,9 @@ impl Marks {
     }
 
     /// Stores in `entries` what a load that started under generation `started` learnt (id6
-    /// answered `age` ago), unless an invalidation since then makes it stale.
+    /// answered `age` ago), unless an invalidation since then makes it stale. The user whose
+    /// other tokens it evicted (id6 showed a newer revocation), if it did: their open
+    /// sessions are to be asked about now.
     pub(super) fn fill(
         &self,
         entries: &Entries,
@@ -95,20 +97,21 @@ impl Marks {
         verdict: &Authentication,
         started: u64,
         age: Duration,
-    ) {
+    ) -> Option<u64> {
         let mut coherence = lock(&self.coherence);
+        let mut revoked = None;
         if coherence.cleared_at > started {
-            return;
+            return None;
         }
         if coherence
             .tokens
             .get(&key)
             .is_some_and(|(at, _, _)| *at > started)
         {
-            return;
+            return None;
         }
         match verdict {
-            Authentication::Unavailable(_) | Authentication::Anonymous => return,
+            Authentication::Unavailable(_) | Authentication::Anonymous => return None,
             Authentication::Rejected(why) => {
                 entries.insert(key, Authentication::Rejected(*why), Duration::ZERO)
             }
@@ -119,7 +122,7 @@ impl Marks {
                         user_id = user.id,
                         "not caching an answer older than its invalidation"
                     );
-                    return;
+                    return None;
                 }
                 let mut new_mark = false;
                 if let Some(shown) = user.invalidate_tokens_at {
@@ -133,7 +136,7 @@ impl Marks {
                             user_id = user.id,
                             "not caching an answer older than a known revocation"
                         );
-                        return;
+                        return None;
                     }
                     // Unknown before (None) counts as older: those tokens predate `shown`.
                     if owner.invalidate_tokens_at.is_none_or(|known| known < shown) {
@@ -149,6 +152,7 @@ impl Marks {
                         // the check above.)
                         if owner.invalidate_tokens_at.is_some() || !owner.keys.is_empty() {
                             new_mark = self.revoke_keys_of(entries, owner);
+                            revoked = Some(user.id);
                         }
                         owner.invalidate_tokens_at = Some(shown);
                     }
@@ -174,6 +178,7 @@ impl Marks {
             coherence.fills_since_sweep = 0;
             self.sweep(entries, &mut coherence);
         }
+        revoked
     }
 
     /// Drops index entries whose keys left the cache and marks no load can still predate.

@@ -360,3 +360,64 @@ async fn sensitive_routes_revalidate_old_answers() {
     // And the fresh answer replaced the old one for every route.
     assert_eq!(s.get("/me", Some(&token)).await.0, 401);
 }
+
+/// A picture upload takes as long as its size and the link to id6 make it (up to
+/// `max_picture_bytes`, 10 MiB by default): one that outlasts the timeout says nothing of
+/// whether id6 answers, and must not open the breaker that keeps every sign-in out. Here the
+/// upload's bytes come from a FIFO nobody writes to (an upload slower than any timeout),
+/// while id6 itself answers at once.
+#[cfg(unix)]
+#[tokio::test]
+async fn slow_picture_uploads_never_lock_sign_ins_out() {
+    use id6_tower::PictureUpload;
+    let dir = std::env::temp_dir().join(format!("id6-tower-fifo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join("slow.png");
+    let _ = std::fs::remove_file(&fifo);
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    // Held open for writing (read-write: Linux opens a FIFO so without waiting), never written:
+    // readers open at once and their reads wait. Dropped before the test ends, so that the
+    // reads left waiting see the end of the file.
+    let writer = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&fifo)
+        .unwrap();
+
+    let mock = MockId6::start().await.unwrap();
+    let alice = mock.add_user("Alice", "a@example.com");
+    let id6 = common::builder(&mock).build().unwrap();
+    // An opening of the breaker lasts until the test moves the handle's clock.
+    freeze_clock(&id6);
+    let s = Setup::with(mock, id6).await;
+    let token = s.mock.token_for(alice);
+    assert_eq!(s.get("/me", Some(&token)).await.0, 200);
+    let headers = {
+        let mut h = http::HeaderMap::new();
+        h.insert("cookie", format!("auth={token}").parse().unwrap());
+        h
+    };
+    let upload = || async {
+        let picture = PictureUpload::from_file(&fifo).await.unwrap();
+        s.id6.update_picture(&headers, picture).await.unwrap_err()
+    };
+    let (a, b, c) = tokio::join!(upload(), upload(), upload());
+    for err in [a, b, c] {
+        assert!(err.is_timeout(), "{err}");
+    }
+    // A new sign-in is asked of id6, which answers it.
+    let bob = s.mock.add_user("Bob", "b@example.com");
+    let (status, body, _) = s.get("/me", Some(&s.mock.token_for(bob))).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        s.id6.health(),
+        Health::Closed,
+        "id6 answers: the breaker stays closed"
+    );
+    drop(writer);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -350,6 +350,40 @@ mod tests {
         );
     }
 
+    /// id6 refuses a token signed with its secret only for its `alg`, a past `exp` or its
+    /// age (`docs/id6.md`: `invalid_token` is garbage, a wrong signature, alg none, a past
+    /// `exp`), and the screen ignores "anything else in the payload" ([`Claims`]). A claim
+    /// id6 does not read (`aud`, `iss`, `sub`, `jti`) or an `exp` not yet reached, however
+    /// far, is id6's to judge: refusing it here would lock out a token id6 accepts.
+    #[test]
+    fn claims_id6_accepts_are_not_refused_locally() {
+        let screen = Screen::new(Some(b"id6 secret"), 30 * DAY, Clock::default());
+        let now_s = now_ms() / 1000;
+        let refused: Vec<String> = [
+            json!({"aud": "some-app"}),
+            json!({"aud": []}),
+            json!({"iss": "id6"}),
+            json!({"sub": "1"}),
+            json!({"jti": "x"}),
+            json!({"exp": now_s + 3600}),
+            json!({"exp": (now_s + 3600) as f64 + 0.5}),
+            // Past u64 (JavaScript numbers go to 1.8e308): not past, so not refused by id6.
+            json!({"exp": 1e20}),
+            json!({"exp": 1e300}),
+        ]
+        .into_iter()
+        .filter_map(|extra| {
+            let mut claims = json!({"userId": 1, "issuedAt": now_ms(), "iat": now_s});
+            for (name, value) in extra.as_object().unwrap() {
+                claims[name] = value.clone();
+            }
+            let verdict = screen.check(&sign(claims, b"id6 secret"));
+            (verdict != Ok(())).then(|| format!("{extra}: {verdict:?}"))
+        })
+        .collect();
+        assert!(refused.is_empty(), "refused locally: {refused:?}");
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(3000))]
 

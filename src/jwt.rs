@@ -24,6 +24,11 @@ use serde::Deserialize;
 struct Claims {
     user_id: u64,
     issued_at: Option<u64>,
+    /// id6 issues none; its JWT library refuses a token once now (seconds) reaches it, and
+    /// one whose `exp` is not a number. Any number JSON holds, as JavaScript reads it (past
+    /// u64 too): read here rather than by jsonwebtoken, which refuses what it cannot hold.
+    #[cfg_attr(not(feature = "jwt"), allow(dead_code))]
+    exp: Option<f64>,
 }
 
 /// A token's payload part, read the one way the crate reads it: unpadded base64url JSON
@@ -51,6 +56,9 @@ pub(crate) enum Refusal {
     Signature,
     /// `issuedAt` plus the token lifetime is past.
     Expired,
+    /// Now is at or past the token's `exp`: id6's JWT library refuses it (`invalid_token`).
+    #[cfg(feature = "jwt")]
+    PastExp,
 }
 
 impl Refusal {
@@ -68,6 +76,8 @@ impl Refusal {
             #[cfg(feature = "jwt")]
             Refusal::Signature => "bad signature",
             Refusal::Expired => "expired",
+            #[cfg(feature = "jwt")]
+            Refusal::PastExp => "past exp",
         }
     }
 }
@@ -91,10 +101,12 @@ type Verifier = std::convert::Infallible;
 #[cfg(feature = "jwt")]
 fn verifier(secret: &[u8]) -> Verifier {
     let mut validation = Validation::new(Algorithm::HS256);
-    // id6 tokens carry no `exp`; one that does must not be past it.
+    // The signature and the algorithm only: id6 reads no other registered claim (an `aud`
+    // is no reason to refuse), and `exp` is read by `Screen::check`, as id6 reads it, on
+    // the handle's clock.
     validation.required_spec_claims.clear();
-    validation.validate_exp = true;
-    validation.leeway = 0;
+    validation.validate_exp = false;
+    validation.validate_aud = false;
     (DecodingKey::from_secret(secret), validation)
 }
 
@@ -153,6 +165,14 @@ impl Screen {
             Some(verifier) => verify(token, verifier)?,
         };
         if self.verify.is_some() {
+            // Past once now (whole seconds, as id6's library counts) reaches it.
+            #[cfg(feature = "jwt")]
+            if claims
+                .exp
+                .is_some_and(|exp| (self.clock.wall_ms() / 1000) as f64 >= exp)
+            {
+                return Err(Refusal::PastExp);
+            }
             if let Some(issued_at) = claims.issued_at {
                 // Checked: `issuedAt` is the token's to choose; an expiry past any clock's
                 // range is simply not yet.
@@ -342,12 +362,55 @@ mod tests {
         let expired = sign(json!({"userId": 1, "issuedAt": old}), b"id6 secret");
         assert_eq!(screen.check(&expired), Err(Refusal::Expired));
         let past_exp = sign(json!({"userId": 1, "exp": 1}), b"id6 secret");
-        assert_eq!(screen.check(&past_exp), Err(Refusal::Signature));
+        assert_eq!(screen.check(&past_exp), Err(Refusal::PastExp));
+        // id6's library refuses a token from its `exp` second on, and an `exp` not a number.
+        let now_s = now_ms() / 1000;
+        let at_exp = sign(json!({"userId": 1, "exp": now_s}), b"id6 secret");
+        assert_eq!(screen.check(&at_exp), Err(Refusal::PastExp));
+        let text_exp = sign(json!({"userId": 1, "exp": "soon"}), b"id6 secret");
+        assert_eq!(
+            screen.check(&text_exp).map_err(Refusal::as_rejection),
+            Err(crate::error::TokenRejection::InvalidToken)
+        );
         // id6 lets a token without issuedAt live forever; so do we (id6 still decides).
         assert_eq!(
             screen.check(&sign(json!({"userId": 1}), b"id6 secret")),
             Ok(())
         );
+    }
+
+    /// id6 refuses a token signed with its secret only for its `alg`, a past `exp` or its
+    /// age (`docs/id6.md`: `invalid_token` is garbage, a wrong signature, alg none, a past
+    /// `exp`), and the screen ignores "anything else in the payload" ([`Claims`]). A claim
+    /// id6 does not read (`aud`, `iss`, `sub`, `jti`) or an `exp` not yet reached, however
+    /// far, is id6's to judge: refusing it here would lock out a token id6 accepts.
+    #[test]
+    fn claims_id6_accepts_are_not_refused_locally() {
+        let screen = Screen::new(Some(b"id6 secret"), 30 * DAY, Clock::default());
+        let now_s = now_ms() / 1000;
+        let refused: Vec<String> = [
+            json!({"aud": "some-app"}),
+            json!({"aud": []}),
+            json!({"iss": "id6"}),
+            json!({"sub": "1"}),
+            json!({"jti": "x"}),
+            json!({"exp": now_s + 3600}),
+            json!({"exp": (now_s + 3600) as f64 + 0.5}),
+            // Past u64 (JavaScript numbers go to 1.8e308): not past, so not refused by id6.
+            json!({"exp": 1e20}),
+            json!({"exp": 1e300}),
+        ]
+        .into_iter()
+        .filter_map(|extra| {
+            let mut claims = json!({"userId": 1, "issuedAt": now_ms(), "iat": now_s});
+            for (name, value) in extra.as_object().unwrap() {
+                claims[name] = value.clone();
+            }
+            let verdict = screen.check(&sign(claims, b"id6 secret"));
+            (verdict != Ok(())).then(|| format!("{extra}: {verdict:?}"))
+        })
+        .collect();
+        assert!(refused.is_empty(), "refused locally: {refused:?}");
     }
 
     proptest! {

@@ -142,15 +142,20 @@ const INTERNAL_ERROR: &str = "internal_error";
 /// inside [`Id6::layer`](crate::Id6::layer), as it does to have a token to pass.
 ///
 /// ```
-/// use axum::http::{header, HeaderMap, StatusCode};
+/// use axum::extract::State;
+/// use axum::http::{header, request::Parts, StatusCode};
 /// use axum::response::IntoResponse;
+/// use axum::{routing::post, Router};
 /// use id6_tower::Id6;
 ///
 /// // No token: 401 `not_authenticated`; id6 down: 503 with `Retry-After`.
-/// async fn logout(id6: Id6, headers: HeaderMap) -> Result<impl IntoResponse, id6_tower::Error> {
-///     id6.sign_out(&headers).await?;
+/// async fn logout(State(id6): State<Id6>, parts: Parts) -> Result<impl IntoResponse, id6_tower::Error> {
+///     id6.sign_out(&parts).await?;
 ///     Ok((StatusCode::NO_CONTENT, [(header::SET_COOKIE, id6.clearing_cookie())]))
 /// }
+/// # fn app(id6: Id6) -> Router {
+/// #     Router::new().route("/logout", post(logout)).layer(id6.layer()).with_state(id6)
+/// # }
 /// ```
 impl IntoResponse for Error {
     fn into_response(self) -> Response {

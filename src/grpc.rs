@@ -14,7 +14,7 @@
 //! | `Anonymous` | `UNAUTHENTICATED` (16) | `None` |
 //! | `Rejected` (id6 refused the token) | `UNAUTHENTICATED` (16), id6's words (`Token revoked`...) | `None` |
 //! | `Unavailable` | `UNAVAILABLE` (14) | `UNAVAILABLE` (14) |
-//! | missing layer | `INTERNAL` (13) | `INTERNAL` (13) |
+//! | missing layer (the fix in an error log, `Internal error` to the client) | `INTERNAL` (13) | `INTERNAL` (13) |
 //!
 //! `csrf().grpc()` answers `PERMISSION_DENIED` (7) too. For a server stream that ends when the
 //! caller's token dies, take the caller's [`session`] and wrap the stream in
@@ -99,7 +99,7 @@ pub fn session<T>(request: &tonic::Request<T>) -> Result<Session, Status> {
 
 /// The crate's one answer to a refusal, as a gRPC status: id6's words for a refused token,
 /// no detail for an unavailable id6 (the layer logged it), a loud `INTERNAL` for a missing
-/// layer.
+/// layer (an error log naming the fix; the client, as over HTTP, learns nothing internal).
 fn status(refusal: Refusal<'_>) -> Status {
     match refusal {
         Refusal::NotAuthenticated | Refusal::DeadToken(_) => {
@@ -108,13 +108,18 @@ fn status(refusal: Refusal<'_>) -> Status {
         Refusal::Forbidden | Refusal::CsrfRejected => Status::permission_denied(refusal.message()),
         Refusal::Id6Unavailable(_) => Status::unavailable(UNAVAILABLE),
         Refusal::MissingLayer => {
-            tracing::error!("id6-tower: no Authentication in the request extensions; add `.layer(id6.layer())` to the tonic Server");
-            Status::internal(
-                "id6-tower: the id6 layer is missing: Server::builder().layer(id6.layer())",
-            )
+            tracing::error!("{MISSING_LAYER}");
+            Status::internal(refusal.message())
         }
     }
 }
+
+/// What the error log says when a tonic request reached a helper or guard without the layer.
+const MISSING_LAYER: &str = "id6-tower: no Authentication in the request extensions: the \
+     request reached `grpc::require_user`, `grpc::current_user`, `grpc::session` or a \
+     `.grpc()` guard without passing through `id6.layer()`. Add it to the tonic Server \
+     (`Server::builder().layer(id6.layer())`); if it is there already, put the guard inside \
+     it, on the service: `add_service(id6.require_user().grpc().layer(service))`";
 
 /// How a [`GuardLayer`] answers a refusal to a gRPC client: a trailers-only error (HTTP 200
 /// with `grpc-status`), `UNAUTHENTICATED` (16), `PERMISSION_DENIED` (7), `UNAVAILABLE` (14)

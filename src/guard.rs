@@ -90,10 +90,11 @@ impl Id6 {
 
     /// CSRF protection for routes that write (inside or outside [`layer`](Self::layer)):
     /// a `POST`, `PUT`, `PATCH` or `DELETE` whose token came from the cookie is refused with
-    /// `403` (`errorCode: "csrf_rejected"`) when `Sec-Fetch-Site` says `cross-site`, or when
-    /// `Origin` is neither the request's own (by `Host`) nor one of the
-    /// [`trusted_origins`](crate::Id6Builder::trusted_origins), or `null` without Fetch
-    /// Metadata saying `same-origin`; without `Origin`, when `Referer` names another site.
+    /// `403` (`errorCode: "csrf_rejected"`) when `Origin` is neither the request's own (by
+    /// `Host`) nor one of the [`trusted_origins`](crate::Id6Builder::trusted_origins), or
+    /// `null` without Fetch Metadata saying `same-origin`; when `Sec-Fetch-Site` says
+    /// `cross-site` and `Origin` is not a trusted one; without `Origin`, when `Referer` names
+    /// another site.
     /// A WebSocket handshake (`GET` with `Upgrade: websocket`) is checked as a write: it
     /// opens a channel that acts for the user (cross-site WebSocket hijacking). Requests
     /// without any of these headers (not a browser), bearer tokens and other safe requests

@@ -712,7 +712,9 @@ settings! {
     /// message, path, `Retry-After`) and returns the response, whose `String` body becomes
     /// the service's body. [`AuthRejection::default_response`] is the crate's own answer.
     /// (A guard's `303` to the [`login_url`](Self::login_url) is no rejection: not passed
-    /// here.)
+    /// here. The extractors find the hook in what the layer left in the request: without the
+    /// layer, their 500 `id6_layer_missing` is the crate's own. A guard turned to gRPC with
+    /// `.grpc()` answers with a gRPC status, not through the hook.)
     ///
     /// ```
     /// use id6_tower::{AuthRejection, Id6};

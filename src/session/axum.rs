@@ -13,9 +13,9 @@ use crate::rejection::AuthRejection;
 use crate::user::Authentication;
 
 /// The signed-in caller (401 otherwise, as [`RequireUser`](crate::extract::RequireUser)), for
-/// a handler whose connection outlives the request. A WebSocket handshake whose cookie came
-/// from another site (neither the request's own origin nor a trusted one) is refused with
-/// 403 `csrf_rejected`: cross-site WebSocket hijacking.
+/// a handler whose connection outlives the request. A WebSocket handshake (or a write:
+/// `POST`, `PUT`...) whose cookie came from another site is refused with 403 `csrf_rejected`
+/// by the same check as [`Id6::csrf`](crate::Id6::csrf)'s: cross-site WebSocket hijacking.
 impl<S: Sync> FromRequestParts<S> for Session {
     type Rejection = AuthRejection;
 

@@ -77,7 +77,8 @@ impl Lifeline {
 ///
 /// An axum extractor (feature `axum`): 401 for an anonymous caller, as
 /// [`RequireUser`](crate::extract::RequireUser); `Option<Session>` gives `None` instead; a
-/// WebSocket handshake carrying the cookie from another site gets 403 `csrf_rejected`.
+/// WebSocket handshake or a write (`POST`, `PUT`...) carrying the cookie from another site
+/// gets 403 `csrf_rejected`, as [`Id6::csrf`](crate::id6::Id6::csrf) would answer it.
 /// Elsewhere, [`Session::of`] (any tower stack) or `grpc::session` (tonic).
 ///
 /// ```

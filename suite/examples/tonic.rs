@@ -6,7 +6,7 @@
 //! anonymous one, prints the answers and exits 0.
 //!
 //! ```text
-//! cargo run --example tonic
+//! cargo run -p id6-tower-suite --features tonic --example tonic
 //! ```
 
 #[path = "support/whoami.rs"]

@@ -289,3 +289,37 @@ async fn a_condition_or_csrf_guard_answers_permission_denied() {
         "Alice"
     );
 }
+
+/// Without the layer, a method's `require_user` and a `.grpc()` guard answer `INTERNAL`, as
+/// the HTTP side answers 500: the client is told nothing of the wiring (the fix goes to the
+/// log, an error event), the message being the HTTP body's.
+#[tokio::test]
+async fn a_missing_layer_is_internal_and_says_nothing_internal() {
+    let mock = MockId6::start().await.unwrap();
+    let alice = mock.add_user("Alice", "alice@example.com");
+    let token = mock.token_for(alice);
+    let handle = id6(&mock, &[TokenLocation::Cookie]);
+    for guarded in [false, true] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        // No `.layer(id6.layer())`.
+        let mut server = Server::builder();
+        let router = if guarded {
+            server.add_service(
+                handle
+                    .require_user()
+                    .grpc()
+                    .layer(WhoAmIServer::new(whoami::Lenient)),
+            )
+        } else {
+            server.add_service(WhoAmIServer::new(whoami::Service))
+        };
+        tokio::spawn(router.serve_with_incoming(incoming));
+        let status = call(&format!("http://{addr}"), Carry::Cookie(&token))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Internal, "guarded: {guarded}");
+        assert_eq!(status.message(), "Internal error", "guarded: {guarded}");
+    }
+}

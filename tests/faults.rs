@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use common::{now_ms, Setup};
-use id6_tower::testing::{advance_clock, freeze_clock, Fault, MockId6};
+use id6_tower::testing::{advance_clock, freeze_clock, settle, Fault, MockId6};
 use id6_tower::{Health, Id6, OnUnavailable};
 use tower::ServiceExt;
 
@@ -129,6 +129,54 @@ async fn stale_answers_are_never_served_while_id6_answers() {
     // And a revoked user is not served stale later either.
     s.mock.shutdown().await;
     assert_eq!(s.get("/me", Some(&token)).await.0, 401);
+}
+
+/// A refresh ahead of expiry that finds the token revoked on id6 ends it, however many
+/// unrelated evictions came while id6 was asked: past 4096 marks they collapse into one
+/// floor that refuses every fill started before it, a user's (one more id6 call) and, here,
+/// id6's "revoked" too, which left the cached user served until its TTL, and stale after it.
+#[tokio::test]
+async fn a_refreshs_revoked_is_kept_whatever_else_was_evicted_meanwhile() {
+    let mock = MockId6::start().await.unwrap();
+    let alice = mock.add_user("Alice", "a@example.com");
+    let token = mock.token_issued_at(alice, now_ms() - 10);
+    let ttl = Duration::from_secs(60);
+    let id6 = Id6::builder(mock.url())
+        .timeout(TIMEOUT)
+        .cache_ttl(ttl)
+        .refresh_after(Duration::from_secs(30))
+        .on_unavailable(OnUnavailable::Stale(Duration::from_secs(600)))
+        .build()
+        .unwrap();
+    freeze_clock(&id6);
+    let s = Setup::with(mock, id6).await;
+    assert_eq!(s.get("/me", Some(&token)).await.0, 200);
+    s.mock.revoke_tokens(alice);
+    s.mock.hold_user_answers();
+    advance_clock(&s.id6, Duration::from_secs(31));
+    // Still the cached answer; this hit starts the refresh, whose "revoked" is held.
+    assert_eq!(s.get("/me", Some(&token)).await.0, 200);
+    s.mock.wait_for_held_answers(1).await;
+    // Meanwhile the app evicts other users, many of them.
+    for other in 0..5_000 {
+        s.id6.invalidate_user(1_000_000 + other);
+    }
+    s.mock.release_user_answers();
+    settle(&s.id6).await;
+    assert_eq!(s.mock.user_calls(), 2);
+    assert_eq!(
+        s.get("/me", Some(&token)).await.0,
+        401,
+        "id6 said the token is revoked; the cached user is still served"
+    );
+    // Nor is the revoked user served stale once id6 is down.
+    s.mock.shutdown().await;
+    advance_clock(&s.id6, ttl);
+    assert_ne!(
+        s.get("/me", Some(&token)).await.0,
+        200,
+        "a token id6 said is revoked was served stale"
+    );
 }
 
 #[tokio::test]

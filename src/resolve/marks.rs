@@ -87,7 +87,8 @@ impl Marks {
     }
 
     /// Stores in `entries` what a load that started under generation `started` learnt (id6
-    /// answered `age` ago), unless an invalidation since then makes it stale. The user whose
+    /// answered `age` ago), unless an invalidation since then makes it stale (a user; a
+    /// rejection is final, and always stored). The user whose
     /// other tokens it evicted (id6 showed a newer revocation), if it did: their open
     /// sessions are to be asked about now.
     pub(super) fn fill(
@@ -100,21 +101,23 @@ impl Marks {
     ) -> Option<u64> {
         let mut coherence = lock(&self.coherence);
         let mut revoked = None;
-        if coherence.cleared_at > started {
-            return None;
-        }
-        if coherence
-            .tokens
-            .get(&key)
-            .is_some_and(|(at, _, _)| *at > started)
-        {
-            return None;
-        }
+        // An eviction since the load began: its answer may predate what the eviction
+        // reflects.
+        let evicted_since = coherence.cleared_at > started
+            || coherence
+                .tokens
+                .get(&key)
+                .is_some_and(|(at, _, _)| *at > started);
         match verdict {
             Authentication::Unavailable(_) | Authentication::Anonymous => return None,
+            // Stored whatever was evicted since: id6's refusal of a token is final (forged,
+            // expired, revoked, its user gone; no later answer makes it good again), so it
+            // cannot undo an eviction, while refusing it would leave an older user of this
+            // token served (and kept stale), e.g. after the marks collapsed into a floor.
             Authentication::Rejected(why) => {
                 entries.insert(key, Authentication::Rejected(*why), Duration::ZERO)
             }
+            Authentication::Authenticated(_) if evicted_since => return None,
             Authentication::Authenticated(user) => {
                 let owner = coherence.users.entry(user.id).or_default();
                 if owner.invalidated.is_some_and(|(at, _)| at > started) {
@@ -209,9 +212,9 @@ impl Marks {
     /// Keeps the marks bounded however fast invalidations come (a mark lives for as long as
     /// a load may still predate it, and a million can come in that time). Past
     /// [`MAX_MARKS`], a sweep drops the expired ones; if more than half remain, all of them
-    /// collapse into one floor, as after a `clear`: loads that started before now store
-    /// nothing. Always safe, since a refused fill costs one more id6 call and no wrong
-    /// answer; and each sweep is followed by at least `MAX_MARKS / 2` invalidations before
+    /// collapse into one floor, as after a `clear`: loads that started before now store no
+    /// user. Always safe, since a refused fill costs one more id6 call and no wrong answer
+    /// (a rejection is stored whatever the marks say: see [`fill`](Self::fill)); and each sweep is followed by at least `MAX_MARKS / 2` invalidations before
     /// the next, so the cost per invalidation stays constant.
     fn bound(&self, entries: &Entries, coherence: &mut Coherence) {
         if coherence.tokens.len() <= MAX_MARKS && coherence.user_marks <= MAX_MARKS {

@@ -88,9 +88,8 @@ impl Marks {
 
     /// Stores in `entries` what a load that started under generation `started` learnt (id6
     /// answered `age` ago), unless an invalidation since then makes it stale (a user; a
-    /// rejection is final, and always stored). The user whose
-    /// other tokens it evicted (id6 showed a newer revocation), if it did: their open
-    /// sessions are to be asked about now.
+    /// rejection is final, and always stored). The user whose other tokens it evicted (id6
+    /// showed a newer revocation), if it did: their open sessions are to be asked about now.
     pub(super) fn fill(
         &self,
         entries: &Entries,
@@ -214,8 +213,9 @@ impl Marks {
     /// [`MAX_MARKS`], a sweep drops the expired ones; if more than half remain, all of them
     /// collapse into one floor, as after a `clear`: loads that started before now store no
     /// user. Always safe, since a refused fill costs one more id6 call and no wrong answer
-    /// (a rejection is stored whatever the marks say: see [`fill`](Self::fill)); and each sweep is followed by at least `MAX_MARKS / 2` invalidations before
-    /// the next, so the cost per invalidation stays constant.
+    /// (a rejection is stored whatever the marks say: see [`fill`](Self::fill)); and each
+    /// sweep is followed by at least `MAX_MARKS / 2` invalidations before the next, so the
+    /// cost per invalidation stays constant.
     fn bound(&self, entries: &Entries, coherence: &mut Coherence) {
         if coherence.tokens.len() <= MAX_MARKS && coherence.user_marks <= MAX_MARKS {
             return;

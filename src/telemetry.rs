@@ -40,7 +40,8 @@ pub struct Stats {
     /// Cache misses (each then starts or joins an id6 call, unless over budget).
     pub misses: u64,
     /// Misses refused because their caller's miss budget was spent: id6 not asked, the
-    /// request resolved as unavailable.
+    /// request resolved as unavailable. (A typed call the budget refuses is no lookup: its
+    /// error says so, [`Error::is_over_budget`](crate::Error::is_over_budget).)
     pub over_budget: u64,
     /// Background refreshes of cached users started ahead of their expiry (past the refresh
     /// age).

@@ -442,7 +442,12 @@ impl Resolver {
             Payer::Request(caller) => budget.spend(caller.as_ref()),
             Payer::TypedCall(caller) => budget.spend_typed(caller.as_ref()),
         }
-        .inspect_err(|_| self.inner.telemetry.lookup(LookupOutcome::OverBudget))
+        .inspect_err(|_| {
+            // A request's miss refused. A typed call is no lookup: its caller gets the error.
+            if matches!(payer, Payer::Request(_)) {
+                self.inner.telemetry.lookup(LookupOutcome::OverBudget)
+            }
+        })
     }
 
     /// The door a typed call passes before carrying a token to id6, as a miss does: the

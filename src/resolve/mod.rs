@@ -629,7 +629,8 @@ impl Resolver {
         // due at the refresh point finds the answer exactly that old, and must ask.
         let younger_than = Some((ttl - ahead).saturating_sub(Duration::from_nanos(1)));
         let this = self.clone();
-        let pending = local.load(key, younger_than, Payer::Nobody, move |payer| {
+        // Not a request's miss: joining a call in flight is no coalesced miss either.
+        let pending = local.load_in_background(key, younger_than, Payer::Nobody, move |payer| {
             let span = tracing::debug_span!("id6.recheck");
             async move { this.ask(key, &token, younger_than, payer).await }.instrument(span)
         });

@@ -57,7 +57,9 @@ pub struct Stats {
     pub upstream_rejected: u64,
     /// id6 calls that gave no usable answer.
     pub upstream_unavailable: u64,
-    /// Invalidations (token, user or all), explicit or by a typed call.
+    /// Invalidations (token, user or all): explicit (`invalidate_*`, `clear`), by a typed
+    /// call, by an id6 answer showing a newer `invalidateTokensAt` (the user's other tokens),
+    /// and with Redis, those broadcast by other instances and the clear after a resubscription.
     pub evictions: u64,
     /// Verdicts in the cache now.
     pub entries: u64,

@@ -40,7 +40,8 @@ pub struct Stats {
     /// Cache misses (each then starts or joins an id6 call, unless over budget).
     pub misses: u64,
     /// Misses refused because their caller's miss budget was spent: id6 not asked, the
-    /// request resolved as unavailable.
+    /// request resolved as unavailable. (A typed call the budget refuses is no lookup: its
+    /// error says so, [`Error::is_over_budget`](crate::Error::is_over_budget).)
     pub over_budget: u64,
     /// Background refreshes of cached users started ahead of their expiry (past the refresh
     /// age).
@@ -56,7 +57,9 @@ pub struct Stats {
     pub upstream_rejected: u64,
     /// id6 calls that gave no usable answer.
     pub upstream_unavailable: u64,
-    /// Invalidations (token, user or all), explicit or by a typed call.
+    /// Invalidations (token, user or all): explicit (`invalidate_*`, `clear`), by a typed
+    /// call, by an id6 answer showing a newer `invalidateTokensAt` (the user's other tokens),
+    /// and with Redis, those broadcast by other instances and the clear after a resubscription.
     pub evictions: u64,
     /// Verdicts in the cache now.
     pub entries: u64,

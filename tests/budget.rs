@@ -290,3 +290,33 @@ async fn misses_held_back_while_id6_pauses_cost_nothing() {
     advance_clock(&id6, Duration::from_secs(61));
     assert_eq!(get(&caller, addr, &mock.token_for(alice)).await.0, 200);
 }
+
+/// A typed call refused by the miss budget is no lookup: `stats().over_budget` (and
+/// `id6_lookups_total{result="over_budget"}`) count misses refused, each also a miss, and a
+/// typed call is neither; the call itself answers unavailable (`is_over_budget`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_typed_call_over_budget_is_not_counted_as_a_lookup() {
+    let mock = MockId6::start().await.unwrap();
+    let id6 = common::builder(&mock)
+        .miss_limit(MissLimit::new(1, Duration::from_secs(60)))
+        .build()
+        .unwrap();
+    let alice = mock.add_user("Alice", "alice@example.com");
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    // Two tokens the cache does not know, from callers that cannot be told apart: they share
+    // one budget of one call.
+    let first = id6_tower::UserToken::new(&mock.token_issued_at(alice, now_ms)).unwrap();
+    let second = id6_tower::UserToken::new(&mock.token_issued_at(alice, now_ms - 1)).unwrap();
+    id6.user(&first).await.unwrap();
+    let refused = id6.user(&second).await.unwrap_err();
+    assert!(refused.is_over_budget(), "{refused}");
+    let stats = id6.stats();
+    assert_eq!(
+        (stats.misses, stats.over_budget),
+        (0, 0),
+        "a typed call counted as a lookup: {stats:?}"
+    );
+}

@@ -376,3 +376,39 @@ async fn an_optional_session_is_none_for_an_anonymous_caller() {
         .unwrap();
     assert_eq!(body(alice).await, "Alice");
 }
+
+/// A session's recheck that joins an id6 call already in flight (here a request's refresh
+/// ahead of expiry) is background work, not a request: `stats().coalesced` counts misses
+/// that joined a call (each also counted in `misses`), and this is neither.
+#[tokio::test]
+async fn a_recheck_joining_a_refresh_is_not_counted_as_a_coalesced_miss() {
+    let ttl = Duration::from_secs(60);
+    let (mock, id6, _alice, token) = setup(ttl).await;
+    let session = session_for(&id6, Some(&token)).await.unwrap();
+    // Past the refresh age (¾ TTL), before the recheck (0.9 TTL): a hit starts a refresh,
+    // whose answer id6 holds.
+    advance_clock(&id6, ttl * 8 / 10);
+    mock.hold_user_answers();
+    let again = session_for(&id6, Some(&token)).await.unwrap();
+    mock.wait_for_held_answers(1).await;
+    // The recheck comes due while the refresh is in flight, and joins it: on this one
+    // thread, the driver and the recheck run while this test yields.
+    advance_clock(&id6, ttl / 10);
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    mock.release_user_answers();
+    settle(&id6).await;
+    assert_eq!(
+        mock.user_calls(),
+        2,
+        "the first request's call and the refresh"
+    );
+    let stats = id6.stats();
+    assert_eq!(
+        (stats.misses, stats.hits, stats.refreshes, stats.coalesced),
+        (1, 1, 1, 0),
+        "{stats:?}"
+    );
+    drop((session, again));
+}

@@ -130,12 +130,49 @@ impl AuthCache {
         Fut: Future + Send + 'static,
         Fut::Output: Into<Fetched>,
     {
+        self.load_for(key, max_age, payer, fetch, true)
+    }
+
+    /// [`load`](Self::load) for background work (a session's recheck): no request's miss,
+    /// so joining a call in flight is not counted as a coalesced miss.
+    pub(crate) fn load_in_background<F, Fut>(
+        &self,
+        key: TokenKey,
+        max_age: Option<Duration>,
+        payer: Payer,
+        fetch: F,
+    ) -> Pending
+    where
+        F: FnOnce(Payer) -> Fut,
+        Fut: Future + Send + 'static,
+        Fut::Output: Into<Fetched>,
+    {
+        self.load_for(key, max_age, payer, fetch, false)
+    }
+
+    /// [`load`](Self::load), counting a join as a coalesced miss only for a request's miss.
+    fn load_for<F, Fut>(
+        &self,
+        key: TokenKey,
+        max_age: Option<Duration>,
+        payer: Payer,
+        fetch: F,
+        a_miss: bool,
+    ) -> Pending
+    where
+        F: FnOnce(Payer) -> Fut,
+        Fut: Future + Send + 'static,
+        Fut::Output: Into<Fetched>,
+    {
         let mut inflight = lock(&self.shared.inflight);
         if let Some(done) = self.entries.lookup(&key, max_age, false) {
             return ready(done.verdict);
         }
         let generation = self.generation();
         if let Some(joined) = self.joined(&inflight, &key, generation) {
+            if a_miss {
+                self.coalesced();
+            }
             return joined;
         }
         let payer = match self.entries.has_user(&key) {
@@ -147,9 +184,22 @@ impl AuthCache {
 
     /// The load of `key` in flight, if one started under the current generation: what
     /// [`load`](Self::load) would join, found without the work that precedes a new call.
+    /// Only a request's miss joins this way: the join is counted as a coalesced miss.
     pub(crate) fn join(&self, key: &TokenKey) -> Option<Pending> {
         let inflight = lock(&self.shared.inflight);
-        self.joined(&inflight, key, self.generation())
+        let joined = self.joined(&inflight, key, self.generation());
+        if joined.is_some() {
+            self.coalesced();
+        }
+        joined
+    }
+
+    /// A request's miss joined a call in flight.
+    fn coalesced(&self) {
+        self.shared
+            .telemetry
+            .lookup(telemetry::LookupOutcome::Coalesced);
+        tracing::trace!("joining an id6 call in flight");
     }
 
     /// Joins the load of `key` in `inflight` if it started under `generation` (a load that
@@ -163,10 +213,6 @@ impl AuthCache {
         let load = inflight
             .get(key)
             .filter(|load| load.started == generation)?;
-        self.shared
-            .telemetry
-            .lookup(telemetry::LookupOutcome::Coalesced);
-        tracing::trace!("joining an id6 call in flight");
         Some(load.pending.clone())
     }
 

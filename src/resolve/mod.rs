@@ -442,7 +442,12 @@ impl Resolver {
             Payer::Request(caller) => budget.spend(caller.as_ref()),
             Payer::TypedCall(caller) => budget.spend_typed(caller.as_ref()),
         }
-        .inspect_err(|_| self.inner.telemetry.lookup(LookupOutcome::OverBudget))
+        .inspect_err(|_| {
+            // A request's miss refused. A typed call is no lookup: its caller gets the error.
+            if matches!(payer, Payer::Request(_)) {
+                self.inner.telemetry.lookup(LookupOutcome::OverBudget)
+            }
+        })
     }
 
     /// The door a typed call passes before carrying a token to id6, as a miss does: the
@@ -624,7 +629,8 @@ impl Resolver {
         // due at the refresh point finds the answer exactly that old, and must ask.
         let younger_than = Some((ttl - ahead).saturating_sub(Duration::from_nanos(1)));
         let this = self.clone();
-        let pending = local.load(key, younger_than, Payer::Nobody, move |payer| {
+        // Not a request's miss: joining a call in flight is no coalesced miss either.
+        let pending = local.load_in_background(key, younger_than, Payer::Nobody, move |payer| {
             let span = tracing::debug_span!("id6.recheck");
             async move { this.ask(key, &token, younger_than, payer).await }.instrument(span)
         });

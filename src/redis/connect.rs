@@ -38,11 +38,7 @@ fn client_of(
     #[cfg(not(feature = "rustls"))]
     {
         let _ = settings;
-        Err(Error::config(
-            row,
-            "is rediss:// (TLS), but id6-tower was built without TLS for Redis: \
-             enable its `rustls` feature (default) with `redis`",
-        ))
+        Err(no_tls(row))
     }
     #[cfg(feature = "rustls")]
     {
@@ -70,11 +66,7 @@ fn sentinels_over_tls(
     #[cfg(not(feature = "rustls"))]
     {
         let _ = (settings, master);
-        Err(Error::config(
-            row,
-            "is rediss:// (TLS), but id6-tower was built without TLS for Redis: \
-             enable its `rustls` feature (default) with `redis`",
-        ))
+        Err(no_tls(row))
     }
     #[cfg(feature = "rustls")]
     {
@@ -397,6 +389,17 @@ pub(super) enum Target {
     },
 }
 
+/// A `rediss://` URL in a build without TLS for Redis, named by its setting with the feature
+/// that would serve it.
+#[cfg(not(feature = "rustls"))]
+fn no_tls(row: crate::error::Setting) -> Error {
+    Error::config(
+        row,
+        "is rediss:// (TLS), but id6-tower was built without TLS for Redis: \
+         enable its `rustls` feature (default) with `redis`",
+    )
+}
+
 impl Target {
     /// The target `settings` name.
     ///
@@ -416,13 +419,20 @@ impl Target {
                 format!("not a list of Sentinel URLs: {e}"),
             )
         };
+        let over_tls = sentinels.urls.iter().any(|url| is_tls(url));
+        // Before parsing: without TLS, redis-rs refuses a `rediss://` URL in words that do
+        // not name the feature that would serve it.
+        #[cfg(not(feature = "rustls"))]
+        if over_tls {
+            return Err(no_tls(crate::config::setting::REDIS_SENTINELS));
+        }
         let infos = sentinels
             .urls
             .iter()
             .map(|url| redis::IntoConnectionInfo::into_connection_info(url.as_str()))
             .collect::<Result<Vec<_>, _>>()
             .map_err(not_a_url)?;
-        let client = if sentinels.urls.iter().any(|url| is_tls(url)) {
+        let client = if over_tls {
             sentinels_over_tls(settings, &infos, &sentinels.master)?
         } else {
             // The master is reached as the Sentinels are: the same user and password.

@@ -350,19 +350,27 @@ impl Id6 {
     ///
     /// # Errors
     ///
-    /// Unauthenticated or unavailable.
+    /// Unauthenticated or unavailable. When no answer came once the call was sent (a
+    /// timeout), the user's cached tokens are evicted all the same: id6 may have revoked them.
     pub async fn disconnect(&self, from: &(impl TokenSource + ?Sized)) -> Result<(), Error> {
         // Read before the call: once it succeeds, the cache no longer knows the owner.
         let owner = from
             .user_token(self)
             .and_then(|token| self.owner_of(&token));
-        self.call(Method::GET, "user/disconnect", from, |r| r)
-            .await?;
-        // Unknown owner (not a JWT we can read): the only safe eviction is everything.
-        self.resolver()
-            .evict(owner.map_or(Scope::All, Scope::User))
-            .await;
-        Ok(())
+        let called = self.call(Method::GET, "user/disconnect", from, |r| r).await;
+        let scope = match &called {
+            // Unknown owner (not a JWT we can read): the only safe eviction is everything.
+            Ok(_) => Some(owner.map_or(Scope::All, Scope::User)),
+            // No answer once the call was sent (a timeout, a connection cut): id6 may have
+            // revoked the tokens all the same. The owner's are evicted, at one id6 call per
+            // token; an owner unknown here is not worth the whole cache.
+            Err(error) if error.may_have_reached_id6() => owner.map(Scope::User),
+            Err(_) => None,
+        };
+        if let Some(scope) = scope {
+            self.resolver().evict(scope).await;
+        }
+        called.map(|_| ())
     }
 
     /// Replaces the user's profile (`POST /user/profile`), checked first with id6's rules;

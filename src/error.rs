@@ -263,6 +263,12 @@ impl Error {
         matches!(self.inner.kind, Kind::Timeout)
     }
 
+    /// The call may have reached id6 and no answer came back (a timeout, an exchange cut
+    /// short): what it asked for may have been done.
+    pub(crate) fn may_have_reached_id6(&self) -> bool {
+        matches!(self.inner.kind, Kind::Timeout | Kind::Request)
+    }
+
     /// id6 answered `429 Too Many Requests`; see [`retry_after`](Self::retry_after).
     pub fn is_rate_limited(&self) -> bool {
         matches!(

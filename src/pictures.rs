@@ -188,8 +188,9 @@ impl Id6 {
         struct Answer {
             picture: Option<String>,
         }
-        let answer: Answer = self.client().read_json(response).await?;
+        // id6 took the picture (a 2xx): evicted before its answer is read, which may fail.
         self.evict_owner(&token).await;
+        let answer: Answer = self.client().read_json(response).await?;
         Ok(answer.picture)
     }
 

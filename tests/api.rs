@@ -226,6 +226,31 @@ async fn typed_call_errors_say_what_happened() {
 
 /// A `GET /user` answer decided before `disconnect` but arriving after it must not put the
 /// revoked user back into the cache.
+/// A disconnect whose answer never came (a timeout: id6 may have revoked every token of the
+/// user) leaves none of the user's tokens cached: the next request asks id6 rather than
+/// trust an answer the call may have made wrong.
+#[tokio::test]
+async fn a_disconnect_without_an_answer_leaves_nothing_cached() {
+    let mock = MockId6::start().await.unwrap();
+    let alice = mock.add_user("Alice", "a@example.com");
+    let token = mock.token_for(alice);
+    let id6 = common::builder(&mock).build().unwrap();
+    let h = headers(&token);
+    assert!(id6.authenticate(&h).await.user().is_some());
+    let calls = mock.user_calls();
+
+    mock.set_fault(Fault::Delay(Duration::from_secs(30)));
+    let err = id6.disconnect(&h).await.unwrap_err();
+    assert!(err.is_timeout(), "{err}");
+    mock.clear_fault();
+    assert!(id6.authenticate(&h).await.user().is_some());
+    assert_eq!(
+        mock.user_calls(),
+        calls + 1,
+        "Alice was served from the cache after a disconnect that may have happened"
+    );
+}
+
 /// Only a 4xx is id6 refusing a call; JSON under any other status that is no success (a
 /// redirect, a code past 599) says nothing about the caller: id6 is unavailable, and an
 /// app answering with the error says 503, never the stray status.

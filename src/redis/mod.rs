@@ -178,6 +178,9 @@ pub(crate) struct Redis {
     mark_user: redis::Script,
     drop_user: redis::Script,
     subscribed: AtomicBool,
+    /// Names this instance's broadcasts, so that it does not apply them twice when they come
+    /// back on the channel it follows.
+    origin: u64,
     /// Evictions on their way to Redis, and whether the task that applies them runs.
     evictions: Arc<evictions::Queue>,
     delivering: AtomicBool,
@@ -231,6 +234,11 @@ impl Redis {
             mark_user: redis::Script::new(MARK_USER),
             drop_user: redis::Script::new(DROP_USER),
             subscribed: AtomicBool::new(false),
+            // Each `RandomState` is seeded afresh (the OS's randomness, then a count).
+            origin: std::hash::BuildHasher::hash_one(
+                &std::collections::hash_map::RandomState::new(),
+                "id6-tower origin",
+            ),
             evictions: Arc::default(),
             delivering: AtomicBool::new(false),
             stop: tokio::sync::watch::Sender::new(()),
@@ -679,7 +687,8 @@ impl Redis {
     async fn apply(&self, scope: Scope) -> Result<(), Failure> {
         match scope {
             Scope::Token(key) | Scope::SignedOut(key) => {
-                self.invalidate_token(&key, message(scope)).await
+                self.invalidate_token(&key, message(self.origin, scope))
+                    .await
             }
             Scope::User(user_id) => self.revoke_user(user_id, None).await,
             Scope::All => self.clear().await,
@@ -689,7 +698,7 @@ impl Redis {
     /// Tells every instance of an eviction whose Redis part waits (a cluster's master down):
     /// published through any node, as the Redis part will publish it again once applied.
     async fn tell(&self, scope: Scope) -> bool {
-        let message = message(scope);
+        let message = message(self.origin, scope);
         let channel = self.channel();
         self.attempt("invalidate", |mut c| async move {
             c.publish::<_, _, ()>(channel, message).await
@@ -769,7 +778,7 @@ impl Redis {
         dropping
             .key(set)
             .arg(self.channel())
-            .arg(message(Scope::User(user_id)));
+            .arg(message(self.origin, Scope::User(user_id)));
         for member in members.iter().filter(|m| from_hex(m).is_some()) {
             dropping.key(format!("{tag}t:{member}")).arg(member);
         }
@@ -790,7 +799,8 @@ impl Redis {
         self.delete_entries().await;
         let channel = self.channel();
         self.try_op("clear", |mut c| async move {
-            c.publish::<_, _, ()>(channel, message(Scope::All)).await
+            c.publish::<_, _, ()>(channel, message(self.origin, Scope::All))
+                .await
         })
         .await?;
         self.delete_entries().await;
@@ -1004,19 +1014,30 @@ fn from_hex(hex: &str) -> Option<TokenKey> {
     Some(TokenKey(key))
 }
 
-/// An eviction as broadcast (read back by [`parse`]).
-fn message(scope: Scope) -> String {
-    match scope {
+/// An eviction as `origin` broadcasts it (read back by [`parse`]): `<origin hex>/` then
+/// the scope.
+fn message(origin: u64, scope: Scope) -> String {
+    let scope = match scope {
         Scope::Token(key) => format!("t:{}", hex(&key)),
         Scope::SignedOut(key) => format!("s:{}", hex(&key)),
         Scope::User(user_id) => format!("u:{user_id}"),
         Scope::All => "*".to_owned(),
-    }
+    };
+    format!("{origin:016x}/{scope}")
 }
 
-/// Another instance's eviction, as broadcast: `*`, `u:<user id>`, `t:<key hex>` or (a
-/// sign-out) `s:<key hex>`.
-fn parse(message: &str) -> Option<Scope> {
+/// An eviction as broadcast, and the instance that broadcast it (none named: an instance
+/// that names none, which is never this one).
+fn parse(message: &str) -> Option<(Option<u64>, Scope)> {
+    let (origin, scope) = match message.split_once('/') {
+        Some((origin, scope)) => (Some(u64::from_str_radix(origin, 16).ok()?), scope),
+        None => (None, message),
+    };
+    parse_scope(scope).map(|scope| (origin, scope))
+}
+
+/// A scope as broadcast: `*`, `u:<user id>`, `t:<key hex>` or (a sign-out) `s:<key hex>`.
+fn parse_scope(message: &str) -> Option<Scope> {
     if message == "*" {
         Some(Scope::All)
     } else if let Some(id) = message.strip_prefix("u:") {
@@ -1048,8 +1069,16 @@ mod tests {
             Scope::User(42),
             Scope::All,
         ] {
-            assert_eq!(parse(&message(scope)), Some(scope), "{scope:?}");
+            assert_eq!(
+                parse(&message(7, scope)),
+                Some((Some(7), scope)),
+                "{scope:?}"
+            );
+            // As an instance that names no origin broadcasts it.
+            let unnamed = message(7, scope).split_once('/').unwrap().1.to_owned();
+            assert_eq!(parse(&unnamed), Some((None, scope)), "{scope:?}");
         }
         assert_eq!(parse("t:not hex"), None);
+        assert_eq!(parse("zz/*"), None);
     }
 }

@@ -100,6 +100,9 @@ pub(super) async fn listen(shared: Weak<Redis>, local: Arc<dyn EvictionSink>) {
 
 /// Applies the subscription's messages until it ends or stops answering pings.
 async fn follow(pubsub: redis::aio::PubSub, shared: &Weak<Redis>, local: &dyn EvictionSink) {
+    let Some(own) = shared.upgrade().map(|this| this.origin) else {
+        return;
+    };
     let (mut sink, mut messages) = pubsub.split();
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -113,9 +116,12 @@ async fn follow(pubsub: redis::aio::PubSub, shared: &Weak<Redis>, local: &dyn Ev
                 let Ok(payload) = message.get_payload::<String>() else {
                     continue;
                 };
-                if let Some(scope) = parse(&payload) {
+                match parse(&payload) {
+                    // This instance's own, come back: applied when it was made.
+                    Some((Some(origin), _)) if origin == own => {}
                     // Applied locally only: not broadcast again.
-                    local.evict(scope);
+                    Some((_, scope)) => local.evict(scope),
+                    None => {}
                 }
             }
             _ = ticks.tick() => {

@@ -574,6 +574,56 @@ async fn sign_out_on_one_instance_evicts_on_every_instance() {
     );
 }
 
+/// An instance hears its own broadcasts on the channel it follows: it must not apply its
+/// own evictions a second time (counted twice, its sessions told twice, a `clear` that
+/// empties again what was filled since).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_does_not_apply_its_own_broadcast_again() {
+    let Some(redis) = redis_or_skip().await else {
+        return;
+    };
+    let mock = MockId6::start().await.unwrap();
+    let prefix = format!("id6-test-echo-{}:", std::process::id());
+    let (a, b) = (
+        instance(&mock, &redis, &prefix).await,
+        instance(&mock, &redis, &prefix).await,
+    );
+    redis.until_subscribed(2).await;
+    let alice = mock.add_user("Alice", "a@example.com");
+    let (token, marker) = (
+        mock.token_issued_at(alice, common::now_ms() - 10),
+        mock.token_issued_at(alice, common::now_ms() - 11),
+    );
+    let headers = |token: &str| {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("cookie", format!("auth={token}").parse().unwrap());
+        headers
+    };
+    assert!(a.authenticate(&headers(&token)).await.user().is_some());
+    assert!(a.authenticate(&headers(&marker)).await.user().is_some());
+    let before = a.stats().evictions;
+
+    a.sign_out(&UserToken::new(&token).unwrap()).await.unwrap();
+    // B's eviction of the marker reaches A after A's own broadcast (Redis delivers in the
+    // order it published): once A dropped the marker, its echo has come too.
+    b.invalidate_token(&UserToken::new(&marker).unwrap());
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let calls = mock.user_calls_for(&marker);
+        a.authenticate(&headers(&marker)).await;
+        if mock.user_calls_for(&marker) > calls {
+            break;
+        }
+        assert!(Instant::now() < deadline, "B's eviction never reached A");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert_eq!(
+        a.stats().evictions,
+        before + 2,
+        "A's own sign-out, then B's eviction: once each"
+    );
+}
+
 /// A public call of `Id6` that evicts, on the given handle and token.
 type EvictingCall = Box<dyn Fn(Id6, UserToken) -> futures_util::future::BoxFuture<'static, ()>>;
 

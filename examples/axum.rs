@@ -24,7 +24,9 @@
 //! - `POST /me/picture` (multipart field `picture`) → `{"picture": "<url>"}`
 //! - `GET /me/picture` → the picture, streamed from id6
 //! - `POST /logout` → 204, signs out (the token leaves the cache, the cookie the browser);
-//!   from a browser form, 303 back to `/app`
+//!   from a browser form, 303 back to `/app`. The cookie is cleared whatever id6 answered:
+//!   with id6 unavailable the token leaves the cache all the same (and the answer is id6's
+//!   503); a dead or missing token from a form is signed out already (303 to `/app`)
 //! - `POST /logout-everywhere` → 204, revokes every token of the user on id6 and here
 //! - `GET /app` → an HTML page: "Signed in as <name>" with a sign-out button, or
 //!   "Anonymous" with a link to id6's sign-in page (`ID6_LOGIN_URL`, or the embedded
@@ -205,20 +207,33 @@ async fn picture(State(id6): State<Id6>, parts: Parts) -> Result<Response, id6_t
     Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
 }
 
-async fn logout(State(id6): State<Id6>, parts: Parts) -> Result<Response, id6_tower::Error> {
-    id6.sign_out(&parts).await?;
+/// Signs out at id6 and here. The browser's cookie goes whatever id6 answered (id6's own
+/// clearing `Set-Cookie` comes to this server, not to the browser): id6 down or rate
+/// limiting must not leave a signed-in browser behind, and the token then leaves the cache
+/// all the same. A token already dead, or none (signed out in another tab), is signed out:
+/// a page goes back to `/app`, an API client gets id6's 401.
+async fn logout(State(id6): State<Id6>, parts: Parts) -> Response {
+    let signed_out = id6.sign_out(&parts).await;
     let from_a_page = parts
         .headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("text/html"));
-    // The browser's cookie goes too, as id6 clears it.
     let clear = [(header::SET_COOKIE, id6.clearing_cookie())];
-    Ok(if from_a_page {
-        (clear, Redirect::to("/app")).into_response()
-    } else {
-        (StatusCode::NO_CONTENT, clear).into_response()
-    })
+    match signed_out {
+        Ok(()) if from_a_page => (clear, Redirect::to("/app")).into_response(),
+        Ok(()) => (StatusCode::NO_CONTENT, clear).into_response(),
+        Err(error) if error.is_unauthenticated() && from_a_page => {
+            (clear, Redirect::to("/app")).into_response()
+        }
+        Err(error) => {
+            // Not signed out at id6 (down, rate limiting, over budget): out of the cache here.
+            if !error.is_unauthenticated() {
+                id6.invalidate_token(&parts);
+            }
+            (clear, error).into_response()
+        }
+    }
 }
 
 /// A WebSocket for signed-in users: a greeting, then an echo, until the client leaves or

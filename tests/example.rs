@@ -293,3 +293,58 @@ fn urlencode(text: &str) -> String {
         .trim_start_matches("v=")
         .to_owned()
 }
+
+/// `POST /logout` from the page's "Sign out" button clears the browser's cookie whatever id6
+/// answered: id6 down or rate limiting (the token then leaves the cache all the same), or
+/// the token already dead (signed out in another tab, revoked): that browser is signed out,
+/// and goes back to `/app` rather than to a JSON 401.
+#[tokio::test]
+async fn a_sign_out_clears_the_cookie_whatever_id6_answers() {
+    let app = start().await;
+    let me = |cookie: &str| {
+        app.http
+            .get(format!("{}/me", app.base))
+            .header("cookie", cookie)
+            .send()
+    };
+    let sign_out = |cookie: &str| {
+        app.http
+            .post(format!("{}/logout", app.base))
+            .header("cookie", cookie)
+            .header("accept", "text/html,application/xhtml+xml")
+            .header("origin", &app.base)
+            .header("sec-fetch-site", "same-origin")
+            .send()
+    };
+    let clears = |response: &reqwest::Response| {
+        response
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .any(|v| v.to_str().unwrap().starts_with("auth=;"))
+    };
+
+    // id6 down while Alice's token is cached: the cookie goes, and so does the cached entry.
+    assert_eq!(me(&app.alice).await.unwrap().status(), 200);
+    app.mock.set_fault(id6_tower::testing::Fault::Status(503));
+    let out = sign_out(&app.alice).await.unwrap();
+    assert!(
+        clears(&out),
+        "id6 down: the cookie stayed ({})",
+        out.status()
+    );
+    let after = me(&app.alice).await.unwrap();
+    assert_ne!(after.status(), 200, "id6 down: still served from the cache");
+    app.mock.clear_fault();
+
+    // A dead token (expired, malformed) or none (signed out in another tab): back to the
+    // page, the cookie cleared.
+    let carol = app.mock.add_user("Carol", "carol@example.com");
+    let expired = format!("auth={}", app.mock.expired_token_for(carol));
+    for cookie in [expired.as_str(), "auth=not.a.jwt", ""] {
+        let out = sign_out(cookie).await.unwrap();
+        assert_eq!(out.status(), 303, "{cookie:?}");
+        assert_eq!(out.headers()["location"], "/app", "{cookie:?}");
+        assert!(clears(&out), "{cookie:?}");
+    }
+}

@@ -209,8 +209,8 @@ async fn picture(State(id6): State<Id6>, parts: Parts) -> Result<Response, id6_t
 
 /// Signs out at id6 and here. The browser's cookie goes whatever id6 answered (id6's own
 /// clearing `Set-Cookie` comes to this server, not to the browser): id6 down or rate
-/// limiting must not leave a signed-in browser behind, and the token then leaves the cache
-/// all the same. A token already dead, or none (signed out in another tab), is signed out:
+/// limiting must not leave a signed-in browser behind (`sign_out` takes the token out of
+/// the cache all the same). A token already dead, or none (signed out in another tab), is signed out:
 /// a page goes back to `/app`, an API client gets id6's 401.
 async fn logout(State(id6): State<Id6>, parts: Parts) -> Response {
     let signed_out = id6.sign_out(&parts).await;
@@ -226,13 +226,8 @@ async fn logout(State(id6): State<Id6>, parts: Parts) -> Response {
         Err(error) if error.is_unauthenticated() && from_a_page => {
             (clear, Redirect::to("/app")).into_response()
         }
-        Err(error) => {
-            // Not signed out at id6 (down, rate limiting, over budget): out of the cache here.
-            if !error.is_unauthenticated() {
-                id6.invalidate_token(&parts);
-            }
-            (clear, error).into_response()
-        }
+        // id6 not told (down, rate limiting): `sign_out` took the token out of the cache.
+        Err(error) => (clear, error).into_response(),
     }
 }
 

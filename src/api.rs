@@ -301,10 +301,13 @@ impl Id6 {
     /// use axum::{extract::State, response::IntoResponse, routing::post, Router};
     /// use id6_tower::Id6;
     ///
-    /// // Pass the request's `Parts`: the caller is then found as the layer finds it.
-    /// async fn logout(State(id6): State<Id6>, parts: Parts) -> Result<impl IntoResponse, id6_tower::Error> {
-    ///     id6.sign_out(&parts).await?;
-    ///     Ok((StatusCode::NO_CONTENT, [(header::SET_COOKIE, id6.clearing_cookie())]))
+    /// // Pass the request's `Parts`: the caller is then found as the layer finds it. The
+    /// // cookie goes whatever id6 answers (with id6 down, the token left the cache anyway).
+    /// async fn logout(State(id6): State<Id6>, parts: Parts) -> impl IntoResponse {
+    ///     if let Err(error) = id6.sign_out(&parts).await {
+    ///         eprintln!("id6 was not told of a sign-out: {error}");
+    ///     }
+    ///     (StatusCode::NO_CONTENT, [(header::SET_COOKIE, id6.clearing_cookie())])
     /// }
     ///
     /// # fn app(id6: Id6) -> Router {
@@ -317,14 +320,29 @@ impl Id6 {
     ///
     /// # Errors
     ///
-    /// Unauthenticated or unavailable.
+    /// Unauthenticated or unavailable. id6's sign-out revokes nothing, so the app's part does
+    /// not wait on it: with id6 unavailable, a token the cache holds is evicted (and its
+    /// connections end) all the same, and the error says id6 was not told.
     pub async fn sign_out(&self, from: &(impl TokenSource + ?Sized)) -> Result<(), Error> {
-        let (token, _) = self.call(Method::POST, "auth/signout", from, |r| r).await?;
-        // Its connections end saying what happened, here and on every instance.
         let resolver = self.resolver();
-        resolver
-            .evict(Scope::SignedOut(resolver.key_of(&token)))
-            .await;
+        // Only a token the cache holds as a user's: a stranger's junk must not cost a
+        // broadcast each.
+        let held = from
+            .user_token(self)
+            .map(|token| resolver.key_of(&token))
+            .filter(|key| resolver.user_id_of(key).is_some());
+        let key = match self.call(Method::POST, "auth/signout", from, |r| r).await {
+            Ok((token, _)) => resolver.key_of(&token),
+            Err(error) => {
+                // id6 refused the token (a 401 evicted it already), or gave no answer.
+                if let Some(key) = held.filter(|_| error.is_unavailable()) {
+                    resolver.evict(Scope::SignedOut(key)).await;
+                }
+                return Err(error);
+            }
+        };
+        // Its connections end saying what happened, here and on every instance.
+        resolver.evict(Scope::SignedOut(key)).await;
         Ok(())
     }
 

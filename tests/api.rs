@@ -54,6 +54,24 @@ async fn sign_out_evicts_the_token_but_id6_still_accepts_it() {
     assert_eq!(s.mock.user_calls(), 2);
 }
 
+/// id6's sign-out revokes nothing (the token stays valid there), so the app's part of it
+/// does not wait on id6: with id6 unavailable, a cached token leaves the cache all the same
+/// (the error says id6 was not told).
+#[tokio::test]
+async fn sign_out_with_id6_down_still_evicts_the_token() {
+    let (s, _alice, token) = alice_cached().await;
+    s.mock.set_fault(Fault::Status(503));
+    let err = s.id6.sign_out(&headers(&token)).await.unwrap_err();
+    assert!(err.is_unavailable(), "{err}");
+    s.mock.clear_fault();
+    assert_eq!(s.get("/", Some(&token)).await.1, "Hello, Alice!");
+    assert_eq!(
+        s.mock.user_calls(),
+        2,
+        "the token was still served from the cache after its sign-out"
+    );
+}
+
 #[test]
 fn the_clearing_cookie_follows_the_configured_name_and_attributes() {
     let url = "http://127.0.0.1:9/api";

@@ -349,6 +349,20 @@ impl AuthCache {
         self.shared.lives.evicted(scope);
     }
 
+    /// [`evict`](Self::evict) again once the second level's part is done, without counting
+    /// it or telling the sessions a second time: what a miss read back from the second level
+    /// in between (before its entry there was deleted) goes, and no load that started in
+    /// between stores its answer.
+    pub(crate) fn evict_again(&self, scope: Scope) {
+        let (marks, entries) = (&self.shared.marks, &self.entries);
+        match scope {
+            Scope::Token(key) => marks.invalidate_token(entries, &key, false),
+            Scope::SignedOut(key) => marks.invalidate_token(entries, &key, true),
+            Scope::User(user_id) => marks.invalidate_user(entries, user_id),
+            Scope::All => marks.clear(entries),
+        }
+    }
+
     /// The user a cached token belongs to.
     pub(crate) fn user_id_of(&self, key: &TokenKey) -> Option<u64> {
         self.entries.user(key).map(|user| user.id)

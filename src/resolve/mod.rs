@@ -673,12 +673,19 @@ impl Resolver {
     /// refill protection, then the second level and every other instance. The returned
     /// future is that second part: typed calls await it; the synchronous API runs it in the
     /// background ([`evict_in_background`](Self::evict_in_background)).
+    ///
+    /// Once the second level's part is done, the local tiers are evicted once more, quietly:
+    /// a miss here between the two may have read the entry back from the second level before
+    /// it was deleted there, and kept it under a generation the first eviction no longer
+    /// guards (this instance does not apply its own broadcast).
     pub(crate) fn evict(&self, scope: Scope) -> impl Future<Output = ()> + Send + 'static {
         self.inner.local.evict(scope);
         let everywhere = self.inner.second.clone().map(|second| second.evict(scope));
+        let local = self.inner.local.clone();
         async move {
             if let Some(everywhere) = everywhere {
                 everywhere.await;
+                local.evict_again(scope);
             }
         }
     }

@@ -2253,3 +2253,74 @@ async fn a_slow_store_does_not_hide_a_users_entries_from_a_revocation() {
         fresh.stats()
     );
 }
+
+/// A profile update evicts the user here, then in Redis: a request on the same instance in
+/// between misses, reads the old shared entry back from Redis and keeps it, under a
+/// generation the local eviction no longer protects. Once `update_profile` returned, that
+/// instance kept serving the old name (found by the isolation probe; before the fix, the
+/// old name came back in most rounds).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_profile_update_is_not_undone_by_the_old_shared_entry() {
+    use id6_tower::Profile;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use tower::ServiceExt;
+    let Some(redis) = redis_or_skip().await else {
+        return;
+    };
+    let mock = MockId6::start().await.unwrap();
+    let prefix = format!("id6-test-update-{}:", std::process::id());
+    let id6 = instance(&mock, &redis, &prefix).await;
+    redis.until_subscribed(1).await;
+    let app = common::app(&id6);
+    let alice = mock.add_user("Alice0", "a@example.com");
+    let token = mock.token_issued_at(alice, common::now_ms() - 10);
+    let get = |app: axum::Router, token: String| async move {
+        let request = http::Request::get("/")
+            .header("cookie", format!("auth={token}"))
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let response = app.oneshot(request).await.unwrap();
+        let body = axum::body::to_bytes(response.into_body(), 256)
+            .await
+            .unwrap();
+        String::from_utf8(body.to_vec()).unwrap()
+    };
+    let mut stale_rounds = Vec::new();
+    for round in 1..=12 {
+        // The current name, asked of id6 and shared in Redis.
+        assert_eq!(
+            get(app.clone(), token.clone()).await,
+            format!("Hello, Alice{}!", round - 1)
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let requests = tokio::spawn({
+            let (app, token, stop) = (app.clone(), token.clone(), stop.clone());
+            async move {
+                while !stop.load(Ordering::Relaxed) {
+                    get(app.clone(), token.clone()).await;
+                    // A hit resolves at once: leave the runtime's other tasks their turn.
+                    tokio::task::yield_now().await;
+                }
+            }
+        });
+        let name = format!("Alice{round}");
+        id6.update_profile(&UserToken::new(&token).unwrap(), &Profile::new(&name))
+            .await
+            .unwrap();
+        stop.store(true, Ordering::Relaxed);
+        requests.await.unwrap();
+        // Begun after the update returned: the new name, or the update was undone.
+        if get(app.clone(), token.clone()).await != format!("Hello, {name}!") {
+            stale_rounds.push(round);
+        }
+        // The next round starts from id6's word, shared once the update's mark in Redis is
+        // older than a store's allowance (the Redis timeout, 100 ms).
+        id6.invalidate_user(alice);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    assert!(
+        stale_rounds.is_empty(),
+        "the old name served after update_profile returned, in rounds {stale_rounds:?}"
+    );
+}

@@ -117,8 +117,11 @@ async fn follow(pubsub: redis::aio::PubSub, shared: &Weak<Redis>, local: &dyn Ev
                     continue;
                 };
                 match parse(&payload) {
-                    // This instance's own, come back: applied when it was made.
-                    Some((Some(origin), _)) if origin == own => {}
+                    // This instance's own, come back once applied in Redis (at once, or from
+                    // the queue after a stall): counted and told when it was made; evicted
+                    // again quietly, for what a miss read back from Redis before the
+                    // deletion there.
+                    Some((Some(origin), scope)) if origin == own => local.evict_again(scope),
                     // Applied locally only: not broadcast again.
                     Some((_, scope)) => local.evict(scope),
                     None => {}

@@ -775,6 +775,10 @@ impl EvictionSink for AuthCache {
         AuthCache::evict(self, scope);
     }
 
+    fn evict_again(&self, scope: Scope) {
+        AuthCache::evict_again(self, scope);
+    }
+
     fn holds_any(&self) -> bool {
         self.entry_count() > 0
     }

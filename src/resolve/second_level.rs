@@ -75,6 +75,11 @@ pub(crate) trait EvictionSink: Send + Sync + 'static {
     /// Forgets what `scope` covers, locally (no load in flight puts it back).
     fn evict(&self, scope: Scope);
 
+    /// [`evict`](Self::evict) once more, quietly (not counted, no session told again): for
+    /// this instance's own eviction when its second-level part is done, which a miss in
+    /// between may have undone by reading the old shared entry back.
+    fn evict_again(&self, scope: Scope);
+
     /// Whether anything is held locally: what a late first subscription must clear.
     fn holds_any(&self) -> bool;
 }

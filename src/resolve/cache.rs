@@ -72,6 +72,15 @@ struct Inflight {
     started: u64,
 }
 
+/// Whose load [`AuthCache::load`] starts or joins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum LoadBy {
+    /// A request's miss.
+    Miss,
+    /// A session's recheck: background work, no lookup.
+    Recheck,
+}
+
 impl AuthCache {
     pub(crate) fn new(settings: &ResolverSettings, telemetry: Arc<Telemetry>) -> Self {
         let entries = Entries::new(settings);
@@ -117,47 +126,15 @@ impl AuthCache {
     /// gets who pays ([`Payer::Nobody`] for a token the cache holds, too old for a `max_age`
     /// route: id6's word already, not a stranger's guess). Nothing is spent before `fetch`
     /// runs, so joining a call in flight spends nothing. One pass under the lock: finding
-    /// the payer inside it would take a second round of lookups.
+    /// the payer inside it would take a second round of lookups. `by` says whose load it is:
+    /// only a request's miss counts its join as a coalesced miss.
     pub(crate) fn load<F, Fut>(
         &self,
         key: TokenKey,
         max_age: Option<Duration>,
         payer: Payer,
+        by: LoadBy,
         fetch: F,
-    ) -> Pending
-    where
-        F: FnOnce(Payer) -> Fut,
-        Fut: Future + Send + 'static,
-        Fut::Output: Into<Fetched>,
-    {
-        self.load_for(key, max_age, payer, fetch, true)
-    }
-
-    /// [`load`](Self::load) for background work (a session's recheck): no request's miss,
-    /// so joining a call in flight is not counted as a coalesced miss.
-    pub(crate) fn load_in_background<F, Fut>(
-        &self,
-        key: TokenKey,
-        max_age: Option<Duration>,
-        payer: Payer,
-        fetch: F,
-    ) -> Pending
-    where
-        F: FnOnce(Payer) -> Fut,
-        Fut: Future + Send + 'static,
-        Fut::Output: Into<Fetched>,
-    {
-        self.load_for(key, max_age, payer, fetch, false)
-    }
-
-    /// [`load`](Self::load), counting a join as a coalesced miss only for a request's miss.
-    fn load_for<F, Fut>(
-        &self,
-        key: TokenKey,
-        max_age: Option<Duration>,
-        payer: Payer,
-        fetch: F,
-        a_miss: bool,
     ) -> Pending
     where
         F: FnOnce(Payer) -> Fut,
@@ -170,7 +147,7 @@ impl AuthCache {
         }
         let generation = self.generation();
         if let Some(joined) = self.joined(&inflight, &key, generation) {
-            if a_miss {
+            if by == LoadBy::Miss {
                 self.coalesced();
             }
             return joined;
@@ -459,11 +436,17 @@ mod tests {
             .map(|_| {
                 let calls = calls.clone();
                 let gate = gate.clone();
-                cache.load(key, None, Payer::Nobody, move |_| async move {
-                    calls.fetch_add(1, Ordering::SeqCst);
-                    let _ = gate.await;
-                    user(1)
-                })
+                cache.load(
+                    key,
+                    None,
+                    Payer::Nobody,
+                    LoadBy::Miss,
+                    move |_| async move {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        let _ = gate.await;
+                        user(1)
+                    },
+                )
             })
             .collect();
         assert_eq!(cache.inflight_len(), 1);
@@ -481,7 +464,7 @@ mod tests {
     async fn unavailable_is_not_cached_and_dropped_waiters_do_not_cancel() {
         let cache = cache();
         let key = TokenKey::of("u");
-        let pending = cache.load(key, None, Payer::Nobody, |_| async {
+        let pending = cache.load(key, None, Payer::Nobody, LoadBy::Miss, |_| async {
             Authentication::Unavailable(Error::new(Kind::Connect))
         });
         assert!(pending.await.verdict.unavailable().is_some());
@@ -490,10 +473,16 @@ mod tests {
 
         // Nobody awaits this load: it still completes and fills the cache.
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-        drop(cache.load(key, None, Payer::Nobody, move |_| async move {
-            let _ = done_tx.send(());
-            Authentication::Rejected(TokenRejection::TokenExpired)
-        }));
+        drop(cache.load(
+            key,
+            None,
+            Payer::Nobody,
+            LoadBy::Miss,
+            move |_| async move {
+                let _ = done_tx.send(());
+                Authentication::Rejected(TokenRejection::TokenExpired)
+            },
+        ));
         done_rx.await.unwrap();
         while cache.inflight_len() > 0 {
             tokio::task::yield_now().await;
@@ -511,7 +500,9 @@ mod tests {
         // Past the refresh age (45 s of the default 60 s TTL).
         cache.entries.clock.advance(Duration::from_secs(46));
         // A load that finds the entry (a request that raced the miss) claims nothing...
-        let found = cache.load(key, None, Payer::Nobody, |_| async { user(1) });
+        let found = cache.load(key, None, Payer::Nobody, LoadBy::Miss, |_| async {
+            user(1)
+        });
         assert!(found.await.verdict.user().is_some());
         // ...so the next hit still starts the one refresh, and only that hit.
         assert!(cache.get(&key, || Some(key), None).unwrap().refresh);
@@ -532,9 +523,15 @@ mod tests {
             }
         };
         // Too old for a `max_age` route, but id6's word: not a stranger's guess to charge.
-        let again = cache.load(known, Some(Duration::ZERO), stranger(), paid_by);
+        let again = cache.load(
+            known,
+            Some(Duration::ZERO),
+            stranger(),
+            LoadBy::Miss,
+            paid_by,
+        );
         assert_eq!(again.await.verdict.user().map(|u| u.id), Some(1));
-        let charged = cache.load(unknown, None, stranger(), paid_by);
+        let charged = cache.load(unknown, None, stranger(), LoadBy::Miss, paid_by);
         assert!(charged.await.verdict.unavailable().is_some());
         assert!(cache.get(&unknown, || Some(unknown), None).is_none());
     }

@@ -43,7 +43,7 @@ use http::{Extensions, HeaderMap};
 use tracing::Instrument;
 
 use budget::MissBudget;
-use cache::AuthCache;
+use cache::{AuthCache, LoadBy};
 pub(crate) use cache::{Fetched, Pending};
 use caller::Caller;
 use caller::CallerFinder;
@@ -338,10 +338,12 @@ impl Resolver {
             (Some(_), Some(extensions)) => Payer::Request(inner.callers.find(headers, extensions)),
             _ => Payer::Nobody,
         };
-        let pending = inner.local.load(key, max_age, payer, move |payer| {
-            let span = tracing::debug_span!("id6.authenticate");
-            async move { this.ask(key, &token, max_age, payer).await }.instrument(span)
-        });
+        let pending = inner
+            .local
+            .load(key, max_age, payer, LoadBy::Miss, move |payer| {
+                let span = tracing::debug_span!("id6.authenticate");
+                async move { this.ask(key, &token, max_age, payer).await }.instrument(span)
+            });
         Lookup::Pending {
             pending,
             from_cookie,
@@ -630,10 +632,16 @@ impl Resolver {
         let younger_than = Some((ttl - ahead).saturating_sub(Duration::from_nanos(1)));
         let this = self.clone();
         // Not a request's miss: joining a call in flight is no coalesced miss either.
-        let pending = local.load_in_background(key, younger_than, Payer::Nobody, move |payer| {
-            let span = tracing::debug_span!("id6.recheck");
-            async move { this.ask(key, &token, younger_than, payer).await }.instrument(span)
-        });
+        let pending = local.load(
+            key,
+            younger_than,
+            Payer::Nobody,
+            LoadBy::Recheck,
+            move |payer| {
+                let span = tracing::debug_span!("id6.recheck");
+                async move { this.ask(key, &token, younger_than, payer).await }.instrument(span)
+            },
+        );
         let answer = pending.await;
         match answer.verdict {
             Authentication::Rejected(why) => Checked::Dead(why),

@@ -325,17 +325,18 @@ impl Id6 {
     /// connections end) all the same, and the error says id6 was not told.
     pub async fn sign_out(&self, from: &(impl TokenSource + ?Sized)) -> Result<(), Error> {
         let resolver = self.resolver();
-        // Only a token the cache holds as a user's: a stranger's junk must not cost a
-        // broadcast each.
-        let held = from
-            .user_token(self)
-            .map(|token| resolver.key_of(&token))
-            .filter(|key| resolver.user_id_of(key).is_some());
         let key = match self.call(Method::POST, "auth/signout", from, |r| r).await {
             Ok((token, _)) => resolver.key_of(&token),
+            // id6 refused the token (a 401 evicted it already): nothing more to do here.
+            Err(error) if !error.is_unavailable() => return Err(error),
+            // id6 gave no answer: out of the cache all the same, but only a token the cache
+            // holds as a user's (a stranger's junk must not cost a broadcast each).
             Err(error) => {
-                // id6 refused the token (a 401 evicted it already), or gave no answer.
-                if let Some(key) = held.filter(|_| error.is_unavailable()) {
+                let held = from
+                    .user_token(self)
+                    .map(|token| resolver.key_of(&token))
+                    .filter(|key| resolver.user_id_of(key).is_some());
+                if let Some(key) = held {
                     resolver.evict(Scope::SignedOut(key)).await;
                 }
                 return Err(error);

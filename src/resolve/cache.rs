@@ -302,35 +302,24 @@ impl AuthCache {
     /// [`Resolver::evict`](super::Resolver::evict) adds the second level and the other
     /// instances.
     pub(crate) fn evict(&self, scope: Scope) {
-        let (marks, entries) = (&self.shared.marks, &self.entries);
+        self.forget(scope);
+        if let Scope::User(user_id) = scope {
+            tracing::debug!(user_id, "evicted every cached token of the user");
+        }
         let eviction = match scope {
-            Scope::Token(key) => {
-                marks.invalidate_token(entries, &key, false);
-                Eviction::Token
-            }
-            Scope::SignedOut(key) => {
-                marks.invalidate_token(entries, &key, true);
-                Eviction::Token
-            }
-            Scope::User(user_id) => {
-                marks.invalidate_user(entries, user_id);
-                tracing::debug!(user_id, "evicted every cached token of the user");
-                Eviction::User
-            }
-            Scope::All => {
-                marks.clear(entries);
-                Eviction::All
-            }
+            Scope::Token(_) | Scope::SignedOut(_) => Eviction::Token,
+            Scope::User(_) => Eviction::User,
+            Scope::All => Eviction::All,
         };
         self.shared.telemetry.eviction(eviction);
         self.shared.lives.evicted(scope);
     }
 
-    /// [`evict`](Self::evict) again once the second level's part is done, without counting
-    /// it or telling the sessions a second time: what a miss read back from the second level
-    /// in between (before its entry there was deleted) goes, and no load that started in
-    /// between stores its answer.
-    pub(crate) fn evict_again(&self, scope: Scope) {
+    /// [`evict`](Self::evict) without counting it or telling the sessions: the eviction
+    /// itself, and, once the second level's part of one is done, that eviction again (what
+    /// a miss read back from the second level in between, before its entry there was
+    /// deleted, goes, and no load that started in between stores its answer).
+    pub(crate) fn forget(&self, scope: Scope) {
         let (marks, entries) = (&self.shared.marks, &self.entries);
         match scope {
             Scope::Token(key) => marks.invalidate_token(entries, &key, false),

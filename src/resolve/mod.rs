@@ -693,7 +693,7 @@ impl Resolver {
         async move {
             if let Some(everywhere) = everywhere {
                 everywhere.await;
-                local.evict_again(scope);
+                local.forget(scope);
             }
         }
     }
@@ -784,7 +784,7 @@ impl EvictionSink for AuthCache {
     }
 
     fn evict_again(&self, scope: Scope) {
-        AuthCache::evict_again(self, scope);
+        self.forget(scope);
     }
 
     fn holds_any(&self) -> bool {
